@@ -1,0 +1,1 @@
+"""Payment-system adapters: the contract, the registry, the conformance kit, built-in adapters."""

@@ -1,0 +1,205 @@
+"""The order as stored, the request that creates one, and its history rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from orders.errors import FieldTooLong, InvalidAmount, InvalidInput, UnknownAdapter
+from orders.money import Money
+from orders.status import OrderStatus
+
+# Length limits, in characters; the schema's CHECK constraints hold the same numbers.
+LIMITS: Mapping[str, int] = MappingProxyType(
+    {
+        "site": 64,
+        "site_ref": 128,
+        "user_id": 128,
+        "adapter": 64,
+        "description": 1000,
+        "return_url": 2048,
+        "idempotency_key": 255,
+    }
+)
+MAX_METADATA_BYTES = 16 * 1024
+MIN_EXPIRY = timedelta(minutes=1)
+MAX_EXPIRY = timedelta(days=30)
+
+
+def _check_text(name: str, value: str | None, *, required: bool) -> None:
+    if value is None:
+        if required:
+            raise InvalidInput(name, "is required")
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(name, f"must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidInput(name, "must not be empty")
+    if len(value) > LIMITS[name]:
+        raise FieldTooLong(name, f"is {len(value)} characters long; the limit is {LIMITS[name]}")
+    if "\x00" in value:
+        raise InvalidInput(name, "must not contain NUL characters")
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """What a site asks for. ``validate`` refuses bad input before anything is written."""
+
+    site: str
+    user_id: str
+    money: Money
+    adapter: str
+    site_ref: str | None = None
+    description: str = ""
+    return_url: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    expires_in: timedelta | None = None
+    idempotency_key: str | None = None
+
+    def validate(self, adapters: Collection[str]) -> None:
+        for name in ("site", "user_id", "adapter"):
+            _check_text(name, getattr(self, name), required=True)
+        for name in ("site_ref", "idempotency_key"):
+            _check_text(name, getattr(self, name), required=False)
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise InvalidInput(name, "must not be blank when given")
+        _check_text("description", self.description, required=False)
+        _check_text("return_url", self.return_url, required=False)
+        if not isinstance(self.money, Money):
+            raise InvalidAmount("amount", "must be Money")
+        if self.money.amount <= 0:
+            raise InvalidAmount("amount", f"must be positive, got {self.money.amount}")
+        if self.adapter not in adapters:
+            known = ", ".join(sorted(adapters)) or "none"
+            raise UnknownAdapter(
+                "adapter", f"{self.adapter!r} is not an enabled payment system (enabled: {known})"
+            )
+        if self.return_url is not None:
+            parts = urlsplit(self.return_url)
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise InvalidInput("return_url", "must be an absolute http(s) URL")
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidInput("metadata", "must be a JSON object")
+        try:
+            encoded = json.dumps(self.metadata, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput("metadata", f"must be JSON-serialisable: {exc}") from None
+        if len(encoded.encode()) > MAX_METADATA_BYTES:
+            raise FieldTooLong("metadata", f"is over {MAX_METADATA_BYTES} bytes as JSON")
+        if self.expires_in is not None and not MIN_EXPIRY <= self.expires_in <= MAX_EXPIRY:
+            raise InvalidInput(
+                "expires_in",
+                f"must be between {MIN_EXPIRY} and {MAX_EXPIRY}, got {self.expires_in}",
+            )
+
+    def fingerprint(self) -> str:
+        """Hash of the request body, to tell an honest replay from a reused key."""
+        body = {
+            "site_ref": self.site_ref,
+            "user_id": self.user_id,
+            "amount": self.money.amount,
+            "currency": self.money.currency,
+            "adapter": self.adapter,
+            "description": self.description,
+            "return_url": self.return_url,
+            "metadata": self.metadata,
+            "expires_in": None if self.expires_in is None else self.expires_in.total_seconds(),
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One row of ``orders``."""
+
+    id: UUID
+    number: int
+    site: str
+    site_ref: str | None
+    user_id: str
+    money: Money
+    adapter: str
+    description: str
+    return_url: str | None
+    metadata: Mapping[str, Any]
+    status: OrderStatus
+    psp_id: str | None
+    pay_url: str | None
+    attempts: int
+    polls: int
+    next_run_at: datetime | None
+    lease_until: datetime | None
+    lease_token: UUID | None
+    expires_at: datetime
+    last_error: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    paid_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Order:
+        return cls(
+            id=row["id"],
+            number=row["number"],
+            site=row["site"],
+            site_ref=row["site_ref"],
+            user_id=row["user_id"],
+            money=Money(row["amount"], row["currency"]),
+            adapter=row["adapter"],
+            description=row["description"],
+            return_url=row["return_url"],
+            metadata=row["metadata"],
+            status=OrderStatus(row["status"]),
+            psp_id=row["psp_id"],
+            pay_url=row["pay_url"],
+            attempts=row["attempts"],
+            polls=row["polls"],
+            next_run_at=row["next_run_at"],
+            lease_until=row["lease_until"],
+            lease_token=row["lease_token"],
+            expires_at=row["expires_at"],
+            last_error=row["last_error"],
+            idempotency_key=row["idempotency_key"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            paid_at=row["paid_at"],
+        )
+
+    @property
+    def psp_idempotency_key(self) -> str:
+        """The key every create call for this order carries (invariant 2)."""
+        return f"pd-{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """One row of ``order_events``: a status change (``from_status`` None at creation)."""
+
+    id: int
+    order_id: UUID
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    at: datetime
+    actor: str
+    detail: Mapping[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> OrderEvent:
+        return cls(
+            id=row["id"],
+            order_id=row["order_id"],
+            from_status=None if row["from_status"] is None else OrderStatus(row["from_status"]),
+            to_status=OrderStatus(row["to_status"]),
+            at=row["at"],
+            actor=row["actor"],
+            detail=row["detail"],
+        )

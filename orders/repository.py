@@ -1,0 +1,382 @@
+"""The order repository: every read and write of ``orders`` and ``order_events``, over psycopg 3.
+
+Each status change is one compare-and-set ``UPDATE ... WHERE id = ? AND status = ?`` plus one
+``order_events`` row, committed together. Work is claimed in batches with leases.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from orders.errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidTransition,
+    OrderNotFound,
+    StaleOrder,
+)
+from orders.model import NewOrder, Order, OrderEvent
+from orders.sql import query
+from orders.status import ACTIVE, OrderStatus, check_transition
+
+Connection = psycopg.Connection[DictRow]
+
+# Columns a transition may also set, besides status.
+SETTABLE: Final = frozenset(
+    {"psp_id", "pay_url", "attempts", "polls", "expires_at", "last_error", "next_run_at"}
+)
+MAX_PAGE = 500
+DEFAULT_EXPIRY = timedelta(hours=1)
+
+
+class _Keep:
+    """Marker: leave ``next_run_at`` as it is."""
+
+
+KEEP: Final = _Keep()
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    order: Order
+    created: bool  # False: an earlier request with the same key or site_ref made it
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Order]
+    next_cursor: str | None
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Translate psycopg's connection failures into :class:`DatabaseUnavailable`."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+    except TimeoutError as exc:  # psycopg_pool.PoolTimeout
+        raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
+
+
+def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "orders") -> Pool:
+    """A connection pool whose connections autocommit and return rows as dicts."""
+    pool: Pool = ConnectionPool(
+        url,
+        connection_class=psycopg.Connection[DictRow],
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        name=name,
+        open=False,
+    )
+    with database_errors():
+        pool.open(wait=True, timeout=30)
+    return pool
+
+
+Pool = ConnectionPool[Connection]
+
+
+def _encode_cursor(order: Order) -> str:
+    raw = json.dumps({"c": order.created_at.isoformat(), "i": str(order.id)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        return datetime.fromisoformat(data["c"]), UUID(data["i"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidInput("cursor", "is not a cursor this API returned") from None
+
+
+class OrderRepository:
+    """Orders in PostgreSQL.
+
+    ``adapters`` maps each enabled payment system to its default order lifetime; creating an
+    order for any other adapter raises :class:`UnknownAdapter`.
+    """
+
+    def __init__(self, pool: Pool, adapters: Mapping[str, timedelta]) -> None:
+        self.pool = pool
+        self.adapters = dict(adapters)
+
+    @contextmanager
+    def _transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
+        with database_errors():
+            if conn is not None:
+                with conn.transaction():
+                    yield conn
+                return
+            with self.pool.connection() as fresh, fresh.transaction():
+                yield fresh
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create(self, new: NewOrder, *, actor: str = "site") -> Created:
+        """Save a new order, or return the one an earlier identical request created.
+
+        Raises :class:`InvalidInput` subclasses for bad input and :class:`IdempotencyConflict`
+        when the key or site_ref was used with a different body. Nothing is written on error.
+        """
+        new.validate(self.adapters)
+        expires_in = new.expires_in or self.adapters.get(new.adapter) or DEFAULT_EXPIRY
+        request_hash = new.fingerprint()
+        params = {
+            "site": new.site,
+            "site_ref": new.site_ref,
+            "user_id": new.user_id,
+            "amount": new.money.amount,
+            "currency": new.money.currency,
+            "adapter": new.adapter,
+            "description": new.description,
+            "return_url": new.return_url,
+            "metadata": Jsonb(dict(new.metadata)),
+            "expires_in": expires_in,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": request_hash,
+        }
+        with self._transaction() as conn:
+            row = conn.execute(query("insert_order"), params).fetchone()
+            if row is not None:
+                order = Order.from_row(row)
+                self._event(
+                    conn,
+                    order.id,
+                    from_status=None,
+                    to_status=OrderStatus.NEW,
+                    actor=actor,
+                    detail={},
+                )
+                conn.execute(query("notify_new_order"), {"adapter": order.adapter})
+                return Created(order, created=True)
+            existing = conn.execute(query("find_replay"), params).fetchone()
+        if existing is None:  # pragma: no cover - the conflicting row cannot vanish
+            raise RuntimeError("insert conflicted but no order holds the key")
+        if existing["request_hash"] != request_hash:
+            by = (
+                "Idempotency-Key"
+                if new.idempotency_key is not None
+                and existing["idempotency_key"] == new.idempotency_key
+                else "site_ref"
+            )
+            raise IdempotencyConflict(
+                f"{by} already used for order {existing['id']} with a different request"
+            )
+        return Created(Order.from_row(existing), created=False)
+
+    # -- read ------------------------------------------------------------------------------
+
+    def get(self, order_id: UUID, *, site: str | None = None) -> Order:
+        """The order, if it exists and (when ``site`` is given) belongs to that site."""
+        with database_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("get_order"), {"id": order_id, "site": site}).fetchone()
+        if row is None:
+            raise OrderNotFound(f"order {order_id} not found")
+        return Order.from_row(row)
+
+    def events(self, order_id: UUID) -> list[OrderEvent]:
+        with database_errors(), self.pool.connection() as conn:
+            rows = conn.execute(query("list_events"), {"order_id": order_id}).fetchall()
+        return [OrderEvent.from_row(row) for row in rows]
+
+    def list_orders(
+        self,
+        *,
+        site: str | None = None,
+        status: OrderStatus | None = None,
+        user_id: str | None = None,
+        adapter: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Orders newest first; pass ``next_cursor`` back to get the following page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}, got {limit}")
+        after_created, after_id = _decode_cursor(cursor) if cursor else (None, None)
+        params = {
+            "site": site,
+            "status": None if status is None else OrderStatus(status).value,
+            "user_id": user_id,
+            "adapter": adapter,
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": limit + 1,
+        }
+        with database_errors(), self.pool.connection() as conn:
+            rows = conn.execute(query("list_orders"), params).fetchall()
+        items = [Order.from_row(row) for row in rows[:limit]]
+        next_cursor = _encode_cursor(items[-1]) if len(rows) > limit else None
+        return Page(items, next_cursor)
+
+    # -- work ------------------------------------------------------------------------------
+
+    def claim(
+        self, limit: int, lease: timedelta, *, adapters: Collection[str] | None = None
+    ) -> list[Order]:
+        """Lease up to ``limit`` due orders; every returned order carries one ``lease_token``.
+
+        Safe from any number of processes at once: no order is returned to two claimers
+        while its lease lasts.
+        """
+        token = uuid.uuid4()
+        params = {
+            "limit": limit,
+            "lease": lease,
+            "token": token,
+            "adapters": None if adapters is None else list(adapters),
+        }
+        with self._transaction() as conn:
+            rows = conn.execute(query("claim_due"), params).fetchall()
+        return [Order.from_row(row) for row in rows]
+
+    def release(self, order: Order, *, next_run_at: datetime | None) -> Order:
+        """Give a lease back without a status change, due again at ``next_run_at``."""
+        params = {"id": order.id, "token": order.lease_token, "next_run_at": next_run_at}
+        with self._transaction() as conn:
+            row = conn.execute(query("release_lease"), params).fetchone()
+        if row is None:
+            raise StaleOrder(f"order {order.id}: lease {order.lease_token} is no longer held")
+        return Order.from_row(row)
+
+    def transition(
+        self,
+        order_id: UUID,
+        expected: OrderStatus,
+        to: OrderStatus,
+        *,
+        actor: str,
+        detail: Mapping[str, Any] | None = None,
+        lease_token: UUID | None = None,
+        keep_lease: bool = False,
+        next_run_at: datetime | _Keep | None = KEEP,
+        conn: Connection | None = None,
+        within: Callable[[Connection, Order], None] | None = None,
+        **changes: Any,
+    ) -> Order:
+        """Move an order from ``expected`` to ``to`` and record the event, atomically.
+
+        Raises :class:`InvalidTransition` if the state machine forbids the move (nothing is
+        sent to the database), :class:`StaleOrder` if the order is no longer in ``expected``
+        (or no longer leased with ``lease_token``), :class:`OrderNotFound` if it does not exist.
+        ``within`` runs inside the same transaction after the update (the billing hook); if it
+        raises, nothing is committed. Unless ``keep_lease``, the transition ends the lease.
+        Leaving the active statuses clears ``next_run_at`` unless one is given.
+        """
+        check_transition(expected, to)
+        unknown = set(changes) - SETTABLE
+        if unknown:
+            raise TypeError(f"transition cannot set {sorted(unknown)}")
+        if isinstance(next_run_at, _Keep) and to not in ACTIVE:
+            next_run_at = None
+        assignments = [
+            sql.SQL("status = {}").format(sql.Placeholder("to")),
+            sql.SQL("updated_at = now()"),
+        ]
+        params: dict[str, Any] = {
+            "id": order_id,
+            "expected": expected.value,
+            "to": to.value,
+            "token": lease_token,
+        }
+        if to is OrderStatus.PAID:
+            assignments.append(sql.SQL("paid_at = coalesce(paid_at, now())"))
+        if not keep_lease:
+            assignments.append(sql.SQL("lease_until = NULL, lease_token = NULL"))
+        if not isinstance(next_run_at, _Keep):
+            changes["next_run_at"] = next_run_at
+        for column, value in sorted(changes.items()):
+            assignments.append(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+            )
+            params[column] = value
+        condition = sql.SQL("id = {} AND status = {}").format(
+            sql.Placeholder("id"), sql.Placeholder("expected")
+        )
+        if lease_token is not None:
+            condition += sql.SQL(" AND lease_token = {}").format(sql.Placeholder("token"))
+        statement = sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *").format(
+            sql.SQL(", ").join(assignments), condition
+        )
+        with self._transaction(conn) as tx:
+            row = tx.execute(statement, params).fetchone()
+            if row is None:
+                current = tx.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()
+                if current is None:
+                    raise OrderNotFound(f"order {order_id} not found")
+                if current["status"] != expected.value:
+                    raise StaleOrder(
+                        f"order {order_id} is {current['status']}, not {expected} "
+                        f"(wanted to move it to {to})"
+                    )
+                raise StaleOrder(f"order {order_id}: lease {lease_token} is no longer held")
+            order = Order.from_row(row)
+            self._event(
+                tx, order_id, from_status=expected, to_status=to, actor=actor, detail=detail or {}
+            )
+            if within is not None:
+                within(tx, order)
+        return order
+
+    def cancel(
+        self, order_id: UUID, *, site: str | None = None, actor: str = "site", reason: str = ""
+    ) -> Order:
+        """Cancel an unpaid order. Cancelling a cancelled order returns it unchanged."""
+        for _ in range(5):
+            order = self.get(order_id, site=site)
+            if order.status is OrderStatus.CANCELLED:
+                return order
+            if order.status not in {OrderStatus.NEW, OrderStatus.AWAITING_PAYMENT}:
+                raise InvalidTransition(
+                    order.status, OrderStatus.CANCELLED, f"the order is {order.status}"
+                )
+            try:
+                return self.transition(
+                    order.id,
+                    order.status,
+                    OrderStatus.CANCELLED,
+                    actor=actor,
+                    detail={"reason": reason} if reason else {},
+                )
+            except StaleOrder:
+                continue  # moved under us (e.g. new -> submitting); look again
+        raise StaleOrder(f"order {order_id} kept changing while being cancelled; try again")
+
+    @staticmethod
+    def _event(
+        conn: Connection,
+        order_id: UUID,
+        *,
+        from_status: OrderStatus | None,
+        to_status: OrderStatus,
+        actor: str,
+        detail: Mapping[str, Any],
+    ) -> None:
+        conn.execute(
+            query("insert_event"),
+            {
+                "order_id": order_id,
+                "from_status": None if from_status is None else from_status.value,
+                "to_status": to_status.value,
+                "actor": actor,
+                "detail": Jsonb(dict(detail)),
+            },
+        )

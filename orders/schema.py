@@ -1,0 +1,179 @@
+"""Create, upgrade and check the database schema.
+
+``schema.sql`` is the truth. A new database gets it whole; an existing one gets the numbered
+files of ``orders/migrations/`` after its recorded version. ``check`` compares the live catalog
+with the catalog ``schema.sql`` produces, built inside a transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from orders.sql import migrations_dir, schema_path
+
+# Serialises concurrent `db init` runs (any constant works; this one spells "paydisp").
+_INIT_LOCK = 0x7061796469737030
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    path: Path
+
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for path in sorted(migrations_dir().glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise RuntimeError(f"migration file {path.name} is not named NNNN_description.sql")
+        found.append(Migration(int(match.group(1)), path))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps, found {versions}")
+    return found
+
+
+def latest_version() -> int:
+    return migrations()[-1].version
+
+
+def schema_sql() -> str:
+    return schema_path().read_text(encoding="utf-8")
+
+
+def _rows(
+    conn: psycopg.Connection[Any], query: str | sql.Composed, params: Any = None
+) -> list[tuple[Any, ...]]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The recorded schema version, or None for a database paydispatch never touched."""
+    if not _rows(conn, "SELECT to_regclass('schema_version') IS NOT NULL")[0][0]:
+        return None
+    version: int | None = _rows(conn, "SELECT max(version) FROM schema_version")[0][0]
+    return version
+
+
+def init(conn: psycopg.Connection[Any]) -> list[str]:
+    """Bring the database to the latest schema; safe to run any number of times, concurrently.
+
+    Returns what was done, one line per step (empty when already up to date).
+    """
+    done: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        version = current_version(conn)
+        if version is None:
+            conn.execute(schema_sql().encode())
+            done.append(f"applied schema.sql (version {latest_version()})")
+            return done
+        for migration in migrations():
+            if migration.version > version:
+                conn.execute(migration.sql().encode())
+                done.append(f"applied migration {migration.path.name}")
+    return done
+
+
+def fingerprint(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The catalog of one schema as sorted lines: columns, constraints, indexes, triggers,
+    functions, and the allowed transitions. Two schemas match when their lines are equal."""
+    lines: list[str] = []
+    queries = {
+        "column": """
+            SELECT c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                   || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                   || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+                   || CASE WHEN a.attidentity <> ''
+                           THEN ' identity ' || a.attidentity::text ELSE '' END
+            FROM pg_attribute a
+            JOIN pg_class c ON c.oid = a.attrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+            WHERE n.nspname = %(schema)s AND c.relkind = 'r' AND a.attnum > 0
+              AND NOT a.attisdropped""",
+        "constraint": """
+            SELECT c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
+            FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s""",
+        "index": """
+            SELECT replace(pg_get_indexdef(i.indexrelid), %(schema)s::text || '.', '')
+            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s""",
+        "trigger": """
+            SELECT replace(pg_get_triggerdef(t.oid), %(schema)s::text || '.', '')
+            FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %(schema)s AND NOT t.tgisinternal""",
+        "function": """
+            SELECT p.proname || ' ' || md5(p.prosrc)
+            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = %(schema)s""",
+    }
+    for kind, query in queries.items():
+        lines.extend(f"{kind} {line}" for (line,) in _rows(conn, query, {"schema": schema}))
+    has_transitions = _rows(
+        conn,
+        "SELECT to_regclass(format('%%I.order_transitions', %(schema)s::text)) IS NOT NULL",
+        {"schema": schema},
+    )[0][0]
+    if has_transitions:
+        rows = _rows(
+            conn,
+            sql.SQL("SELECT from_status, to_status FROM {}.order_transitions").format(
+                sql.Identifier(schema)
+            ),
+        )
+        lines.extend(f"transition {a} -> {b}" for a, b in rows)
+    return sorted(lines)
+
+
+def expected_fingerprint(conn: psycopg.Connection[Any]) -> list[str]:
+    """The fingerprint schema.sql produces, built in a scratch schema and rolled back."""
+    scratch = f"paydispatch_check_{secrets.token_hex(4)}"
+    with conn.transaction(force_rollback=True):
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+        conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(scratch)))
+        conn.execute(schema_sql().encode())
+        return fingerprint(conn, scratch)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    version: int | None
+    latest: int
+    missing: list[str]  # in schema.sql, not in the database
+    unexpected: list[str]  # in the database, not in schema.sql
+
+    @property
+    def ok(self) -> bool:
+        return self.version == self.latest and not self.missing and not self.unexpected
+
+
+def check(conn: psycopg.Connection[Any], schema: str = "public") -> CheckResult:
+    """Compare the database's schema with schema.sql."""
+    version = current_version(conn)
+    expected = set(expected_fingerprint(conn))
+    actual = set(fingerprint(conn, schema))
+    return CheckResult(
+        version=version,
+        latest=latest_version(),
+        missing=sorted(expected - actual),
+        unexpected=sorted(actual - expected),
+    )

@@ -1,0 +1,75 @@
+-- Named queries of the order repository. Each block starts with `-- name --`.
+-- Parameters are psycopg named placeholders.
+
+-- insert_order --
+-- ON CONFLICT DO NOTHING covers both replay keys: (site, site_ref) and (site, idempotency_key).
+INSERT INTO orders (
+    site, site_ref, user_id, amount, currency, adapter, description, return_url, metadata,
+    expires_at, idempotency_key, request_hash, next_run_at
+) VALUES (
+    %(site)s, %(site_ref)s, %(user_id)s, %(amount)s, %(currency)s, %(adapter)s,
+    %(description)s, %(return_url)s, %(metadata)s,
+    now() + %(expires_in)s, %(idempotency_key)s, %(request_hash)s, now()
+)
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- find_replay --
+-- The order an idempotency key or site_ref already names, key first.
+SELECT * FROM orders
+WHERE site = %(site)s
+  AND ((%(idempotency_key)s::text IS NOT NULL AND idempotency_key = %(idempotency_key)s)
+    OR (%(site_ref)s::text IS NOT NULL AND site_ref = %(site_ref)s))
+ORDER BY (idempotency_key IS NOT DISTINCT FROM %(idempotency_key)s::text) DESC
+LIMIT 1
+
+-- insert_event --
+INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+VALUES (%(order_id)s, %(from_status)s, %(to_status)s, %(actor)s, %(detail)s)
+
+-- notify_new_order --
+SELECT pg_notify('paydispatch_orders', %(adapter)s)
+
+-- get_order --
+SELECT * FROM orders WHERE id = %(id)s AND (%(site)s::text IS NULL OR site = %(site)s)
+
+-- list_events --
+SELECT * FROM order_events WHERE order_id = %(order_id)s ORDER BY id
+
+-- list_orders --
+-- Keyset pagination, newest first; the cursor is the last row's (created_at, id).
+SELECT * FROM orders
+WHERE (%(site)s::text IS NULL OR site = %(site)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
+  AND (%(adapter)s::text IS NULL OR adapter = %(adapter)s)
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- claim_due --
+-- One statement claims a batch: rows locked by another claimer are skipped, and the claimed
+-- rows become due again when their lease ends, so a crashed worker only delays them.
+WITH due AS (
+    SELECT id FROM orders
+    WHERE next_run_at IS NOT NULL AND next_run_at <= now()
+      AND (%(adapters)s::text[] IS NULL OR adapter = ANY(%(adapters)s::text[]))
+    ORDER BY next_run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o
+SET lease_until = now() + %(lease)s,
+    next_run_at = now() + %(lease)s,
+    lease_token = %(token)s,
+    updated_at = now()
+FROM due
+WHERE o.id = due.id
+RETURNING o.*
+
+-- release_lease --
+UPDATE orders
+SET lease_until = NULL, lease_token = NULL, next_run_at = %(next_run_at)s, updated_at = now()
+WHERE id = %(id)s AND lease_token = %(token)s
+RETURNING *

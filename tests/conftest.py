@@ -1,0 +1,88 @@
+"""Shared fixtures: the configured or embedded services, and a fresh database per test module.
+
+With PAYDISPATCH_DATABASE_URL / PAYDISPATCH_BROKER_URL set the tests use those servers; without,
+the embedded PostgreSQL and Redis under .paydispatch/ (started on first use, then reused).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from dispatcher import config, services
+from orders import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def found_services() -> services.Services:
+    environ = dict(os.environ)
+    environ.setdefault("PAYDISPATCH_HOME", str(ROOT / ".paydispatch"))
+    environ.pop("PAYDISPATCH_CONFIG", None)
+    return services.ensure(config.load(environ))
+
+
+def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_database(found_services: services.Services) -> Iterator[str]:
+    """A database built once from schema.sql, copied for each test module."""
+    name = f"pdtest_tpl_{os.getpid()}"
+    base = found_services.database_url
+    with _admin(base) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(conninfo.make_conninfo(base, dbname=name), autocommit=True) as conn:
+        schema.init(conn)
+    yield name
+    with _admin(base) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def make_database(found_services: services.Services, template: str | None) -> str:
+    """A new database (a copy of ``template``, or empty); returns its URL."""
+    name = f"pdtest_{os.getpid()}_{next(_counter)}"
+    base = found_services.database_url
+    with _admin(base) as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(statement)
+    return conninfo.make_conninfo(base, dbname=name)
+
+
+def drop_database(found_services: services.Services, url: str) -> None:
+    name = conninfo.conninfo_to_dict(url)["dbname"]
+    with _admin(found_services.database_url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="module")
+def database_url(found_services: services.Services, template_database: str) -> Iterator[str]:
+    """A fresh database with the schema, shared by the tests of one module."""
+    url = make_database(found_services, template_database)
+    yield url
+    drop_database(found_services, url)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    configured = [
+        v for v in ("PAYDISPATCH_DATABASE_URL", "PAYDISPATCH_BROKER_URL") if v in os.environ
+    ]
+    if configured:
+        return [f"paydispatch services: configured by {', '.join(configured)}"]
+    return [f"paydispatch services: embedded under {ROOT / '.paydispatch'} (variables unset)"]

@@ -1,0 +1,37 @@
+"""Integration tests run against a real PostgreSQL (and Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from orders.repository import OrderRepository, Pool, open_pool
+
+ADAPTERS = {"sandbox": timedelta(hours=1), "yookassa": timedelta(hours=1)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="module")
+def pool(database_url: str) -> Iterator[Pool]:
+    pool = open_pool(database_url, max_size=12, name="tests")
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def repo(pool: Pool) -> OrderRepository:
+    return OrderRepository(pool, ADAPTERS)
+
+
+@pytest.fixture
+def site() -> str:
+    """A site name of this test's own, so tests sharing a database never see each other."""
+    return f"site-{uuid.uuid4().hex[:12]}"

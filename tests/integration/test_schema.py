@@ -1,0 +1,109 @@
+"""schema.sql, `paydispatch db init|check`, and migrations that reach the same schema."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from dispatcher.services import Services
+from orders import schema
+from orders.status import TRANSITIONS
+from tests.conftest import drop_database, make_database
+
+
+@pytest.fixture
+def empty_url(found_services: Services) -> Iterator[str]:
+    url = make_database(found_services, template=None)
+    yield url
+    drop_database(found_services, url)
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
+    env["PAYDISPATCH_DATABASE_URL"] = url
+    env["PAYDISPATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"  # unused by db commands
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_db_init_applies_the_schema_once_and_is_safe_to_repeat(empty_url: str) -> None:
+    first = cli(empty_url, "db", "init")
+    assert first.returncode == 0, first.stderr
+    assert "applied schema.sql (version 1)" in first.stdout
+    second = cli(empty_url, "db", "init")
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    check = cli(empty_url, "db", "check")
+    assert check.returncode == 0, check.stdout
+    assert "matches schema.sql" in check.stdout
+
+
+def test_db_check_reports_drift_and_exits_non_zero(empty_url: str) -> None:
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        schema.init(conn)
+        conn.execute("DROP INDEX orders_due_idx")
+        conn.execute("ALTER TABLE orders ADD COLUMN surprise text")
+    result = cli(empty_url, "db", "check")
+    assert result.returncode == 1
+    assert "missing:    index CREATE INDEX orders_due_idx" in result.stdout
+    assert "unexpected: column orders.surprise text" in result.stdout
+
+
+def test_db_check_on_an_empty_database_says_it_does_not_match(empty_url: str) -> None:
+    result = cli(empty_url, "db", "check")
+    assert result.returncode == 1
+    assert "version None, expected 1" in result.stdout
+
+
+def test_migrations_in_order_reach_exactly_schema_sql(empty_url: str) -> None:
+    # Given an empty database, when every migration is applied in order,
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        for migration in schema.migrations():
+            conn.execute(migration.sql().encode())
+        # then its catalog is the one schema.sql builds, line for line.
+        assert schema.fingerprint(conn, "public") == schema.expected_fingerprint(conn)
+        assert schema.current_version(conn) == schema.latest_version()
+
+
+def test_concurrent_init_on_an_empty_database_applies_the_schema_once(empty_url: str) -> None:
+    results: list[list[str]] = []
+    barrier = threading.Barrier(3)
+
+    def init() -> None:
+        with psycopg.connect(empty_url, autocommit=True) as conn:
+            barrier.wait(timeout=10)
+            results.append(schema.init(conn))
+
+    threads = [threading.Thread(target=init) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(len(r) for r in results) == [0, 0, 1]
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        assert schema.check(conn).ok
+
+
+def test_the_database_transition_table_is_the_state_machine(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        rows = set(conn.execute("SELECT from_status, to_status FROM order_transitions").fetchall())
+    assert rows == {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
+
+
+def test_the_due_index_is_partial(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT pg_get_indexdef('orders_due_idx'::regclass)").fetchone()
+    assert row is not None
+    assert "WHERE (next_run_at IS NOT NULL)" in row[0]
