@@ -97,9 +97,8 @@ def test_finished_orders_are_never_claimed(repo: OrderRepository) -> None:
     # Given orders in every status where the dispatcher has nothing left to do,
     ids = make(repo, 6)
     repo.cancel(ids[0])
-    for order_id, final in zip(
-        ids[1:], [S.PAID, S.REJECTED, S.EXPIRED, S.NEEDS_REVIEW], strict=True
-    ):
+    finals = [S.PAID, S.REJECTED, S.EXPIRED, S.NEEDS_REVIEW]
+    for order_id, final in zip(ids[1:5], finals, strict=True):
         repo.transition(order_id, S.NEW, S.SUBMITTING, actor="t")
         repo.transition(order_id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="t")
         repo.transition(order_id, S.AWAITING_PAYMENT, final, actor="t")
