@@ -1,0 +1,412 @@
+"""YooKassa (API v3): redirect payments, status polls, capture, cancel and unsigned notifications.
+
+Built from the public API reference (https://yookassa.ru/developers/api) and the official Python
+SDK (github.com/yoomoney/yookassa-sdk-python). Requests use HTTP Basic auth (shop id, secret key)
+and an ``Idempotence-Key`` header; amounts travel as decimal strings in major units
+(``{"value": "100.00", "currency": "RUB"}``).
+
+YooKassa does not sign its notifications, so every notification is a hint the dispatcher
+confirms with a status request. With ``NOTIFY_IP_CHECK`` on (the default), a notification from
+outside YooKassa's published sender networks is answered 403 and names no order, so a forger
+cannot even trigger a poll.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, NoReturn
+
+from adapters.base import (
+    Adapter,
+    AdapterSettings,
+    CanonicalState,
+    Capabilities,
+    FollowUp,
+    InvalidSettings,
+    Invoice,
+    MalformedResponse,
+    Notification,
+    NotificationResult,
+    OrderRef,
+    PollPolicy,
+    PspRejected,
+    PspRequest,
+    PspResponse,
+    Reply,
+    SettingSpec,
+    StatusReport,
+)
+from orders.errors import InvalidInput, TransientError
+from orders.model import Order
+from orders.money import Money
+
+DEFAULT_API_URL = "https://api.yookassa.ru/v3"
+
+# https://yookassa.ru/developers/using-api/webhooks#ip, as listed by the official SDK
+# (yookassa/domain/common/security_helper.py) and the documentation's IPv6 block.
+NOTIFY_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "185.71.76.0/27",
+        "185.71.77.0/27",
+        "77.75.153.0/25",
+        "77.75.154.128/25",
+        "77.75.156.11/32",
+        "77.75.156.35/32",
+        "2a02:5180::/32",
+    )
+)
+
+# The payment object's description is limited to 128 characters.
+DESCRIPTION_LIMIT = 128
+
+# Metadata keys we write; YooKassa returns metadata unchanged in payments and notifications.
+META_ORDER_ID = "paydispatch_order_id"
+META_NUMBER = "paydispatch_number"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+_STATUS_ERROR_HINTS = {
+    "invalid_credentials": "check PAYDISPATCH_YOOKASSA_SHOP_ID and PAYDISPATCH_YOOKASSA_SECRET_KEY",
+    "forbidden": (
+        "the shop may not use this operation: check PAYDISPATCH_YOOKASSA_SHOP_ID, "
+        "PAYDISPATCH_YOOKASSA_SECRET_KEY and the shop's settings in YooKassa"
+    ),
+    "not_found": "no such payment for this shop: check PAYDISPATCH_YOOKASSA_API_URL and SHOP_ID",
+}
+
+
+class YooKassaUnavailableError(TransientError):
+    """YooKassa answered with a well-formed error that a later retry may not get (429, 500)."""
+
+
+class YooKassaRefusedError(TransientError):
+    """YooKassa refused a status, capture or cancel call.
+
+    Never final: a refused poll says nothing about the payment, so the order keeps its status
+    and the next poll decides. The message names the settings to check where that helps.
+    """
+
+
+def _malformed(response: PspResponse, what: str) -> NoReturn:
+    raise MalformedResponse(f"HTTP {response.status_code}: {what}")
+
+
+def format_amount(money: Money) -> dict[str, str]:
+    """YooKassa's amount object: the value as a decimal string with the currency's decimals."""
+    return {"value": f"{money.to_decimal():.{money.exponent}f}", "currency": money.currency}
+
+
+def parse_amount(value: Any, response: PspResponse, field: str = "amount") -> Money:
+    """Our Money from YooKassa's amount object; exact, never through a float."""
+    if not isinstance(value, Mapping):
+        _malformed(response, f"{field} is not an object")
+    major, currency = value.get("value"), value.get("currency")
+    if not isinstance(major, str) or not isinstance(currency, str):
+        _malformed(response, f"{field} needs string value and currency, got {dict(value)!r}")
+    try:
+        return Money.parse(major, currency)
+    except InvalidInput as exc:
+        raise MalformedResponse(f"HTTP {response.status_code}: {field}: {exc}") from None
+
+
+def _parse_time(value: Any, response: PspResponse) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        _malformed(response, f"expires_at is not a string: {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        _malformed(response, f"expires_at is not an ISO 8601 time: {value!r}")
+    if parsed.tzinfo is None:
+        _malformed(response, f"expires_at has no time zone: {value!r}")
+    return parsed
+
+
+def _body(response: PspResponse) -> Mapping[str, Any]:
+    body = response.json()
+    if not isinstance(body, Mapping):
+        _malformed(response, f"expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _error_text(body: Mapping[str, Any]) -> str:
+    parts = [str(body.get("code")), str(body.get("description") or "").strip()]
+    if body.get("parameter"):
+        parts.append(f"(parameter {body['parameter']})")
+    if body.get("id"):
+        parts.append(f"[error id {body['id']}]")
+    return " ".join(p for p in parts if p)
+
+
+def _raise_error(response: PspResponse, body: Mapping[str, Any], *, create: bool) -> NoReturn:
+    """Translate YooKassa's error object (HTTP 4xx/5xx, ``type: error``) into our error tree."""
+    code = body.get("code")
+    text = _error_text(body)
+    if code in {"too_many_requests", "internal_server_error"} or response.status_code >= 500:
+        # HTTP 500 means "result unknown"; a retry with the same Idempotence-Key is safe.
+        raise YooKassaUnavailableError(f"YooKassa HTTP {response.status_code}: {text}")
+    if code not in {"invalid_request", "invalid_credentials", "forbidden", "not_found"}:
+        _malformed(response, f"unknown YooKassa error: {text}")
+    hint = _STATUS_ERROR_HINTS.get(str(code))
+    message = f"YooKassa HTTP {response.status_code}: {text}" + (f"; {hint}" if hint else "")
+    if create:
+        raise PspRejected(message)
+    raise YooKassaRefusedError(message)
+
+
+def _payment(response: PspResponse, *, create: bool) -> Mapping[str, Any]:
+    """The payment object of a 200 response; errors translated, anything else malformed."""
+    body = _body(response)
+    if body.get("type") == "error":
+        _raise_error(response, body, create=create)
+    if response.status_code != 200:
+        _malformed(response, "non-200 answer that is not a YooKassa error object")
+    payment_id, status = body.get("id"), body.get("status")
+    if not isinstance(payment_id, str) or not payment_id:
+        _malformed(response, "payment object without an id")
+    if not isinstance(status, str) or not status:
+        _malformed(response, "payment object without a status")
+    return body
+
+
+def _flag(settings: AdapterSettings, key: str) -> bool:
+    value = settings.get(key).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidSettings(
+        f"PAYDISPATCH_YOOKASSA_{key} must be true or false, got {settings.get(key)!r}"
+    )
+
+
+def _sender_allowed(remote_addr: str | None) -> bool:
+    if remote_addr is None:
+        return False
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return False
+    return any(address in network for network in NOTIFY_NETWORKS)
+
+
+class YooKassa(Adapter):
+    """YooKassa API v3 with redirect confirmation."""
+
+    name: ClassVar[str] = "yookassa"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        idempotent_create=True,
+        # YooKassa can cancel only a payment in waiting_for_capture; a pending one lapses by
+        # itself (cancellation reason expired_on_confirmation).
+        cancel=True,
+        notifications=True,
+        signed_notifications=False,
+        # The currencies of the official SDK's Currency enum; a shop accepts its own currency.
+        currencies=frozenset({"RUB", "USD", "EUR", "BYN", "CNY", "KZT", "UAH"}),
+        # A buyer has about an hour to pay a card payment after opening the link
+        # (github.com/yoomoney/yookassa-github-docs/issues/12); afterwards YooKassa cancels it.
+        default_expiry=timedelta(hours=1),
+        poll=PollPolicy(first=timedelta(seconds=10), factor=2.0, cap=timedelta(minutes=5)),
+    )
+    settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
+        SettingSpec("API_URL", default=DEFAULT_API_URL, help="YooKassa API base URL"),
+        SettingSpec("SHOP_ID", help="shop id (shopId) from the YooKassa merchant profile"),
+        SettingSpec("SECRET_KEY", secret=True, help="secret key from the merchant profile"),
+        SettingSpec(
+            "NOTIFY_IP_CHECK",
+            default="true",
+            help="answer 403 to notifications from outside YooKassa's sender networks; turn "
+            "off only behind a proxy that cannot pass the client address",
+        ),
+        SettingSpec(
+            "CAPTURE",
+            default="auto",
+            help="auto: YooKassa takes the money at once; manual: two-stage payments, the "
+            "dispatcher captures after checking the amount (card-like methods only)",
+        ),
+    )
+
+    def _headers(self, settings: AdapterSettings, idempotence_key: str | None) -> dict[str, str]:
+        pair = f"{settings.get('SHOP_ID')}:{settings.get('SECRET_KEY')}".encode()
+        headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        if idempotence_key is not None:
+            headers["Idempotence-Key"] = idempotence_key
+        return headers
+
+    def _payment_url(self, order: Order, settings: AdapterSettings, action: str = "") -> str:
+        if not order.psp_id:
+            raise InvalidInput("psp_id", f"order {order.id} has no YooKassa payment yet")
+        return f"{settings.api_url}/payments/{order.psp_id}{action}"
+
+    def _capture_manually(self, settings: AdapterSettings) -> bool:
+        mode = settings.get("CAPTURE").strip().lower()
+        if mode not in {"auto", "manual"}:
+            raise InvalidSettings(
+                f"PAYDISPATCH_YOOKASSA_CAPTURE must be auto or manual, got {mode!r}"
+            )
+        return mode == "manual"
+
+    def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        if not order.return_url:
+            # Redirect confirmation requires return_url; YooKassa would answer invalid_request.
+            raise InvalidInput("return_url", "YooKassa needs a return_url to send the buyer back")
+        description = order.description.strip() or f"Order {order.number}"
+        body = {
+            "amount": format_amount(order.money),
+            "capture": not self._capture_manually(settings),
+            "confirmation": {"type": "redirect", "return_url": order.return_url},
+            "description": description[:DESCRIPTION_LIMIT],
+            # Only our own identifiers: site metadata may break YooKassa's limits on metadata
+            # (16 keys, string values), which would reject the order for no fault of the buyer.
+            "metadata": {META_ORDER_ID: str(order.id), META_NUMBER: str(order.number)},
+        }
+        return PspRequest(
+            method="POST",
+            url=f"{settings.api_url}/payments",
+            operation="create",
+            headers=self._headers(settings, order.psp_idempotency_key),
+            json=body,
+        )
+
+    def parse_create(self, order: Order, response: PspResponse) -> Invoice:
+        payment = _payment(response, create=True)
+        # Read the whole answer: a payment we cannot read now we could not poll later either.
+        _report(payment, response)
+        confirmation = payment.get("confirmation")
+        pay_url = (
+            confirmation.get("confirmation_url") if isinstance(confirmation, Mapping) else None
+        )
+        if pay_url is not None and not isinstance(pay_url, str):
+            _malformed(response, "confirmation_url is not a string")
+        if pay_url is None and payment["status"] == "pending":
+            _malformed(response, "pending payment without confirmation.confirmation_url")
+        # expires_at is YooKassa's capture deadline for waiting_for_capture, not the buyer's,
+        # so a freshly created (pending) payment carries no deadline of its own.
+        expires_at = None
+        if payment["status"] == "waiting_for_capture":
+            expires_at = _parse_time(payment.get("expires_at"), response)
+        return Invoice(psp_id=payment["id"], pay_url=pay_url, expires_at=expires_at)
+
+    def build_status(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest(
+            method="GET",
+            url=self._payment_url(order, settings),
+            operation="status",
+            headers=self._headers(settings, None),
+        )
+
+    def parse_status(self, order: Order, response: PspResponse) -> StatusReport:
+        payment = _payment(response, create=False)
+        if order.psp_id is not None and payment["id"] != order.psp_id:
+            _malformed(response, f"answer is about payment {payment['id']}, not {order.psp_id}")
+        return _report(payment, response)
+
+    def build_capture(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest(
+            method="POST",
+            url=self._payment_url(order, settings, "/capture"),
+            operation="capture",
+            # A key of its own: YooKassa answers a reused key with the first request's result.
+            headers=self._headers(settings, f"{order.psp_idempotency_key}-capture"),
+            # Capture exactly our amount, so a different authorised amount can never be taken.
+            json={"amount": format_amount(order.money)},
+        )
+
+    def build_cancel(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest(
+            method="POST",
+            url=self._payment_url(order, settings, "/cancel"),
+            operation="cancel",
+            headers=self._headers(settings, f"{order.psp_idempotency_key}-cancel"),
+            # An empty JSON object: POST without a JSON content type is answered 415.
+            json={},
+        )
+
+    def parse_notification(
+        self, notification: Notification, settings: AdapterSettings
+    ) -> NotificationResult:
+        if _flag(settings, "NOTIFY_IP_CHECK") and not _sender_allowed(notification.remote_addr):
+            return NotificationResult(ref=OrderRef(), verified=False, reply=Reply(403))
+        response = PspResponse(status_code=200, content=notification.body)
+        body = _body(response)
+        if body.get("type") != "notification" or not isinstance(body.get("event"), str):
+            _malformed(response, "not a YooKassa notification (type/event missing)")
+        obj = body.get("object")
+        if not isinstance(obj, Mapping):
+            _malformed(response, "notification without an object")
+        event = body["event"]
+        if event.startswith("payment."):
+            payment_id = obj.get("id")
+        elif event.startswith("refund."):
+            payment_id = obj.get("payment_id")
+        else:
+            # Payouts, deals: nothing of ours. Acknowledge so YooKassa stops re-sending.
+            return NotificationResult(ref=OrderRef(), verified=False)
+        if not isinstance(payment_id, str) or not payment_id:
+            _malformed(response, f"{event} notification names no payment")
+        metadata = obj.get("metadata")
+        order_id = metadata.get(META_ORDER_ID) if isinstance(metadata, Mapping) else None
+        ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None, psp_id=payment_id)
+        # Unsigned, so no report: the dispatcher polls the order and trusts only that answer.
+        return NotificationResult(ref=ref, verified=False)
+
+
+def _report(payment: Mapping[str, Any], response: PspResponse) -> StatusReport:
+    status = payment["status"]
+    money = parse_amount(payment.get("amount"), response)
+    follow_up: FollowUp | None = None
+    reason = ""
+    if status == "pending":
+        state = CanonicalState.PENDING
+    elif status == "waiting_for_capture":
+        state, follow_up = CanonicalState.PENDING, FollowUp.CAPTURE
+    elif status == "succeeded":
+        state, reason = _refund_state(payment, money, response)
+    elif status == "canceled":
+        state, reason = _cancel_state(payment)
+    else:
+        _malformed(response, f"unknown payment status {status!r}")
+    return StatusReport(
+        state=state,
+        psp_id=payment["id"],
+        money=money,
+        follow_up=follow_up,
+        raw_status=status,
+        reason=reason,
+    )
+
+
+def _refund_state(
+    payment: Mapping[str, Any], money: Money, response: PspResponse
+) -> tuple[CanonicalState, str]:
+    """A succeeded payment is refunded once refunded_amount reaches the whole amount."""
+    if payment.get("refunded_amount") is None:
+        return CanonicalState.PAID, ""
+    refunded = parse_amount(payment["refunded_amount"], response, "refunded_amount")
+    if refunded.amount == 0:
+        return CanonicalState.PAID, ""
+    if refunded == money:
+        return CanonicalState.REFUNDED, f"refunded {refunded}"
+    return CanonicalState.PAID, f"partly refunded {refunded}"
+
+
+def _cancel_state(payment: Mapping[str, Any]) -> tuple[CanonicalState, str]:
+    details = payment.get("cancellation_details")
+    party = reason = ""
+    if isinstance(details, Mapping):
+        party, reason = str(details.get("party") or ""), str(details.get("reason") or "")
+    text = ": ".join(p for p in (party, reason) if p) or "canceled, no details given"
+    # Only the buyer's silence is an expiry; every other cancellation is a refusal by someone
+    # (the bank, YooKassa, or us: canceled_by_merchant, expired_on_capture).
+    if reason == "expired_on_confirmation":
+        return CanonicalState.EXPIRED, text
+    return CanonicalState.REJECTED, text
+
+
+adapter = YooKassa()
