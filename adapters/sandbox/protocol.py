@@ -1,0 +1,121 @@
+"""The sandbox's wire protocol, shared by its server and its adapter.
+
+Statuses, currencies, header names, the automatic-outcome scenarios and the webhook signature
+live here so that both sides agree by construction. No I/O, no web framework imports: the adapter
+loads this module inside the dispatcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+API_PREFIX = "/api/v1"
+DEFAULT_API_URL = "http://127.0.0.1:8765"
+# The sandbox is a local test tool: these well-known defaults are not credentials of anything.
+DEFAULT_API_KEY = "sandbox-key"
+DEFAULT_WEBHOOK_SECRET = "sandbox-webhook-secret"  # noqa: S105
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SIGNATURE_HEADER = "Sandbox-Signature"
+WEBHOOK_EVENT_TYPE = "invoice.updated"
+
+CURRENCIES: frozenset[str] = frozenset({"USD", "EUR", "GBP", "RUB", "JPY"})
+
+
+class InvoiceStatus(StrEnum):
+    """An invoice's status as the sandbox reports it."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    REFUNDED = "refunded"
+
+
+class ScenarioKind(StrEnum):
+    """An automatic outcome, so demos and tests run without a person clicking."""
+
+    PAY_AFTER = "pay_after"  # paid N seconds after creation (unless it expired first)
+    DECLINE_AFTER = "decline_after"  # declined N seconds after creation
+    NEVER = "never"  # nobody pays: it expires
+    PAY_LATE = "pay_late"  # paid N seconds after its deadline: a late payment
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A create body's ``scenario`` field: ``"pay_after:2"``, ``"never"``, ``"pay_late:1.5"``."""
+
+    kind: ScenarioKind
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, value: str) -> Scenario:
+        """Parse ``kind`` or ``kind:seconds``; ValueError names what is wrong."""
+        kind_text, _, seconds_text = value.strip().partition(":")
+        try:
+            kind = ScenarioKind(kind_text)
+        except ValueError:
+            known = ", ".join(k.value for k in ScenarioKind)
+            raise ValueError(f"unknown scenario {kind_text!r} (known: {known})") from None
+        if kind is ScenarioKind.NEVER:
+            if seconds_text:
+                raise ValueError("scenario 'never' takes no seconds")
+            return cls(kind)
+        try:
+            seconds = float(seconds_text or "0")
+        except ValueError:
+            raise ValueError(f"scenario seconds {seconds_text!r} is not a number") from None
+        if not 0 <= seconds <= 86_400:
+            raise ValueError(f"scenario seconds must be between 0 and 86400, got {seconds}")
+        return cls(kind, seconds)
+
+    def __str__(self) -> str:
+        return (
+            self.kind.value if self.kind is ScenarioKind.NEVER else f"{self.kind}:{self.seconds:g}"
+        )
+
+
+def signature_digest(secret: str, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` under the webhook secret."""
+    message = f"{timestamp}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Sandbox-Signature`` header value for a webhook body sent at ``timestamp``."""
+    return f"t={timestamp},v1={signature_digest(secret, timestamp, body)}"
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureHeader:
+    """A parsed ``Sandbox-Signature`` header: when it was signed and the v1 digests it carries."""
+
+    timestamp: int
+    digests: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, value: str) -> SignatureHeader | None:
+        """None when the header is not of the form ``t=<int>,v1=<hex>[,v1=<hex>...]``."""
+        timestamp: int | None = None
+        digests: list[str] = []
+        for part in value.split(","):
+            key, _, item = part.strip().partition("=")
+            if key == "t" and re.fullmatch(r"\d{1,12}", item):
+                timestamp = int(item)
+            elif key == "v1" and re.fullmatch(r"[0-9a-f]{64}", item):
+                digests.append(item)
+        if timestamp is None or not digests:
+            return None
+        return cls(timestamp, tuple(digests))
+
+    def matches(self, secret: str, body: bytes) -> bool:
+        """Whether any digest is the body's HMAC under ``secret`` (constant-time comparison)."""
+        expected = signature_digest(secret, self.timestamp, body)
+        # Compare against every digest so timing does not reveal which one matched.
+        results = [hmac.compare_digest(expected, digest) for digest in self.digests]
+        return any(results)

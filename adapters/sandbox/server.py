@@ -1,0 +1,326 @@
+"""The sandbox payment system's HTTP face: merchant API, pay pages, control API (Starlette).
+
+    /api/v1/invoices ...          merchant API, ``Authorization: Bearer <api key>``, faults apply
+    /pay/{id} ...                 the pay page a person or a browser clicks
+    /_control/ ...                unauthenticated local tool: faults, late payments, stats, reset
+    /healthz                      liveness
+
+Run it with :func:`adapters.sandbox.runner.serve`, or in a test with
+:func:`adapters.sandbox.runner.running_sandbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Route
+
+from adapters.sandbox import pages
+from adapters.sandbox.config import SandboxConfig
+from adapters.sandbox.faults import (
+    Fault,
+    FaultKind,
+    MalformedStyle,
+    Operation,
+    OperationFaults,
+    WebhookFaults,
+)
+from adapters.sandbox.protocol import API_PREFIX, IDEMPOTENCY_HEADER
+from adapters.sandbox.service import SandboxService
+from adapters.sandbox.store import ApiError, InvoiceRequest, Move
+
+_GATEWAY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
+    b"</center><hr><center>nginx</center></body></html>"
+)
+
+
+@dataclass(slots=True)
+class _Result:
+    status_code: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _error(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code, headers=headers)
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def _shift_amounts(body: dict[str, Any], delta: int) -> dict[str, Any]:
+    """The body with every reported invoice amount off by ``delta`` (amount_mismatch fault)."""
+    shifted = dict(body)
+    if isinstance(shifted.get("amount"), int):
+        shifted["amount"] += delta
+    if isinstance(shifted.get("invoice"), dict):
+        shifted["invoice"] = _shift_amounts(shifted["invoice"], delta)
+    if isinstance(shifted.get("items"), list):
+        shifted["items"] = [_shift_amounts(item, delta) for item in shifted["items"]]
+    return shifted
+
+
+# The control API pays even past the deadline or after a refusal: a late payment.
+_CONTROL_MOVES = {"pay": Move.LATE_PAY, "decline": Move.DECLINE, "refund": Move.REFUND}
+
+
+class _Routes:
+    """The request handlers, bound to one service."""
+
+    def __init__(self, service: SandboxService) -> None:
+        self.service = service
+        self._auth = f"Bearer {service.config.api_key}".encode()
+
+    # -- merchant API -------------------------------------------------------------------------
+
+    async def _api(
+        self, request: Request, operation: Operation, handler: Callable[[], Awaitable[_Result]]
+    ) -> Response:
+        """Authenticate, count, inject this operation's next fault around ``handler``."""
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._auth):
+            return _error(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer <api key>",
+                headers={"WWW-Authenticate": 'Bearer realm="sandbox"'},
+            )
+        self.service.calls[operation] += 1
+        fault = self.service.faults.draw(operation)
+        if fault is not None:
+            refusal = await self._before(fault)
+            if refusal is not None:
+                return refusal
+        try:
+            result = await handler()
+        except ApiError as exc:
+            result = _Result(exc.status_code, exc.to_json())
+        if fault is not None:
+            return await self._after(fault, result)
+        return JSONResponse(result.body, result.status_code, headers=result.headers)
+
+    async def _before(self, fault: Fault) -> Response | None:
+        """Faults that strike before the operation; None lets the operation run."""
+        if fault.kind is FaultKind.LATENCY:
+            await asyncio.sleep(fault.ms / 1000)
+        elif fault.kind is FaultKind.HTTP_500:
+            return _error(500, "internal_error", "injected fault: internal server error")
+        elif fault.kind is FaultKind.HTTP_429:
+            return _error(
+                429,
+                "rate_limited",
+                "injected fault: too many requests",
+                headers={"Retry-After": str(fault.retry_after)},
+            )
+        elif fault.kind is FaultKind.TIMEOUT:
+            await self.service.hold(fault.seconds)
+            return _error(504, "timeout", "injected fault: held until the client gave up")
+        return None
+
+    async def _after(self, fault: Fault, result: _Result) -> Response:
+        """Faults that strike after the operation took effect: the answer is lost or wrong."""
+        if fault.kind is FaultKind.ACCEPT_THEN_TIMEOUT:
+            await self.service.hold(fault.seconds)
+            return _error(
+                504, "timeout", "injected fault: done, then held until the client gave up"
+            )
+        if fault.kind is FaultKind.AMOUNT_MISMATCH:
+            result.body = _shift_amounts(result.body, fault.delta)
+        elif fault.kind is FaultKind.MALFORMED:
+            if fault.style is MalformedStyle.HTML:
+                return HTMLResponse(_GATEWAY_PAGE, 200)
+            encoded = json.dumps(result.body).encode()
+            return Response(encoded[: len(encoded) // 2], 200, media_type="application/json")
+        return JSONResponse(result.body, result.status_code, headers=result.headers)
+
+    async def create_invoice(self, request: Request) -> Response:
+        async def handle() -> _Result:
+            key = request.headers.get(IDEMPOTENCY_HEADER, "")
+            if not key.strip() or len(key) > 255:
+                raise ApiError(
+                    400, "missing_idempotency_key", f"send an {IDEMPOTENCY_HEADER} header (1-255)"
+                )
+            invoice_request = InvoiceRequest.parse(
+                await _json_body(request), self.service.config.currencies
+            )
+            base = self.service.config.public_url or str(request.base_url)
+            outcome = self.service.create(key, invoice_request, base)
+            body = outcome.record.to_json(self.service.now())
+            return _Result(201 if outcome.changed else 200, body)
+
+        return await self._api(request, Operation.CREATE, handle)
+
+    async def get_invoice(self, request: Request) -> Response:
+        async def handle() -> _Result:
+            record = self.service.store.get(request.path_params["invoice_id"])
+            return _Result(200, record.to_json(self.service.now()))
+
+        return await self._api(request, Operation.STATUS, handle)
+
+    async def find_invoices(self, request: Request) -> Response:
+        async def handle() -> _Result:
+            number_text = request.query_params.get("number", "")
+            if not (number_text.isascii() and number_text.isdigit()):
+                raise ApiError(400, "invalid_field", "number: give ?number=<our order number>")
+            now = self.service.now()
+            records = self.service.store.find(int(number_text))
+            return _Result(200, {"items": [r.to_json(now) for r in records]})
+
+        return await self._api(request, Operation.LOOKUP, handle)
+
+    async def cancel_invoice(self, request: Request) -> Response:
+        async def handle() -> _Result:
+            outcome = self.service.move(request.path_params["invoice_id"], Move.CANCEL)
+            return _Result(200, outcome.record.to_json(self.service.now()))
+
+        return await self._api(request, Operation.CANCEL, handle)
+
+    # -- pay page -----------------------------------------------------------------------------
+
+    async def pay_page(self, request: Request) -> Response:
+        invoice_id = request.path_params["invoice_id"]
+        try:
+            record = self.service.store.get(invoice_id)
+        except ApiError:
+            return HTMLResponse(pages.not_found_page(invoice_id), 404)
+        return HTMLResponse(pages.pay_page(record, record.status_at(self.service.now())))
+
+    async def pay(self, request: Request) -> Response:
+        return self._click(request, Move.PAY)
+
+    async def decline(self, request: Request) -> Response:
+        return self._click(request, Move.DECLINE)
+
+    def _click(self, request: Request, move: Move) -> Response:
+        invoice_id = request.path_params["invoice_id"]
+        service = self.service
+        try:
+            outcome = service.move(invoice_id, move)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return HTMLResponse(pages.not_found_page(invoice_id), 404)
+            record = service.store.get(invoice_id)
+            return HTMLResponse(pages.refusal_page(record, record.status_at(service.now())), 409)
+        record = outcome.record
+        if record.request.return_url:
+            return RedirectResponse(record.request.return_url, 303)
+        return HTMLResponse(pages.result_page(record, record.status_at(service.now())))
+
+    # -- control API --------------------------------------------------------------------------
+
+    async def control_move(self, request: Request) -> Response:
+        move = _CONTROL_MOVES.get(request.path_params["action"])
+        if move is None:
+            known = ", ".join(_CONTROL_MOVES)
+            return _error(404, "not_found", f"unknown action; use one of {known}")
+        try:
+            outcome = self.service.move(request.path_params["invoice_id"], move)
+        except ApiError as exc:
+            return JSONResponse(exc.to_json(), exc.status_code)
+        return JSONResponse(outcome.record.to_json(self.service.now()))
+
+    async def get_faults(self, request: Request) -> Response:
+        return JSONResponse(self.service.faults.describe())
+
+    async def add_faults(self, request: Request) -> Response:
+        try:
+            operation = Operation(request.path_params["operation"])
+            faults = OperationFaults.from_json(await _json_body(request))
+        except ApiError as exc:
+            return JSONResponse(exc.to_json(), exc.status_code)
+        except ValueError as exc:
+            return _error(400, "invalid_faults", str(exc))
+        self.service.faults.add(operation, faults)
+        return JSONResponse(self.service.faults.describe())
+
+    async def set_webhook_faults(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+        except ApiError as exc:
+            return JSONResponse(exc.to_json(), exc.status_code)
+        if not isinstance(body, dict) or set(body) - {"duplicate", "reorder"}:
+            return _error(400, "invalid_faults", "send {duplicate: bool, reorder: bool}")
+        values = {k: v for k, v in body.items() if isinstance(v, bool)}
+        if len(values) != len(body):
+            return _error(400, "invalid_faults", "duplicate and reorder are booleans")
+        self.service.faults.webhooks = WebhookFaults(**values)
+        return JSONResponse(self.service.faults.describe())
+
+    async def clear_faults(self, request: Request) -> Response:
+        self.service.faults.clear()
+        return JSONResponse(self.service.faults.describe())
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(self.service.stats())
+
+    async def reset(self, request: Request) -> Response:
+        self.service.reset()
+        return JSONResponse({"reset": True})
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+
+def create_app(config: SandboxConfig | None = None) -> Starlette:
+    """A sandbox payment system as an ASGI app; its service is at ``app.state.sandbox``."""
+    service = SandboxService(config or SandboxConfig())
+    routes = _Routes(service)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with service.running():
+            yield
+
+    app = Starlette(
+        routes=[
+            Route(f"{API_PREFIX}/invoices", routes.create_invoice, methods=["POST"]),
+            Route(f"{API_PREFIX}/invoices", routes.find_invoices, methods=["GET"]),
+            Route(f"{API_PREFIX}/invoices/{{invoice_id}}", routes.get_invoice, methods=["GET"]),
+            Route(
+                f"{API_PREFIX}/invoices/{{invoice_id}}/cancel",
+                routes.cancel_invoice,
+                methods=["POST"],
+            ),
+            Route("/pay/{invoice_id}", routes.pay_page, methods=["GET"]),
+            Route("/pay/{invoice_id}/pay", routes.pay, methods=["POST"]),
+            Route("/pay/{invoice_id}/decline", routes.decline, methods=["POST"]),
+            Route(
+                "/_control/invoices/{invoice_id}/{action:str}",
+                routes.control_move,
+                methods=["POST"],
+            ),
+            Route("/_control/faults", routes.get_faults, methods=["GET"]),
+            Route("/_control/faults", routes.clear_faults, methods=["DELETE"]),
+            Route("/_control/faults/{operation}", routes.add_faults, methods=["POST"]),
+            Route("/_control/webhooks", routes.set_webhook_faults, methods=["POST"]),
+            Route("/_control/stats", routes.stats, methods=["GET"]),
+            Route("/_control/reset", routes.reset, methods=["POST"]),
+            Route("/healthz", routes.healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.sandbox = service
+    return app

@@ -1,0 +1,135 @@
+"""The sandbox's behaviour behind its HTTP routes: invoices, timed outcomes, webhooks, counters.
+
+One :class:`SandboxService` per app. Its background work (the timeline and the webhook sender)
+runs as asyncio tasks inside the app's lifespan (:meth:`SandboxService.running`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.sandbox.config import SandboxConfig
+from adapters.sandbox.faults import FaultInjector, Operation
+from adapters.sandbox.protocol import ScenarioKind
+from adapters.sandbox.store import (
+    ApiError,
+    InvoiceRecord,
+    InvoiceRequest,
+    InvoiceStore,
+    Move,
+    Outcome,
+)
+from adapters.sandbox.timeline import Timeline
+from adapters.sandbox.webhooks import WebhookSender, build_webhook
+
+
+class SandboxService:
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.store = InvoiceStore()
+        self.faults = FaultInjector(config.faults, config.seed)
+        self.calls: Counter[Operation] = Counter()
+        self.timeline = Timeline()
+        self.webhooks = WebhookSender(
+            config.webhook_secret,
+            lambda: self.faults.webhooks,
+            attempts=config.webhook_attempts,
+            timeout=config.webhook_timeout,
+            backoff=config.webhook_backoff,
+            reorder_window=config.reorder_window,
+        )
+        self._released = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the timeline and the webhook sender for as long as the app lives."""
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(self.timeline.run(), name="sandbox-timeline"),
+            loop.create_task(self.webhooks.run(), name="sandbox-webhooks"),
+        ]
+        try:
+            yield
+        finally:
+            self.release_holds()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    def create(self, key: str, request: InvoiceRequest, pay_url_base: str) -> Outcome:
+        outcome = self.store.create(key, request, pay_url_base, self.now())
+        if outcome.changed:
+            self._schedule(outcome.record)
+        return outcome
+
+    def move(self, invoice_id: str, move: Move) -> Outcome:
+        """Change an invoice's status and, when it changed, queue its signed webhook."""
+        outcome = self.store.move(invoice_id, move, self.now())
+        notify_url = outcome.record.request.notify_url
+        if outcome.changed and notify_url is not None:
+            self.webhooks.send(build_webhook(notify_url, outcome.record.to_json(self.now())))
+        return outcome
+
+    def _schedule(self, record: InvoiceRecord) -> None:
+        deadline = record.request.expires_at.timestamp()
+        # Reads already show "expired" after the deadline; this writes it down and notifies.
+        self.timeline.at(deadline, lambda: self._try(record.id, Move.EXPIRE))
+        scenario = record.request.scenario
+        if scenario is None or scenario.kind is ScenarioKind.NEVER:
+            return
+        created = record.created_at.timestamp()
+        if scenario.kind is ScenarioKind.PAY_AFTER:
+            self.timeline.at(created + scenario.seconds, lambda: self._try(record.id, Move.PAY))
+        elif scenario.kind is ScenarioKind.DECLINE_AFTER:
+            self.timeline.at(created + scenario.seconds, lambda: self._try(record.id, Move.DECLINE))
+        elif scenario.kind is ScenarioKind.PAY_LATE:
+            self.timeline.at(
+                deadline + scenario.seconds, lambda: self._try(record.id, Move.LATE_PAY)
+            )
+
+    def _try(self, invoice_id: str, move: Move) -> None:
+        # A timed outcome that no longer applies (paid by hand, cancelled, reset) is dropped.
+        with contextlib.suppress(ApiError):
+            self.move(invoice_id, move)
+
+    async def hold(self, seconds: float | None) -> None:
+        """Hold a request like a hung server; released early when the server shuts down."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._released.wait(), self.config.hang_seconds if seconds is None else seconds
+            )
+
+    def release_holds(self) -> None:
+        self._released.set()
+
+    def reset(self) -> None:
+        """Forget every invoice, counter and fault; back to the configured fault plan."""
+        self.store = InvoiceStore()
+        self.faults = FaultInjector(self.config.faults, self.config.seed)
+        self.calls.clear()
+        self.timeline.clear()
+        self.webhooks.counts.clear()
+
+    def stats(self) -> dict[str, Any]:
+        served = self.faults.served_counts()
+        return {
+            **self.store.stats(),
+            "calls": {op.value: self.calls[op] for op in Operation},
+            "create_calls": self.calls[Operation.CREATE],
+            "status_calls": self.calls[Operation.STATUS],
+            "cancel_calls": self.calls[Operation.CANCEL],
+            "lookup_calls": self.calls[Operation.LOOKUP],
+            "faults_served": served,
+            "faults_served_total": sum(sum(kinds.values()) for kinds in served.values()),
+            "webhooks": dict(self.webhooks.counts),
+            "scheduled": len(self.timeline),
+        }
