@@ -65,6 +65,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(_settings(), orders=args.orders)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dispatcher import process
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return process.run_worker(
+        _settings(), queues=queues, threads=args.threads, in_flight=args.in_flight
+    )
+
+
+def cmd_sweeper(args: argparse.Namespace) -> int:
+    from dispatcher import process
+
+    return process.run_sweeper(
+        _settings(), batch=args.batch, interval=args.interval, lease=args.lease
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dispatcher import process
+
+    return process.run_all(_settings(), workers=args.workers)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from adapters.sandbox.runner import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paydispatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,15 +108,44 @@ def build_parser() -> argparse.ArgumentParser:
     svc.set_defaults(func=cmd_services)
 
     demo = sub.add_parser("demo", help="run the demo on embedded (or configured) services")
-    demo.add_argument("--orders", type=int, default=6, help="how many orders to create")
+    demo.add_argument("--orders", type=int, default=30, help="how many orders to create")
     demo.set_defaults(func=cmd_demo)
+    worker = sub.add_parser("worker", help="run dramatiq workers that submit and poll orders")
+    worker.add_argument("--queues", help="adapters to serve, comma-separated (default: all)")
+    worker.add_argument("--threads", type=int, default=8, help="dramatiq worker threads")
+    worker.add_argument(
+        "--in-flight", type=int, default=500, help="steps in flight at once in this process"
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    sweeper = sub.add_parser("sweeper", help="claim due orders and queue their next step")
+    sweeper.add_argument("--batch", type=int, default=500, help="orders claimed per statement")
+    sweeper.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps")
+    sweeper.add_argument("--lease", type=float, default=120.0, help="lease length in seconds")
+    sweeper.set_defaults(func=cmd_sweeper)
+
+    run = sub.add_parser("run", help="sweeper and workers in one supervisor")
+    run.add_argument("--workers", type=int, default=1, help="worker processes")
+    run.set_defaults(func=cmd_run)
+
+    sandbox = sub.add_parser("sandbox", help="serve the sandbox payment system")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.set_defaults(func=cmd_sandbox)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(_settings().log_format)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except config.ConfigError as exc:
+        raise SystemExit(f"paydispatch: configuration error: {exc}") from None
+    except services.ServiceError as exc:
+        raise SystemExit(f"paydispatch: {exc}") from None
+    except psycopg.OperationalError as exc:
+        raise SystemExit(f"paydispatch: cannot reach the database: {exc}") from None
     return code
 
 

@@ -1,123 +1,192 @@
-"""The demo: services up, schema applied, a few orders made and moved through their states."""
+"""The demo: the whole daemon on embedded (or configured) services with the sandbox.
+
+It starts the sandbox payment system, ``paydispatch run`` (sweeper and worker), creates a batch
+of orders whose outcome the sandbox scripts — most paid, some declined, some left to expire,
+one paid after its deadline — shows a live count per status, and exits 0 only if every order
+ended where it should and no order got two invoices.
+"""
 
 from __future__ import annotations
 
+import os
+import random
 import secrets
-from dataclasses import replace
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
+from uuid import UUID
 
+import httpx
 import psycopg
 
+from adapters.sandbox import SCENARIO_METADATA_KEY
+from adapters.sandbox.runner import running_sandbox
 from dispatcher import services
 from dispatcher.config import Settings
-from orders import InvalidInput, Money, NewOrder, Order, OrderStatus, schema
+from orders import Money, NewOrder, OrderStatus, schema
 from orders.repository import OrderRepository, open_pool
 
-SITE = "demo-shop"
+S = OrderStatus
+DEADLINE = 60.0  # seconds the orders get to settle
 
 
-def _print_orders(title: str, orders: list[Order]) -> None:
-    print(f"\n{title}")
-    print(f"  {'number':>6}  {'site_ref':<18} {'amount':>14}  {'adapter':<9} status")
-    for order in orders:
-        print(
-            f"  {order.number:>6}  {order.site_ref or '-':<18} {order.money!s:>14}  "
-            f"{order.adapter:<9} {order.status}"
-        )
+@dataclass(frozen=True, slots=True)
+class Plan:
+    scenario: str
+    expected: OrderStatus
+    expires_in: timedelta
+    label: str
 
 
-def run(settings: Settings, *, orders: int = 6) -> int:
+def plans(n: int, rng: random.Random) -> list[Plan]:
+    """Most paid, about a sixth declined, a few expired, exactly one paid late."""
+    short = timedelta(seconds=12)
+    made = [Plan("pay_late:2", S.PAID, short, "paid late")]
+    for i in range(n - 1):
+        if i % 6 == 0:
+            made.append(Plan(f"decline_after:{rng.randint(1, 3)}", S.REJECTED, short, "declined"))
+        elif i % 8 == 1:
+            made.append(Plan("never", S.EXPIRED, short, "expired"))
+        else:
+            made.append(Plan(f"pay_after:{rng.randint(1, 4)}", S.PAID, short, "paid"))
+    return made
+
+
+def _line(counts: Counter[str], total: int, elapsed: float) -> str:
+    order = [S.NEW, S.SUBMITTING, S.AWAITING_PAYMENT, S.PAID, S.REJECTED, S.EXPIRED]
+    parts = [f"{status}={counts.get(status, 0)}" for status in order]
+    other = total - sum(counts.get(s, 0) for s in order)
+    if other:
+        parts.append(f"other={other}")
+    return f"[{elapsed:5.1f}s] " + "  ".join(parts)
+
+
+def run(settings: Settings, *, orders: int = 30) -> int:
     found = services.ensure(settings)
     print(f"services: {found.describe()}")
     with psycopg.connect(found.database_url, autocommit=True) as conn:
         for line in schema.init(conn) or ["schema up to date"]:
             print(f"database: {line}")
-    pool = open_pool(found.database_url, max_size=4, name="demo")
-    try:
-        repo = OrderRepository(pool, {"sandbox": timedelta(hours=1)})
-        run_id = secrets.token_hex(3)
-        amounts = ["9.99", "25.00", "1500", "120.50", "3.75", "42.00"]
-        currencies = ["USD", "EUR", "JPY", "RUB", "GBP", "USD"]
-        made = []
-        for i in range(orders):
-            new = NewOrder(
-                site=SITE,
-                site_ref=f"demo-{run_id}-{i + 1}",
-                user_id=f"user-{i % 3 + 1}",
-                money=Money.parse(amounts[i % 6], currencies[i % 6]),
-                adapter="sandbox",
-                description=f"Top-up #{i + 1}",
-            )
-            made.append(repo.create(new).order)
-        replay = repo.create(
-            NewOrder(
-                site=SITE,
-                site_ref=made[0].site_ref,
-                user_id=made[0].user_id,
-                money=made[0].money,
-                adapter="sandbox",
-                description=made[0].description,
-            )
+    rng = random.Random()  # noqa: S311 - demo outcomes, not cryptography
+    site = f"demo-{secrets.token_hex(3)}"
+    with running_sandbox() as sandbox:
+        print(f"sandbox payment system: {sandbox.url} (pay pages at {sandbox.url}/pay/<id>)")
+        env = dict(os.environ)
+        env.update(
+            {
+                "PAYDISPATCH_DATABASE_URL": found.database_url,
+                "PAYDISPATCH_BROKER_URL": found.broker_url,
+                "PAYDISPATCH_ADAPTERS": "sandbox",
+                "PAYDISPATCH_SANDBOX_API_URL": sandbox.url,
+                "PAYDISPATCH_SANDBOX_POLL_FIRST": "0.5",
+                "PAYDISPATCH_SANDBOX_POLL_CAP": "2",
+                "PAYDISPATCH_SANDBOX_LATE_INTERVAL": "1",
+                "PAYDISPATCH_LOG_FORMAT": "json",
+            }
         )
-        print(
-            f"\nreplaying site_ref {made[0].site_ref}: same order = {replay.order.id == made[0].id}"
-        )
-        good = NewOrder(site=SITE, user_id="user-1", money=Money(100, "USD"), adapter="sandbox")
-        bad_requests = {
-            "a negative amount": replace(good, money=Money(-500, "USD")),
-            "an unknown adapter": replace(good, adapter="nowhere"),
-            "an oversized description": replace(good, description="x" * 5000),
-        }
-        for label, bad in bad_requests.items():
+        log_path = settings.home / "demo-daemon.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as daemon_log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher.cli", "run", "--workers", "1"],
+                env=env,
+                stdout=daemon_log,
+                stderr=subprocess.STDOUT,
+            )
+            print(f"daemon: paydispatch run (pid {daemon.pid}), log in {log_path}")
             try:
-                repo.create(bad)
-            except InvalidInput as exc:
-                print(f"refused {label}: {exc}")
-        for label, value, currency in [("XYZ", "5", "XYZ"), ("10.5 JPY", "10.5", "JPY")]:
-            try:
-                Money.parse(value, currency)
-            except InvalidInput as exc:
-                print(f"refused {label}: {exc}")
-        _print_orders("created:", [repo.get(o.id) for o in made])
+                return _drive(
+                    found.database_url,
+                    site,
+                    n=orders,
+                    rng=rng,
+                    sandbox_url=sandbox.url,
+                    daemon=daemon,
+                )
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    code = daemon.wait(timeout=45)
+                    print(f"daemon stopped cleanly (exit {code})")
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    print("daemon did not stop in time; killed")
 
-        claimed = repo.claim(limit=orders, lease=timedelta(seconds=30))
-        print(f"\nclaimed {len(claimed)} due orders with one lease")
-        mine = {o.id: o for o in claimed}
-        outcomes = [OrderStatus.PAID, OrderStatus.REJECTED, OrderStatus.EXPIRED]
-        for i, order in enumerate(made):
-            if order.id not in mine:
-                continue
-            leased = mine[order.id]
-            if i == len(made) - 1:
-                repo.cancel(order.id, actor="demo", reason="buyer changed their mind")
-                continue
-            step = repo.transition(
-                order.id,
-                OrderStatus.NEW,
-                OrderStatus.SUBMITTING,
-                actor="demo",
-                lease_token=leased.lease_token,
-                keep_lease=True,
+
+def _drive(
+    database_url: str,
+    site: str,
+    *,
+    n: int,
+    rng: random.Random,
+    sandbox_url: str,
+    daemon: subprocess.Popen[bytes],
+) -> int:
+    pool = open_pool(database_url, max_size=4, name="demo")
+    try:
+        repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
+        expected: dict[UUID, Plan] = {}
+        for i, plan in enumerate(plans(n, rng)):
+            new = NewOrder(
+                site=site,
+                site_ref=f"{site}-{i + 1}",
+                user_id=f"user-{i % 5 + 1}",
+                money=Money(rng.randrange(100, 50_000), rng.choice(["USD", "EUR", "RUB"])),
+                adapter="sandbox",
+                description=f"Top-up #{i + 1} ({plan.label})",
+                expires_in=plan.expires_in,
+                metadata={SCENARIO_METADATA_KEY: plan.scenario},
             )
-            step = repo.transition(
-                order.id,
-                OrderStatus.SUBMITTING,
-                OrderStatus.AWAITING_PAYMENT,
-                actor="demo",
-                lease_token=step.lease_token,
-                psp_id=f"demo-{order.number}",
-                pay_url=f"http://127.0.0.1/pay/{order.number}",
-            )
-            if i < len(outcomes):
-                repo.transition(order.id, OrderStatus.AWAITING_PAYMENT, outcomes[i], actor="demo")
-        final = [repo.get(o.id) for o in made]
-        _print_orders("after one pass:", final)
-        events = repo.events(made[0].id)
-        print(f"\nhistory of order {made[0].number}: " + " -> ".join(e.to_status for e in events))
-        counts: dict[str, int] = {}
-        for order in final:
-            counts[order.status] = counts.get(order.status, 0) + 1
-        print("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            expected[repo.create(new).order.id] = plan
+        print(f"created {len(expected)} orders for site {site}\n")
+        started = time.monotonic()
+        tty = sys.stdout.isatty()
+        last_print = 0.0
+        while True:
+            elapsed = time.monotonic() - started
+            statuses = {oid: repo.get(oid).status for oid in expected}
+            counts = Counter(str(s) for s in statuses.values())
+            done = all(statuses[oid] is plan.expected for oid, plan in expected.items())
+            if tty or elapsed - last_print >= 2 or done:
+                end = "\r" if tty and not done else "\n"
+                print(_line(counts, len(expected), elapsed).ljust(100), end=end, flush=True)
+                last_print = elapsed
+            if done or elapsed > DEADLINE or daemon.poll() is not None:
+                break
+            time.sleep(0.25)
+        return _summary(repo, expected, sandbox_url, time.monotonic() - started)
     finally:
         pool.close()
-    return 0
+
+
+def _summary(
+    repo: OrderRepository, expected: dict[UUID, Plan], sandbox_url: str, elapsed: float
+) -> int:
+    wrong = []
+    by_label: Counter[str] = Counter()
+    late_seen = 0
+    for oid, plan in expected.items():
+        order = repo.get(oid)
+        if order.status is not plan.expected:
+            wrong.append((order.number, plan.label, plan.expected, order.status, order.last_error))
+            continue
+        by_label[plan.label] += 1
+        if plan.label == "paid late":
+            events = repo.events(oid)
+            late_seen += any(e.from_status is S.EXPIRED and e.to_status is S.PAID for e in events)
+    stats = httpx.get(f"{sandbox_url}/_control/stats", timeout=5).json()
+    most = stats.get("max_invoices_per_order", 0)
+    print(f"\nsummary after {elapsed:.1f}s:")
+    for label in ("paid", "declined", "expired", "paid late"):
+        print(f"  {label:<10} {by_label[label]:>4} as expected")
+    print(f"  late payment went expired -> paid: {'yes' if late_seen else 'NO'}")
+    print(f"  sandbox invoices: {stats.get('invoices')}, most for one order: {most}")
+    for number, label, want, got, error in wrong:
+        print(f"  order {number} ({label}): expected {want}, ended {got} {error or ''}")
+    ok = not wrong and late_seen == 1 and most == 1
+    print("demo " + ("succeeded" if ok else "FAILED"))
+    return 0 if ok else 1

@@ -29,7 +29,7 @@ LIMITS: Mapping[str, int] = MappingProxyType(
     }
 )
 MAX_METADATA_BYTES = 16 * 1024
-MIN_EXPIRY = timedelta(minutes=1)
+MIN_EXPIRY = timedelta(seconds=10)
 MAX_EXPIRY = timedelta(days=30)
 
 

@@ -248,14 +248,43 @@ class OrderRepository:
             rows = conn.execute(query("claim_due"), params).fetchall()
         return [Order.from_row(row) for row in rows]
 
-    def release(self, order: Order, *, next_run_at: datetime | None) -> Order:
-        """Give a lease back without a status change, due again at ``next_run_at``."""
-        params = {"id": order.id, "token": order.lease_token, "next_run_at": next_run_at}
+    def release(self, order: Order, *, next_run_at: datetime | None, **changes: Any) -> Order:
+        """Give a lease back without a status change, due again at ``next_run_at``.
+
+        ``changes`` may set the same columns a transition may (``polls``, ``last_error``...).
+        Raises :class:`StaleOrder` when the lease is no longer held.
+        """
+        unknown = set(changes) - SETTABLE
+        if unknown:
+            raise TypeError(f"release cannot set {sorted(unknown)}")
+        assignments = [
+            sql.SQL("lease_until = NULL, lease_token = NULL, updated_at = now()"),
+            sql.SQL("next_run_at = {}").format(sql.Placeholder("next_run_at")),
+        ]
+        params: dict[str, Any] = {
+            "id": order.id,
+            "token": order.lease_token,
+            "next_run_at": next_run_at,
+        }
+        for column, value in sorted(changes.items()):
+            assignments.append(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+            )
+            params[column] = value
+        statement = sql.SQL(
+            "UPDATE orders SET {} WHERE id = {} AND lease_token = {} RETURNING *"
+        ).format(sql.SQL(", ").join(assignments), sql.Placeholder("id"), sql.Placeholder("token"))
         with self._transaction() as conn:
-            row = conn.execute(query("release_lease"), params).fetchone()
+            row = conn.execute(statement, params).fetchone()
         if row is None:
             raise StaleOrder(f"order {order.id}: lease {order.lease_token} is no longer held")
         return Order.from_row(row)
+
+    def status_counts(self, *, site: str | None = None) -> dict[tuple[str, OrderStatus], int]:
+        """How many orders each adapter has in each status (of one site, if given)."""
+        with database_errors(), self.pool.connection() as conn:
+            rows = conn.execute(query("status_counts"), {"site": site}).fetchall()
+        return {(row["adapter"], OrderStatus(row["status"])): row["n"] for row in rows}
 
     def transition(
         self,

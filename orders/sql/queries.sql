@@ -68,8 +68,7 @@ FROM due
 WHERE o.id = due.id
 RETURNING o.*
 
--- release_lease --
-UPDATE orders
-SET lease_until = NULL, lease_token = NULL, next_run_at = %(next_run_at)s, updated_at = now()
-WHERE id = %(id)s AND lease_token = %(token)s
-RETURNING *
+-- status_counts --
+SELECT adapter, status, count(*) AS n FROM orders
+WHERE (%(site)s::text IS NULL OR site = %(site)s)
+GROUP BY adapter, status

@@ -1,0 +1,97 @@
+"""The dramatiq side: the broker, the actors, and sending a step to an adapter's queue.
+
+Actors ``submit``, ``poll`` and ``finalize`` (and ``watch`` for late payments) all hand their
+step to the process's :class:`EngineHost`. Messages carry the order id, the lease token and the
+action; dramatiq's own retries are off, because the order table and its leases are the retry
+mechanism (a lost message only delays an order until its lease ends).
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
+
+from dispatcher.engine import Action
+from dispatcher.host import EngineHost
+from dispatcher.runtime import queue_name
+
+_host: EngineHost | None = None
+
+
+def set_host(host: EngineHost | None) -> None:
+    global _host  # noqa: PLW0603 - one engine per worker process, installed by its entry point
+    _host = host
+
+
+def _admit(order_id: str, token: str, action: Action) -> None:
+    if _host is None:
+        raise RuntimeError("no engine in this process: run `paydispatch worker`")
+    _host.admit(UUID(order_id), UUID(token), action)
+
+
+def submit(order_id: str, token: str) -> None:
+    _admit(order_id, token, Action.SUBMIT)
+
+
+def poll(order_id: str, token: str) -> None:
+    _admit(order_id, token, Action.POLL)
+
+
+def finalize(order_id: str, token: str) -> None:
+    _admit(order_id, token, Action.FINALIZE)
+
+
+def watch(order_id: str, token: str) -> None:
+    _admit(order_id, token, Action.WATCH)
+
+
+_FUNCTIONS = {
+    Action.SUBMIT: submit,
+    Action.POLL: poll,
+    Action.FINALIZE: finalize,
+    Action.WATCH: watch,
+}
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    """A broker for ``redis://`` (default) or ``amqp://`` URLs, without dramatiq's retries."""
+    middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines()]
+    broker: dramatiq.Broker
+    if url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=url, middleware=middleware)
+    elif url.startswith(("redis://", "rediss://", "unix://")):
+        # dramatiq's RedisBroker.__init__ has no annotations
+        broker = RedisBroker(url=url, middleware=middleware)  # type: ignore[no-untyped-call]
+    else:
+        scheme = url.split("://", maxsplit=1)[0]
+        raise ValueError(f"PAYDISPATCH_BROKER_URL: unsupported scheme {scheme!r}")
+    return broker
+
+
+class Dispatch:
+    """Actors declared on one broker, and the queues of the enabled adapters."""
+
+    def __init__(self, broker: dramatiq.Broker, adapters: list[str]) -> None:
+        self.broker = broker
+        self.actors = {
+            action: dramatiq.Actor(
+                fn,
+                broker=broker,
+                actor_name=str(action),
+                queue_name=queue_name(adapters[0]) if adapters else "paydispatch",
+                priority=0,
+                options={"max_retries": 0, "time_limit": 60_000},
+            )
+            for action, fn in _FUNCTIONS.items()
+        }
+        for adapter in adapters:
+            broker.declare_queue(queue_name(adapter))
+
+    def send(self, adapter: str, action: Action, order_id: UUID, token: UUID) -> None:
+        message = self.actors[action].message(str(order_id), str(token))
+        self.broker.enqueue(message.copy(queue_name=queue_name(adapter)))

@@ -1,0 +1,454 @@
+"""The dispatch engine: one async step per claimed order — submit, poll, finalize, watch.
+
+A step loads the order, checks it still holds the lease the sweeper gave it, calls the payment
+system through the transport (no transaction is open meanwhile), and commits one transition or
+gives the lease back with the next time to look. Errors never crash the step: transient ones
+(timeouts, 5xx, 429, unreadable answers, an unavailable database) only delay the order; only a
+definite answer from the payment system rejects or fails it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
+from typing import Any, TypeVar
+from uuid import UUID
+
+import structlog
+
+from adapters.base import (
+    CanonicalState,
+    FollowUp,
+    Invoice,
+    MalformedResponse,
+    NotSupported,
+    StatusReport,
+)
+from dispatcher import metrics
+from dispatcher.policy import next_poll, retry_delay
+from dispatcher.runtime import AdapterRuntime
+from dispatcher.transport import CircuitOpen, PspUnavailable, Transport
+from orders.errors import (
+    InvalidInput,
+    OrderNotFound,
+    OutcomeUnknown,
+    PermanentError,
+    StaleOrder,
+    TransientError,
+)
+from orders.model import Order
+from orders.repository import OrderRepository
+from orders.status import LATE_PAYMENT_FROM, OrderStatus
+
+log = structlog.get_logger(__name__)
+S = OrderStatus
+T = TypeVar("T")
+MAX_ERROR = 500
+
+# Runs inside the transaction that marks an order paid (the billing hook).
+PaidHook = Callable[[Any, Order], None]
+
+
+class Action(StrEnum):
+    SUBMIT = "submit"
+    POLL = "poll"
+    FINALIZE = "finalize"  # the deadline passed: one last status check, then expired
+    WATCH = "watch"  # after expired/rejected/cancelled: look for a late payment
+
+
+def action_for(order: Order, now: datetime) -> Action | None:
+    """What a claimed order needs next, or None when nothing is left to do."""
+    if order.status in {S.NEW, S.SUBMITTING}:
+        return Action.SUBMIT
+    if order.status is S.AWAITING_PAYMENT:
+        return Action.FINALIZE if now >= order.expires_at else Action.POLL
+    if order.status in LATE_PAYMENT_FROM:
+        return Action.WATCH
+    return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Engine:
+    """Runs steps on one event loop. DB calls go to a small thread pool; HTTP stays async."""
+
+    def __init__(
+        self,
+        repo: OrderRepository,
+        runtimes: Mapping[str, AdapterRuntime],
+        *,
+        paid_hook: PaidHook | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        db_threads: int = 8,
+    ) -> None:
+        self.repo = repo
+        self.runtimes = dict(runtimes)
+        self.paid_hook = paid_hook
+        self.clock = clock
+        self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-db")
+        self.transports: dict[str, Transport] = {}
+
+    def transport(self, name: str) -> Transport:
+        if name not in self.transports:  # created on the loop that uses it
+            rt = self.runtimes[name]
+            self.transports[name] = Transport(rt.adapter, rt.settings, rt.policy)
+        return self.transports[name]
+
+    async def aclose(self) -> None:
+        for transport in self.transports.values():
+            await transport.aclose()
+        self.transports.clear()
+        self.db_pool.shutdown(wait=True)
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db_pool, partial(fn, *args, **kwargs))
+
+    # -- entry point ---------------------------------------------------------------------
+
+    async def run(self, order_id: UUID, token: UUID, action: Action) -> None:
+        """One step for one order. Never raises for anything an order or a PSP can do."""
+        structlog.contextvars.bind_contextvars(order_id=str(order_id), action=str(action))
+        try:
+            try:
+                order = await self.db(self.repo.get, order_id)
+            except OrderNotFound:
+                log.warning("step for an unknown order dropped")
+                return
+            if order.lease_token != token:
+                log.debug("lease moved on; message dropped", status=str(order.status))
+                return
+            rt = self.runtimes.get(order.adapter)
+            if rt is None:
+                log.error("adapter not enabled in this worker", adapter=order.adapter)
+                return
+            structlog.contextvars.bind_contextvars(adapter=order.adapter)
+            try:
+                await self._dispatch(rt, order, action)
+            except StaleOrder as exc:
+                log.info("order moved under us", detail=str(exc))
+            except Exception as exc:
+                await self._retry_later(rt, order, action, exc)
+        except TransientError as exc:  # the database went away while giving the lease back
+            log.warning("step abandoned; the lease will bring the order back", error=str(exc))
+        except Exception:
+            log.exception("step crashed; the lease will bring the order back")
+        finally:
+            structlog.contextvars.unbind_contextvars("order_id", "action", "adapter")
+
+    async def _dispatch(self, rt: AdapterRuntime, order: Order, action: Action) -> None:
+        if action is Action.SUBMIT:
+            await self._submit(rt, order)
+        elif action in {Action.POLL, Action.FINALIZE} and order.status is S.AWAITING_PAYMENT:
+            await self._poll(rt, order)
+        elif action is Action.WATCH and order.status in LATE_PAYMENT_FROM:
+            await self._watch(rt, order)
+        else:
+            log.info("nothing to do for this status", status=str(order.status))
+
+    # -- submit ----------------------------------------------------------------------------
+
+    async def _submit(self, rt: AdapterRuntime, order: Order) -> None:
+        if order.status is S.NEW:
+            order = await self._move(
+                order, S.SUBMITTING, keep_lease=True, attempts=order.attempts + 1
+            )
+        elif order.status is not S.SUBMITTING:
+            return
+        elif not rt.adapter.capabilities.idempotent_create:
+            # A create may already have reached the payment system: never create blindly twice.
+            invoice = await self._lookup(rt, order)
+            if invoice is not None:
+                await self._invoice_ready(rt, order, invoice)
+                return
+        try:
+            built = rt.adapter.build_create(order, rt.settings)
+        except InvalidInput as exc:
+            await self._move(order, S.FAILED, last_error=str(exc)[:MAX_ERROR])
+            return
+        if isinstance(built, Invoice):
+            invoice = built
+        else:
+            response = await self.transport(rt.name).send(built)
+            invoice = rt.adapter.parse_create(order, response)
+        await self._invoice_ready(rt, order, invoice)
+
+    async def _lookup(self, rt: AdapterRuntime, order: Order) -> Invoice | None:
+        if not rt.adapter.capabilities.lookup_by_reference:
+            raise OutcomeUnknown(
+                f"{rt.name} has no idempotency key and no lookup: an earlier create may exist"
+            )
+        response = await self.transport(rt.name).send(rt.adapter.build_lookup(order, rt.settings))
+        return rt.adapter.parse_lookup(order, response)
+
+    async def _invoice_ready(self, rt: AdapterRuntime, order: Order, invoice: Invoice) -> None:
+        now = self.clock()
+        deadline = order.expires_at
+        if invoice.expires_at is not None:
+            deadline = min(deadline, invoice.expires_at)
+        await self._move(
+            order,
+            S.AWAITING_PAYMENT,
+            detail={"psp_id": invoice.psp_id},
+            psp_id=invoice.psp_id,
+            pay_url=invoice.pay_url,
+            expires_at=deadline,
+            polls=0,
+            last_error=None,
+            next_run_at=next_poll(rt.policy.poll, 0, now, deadline),
+        )
+
+    # -- poll and finalize -----------------------------------------------------------------
+
+    async def _status(self, rt: AdapterRuntime, order: Order) -> StatusReport:
+        request = rt.adapter.build_status(order, rt.settings)
+        response = await self.transport(rt.name).send(request)
+        return rt.adapter.parse_status(order, response)
+
+    async def _poll(self, rt: AdapterRuntime, order: Order) -> None:
+        report = await self._status(rt, order)
+        now = self.clock()
+        final = now >= order.expires_at
+        if await self._amount_mismatch(rt, order, report):
+            return
+        if report.state is CanonicalState.PENDING and report.follow_up is FollowUp.CAPTURE:
+            capture = rt.adapter.build_capture(order, rt.settings)
+            report = rt.adapter.parse_status(order, await self.transport(rt.name).send(capture))
+            if await self._amount_mismatch(rt, order, report):
+                return
+        if report.state is CanonicalState.PAID:
+            await self._paid(order, report)
+        elif report.state is CanonicalState.REJECTED:
+            await self._settle(rt, order, S.REJECTED, report)
+        elif report.state is CanonicalState.EXPIRED:
+            await self._settle(rt, order, S.EXPIRED, report)
+        elif report.state is CanonicalState.REFUNDED:
+            await self._move(
+                order, S.NEEDS_REVIEW, detail={"reason": "refunded before paid was seen"}
+            )
+        elif final:
+            await self._cancel_at_psp(rt, order)
+            await self._settle(rt, order, S.EXPIRED, report, final_check=True)
+        else:
+            await self.db(
+                self.repo.release,
+                order,
+                next_run_at=next_poll(rt.policy.poll, order.polls + 1, now, order.expires_at),
+                polls=order.polls + 1,
+                last_error=None,
+            )
+
+    async def _amount_mismatch(
+        self, rt: AdapterRuntime, order: Order, report: StatusReport
+    ) -> bool:
+        if report.money is None or report.money == order.money:
+            return False
+        if report.follow_up is FollowUp.CAPTURE:
+            await self._cancel_at_psp(rt, order)  # do not capture money we did not ask for
+        await self._move(
+            order,
+            S.NEEDS_REVIEW,
+            detail={
+                "reason": "amount mismatch",
+                "expected": str(order.money),
+                "reported": str(report.money),
+                "psp_status": report.raw_status,
+            },
+            last_error=f"payment system reported {report.money}, order is {order.money}",
+        )
+        return True
+
+    async def _cancel_at_psp(self, rt: AdapterRuntime, order: Order) -> None:
+        """Best effort: an invoice left open could still be paid, and the watch would see it."""
+        if not rt.adapter.capabilities.cancel:
+            return
+        try:
+            request = rt.adapter.build_cancel(order, rt.settings)
+            await self.transport(rt.name).send(request)
+        except (TransientError, NotSupported, PermanentError) as exc:
+            log.info("cancel at the payment system failed", error=str(exc))
+
+    async def _paid(self, order: Order, report: StatusReport) -> None:
+        late = order.status in LATE_PAYMENT_FROM
+        paid = await self._move(
+            order,
+            S.PAID,
+            detail={"psp_status": report.raw_status, "late": late},
+            within=self.paid_hook,
+        )
+        if late:
+            metrics.LATE_PAYMENTS.labels(order.adapter).inc()
+            log.warning("late payment", previous=str(order.status))
+        if paid.paid_at is not None:
+            metrics.TIME_TO_PAID.labels(order.adapter).observe(
+                (paid.paid_at - paid.created_at).total_seconds()
+            )
+
+    async def _settle(
+        self,
+        rt: AdapterRuntime,
+        order: Order,
+        to: OrderStatus,
+        report: StatusReport,
+        *,
+        final_check: bool = False,
+    ) -> None:
+        """Leave awaiting_payment for good, but keep watching for a late payment."""
+        now = self.clock()
+        watch_until = max(order.expires_at, now) + rt.policy.late_window
+        detail: dict[str, Any] = {"psp_status": report.raw_status}
+        if report.reason:
+            detail["reason"] = report.reason
+        if final_check:
+            detail["final_check"] = True
+        await self._move(
+            order,
+            to,
+            detail=detail,
+            polls=0,
+            next_run_at=min(now + rt.policy.late_interval, watch_until),
+        )
+
+    # -- late payments ---------------------------------------------------------------------
+
+    async def _watch(self, rt: AdapterRuntime, order: Order) -> None:
+        if order.psp_id is None:  # never reached the payment system: nothing to watch
+            await self.db(self.repo.release, order, next_run_at=None)
+            return
+        report = await self._status(rt, order)
+        if report.state is CanonicalState.PAID:
+            if not await self._amount_mismatch_late(order, report):
+                await self._paid(order, report)
+            return
+        if report.state is CanonicalState.PENDING and order.polls == 0:
+            await self._cancel_at_psp(rt, order)  # e.g. cancelled by the site: close it there too
+        now = self.clock()
+        watch_until = order.expires_at + rt.policy.late_window
+        later = now + rt.policy.late_interval
+        await self.db(
+            self.repo.release,
+            order,
+            next_run_at=later if later < watch_until else None,
+            polls=order.polls + 1,
+        )
+
+    async def _amount_mismatch_late(self, order: Order, report: StatusReport) -> bool:
+        if report.money is None or report.money == order.money:
+            return False
+        # rejected/expired/cancelled cannot go to needs_review: record it and stop watching.
+        log.error(
+            "late payment with a different amount: needs a person",
+            expected=str(order.money),
+            reported=str(report.money),
+        )
+        await self.db(
+            self.repo.release,
+            order,
+            next_run_at=None,
+            last_error=f"late payment of {report.money}, order is {order.money}",
+        )
+        return True
+
+    # -- errors ----------------------------------------------------------------------------
+
+    async def _retry_later(
+        self, rt: AdapterRuntime, order: Order, action: Action, exc: Exception
+    ) -> None:
+        order = await self.db(self.repo.get, order.id)  # the step may have moved it
+        if order.lease_token is None:
+            return
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+        kind = (
+            "malformed"
+            if isinstance(exc, MalformedResponse)
+            else "transient"
+            if isinstance(exc, TransientError)
+            else "permanent"
+            if isinstance(exc, PermanentError)
+            else "unknown"
+            if isinstance(exc, OutcomeUnknown)
+            else "bug"
+        )
+        metrics.STEP_ERRORS.labels(order.adapter, str(action), kind).inc()
+        log.warning("step failed", error=error, kind=kind, status=str(order.status))
+        now = self.clock()
+        if order.status is S.SUBMITTING:
+            await self._submit_failed(rt, order, exc, error, now)
+            return
+        if kind == "bug":
+            log.error("unexpected error in a step", exc_info=exc)
+        await self.db(
+            self.repo.release,
+            order,
+            next_run_at=now + retry_delay(order.polls),
+            polls=order.polls + 1,
+            last_error=error,
+        )
+
+    async def _submit_failed(
+        self, rt: AdapterRuntime, order: Order, exc: Exception, error: str, now: datetime
+    ) -> None:
+        if isinstance(exc, OutcomeUnknown):
+            await self._move(order, S.NEEDS_REVIEW, detail={"reason": error}, last_error=error)
+            return
+        if isinstance(exc, PermanentError):
+            await self._move(order, S.FAILED, detail={"reason": error}, last_error=error)
+            return
+        exhausted = order.attempts >= rt.policy.submit_attempts
+        not_sent = isinstance(exc, CircuitOpen) or (
+            isinstance(exc, PspUnavailable) and not exc.maybe_sent
+        )
+        if exhausted:
+            if rt.adapter.capabilities.idempotent_create or not_sent:
+                await self._move(order, S.FAILED, detail={"reason": error}, last_error=error)
+            else:
+                await self._move(order, S.NEEDS_REVIEW, detail={"reason": error}, last_error=error)
+            return
+        retry_at = now + retry_delay(order.attempts)
+        if not_sent:
+            # Nothing reached the payment system: the order is simply new again.
+            await self._move(order, S.NEW, last_error=error, next_run_at=retry_at)
+        else:
+            # The create may have been accepted: stay in submitting, so the next try uses the
+            # same idempotency key (or looks the invoice up first).
+            await self.db(
+                self.repo.release,
+                order,
+                next_run_at=retry_at,
+                attempts=order.attempts + 1,
+                last_error=error,
+            )
+
+    # -- one transition ----------------------------------------------------------------------
+
+    async def _move(
+        self,
+        order: Order,
+        to: OrderStatus,
+        *,
+        detail: Mapping[str, Any] | None = None,
+        within: PaidHook | None = None,
+        keep_lease: bool = False,
+        **changes: Any,
+    ) -> Order:
+        moved = await self.db(
+            self.repo.transition,
+            order.id,
+            order.status,
+            to,
+            actor="worker",
+            detail=detail,
+            lease_token=order.lease_token,
+            keep_lease=keep_lease,
+            within=within,
+            **changes,
+        )
+        metrics.TRANSITIONS.labels(order.adapter, str(order.status), str(to)).inc()
+        log.info("order moved", from_status=str(order.status), to_status=str(to))
+        return moved

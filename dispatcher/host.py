@@ -1,0 +1,78 @@
+"""Runs the engine's event loop in a thread and admits steps to it from dramatiq's threads.
+
+An actor hands its step to the loop and returns at once, so a handful of worker threads keep
+hundreds of slow polls in flight. Admission blocks when ``max_in_flight`` steps are running:
+that is the back-pressure on the queue. The message is acknowledged before the step ends; a
+crash loses nothing, because the order's lease brings it back to the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from uuid import UUID
+
+import structlog
+
+from dispatcher import metrics
+from dispatcher.engine import Action, Engine
+
+log = structlog.get_logger(__name__)
+
+
+class EngineHost:
+    def __init__(self, engine: Engine, max_in_flight: int = 500) -> None:
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self.slots = threading.BoundedSemaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self._thread = threading.Thread(target=self._run, name="paydispatch-engine", daemon=True)
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._accepting = True
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def admit(self, order_id: UUID, token: UUID, action: Action) -> None:
+        """Start a step on the loop; blocks while the engine is full."""
+        if not self._accepting:
+            raise RuntimeError("engine is shutting down")
+        self.slots.acquire()
+        with self._idle:
+            self._in_flight += 1
+            metrics.IN_FLIGHT.set(self._in_flight)
+        asyncio.run_coroutine_threadsafe(self._step(order_id, token, action), self.loop)
+
+    async def _step(self, order_id: UUID, token: UUID, action: Action) -> None:
+        try:
+            await self.engine.run(order_id, token, action)
+        finally:
+            self.slots.release()
+            with self._idle:
+                self._in_flight -= 1
+                metrics.IN_FLIGHT.set(self._in_flight)
+                self._idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop admitting and wait for running steps; True when all finished in time."""
+        self._accepting = False
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
+    def stop(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.engine.aclose(), self.loop)
+        try:
+            future.result(timeout=10)
+        except TimeoutError:
+            log.warning("engine did not close in time")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)

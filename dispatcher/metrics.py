@@ -1,0 +1,40 @@
+"""Prometheus metrics, all under ``paydispatch_``; labels never carry an order id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ORDERS_CREATED = Counter("paydispatch_orders_created", "Orders created", ["adapter"])
+TRANSITIONS = Counter(
+    "paydispatch_transitions", "Order status changes", ["adapter", "from_status", "to_status"]
+)
+PSP_REQUESTS = Counter(
+    "paydispatch_psp_requests",
+    "HTTP calls to payment systems by outcome (ok, 4xx, 5xx, 429, timeout, network)",
+    ["adapter", "operation", "outcome"],
+)
+PSP_DURATION = Histogram(
+    "paydispatch_psp_request_duration_seconds",
+    "Duration of HTTP calls to payment systems",
+    ["adapter", "operation"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STEP_ERRORS = Counter(
+    "paydispatch_step_errors",
+    "Dispatcher steps that ended in an error, by kind (transient, malformed, permanent)",
+    ["adapter", "operation", "kind"],
+)
+LATE_PAYMENTS = Counter(
+    "paydispatch_late_payments", "Payments seen after expired/rejected/cancelled", ["adapter"]
+)
+TIME_TO_PAID = Histogram(
+    "paydispatch_time_to_paid_seconds",
+    "From order creation to paid",
+    ["adapter"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 86400),
+)
+BREAKER_STATE = Gauge(
+    "paydispatch_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["adapter"]
+)
+CLAIMED = Counter("paydispatch_sweeper_claimed", "Orders claimed by the sweeper", ["adapter"])
+IN_FLIGHT = Gauge("paydispatch_steps_in_flight", "Dispatcher steps running in this process")

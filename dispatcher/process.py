@@ -1,0 +1,164 @@
+"""The daemon's processes: ``worker``, ``sweeper`` and ``run`` (both, supervised).
+
+Each entry point resolves the configuration and the services once, checks every enabled
+adapter's settings (a bad one stops the process at start, naming the setting), and stops
+cleanly on SIGTERM or SIGINT: the sweeper finishes its tick, the worker stops taking messages
+and drains the steps in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+
+import dramatiq
+import structlog
+
+from dispatcher import actors, services
+from dispatcher.config import Settings
+from dispatcher.engine import Engine
+from dispatcher.host import EngineHost
+from dispatcher.runtime import AdapterRuntime, build_adapters, expiries
+from dispatcher.sweeper import Sweeper
+from orders.repository import OrderRepository, Pool, open_pool
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Context:
+    services: services.Services
+    runtimes: dict[str, AdapterRuntime]
+    pool: Pool
+    repo: OrderRepository
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def bootstrap(settings: Settings, *, pool_size: int = 10, name: str = "paydispatch") -> Context:
+    found = services.ensure(settings)
+    runtimes = build_adapters(settings)
+    pool = open_pool(found.database_url, max_size=pool_size, name=name)
+    return Context(found, runtimes, pool, OrderRepository(pool, expiries(runtimes)))
+
+
+def stop_event() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    queues: list[str] | None = None,
+    threads: int = 8,
+    in_flight: int = 500,
+    drain_timeout: float = 30.0,
+) -> int:
+    stop = stop_event()
+    ctx = bootstrap(settings, pool_size=16, name="worker")
+    names = queues or list(ctx.runtimes)
+    unknown = set(names) - set(ctx.runtimes)
+    if unknown:
+        raise SystemExit(f"paydispatch worker: --queues names adapters not enabled: {unknown}")
+    broker = actors.make_broker(ctx.services.broker_url)
+    dispatch = actors.Dispatch(broker, names)
+    engine = Engine(ctx.repo, ctx.runtimes, db_threads=12)
+    host = EngineHost(engine, max_in_flight=in_flight)
+    host.start()
+    actors.set_host(host)
+    worker = dramatiq.Worker(
+        broker, queues={rt.queue for n, rt in ctx.runtimes.items() if n in names},
+        worker_threads=threads, worker_timeout=100,
+    )  # fmt: skip
+    worker.start()
+    log.info("worker started", queues=names, threads=threads, in_flight=in_flight, pid=os.getpid())
+    stop.wait()
+    worker.stop(timeout=10_000)
+    drained = host.drain(timeout=drain_timeout)
+    log.info("worker stopped", drained=drained, left=host.in_flight)
+    host.stop()
+    actors.set_host(None)
+    broker.close()
+    ctx.close()
+    del dispatch
+    return 0 if drained else 1
+
+
+def run_sweeper(
+    settings: Settings,
+    *,
+    batch: int = 500,
+    interval: float = 1.0,
+    lease: float = 120.0,
+) -> int:
+    stop = stop_event()
+    ctx = bootstrap(settings, pool_size=4, name="sweeper")
+    broker = actors.make_broker(ctx.services.broker_url)
+    names = list(ctx.runtimes)
+    sweeper = Sweeper(
+        ctx.repo,
+        actors.Dispatch(broker, names),
+        names,
+        batch=batch,
+        lease=timedelta(seconds=lease),
+        interval=interval,
+    )
+    log.info("sweeper started", adapters=names, batch=batch, interval=interval, pid=os.getpid())
+    sweeper.run(stop, ctx.services.database_url)
+    log.info("sweeper stopped")
+    broker.close()
+    ctx.close()
+    return 0
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "dispatcher.cli", *argv], env=env)
+
+
+def run_all(settings: Settings, *, workers: int = 1, extra: list[list[str]] | None = None) -> int:
+    """Supervise one sweeper and ``workers`` worker processes; restart any that dies."""
+    stop = stop_event()
+    found = services.ensure(settings)
+    build_adapters(settings)  # fail here, once, on a bad adapter setting
+    env = dict(os.environ)
+    env["PAYDISPATCH_DATABASE_URL"] = found.database_url
+    env["PAYDISPATCH_BROKER_URL"] = found.broker_url
+    commands = [["sweeper"]] + [["worker"] for _ in range(workers)] + (extra or [])
+    children = {i: _spawn(argv, env) for i, argv in enumerate(commands)}
+    log.info("supervisor started", processes=[" ".join(c) for c in commands], pid=os.getpid())
+    while not stop.wait(0.5):
+        for i, child in list(children.items()):
+            code = child.poll()
+            if code is not None:
+                log.warning("process exited; restarting", command=commands[i], code=code)
+                time.sleep(1)
+                children[i] = _spawn(commands[i], env)
+    for child in children.values():
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 40
+    worst = 0
+    for child in children.values():
+        try:
+            worst = max(worst, child.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            worst = 1
+    log.info("supervisor stopped", exit_code=worst)
+    return worst

@@ -1,0 +1,113 @@
+"""The sweeper: claims due orders in batches and sends each to its adapter's queue.
+
+Every tick, and soon after a ``NOTIFY paydispatch_orders`` (sent when an order is created),
+it claims up to ``batch`` due rows with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` and enqueues
+one message per order. Any number of sweepers may run: a row is claimed by one of them only.
+Messages lost after the claim (a Redis restart, a crash) cost nothing but the lease's length.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import structlog
+
+from dispatcher import metrics
+from dispatcher.actors import Dispatch
+from dispatcher.engine import action_for
+from orders.errors import TransientError
+from orders.repository import OrderRepository
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "paydispatch_orders"
+
+
+class Sweeper:
+    def __init__(
+        self,
+        repo: OrderRepository,
+        dispatch: Dispatch,
+        adapters: list[str],
+        *,
+        batch: int = 500,
+        lease: timedelta = timedelta(seconds=120),
+        interval: float = 1.0,
+        debounce: float = 0.02,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.repo = repo
+        self.dispatch = dispatch
+        self.adapters = adapters
+        self.batch = batch
+        self.lease = lease
+        self.interval = interval
+        self.debounce = debounce
+        self.clock = clock
+        self.last_tick = 0.0
+
+    def tick(self) -> int:
+        """Claim one batch and send it; returns how many orders were sent."""
+        claimed = self.repo.claim(self.batch, self.lease, adapters=self.adapters)
+        now = self.clock()
+        sent = 0
+        for order in claimed:
+            action = action_for(order, now)
+            if action is None or order.lease_token is None:
+                self.repo.release(order, next_run_at=None)
+                continue
+            self.dispatch.send(order.adapter, action, order.id, order.lease_token)
+            metrics.CLAIMED.labels(order.adapter).inc()
+            sent += 1
+        self.last_tick = time.time()
+        return sent
+
+    def run(self, stop: threading.Event, database_url: str) -> None:
+        """Sweep until ``stop`` is set. Database or broker outages only pause the loop."""
+        listener: psycopg.Connection[tuple[object, ...]] | None = None
+        while not stop.is_set():
+            try:
+                if listener is None or listener.closed:
+                    listener = psycopg.connect(database_url, autocommit=True)
+                    listener.execute(f"LISTEN {CHANNEL}")
+                sent = self.tick()
+                if sent >= self.batch:
+                    continue  # more is due right now
+                woke = self._wait(listener, stop)
+                if woke and self.debounce:
+                    stop.wait(self.debounce)  # let a burst of creates arrive, claim them together
+            except (TransientError, psycopg.Error, OSError) as exc:
+                log.warning("sweep failed; retrying", error=str(exc))
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                stop.wait(min(self.interval, 1.0))
+            except Exception as exc:  # a broker error must not kill the sweeper
+                log.exception("sweep failed unexpectedly; retrying", error=str(exc))
+                stop.wait(min(self.interval, 1.0))
+        if listener is not None:
+            listener.close()
+
+    def _wait(
+        self, listener: psycopg.Connection[tuple[object, ...]], stop: threading.Event
+    ) -> bool:
+        """Wait up to one interval for a notification; True when one came."""
+        deadline = time.monotonic() + self.interval
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1):
+                return True
+        return False
+
+
+def counts_by_status(repo: OrderRepository) -> Mapping[str, int]:
+    totals: dict[str, int] = {}
+    for (_adapter, status), n in repo.status_counts().items():
+        totals[status] = totals.get(status, 0) + n
+    return totals

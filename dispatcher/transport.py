@@ -1,0 +1,203 @@
+"""PSP transport: the only place paydispatch talks HTTP to payment systems.
+
+One pooled ``httpx.AsyncClient`` per adapter, explicit timeouts, tenacity retries of transient
+failures (same request, so the same idempotency key), a rate limit and a concurrency cap per
+adapter, and a circuit breaker. Everything is async: a poll waiting on a slow payment system
+holds no thread.
+
+Errors raised (all :class:`TransientError` — never a reason to reject an order):
+
+- :class:`PspUnavailable` — timeout, connection error, 5xx or 429 after the retries;
+  ``maybe_sent`` tells whether the payment system may have acted on the request.
+- :class:`CircuitOpen` — too many recent failures; nothing was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse
+from dispatcher import metrics
+from dispatcher.breaker import CircuitBreaker, CircuitOpen
+from dispatcher.policy import DispatchPolicy
+from orders.errors import TransientError
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["CircuitOpen", "PspUnavailable", "RateLimiter", "Transport"]
+
+
+class PspUnavailable(TransientError):
+    """The payment system did not give a usable answer (timeout, network, 5xx, 429)."""
+
+    def __init__(self, message: str, *, maybe_sent: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """Token bucket: at most ``rate`` acquisitions per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(rate, 1.0)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, PspUnavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """tenacity wait: full-jitter exponential, but never shorter than a Retry-After."""
+
+    base: float = 0.2
+    cap: float = 5.0
+    rng: Callable[[], float] = random.random
+
+    def __call__(self, state: RetryCallState) -> float:
+        jitter = min(self.cap, self.base * 2 ** (state.attempt_number - 1)) * self.rng()
+        exc = state.outcome.exception() if state.outcome else None
+        after: float = 0.0
+        if isinstance(exc, PspUnavailable) and exc.retry_after is not None:
+            after = exc.retry_after
+        return float(min(self.cap, max(jitter, after)))
+
+
+class Transport:
+    """Sends an adapter's :class:`PspRequest` and returns the :class:`PspResponse`.
+
+    2xx and 4xx answers (other than 429) are returned for the adapter to parse; everything
+    else is retried and finally raised as :class:`PspUnavailable`. Create one per adapter and
+    per event loop; close it with :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        settings: AdapterSettings,
+        policy: DispatchPolicy,
+        *,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.settings = settings
+        self.policy = policy
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(policy.timeout, connect=min(policy.timeout, 5.0)),
+            limits=httpx.Limits(
+                max_connections=policy.concurrency,
+                max_keepalive_connections=min(policy.concurrency, 100),
+            ),
+            auth=adapter.make_auth(settings),
+            follow_redirects=False,
+        )
+        gauge = metrics.BREAKER_STATE.labels(adapter.name)
+        gauge.set(0)
+        self.breaker = CircuitBreaker(
+            policy.breaker_failures, policy.breaker_reset, on_change=gauge.set
+        )
+        self.limiter = RateLimiter(policy.rate)
+        self.slots = asyncio.Semaphore(policy.concurrency)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def send(self, request: PspRequest) -> PspResponse:
+        self.breaker.before_call(self.adapter.name)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(self.policy.retries + 1),
+            wait=_Wait(),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._send_once(request)
+        except PspUnavailable:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        return response
+
+    async def _send_once(self, request: PspRequest) -> PspResponse:
+        async with self.slots:
+            await self.limiter.acquire()
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                response = await self.client.request(
+                    request.method,
+                    request.url,
+                    headers=dict(request.headers),
+                    params=dict(request.params) or None,
+                    json=request.json,
+                    content=request.content,
+                    data=dict(request.form) if request.form is not None else None,
+                )
+            except httpx.TimeoutException as exc:
+                outcome = "timeout"
+                # A connect timeout means nothing reached the payment system.
+                sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+                raise PspUnavailable(
+                    f"{self.adapter.name} {request.operation}: timed out ({type(exc).__name__})",
+                    maybe_sent=sent,
+                ) from exc
+            except httpx.TransportError as exc:
+                outcome = "network"
+                sent = not isinstance(exc, httpx.ConnectError)
+                raise PspUnavailable(
+                    f"{self.adapter.name} {request.operation}: {type(exc).__name__}: {exc}",
+                    maybe_sent=sent,
+                ) from exc
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.PSP_DURATION.labels(self.adapter.name, request.operation).observe(elapsed)
+                if outcome != "error":
+                    metrics.PSP_REQUESTS.labels(self.adapter.name, request.operation, outcome).inc()
+            code = response.status_code
+            kind = "ok" if code < 400 else "429" if code == 429 else f"{code // 100}xx"
+            metrics.PSP_REQUESTS.labels(self.adapter.name, request.operation, kind).inc()
+            if code == 429 or code >= 500:
+                raise PspUnavailable(
+                    f"{self.adapter.name} {request.operation}: HTTP {code}",
+                    maybe_sent=code != 429,
+                    retry_after=_retry_after(response),
+                )
+            return PspResponse(
+                status_code=code, content=response.content, headers=dict(response.headers)
+            )
