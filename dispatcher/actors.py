@@ -56,7 +56,7 @@ _FUNCTIONS = {
 }
 
 
-def make_broker(url: str) -> dramatiq.Broker:
+def make_broker(url: str, *, namespace: str = "paydispatch") -> dramatiq.Broker:
     """A broker for ``redis://`` (default) or ``amqp://`` URLs, without dramatiq's retries."""
     middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines()]
     broker: dramatiq.Broker
@@ -66,7 +66,9 @@ def make_broker(url: str) -> dramatiq.Broker:
         broker = RabbitmqBroker(url=url, middleware=middleware)
     elif url.startswith(("redis://", "rediss://", "unix://")):
         # dramatiq's RedisBroker.__init__ has no annotations
-        broker = RedisBroker(url=url, middleware=middleware)  # type: ignore[no-untyped-call]
+        broker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=url, middleware=middleware, namespace=namespace
+        )
     else:
         scheme = url.split("://", maxsplit=1)[0]
         raise ValueError(f"PAYDISPATCH_BROKER_URL: unsupported scheme {scheme!r}")

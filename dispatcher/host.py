@@ -76,3 +76,5 @@ class EngineHost:
             log.warning("engine did not close in time")
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()

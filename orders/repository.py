@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
@@ -377,6 +377,9 @@ class OrderRepository:
                 raise InvalidTransition(
                     order.status, OrderStatus.CANCELLED, f"the order is {order.status}"
                 )
+            # An invoice already exists: let the dispatcher close it at the payment system and
+            # watch it for a late payment.
+            watch = datetime.now(UTC) if order.psp_id is not None else None
             try:
                 return self.transition(
                     order.id,
@@ -384,6 +387,7 @@ class OrderRepository:
                     OrderStatus.CANCELLED,
                     actor=actor,
                     detail={"reason": reason} if reason else {},
+                    next_run_at=watch,
                 )
             except StaleOrder:
                 continue  # moved under us (e.g. new -> submitting); look again

@@ -1,0 +1,151 @@
+"""An in-process paydispatch daemon (sweeper thread, dramatiq worker, engine) for tests.
+
+Everything is real: PostgreSQL, Redis, the sandbox over HTTP. Only the process boundary is
+missing; tests/e2e/ covers that with real processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import httpx
+import redis
+
+from adapters import registry
+from adapters.base import PollPolicy
+from adapters.sandbox import adapter as sandbox_adapter
+from dispatcher import actors
+from dispatcher.engine import Engine
+from dispatcher.host import EngineHost
+from dispatcher.policy import DispatchPolicy
+from dispatcher.runtime import AdapterRuntime
+from dispatcher.sweeper import Sweeper
+from orders.repository import OrderRepository, open_pool
+
+FAST = DispatchPolicy(
+    poll=PollPolicy(first=timedelta(seconds=0.2), factor=1.5, cap=timedelta(seconds=0.5)),
+    late_window=timedelta(minutes=5),
+    late_interval=timedelta(seconds=0.3),
+    timeout=1.0,
+    retries=1,
+    concurrency=50,
+    rate=1000.0,
+    submit_attempts=30,
+    breaker_failures=10_000,
+    breaker_reset=1.0,
+)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll a condition until it holds; fail the test with ``what`` when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def redis_url_with_db(broker_url: str, db: int) -> str:
+    """The broker URL with another logical database, so a test may flush it."""
+    base = broker_url.split("?", maxsplit=1)[0]
+    head, _, tail = base.rpartition("/")
+    if tail.isdigit() and "://" in head:
+        return f"{head}/{db}"
+    return f"{base.rstrip('/')}/{db}"
+
+
+def sandbox_runtime(sandbox_url: str, policy: DispatchPolicy = FAST) -> AdapterRuntime:
+    settings = registry.resolve_settings(sandbox_adapter, {"API_URL": sandbox_url}, environ={})
+    return AdapterRuntime(sandbox_adapter, settings, policy)
+
+
+@dataclass
+class Daemon:
+    repo: OrderRepository
+    sweeper: Sweeper
+    broker: dramatiq.Broker
+    broker_url: str
+    host: EngineHost
+
+    def flush_broker(self) -> None:
+        client = redis.Redis.from_url(self.broker_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
+@contextmanager
+def running_daemon(
+    database_url: str,
+    broker_url: str,
+    sandbox_url: str,
+    *,
+    lease: timedelta = timedelta(seconds=10),
+    policy: DispatchPolicy = FAST,
+) -> Iterator[Daemon]:
+    pool = open_pool(database_url, max_size=12, name="daemon")
+    runtime = sandbox_runtime(sandbox_url, policy)
+    repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
+    broker = actors.make_broker(broker_url, namespace=f"pdtest-{uuid.uuid4().hex[:8]}")
+    dispatch = actors.Dispatch(broker, ["sandbox"])
+    host = EngineHost(Engine(repo, {"sandbox": runtime}, db_threads=6), max_in_flight=200)
+    host.start()
+    actors.set_host(host)
+    worker = dramatiq.Worker(broker, queues={runtime.queue}, worker_threads=4, worker_timeout=100)
+    worker.start()
+    sweeper = Sweeper(repo, dispatch, ["sandbox"], batch=100, lease=lease, interval=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=sweeper.run, args=(stop, database_url), daemon=True)
+    thread.start()
+    try:
+        yield Daemon(repo, sweeper, broker, broker_url, host)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        worker.stop(timeout=5000)
+        host.drain(timeout=10)
+        host.stop()
+        actors.set_host(None)
+        broker.close()
+        pool.close()
+
+
+class SandboxControl:
+    """The sandbox's control API, as tests use it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = httpx.Client(base_url=url, timeout=10)
+
+    def reset(self) -> None:
+        self.client.post("/_control/reset").raise_for_status()
+
+    def faults(self, operation: str, **spec: Any) -> None:
+        self.client.post(f"/_control/faults/{operation}", json=spec).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.client.get("/_control/stats").json()
+        return data
+
+    def invoice(self, psp_id: str) -> dict[str, Any]:
+        response = self.client.get(
+            f"/api/v1/invoices/{psp_id}", headers={"Authorization": "Bearer sandbox-key"}
+        )
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def close(self) -> None:
+        self.client.close()
+
+
+__all__ = ["FAST", "Daemon", "SandboxControl", "replace", "running_daemon", "wait_until"]

@@ -1,0 +1,168 @@
+"""Real processes: a worker killed with SIGKILL mid-submit, clean shutdown, bad configuration."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.sandbox import SCENARIO_METADATA_KEY
+from adapters.sandbox.config import SandboxConfig
+from adapters.sandbox.runner import SandboxHandle, running_sandbox
+from dispatcher import actors
+from dispatcher.services import Services
+from dispatcher.sweeper import Sweeper
+from orders import Money, NewOrder, OrderStatus
+from orders.repository import OrderRepository, open_pool
+from tests.conftest import drop_database, make_database
+from tests.dispatch_support import SandboxControl, redis_url_with_db, wait_until
+
+S = OrderStatus
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxHandle]:
+    with running_sandbox(SandboxConfig(hang_seconds=60.0)) as handle:
+        yield handle
+
+
+@pytest.fixture
+def database_url(found_services: Services, template_database: str) -> Iterator[str]:
+    url = make_database(found_services, template_database)
+    yield url
+    drop_database(found_services, url)
+
+
+def daemon_env(database_url: str, broker_url: str, sandbox_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
+    env.update(
+        {
+            "PAYDISPATCH_DATABASE_URL": database_url,
+            "PAYDISPATCH_BROKER_URL": broker_url,
+            "PAYDISPATCH_ADAPTERS": "sandbox",
+            "PAYDISPATCH_SANDBOX_API_URL": sandbox_url,
+            "PAYDISPATCH_SANDBOX_POLL_FIRST": "0.2",
+            "PAYDISPATCH_SANDBOX_POLL_CAP": "0.5",
+            # Longer than the sandbox holds nothing: the killed worker is stuck in its create.
+            "PAYDISPATCH_SANDBOX_TIMEOUT": "30",
+            "PAYDISPATCH_LOG_FORMAT": "json",
+        }
+    )
+    return env
+
+
+def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
+    found_services: Services, database_url: str, sandbox: SandboxHandle
+) -> None:
+    control = SandboxControl(sandbox.url)
+    broker_url = redis_url_with_db(found_services.broker_url, 13)
+    env = daemon_env(database_url, broker_url, sandbox.url)
+    pool = open_pool(database_url, max_size=4, name="e2e")
+    repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
+    broker = actors.make_broker(broker_url)
+    sweeper = Sweeper(
+        repo, actors.Dispatch(broker, ["sandbox"]), ["sandbox"], lease=timedelta(seconds=3),
+        interval=0.1,
+    )  # fmt: skip
+    stop = threading.Event()
+    sweeping = threading.Thread(target=sweeper.run, args=(stop, database_url), daemon=True)
+    first = spawn(env, "worker", "--threads", "2")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        # Given a sandbox that will accept the first create and then never answer,
+        control.faults("create", queue=["accept_then_timeout"])
+        new = NewOrder(
+            site="shop", user_id="u1", money=Money(2500, "EUR"), adapter="sandbox",
+            metadata={SCENARIO_METADATA_KEY: "pay_after:1"},
+        )  # fmt: skip
+        order_id = repo.create(new).order.id
+        sweeping.start()
+        # when the worker is killed while it waits for that create,
+        wait_until(lambda: control.stats()["create_calls"] == 1, what="the create call")
+        assert repo.get(order_id).status is S.SUBMITTING
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        # and another worker takes over once the lease runs out,
+        second = spawn(env, "worker", "--threads", "2")
+        wait_until(lambda: repo.get(order_id).status is S.PAID, timeout=60, what="paid")
+        # then the order is paid through the one invoice the sandbox made.
+        stats = control.stats()
+        assert stats["invoices_per_order"][str(order_id)] == 1
+        assert stats["create_calls"] == 2
+    finally:
+        stop.set()
+        sweeping.join(timeout=10)
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        broker.close()
+        pool.close()
+        control.close()
+
+
+def test_run_stops_cleanly_on_sigterm(
+    found_services: Services, database_url: str, sandbox: SandboxHandle
+) -> None:
+    env = daemon_env(database_url, redis_url_with_db(found_services.broker_url, 12), sandbox.url)
+    pool = open_pool(database_url, max_size=2, name="e2e-run")
+    repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
+    supervisor = spawn(env, "run")
+    try:
+        new = NewOrder(
+            site="shop", user_id="u1", money=Money(700, "USD"), adapter="sandbox",
+            metadata={SCENARIO_METADATA_KEY: "pay_after:1"},
+        )  # fmt: skip
+        order_id = repo.create(new).order.id
+        wait_until(lambda: repo.get(order_id).status is S.PAID, timeout=60, what="paid")
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"PAYDISPATCH_ADAPTERS": "nowhere"}, "PAYDISPATCH_ADAPTERS"),
+        ({"PAYDISPATCH_ADAPTERS": "yookassa"}, "PAYDISPATCH_YOOKASSA_SHOP_ID"),
+        ({"PAYDISPATCH_SANDBOX_POLL_CAP": "soon"}, "PAYDISPATCH_SANDBOX_POLL_CAP"),
+    ],
+)
+def test_bad_configuration_stops_the_worker_at_start_naming_the_setting(
+    found_services: Services, extra: dict[str, str], message: str
+) -> None:
+    env = daemon_env(found_services.database_url, found_services.broker_url, "http://127.0.0.1:9")
+    env.update(extra)
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
