@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 S = OrderStatus
 T = TypeVar("T")
 MAX_ERROR = 500
+LATE_INTERVAL_CAP = timedelta(hours=1)
 
 # Runs inside the transaction that marks an order paid (the billing hook).
 PaidHook = Callable[[Any, Order], None]
@@ -330,7 +331,9 @@ class Engine:
             await self._cancel_at_psp(rt, order)  # e.g. cancelled by the site: close it there too
         now = self.clock()
         watch_until = order.expires_at + rt.policy.late_window
-        later = now + rt.policy.late_interval
+        # Look less and less often: a late payment is rare, and payment systems rate-limit.
+        step = min(rt.policy.late_interval * 2 ** min(order.polls + 1, 20), LATE_INTERVAL_CAP)
+        later = now + step
         await self.db(
             self.repo.release,
             order,
