@@ -8,7 +8,10 @@ from datetime import timedelta
 
 import pytest
 
+from adapters.sandbox.config import SandboxConfig
+from adapters.sandbox.runner import SandboxHandle, running_sandbox
 from orders.repository import OrderRepository, Pool, open_pool
+from tests.dispatch_support import SandboxControl
 
 ADAPTERS = {"sandbox": timedelta(hours=1), "yookassa": timedelta(hours=1)}
 
@@ -35,3 +38,19 @@ def repo(pool: Pool) -> OrderRepository:
 def site() -> str:
     """A site name of this test's own, so tests sharing a database never see each other."""
     return f"site-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxHandle]:
+    """The sandbox payment system, served over HTTP for one test module."""
+    with running_sandbox(SandboxConfig(hang_seconds=3.0)) as handle:
+        yield handle
+
+
+@pytest.fixture
+def control(sandbox: SandboxHandle) -> Iterator[SandboxControl]:
+    """The sandbox's control API, reset to no faults before each test."""
+    ctl = SandboxControl(sandbox.url)
+    ctl.reset()
+    yield ctl
+    ctl.close()

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
-from adapters.sandbox.runner import SandboxHandle, running_sandbox
+from adapters.sandbox.runner import SandboxHandle
 from dispatcher.services import Services
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository
@@ -26,22 +26,6 @@ from tests.dispatch_support import (
 
 S = OrderStatus
 FINAL = {S.PAID, S.REJECTED, S.EXPIRED, S.CANCELLED, S.FAILED, S.NEEDS_REVIEW}
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxHandle]:
-    from adapters.sandbox.config import SandboxConfig
-
-    with running_sandbox(SandboxConfig(hang_seconds=3.0)) as handle:
-        yield handle
-
-
-@pytest.fixture
-def control(sandbox: SandboxHandle) -> Iterator[SandboxControl]:
-    ctl = SandboxControl(sandbox.url)
-    ctl.reset()
-    yield ctl
-    ctl.close()
 
 
 @pytest.fixture

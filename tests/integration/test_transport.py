@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,27 +11,12 @@ from typing import Any
 import pytest
 
 from adapters.base import PspRequest, PspResponse
-from adapters.sandbox.config import SandboxConfig
-from adapters.sandbox.runner import SandboxHandle, running_sandbox
+from adapters.sandbox.runner import SandboxHandle
 from adapters.testing import sample_order
 from dispatcher.breaker import CircuitOpen
 from dispatcher.transport import PspUnavailable, Transport
 from orders import Money, Order
 from tests.dispatch_support import FAST, SandboxControl, sandbox_runtime
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxHandle]:
-    with running_sandbox(SandboxConfig(hang_seconds=3.0)) as handle:
-        yield handle
-
-
-@pytest.fixture
-def control(sandbox: SandboxHandle) -> Iterator[SandboxControl]:
-    ctl = SandboxControl(sandbox.url)
-    ctl.reset()
-    yield ctl
-    ctl.close()
 
 
 def an_order() -> Order:
