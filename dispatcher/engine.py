@@ -31,6 +31,7 @@ from adapters.base import (
 from dispatcher import metrics
 from dispatcher.policy import next_poll, retry_delay
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.settle import PaidHook, Settler
 from dispatcher.transport import CircuitOpen, PspUnavailable, Transport
 from orders.errors import (
     InvalidInput,
@@ -49,9 +50,6 @@ S = OrderStatus
 T = TypeVar("T")
 MAX_ERROR = 500
 LATE_INTERVAL_CAP = timedelta(hours=1)
-
-# Runs inside the transaction that marks an order paid (the billing hook).
-PaidHook = Callable[[Any, Order], None]
 
 
 class Action(StrEnum):
@@ -90,7 +88,7 @@ class Engine:
     ) -> None:
         self.repo = repo
         self.runtimes = dict(runtimes)
-        self.paid_hook = paid_hook
+        self.settler = Settler(repo, paid_hook)
         self.clock = clock
         self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-db")
         self.transports: dict[str, Transport] = {}
@@ -214,56 +212,46 @@ class Engine:
 
     async def _poll(self, rt: AdapterRuntime, order: Order) -> None:
         report = await self._status(rt, order)
+        mismatch = report.money is not None and report.money != order.money
+        if report.follow_up is FollowUp.CAPTURE and report.state is CanonicalState.PENDING:
+            if mismatch:
+                await self._cancel_at_psp(rt, order)  # never capture money we did not ask for
+            else:
+                capture = rt.adapter.build_capture(order, rt.settings)
+                response = await self.transport(rt.name).send(capture)
+                report = rt.adapter.parse_status(order, response)
         now = self.clock()
-        final = now >= order.expires_at
-        if await self._amount_mismatch(rt, order, report):
-            return
-        if report.state is CanonicalState.PENDING and report.follow_up is FollowUp.CAPTURE:
-            capture = rt.adapter.build_capture(order, rt.settings)
-            report = rt.adapter.parse_status(order, await self.transport(rt.name).send(capture))
-            if await self._amount_mismatch(rt, order, report):
-                return
-        if report.state is CanonicalState.PAID:
-            await self._paid(order, report)
-        elif report.state is CanonicalState.REJECTED:
-            await self._settle(rt, order, S.REJECTED, report)
-        elif report.state is CanonicalState.EXPIRED:
-            await self._settle(rt, order, S.EXPIRED, report)
-        elif report.state is CanonicalState.REFUNDED:
-            await self._move(
-                order, S.NEEDS_REVIEW, detail={"reason": "refunded before paid was seen"}
-            )
-        elif final:
-            await self._cancel_at_psp(rt, order)
-            await self._settle(rt, order, S.EXPIRED, report, final_check=True)
-        else:
-            await self.db(
-                self.repo.release,
-                order,
-                next_run_at=next_poll(rt.policy.poll, order.polls + 1, now, order.expires_at),
-                polls=order.polls + 1,
-                last_error=None,
-            )
-
-    async def _amount_mismatch(
-        self, rt: AdapterRuntime, order: Order, report: StatusReport
-    ) -> bool:
-        if report.money is None or report.money == order.money:
-            return False
-        if report.follow_up is FollowUp.CAPTURE:
-            await self._cancel_at_psp(rt, order)  # do not capture money we did not ask for
-        await self._move(
+        moved = await self.db(
+            self.settler.apply,
             order,
-            S.NEEDS_REVIEW,
-            detail={
-                "reason": "amount mismatch",
-                "expected": str(order.money),
-                "reported": str(report.money),
-                "psp_status": report.raw_status,
-            },
-            last_error=f"payment system reported {report.money}, order is {order.money}",
+            report,
+            actor="worker",
+            now=now,
+            late_watch=rt.policy.late_window,
+            first_watch=rt.policy.late_interval,
         )
-        return True
+        if moved is not None:
+            return
+        if now >= order.expires_at:
+            await self._cancel_at_psp(rt, order)
+            await self.db(
+                self.settler.expire_or_reject,
+                order,
+                S.EXPIRED,
+                {"psp_status": report.raw_status, "final_check": True},
+                now=now,
+                late_watch=rt.policy.late_window,
+                first_watch=rt.policy.late_interval,
+                actor="worker",
+            )
+            return
+        await self.db(
+            self.repo.release,
+            order,
+            next_run_at=next_poll(rt.policy.poll, order.polls + 1, now, order.expires_at),
+            polls=order.polls + 1,
+            last_error=None,
+        )
 
     async def _cancel_at_psp(self, rt: AdapterRuntime, order: Order) -> None:
         """Best effort: an invoice left open could still be paid, and the watch would see it."""
@@ -275,47 +263,6 @@ class Engine:
         except (TransientError, NotSupported, PermanentError) as exc:
             log.info("cancel at the payment system failed", error=str(exc))
 
-    async def _paid(self, order: Order, report: StatusReport) -> None:
-        late = order.status in LATE_PAYMENT_FROM
-        paid = await self._move(
-            order,
-            S.PAID,
-            detail={"psp_status": report.raw_status, "late": late},
-            within=self.paid_hook,
-        )
-        if late:
-            metrics.LATE_PAYMENTS.labels(order.adapter).inc()
-            log.warning("late payment", previous=str(order.status))
-        if paid.paid_at is not None:
-            metrics.TIME_TO_PAID.labels(order.adapter).observe(
-                (paid.paid_at - paid.created_at).total_seconds()
-            )
-
-    async def _settle(
-        self,
-        rt: AdapterRuntime,
-        order: Order,
-        to: OrderStatus,
-        report: StatusReport,
-        *,
-        final_check: bool = False,
-    ) -> None:
-        """Leave awaiting_payment for good, but keep watching for a late payment."""
-        now = self.clock()
-        watch_until = max(order.expires_at, now) + rt.policy.late_window
-        detail: dict[str, Any] = {"psp_status": report.raw_status}
-        if report.reason:
-            detail["reason"] = report.reason
-        if final_check:
-            detail["final_check"] = True
-        await self._move(
-            order,
-            to,
-            detail=detail,
-            polls=0,
-            next_run_at=min(now + rt.policy.late_interval, watch_until),
-        )
-
     # -- late payments ---------------------------------------------------------------------
 
     async def _watch(self, rt: AdapterRuntime, order: Order) -> None:
@@ -323,13 +270,26 @@ class Engine:
             await self.db(self.repo.release, order, next_run_at=None)
             return
         report = await self._status(rt, order)
+        now = self.clock()
         if report.state is CanonicalState.PAID:
-            if not await self._amount_mismatch_late(order, report):
-                await self._paid(order, report)
+            moved = await self.db(
+                self.settler.apply,
+                order,
+                report,
+                actor="worker",
+                now=now,
+                late_watch=rt.policy.late_window,
+            )
+            if moved is None:  # a late payment of another amount: logged; a person decides
+                await self.db(
+                    self.repo.release,
+                    order,
+                    next_run_at=None,
+                    last_error=f"late payment of {report.money}, order is {order.money}",
+                )
             return
         if report.state is CanonicalState.PENDING and order.polls == 0:
             await self._cancel_at_psp(rt, order)  # e.g. cancelled by the site: close it there too
-        now = self.clock()
         watch_until = order.expires_at + rt.policy.late_window
         # Look less and less often: a late payment is rare, and payment systems rate-limit.
         step = min(rt.policy.late_interval * 2 ** min(order.polls + 1, 20), LATE_INTERVAL_CAP)
@@ -340,23 +300,6 @@ class Engine:
             next_run_at=later if later < watch_until else None,
             polls=order.polls + 1,
         )
-
-    async def _amount_mismatch_late(self, order: Order, report: StatusReport) -> bool:
-        if report.money is None or report.money == order.money:
-            return False
-        # rejected/expired/cancelled cannot go to needs_review: record it and stop watching.
-        log.error(
-            "late payment with a different amount: needs a person",
-            expected=str(order.money),
-            reported=str(report.money),
-        )
-        await self.db(
-            self.repo.release,
-            order,
-            next_run_at=None,
-            last_error=f"late payment of {report.money}, order is {order.money}",
-        )
-        return True
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -436,22 +379,15 @@ class Engine:
         to: OrderStatus,
         *,
         detail: Mapping[str, Any] | None = None,
-        within: PaidHook | None = None,
         keep_lease: bool = False,
         **changes: Any,
     ) -> Order:
-        moved = await self.db(
-            self.repo.transition,
-            order.id,
-            order.status,
+        return await self.db(
+            self.settler.move,
+            order,
             to,
             actor="worker",
             detail=detail,
-            lease_token=order.lease_token,
             keep_lease=keep_lease,
-            within=within,
             **changes,
         )
-        metrics.TRANSITIONS.labels(order.adapter, str(order.status), str(to)).inc()
-        log.info("order moved", from_status=str(order.status), to_status=str(to))
-        return moved

@@ -26,6 +26,7 @@ from dispatcher.config import Settings
 from dispatcher.engine import Engine
 from dispatcher.host import EngineHost
 from dispatcher.runtime import AdapterRuntime, build_adapters, expiries
+from dispatcher.settle import PaidHook
 from dispatcher.sweeper import Sweeper
 from orders.repository import OrderRepository, Pool, open_pool
 
@@ -48,6 +49,11 @@ def bootstrap(settings: Settings, *, pool_size: int = 10, name: str = "paydispat
     runtimes = build_adapters(settings)
     pool = open_pool(found.database_url, max_size=pool_size, name=name)
     return Context(found, runtimes, pool, OrderRepository(pool, expiries(runtimes)))
+
+
+def paid_hook(settings: Settings) -> PaidHook | None:
+    """The billing hook run inside every paid transaction, from the configuration."""
+    return None
 
 
 def stop_event() -> threading.Event:
@@ -79,7 +85,7 @@ def run_worker(
         raise SystemExit(f"paydispatch worker: --queues names adapters not enabled: {unknown}")
     broker = actors.make_broker(ctx.services.broker_url)
     dispatch = actors.Dispatch(broker, names)
-    engine = Engine(ctx.repo, ctx.runtimes, db_threads=12)
+    engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings), db_threads=12)
     host = EngineHost(engine, max_in_flight=in_flight)
     host.start()
     actors.set_host(host)

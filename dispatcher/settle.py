@@ -1,0 +1,160 @@
+"""Applying what a payment system said to an order: one place for polls and notifications.
+
+Synchronous (it only talks to PostgreSQL), so the engine runs it on its database threads and the
+HTTP API's callback endpoint runs it directly for verified notifications.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from adapters.base import CanonicalState, StatusReport
+from dispatcher import metrics
+from orders.model import Order
+from orders.repository import OrderRepository
+from orders.status import LATE_PAYMENT_FROM, OrderStatus, can_transition
+
+log = structlog.get_logger(__name__)
+S = OrderStatus
+
+# Runs inside the transaction that marks an order paid (the billing hook).
+PaidHook = Callable[[Any, Order], None]
+
+
+class Settler:
+    """Moves orders, with their event rows, metrics and log lines."""
+
+    def __init__(self, repo: OrderRepository, paid_hook: PaidHook | None = None) -> None:
+        self.repo = repo
+        self.paid_hook = paid_hook
+
+    def move(
+        self,
+        order: Order,
+        to: OrderStatus,
+        *,
+        actor: str,
+        detail: Mapping[str, Any] | None = None,
+        use_lease: bool = True,
+        keep_lease: bool = False,
+        **changes: Any,
+    ) -> Order:
+        """One compare-and-set transition from the status ``order`` was read in."""
+        moved = self.repo.transition(
+            order.id,
+            order.status,
+            to,
+            actor=actor,
+            detail=detail,
+            lease_token=order.lease_token if use_lease else None,
+            keep_lease=keep_lease,
+            within=self.paid_hook if to is S.PAID else None,
+            **changes,
+        )
+        metrics.TRANSITIONS.labels(order.adapter, str(order.status), str(to)).inc()
+        log.info("order moved", from_status=str(order.status), to_status=str(to), actor=actor)
+        if to is S.PAID:
+            if order.status in LATE_PAYMENT_FROM:
+                metrics.LATE_PAYMENTS.labels(order.adapter).inc()
+                log.warning("late payment", previous=str(order.status))
+            if moved.paid_at is not None:
+                metrics.TIME_TO_PAID.labels(order.adapter).observe(
+                    (moved.paid_at - moved.created_at).total_seconds()
+                )
+        return moved
+
+    def apply(
+        self,
+        order: Order,
+        report: StatusReport,
+        *,
+        actor: str,
+        now: datetime,
+        late_watch: timedelta,
+        first_watch: timedelta = timedelta(seconds=60),
+        use_lease: bool = True,
+    ) -> Order | None:
+        """Move the order as ``report`` says; None when the report changes nothing.
+
+        A reported amount or currency other than the order's sends an active order to
+        ``needs_review``, never to ``paid``; a settled order is left alone (and logged).
+        Orders that leave ``awaiting_payment`` stay watched for a late payment until
+        ``late_watch`` from now.
+        """
+        kw: dict[str, Any] = {"actor": actor, "use_lease": use_lease}
+        if report.money is not None and report.money != order.money:
+            if not can_transition(order.status, S.NEEDS_REVIEW):
+                log.error(
+                    "payment with a different amount on a settled order: needs a person",
+                    status=str(order.status),
+                    expected=str(order.money),
+                    reported=str(report.money),
+                )
+                return None
+            return self.move(
+                order,
+                S.NEEDS_REVIEW,
+                detail={
+                    "reason": "amount mismatch",
+                    "expected": str(order.money),
+                    "reported": str(report.money),
+                    "psp_status": report.raw_status,
+                },
+                last_error=f"payment system reported {report.money}, order is {order.money}",
+                **kw,
+            )
+        target = {
+            CanonicalState.PAID: S.PAID,
+            CanonicalState.REJECTED: S.REJECTED,
+            CanonicalState.EXPIRED: S.EXPIRED,
+            CanonicalState.REFUNDED: S.NEEDS_REVIEW,
+        }.get(report.state)
+        if target is None or not can_transition(order.status, target):
+            return None
+        detail: dict[str, Any] = {"psp_status": report.raw_status}
+        if report.reason:
+            detail["reason"] = report.reason
+        if target is S.PAID:
+            detail["late"] = order.status in LATE_PAYMENT_FROM
+            return self.move(order, S.PAID, detail=detail, **kw)
+        if target is S.NEEDS_REVIEW:
+            detail["reason"] = "refunded before paid was seen"
+            return self.move(order, S.NEEDS_REVIEW, detail=detail, **kw)
+        return self.expire_or_reject(
+            order, target, detail, now=now, late_watch=late_watch, first_watch=first_watch, **kw
+        )
+
+    def expire_or_reject(
+        self,
+        order: Order,
+        to: OrderStatus,
+        detail: Mapping[str, Any],
+        *,
+        now: datetime,
+        late_watch: timedelta,
+        first_watch: timedelta = timedelta(seconds=60),
+        **kw: Any,
+    ) -> Order:
+        """Leave awaiting_payment for good, but keep watching for a late payment."""
+        watch_until = max(order.expires_at, now) + late_watch
+        return self.move(
+            order,
+            to,
+            detail=detail,
+            polls=0,
+            next_run_at=min(now + first_watch, watch_until),
+            **kw,
+        )
+
+
+def order_for_ref(repo: OrderRepository, adapter: str, order_id: UUID | None) -> Order | None:
+    """Helper for callers that resolved a notification's reference to an order id."""
+    if order_id is None:
+        return None
+    order = repo.get(order_id)
+    return order if order.adapter == adapter else None
