@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from dispatcher import config, logs, services
+from dispatcher import config, logs, ops, services
 from orders import schema
 
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.set_defaults(func=cmd_sandbox)
+    ops.register(sub)
     return parser
 
 

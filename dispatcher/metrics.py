@@ -38,3 +38,20 @@ BREAKER_STATE = Gauge(
 )
 CLAIMED = Counter("paydispatch_sweeper_claimed", "Orders claimed by the sweeper", ["adapter"])
 IN_FLIGHT = Gauge("paydispatch_steps_in_flight", "Dispatcher steps running in this process")
+
+# Read from the database by one process (the sweeper), every few seconds: see dbstats.py.
+ORDERS_BY_STATUS = Gauge(
+    "paydispatch_orders", "Orders in the database by adapter and status", ["adapter", "status"]
+)
+OLDEST_DUE_AGE = Gauge(
+    "paydispatch_oldest_due_order_age_seconds", "How long the most overdue order has waited"
+)
+OVERDUE_ORDERS = Gauge(
+    "paydispatch_orders_past_deadline",
+    "Active orders more than 5 minutes past their deadline (should be zero)",
+    ["adapter"],
+)
+NEEDS_REVIEW = Gauge("paydispatch_needs_review_orders", "Orders waiting for a person", ["adapter"])
+SWEEPER_LAST_TICK = Gauge(
+    "paydispatch_sweeper_last_tick_timestamp_seconds", "Unix time of the sweeper's last sweep"
+)

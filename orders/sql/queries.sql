@@ -72,3 +72,14 @@ RETURNING o.*
 SELECT adapter, status, count(*) AS n FROM orders
 WHERE (%(site)s::text IS NULL OR site = %(site)s)
 GROUP BY adapter, status
+
+-- due_stats --
+-- Seconds the most overdue order has waited (0 when nothing is due).
+SELECT coalesce(extract(epoch FROM now() - min(next_run_at)), 0)::float8 AS oldest_due
+FROM orders WHERE next_run_at IS NOT NULL AND next_run_at <= now()
+
+-- overdue_counts --
+SELECT adapter, count(*) AS n FROM orders
+WHERE status IN ('new', 'submitting', 'awaiting_payment')
+  AND expires_at < now() - interval '5 minutes'
+GROUP BY adapter

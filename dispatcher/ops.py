@@ -1,0 +1,261 @@
+"""Operator commands: ``paydispatch status``, ``paydispatch orders list|show|stuck|poll|resolve``.
+
+Every listing takes ``--json`` for scripts. ``resolve`` is how a person settles an order in
+``needs_review``: it records who, why and the evidence in ``order_events``, and a resolution to
+``paid`` runs the billing hook like any other payment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from dispatcher import config, services
+from dispatcher.settle import Settler
+from orders.errors import DispatchError
+from orders.model import Order, OrderEvent
+from orders.repository import OrderRepository, database_errors, open_pool
+from orders.status import OrderStatus
+
+S = OrderStatus
+
+STUCK_SQL = """
+SELECT * FROM orders
+WHERE (status IN ('new', 'submitting', 'awaiting_payment')
+       AND (expires_at < now() - make_interval(mins => %(grace)s)
+            OR next_run_at < now() - make_interval(mins => %(grace)s)))
+   OR status = 'needs_review'
+ORDER BY coalesce(next_run_at, expires_at)
+LIMIT %(limit)s
+"""
+
+POLL_NOW_SQL = """
+UPDATE orders SET next_run_at = now(), updated_at = now()
+WHERE id = %(id)s AND next_run_at IS NOT NULL AND lease_token IS NULL
+RETURNING id
+"""
+
+DUE_SQL = """
+SELECT count(*) FILTER (WHERE next_run_at <= now()) AS due,
+       coalesce(extract(epoch FROM now() - min(next_run_at) FILTER (WHERE next_run_at <= now())), 0)
+           AS oldest_due_seconds,
+       count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_until > now()) AS leased
+FROM orders WHERE next_run_at IS NOT NULL
+"""
+
+
+@contextmanager
+def _repo() -> Iterator[OrderRepository]:
+    settings = config.load()
+    found = services.ensure(settings)
+    pool = open_pool(found.database_url, max_size=2, name="ops")
+    try:
+        yield OrderRepository(pool, {})
+    finally:
+        pool.close()
+
+
+def order_json(order: Order) -> dict[str, Any]:
+    return {
+        "id": str(order.id),
+        "number": order.number,
+        "site": order.site,
+        "site_ref": order.site_ref,
+        "user_id": order.user_id,
+        "amount": order.money.amount,
+        "currency": order.money.currency,
+        "adapter": order.adapter,
+        "status": str(order.status),
+        "psp_id": order.psp_id,
+        "attempts": order.attempts,
+        "polls": order.polls,
+        "next_run_at": _iso(order.next_run_at),
+        "expires_at": _iso(order.expires_at),
+        "last_error": order.last_error,
+        "created_at": _iso(order.created_at),
+        "paid_at": _iso(order.paid_at),
+    }
+
+
+def event_json(event: OrderEvent) -> dict[str, Any]:
+    return {
+        "at": _iso(event.at),
+        "from": None if event.from_status is None else str(event.from_status),
+        "to": str(event.to_status),
+        "actor": event.actor,
+        "detail": dict(event.detail),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _table(orders: Sequence[Order]) -> None:
+    print(f"{'number':>7}  {'id':<36}  {'adapter':<9} {'status':<17} {'amount':>14}  expires_at")
+    for o in orders:
+        print(
+            f"{o.number:>7}  {o.id!s:<36}  {o.adapter:<9} {o.status!s:<17} "
+            f"{o.money!s:>14}  {o.expires_at:%Y-%m-%d %H:%M}"
+            + (f"  last error: {o.last_error[:60]}" if o.last_error else "")
+        )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _repo() as repo, database_errors(), repo.pool.connection() as conn:
+        counts = repo.status_counts()
+        due = conn.execute(DUE_SQL).fetchone() or {}
+    adapters = sorted({a for a, _ in counts})
+    data = {
+        "orders": {a: {str(s): n for (a2, s), n in counts.items() if a2 == a} for a in adapters},
+        "due_now": due.get("due", 0),
+        "oldest_due_seconds": round(float(due.get("oldest_due_seconds", 0)), 1),
+        "leased": due.get("leased", 0),
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    statuses = [str(s) for s in S]
+    print(f"{'adapter':<10}" + "".join(f"{s[:12]:>13}" for s in statuses))
+    for adapter in adapters:
+        row = data["orders"][adapter]
+        print(f"{adapter:<10}" + "".join(f"{row.get(s, 0):>13}" for s in statuses))
+    print(
+        f"\ndue now: {data['due_now']}   oldest due: {data['oldest_due_seconds']}s   "
+        f"leased (in flight): {data['leased']}"
+    )
+    return 0
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    try:
+        with _repo() as repo:
+            return int(_ORDER_ACTIONS[args.action](repo, args))
+    except DispatchError as exc:
+        print(f"paydispatch: {exc}", file=sys.stderr)
+        return 1
+
+
+def _list(repo: OrderRepository, args: argparse.Namespace) -> int:
+    page = repo.list_orders(
+        site=args.site,
+        status=OrderStatus(args.status) if args.status else None,
+        user_id=args.user,
+        adapter=args.adapter,
+        limit=args.limit,
+    )
+    if args.json:
+        print(json.dumps([order_json(o) for o in page.items], indent=2))
+    else:
+        _table(page.items)
+    return 0
+
+
+def _show(repo: OrderRepository, args: argparse.Namespace) -> int:
+    order = repo.get(args.order_id)
+    events = repo.events(order.id)
+    if args.json:
+        print(json.dumps(order_json(order) | {"events": [event_json(e) for e in events]}, indent=2))
+        return 0
+    for key, value in order_json(order).items():
+        print(f"{key:>12}: {value}")
+    print("      events:")
+    for e in events:
+        detail = f"  {json.dumps(dict(e.detail))}" if e.detail else ""
+        move = f"{e.from_status or '-'} -> {e.to_status}"
+        print(f"    {e.at:%Y-%m-%d %H:%M:%S}  {move}  {e.actor}{detail}")
+    return 0
+
+
+def _stuck(repo: OrderRepository, args: argparse.Namespace) -> int:
+    with database_errors(), repo.pool.connection() as conn:
+        rows = conn.execute(STUCK_SQL, {"grace": args.grace, "limit": args.limit}).fetchall()
+    orders = [Order.from_row(r) for r in rows]
+    if args.json:
+        print(json.dumps([order_json(o) for o in orders], indent=2))
+    elif orders:
+        _table(orders)
+    else:
+        print("no stuck orders")
+    return 0
+
+
+def _poll(repo: OrderRepository, args: argparse.Namespace) -> int:
+    with database_errors(), repo.pool.connection() as conn:
+        row = conn.execute(POLL_NOW_SQL, {"id": args.order_id}).fetchone()
+    if row is None:
+        order = repo.get(args.order_id)
+        print(
+            f"order {order.id} is {order.status}: nothing scheduled to poll, or a worker holds it"
+        )
+        return 1
+    print(f"order {args.order_id} will be polled on the next sweep")
+    return 0
+
+
+def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
+    from dispatcher.process import paid_hook
+
+    order = repo.get(args.order_id)
+    if order.status is not S.NEEDS_REVIEW:
+        print(f"order {order.id} is {order.status}; only needs_review orders are resolved")
+        return 1
+    detail = {
+        "resolved_by": args.by,
+        "reason": args.reason,
+        "evidence": args.evidence,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    settler = Settler(repo, paid_hook(config.load()))
+    moved = settler.move(order, S(args.to), actor=f"ops:{args.by}", detail=detail, use_lease=False)
+    print(f"order {moved.id} resolved: {order.status} -> {moved.status} by {args.by}")
+    return 0
+
+
+_ORDER_ACTIONS = {
+    "list": _list,
+    "show": _show,
+    "stuck": _stuck,
+    "poll": _poll,
+    "resolve": _resolve,
+}
+
+
+def register(sub: Any) -> None:
+    status = sub.add_parser("status", help="orders per status and adapter, due work, in one screen")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    orders = sub.add_parser("orders", help="list, inspect, poll and resolve orders")
+    actions = orders.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="orders newest first")
+    listing.add_argument("--status", choices=[str(s) for s in S])
+    listing.add_argument("--adapter")
+    listing.add_argument("--site")
+    listing.add_argument("--user")
+    listing.add_argument("--limit", type=int, default=50)
+    show = actions.add_parser("show", help="one order with its history")
+    show.add_argument("order_id", type=UUID)
+    stuck = actions.add_parser(
+        "stuck", help="orders past their deadline or overdue, and needs_review"
+    )
+    stuck.add_argument("--grace", type=int, default=5, help="minutes of slack (default 5)")
+    stuck.add_argument("--limit", type=int, default=100)
+    poll = actions.add_parser("poll", help="poll an order on the next sweep")
+    poll.add_argument("order_id", type=UUID)
+    resolve = actions.add_parser("resolve", help="settle a needs_review order by hand")
+    resolve.add_argument("order_id", type=UUID)
+    resolve.add_argument("--to", required=True, choices=["paid", "rejected"])
+    resolve.add_argument("--by", required=True, help="who decides (recorded)")
+    resolve.add_argument("--reason", required=True, help="why (recorded)")
+    resolve.add_argument("--evidence", default="", help="what was checked (recorded)")
+    for parser in (listing, show, stuck):
+        parser.add_argument("--json", action="store_true")
+    for parser in (listing, show, stuck, poll, resolve):
+        parser.set_defaults(func=cmd_orders)

@@ -1,0 +1,145 @@
+"""The operator CLI against a real database: status, orders list|show|stuck|poll|resolve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+from uuid import UUID
+
+from orders import Money, NewOrder, OrderStatus
+from orders.repository import OrderRepository
+
+S = OrderStatus
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
+    env.update(
+        PAYDISPATCH_DATABASE_URL=database_url,
+        PAYDISPATCH_BROKER_URL="redis://127.0.0.1:1/0",  # not used by these commands
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def make(repo: OrderRepository, site: str, **kw: Any) -> UUID:
+    new = NewOrder(site=site, user_id="u1", money=Money(1234, "USD"), adapter="sandbox", **kw)
+    return repo.create(new).order.id
+
+
+def to_review(repo: OrderRepository, order_id: UUID) -> None:
+    repo.transition(order_id, S.NEW, S.SUBMITTING, actor="t")
+    repo.transition(order_id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="t", psp_id=f"p-{order_id}")
+    repo.transition(
+        order_id, S.AWAITING_PAYMENT, S.NEEDS_REVIEW, actor="t", detail={"reason": "mismatch"}
+    )
+
+
+def test_status_counts_orders_per_adapter_and_status(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    make(repo, site)
+    data = as_json(cli(database_url, "status", "--json"))
+    assert data["orders"]["sandbox"]["new"] >= 1
+    assert data["due_now"] >= 1
+    plain = cli(database_url, "status")
+    assert "sandbox" in plain.stdout
+    assert "oldest due" in plain.stdout
+
+
+def test_orders_list_filters_and_show_prints_history(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    keep = make(repo, site, site_ref="ops-1")
+    gone = make(repo, site, site_ref="ops-2")
+    repo.cancel(gone)
+    listed = as_json(
+        cli(database_url, "orders", "list", "--site", site, "--status", "new", "--json")
+    )
+    assert [o["id"] for o in listed] == [str(keep)]
+    shown = as_json(cli(database_url, "orders", "show", str(gone), "--json"))
+    assert shown["status"] == "cancelled"
+    assert [(e["from"], e["to"]) for e in shown["events"]] == [(None, "new"), ("new", "cancelled")]
+
+
+def test_stuck_lists_needs_review_and_overdue_orders(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    review = make(repo, site)
+    to_review(repo, review)
+    overdue = make(repo, site)
+    with repo.pool.connection() as conn:
+        conn.execute(
+            "UPDATE orders SET next_run_at = now() - interval '1 hour' WHERE id = %s", (overdue,)
+        )
+    fine = make(repo, site)
+    stuck = {o["id"] for o in as_json(cli(database_url, "orders", "stuck", "--json"))}
+    assert {str(review), str(overdue)} <= stuck
+    assert str(fine) not in stuck
+
+
+def test_poll_schedules_an_immediate_poll(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    order_id = make(repo, site)
+    repo.transition(order_id, S.NEW, S.SUBMITTING, actor="t")
+    later = repo.transition(
+        order_id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="t", psp_id=f"x-{order_id}",
+        next_run_at=repo.get(order_id).expires_at,
+    )  # fmt: skip
+    assert later.next_run_at is not None
+    result = cli(database_url, "orders", "poll", str(order_id))
+    assert result.returncode == 0, result.stderr
+    polled = repo.get(order_id)
+    assert polled.next_run_at is not None
+    assert polled.next_run_at < later.next_run_at
+
+
+def test_resolve_records_who_why_and_evidence(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    order_id = make(repo, site)
+    to_review(repo, order_id)
+    result = cli(
+        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "alice",
+        "--reason", "bank statement shows the full amount", "--evidence", "stmt-2026-11-21 line 4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    order = repo.get(order_id)
+    assert order.status is S.PAID
+    event = repo.events(order_id)[-1]
+    assert event.actor == "ops:alice"
+    assert event.detail["reason"] == "bank statement shows the full amount"
+    assert event.detail["evidence"] == "stmt-2026-11-21 line 4"
+
+
+def test_resolve_refuses_orders_not_in_review(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    order_id = make(repo, site)
+    result = cli(
+        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "bob",
+        "--reason", "x",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert repo.get(order_id).status is S.NEW
+
+
+def test_show_of_an_unknown_order_says_so(database_url: str) -> None:
+    result = cli(database_url, "orders", "show", "00000000-0000-0000-0000-000000000000")
+    assert result.returncode == 1
+    assert "not found" in result.stderr
