@@ -1,9 +1,10 @@
 """The dramatiq side: the broker, the actors, and sending a step to an adapter's queue.
 
 Actors ``submit``, ``poll`` and ``finalize`` (and ``watch`` for late payments) all hand their
-step to the process's :class:`EngineHost`. Messages carry the order id, the lease token and the
-action; dramatiq's own retries are off, because the order table and its leases are the retry
-mechanism (a lost message only delays an order until its lease ends).
+step to the process's :class:`EngineHost`; ``deliver`` hands it a billing webhook delivery.
+Messages carry the order id, the lease token and the action; dramatiq's own retries are off,
+because the order table and its leases are the retry mechanism (a lost message only delays an
+order until its lease ends).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
 
+from dispatcher.billing.webhook import Delivery
 from dispatcher.engine import Action
 from dispatcher.host import EngineHost
 from dispatcher.runtime import queue_name
 
 _host: EngineHost | None = None
+_delivery: Delivery | None = None
+# Billing webhook deliveries have their own queue, so a slow receiver never delays orders.
+BILLING_QUEUE = "paydispatch.billing"
 
 
 def set_host(host: EngineHost | None) -> None:
@@ -54,6 +59,18 @@ _FUNCTIONS = {
     Action.FINALIZE: finalize,
     Action.WATCH: watch,
 }
+
+
+def set_delivery(delivery: Delivery | None) -> None:
+    global _delivery  # noqa: PLW0603 - one delivery per worker process, like the engine host
+    _delivery = delivery
+
+
+def deliver(event_id: str, token: str) -> None:
+    """Send one billing webhook event, on the engine's loop (a slow receiver holds no thread)."""
+    if _host is None or _delivery is None:
+        raise RuntimeError("no webhook delivery in this process: configure the webhook hook")
+    _host.admit_coroutine(_delivery.deliver(UUID(event_id), UUID(token)))
 
 
 def make_broker(url: str, *, namespace: str = "paydispatch") -> dramatiq.Broker:
@@ -93,7 +110,18 @@ class Dispatch:
         }
         for adapter in adapters:
             broker.declare_queue(queue_name(adapter))
+        self.deliver_actor = dramatiq.Actor(
+            deliver,
+            broker=broker,
+            actor_name="deliver",
+            queue_name=BILLING_QUEUE,
+            priority=0,
+            options={"max_retries": 0, "time_limit": 60_000},
+        )
 
     def send(self, adapter: str, action: Action, order_id: UUID, token: UUID) -> None:
         message = self.actors[action].message(str(order_id), str(token))
         self.broker.enqueue(message.copy(queue_name=queue_name(adapter)))
+
+    def send_delivery(self, event_id: UUID, token: UUID) -> None:
+        self.deliver_actor.send(str(event_id), str(token))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -55,6 +57,29 @@ class EngineHost:
     async def _step(self, order_id: UUID, token: UUID, action: Action) -> None:
         try:
             await self.engine.run(order_id, token, action)
+        finally:
+            self.slots.release()
+            with self._idle:
+                self._in_flight -= 1
+                metrics.IN_FLIGHT.set(self._in_flight)
+                self._idle.notify_all()
+
+    def admit_coroutine(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run any coroutine on the loop under the same in-flight limit (billing deliveries)."""
+        if not self._accepting:
+            coro.close()
+            raise RuntimeError("engine is shutting down")
+        self.slots.acquire()
+        with self._idle:
+            self._in_flight += 1
+            metrics.IN_FLIGHT.set(self._in_flight)
+        asyncio.run_coroutine_threadsafe(self._guarded(coro), self.loop)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("coroutine admitted to the engine loop crashed")
         finally:
             self.slots.release()
             with self._idle:

@@ -55,3 +55,23 @@ NEEDS_REVIEW = Gauge("paydispatch_needs_review_orders", "Orders waiting for a pe
 SWEEPER_LAST_TICK = Gauge(
     "paydispatch_sweeper_last_tick_timestamp_seconds", "Unix time of the sweeper's last sweep"
 )
+
+# Billing webhook outbox: the gauges are read from the database by the sweeper.
+BILLING_OUTBOX_BACKLOG = Gauge(
+    "paydispatch_billing_outbox_backlog", "Billing webhook events waiting to be delivered"
+)
+BILLING_OUTBOX_OLDEST_AGE = Gauge(
+    "paydispatch_billing_outbox_oldest_age_seconds",
+    "Age of the oldest billing webhook event not yet delivered",
+)
+BILLING_OUTBOX_PARKED = Gauge(
+    "paydispatch_billing_outbox_parked", "Billing webhook events parked after 3 days of retries"
+)
+BILLING_PARKED = Counter(
+    "paydispatch_billing_events_parked", "Billing webhook events parked (retries ran out)"
+)
+BILLING_DELIVERIES = Counter(
+    "paydispatch_billing_deliveries",
+    "Billing webhook delivery attempts by outcome (delivered, retry, parked, skipped)",
+    ["outcome"],
+)

@@ -18,6 +18,7 @@ import structlog
 
 from dispatcher import metrics
 from dispatcher.actors import Dispatch
+from dispatcher.billing.webhook import Outbox
 from dispatcher.engine import action_for
 from orders.errors import TransientError
 from orders.repository import OrderRepository
@@ -39,6 +40,8 @@ class Sweeper:
         interval: float = 1.0,
         debounce: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        outbox: Outbox | None = None,
+        stats_interval: float = 5.0,
     ) -> None:
         self.repo = repo
         self.dispatch = dispatch
@@ -49,6 +52,9 @@ class Sweeper:
         self.debounce = debounce
         self.clock = clock
         self.last_tick = 0.0
+        self.outbox = outbox  # billing webhook events, when the webhook hook is on
+        self.stats_interval = stats_interval
+        self._last_stats = 0.0
 
     def tick(self) -> int:
         """Claim one batch and send it; returns how many orders were sent."""
@@ -63,8 +69,21 @@ class Sweeper:
             self.dispatch.send(order.adapter, action, order.id, order.lease_token)
             metrics.CLAIMED.labels(order.adapter).inc()
             sent += 1
+        if self.outbox is not None:
+            sent += self.sweep_outbox()
         self.last_tick = time.time()
         return sent
+
+    def sweep_outbox(self) -> int:
+        """Claim due billing webhook events and send one ``deliver`` message each."""
+        assert self.outbox is not None
+        claimed = self.outbox.claim(self.batch, self.lease)
+        for event_id, token in claimed:
+            self.dispatch.send_delivery(event_id, token)
+        if time.monotonic() - self._last_stats >= self.stats_interval:
+            self.outbox.update_metrics()
+            self._last_stats = time.monotonic()
+        return len(claimed)
 
     def run(self, stop: threading.Event, database_url: str) -> None:
         """Sweep until ``stop`` is set. Database or broker outages only pause the loop."""

@@ -12,7 +12,10 @@ DispatchError
 │   │   └── FieldTooLong
 │   ├── InvalidTransition   the state machine forbids this move
 │   ├── IdempotencyConflict same key, different request
-│   └── OrderNotFound
+│   ├── OrderNotFound
+│   ├── InsufficientFunds   a debit larger than the balance; nothing was written
+│   ├── WalletNotFound      no wallet for that site, user and currency
+│   └── InvalidSignature    a billing webhook whose signature does not verify
 ├── StaleOrder              the row moved under us; reload and decide again
 └── OutcomeUnknown          a call may or may not have taken effect: never guess
 """
@@ -91,3 +94,20 @@ class StaleOrder(DispatchError):
 
 class OutcomeUnknown(DispatchError):
     """A call may or may not have taken effect; a person or a lookup must decide."""
+
+
+class InsufficientFunds(PermanentError):
+    """A debit larger than the wallet's balance; nothing was written."""
+
+    def __init__(self, message: str, *, balance: int, requested: int) -> None:
+        super().__init__(message)
+        self.balance = balance
+        self.requested = requested
+
+
+class WalletNotFound(PermanentError):
+    """No wallet for that site, user and currency (it is created by its first credit)."""
+
+
+class InvalidSignature(PermanentError):
+    """A billing webhook whose ``Paydispatch-Signature`` is missing, stale or wrong."""

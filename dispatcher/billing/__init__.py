@@ -1,0 +1,1 @@
+"""Billing: the wallet ledger, the hooks run when an order is paid, and webhook delivery."""

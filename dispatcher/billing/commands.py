@@ -1,0 +1,232 @@
+"""``paydispatch wallet ...`` and ``paydispatch hooks replay``.
+
+The site comes from ``--site``, else ``PAYDISPATCH_SITE``; with neither, commands that act on one
+user's wallet stop and ask for it (a site's user ids are its own, so guessing would be wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from dispatcher import config, services
+from dispatcher.billing.audit import audit
+from dispatcher.billing.bonus import Referrals
+from dispatcher.billing.wallet import Entry, EntryKind, Wallets, parse_amount
+from dispatcher.billing.webhook import Outbox
+from orders.errors import DispatchError, InvalidInput
+from orders.repository import Pool, open_pool
+
+
+@contextmanager
+def _pool() -> Iterator[tuple[config.Settings, Pool]]:
+    settings = config.load()
+    found = services.ensure(settings)
+    pool = open_pool(found.database_url, max_size=2, name="cli")
+    try:
+        yield settings, pool
+    finally:
+        pool.close()
+
+
+def _site(args: argparse.Namespace) -> str:
+    site: str | None = args.site or os.environ.get("PAYDISPATCH_SITE")
+    if not site:
+        raise SystemExit("paydispatch: give --site SITE (or set PAYDISPATCH_SITE)")
+    return site
+
+
+def _entry_line(entry: Entry) -> str:
+    sign = "+" if entry.money.amount > 0 else "-"
+    amount = entry.money.__class__(abs(entry.money.amount), entry.money.currency)
+    parts = [
+        f"{entry.id:>8}",
+        entry.created_at.isoformat(timespec="seconds"),
+        f"{entry.kind:<10}",
+        f"{sign}{amount}",
+        f"= {entry.balance_after}",
+    ]
+    if entry.order_id:
+        parts.append(f"order {entry.order_id}")
+    if entry.key:
+        parts.append(f"key {entry.key}")
+    if entry.description:
+        parts.append(f"({entry.description})")
+    return "  ".join(parts)
+
+
+def _fail(exc: DispatchError) -> int:
+    print(f"paydispatch: {exc}")
+    return 2 if isinstance(exc, InvalidInput) else 1
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    site = _site(args)
+    with _pool() as (_settings, pool):
+        balances = Wallets(pool).balances(site, args.user)
+    if not balances:
+        print(f"user {args.user!r} of site {site!r} has no wallet")
+        return 1
+    for balance in balances:
+        print(f"{balance.money}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    site = _site(args)
+    with _pool() as (_settings, pool):
+        try:
+            page = Wallets(pool).history(
+                site, args.user, currency=args.currency, limit=args.limit, cursor=args.cursor
+            )
+        except DispatchError as exc:
+            return _fail(exc)
+    for entry in page.items:
+        print(_entry_line(entry))
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}")
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    site = _site(args)
+    with _pool() as (_settings, pool):
+        wallets = Wallets(pool)
+        try:
+            value = parse_amount(args.amount, args.currency)
+            if args.action == "credit":
+                entry = wallets.credit(
+                    site, args.user, value, kind=EntryKind.ADJUSTMENT, key=args.key,
+                    description=args.reason,
+                )  # fmt: skip
+            else:
+                entry = wallets.debit(site, args.user, value, key=args.key, description=args.reason)
+        except DispatchError as exc:
+            return _fail(exc)
+    note = " (replay: already done)" if entry.replayed else ""
+    print(_entry_line(entry) + note)
+    return 0
+
+
+def cmd_refund(args: argparse.Namespace) -> int:
+    from orders.repository import OrderRepository
+
+    with _pool() as (_settings, pool):
+        try:
+            order = OrderRepository(pool, {}).get(UUID(args.order))
+            value = (
+                order.money
+                if args.amount is None
+                else parse_amount(args.amount, order.money.currency)
+            )
+            entry = Wallets(pool).refund(
+                order.site, order.user_id, value, order_id=order.id, key=args.key,
+                description=args.reason,
+            )  # fmt: skip
+        except ValueError as exc:
+            print(f"paydispatch: {exc}")
+            return 2
+        except DispatchError as exc:
+            return _fail(exc)
+    print(_entry_line(entry))
+    return 0
+
+
+def cmd_refer(args: argparse.Namespace) -> int:
+    site = _site(args)
+    with _pool() as (_settings, pool):
+        try:
+            inviter = Referrals(pool).invite(site, args.user, args.invited_by)
+        except DispatchError as exc:
+            return _fail(exc)
+    print(f"{args.user} was invited by {inviter}")
+    return 0 if inviter == args.invited_by else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    with _pool() as (settings, pool):
+        hooks = settings.billing.hooks
+        report = audit(
+            pool, site=args.site, wallet_hook="wallet" in hooks, webhook_hook="webhook" in hooks
+        )
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with _pool() as (settings, pool):
+        outbox = Outbox(pool, max_age=timedelta(seconds=settings.billing.webhook_max_age))
+        try:
+            ids = [UUID(i) for i in args.event] if args.event else None
+        except ValueError:
+            print("paydispatch: --event takes event ids (UUIDs)")
+            return 2
+        if ids is None and not args.all:
+            print("paydispatch: give --event ID (repeatable) or --all")
+            return 2
+        replayed = outbox.replay(ids)
+    for event_id in replayed:
+        print(f"replaying {event_id}")
+    print(f"{len(replayed)} parked event(s) queued for delivery again")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``wallet`` and ``hooks`` to the ``paydispatch`` command's subparsers."""
+    wallet = sub.add_parser("wallet", help="wallet balances, history, credits, debits, audit")
+    actions = wallet.add_subparsers(dest="wallet_command", required=True)
+
+    def with_site(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--site", help="the site the user belongs to (default $PAYDISPATCH_SITE)"
+        )
+        return parser
+
+    balance = with_site(actions.add_parser("balance", help="a user's balances"))
+    balance.add_argument("user")
+    balance.set_defaults(func=cmd_balance)
+
+    history = with_site(actions.add_parser("history", help="a user's entries, newest first"))
+    history.add_argument("user")
+    history.add_argument("--currency", help="one currency (or points) only")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--cursor", help="continue where the previous page ended")
+    history.set_defaults(func=cmd_history)
+
+    for name, what in (("credit", "add money (a manual adjustment)"), ("debit", "take money")):
+        move = with_site(actions.add_parser(name, help=what))
+        move.add_argument("user")
+        move.add_argument("amount", help="major units, e.g. 12.50 (whole numbers for points)")
+        move.add_argument("currency", help="ISO 4217 code, or points")
+        move.add_argument("--reason", required=True, help="recorded as the entry's description")
+        move.add_argument("--key", required=True, help="idempotency key: a repeat does nothing")
+        move.set_defaults(func=cmd_move, action=name)
+
+    refund = actions.add_parser("refund", help="take back a paid order refunded at the PSP")
+    refund.add_argument("order", help="order id")
+    refund.add_argument("--amount", help="major units (default: the whole order)")
+    refund.add_argument("--reason", required=True)
+    refund.add_argument("--key", required=True, help="idempotency key: a repeat does nothing")
+    refund.set_defaults(func=cmd_refund)
+
+    refer = with_site(actions.add_parser("refer", help="record who invited a user"))
+    refer.add_argument("user")
+    refer.add_argument("invited_by")
+    refer.set_defaults(func=cmd_refer)
+
+    check = actions.add_parser("audit", help="recompute balances; exit 1 on any discrepancy")
+    check.add_argument("--site", help="one site only (default: all)")
+    check.set_defaults(func=cmd_audit)
+
+    hooks = sub.add_parser("hooks", help="billing webhook events")
+    hook_actions = hooks.add_subparsers(dest="hooks_command", required=True)
+    replay = hook_actions.add_parser("replay", help="send parked webhook events again")
+    replay.add_argument("--event", action="append", help="an event id (repeatable)")
+    replay.add_argument("--all", action="store_true", help="every parked event")
+    replay.set_defaults(func=cmd_replay)

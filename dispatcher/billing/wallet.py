@@ -1,0 +1,433 @@
+"""The wallet ledger: one balance per site, user and currency, and its append-only entries.
+
+Every operation is one transaction (or a savepoint inside the caller's, with ``conn=``): the
+wallet row is updated under its row lock with ``balance + amount >= 0`` as the condition, and
+one ``wallet_entries`` row records the change and the balance it left. A debit that would
+overdraw matches no row, so the balance can never go below zero, whatever runs concurrently.
+
+Idempotency: a ``key`` is unique per site; the same key with the same user, currency, amount
+and kind returns the first entry, with anything else raises :class:`IdempotencyConflict`.
+Credits for an order are unique per order (and kind and beneficiary): a replay returns the
+existing entry instead of raising, so the paid transition it runs in is never lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NoReturn
+from uuid import UUID
+
+from psycopg import errors as pg_errors
+
+from dispatcher.billing.sql import query
+from orders.errors import (
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    UnknownCurrency,
+    WalletNotFound,
+)
+from orders.model import LIMITS
+from orders.money import CURRENCY_EXPONENTS, MAX_AMOUNT, Money
+from orders.repository import Connection, Pool, database_errors
+
+# The loyalty balance: lower case, so it never collides with an ISO 4217 code (always upper).
+POINTS = "points"
+MAX_PAGE = 500
+MAX_DESCRIPTION = 1000
+
+
+class Points(Money):
+    """An amount of loyalty points: whole points, currency ``"points"``, never an ISO code."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        if self.currency != POINTS:
+            raise UnknownCurrency("currency", f"points must have currency {POINTS!r}")
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
+            raise InvalidAmount("amount", f"points are whole numbers, got {self.amount!r}")
+        if abs(self.amount) > MAX_AMOUNT:
+            raise InvalidAmount("amount", f"{self.amount} is beyond the storable range")
+
+    @property
+    def exponent(self) -> int:
+        return 0
+
+    def __str__(self) -> str:
+        return f"{self.amount} points"
+
+
+def money(amount: int, currency: str) -> Money:
+    """Money of an ISO currency, or :class:`Points` for ``"points"``."""
+    return Points(amount, POINTS) if currency == POINTS else Money(amount, currency)
+
+
+def parse_amount(value: str, currency: str) -> Money:
+    """Major units as a decimal string (``"12.50"`` USD), whole numbers for points."""
+    if currency == POINTS:
+        if not value.strip().lstrip("-").isdigit():
+            raise InvalidAmount("amount", f"points are whole numbers, got {value!r}")
+        return Points(int(value), POINTS)
+    return Money.parse(value, currency)
+
+
+class EntryKind(StrEnum):
+    TOPUP = "topup"  # a paid order
+    ADJUSTMENT = "adjustment"  # a manual credit or correction, with a reason
+    DEBIT = "debit"  # paying from the balance
+    CASHBACK = "cashback"  # points for a top-up (bonus rule)
+    REFERRAL = "referral"  # an inviter's share of a top-up (bonus rule)
+    REFUND = "refund"  # money of a paid order given back at the payment system
+
+
+CREDIT_KINDS = frozenset(
+    {EntryKind.TOPUP, EntryKind.ADJUSTMENT, EntryKind.CASHBACK, EntryKind.REFERRAL}
+)
+ORDER_KINDS = frozenset({EntryKind.TOPUP, EntryKind.CASHBACK, EntryKind.REFERRAL, EntryKind.REFUND})
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """One wallet: a user's balance in one currency (or points)."""
+
+    site: str
+    user_id: str
+    money: Money
+    updated_at: datetime
+
+    @property
+    def currency(self) -> str:
+        return self.money.currency
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Balance:
+        return cls(
+            row["site"], row["user_id"], money(row["balance"], row["currency"]), row["updated_at"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger row. ``money`` is signed: negative for debits and refunds."""
+
+    id: int
+    site: str
+    user_id: str
+    money: Money
+    balance_after: Money
+    kind: EntryKind
+    order_id: UUID | None
+    key: str | None
+    description: str
+    created_at: datetime
+    replayed: bool = False  # True when an earlier identical request wrote it
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], *, replayed: bool = False) -> Entry:
+        return cls(
+            id=row["id"],
+            site=row["site"],
+            user_id=row["user_id"],
+            money=money(row["amount"], row["currency"]),
+            balance_after=money(row["balance_after"], row["currency"]),
+            kind=EntryKind(row["kind"]),
+            order_id=row["order_id"],
+            key=row["idempotency_key"],
+            description=row["description"],
+            created_at=row["created_at"],
+            replayed=replayed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    items: list[Entry]
+    next_cursor: str | None
+
+
+def _encode_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e{entry_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("e"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidInput("cursor", "is not a cursor this API returned") from None
+
+
+def _check_text(name: str, value: object, limit: int, *, required: bool = True) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(name, f"must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidInput(name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidInput(name, f"is {len(value)} characters long; the limit is {limit}")
+    if "\x00" in value:
+        raise InvalidInput(name, "must not contain NUL characters")
+
+
+def _check_currency(currency: str) -> None:
+    if currency != POINTS and currency not in CURRENCY_EXPONENTS:
+        raise UnknownCurrency(
+            "currency", f"{currency!r} is not an active ISO 4217 code nor {POINTS!r}"
+        )
+
+
+def _check_positive(value: Money) -> None:
+    if not isinstance(value, Money):
+        raise InvalidAmount("amount", "must be Money")
+    _check_currency(value.currency)
+    if value.amount <= 0:
+        raise InvalidAmount("amount", f"must be positive, got {value.amount}")
+
+
+class Wallets:
+    """Balances and entries in PostgreSQL, for the paid hook, the HTTP API and the CLI."""
+
+    def __init__(self, pool: Pool | None) -> None:
+        self._pool = pool  # None: only calls with ``conn=`` work (the paid hook)
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            raise RuntimeError("these Wallets have no pool: pass conn=")
+        return self._pool
+
+    @contextmanager
+    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        """A transaction, or a savepoint in ``conn``'s (so a failure leaves the caller's intact)."""
+        with database_errors():
+            if conn is not None:
+                with conn.transaction():
+                    yield conn
+                return
+            with self.pool.connection() as fresh, fresh.transaction():
+                yield fresh
+
+    @contextmanager
+    def _connection(self, conn: Connection | None) -> Iterator[Connection]:
+        with database_errors():
+            if conn is not None:
+                yield conn
+                return
+            with self.pool.connection() as fresh:
+                yield fresh
+
+    # -- read ------------------------------------------------------------------------------
+
+    def balances(self, site: str, user_id: str) -> list[Balance]:
+        """Every wallet of the user (one per currency, and points), by currency."""
+        with self._connection(None) as conn:
+            rows = conn.execute(query("list_wallets"), {"site": site, "user_id": user_id})
+            return [Balance.from_row(row) for row in rows.fetchall()]
+
+    def balance(self, site: str, user_id: str, currency: str) -> Money:
+        """The balance of one wallet; raises :class:`WalletNotFound` when it never existed."""
+        _check_currency(currency)
+        params = {"site": site, "user_id": user_id, "currency": currency}
+        with self._connection(None) as conn:
+            row = conn.execute(query("get_wallet"), params).fetchone()
+        if row is None:
+            raise WalletNotFound(f"no {currency} wallet for user {user_id!r} of site {site!r}")
+        return money(row["balance"], currency)
+
+    def history(
+        self,
+        site: str,
+        user_id: str,
+        *,
+        currency: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> EntryPage:
+        """Entries newest first; pass ``next_cursor`` back for the following page."""
+        if currency is not None:
+            _check_currency(currency)
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}, got {limit}")
+        params = {
+            "site": site,
+            "user_id": user_id,
+            "currency": currency,
+            "before_id": _decode_cursor(cursor) if cursor else None,
+            "limit": limit + 1,
+        }
+        with self._connection(None) as conn:
+            rows = conn.execute(query("history"), params).fetchall()
+        items = [Entry.from_row(row) for row in rows[:limit]]
+        next_cursor = _encode_cursor(items[-1].id) if len(rows) > limit else None
+        return EntryPage(items, next_cursor)
+
+    # -- write -----------------------------------------------------------------------------
+
+    def credit(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        kind: EntryKind | str,
+        key: str | None,
+        description: str,
+        order_id: UUID | None = None,
+        conn: Connection | None = None,
+    ) -> Entry:
+        """Add ``money`` to the wallet (created on first credit).
+
+        Top-ups, cashback and referral bonuses name their ``order_id`` (one per order); a manual
+        ``adjustment`` needs a ``key`` and a ``description`` (the reason).
+        """
+        kind = EntryKind(kind)
+        if kind not in CREDIT_KINDS:
+            raise InvalidInput("kind", f"{kind} is not a credit")
+        if kind is EntryKind.ADJUSTMENT and key is None:
+            raise InvalidInput("key", "a manual credit needs an idempotency key")
+        return self._apply(
+            site, user_id, money, +1, kind=kind, key=key, description=description,
+            order_id=order_id, conn=conn, create=True,
+        )  # fmt: skip
+
+    def debit(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        key: str,
+        description: str,
+        conn: Connection | None = None,
+    ) -> Entry:
+        """Take ``money`` from the wallet: :class:`InsufficientFunds` rather than overdraw,
+        :class:`WalletNotFound` for a wallet that never existed; idempotent per ``key``."""
+        if key is None:
+            raise InvalidInput("key", "a debit needs an idempotency key")
+        return self._apply(
+            site, user_id, money, -1, kind=EntryKind.DEBIT, key=key, description=description,
+            order_id=None, conn=conn, create=False,
+        )  # fmt: skip
+
+    def refund(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        order_id: UUID,
+        key: str,
+        description: str,
+        conn: Connection | None = None,
+    ) -> Entry:
+        """Take back money of a paid order refunded at the payment system (shown by the audit)."""
+        return self._apply(
+            site, user_id, money, -1, kind=EntryKind.REFUND, key=key, description=description,
+            order_id=order_id, conn=conn, create=False,
+        )  # fmt: skip
+
+    def _apply(
+        self,
+        site: str,
+        user_id: str,
+        value: Money,
+        sign: int,
+        *,
+        kind: EntryKind,
+        key: str | None,
+        description: str,
+        order_id: UUID | None,
+        conn: Connection | None,
+        create: bool,
+    ) -> Entry:
+        _check_text("site", site, LIMITS["site"])
+        _check_text("user_id", user_id, LIMITS["user_id"])
+        _check_text("key", key, LIMITS["idempotency_key"], required=False)
+        _check_text("description", description, MAX_DESCRIPTION, required=False)
+        _check_positive(value)
+        if (kind in ORDER_KINDS) != (order_id is not None):
+            need = "need an order" if kind in ORDER_KINDS else "take no order"
+            raise InvalidInput("order_id", f"{kind} entries {need}")
+        amount = sign * value.amount
+        params: dict[str, Any] = {
+            "site": site,
+            "user_id": user_id,
+            "currency": value.currency,
+            "amount": amount,
+            "kind": str(kind),
+            "order_id": order_id,
+            "key": key,
+            "description": description or "",
+        }
+        try:
+            with self._transaction(conn) as tx:
+                earlier = self._earlier(tx, params)
+                if earlier is not None:
+                    return earlier
+                if create:
+                    tx.execute(query("ensure_wallet"), params)
+                row = tx.execute(query("apply_to_wallet"), params).fetchone()
+                if row is None:
+                    self._refuse(tx, params, value)
+                params["balance_after"] = row["balance"]
+                entry = tx.execute(query("insert_entry"), params).fetchone()
+                assert entry is not None
+                return Entry.from_row(entry)
+        except pg_errors.UniqueViolation:
+            # A concurrent request with the same key (or for the same order) won the race;
+            # our savepoint or transaction is rolled back, theirs is the answer.
+            with self._connection(conn) as again:
+                earlier = self._earlier(again, params)
+            if earlier is None:  # pragma: no cover - the winner cannot vanish
+                raise
+            return earlier
+
+    @staticmethod
+    def _earlier(conn: Connection, params: dict[str, Any]) -> Entry | None:
+        """The entry an earlier identical request wrote; conflict if the request differs."""
+        row = None
+        if params["key"] is not None:
+            row = conn.execute(query("entry_by_key"), params).fetchone()
+        elif params["order_id"] is not None:
+            row = conn.execute(query("entry_by_order"), params).fetchone()
+        if row is None:
+            return None
+        same = (
+            row["user_id"] == params["user_id"]
+            and row["currency"] == params["currency"]
+            and row["amount"] == params["amount"]
+            and row["kind"] == params["kind"]
+            and row["order_id"] == params["order_id"]
+        )
+        if not same:
+            what = f"key {params['key']!r}" if params["key"] else f"order {params['order_id']}"
+            raise IdempotencyConflict(
+                f"{what} already used for entry {row['id']} "
+                f"({row['kind']} {row['amount']} {row['currency']} for user {row['user_id']!r})"
+            )
+        return Entry.from_row(row, replayed=True)
+
+    @staticmethod
+    def _refuse(conn: Connection, params: dict[str, Any], value: Money) -> NoReturn:
+        wallet = conn.execute(query("get_wallet"), params).fetchone()
+        if wallet is None:
+            raise WalletNotFound(
+                f"no {value.currency} wallet for user {params['user_id']!r} "
+                f"of site {params['site']!r}"
+            )
+        raise InsufficientFunds(
+            f"balance {money(wallet['balance'], value.currency)} is less than {value}",
+            balance=wallet["balance"],
+            requested=value.amount,
+        )

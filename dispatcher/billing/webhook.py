@@ -1,0 +1,237 @@
+"""The webhook hook: an outbox row per paid order, delivered by the ``deliver`` actor.
+
+The row is written in the paid transaction, with the exact JSON body that every attempt sends
+and a stable event id (``id`` in the body), so a site can deduplicate. The sweeper claims due
+rows like orders (``FOR UPDATE SKIP LOCKED``, with a lease) and sends one ``deliver`` message
+each; a worker POSTs the body with ``httpx.AsyncClient`` on its event loop, so an unreachable or
+slow receiver only holds one coroutine, never a thread or other deliveries. A failed attempt is
+retried with capped exponential backoff and full jitter until ``give_up_at`` (3 days by
+default); then the event is parked and counted, until ``paydispatch hooks replay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+import structlog
+
+from dispatcher import metrics
+from dispatcher.billing.receiver import HEADER, sign
+from dispatcher.billing.sql import query
+from orders.model import Order
+from orders.repository import Connection, Pool, database_errors
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+EVENT_PAID = "order.paid"
+MAX_ERROR = 500
+
+
+def event_body(event_id: UUID, order: Order, *, late: bool) -> str:
+    """The JSON a site receives for a paid order; keys sorted, so the bytes are stable."""
+    body = {
+        "id": str(event_id),
+        "type": EVENT_PAID,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": {
+            "order_id": str(order.id),
+            "site": order.site,
+            "site_ref": order.site_ref,
+            "user_id": order.user_id,
+            "amount": order.money.amount,
+            "currency": order.money.currency,
+            "amount_decimal": str(order.money.to_decimal()),
+            "adapter": order.adapter,
+            "description": order.description,
+            "metadata": dict(order.metadata),
+            "paid_at": None if order.paid_at is None else order.paid_at.isoformat(),
+            "late": late,
+        },
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter between delivery attempts."""
+
+    first: timedelta = timedelta(seconds=10)
+    cap: timedelta = timedelta(hours=1)
+    factor: float = 2.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> timedelta:
+        """The wait after failed attempt number ``attempt`` (1 for the first)."""
+        ceiling = min(
+            self.cap.total_seconds(),
+            self.first.total_seconds() * self.factor ** min(attempt - 1, 60),
+        )
+        return timedelta(seconds=max(ceiling * rng(), min(1.0, ceiling) * 0.1))
+
+
+class Outbox:
+    """The ``billing_outbox`` table: enqueue (in the paid transaction), claim, replay, stats."""
+
+    def __init__(self, pool: Pool | None, *, max_age: timedelta = timedelta(days=3)) -> None:
+        self._pool = pool  # None: only enqueue (the paid hook) works
+        self.max_age = max_age
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            raise RuntimeError("this Outbox has no pool")
+        return self._pool
+
+    def enqueue(self, conn: Connection, order: Order, url: str, *, late: bool = False) -> None:
+        """Write the paid event of ``order``; a second call for the same order adds nothing."""
+        event_id = uuid.uuid4()
+        row = conn.execute(
+            query("insert_outbox"),
+            {
+                "id": event_id,
+                "order_id": order.id,
+                "event_type": EVENT_PAID,
+                "url": url,
+                "body": event_body(event_id, order, late=late),
+                "max_age": self.max_age,
+            },
+        ).fetchone()
+        if row is not None:
+            conn.execute(query("notify_outbox"))  # wakes the sweeper once this commits
+
+    def claim(self, limit: int, lease: timedelta) -> list[tuple[UUID, UUID]]:
+        """Lease up to ``limit`` due events: ``(event id, lease token)`` pairs."""
+        token = uuid.uuid4()
+        with database_errors(), self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                query("claim_outbox"), {"limit": limit, "lease": lease, "token": token}
+            ).fetchall()
+        return [(row["id"], row["lease_token"]) for row in rows]
+
+    def replay(self, ids: list[UUID] | None = None) -> list[UUID]:
+        """Give parked events (all, or ``ids``) a new delivery window; returns their ids."""
+        with database_errors(), self.pool.connection() as conn:
+            rows = conn.execute(
+                query("outbox_replay"), {"ids": ids, "max_age": self.max_age}
+            ).fetchall()
+        return [row["id"] for row in rows]
+
+    def update_metrics(self) -> None:
+        with database_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("outbox_stats")).fetchone()
+        if row is None:  # pragma: no cover - an aggregate always returns a row
+            return
+        metrics.BILLING_OUTBOX_BACKLOG.set(row["backlog"])
+        metrics.BILLING_OUTBOX_OLDEST_AGE.set(float(row["oldest"] or 0.0))
+        metrics.BILLING_OUTBOX_PARKED.set(row["parked"])
+
+
+class Delivery:
+    """Sends claimed events; runs on an event loop (the worker's :class:`EngineHost`)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        secret: str,
+        *,
+        timeout: float = 10.0,
+        backoff: Backoff | None = None,
+        db_threads: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.pool = pool
+        self._secret = secret
+        self.timeout = timeout
+        self.backoff = backoff or Backoff()
+        self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-billing")
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"Delivery(timeout={self.timeout}, secret=***)"
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:  # created on the loop that uses it
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                transport=self._transport,
+                follow_redirects=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self.db_pool.shutdown(wait=True)
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db_pool, partial(fn, *args))
+
+    def _load(self, event_id: UUID) -> dict[str, Any] | None:
+        with database_errors(), self.pool.connection() as conn:
+            return conn.execute(query("get_outbox"), {"id": event_id}).fetchone()
+
+    def _finish(self, name: str, params: dict[str, Any]) -> bool:
+        with database_errors(), self.pool.connection() as conn:
+            return conn.execute(query(name), params).fetchone() is not None
+
+    async def deliver(self, event_id: UUID, token: UUID) -> str:
+        """One attempt; returns the outcome (delivered, retry, parked, skipped)."""
+        row = await self._db(self._load, event_id)
+        if row is None or row["status"] != "pending" or row["lease_token"] != token:
+            return "skipped"  # delivered, parked or re-claimed meanwhile
+        body = row["body"].encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "paydispatch-webhook/1",
+            HEADER: sign(self._secret, body),
+            "Paydispatch-Event-Id": str(event_id),
+        }
+        status: int | None = None
+        error: str | None = None
+        try:
+            response = await self.client().post(row["url"], content=body, headers=headers)
+            status = response.status_code
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR] or type(exc).__name__
+        params: dict[str, Any] = {
+            "id": event_id,
+            "token": token,
+            "last_status": status,
+            "last_error": error,
+        }
+        if error is None:
+            await self._db(self._finish, "outbox_delivered", params)
+            outcome = "delivered"
+        else:
+            attempt = row["attempts"] + 1
+            delay = self.backoff.delay(attempt)
+            if datetime.now(UTC) + delay >= row["give_up_at"]:
+                await self._db(self._finish, "outbox_park", params)
+                metrics.BILLING_PARKED.inc()
+                log.error("webhook event parked", event_id=str(event_id), error=error)
+                outcome = "parked"
+            else:
+                params["delay"] = delay
+                await self._db(self._finish, "outbox_retry", params)
+                log.info("webhook delivery failed; will retry", event_id=str(event_id),
+                         error=error, attempt=attempt, delay=delay.total_seconds())  # fmt: skip
+                outcome = "retry"
+        metrics.BILLING_DELIVERIES.labels(outcome).inc()
+        return outcome
