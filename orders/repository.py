@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 from uuid import UUID
 
 import psycopg
@@ -244,7 +244,7 @@ class OrderRepository:
             "token": token,
             "adapters": None if adapters is None else list(adapters),
         }
-        with self._transaction() as conn:
+        with database_errors(), self.pool.connection() as conn:  # one statement: no BEGIN
             rows = conn.execute(query("claim_due"), params).fetchall()
         return [Order.from_row(row) for row in rows]
 
@@ -274,7 +274,7 @@ class OrderRepository:
         statement = sql.SQL(
             "UPDATE orders SET {} WHERE id = {} AND lease_token = {} RETURNING *"
         ).format(sql.SQL(", ").join(assignments), sql.Placeholder("id"), sql.Placeholder("token"))
-        with self._transaction() as conn:
+        with database_errors(), self.pool.connection() as conn:  # one statement: no BEGIN
             row = conn.execute(statement, params).fetchone()
         if row is None:
             raise StaleOrder(f"order {order.id}: lease {order.lease_token} is no longer held")
@@ -342,21 +342,32 @@ class OrderRepository:
         )
         if lease_token is not None:
             condition += sql.SQL(" AND lease_token = {}").format(sql.Placeholder("token"))
-        statement = sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *").format(
+        update = sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *").format(
             sql.SQL(", ").join(assignments), condition
         )
+        params.update(actor=actor, detail=Jsonb(dict(detail or {})))
+        if within is None and conn is None:
+            # One statement, so one round trip: the update and its event commit together.
+            statement = sql.SQL(
+                "WITH moved AS ({}), event AS ("
+                "INSERT INTO order_events (order_id, from_status, to_status, actor, detail) "
+                "SELECT id, {}, {}, {}, {} FROM moved) SELECT * FROM moved"
+            ).format(
+                update,
+                sql.Placeholder("expected"),
+                sql.Placeholder("to"),
+                sql.Placeholder("actor"),
+                sql.Placeholder("detail"),
+            )
+            with database_errors(), self.pool.connection() as fresh:
+                row = fresh.execute(statement, params).fetchone()
+                if row is None:
+                    self._explain_miss(fresh, order_id, expected, to, lease_token)
+            return Order.from_row(row)
         with self._transaction(conn) as tx:
-            row = tx.execute(statement, params).fetchone()
+            row = tx.execute(update, params).fetchone()
             if row is None:
-                current = tx.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()
-                if current is None:
-                    raise OrderNotFound(f"order {order_id} not found")
-                if current["status"] != expected.value:
-                    raise StaleOrder(
-                        f"order {order_id} is {current['status']}, not {expected} "
-                        f"(wanted to move it to {to})"
-                    )
-                raise StaleOrder(f"order {order_id}: lease {lease_token} is no longer held")
+                self._explain_miss(tx, order_id, expected, to, lease_token)
             order = Order.from_row(row)
             self._event(
                 tx, order_id, from_status=expected, to_status=to, actor=actor, detail=detail or {}
@@ -364,6 +375,25 @@ class OrderRepository:
             if within is not None:
                 within(tx, order)
         return order
+
+    @staticmethod
+    def _explain_miss(
+        conn: Connection,
+        order_id: UUID,
+        expected: OrderStatus,
+        to: OrderStatus,
+        lease_token: UUID | None,
+    ) -> NoReturn:
+        """Raise the reason a compare-and-set matched no row."""
+        current = conn.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()
+        if current is None:
+            raise OrderNotFound(f"order {order_id} not found")
+        if current["status"] != expected.value:
+            raise StaleOrder(
+                f"order {order_id} is {current['status']}, not {expected} "
+                f"(wanted to move it to {to})"
+            )
+        raise StaleOrder(f"order {order_id}: lease {lease_token} is no longer held")
 
     def cancel(
         self, order_id: UUID, *, site: str | None = None, actor: str = "site", reason: str = ""
@@ -413,3 +443,94 @@ class OrderRepository:
                 "detail": Jsonb(dict(detail)),
             },
         )
+
+    # -- for the HTTP API ------------------------------------------------------------------
+
+    def create_with_id(
+        self,
+        new: NewOrder,
+        order_id: UUID,
+        *,
+        default_return_url: str | None = None,
+        actor: str = "site",
+    ) -> Created:
+        """:meth:`create` with an id the caller chose.
+
+        ``default_return_url`` is stored when the site gave no ``return_url`` (the HTTP API puts
+        the order's own status page there, which some payment systems require); it is not part
+        of the request's fingerprint, so a replay of the same request still matches.
+        """
+        new.validate(self.adapters)
+        expires_in = new.expires_in or self.adapters.get(new.adapter) or DEFAULT_EXPIRY
+        request_hash = new.fingerprint()
+        params = {
+            "id": order_id,
+            "site": new.site,
+            "site_ref": new.site_ref,
+            "user_id": new.user_id,
+            "amount": new.money.amount,
+            "currency": new.money.currency,
+            "adapter": new.adapter,
+            "description": new.description,
+            "return_url": new.return_url or default_return_url,
+            "metadata": Jsonb(dict(new.metadata)),
+            "expires_in": expires_in,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": request_hash,
+            "actor": actor,
+        }
+        # One statement (order, event, NOTIFY): one round trip instead of five.
+        with database_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("create_order_with_id"), params).fetchone()
+            if row is not None:
+                return Created(Order.from_row(row), created=True)
+            existing = conn.execute(query("find_replay"), params).fetchone()
+        if existing is None:  # pragma: no cover - only an id collision gets here
+            raise RuntimeError(f"insert of order {order_id} conflicted but no order holds the key")
+        if existing["request_hash"] != request_hash:
+            by = (
+                "Idempotency-Key"
+                if new.idempotency_key is not None
+                and existing["idempotency_key"] == new.idempotency_key
+                else "site_ref"
+            )
+            raise IdempotencyConflict(
+                f"{by} already used for order {existing['id']} with a different request"
+            )
+        return Created(Order.from_row(existing), created=False)
+
+    def poll_soon(
+        self,
+        order_id: UUID,
+        *,
+        statuses: Collection[OrderStatus] = (OrderStatus.AWAITING_PAYMENT,),
+        quiet: timedelta = timedelta(0),
+    ) -> bool:
+        """Make the order due now (and wake the sweeper) if it is watched in one of ``statuses``.
+
+        Nothing happens while a worker holds its lease, when it is due already, or when the
+        dispatcher touched it less than ``quiet`` ago. True when the order was pulled forward.
+        """
+        params = {
+            "id": order_id,
+            "statuses": [OrderStatus(s).value for s in statuses],
+            "quiet": quiet,
+        }
+        with database_errors(), self.pool.connection() as conn:
+            return conn.execute(query("poll_soon"), params).fetchone() is not None
+
+    def find_by_ref(
+        self,
+        adapter: str,
+        *,
+        order_id: UUID | None = None,
+        psp_id: str | None = None,
+        number: int | None = None,
+    ) -> Order | None:
+        """The adapter's order named by our id, the payment system's id or our number."""
+        if order_id is None and psp_id is None and number is None:
+            return None
+        params = {"adapter": adapter, "id": order_id, "psp_id": psp_id, "number": number}
+        with database_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("find_by_ref"), params).fetchone()
+        return None if row is None else Order.from_row(row)

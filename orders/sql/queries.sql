@@ -83,3 +83,67 @@ SELECT adapter, count(*) AS n FROM orders
 WHERE status IN ('new', 'submitting', 'awaiting_payment')
   AND expires_at < now() - interval '5 minutes'
 GROUP BY adapter
+
+-- poll_soon --
+-- Make a watched order due now and wake the sweeper, unless a worker holds it or the dispatcher
+-- looked at it within %(quiet)s (a buyer's status page asks again and again: debounce).
+WITH moved AS (
+    UPDATE orders SET next_run_at = now()
+    WHERE id = %(id)s
+      AND status = ANY(%(statuses)s::text[])
+      AND next_run_at > now()
+      AND (lease_until IS NULL OR lease_until < now())
+      AND updated_at < now() - %(quiet)s
+    RETURNING adapter
+)
+SELECT pg_notify('paydispatch_orders', adapter) FROM moved
+
+-- find_by_ref --
+-- The order a payment system's notification names: our id first, then its id, then our number.
+SELECT * FROM orders
+WHERE adapter = %(adapter)s
+  AND (id = %(id)s::uuid OR psp_id = %(psp_id)s::text OR number = %(number)s::bigint)
+ORDER BY (id = %(id)s::uuid) IS TRUE DESC, (psp_id = %(psp_id)s::text) IS TRUE DESC
+LIMIT 1
+
+-- insert_api_key --
+INSERT INTO api_keys (site, prefix, key_hash, description)
+VALUES (%(site)s, %(prefix)s, %(key_hash)s, %(description)s)
+RETURNING *
+
+-- find_api_key --
+SELECT * FROM api_keys WHERE prefix = %(prefix)s
+
+-- touch_api_key --
+UPDATE api_keys SET last_used_at = now() WHERE id = %(id)s
+
+-- list_api_keys --
+SELECT * FROM api_keys
+WHERE (%(site)s::text IS NULL OR site = %(site)s)
+ORDER BY site, created_at
+
+-- revoke_api_key --
+UPDATE api_keys SET revoked_at = now()
+WHERE prefix = %(prefix)s AND revoked_at IS NULL
+RETURNING *
+
+-- create_order_with_id --
+-- A new order with the id the caller chose, its creation event and the sweeper's wake-up in one
+-- statement (one round trip, one transaction): the HTTP API's create. No row: the key or
+-- site_ref is taken already.
+WITH o AS (
+    INSERT INTO orders (
+        id, site, site_ref, user_id, amount, currency, adapter, description, return_url,
+        metadata, expires_at, idempotency_key, request_hash, next_run_at
+    ) VALUES (
+        %(id)s, %(site)s, %(site_ref)s, %(user_id)s, %(amount)s, %(currency)s, %(adapter)s,
+        %(description)s, %(return_url)s, %(metadata)s,
+        now() + %(expires_in)s, %(idempotency_key)s, %(request_hash)s, now()
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), e AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, NULL, 'new', %(actor)s, '{}'::jsonb FROM o
+)
+SELECT o.*, pg_notify('paydispatch_orders', o.adapter) IS NULL AS notified FROM o

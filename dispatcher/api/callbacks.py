@@ -1,0 +1,135 @@
+"""``POST /v1/callbacks/{adapter}``: push notifications from payment systems.
+
+The raw request goes to the adapter's parser. A verified notification with a report is applied
+like a poll's answer; anything else (unsigned, stale, for an order the report does not match)
+only makes the order due for a poll at once (invariant 6). The reply is exactly the one the
+adapter says its payment system expects.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import structlog
+from anyio import to_thread
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from adapters.base import (
+    MalformedResponse,
+    Notification,
+    NotificationResult,
+    NotSupported,
+    OrderRef,
+)
+from dispatcher.api.auth import Context
+from dispatcher.api.context import ApiContext
+from dispatcher.api.errors import ApiError
+from dispatcher.api.responses import errors
+from dispatcher.runtime import AdapterRuntime
+from orders.errors import StaleOrder
+from orders.model import Order
+from orders.status import ACTIVE, OrderStatus
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["callbacks"])
+S = OrderStatus
+
+# A hint may find a payment on an order still awaiting it, or a late one on a given-up order.
+HINTED = (S.AWAITING_PAYMENT, S.REJECTED, S.EXPIRED, S.CANCELLED)
+
+_ANY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "description": "Whatever the payment system sends; its adapter reads it",
+        "required": False,
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef) -> Order | None:
+    order_id: UUID | None = None
+    if ref.order_id:
+        try:
+            order_id = UUID(ref.order_id)
+        except ValueError:
+            order_id = None
+    return ctx.repo.find_by_ref(adapter, order_id=order_id, psp_id=ref.psp_id, number=ref.number)
+
+
+def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> str:
+    """Apply or hint; returns what was done, for the log."""
+    order = _order_for(ctx, rt.name, result.ref)
+    if order is None:
+        return "unknown order"
+    report = result.report
+    trusted = (
+        result.verified
+        and report is not None
+        and order.psp_id is not None
+        and report.psp_id in (None, order.psp_id)
+    )
+    if trusted and report is not None:
+        for _ in range(3):
+            try:
+                moved = ctx.settler.apply(
+                    order,
+                    report,
+                    actor=f"callback:{rt.name}",
+                    now=datetime.now(UTC),
+                    late_watch=rt.policy.late_window,
+                    use_lease=False,
+                )
+            except StaleOrder:
+                order = ctx.repo.get(order.id)  # a worker moved it meanwhile: decide again
+                continue
+            if moved is not None:
+                return f"applied: {order.status} -> {moved.status}"
+            break
+        if order.status not in ACTIVE:
+            return "nothing to change"
+    pulled = ctx.repo.poll_soon(order.id, statuses=HINTED)
+    return "poll scheduled" if pulled else "poll already due or running"
+
+
+@router.post(
+    "/v1/callbacks/{adapter}",
+    responses=errors(
+        400, 404, 413, 503, also={200: {"description": "The reply the payment system expects"}}
+    ),
+    openapi_extra=_ANY_BODY,
+    summary="A payment system's push notification",
+)
+async def callback(adapter: str, request: Request, ctx: Context) -> Response:
+    rt = ctx.runtimes.get(adapter)
+    if rt is None:
+        raise ApiError(404, "unknown_adapter", "no such payment system is enabled here")
+    notification = Notification(
+        headers={name.lower(): value for name, value in request.headers.items()},
+        body=await request.body(),
+        query=dict(request.query_params),
+        remote_addr=request.client.host if request.client else None,
+        received_at=datetime.now(UTC),
+    )
+    try:
+        result = rt.adapter.parse_notification(notification, rt.settings)
+    except NotSupported:
+        raise ApiError(
+            404, "notifications_not_supported", f"{adapter} sends no notifications"
+        ) from None
+    except MalformedResponse as exc:
+        log.warning("unreadable notification", adapter=adapter, error=str(exc))
+        raise ApiError(400, "malformed_notification", str(exc)) from None
+    outcome = await to_thread.run_sync(handle, ctx, rt, result)
+    log.info(
+        "notification",
+        adapter=adapter,
+        verified=result.verified,
+        outcome=outcome,
+        order_id=result.ref.order_id,
+        psp_id=result.ref.psp_id,
+    )
+    reply = result.reply
+    return Response(reply.body, reply.status_code, media_type=reply.content_type)

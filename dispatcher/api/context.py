@@ -1,0 +1,57 @@
+"""What the API's routes share: the repository, the adapters, the keys, the billing hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from fastapi import Request
+
+from dispatcher.api.keys import ApiKeys
+from dispatcher.billing.wallet import Wallets
+from dispatcher.runtime import AdapterRuntime
+from dispatcher.settle import PaidHook, Settler
+from orders.repository import OrderRepository, Pool
+
+
+@dataclass
+class ApiContext:
+    """Everything a request needs; built once per process (see ``server.context_from``)."""
+
+    repo: OrderRepository
+    runtimes: Mapping[str, AdapterRuntime]
+    public_url: str = "http://127.0.0.1:8000"
+    broker_url: str | None = None
+    paid_hook: PaidHook | None = None
+    body_limit: int = 64 * 1024
+    # Buyers' status pages pull an order's next poll forward at most this often (seconds).
+    view_debounce: float = 2.0
+    keys: ApiKeys = field(init=False)
+    settler: Settler = field(init=False)
+    wallets: Wallets = field(init=False)
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+    # When each order's status page last pulled its poll forward (monotonic seconds).
+    views: dict[UUID, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.public_url = self.public_url.rstrip("/")
+        self.keys = ApiKeys(self.pool)
+        self.settler = Settler(self.repo, self.paid_hook)
+        self.wallets = Wallets(self.pool)
+
+    @property
+    def pool(self) -> Pool:
+        return self.repo.pool
+
+    def status_page(self, order_id: object) -> str:
+        return f"{self.public_url}/pay/{order_id}"
+
+    def close(self) -> None:
+        for fn in self.on_close:
+            fn()
+
+
+def get_context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,218 @@
+"""The buyer's pages under ``/pay/{id}``. No API key: the order's random id is the capability,
+and nothing here shows more than the page itself does (no user, site or metadata)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from datetime import timedelta
+from typing import Annotated
+from urllib.parse import parse_qs
+from uuid import UUID
+
+import structlog
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from dispatcher.api import pages
+from dispatcher.api.auth import Context
+from dispatcher.api.context import ApiContext
+from dispatcher.api.errors import ApiError
+from dispatcher.api.responses import errors
+from dispatcher.api.schemas import BuyerState, PayStatus
+from orders.errors import DispatchError, InvalidTransition, OrderNotFound, StaleOrder
+from orders.model import NewOrder, Order
+from orders.status import OrderStatus
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["buyer"])
+S = OrderStatus
+
+_STATES: dict[OrderStatus, BuyerState] = {
+    S.NEW: "preparing",
+    S.SUBMITTING: "preparing",
+    S.AWAITING_PAYMENT: "ready",
+    S.PAID: "paid",
+    S.REJECTED: "declined",
+    S.EXPIRED: "expired",
+    S.CANCELLED: "cancelled",
+    S.FAILED: "failed",
+    S.NEEDS_REVIEW: "review",
+}
+_UNPAID = frozenset({S.NEW, S.AWAITING_PAYMENT})
+_HEADERS = {
+    "Cache-Control": "no-store",
+    # The page's URL is the order's capability: never send it on to the payment system.
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _http_url(url: str | None) -> str | None:
+    return url if url and url.startswith(("https://", "http://")) else None
+
+
+def buyer_status(ctx: ApiContext, order: Order) -> PayStatus:
+    state = _STATES[order.status]
+    pay_url = _http_url(order.pay_url) if order.status is S.AWAITING_PAYMENT else None
+    if state == "ready" and pay_url is None:
+        state = "preparing"
+    return_url = _http_url(order.return_url)
+    if return_url == ctx.status_page(order.id):
+        return_url = None  # the page itself: no link back to it
+    final = order.status in {S.PAID, S.REJECTED, S.EXPIRED, S.CANCELLED, S.FAILED}
+    return PayStatus(
+        state=state,
+        amount=str(order.money),
+        description=order.description,
+        pay_url=pay_url,
+        return_url=return_url,
+        final=final,
+        retry_after_ms=1500 if state in {"preparing", "ready"} else 10_000,
+    )
+
+
+def _hurry(ctx: ApiContext, order: Order) -> None:
+    """A buyer is looking: pull the order's next poll forward (debounced, DESIGN.md 5)."""
+    if order.status is not S.AWAITING_PAYMENT:
+        return
+    now = time.monotonic()
+    last = ctx.views.get(order.id)
+    if last is not None and now - last < ctx.view_debounce:
+        return
+    if len(ctx.views) > 50_000:
+        ctx.views.clear()
+    ctx.views[order.id] = now
+    try:
+        ctx.repo.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
+    except DispatchError as exc:  # the page still shows what it knows
+        log.warning("could not pull the poll forward", order_id=str(order.id), error=str(exc))
+
+
+def _alternatives(ctx: ApiContext, order: Order) -> list[str]:
+    found = []
+    for name, rt in sorted(ctx.runtimes.items()):
+        currencies = rt.adapter.capabilities.currencies
+        if name != order.adapter and (not currencies or order.money.currency in currencies):
+            found.append(name)
+    return found
+
+
+def _order(ctx: ApiContext, order_id: str) -> Order | None:
+    try:
+        return ctx.repo.get(UUID(order_id))
+    except (ValueError, OrderNotFound):
+        return None
+
+
+def _html(content: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(content, status_code, headers=_HEADERS)
+
+
+@router.get(
+    "/pay/{order_id}",
+    response_class=HTMLResponse,
+    responses=errors(
+        422,
+        also={
+            404: {"content": {"text/html": {}}, "description": "No such payment (HTML)"},
+            503: {"content": {"text/html": {}}, "description": "Try again soon (HTML)"},
+        },
+    ),
+    summary="The buyer's status page",
+)
+def status_page(
+    order_id: str,
+    ctx: Context,
+    wait: Annotated[int | None, Query(ge=0, le=1, include_in_schema=False)] = None,
+) -> Response:
+    """Waits for the invoice, sends the buyer to pay, shows the result."""
+    try:
+        order = _order(ctx, order_id)
+    except DispatchError:
+        return _html(pages.unavailable_page(), 503)
+    if order is None:
+        return _html(pages.not_found_page(), 404)
+    _hurry(ctx, order)
+    status = buyer_status(ctx, order)
+    html = pages.status_page(
+        str(order.id),
+        status,
+        alternatives=_alternatives(ctx, order) if order.status in _UNPAID else [],
+        can_cancel=order.status in _UNPAID,
+        send_now=wait == 1,
+    )
+    return _html(html)
+
+
+@router.get(
+    "/pay/{order_id}/status",
+    response_model=PayStatus,
+    responses=errors(404, 422, 503),
+    summary="What the status page shows, as JSON",
+)
+def status_json(order_id: UUID, ctx: Context, response: Response) -> PayStatus:
+    try:
+        order = ctx.repo.get(order_id)
+    except OrderNotFound:
+        raise ApiError(404, "order_not_found", "no such order") from None
+    _hurry(ctx, order)
+    response.headers.update(_HEADERS)
+    return buyer_status(ctx, order)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items() if v}
+
+
+def _back(order_id: UUID | str) -> RedirectResponse:
+    return RedirectResponse(f"/pay/{order_id}", 303, headers=_HEADERS)
+
+
+@router.post("/pay/{order_id}/cancel", include_in_schema=False)
+def cancel(order_id: str, ctx: Context) -> Response:
+    order = _order(ctx, order_id)
+    if order is None:
+        return _html(pages.not_found_page(), 404)
+    # Paid or moving meanwhile: the page shows where it is.
+    with contextlib.suppress(InvalidTransition, StaleOrder):
+        ctx.repo.cancel(order.id, actor="buyer", reason="cancelled on the status page")
+    return _back(order.id)
+
+
+@router.post("/pay/{order_id}/switch", include_in_schema=False)
+def switch(
+    order_id: str, ctx: Context, form: Annotated[dict[str, str], Depends(_form)]
+) -> Response:
+    """Cancel this order and make the same one at another payment system."""
+    order = _order(ctx, order_id)
+    if order is None:
+        return _html(pages.not_found_page(), 404)
+    adapter = form.get("adapter", "")
+    if order.status not in _UNPAID and order.status is not S.CANCELLED:
+        return _back(order.id)
+    if adapter not in _alternatives(ctx, order):
+        return _back(order.id)
+    try:
+        ctx.repo.cancel(order.id, actor="buyer", reason=f"buyer chose {adapter}")
+    except (InvalidTransition, StaleOrder):
+        return _back(order.id)
+    own_page = order.return_url == ctx.status_page(order.id)
+    new = NewOrder(
+        site=order.site,
+        user_id=order.user_id,
+        money=order.money,
+        adapter=adapter,
+        description=order.description,
+        return_url=None if own_page else order.return_url,
+        metadata={**order.metadata, "replaces": str(order.id)},
+        idempotency_key=f"switch:{order.id}:{adapter}",
+    )
+    new_id = uuid.uuid4()
+    created = ctx.repo.create_with_id(
+        new, new_id, default_return_url=ctx.status_page(new_id), actor="buyer"
+    )
+    return _back(created.order.id)

@@ -1,0 +1,161 @@
+"""``/v1/wallets/{user_id}``: a site's view of its users' balances, history, and debits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from pydantic import BaseModel, Field
+
+from dispatcher.api.auth import Context, Site
+from dispatcher.api.errors import ApiError
+from dispatcher.api.responses import errors
+from dispatcher.api.schemas import Strict, Text
+from dispatcher.billing.wallet import MAX_PAGE, Entry, money
+from orders.model import LIMITS
+from orders.money import MAX_AMOUNT
+
+router = APIRouter(tags=["wallets"])
+
+UserId = Annotated[Text, Path(min_length=1, max_length=LIMITS["user_id"])]
+CURRENCY = r"^([A-Z]{3}|points)$"
+
+
+class BalanceOut(BaseModel):
+    currency: str = Field(description="ISO 4217 code, or 'points' for the loyalty balance")
+    amount: int = Field(description="In minor units (whole points)")
+    formatted: str
+    updated_at: datetime
+
+
+class WalletOut(BaseModel):
+    user_id: str
+    balances: list[BalanceOut]
+
+
+class EntryOut(BaseModel):
+    id: int
+    amount: int = Field(description="Signed, in minor units: negative for debits and refunds")
+    currency: str
+    balance_after: int
+    kind: str
+    order_id: UUID | None
+    key: str | None
+    description: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, entry: Entry) -> EntryOut:
+        return cls(
+            id=entry.id,
+            amount=entry.money.amount,
+            currency=entry.money.currency,
+            balance_after=entry.balance_after.amount,
+            kind=str(entry.kind),
+            order_id=entry.order_id,
+            key=entry.key,
+            description=entry.description,
+            created_at=entry.created_at,
+        )
+
+
+class EntryPageOut(BaseModel):
+    items: list[EntryOut]
+    next_cursor: str | None
+
+
+class DebitIn(Strict):
+    amount: int = Field(gt=0, le=MAX_AMOUNT, description="In minor units (whole points)")
+    currency: str = Field(pattern=CURRENCY)
+    description: Text = Field(default="", max_length=1000)
+
+
+@router.get(
+    "/v1/wallets/{user_id}",
+    response_model=WalletOut,
+    responses=errors(401, 422, 503),
+    summary="A user's balances",
+)
+def get_wallet(user_id: UserId, site: Site, ctx: Context) -> WalletOut:
+    balances = ctx.wallets.balances(site, user_id)
+    return WalletOut(
+        user_id=user_id,
+        balances=[
+            BalanceOut(
+                currency=b.currency,
+                amount=b.money.amount,
+                formatted=str(b.money),
+                updated_at=b.updated_at,
+            )
+            for b in balances
+        ],
+    )
+
+
+@router.get(
+    "/v1/wallets/{user_id}/entries",
+    response_model=EntryPageOut,
+    responses=errors(401, 422, 503),
+    summary="A user's ledger entries, newest first",
+)
+def list_entries(
+    *,
+    user_id: UserId,
+    site: Site,
+    ctx: Context,
+    currency: Annotated[str | None, Query(pattern=CURRENCY)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[Text | None, Query(min_length=1, max_length=200)] = None,
+) -> EntryPageOut:
+    page = ctx.wallets.history(site, user_id, currency=currency, limit=limit, cursor=cursor)
+    return EntryPageOut(items=[EntryOut.of(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/v1/wallets/{user_id}/debit",
+    status_code=201,
+    response_model=EntryOut,
+    responses=errors(
+        400,
+        401,
+        404,
+        409,
+        413,
+        422,
+        503,
+        also={200: {"model": EntryOut, "description": "A replay of an earlier debit"}},
+    ),
+    summary="Take money from a user's balance (never below zero)",
+)
+def debit(
+    *,
+    user_id: UserId,
+    body: DebitIn,
+    site: Site,
+    ctx: Context,
+    response: Response,
+    idempotency_key: Annotated[
+        Text,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Required: the same key and body return the same entry",
+        ),
+    ],
+) -> EntryOut:
+    """201 with the entry; 200 for a replay; 409 ``insufficient_funds`` rather than overdraw."""
+    if not idempotency_key.strip():
+        raise ApiError(422, "invalid_field", "must not be blank", field="Idempotency-Key")
+    entry = ctx.wallets.debit(
+        site,
+        user_id,
+        money(body.amount, body.currency),
+        key=idempotency_key,
+        description=body.description,
+    )
+    if entry.replayed:
+        response.status_code = 200
+    return EntryOut.of(entry)

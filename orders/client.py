@@ -1,0 +1,687 @@
+"""A small client for the paydispatch HTTP API: :class:`Client` (sync), :class:`AsyncClient`.
+
+    with Client("https://pay.example", api_key) as pd:
+        money = Money.parse("19.99", "USD")
+        created = pd.create_order(user_id="42", money=money, adapter="sandbox")
+        redirect(created.order.status_url)
+
+Retries (tenacity, exponential backoff with jitter, honouring ``Retry-After``) cover connection
+errors, timeouts, 429 and 5xx. Every retry of one ``create_order`` call carries the same
+idempotency key, so a create whose answer was lost is never made twice. Error answers become
+exceptions of the one error tree (:mod:`orders.errors`), each also an :class:`ApiError` with the
+API's stable ``code``:
+
+    ApiError
+    ├── InvalidRequest      422 (also orders.InvalidInput): ``field`` names the culprit
+    ├── Unauthorized        401: missing, unknown or revoked key
+    ├── NotFound            404 (also orders.OrderNotFound)
+    ├── Conflict            409: not_cancellable, insufficient_funds, ...
+    │   └── KeyConflict     409 idempotency_conflict (also orders.IdempotencyConflict)
+    ├── BadRequest          400, 413 and other refusals
+    └── Unavailable         503, other 5xx, network errors after the last retry (TransientError)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, Self
+from uuid import UUID
+
+import httpx
+import tenacity
+
+from orders.errors import (
+    DispatchError,
+    IdempotencyConflict,
+    InvalidInput,
+    OrderNotFound,
+    PermanentError,
+    TransientError,
+)
+from orders.money import Money
+from orders.status import OrderStatus
+
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+USER_AGENT: Final = "paydispatch-client/1"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class ApiError(DispatchError):
+    """An error answer of the API; ``code`` is its stable code (see docs/api.md)."""
+
+    def __init__(self, status_code: int, code: str, message: str, field: str | None = None) -> None:
+        DispatchError.__init__(self, f"{code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.field = field or ""  # "" when the error names no field
+
+
+class InvalidRequest(ApiError, InvalidInput):
+    """422: the API refused the input; nothing was written."""
+
+
+class Unauthorized(ApiError, PermanentError):
+    """401: the API key is missing, unknown or revoked."""
+
+
+class NotFound(ApiError, OrderNotFound):
+    """404: no such order (or wallet, or not this site's)."""
+
+
+class Conflict(ApiError, PermanentError):
+    """409: the request conflicts with the resource's state."""
+
+
+class KeyConflict(Conflict, IdempotencyConflict):
+    """409: the idempotency key or site_ref was used with another body."""
+
+
+class BadRequest(ApiError, PermanentError):
+    """400, 413 or another refusal: the request cannot succeed as sent."""
+
+
+class Unavailable(ApiError, TransientError):
+    """The API or its database could not be reached, even after retries: try again later."""
+
+
+def error_from(response: httpx.Response) -> ApiError:
+    """The exception for an error answer."""
+    code, message, culprit = "http_error", response.reason_phrase, None
+    try:
+        body = response.json()["error"]
+        code, message = str(body["code"]), str(body["message"])
+        culprit = body.get("field")
+    except (ValueError, KeyError, TypeError):
+        pass
+    status = response.status_code
+    kind: type[ApiError]
+    if status == 422:
+        kind = InvalidRequest
+    elif status == 401:
+        kind = Unauthorized
+    elif status == 404:
+        kind = NotFound
+    elif status == 409:
+        kind = KeyConflict if code == "idempotency_conflict" else Conflict
+    elif status >= 500:
+        kind = Unavailable
+    else:
+        kind = BadRequest
+    return kind(status, code, message, culprit)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def _time(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value))
+
+
+def _maybe_time(value: Any) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEventInfo:
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    at: datetime
+    actor: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderInfo:
+    """An order as the API shows it to its site."""
+
+    id: UUID
+    number: int
+    site_ref: str | None
+    user_id: str
+    money: Money
+    adapter: str
+    description: str
+    return_url: str | None
+    metadata: Mapping[str, Any]
+    status: OrderStatus
+    psp_id: str | None
+    pay_url: str | None
+    status_url: str  # send the buyer here
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    paid_at: datetime | None
+    last_error: str | None
+    events: tuple[OrderEventInfo, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OrderInfo:
+        events = tuple(
+            OrderEventInfo(
+                from_status=None if e["from_status"] is None else OrderStatus(e["from_status"]),
+                to_status=OrderStatus(e["to_status"]),
+                at=_time(e["at"]),
+                actor=e["actor"],
+                detail=e["detail"],
+            )
+            for e in data.get("events") or ()
+        )
+        return cls(
+            id=UUID(data["id"]),
+            number=data["number"],
+            site_ref=data["site_ref"],
+            user_id=data["user_id"],
+            money=Money(data["amount"], data["currency"]),
+            adapter=data["adapter"],
+            description=data["description"],
+            return_url=data["return_url"],
+            metadata=data["metadata"],
+            status=OrderStatus(data["status"]),
+            psp_id=data["psp_id"],
+            pay_url=data["pay_url"],
+            status_url=data["status_url"],
+            expires_at=_time(data["expires_at"]),
+            created_at=_time(data["created_at"]),
+            updated_at=_time(data["updated_at"]),
+            paid_at=_maybe_time(data["paid_at"]),
+            last_error=data["last_error"],
+            events=events,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedOrder:
+    order: OrderInfo
+    created: bool  # False: an earlier request with the same key or site_ref made it
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderList:
+    items: list[OrderInfo]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterInfo:
+    name: str
+    currencies: frozenset[str]  # empty: any
+    cancel: bool
+    notifications: bool
+    signed_notifications: bool
+    default_expiry: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class WalletBalance:
+    currency: str  # ISO 4217, or "points"
+    amount: int  # minor units (whole points)
+    formatted: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WalletEntry:
+    id: int
+    amount: int  # signed minor units: negative for debits and refunds
+    currency: str
+    balance_after: int
+    kind: str
+    order_id: UUID | None
+    key: str | None
+    description: str
+    created_at: datetime
+    replayed: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, replayed: bool = False) -> WalletEntry:
+        return cls(
+            id=data["id"],
+            amount=data["amount"],
+            currency=data["currency"],
+            balance_after=data["balance_after"],
+            kind=data["kind"],
+            order_id=None if data["order_id"] is None else UUID(data["order_id"]),
+            key=data["key"],
+            description=data["description"],
+            created_at=_time(data["created_at"]),
+            replayed=replayed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryList:
+    items: list[WalletEntry]
+    next_cursor: str | None
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    path: str
+    json: Any = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _create_call(
+    *,
+    user_id: str,
+    money: Money,
+    adapter: str,
+    site_ref: str | None,
+    description: str,
+    return_url: str | None,
+    metadata: Mapping[str, Any] | None,
+    expires_in: timedelta | None,
+    key: str,
+) -> _Call:
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "amount": money.amount,
+        "currency": money.currency,
+        "adapter": adapter,
+        "description": description,
+        "metadata": dict(metadata or {}),
+    }
+    if site_ref is not None:
+        body["site_ref"] = site_ref
+    if return_url is not None:
+        body["return_url"] = return_url
+    if expires_in is not None:
+        body["expires_in"] = int(expires_in.total_seconds())
+    return _Call("POST", "/v1/orders", json=body, headers={"Idempotency-Key": key})
+
+
+def _adapters(data: Mapping[str, Any]) -> list[AdapterInfo]:
+    return [
+        AdapterInfo(
+            name=a["name"],
+            currencies=frozenset(a["currencies"]),
+            cancel=a["cancel"],
+            notifications=a["notifications"],
+            signed_notifications=a["signed_notifications"],
+            default_expiry=timedelta(seconds=a["default_expiry_seconds"]),
+        )
+        for a in data["items"]
+    ]
+
+
+def _balances(data: Mapping[str, Any]) -> list[WalletBalance]:
+    return [
+        WalletBalance(b["currency"], b["amount"], b["formatted"], _time(b["updated_at"]))
+        for b in data["balances"]
+    ]
+
+
+class _Retryable(Exception):
+    """A transient answer worth another try; carries the response (or the network error)."""
+
+    def __init__(self, response: httpx.Response | None, error: Exception | None = None) -> None:
+        super().__init__(str(error) if error else f"HTTP {response and response.status_code}")
+        self.response = response
+        self.error = error
+
+
+class _WaitRetryAfter(tenacity.wait.wait_base):
+    """Exponential backoff with full jitter, but never less than the server's ``Retry-After``."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.backoff = tenacity.wait_random_exponential(multiplier=initial, max=cap)
+        self.cap = cap
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        wait = float(self.backoff(retry_state))
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, _Retryable) and error.response is not None:
+            value = error.response.headers.get("retry-after", "")
+            if value.replace(".", "", 1).isdigit():
+                wait = max(wait, min(float(value), self.cap))
+        return wait
+
+
+def _unavailable(exc: _Retryable) -> ApiError:
+    if exc.response is not None:
+        return error_from(exc.response)
+    return Unavailable(0, "network_error", str(exc.error))
+
+
+class _Base:
+    def __init__(self, api_key: str, retries: int, backoff: float, max_backoff: float) -> None:
+        if not api_key:
+            raise ValueError("api_key is required")
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self.retries = retries
+        self._wait = _WaitRetryAfter(backoff, max_backoff)
+
+    def _retrying(self) -> dict[str, Any]:
+        return {
+            "stop": tenacity.stop_after_attempt(self.retries + 1),
+            "wait": self._wait,
+            "retry": tenacity.retry_if_exception_type(_Retryable),
+            "reraise": True,
+        }
+
+    @staticmethod
+    def _check(response: httpx.Response) -> httpx.Response:
+        if response.status_code in RETRY_STATUSES:
+            raise _Retryable(response)
+        if response.status_code >= 400:
+            raise error_from(response)
+        return response
+
+    @staticmethod
+    def _money(money: Money | None, amount: int | None, currency: str | None) -> Money:
+        if money is not None:
+            return money
+        if amount is None or currency is None:
+            raise TypeError("give money=Money(...) or amount= (minor units) and currency=")
+        return Money(amount, currency)
+
+
+class Client(_Base):
+    """The synchronous client. Thread-safe; reuse one per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(api_key, retries, backoff, max_backoff)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: _Call) -> httpx.Response:
+        def attempt() -> httpx.Response:
+            try:
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    headers=self._headers | dict(call.headers),
+                )
+            except httpx.TransportError as exc:
+                raise _Retryable(None, exc) from exc
+            return self._check(response)
+
+        try:
+            return tenacity.Retrying(**self._retrying())(attempt)
+        except _Retryable as exc:
+            raise _unavailable(exc) from exc
+
+    def create_order(
+        self,
+        *,
+        user_id: str,
+        adapter: str,
+        money: Money | None = None,
+        amount: int | None = None,
+        currency: str | None = None,
+        site_ref: str | None = None,
+        description: str = "",
+        return_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expires_in: timedelta | None = None,
+        idempotency_key: str | None = None,
+    ) -> CreatedOrder:
+        """Create an order (or get the one an earlier identical request made).
+
+        Every retry of this call sends the same ``idempotency_key`` (a new random one unless
+        given), so an answer lost on the way back never makes a second order.
+        """
+        key = idempotency_key or f"pdc-{uuid.uuid4()}"
+        call = _create_call(
+            user_id=user_id, money=self._money(money, amount, currency), adapter=adapter,
+            site_ref=site_ref, description=description, return_url=return_url,
+            metadata=metadata, expires_in=expires_in, key=key,
+        )  # fmt: skip
+        response = self._send(call)
+        return CreatedOrder(OrderInfo.from_json(response.json()), response.status_code == 201, key)
+
+    def get_order(self, order_id: UUID | str) -> OrderInfo:
+        return OrderInfo.from_json(self._send(_Call("GET", f"/v1/orders/{order_id}")).json())
+
+    def list_orders(
+        self,
+        *,
+        status: OrderStatus | str | None = None,
+        user_id: str | None = None,
+        adapter: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> OrderList:
+        params = _params(status=status, user_id=user_id, adapter=adapter, limit=limit,
+                         cursor=cursor)  # fmt: skip
+        data = self._send(_Call("GET", "/v1/orders", params=params)).json()
+        return OrderList([OrderInfo.from_json(o) for o in data["items"]], data["next_cursor"])
+
+    def iter_orders(self, **filters: Any) -> Iterator[OrderInfo]:
+        """Every order matching ``filters`` (as :meth:`list_orders`), page after page."""
+        cursor = None
+        while True:
+            page = self.list_orders(cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def cancel_order(self, order_id: UUID | str) -> OrderInfo:
+        return OrderInfo.from_json(self._send(_Call("DELETE", f"/v1/orders/{order_id}")).json())
+
+    def adapters(self) -> list[AdapterInfo]:
+        return _adapters(self._send(_Call("GET", "/v1/adapters")).json())
+
+    def wallet(self, user_id: str) -> list[WalletBalance]:
+        return _balances(self._send(_Call("GET", f"/v1/wallets/{user_id}")).json())
+
+    def wallet_entries(
+        self,
+        user_id: str,
+        *,
+        currency: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> EntryList:
+        params = _params(currency=currency, limit=limit, cursor=cursor)
+        data = self._send(_Call("GET", f"/v1/wallets/{user_id}/entries", params=params)).json()
+        return EntryList([WalletEntry.from_json(e) for e in data["items"]], data["next_cursor"])
+
+    def debit(self, user_id: str, money: Money, *, key: str, description: str = "") -> WalletEntry:
+        """Take ``money`` from the balance; :class:`Conflict` ``insufficient_funds`` rather
+        than overdraw. The same ``key`` and body return the first entry."""
+        body = {"amount": money.amount, "currency": money.currency, "description": description}
+        call = _Call("POST", f"/v1/wallets/{user_id}/debit", json=body,
+                     headers={"Idempotency-Key": key})  # fmt: skip
+        response = self._send(call)
+        return WalletEntry.from_json(response.json(), replayed=response.status_code == 200)
+
+
+class AsyncClient(_Base):
+    """The asyncio client; the same methods as :class:`Client`, awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(api_key, retries, backoff, max_backoff)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        async def attempt() -> httpx.Response:
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    headers=self._headers | dict(call.headers),
+                )
+            except httpx.TransportError as exc:
+                raise _Retryable(None, exc) from exc
+            return self._check(response)
+
+        try:
+            return await tenacity.AsyncRetrying(**self._retrying())(attempt)
+        except _Retryable as exc:
+            raise _unavailable(exc) from exc
+
+    async def create_order(
+        self,
+        *,
+        user_id: str,
+        adapter: str,
+        money: Money | None = None,
+        amount: int | None = None,
+        currency: str | None = None,
+        site_ref: str | None = None,
+        description: str = "",
+        return_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expires_in: timedelta | None = None,
+        idempotency_key: str | None = None,
+    ) -> CreatedOrder:
+        """As :meth:`Client.create_order`: one idempotency key for every retry of this call."""
+        key = idempotency_key or f"pdc-{uuid.uuid4()}"
+        call = _create_call(
+            user_id=user_id, money=self._money(money, amount, currency), adapter=adapter,
+            site_ref=site_ref, description=description, return_url=return_url,
+            metadata=metadata, expires_in=expires_in, key=key,
+        )  # fmt: skip
+        response = await self._send(call)
+        return CreatedOrder(OrderInfo.from_json(response.json()), response.status_code == 201, key)
+
+    async def get_order(self, order_id: UUID | str) -> OrderInfo:
+        response = await self._send(_Call("GET", f"/v1/orders/{order_id}"))
+        return OrderInfo.from_json(response.json())
+
+    async def list_orders(
+        self,
+        *,
+        status: OrderStatus | str | None = None,
+        user_id: str | None = None,
+        adapter: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> OrderList:
+        params = _params(status=status, user_id=user_id, adapter=adapter, limit=limit,
+                         cursor=cursor)  # fmt: skip
+        data = (await self._send(_Call("GET", "/v1/orders", params=params))).json()
+        return OrderList([OrderInfo.from_json(o) for o in data["items"]], data["next_cursor"])
+
+    async def iter_orders(self, **filters: Any) -> AsyncIterator[OrderInfo]:
+        cursor = None
+        while True:
+            page = await self.list_orders(cursor=cursor, **filters)
+            for item in page.items:
+                yield item
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def cancel_order(self, order_id: UUID | str) -> OrderInfo:
+        response = await self._send(_Call("DELETE", f"/v1/orders/{order_id}"))
+        return OrderInfo.from_json(response.json())
+
+    async def adapters(self) -> list[AdapterInfo]:
+        return _adapters((await self._send(_Call("GET", "/v1/adapters"))).json())
+
+    async def wallet(self, user_id: str) -> list[WalletBalance]:
+        return _balances((await self._send(_Call("GET", f"/v1/wallets/{user_id}"))).json())
+
+    async def wallet_entries(
+        self,
+        user_id: str,
+        *,
+        currency: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> EntryList:
+        params = _params(currency=currency, limit=limit, cursor=cursor)
+        call = _Call("GET", f"/v1/wallets/{user_id}/entries", params=params)
+        data = (await self._send(call)).json()
+        return EntryList([WalletEntry.from_json(e) for e in data["items"]], data["next_cursor"])
+
+    async def debit(
+        self, user_id: str, money: Money, *, key: str, description: str = ""
+    ) -> WalletEntry:
+        body = {"amount": money.amount, "currency": money.currency, "description": description}
+        call = _Call("POST", f"/v1/wallets/{user_id}/debit", json=body,
+                     headers={"Idempotency-Key": key})  # fmt: skip
+        response = await self._send(call)
+        return WalletEntry.from_json(response.json(), replayed=response.status_code == 200)
+
+
+__all__ = [
+    "AdapterInfo",
+    "ApiError",
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "CreatedOrder",
+    "EntryList",
+    "InvalidRequest",
+    "KeyConflict",
+    "NotFound",
+    "OrderEventInfo",
+    "OrderInfo",
+    "OrderList",
+    "Unauthorized",
+    "Unavailable",
+    "WalletBalance",
+    "WalletEntry",
+    "error_from",
+]
