@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import psycopg
 
 from dispatcher import config, logs, ops, services
+from dispatcher.api import commands as api_commands
+from dispatcher.billing import commands as billing_commands
 from orders import schema
 
 
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.set_defaults(func=cmd_sandbox)
     ops.register(sub)
+    billing_commands.register(sub)
+    api_commands.register(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,20 @@ DEFAULT_CONFIG = Path("/etc/paydispatch/paydispatch.toml")
 
 class ConfigError(ValueError):
     """The configuration is unusable; the message names the setting to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    """What happens when an order is paid (``[billing]``, ``PAYDISPATCH_BILLING_*``)."""
+
+    # "wallet", "webhook", an entry point of paydispatch.billing_hooks, or "module:callable".
+    hooks: tuple[str, ...] = ("wallet",)
+    cashback_percent: Decimal = Decimal(0)  # of each top-up, credited as points
+    referral_percents: tuple[Decimal, ...] = ()  # level 1, 2, ... inviters' share of a top-up
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = 10.0
+    webhook_max_age: float = 3 * 24 * 3600.0  # seconds of retries before an event is parked
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +48,13 @@ class Settings:
     adapter_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     log_format: str = "console"
     config_file: Path | None = None
+    billing: BillingSettings = field(default_factory=BillingSettings)
+    # The HTTP API: where buyers reach it (status pages, return URLs), where it listens, and the
+    # largest request body it reads.
+    public_url: str = "http://127.0.0.1:8000"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_body_limit: int = 64 * 1024
 
 
 def _read_secret(environ: Mapping[str, str], name: str) -> str | None:
@@ -92,4 +114,105 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         adapter_config=adapter_config,
         log_format=log_format,
         config_file=path,
+        billing=load_billing(environ, data),
+        **_api_settings(environ, data),
     )
+
+
+def _percent(name: str, raw: object) -> Decimal:
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if not value.is_finite() or not 0 <= value <= 100:
+        raise ConfigError(f"{name}: must be a percentage between 0 and 100, got {raw!r}")
+    return value
+
+
+def _items(raw: object) -> list[str]:
+    if isinstance(raw, str):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(raw, list | tuple):
+        return [str(item).strip() for item in raw if str(item).strip()]
+    return [str(raw)]
+
+
+def load_billing(environ: Mapping[str, str], data: Mapping[str, Any]) -> BillingSettings:
+    """The ``[billing]`` table, each key overridable as ``PAYDISPATCH_BILLING_<KEY>``."""
+    table = data.get("billing", {})
+    if not isinstance(table, dict):
+        raise ConfigError("[billing] must be a table")
+
+    def get(key: str, default: object = None) -> object:
+        value = environ.get(f"PAYDISPATCH_BILLING_{key.upper()}")
+        return value if value is not None else table.get(key, default)
+
+    hooks = tuple(_items(get("hooks", ["wallet"])))
+    if hooks == ("none",):
+        hooks = ()
+    cashback = _percent("PAYDISPATCH_BILLING_CASHBACK_PERCENT", get("cashback_percent", 0))
+    referrals = tuple(
+        _percent("PAYDISPATCH_BILLING_REFERRAL_PERCENTS", item)
+        for item in _items(get("referral_percents", []))
+    )
+    if len(referrals) > 10:
+        raise ConfigError("PAYDISPATCH_BILLING_REFERRAL_PERCENTS: at most 10 levels")
+    url = get("webhook_url")
+    secret = _read_secret(environ, "PAYDISPATCH_BILLING_WEBHOOK_SECRET") or table.get(
+        "webhook_secret"
+    )
+    if "webhook" in hooks:
+        if not url or not str(url).startswith(("http://", "https://")):
+            raise ConfigError(
+                "PAYDISPATCH_BILLING_WEBHOOK_URL: the webhook hook needs an http(s) URL"
+            )
+        if not secret or len(str(secret)) < 16:
+            raise ConfigError(
+                "PAYDISPATCH_BILLING_WEBHOOK_SECRET: the webhook hook needs 16+ characters"
+            )
+    seconds = {}
+    for key, default in (("webhook_timeout", 10.0), ("webhook_max_age", 3 * 24 * 3600.0)):
+        raw = get(key, default)
+        try:
+            seconds[key] = float(str(raw))
+        except ValueError:
+            raise ConfigError(
+                f"PAYDISPATCH_BILLING_{key.upper()}: {raw!r} is not seconds"
+            ) from None
+        if seconds[key] <= 0:
+            raise ConfigError(f"PAYDISPATCH_BILLING_{key.upper()}: must be positive")
+    return BillingSettings(
+        hooks=hooks,
+        cashback_percent=cashback,
+        referral_percents=referrals,
+        webhook_url=None if url is None else str(url),
+        webhook_secret=None if secret is None else str(secret),
+        webhook_timeout=seconds["webhook_timeout"],
+        webhook_max_age=seconds["webhook_max_age"],
+    )
+
+
+def _api_settings(environ: Mapping[str, str], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``PAYDISPATCH_PUBLIC_URL`` and ``PAYDISPATCH_API_*`` over ``public_url`` and ``[api]``."""
+    table = data.get("api", {})
+    if not isinstance(table, dict):
+        raise ConfigError("[api] must be a table")
+    public_url = str(environ.get("PAYDISPATCH_PUBLIC_URL") or data.get("public_url") or "")
+    public_url = public_url.rstrip("/") or "http://127.0.0.1:8000"
+    if not public_url.startswith(("http://", "https://")) or len(public_url) < 10:
+        raise ConfigError(f"PAYDISPATCH_PUBLIC_URL must be an http(s) URL, not {public_url!r}")
+    values: dict[str, Any] = {
+        "public_url": public_url,
+        "api_host": str(environ.get("PAYDISPATCH_API_HOST") or table.get("host", "127.0.0.1")),
+    }
+    for key, default, low, high in (("port", 8000, 0, 65535), ("body_limit", 65536, 1024, 2**30)):
+        var = f"PAYDISPATCH_API_{key.upper()}"
+        raw = environ.get(var) or table.get(key, default)
+        try:
+            value = int(str(raw))
+        except ValueError:
+            raise ConfigError(f"{var} must be a whole number, not {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{var} must be between {low} and {high}, got {value}")
+        values[f"api_{key}"] = value
+    return values

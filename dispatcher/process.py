@@ -8,6 +8,7 @@ and drains the steps in flight.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import dramatiq
 import structlog
 
 from dispatcher import actors, services
+from dispatcher.billing.webhook import Delivery, Outbox
 from dispatcher.config import Settings
 from dispatcher.engine import Engine
 from dispatcher.host import EngineHost
@@ -51,9 +53,26 @@ def bootstrap(settings: Settings, *, pool_size: int = 10, name: str = "paydispat
     return Context(found, runtimes, pool, OrderRepository(pool, expiries(runtimes)))
 
 
-def paid_hook(settings: Settings) -> PaidHook | None:
+def paid_hook(settings: Settings, pool: Pool | None = None) -> PaidHook | None:
     """The billing hook run inside every paid transaction, from the configuration."""
-    return None
+    from dispatcher.billing import hooks
+
+    return hooks.build(settings.billing, pool)
+
+
+def webhook_delivery(settings: Settings, pool: Pool) -> Delivery | None:
+    """The worker's webhook sender, when the webhook hook is configured."""
+    billing = settings.billing
+    if "webhook" not in billing.hooks or not billing.webhook_secret:
+        return None
+    return Delivery(pool, billing.webhook_secret, timeout=billing.webhook_timeout)
+
+
+def webhook_outbox(settings: Settings, pool: Pool) -> Outbox | None:
+    """The sweeper's view of the webhook outbox, when the webhook hook is configured."""
+    if "webhook" not in settings.billing.hooks:
+        return None
+    return Outbox(pool, max_age=timedelta(seconds=settings.billing.webhook_max_age))
 
 
 def stop_event() -> threading.Event:
@@ -85,13 +104,17 @@ def run_worker(
         raise SystemExit(f"paydispatch worker: --queues names adapters not enabled: {unknown}")
     broker = actors.make_broker(ctx.services.broker_url)
     dispatch = actors.Dispatch(broker, names)
-    engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings), db_threads=12)
+    engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings, ctx.pool), db_threads=12)
     host = EngineHost(engine, max_in_flight=in_flight)
     host.start()
     actors.set_host(host)
+    delivery = webhook_delivery(settings, ctx.pool)
+    actors.set_delivery(delivery)
+    worker_queues = {rt.queue for n, rt in ctx.runtimes.items() if n in names}
+    if delivery is not None and queues is None:  # a worker for all queues also delivers
+        worker_queues.add(actors.BILLING_QUEUE)
     worker = dramatiq.Worker(
-        broker, queues={rt.queue for n, rt in ctx.runtimes.items() if n in names},
-        worker_threads=threads, worker_timeout=100,
+        broker, queues=worker_queues, worker_threads=threads, worker_timeout=100,
     )  # fmt: skip
     worker.start()
     log.info("worker started", queues=names, threads=threads, in_flight=in_flight, pid=os.getpid())
@@ -99,6 +122,10 @@ def run_worker(
     worker.stop(timeout=10_000)
     drained = host.drain(timeout=drain_timeout)
     log.info("worker stopped", drained=drained, left=host.in_flight)
+    if delivery is not None:
+        future = asyncio.run_coroutine_threadsafe(delivery.aclose(), host.loop)
+        future.result(timeout=10)
+        actors.set_delivery(None)
     host.stop()
     actors.set_host(None)
     broker.close()
@@ -125,6 +152,7 @@ def run_sweeper(
         batch=batch,
         lease=timedelta(seconds=lease),
         interval=interval,
+        outbox=webhook_outbox(settings, ctx.pool),
     )
     log.info("sweeper started", adapters=names, batch=batch, interval=interval, pid=os.getpid())
     sweeper.run(stop, ctx.services.database_url)
@@ -146,7 +174,7 @@ def run_all(settings: Settings, *, workers: int = 1, extra: list[list[str]] | No
     env = dict(os.environ)
     env["PAYDISPATCH_DATABASE_URL"] = found.database_url
     env["PAYDISPATCH_BROKER_URL"] = found.broker_url
-    commands = [["sweeper"]] + [["worker"] for _ in range(workers)] + (extra or [])
+    commands = [["sweeper"], ["api"]] + [["worker"] for _ in range(workers)] + (extra or [])
     children = {i: _spawn(argv, env) for i, argv in enumerate(commands)}
     log.info("supervisor started", processes=[" ".join(c) for c in commands], pid=os.getpid())
     while not stop.wait(0.5):
