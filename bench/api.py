@@ -7,7 +7,7 @@ Starts ``paydispatch api`` as a real process on a fresh database (embedded Postg
 unless PAYDISPATCH_DATABASE_URL / PAYDISPATCH_BROKER_URL are set), drives it from a small
 asyncio HTTP/1.1 keep-alive client (one process, so the load generator costs little CPU), and
 runs pgbench on the same PostgreSQL. All traffic stays on 127.0.0.1. Not a test: it prints a
-Markdown report (and ``--write`` puts it in docs/benchmarks-api.md).
+Markdown report (``--write FILE`` also saves it; docs/benchmarks.md section 4 holds the figures).
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from bench import common
 from dispatcher.api.keys import ApiKeys
 from orders.repository import open_pool
-
-DOC = common.ROOT / "docs" / "benchmarks-api.md"
 
 # What OrderRepository.create runs for POST /v1/orders, as one pgbench transaction; and the
 # bare single-row insert.
@@ -237,7 +236,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument("--write", action="store_true", help="write docs/benchmarks-api.md")
+    parser.add_argument("--write", type=Path, help="also write the Markdown report to this file")
     args = parser.parse_args()
 
     found = common.found_services()
@@ -281,7 +280,7 @@ def write_doc(
         "",
         "```sh",
         f".venv/bin/python -m bench.api --seconds {args.seconds:g} --connections "
-        f"{args.connections} --workers {args.workers} --write",
+        f"{args.connections} --workers {args.workers} --write FILE",
         "```",
         "",
         f"- machine: {info['nproc']} cores ({info['cpu']}), {info['memory_gib']} GiB, "
@@ -304,8 +303,8 @@ def write_doc(
         else:
             lines.append(r.row())
     lines += ["", summary.strip(), ""]
-    DOC.write_text("\n".join(lines))
-    print(f"wrote {DOC}")
+    args.write.write_text("\n".join(lines))
+    print(f"wrote {args.write}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 -- One payment order's whole life in SQL, as paydispatch issues it for a sandbox order with the
 -- scenario pay_after:0 (create -> claim -> submit -> claim -> poll sees paid): the statements of
--- orders/sql/queries.sql and of OrderRepository.create/claim/get/transition/release, in the same
--- transactions (psycopg runs autocommit connections, so a lone SELECT is its own transaction).
+-- orders/sql/queries.sql and of OrderRepository.create/claim/get/transition/release, each in the
+-- same transaction shape (psycopg runs autocommit connections: a lone statement is its own
+-- transaction; transitions and creates are one statement each, with their event in a CTE).
 -- One run of this script is one lifecycle, so pgbench's "tps" is lifecycles per second.
 --
 -- Differences from the daemon, on purpose:
@@ -19,70 +20,28 @@
 \set amount random(100, 50000)
 \set ref random(1, 1000000000000000)
 
--- OrderRepository.create: insert_order, insert_event, notify_new_order, one transaction.
-BEGIN;
-INSERT INTO orders (
-    site, site_ref, user_id, amount, currency, adapter, description, return_url, metadata,
-    expires_at, idempotency_key, request_hash, next_run_at
-) VALUES (
-    'pgbench', 'pgb-' || :client_id || '-' || :ref, 'user-1', :amount, 'USD', 'sandbox',
-    'Top-up', 'https://shop.example/balance', jsonb_build_object('sandbox_scenario', 'pay_after' || chr(58) || '0'),
-    now() + interval '15 minutes', NULL, md5(:ref::text) || md5(:client_id::text), now()
+-- OrderRepository.create: create_order (order, event and NOTIFY in one statement).
+WITH o AS (
+    INSERT INTO orders (
+        id, site, site_ref, user_id, amount, currency, adapter, description, return_url,
+        metadata, expires_at, idempotency_key, request_hash, next_run_at
+    ) VALUES (
+        gen_random_uuid(), 'pgbench', 'pgb-' || :client_id || '-' || :ref, 'user-1', :amount,
+        'USD', 'sandbox', 'Top-up', 'https://shop.example/balance',
+        jsonb_build_object('sandbox_scenario', 'pay_after' || chr(58) || '0'),
+        now() + interval '15 minutes', NULL, md5(:ref::text) || md5(:client_id::text), now()
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), e AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, NULL, 'new', 'site', '{}'::jsonb FROM o
 )
-ON CONFLICT DO NOTHING
-RETURNING id AS order_id, number, created_at \gset
-INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
-VALUES (:order_id, NULL, 'new', 'site', '{}'::jsonb);
-SELECT pg_notify('paydispatch_orders', 'sandbox');
-COMMIT;
+SELECT o.id AS order_id, o.number AS number,
+       pg_notify('paydispatch_orders', o.adapter) IS NULL AS notified
+FROM o \gset
 
--- Sweeper: claim_due (batched in the daemon), one transaction.
-BEGIN;
-WITH due AS (
-    SELECT id FROM orders
-    WHERE next_run_at IS NOT NULL AND next_run_at <= now()
-      AND adapter = ANY('{sandbox}'::text[])
-      AND id = :order_id
-    ORDER BY next_run_at
-    LIMIT 500
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE orders o
-SET lease_until = now() + interval '120 seconds',
-    next_run_at = now() + interval '120 seconds',
-    lease_token = gen_random_uuid(),
-    updated_at = now()
-FROM due
-WHERE o.id = due.id
-RETURNING o.lease_token AS token, o.status, o.expires_at \gset
-COMMIT;
-
--- Worker, submit step: get_order, then new -> submitting (keeps the lease, attempts + 1).
-SELECT * FROM orders WHERE id = :order_id AND (NULL::text IS NULL OR site = NULL::text);
-BEGIN;
-UPDATE orders SET status = 'submitting', updated_at = now(), attempts = 1
-WHERE id = :order_id AND status = 'new' AND lease_token = :token
-RETURNING *;
-INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
-VALUES (:order_id, 'new', 'submitting', 'worker', '{}'::jsonb);
-COMMIT;
--- (HTTP create at the payment system; no transaction open.)
--- submitting -> awaiting_payment with the invoice, lease given back, first poll scheduled.
-BEGIN;
-UPDATE orders SET status = 'awaiting_payment', updated_at = now(),
-    lease_until = NULL, lease_token = NULL,
-    expires_at = now() + interval '15 minutes', last_error = NULL, next_run_at = now(),
-    pay_url = 'http://127.0.0.1:8765/pay/inv_' || :number, polls = 0,
-    psp_id = 'inv_' || :number
-WHERE id = :order_id AND status = 'submitting' AND lease_token = :token
-RETURNING *;
-INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
-VALUES (:order_id, 'submitting', 'awaiting_payment', 'worker',
-        jsonb_build_object('psp_id', 'inv_' || :number));
-COMMIT;
-
--- Sweeper: claim_due again when the first poll is due.
-BEGIN;
+-- Sweeper: claim_due (batched in the daemon).
 WITH due AS (
     SELECT id FROM orders
     WHERE next_run_at IS NOT NULL AND next_run_at <= now()
@@ -100,19 +59,62 @@ SET lease_until = now() + interval '120 seconds',
 FROM due
 WHERE o.id = due.id
 RETURNING o.lease_token AS token \gset
-COMMIT;
+
+-- Worker, submit step: get_order, then new -> submitting (keeps the lease, attempts + 1).
+SELECT * FROM orders WHERE id = :order_id AND (NULL::text IS NULL OR site = NULL::text);
+WITH moved AS (
+    UPDATE orders SET status = 'submitting', updated_at = now(), attempts = 1
+    WHERE id = :order_id AND status = 'new' AND lease_token = :token
+    RETURNING *
+), event AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, 'new', 'submitting', 'worker', '{}'::jsonb FROM moved
+)
+SELECT * FROM moved;
+-- (HTTP create at the payment system; no transaction open.)
+-- submitting -> awaiting_payment with the invoice, lease given back, first poll scheduled.
+WITH moved AS (
+    UPDATE orders SET status = 'awaiting_payment', updated_at = now(),
+        lease_until = NULL, lease_token = NULL,
+        expires_at = now() + interval '15 minutes', last_error = NULL, next_run_at = now(),
+        pay_url = 'http://127.0.0.1:8765/pay/inv_' || :number, polls = 0,
+        psp_id = 'inv_' || :number
+    WHERE id = :order_id AND status = 'submitting' AND lease_token = :token
+    RETURNING *
+), event AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, 'submitting', 'awaiting_payment', 'worker',
+           jsonb_build_object('psp_id', 'inv_' || :number) FROM moved
+)
+SELECT * FROM moved;
+
+-- Sweeper: claim_due again when the first poll is due.
+WITH due AS (
+    SELECT id FROM orders
+    WHERE next_run_at IS NOT NULL AND next_run_at <= now()
+      AND adapter = ANY('{sandbox}'::text[])
+      AND id = :order_id
+    ORDER BY next_run_at
+    LIMIT 500
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o
+SET lease_until = now() + interval '120 seconds',
+    next_run_at = now() + interval '120 seconds',
+    lease_token = gen_random_uuid(),
+    updated_at = now()
+FROM due
+WHERE o.id = due.id
+RETURNING o.lease_token AS token \gset
 
 \if :extra_poll
 -- Worker, poll step that finds the invoice pending: get_order, (HTTP status), release.
 SELECT * FROM orders WHERE id = :order_id AND (NULL::text IS NULL OR site = NULL::text);
-BEGIN;
 UPDATE orders SET lease_until = NULL, lease_token = NULL, updated_at = now(),
     next_run_at = now(), last_error = NULL, polls = 1
 WHERE id = :order_id AND lease_token = :token
 RETURNING *;
-COMMIT;
 -- Sweeper: claim_due for the next poll.
-BEGIN;
 WITH due AS (
     SELECT id FROM orders
     WHERE next_run_at IS NOT NULL AND next_run_at <= now()
@@ -130,17 +132,18 @@ SET lease_until = now() + interval '120 seconds',
 FROM due
 WHERE o.id = due.id
 RETURNING o.lease_token AS token \gset
-COMMIT;
 \endif
 
 -- Worker, poll step that sees "paid": get_order, (HTTP status), awaiting_payment -> paid.
 SELECT * FROM orders WHERE id = :order_id AND (NULL::text IS NULL OR site = NULL::text);
-BEGIN;
-UPDATE orders SET status = 'paid', updated_at = now(), paid_at = coalesce(paid_at, now()),
-    lease_until = NULL, lease_token = NULL, next_run_at = NULL
-WHERE id = :order_id AND status = 'awaiting_payment' AND lease_token = :token
-RETURNING *;
-INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
-VALUES (:order_id, 'awaiting_payment', 'paid', 'worker',
-        jsonb_build_object('psp_status', 'paid', 'late', false));
-COMMIT;
+WITH moved AS (
+    UPDATE orders SET status = 'paid', updated_at = now(), paid_at = coalesce(paid_at, now()),
+        lease_until = NULL, lease_token = NULL, next_run_at = NULL
+    WHERE id = :order_id AND status = 'awaiting_payment' AND lease_token = :token
+    RETURNING *
+), event AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, 'awaiting_payment', 'paid', 'worker',
+           jsonb_build_object('psp_status', 'paid', 'late', false) FROM moved
+)
+SELECT * FROM moved;

@@ -72,7 +72,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     return process.run_worker(
-        _settings(), queues=queues, threads=args.threads, in_flight=args.in_flight
+        _settings(),
+        queues=queues,
+        threads=args.threads,
+        in_flight=args.in_flight,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -80,14 +84,19 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     from dispatcher import process
 
     return process.run_sweeper(
-        _settings(), batch=args.batch, interval=args.interval, lease=args.lease
+        _settings(),
+        batch=args.batch,
+        interval=args.interval,
+        lease=args.lease,
+        metrics_port=args.metrics_port,
+        stats_interval=args.stats_interval,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dispatcher import process
 
-    return process.run_all(_settings(), workers=args.workers)
+    return process.run_all(_settings(), workers=args.workers, metrics_base=args.metrics_base)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -118,16 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--in-flight", type=int, default=500, help="steps in flight at once in this process"
     )
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     worker.set_defaults(func=cmd_worker)
 
     sweeper = sub.add_parser("sweeper", help="claim due orders and queue their next step")
     sweeper.add_argument("--batch", type=int, default=500, help="orders claimed per statement")
     sweeper.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps")
     sweeper.add_argument("--lease", type=float, default=120.0, help="lease length in seconds")
+    sweeper.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    sweeper.add_argument(
+        "--stats-interval",
+        type=float,
+        help="seconds between database gauges (default PAYDISPATCH_STATS_INTERVAL or 15)",
+    )
     sweeper.set_defaults(func=cmd_sweeper)
 
     run = sub.add_parser("run", help="sweeper and workers in one supervisor")
     run.add_argument("--workers", type=int, default=1, help="worker processes")
+    run.add_argument(
+        "--metrics-base",
+        type=int,
+        help="metrics ports: the sweeper on this one, worker n on base + n",
+    )
     run.set_defaults(func=cmd_run)
 
     sandbox = sub.add_parser("sandbox", help="serve the sandbox payment system")

@@ -55,6 +55,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_body_limit: int = 64 * 1024
+    stats_interval: float = 15.0  # seconds between the sweeper's database-derived gauges
 
 
 def _read_secret(environ: Mapping[str, str], name: str) -> str | None:
@@ -115,8 +116,22 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         config_file=path,
         billing=load_billing(environ, data),
+        stats_interval=_positive(
+            environ, "PAYDISPATCH_STATS_INTERVAL", data.get("stats_interval"), 15.0
+        ),
         **_api_settings(environ, data),
     )
+
+
+def _positive(environ: Mapping[str, str], var: str, configured: object, default: float) -> float:
+    raw = environ.get(var, configured if configured is not None else default)
+    try:
+        value = float(str(raw))
+    except ValueError:
+        raise ConfigError(f"{var} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{var} must be positive, got {raw!r}")
+    return value
 
 
 def _percent(name: str, raw: object) -> Decimal:

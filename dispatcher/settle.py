@@ -57,11 +57,23 @@ class Settler:
             **changes,
         )
         metrics.TRANSITIONS.labels(order.adapter, str(order.status), str(to)).inc()
-        log.info("order moved", from_status=str(order.status), to_status=str(to), actor=actor)
+        log.info(
+            "order moved",
+            order_id=str(order.id),
+            adapter=order.adapter,
+            from_status=str(order.status),
+            to_status=str(to),
+            actor=actor,
+        )
         if to is S.PAID:
             if order.status in LATE_PAYMENT_FROM:
                 metrics.LATE_PAYMENTS.labels(order.adapter).inc()
-                log.warning("late payment", previous=str(order.status))
+                log.warning(
+                    "late payment",
+                    order_id=str(order.id),
+                    adapter=order.adapter,
+                    previous=str(order.status),
+                )
             if moved.paid_at is not None:
                 metrics.TIME_TO_PAID.labels(order.adapter).observe(
                     (moved.paid_at - moved.created_at).total_seconds()
@@ -91,6 +103,8 @@ class Settler:
             if not can_transition(order.status, S.NEEDS_REVIEW):
                 log.error(
                     "payment with a different amount on a settled order: needs a person",
+                    order_id=str(order.id),
+                    adapter=order.adapter,
                     status=str(order.status),
                     expected=str(order.money),
                     reported=str(report.money),

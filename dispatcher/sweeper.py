@@ -19,6 +19,7 @@ import structlog
 from dispatcher import metrics
 from dispatcher.actors import Dispatch
 from dispatcher.billing.webhook import Outbox
+from dispatcher.dbstats import DbStats
 from dispatcher.engine import action_for
 from orders.errors import TransientError
 from orders.repository import OrderRepository
@@ -41,6 +42,7 @@ class Sweeper:
         debounce: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         outbox: Outbox | None = None,
+        stats: DbStats | None = None,
         stats_interval: float = 5.0,
     ) -> None:
         self.repo = repo
@@ -53,6 +55,7 @@ class Sweeper:
         self.clock = clock
         self.last_tick = 0.0
         self.outbox = outbox  # billing webhook events, when the webhook hook is on
+        self.stats = stats  # database-derived gauges: refreshed by this one process
         self.stats_interval = stats_interval
         self._last_stats = 0.0
 
@@ -72,6 +75,9 @@ class Sweeper:
         if self.outbox is not None:
             sent += self.sweep_outbox()
         self.last_tick = time.time()
+        metrics.SWEEPER_LAST_TICK.set(self.last_tick)
+        if self.stats is not None:
+            self.stats.maybe_refresh()
         return sent
 
     def sweep_outbox(self) -> int:

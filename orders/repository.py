@@ -131,16 +131,27 @@ class OrderRepository:
 
     # -- create ----------------------------------------------------------------------------
 
-    def create(self, new: NewOrder, *, actor: str = "site") -> Created:
+    def create(
+        self,
+        new: NewOrder,
+        *,
+        actor: str = "site",
+        order_id: UUID | None = None,
+        default_return_url: str | None = None,
+    ) -> Created:
         """Save a new order, or return the one an earlier identical request created.
 
         Raises :class:`InvalidInput` subclasses for bad input and :class:`IdempotencyConflict`
         when the key or site_ref was used with a different body. Nothing is written on error.
+        ``order_id`` lets the caller choose the id (the HTTP API names the order's status page
+        in it); ``default_return_url`` is stored when the site gave no ``return_url`` and is not
+        part of the request's fingerprint, so a replay of the same request still matches.
         """
         new.validate(self.adapters)
         expires_in = new.expires_in or self.adapters.get(new.adapter) or DEFAULT_EXPIRY
         request_hash = new.fingerprint()
         params = {
+            "id": order_id or uuid.uuid4(),
             "site": new.site,
             "site_ref": new.site_ref,
             "user_id": new.user_id,
@@ -148,29 +159,21 @@ class OrderRepository:
             "currency": new.money.currency,
             "adapter": new.adapter,
             "description": new.description,
-            "return_url": new.return_url,
+            "return_url": new.return_url or default_return_url,
             "metadata": Jsonb(dict(new.metadata)),
             "expires_in": expires_in,
             "idempotency_key": new.idempotency_key,
             "request_hash": request_hash,
+            "actor": actor,
         }
-        with self._transaction() as conn:
-            row = conn.execute(query("insert_order"), params).fetchone()
+        # One statement (order, event, NOTIFY): one round trip instead of five.
+        with database_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("create_order"), params).fetchone()
             if row is not None:
-                order = Order.from_row(row)
-                self._event(
-                    conn,
-                    order.id,
-                    from_status=None,
-                    to_status=OrderStatus.NEW,
-                    actor=actor,
-                    detail={},
-                )
-                conn.execute(query("notify_new_order"), {"adapter": order.adapter})
-                return Created(order, created=True)
+                return Created(Order.from_row(row), created=True)
             existing = conn.execute(query("find_replay"), params).fetchone()
-        if existing is None:  # pragma: no cover - the conflicting row cannot vanish
-            raise RuntimeError("insert conflicted but no order holds the key")
+        if existing is None:  # pragma: no cover - only an id collision gets here
+            raise RuntimeError(f"insert of order {params['id']} conflicted but no order holds it")
         if existing["request_hash"] != request_hash:
             by = (
                 "Idempotency-Key"
@@ -445,59 +448,6 @@ class OrderRepository:
         )
 
     # -- for the HTTP API ------------------------------------------------------------------
-
-    def create_with_id(
-        self,
-        new: NewOrder,
-        order_id: UUID,
-        *,
-        default_return_url: str | None = None,
-        actor: str = "site",
-    ) -> Created:
-        """:meth:`create` with an id the caller chose.
-
-        ``default_return_url`` is stored when the site gave no ``return_url`` (the HTTP API puts
-        the order's own status page there, which some payment systems require); it is not part
-        of the request's fingerprint, so a replay of the same request still matches.
-        """
-        new.validate(self.adapters)
-        expires_in = new.expires_in or self.adapters.get(new.adapter) or DEFAULT_EXPIRY
-        request_hash = new.fingerprint()
-        params = {
-            "id": order_id,
-            "site": new.site,
-            "site_ref": new.site_ref,
-            "user_id": new.user_id,
-            "amount": new.money.amount,
-            "currency": new.money.currency,
-            "adapter": new.adapter,
-            "description": new.description,
-            "return_url": new.return_url or default_return_url,
-            "metadata": Jsonb(dict(new.metadata)),
-            "expires_in": expires_in,
-            "idempotency_key": new.idempotency_key,
-            "request_hash": request_hash,
-            "actor": actor,
-        }
-        # One statement (order, event, NOTIFY): one round trip instead of five.
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("create_order_with_id"), params).fetchone()
-            if row is not None:
-                return Created(Order.from_row(row), created=True)
-            existing = conn.execute(query("find_replay"), params).fetchone()
-        if existing is None:  # pragma: no cover - only an id collision gets here
-            raise RuntimeError(f"insert of order {order_id} conflicted but no order holds the key")
-        if existing["request_hash"] != request_hash:
-            by = (
-                "Idempotency-Key"
-                if new.idempotency_key is not None
-                and existing["idempotency_key"] == new.idempotency_key
-                else "site_ref"
-            )
-            raise IdempotencyConflict(
-                f"{by} already used for order {existing['id']} with a different request"
-            )
-        return Created(Order.from_row(existing), created=False)
 
     def poll_soon(
         self,

@@ -87,8 +87,11 @@ def create_order(
         idempotency_key=idempotency_key,
     )
     order_id = uuid.uuid4()
-    created = ctx.repo.create_with_id(
-        new, order_id, default_return_url=ctx.status_page(order_id), actor=f"site:{site}"[:200]
+    created = ctx.repo.create(
+        new,
+        order_id=order_id,
+        default_return_url=ctx.status_page(order_id),
+        actor=f"site:{site}"[:200],
     )
     if created.created:
         metrics.ORDERS_CREATED.labels(created.order.adapter).inc()

@@ -212,7 +212,7 @@ def switch(
         idempotency_key=f"switch:{order.id}:{adapter}",
     )
     new_id = uuid.uuid4()
-    created = ctx.repo.create_with_id(
-        new, new_id, default_return_url=ctx.status_page(new_id), actor="buyer"
+    created = ctx.repo.create(
+        new, order_id=new_id, default_return_url=ctx.status_page(new_id), actor="buyer"
     )
     return _back(created.order.id)

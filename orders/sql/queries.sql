@@ -1,19 +1,6 @@
 -- Named queries of the order repository. Each block starts with `-- name --`.
 -- Parameters are psycopg named placeholders.
 
--- insert_order --
--- ON CONFLICT DO NOTHING covers both replay keys: (site, site_ref) and (site, idempotency_key).
-INSERT INTO orders (
-    site, site_ref, user_id, amount, currency, adapter, description, return_url, metadata,
-    expires_at, idempotency_key, request_hash, next_run_at
-) VALUES (
-    %(site)s, %(site_ref)s, %(user_id)s, %(amount)s, %(currency)s, %(adapter)s,
-    %(description)s, %(return_url)s, %(metadata)s,
-    now() + %(expires_in)s, %(idempotency_key)s, %(request_hash)s, now()
-)
-ON CONFLICT DO NOTHING
-RETURNING *
-
 -- find_replay --
 -- The order an idempotency key or site_ref already names, key first.
 SELECT * FROM orders
@@ -26,9 +13,6 @@ LIMIT 1
 -- insert_event --
 INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
 VALUES (%(order_id)s, %(from_status)s, %(to_status)s, %(actor)s, %(detail)s)
-
--- notify_new_order --
-SELECT pg_notify('paydispatch_orders', %(adapter)s)
 
 -- get_order --
 SELECT * FROM orders WHERE id = %(id)s AND (%(site)s::text IS NULL OR site = %(site)s)
@@ -127,7 +111,7 @@ UPDATE api_keys SET revoked_at = now()
 WHERE prefix = %(prefix)s AND revoked_at IS NULL
 RETURNING *
 
--- create_order_with_id --
+-- create_order --
 -- A new order with the id the caller chose, its creation event and the sweeper's wake-up in one
 -- statement (one round trip, one transaction): the HTTP API's create. No row: the key or
 -- site_ref is taken already.

@@ -17,7 +17,7 @@ from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
 from dispatcher import actors
-from dispatcher.services import Services
+from dispatcher.services import Services, free_port
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, open_pool
@@ -54,6 +54,7 @@ def daemon_env(database_url: str, broker_url: str, sandbox_url: str) -> dict[str
             # Longer than the sandbox holds nothing: the killed worker is stuck in its create.
             "PAYDISPATCH_SANDBOX_TIMEOUT": "30",
             "PAYDISPATCH_LOG_FORMAT": "json",
+            "PAYDISPATCH_API_PORT": str(free_port()),
         }
     )
     return env

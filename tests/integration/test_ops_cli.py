@@ -9,6 +9,9 @@ import sys
 from typing import Any
 from uuid import UUID
 
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from dispatcher.services import free_port
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository
 
@@ -143,3 +146,26 @@ def test_show_of_an_unknown_order_says_so(database_url: str) -> None:
     result = cli(database_url, "orders", "show", "00000000-0000-0000-0000-000000000000")
     assert result.returncode == 1
     assert "not found" in result.stderr
+
+
+def test_status_shows_the_outbox_and_the_breakers_of_each_worker(database_url: str) -> None:
+    # Given a worker whose metrics say the yookassa breaker is open,
+    registry = CollectorRegistry()
+    gauge = Gauge("paydispatch_breaker_state", "breaker", ["adapter"], registry=registry)
+    gauge.labels("yookassa").set(2)
+    gauge.labels("sandbox").set(0)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        # when an operator asks for the status,
+        data = as_json(cli(database_url, "status", "--json", "--metrics", f"127.0.0.1:{port}"))
+        text = cli(database_url, "status", "--metrics", f"127.0.0.1:{port}").stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    # then the breaker states and the outbox backlog are on the one screen.
+    assert data["breakers"][f"127.0.0.1:{port}"] == {"yookassa": "open", "sandbox": "closed"}
+    assert data["outbox"] == {"pending": 0, "parked": 0, "oldest_pending_seconds": 0.0}
+    assert "yookassa open" in text
+    assert "billing outbox: 0 pending" in text
