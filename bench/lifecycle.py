@@ -53,7 +53,7 @@ TARGET_RATIO = 0.30
 @dataclass(frozen=True)
 class Setting:
     workers: int = 1
-    threads: int = 8
+    threads: int = 2
     poll_first: float = 0.2
     interval: float = 0.2
     batch: int = 500
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat scri
         default="1:0.2,1:0.5,2:0.2,2:0.5",
         help="end-to-end runs as workers:poll_first[:http_concurrency], comma-separated",
     )
-    parser.add_argument("--threads", type=int, default=8, help="dramatiq threads per worker")
+    parser.add_argument("--threads", type=int, default=2, help="dramatiq threads per worker")
     parser.add_argument("--interval", type=float, default=0.2, help="sweeper interval, s")
     parser.add_argument("--batch", type=int, default=500, help="sweeper batch")
     parser.add_argument(

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=200, help="HTTP calls in flight")
     parser.add_argument("--rate", type=float, default=5000.0, help="PSP calls/s per worker")

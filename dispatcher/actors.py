@@ -9,6 +9,7 @@ order until its lease ends).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 import dramatiq
@@ -37,20 +38,27 @@ def _admit(order_id: str, token: str, action: Action) -> None:
     _host.admit(UUID(order_id), UUID(token), action)
 
 
-def submit(order_id: str, token: str) -> None:
-    _admit(order_id, token, Action.SUBMIT)
+def _admit_all(steps: list[list[str]], action: Action) -> None:
+    for order_id, token in steps:
+        _admit(order_id, token, action)
 
 
-def poll(order_id: str, token: str) -> None:
-    _admit(order_id, token, Action.POLL)
+# Each message carries a batch of [order_id, lease_token] pairs of one adapter and action: the
+# broker's cost is paid per batch, not per order. Each pair is still its own step.
+def submit(steps: list[list[str]]) -> None:
+    _admit_all(steps, Action.SUBMIT)
 
 
-def finalize(order_id: str, token: str) -> None:
-    _admit(order_id, token, Action.FINALIZE)
+def poll(steps: list[list[str]]) -> None:
+    _admit_all(steps, Action.POLL)
 
 
-def watch(order_id: str, token: str) -> None:
-    _admit(order_id, token, Action.WATCH)
+def finalize(steps: list[list[str]]) -> None:
+    _admit_all(steps, Action.FINALIZE)
+
+
+def watch(steps: list[list[str]]) -> None:
+    _admit_all(steps, Action.WATCH)
 
 
 _FUNCTIONS = {
@@ -104,7 +112,8 @@ class Dispatch:
                 actor_name=str(action),
                 queue_name=queue_name(adapters[0]) if adapters else "paydispatch",
                 priority=0,
-                options={"max_retries": 0, "time_limit": 60_000},
+                # An actor may wait for free engine slots for a whole batch of steps.
+                options={"max_retries": 0, "time_limit": 600_000},
             )
             for action, fn in _FUNCTIONS.items()
         }
@@ -120,7 +129,12 @@ class Dispatch:
         )
 
     def send(self, adapter: str, action: Action, order_id: UUID, token: UUID) -> None:
-        message = self.actors[action].message(str(order_id), str(token))
+        self.send_many(adapter, action, [(order_id, token)])
+
+    def send_many(self, adapter: str, action: Action, steps: Sequence[tuple[UUID, UUID]]) -> None:
+        """One message for a batch of steps, on the adapter's queue."""
+        pairs = [[str(order_id), str(token)] for order_id, token in steps]
+        message = self.actors[action].message(pairs)
         self.broker.enqueue(message.copy(queue_name=queue_name(adapter)))
 
     def send_delivery(self, event_id: UUID, token: UUID) -> None:

@@ -77,6 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         threads=args.threads,
         in_flight=args.in_flight,
         metrics_port=args.metrics_port,
+        db_threads=args.db_threads,
     )
 
 
@@ -123,9 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     worker = sub.add_parser("worker", help="run dramatiq workers that submit and poll orders")
     worker.add_argument("--queues", help="adapters to serve, comma-separated (default: all)")
-    worker.add_argument("--threads", type=int, default=8, help="dramatiq worker threads")
+    worker.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="dramatiq threads (they only hand steps to the engine: a few are enough)",
+    )
     worker.add_argument(
         "--in-flight", type=int, default=500, help="steps in flight at once in this process"
+    )
+    worker.add_argument(
+        "--db-threads", type=int, default=4, help="threads for the engine's database calls"
     )
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     worker.set_defaults(func=cmd_worker)

@@ -118,10 +118,11 @@ def run_worker(
     settings: Settings,
     *,
     queues: list[str] | None = None,
-    threads: int = 8,
+    threads: int = 2,
     in_flight: int = 500,
     drain_timeout: float = 30.0,
     metrics_port: int | None = None,
+    db_threads: int = 4,
 ) -> int:
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=16, name="worker")
@@ -133,7 +134,9 @@ def run_worker(
     broker = actors.make_broker(ctx.services.broker_url)
     broker.add_middleware(MessageMetrics())
     dispatch = actors.Dispatch(broker, names)
-    engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings, ctx.pool), db_threads=12)
+    engine = Engine(
+        ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings, ctx.pool), db_threads=db_threads
+    )
     host = EngineHost(engine, max_in_flight=in_flight)
     host.start()
     actors.set_host(host)

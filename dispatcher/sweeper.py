@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import psycopg
 import structlog
@@ -20,7 +21,7 @@ from dispatcher import metrics
 from dispatcher.actors import Dispatch
 from dispatcher.billing.webhook import Outbox
 from dispatcher.dbstats import DbStats
-from dispatcher.engine import action_for
+from dispatcher.engine import Action, action_for
 from orders.errors import TransientError
 from orders.repository import OrderRepository
 
@@ -43,6 +44,7 @@ class Sweeper:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         outbox: Outbox | None = None,
         stats: DbStats | None = None,
+        message_size: int = 50,
         stats_interval: float = 5.0,
     ) -> None:
         self.repo = repo
@@ -56,6 +58,7 @@ class Sweeper:
         self.last_tick = 0.0
         self.outbox = outbox  # billing webhook events, when the webhook hook is on
         self.stats = stats  # database-derived gauges: refreshed by this one process
+        self.message_size = message_size  # steps per broker message
         self.stats_interval = stats_interval
         self._last_stats = 0.0
 
@@ -64,14 +67,18 @@ class Sweeper:
         claimed = self.repo.claim(self.batch, self.lease, adapters=self.adapters)
         now = self.clock()
         sent = 0
+        groups: dict[tuple[str, Action], list[tuple[UUID, UUID]]] = {}
         for order in claimed:
             action = action_for(order, now)
             if action is None or order.lease_token is None:
                 self.repo.release(order, next_run_at=None)
                 continue
-            self.dispatch.send(order.adapter, action, order.id, order.lease_token)
-            metrics.CLAIMED.labels(order.adapter).inc()
-            sent += 1
+            groups.setdefault((order.adapter, action), []).append((order.id, order.lease_token))
+        for (adapter, action), steps in groups.items():
+            for start in range(0, len(steps), self.message_size):
+                self.dispatch.send_many(adapter, action, steps[start : start + self.message_size])
+            metrics.CLAIMED.labels(adapter).inc(len(steps))
+            sent += len(steps)
         if self.outbox is not None:
             sent += self.sweep_outbox()
         self.last_tick = time.time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -106,6 +107,55 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         return datetime.fromisoformat(data["c"]), UUID(data["i"])
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidInput("cursor", "is not a cursor this API returned") from None
+
+
+@functools.cache
+def _transition_sql(
+    paid: bool,
+    keep_lease: bool,
+    columns: tuple[str, ...],
+    leased: bool,
+    *,
+    with_event: bool,
+) -> str:
+    """The compare-and-set UPDATE for one shape of transition, built once and reused."""
+    assignments = [
+        sql.SQL("status = {}").format(sql.Placeholder("to")),
+        sql.SQL("updated_at = now()"),
+    ]
+    if paid:
+        assignments.append(sql.SQL("paid_at = coalesce(paid_at, now())"))
+    if not keep_lease:
+        assignments.append(sql.SQL("lease_until = NULL, lease_token = NULL"))
+    assignments.extend(
+        sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+        for column in columns
+    )
+    condition = sql.SQL("id = {} AND status = {}").format(
+        sql.Placeholder("id"), sql.Placeholder("expected")
+    )
+    if leased:
+        condition += sql.SQL(" AND lease_token = {}").format(sql.Placeholder("token"))
+    update = sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *").format(
+        sql.SQL(", ").join(assignments), condition
+    )
+    if not with_event:
+        return update.as_string(None)
+    return (
+        sql.SQL(
+            "WITH moved AS ({}), event AS ("
+            "INSERT INTO order_events (order_id, from_status, to_status, actor, detail) "
+            "SELECT id, {}, {}, {}, {} FROM moved) SELECT * FROM moved"
+        )
+        .format(
+            update,
+            sql.Placeholder("expected"),
+            sql.Placeholder("to"),
+            sql.Placeholder("actor"),
+            sql.Placeholder("detail"),
+        )
+        .as_string(None)
+    )
 
 
 class OrderRepository:
@@ -319,54 +369,31 @@ class OrderRepository:
             raise TypeError(f"transition cannot set {sorted(unknown)}")
         if isinstance(next_run_at, _Keep) and to not in ACTIVE:
             next_run_at = None
-        assignments = [
-            sql.SQL("status = {}").format(sql.Placeholder("to")),
-            sql.SQL("updated_at = now()"),
-        ]
         params: dict[str, Any] = {
             "id": order_id,
             "expected": expected.value,
             "to": to.value,
             "token": lease_token,
+            "actor": actor,
+            "detail": Jsonb(dict(detail or {})),
         }
-        if to is OrderStatus.PAID:
-            assignments.append(sql.SQL("paid_at = coalesce(paid_at, now())"))
-        if not keep_lease:
-            assignments.append(sql.SQL("lease_until = NULL, lease_token = NULL"))
         if not isinstance(next_run_at, _Keep):
             changes["next_run_at"] = next_run_at
-        for column, value in sorted(changes.items()):
-            assignments.append(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
-            )
-            params[column] = value
-        condition = sql.SQL("id = {} AND status = {}").format(
-            sql.Placeholder("id"), sql.Placeholder("expected")
+        params.update(changes)
+        shape = (
+            to is OrderStatus.PAID,
+            keep_lease,
+            tuple(sorted(changes)),
+            lease_token is not None,
         )
-        if lease_token is not None:
-            condition += sql.SQL(" AND lease_token = {}").format(sql.Placeholder("token"))
-        update = sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *").format(
-            sql.SQL(", ").join(assignments), condition
-        )
-        params.update(actor=actor, detail=Jsonb(dict(detail or {})))
         if within is None and conn is None:
             # One statement, so one round trip: the update and its event commit together.
-            statement = sql.SQL(
-                "WITH moved AS ({}), event AS ("
-                "INSERT INTO order_events (order_id, from_status, to_status, actor, detail) "
-                "SELECT id, {}, {}, {}, {} FROM moved) SELECT * FROM moved"
-            ).format(
-                update,
-                sql.Placeholder("expected"),
-                sql.Placeholder("to"),
-                sql.Placeholder("actor"),
-                sql.Placeholder("detail"),
-            )
             with database_errors(), self.pool.connection() as fresh:
-                row = fresh.execute(statement, params).fetchone()
+                row = fresh.execute(_transition_sql(*shape, with_event=True), params).fetchone()
                 if row is None:
                     self._explain_miss(fresh, order_id, expected, to, lease_token)
             return Order.from_row(row)
+        update = _transition_sql(*shape, with_event=False)
         with self._transaction(conn) as tx:
             row = tx.execute(update, params).fetchone()
             if row is None:
