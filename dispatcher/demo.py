@@ -87,6 +87,7 @@ def run(settings: Settings, *, orders: int = 30) -> int:
                 "PAYDISPATCH_DATABASE_URL": found.database_url,
                 "PAYDISPATCH_BROKER_URL": found.broker_url,
                 "PAYDISPATCH_ADAPTERS": "sandbox",
+                "PAYDISPATCH_BILLING_HOOKS": "wallet",
                 "PAYDISPATCH_SANDBOX_API_URL": sandbox.url,
                 "PAYDISPATCH_SANDBOX_POLL_FIRST": "0.5",
                 "PAYDISPATCH_SANDBOX_POLL_CAP": "2",
@@ -191,8 +192,18 @@ def _summary(
         print(f"  {label:<10} {by_label[label]:>4} as expected")
     print(f"  late payment went expired -> paid: {'yes' if late_seen else 'NO'}")
     print(f"  sandbox invoices: {stats.get('invoices')}, most for one order: {most}")
+    paid_ids = [oid for oid, plan in expected.items() if plan.expected is S.PAID]
+    with repo.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT order_id, count(*) AS n FROM wallet_entries "
+            "WHERE kind = 'topup' AND order_id = ANY(%s) GROUP BY order_id",
+            (paid_ids,),
+        ).fetchall()
+    credits = {row["order_id"]: row["n"] for row in rows}
+    credited_once = sum(1 for oid in paid_ids if credits.get(oid) == 1)
+    print(f"  wallets credited exactly once: {credited_once} of {len(paid_ids)} paid orders")
     for number, label, want, got, error in wrong:
         print(f"  order {number} ({label}): expected {want}, ended {got} {error or ''}")
-    ok = not wrong and late_seen == 1 and most == 1
+    ok = not wrong and late_seen == 1 and most == 1 and credited_once == len(paid_ids)
     print("demo " + ("succeeded" if ok else "FAILED"))
     return 0 if ok else 1

@@ -10,16 +10,25 @@ from pathlib import Path
 _BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
 
 
-@cache
-def queries() -> dict[str, str]:
-    """Every ``-- name --`` block of queries.sql, by name."""
-    text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
+def parse_queries(text: str) -> dict[str, str]:
+    """Every ``-- name --`` block of a SQL file, by name, without its comment lines."""
     parts = _BLOCK.split(text)
     found: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
         found[name] = "\n".join(lines).strip()
     return found
+
+
+@cache
+def package_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
+    """The named queries of a SQL file shipped inside ``package``."""
+    return parse_queries(resources.files(package).joinpath(filename).read_text(encoding="utf-8"))
+
+
+def queries() -> dict[str, str]:
+    """Every ``-- name --`` block of the order library's queries.sql, by name."""
+    return package_queries(__package__)
 
 
 def query(name: str) -> str:
