@@ -11,12 +11,11 @@ import datetime as dt
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,11 +86,7 @@ def flush_redis(url: str) -> None:
         client.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+free_port = services.free_port
 
 
 @dataclass
@@ -191,6 +186,56 @@ def start_sandbox(children: Children) -> tuple[Child, str]:
         if time.monotonic() > deadline:
             raise RuntimeError("sandbox did not answer /healthz within 30s")
         time.sleep(0.1)
+
+
+def pgbench(
+    db_url: str,
+    script: Path,
+    *,
+    clients: int,
+    threads: int,
+    seconds: int,
+    defines: Mapping[str, object] | None = None,
+) -> tuple[list[str], str]:
+    """Run pgbench with ``script`` against ``db_url``; returns its argv and its report."""
+    params = conninfo.conninfo_to_dict(db_url)
+    argv = [pg_bin("pgbench"), "-n", "-M", "prepared"]
+    for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
+        if params.get(key):
+            argv += [flag, str(params[key])]
+    argv += ["-c", str(clients), "-j", str(threads), "-T", str(seconds)]
+    for name, value in (defines or {}).items():
+        argv += ["-D", f"{name}={value}"]
+    argv += ["-f", str(script), str(params["dbname"])]
+    env = None
+    if params.get("password"):
+        env = {"PGPASSWORD": str(params["password"]), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 120, check=False, env=env
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return argv, out.stdout
+
+
+def spawn_daemon(
+    children: Children,
+    env: dict[str, str],
+    *,
+    workers: int,
+    threads: int,
+    in_flight: int,
+    sweeper_args: list[str],
+) -> tuple[Child, list[Child]]:
+    """``paydispatch sweeper`` and ``workers`` x ``paydispatch worker``, once they are up."""
+    sweeper = children.spawn("sweeper", ["-m", "dispatcher.cli", "sweeper", *sweeper_args], env)
+    worker_argv = ["-m", "dispatcher.cli", "worker", "--threads", str(threads)]
+    worker_argv += ["--in-flight", str(in_flight)]
+    spawned = [children.spawn(f"worker{i}", worker_argv, env) for i in range(workers)]
+    children.wait_log(sweeper, "sweeper started")
+    for worker in spawned:
+        children.wait_log(worker, "worker started")
+    return sweeper, spawned
 
 
 def daemon_env(database_url: str, broker_url: str, sandbox_url: str, **policy: str) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,6 @@ if __package__ in (None, ""):
 import dramatiq
 import httpx
 import psycopg
-from psycopg import conninfo
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from bench import common
@@ -131,31 +129,14 @@ def run_e2e(
         )
         pool = open_pool(db_url, max_size=creators + 1, name="bench-create")
         try:
-            sweeper = children.spawn(
-                "sweeper",
-                ["-m", "dispatcher.cli", "sweeper", "--batch", str(setting.batch),
-                 "--interval", str(setting.interval)],
+            _sweeper, workers = common.spawn_daemon(
+                children,
                 env,
-            )  # fmt: skip
-            workers = [
-                children.spawn(
-                    f"worker{i}",
-                    [
-                        "-m",
-                        "dispatcher.cli",
-                        "worker",
-                        "--threads",
-                        str(setting.threads),
-                        "--in-flight",
-                        str(setting.in_flight),
-                    ],
-                    env,
-                )
-                for i in range(setting.workers)
-            ]
-            children.wait_log(sweeper, "sweeper started")
-            for worker in workers:
-                children.wait_log(worker, "worker started")
+                workers=setting.workers,
+                threads=setting.threads,
+                in_flight=setting.in_flight,
+                sweeper_args=["--batch", str(setting.batch), "--interval", str(setting.interval)],
+            )
             time.sleep(0.5)  # let dramatiq's consumers connect
             repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
             new_orders = _orders(n, f"e2e{int(time.time())}")
@@ -227,26 +208,17 @@ def run_pgbench(
     found: Any, *, clients: int, threads: int, duration: int, extra_poll: int
 ) -> dict[str, Any]:
     with common.fresh_database(found, "pgbench") as db_url:
-        params = conninfo.conninfo_to_dict(db_url)
-        argv = [common.pg_bin("pgbench"), "-n", "-M", "prepared"]
-        for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
-            if params.get(key):
-                argv += [flag, str(params[key])]
-        argv += [
-            "-c", str(clients), "-j", str(threads), "-T", str(duration),
-            "-D", f"extra_poll={extra_poll}", "-f", str(PGBENCH_SCRIPT), str(params["dbname"]),
-        ]  # fmt: skip
-        env = None
-        if params.get("password"):
-            env = {"PGPASSWORD": str(params["password"]), "PATH": "/usr/bin:/bin"}
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 120, check=False, env=env
+        argv, report = common.pgbench(
+            db_url,
+            PGBENCH_SCRIPT,
+            clients=clients,
+            threads=threads,
+            seconds=duration,
+            defines={"extra_poll": extra_poll},
         )
-        if out.returncode != 0:
-            raise RuntimeError(f"pgbench failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
-        latency = re.search(r"latency average = ([\d.]+) ms", out.stdout)
-        failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", report)
+        latency = re.search(r"latency average = ([\d.]+) ms", report)
+        failed = re.search(r"number of failed transactions: (\d+)", report)
         with psycopg.connect(db_url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE status = 'paid'), count(*) FROM orders"

@@ -135,31 +135,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
         with common.fresh_database(found, "polls") as db_url:
             common.flush_redis(broker_url)
             env = common.daemon_env(db_url, broker_url, sandbox_url, **policy)
-            sweeper = children.spawn(
-                "sweeper",
-                ["-m", "dispatcher.cli", "sweeper", "--interval", str(args.interval),
-                 "--batch", str(args.batch), "--lease", str(LEASE)],
+            _sweeper, workers = common.spawn_daemon(
+                children,
                 env,
+                workers=args.workers,
+                threads=args.threads,
+                in_flight=args.in_flight,
+                sweeper_args=["--interval", str(args.interval), "--batch", str(args.batch),
+                              "--lease", str(LEASE)],
             )  # fmt: skip
-            workers = [
-                children.spawn(
-                    f"worker{i}",
-                    [
-                        "-m",
-                        "dispatcher.cli",
-                        "worker",
-                        "--threads",
-                        str(args.threads),
-                        "--in-flight",
-                        str(args.in_flight),
-                    ],
-                    env,
-                )
-                for i in range(args.workers)
-            ]
-            children.wait_log(sweeper, "sweeper started")
-            for worker in workers:
-                children.wait_log(worker, "worker started")
             pool = open_pool(db_url, max_size=args.creators + 1, name="bench-polls")
             conn = psycopg.connect(db_url, autocommit=True)
             try:

@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -26,7 +25,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
-from psycopg import conninfo
 
 from bench import common
 from dispatcher.billing.wallet import EntryKind, Wallets
@@ -115,25 +113,16 @@ def run_python(found: Any, *, wallets: int, threads: int, seconds: float) -> dic
 def run_pgbench(found: Any, *, wallets: int, clients: int, seconds: int) -> dict[str, Any]:
     with common.fresh_database(found, "walletpgb") as db_url:
         seed(db_url, wallets)
-        params = conninfo.conninfo_to_dict(db_url)
-        argv = [common.pg_bin("pgbench"), "-n", "-M", "prepared"]
-        for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
-            if params.get(key):
-                argv += [flag, str(params[key])]
-        argv += [
-            "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-            "-D", f"wallets={wallets}", "-f", str(PGBENCH_SCRIPT), str(params["dbname"]),
-        ]  # fmt: skip
-        env = None
-        if params.get("password"):
-            env = {"PGPASSWORD": str(params["password"]), "PATH": "/usr/bin:/bin"}
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=seconds + 60, check=False, env=env
+        argv, report = common.pgbench(
+            db_url,
+            PGBENCH_SCRIPT,
+            clients=clients,
+            threads=min(clients, 2),
+            seconds=seconds,
+            defines={"wallets": wallets},
         )
-        if out.returncode != 0:
-            raise RuntimeError(f"pgbench failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
-    latency = re.search(r"latency average = ([\d.]+) ms", out.stdout)
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", report)
+    latency = re.search(r"latency average = ([\d.]+) ms", report)
     return {
         "layout": "hot" if wallets == 1 else f"spread over {wallets}",
         "clients": clients,
