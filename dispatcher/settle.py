@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import structlog
 
@@ -164,11 +163,3 @@ class Settler:
             next_run_at=min(now + first_watch, watch_until),
             **kw,
         )
-
-
-def order_for_ref(repo: OrderRepository, adapter: str, order_id: UUID | None) -> Order | None:
-    """Helper for callers that resolved a notification's reference to an order id."""
-    if order_id is None:
-        return None
-    order = repo.get(order_id)
-    return order if order.adapter == adapter else None

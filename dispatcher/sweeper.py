@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -136,10 +136,3 @@ class Sweeper:
             for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1):
                 return True
         return False
-
-
-def counts_by_status(repo: OrderRepository) -> Mapping[str, int]:
-    totals: dict[str, int] = {}
-    for (_adapter, status), n in repo.status_counts().items():
-        totals[status] = totals.get(status, 0) + n
-    return totals

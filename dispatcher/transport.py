@@ -135,13 +135,11 @@ class Transport:
         adapter: Adapter,
         settings: AdapterSettings,
         policy: DispatchPolicy,
-        *,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
         self.policy = policy
-        self.clients = [client] if client is not None else _clients(adapter, settings, policy)
+        self.clients = _clients(adapter, settings, policy)
         self._next_client = itertools.cycle(self.clients)
         gauge = metrics.BREAKER_STATE.labels(adapter.name)
         gauge.set(0)

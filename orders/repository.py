@@ -333,10 +333,10 @@ class OrderRepository:
             raise StaleOrder(f"order {order.id}: lease {order.lease_token} is no longer held")
         return Order.from_row(row)
 
-    def status_counts(self, *, site: str | None = None) -> dict[tuple[str, OrderStatus], int]:
-        """How many orders each adapter has in each status (of one site, if given)."""
+    def status_counts(self) -> dict[tuple[str, OrderStatus], int]:
+        """How many orders each adapter has in each status."""
         with database_errors(), self.pool.connection() as conn:
-            rows = conn.execute(query("status_counts"), {"site": site}).fetchall()
+            rows = conn.execute(query("status_counts")).fetchall()
         return {(row["adapter"], OrderStatus(row["status"])): row["n"] for row in rows}
 
     def transition(

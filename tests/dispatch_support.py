@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -146,6 +146,3 @@ class SandboxControl:
 
     def close(self) -> None:
         self.client.close()
-
-
-__all__ = ["FAST", "Daemon", "SandboxControl", "replace", "running_daemon", "wait_until"]

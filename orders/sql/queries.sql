@@ -53,9 +53,7 @@ WHERE o.id = due.id
 RETURNING o.*
 
 -- status_counts --
-SELECT adapter, status, count(*) AS n FROM orders
-WHERE (%(site)s::text IS NULL OR site = %(site)s)
-GROUP BY adapter, status
+SELECT adapter, status, count(*) AS n FROM orders GROUP BY adapter, status
 
 -- due_stats --
 -- Seconds the most overdue order has waited (0 when nothing is due).
