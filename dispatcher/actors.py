@@ -32,15 +32,10 @@ def set_host(host: EngineHost | None) -> None:
     _host = host
 
 
-def _admit(order_id: str, token: str, action: Action) -> None:
+def _admit_all(steps: list[list[str]], action: Action) -> None:
     if _host is None:
         raise RuntimeError("no engine in this process: run `paydispatch worker`")
-    _host.admit(UUID(order_id), UUID(token), action)
-
-
-def _admit_all(steps: list[list[str]], action: Action) -> None:
-    for order_id, token in steps:
-        _admit(order_id, token, action)
+    _host.admit_many([(UUID(order_id), UUID(token)) for order_id, token in steps], action)
 
 
 # Each message carries a batch of [order_id, lease_token] pairs of one adapter and action: the

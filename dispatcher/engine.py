@@ -29,9 +29,10 @@ from adapters.base import (
     StatusReport,
 )
 from dispatcher import metrics
+from dispatcher.coalesce import Coalescer
 from dispatcher.policy import next_poll, retry_delay
 from dispatcher.runtime import AdapterRuntime
-from dispatcher.settle import PaidHook, Settler
+from dispatcher.settle import Decision, PaidHook, Settler
 from dispatcher.transport import CircuitOpen, PspUnavailable, Transport
 from orders.errors import (
     InvalidInput,
@@ -42,7 +43,7 @@ from orders.errors import (
     TransientError,
 )
 from orders.model import Order
-from orders.repository import OrderRepository
+from orders.repository import OrderRepository, Write
 from orders.status import LATE_PAYMENT_FROM, OrderStatus
 
 log = structlog.get_logger(__name__)
@@ -75,7 +76,10 @@ def utcnow() -> datetime:
 
 
 class Engine:
-    """Runs steps on one event loop. DB calls go to a small thread pool; HTTP stays async."""
+    """Runs steps on one event loop. HTTP stays async; database calls go to a small thread pool,
+    coalesced: the reads of all steps that start together are one query, and the writes that end
+    steps together are one statement (see :mod:`dispatcher.coalesce`).
+    """
 
     def __init__(
         self,
@@ -92,6 +96,8 @@ class Engine:
         self.clock = clock
         self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-db")
         self.transports: dict[str, Transport] = {}
+        self.reads: Coalescer[UUID, Order] = Coalescer(self._get_many)
+        self.writes: Coalescer[Write, Order] = Coalescer(self._write_many)
 
     def transport(self, name: str) -> Transport:
         if name not in self.transports:  # created on the loop that uses it
@@ -109,6 +115,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.db_pool, partial(fn, *args, **kwargs))
 
+    async def _get_many(self, order_ids: list[UUID]) -> list[Order | OrderNotFound]:
+        return await self.db(self.repo.get_many, order_ids)
+
+    async def _write_many(self, writes: list[Write]) -> list[Order | Exception]:
+        return await self.db(self.repo.write_many, writes)
+
     # -- entry point ---------------------------------------------------------------------
 
     async def run(self, order_id: UUID, token: UUID, action: Action) -> None:
@@ -116,7 +128,7 @@ class Engine:
         structlog.contextvars.bind_contextvars(order_id=str(order_id), action=str(action))
         try:
             try:
-                order = await self.db(self.repo.get, order_id)
+                order = await self.reads(order_id)
             except OrderNotFound:
                 log.warning("step for an unknown order dropped")
                 return
@@ -221,32 +233,17 @@ class Engine:
                 response = await self.transport(rt.name).send(capture)
                 report = rt.adapter.parse_status(order, response)
         now = self.clock()
-        moved = await self.db(
-            self.settler.apply,
-            order,
-            report,
-            actor="worker",
-            now=now,
-            late_watch=rt.policy.late_window,
-            first_watch=rt.policy.late_interval,
-        )
-        if moved is not None:
+        watch = {"late_watch": rt.policy.late_window, "first_watch": rt.policy.late_interval}
+        decision = self.settler.decide(order, report, now=now, **watch)
+        if decision is not None:
+            await self._apply(order, decision)
             return
         if now >= order.expires_at:
             await self._cancel_at_psp(rt, order)
-            await self.db(
-                self.settler.expire_or_reject,
-                order,
-                S.EXPIRED,
-                {"psp_status": report.raw_status, "final_check": True},
-                now=now,
-                late_watch=rt.policy.late_window,
-                first_watch=rt.policy.late_interval,
-                actor="worker",
-            )
+            detail = {"psp_status": report.raw_status, "final_check": True}
+            await self._apply(order, Settler.leave(order, S.EXPIRED, detail, now=now, **watch))
             return
-        await self.db(
-            self.repo.release,
+        await self._release(
             order,
             next_run_at=next_poll(rt.policy.poll, order.polls + 1, now, order.expires_at),
             polls=order.polls + 1,
@@ -267,22 +264,16 @@ class Engine:
 
     async def _watch(self, rt: AdapterRuntime, order: Order) -> None:
         if order.psp_id is None:  # never reached the payment system: nothing to watch
-            await self.db(self.repo.release, order, next_run_at=None)
+            await self._release(order, next_run_at=None)
             return
         report = await self._status(rt, order)
         now = self.clock()
         if report.state is CanonicalState.PAID:
-            moved = await self.db(
-                self.settler.apply,
-                order,
-                report,
-                actor="worker",
-                now=now,
-                late_watch=rt.policy.late_window,
-            )
-            if moved is None:  # a late payment of another amount: logged; a person decides
-                await self.db(
-                    self.repo.release,
+            decision = self.settler.decide(order, report, now=now, late_watch=rt.policy.late_window)
+            if decision is not None:
+                await self._apply(order, decision)
+            else:  # a late payment of another amount: logged; a person decides
+                await self._release(
                     order,
                     next_run_at=None,
                     last_error=f"late payment of {report.money}, order is {order.money}",
@@ -294,8 +285,7 @@ class Engine:
         # Look less and less often: a late payment is rare, and payment systems rate-limit.
         step = min(rt.policy.late_interval * 2 ** min(order.polls + 1, 20), LATE_INTERVAL_CAP)
         later = now + step
-        await self.db(
-            self.repo.release,
+        await self._release(
             order,
             next_run_at=later if later < watch_until else None,
             polls=order.polls + 1,
@@ -306,7 +296,7 @@ class Engine:
     async def _retry_later(
         self, rt: AdapterRuntime, order: Order, action: Action, exc: Exception
     ) -> None:
-        order = await self.db(self.repo.get, order.id)  # the step may have moved it
+        order = await self.reads(order.id)  # the step may have moved it
         if order.lease_token is None:
             return
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
@@ -329,8 +319,7 @@ class Engine:
             return
         if kind == "bug":
             log.error("unexpected error in a step", exc_info=exc)
-        await self.db(
-            self.repo.release,
+        await self._release(
             order,
             next_run_at=now + retry_delay(order.polls),
             polls=order.polls + 1,
@@ -363,15 +352,14 @@ class Engine:
         else:
             # The create may have been accepted: stay in submitting, so the next try uses the
             # same idempotency key (or looks the invoice up first).
-            await self.db(
-                self.repo.release,
+            await self._release(
                 order,
                 next_run_at=retry_at,
                 attempts=order.attempts + 1,
                 last_error=error,
             )
 
-    # -- one transition ----------------------------------------------------------------------
+    # -- writing a step's end -----------------------------------------------------------------
 
     async def _move(
         self,
@@ -382,12 +370,38 @@ class Engine:
         keep_lease: bool = False,
         **changes: Any,
     ) -> Order:
-        return await self.db(
-            self.settler.move,
-            order,
+        """One compare-and-set transition, written together with other steps' (one statement).
+
+        Paid orders with a billing hook are the exception: the hook runs in the transaction
+        that marks the order paid, so that one is written on its own.
+        """
+        if to is S.PAID and self.settler.paid_hook is not None:
+            return await self.db(
+                self.settler.move,
+                order,
+                to,
+                actor="worker",
+                detail=detail,
+                keep_lease=keep_lease,
+                **changes,
+            )
+        write = Write.move(
+            order.id,
+            order.status,
             to,
             actor="worker",
             detail=detail,
+            lease_token=order.lease_token,
             keep_lease=keep_lease,
             **changes,
         )
+        moved = await self.writes(write)
+        self.settler.record(order, moved, "worker")
+        return moved
+
+    async def _apply(self, order: Order, decision: Decision) -> Order:
+        return await self._move(order, decision.to, detail=decision.detail, **decision.changes)
+
+    async def _release(self, order: Order, *, next_run_at: datetime | None, **changes: Any) -> None:
+        """Give the lease back, due again at ``next_run_at`` (batched like transitions)."""
+        await self.writes(Write.release(order, next_run_at=next_run_at, **changes))

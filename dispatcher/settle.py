@@ -7,6 +7,7 @@ HTTP API's callback endpoint runs it directly for verified notifications.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,8 +26,21 @@ S = OrderStatus
 PaidHook = Callable[[Any, Order], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a report sends an order: the target status, its event detail, columns to set."""
+
+    to: OrderStatus
+    detail: dict[str, Any]
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
 class Settler:
-    """Moves orders, with their event rows, metrics and log lines."""
+    """Decides and records order moves, with their event rows, metrics and log lines.
+
+    :meth:`decide` and :meth:`leave` are pure; :meth:`move` and :meth:`apply` also write. The
+    engine writes its decisions in batches itself and calls :meth:`record` for each one.
+    """
 
     def __init__(self, repo: OrderRepository, paid_hook: PaidHook | None = None) -> None:
         self.repo = repo
@@ -55,6 +69,13 @@ class Settler:
             within=self.paid_hook if to is S.PAID else None,
             **changes,
         )
+        self.record(order, moved, actor)
+        return moved
+
+    @staticmethod
+    def record(order: Order, moved: Order, actor: str) -> None:
+        """Metrics and the log line of a move that was committed."""
+        to = moved.status
         metrics.TRANSITIONS.labels(order.adapter, str(order.status), str(to)).inc()
         log.info(
             "order moved",
@@ -77,7 +98,6 @@ class Settler:
                 metrics.TIME_TO_PAID.labels(order.adapter).observe(
                     (moved.paid_at - moved.created_at).total_seconds()
                 )
-        return moved
 
     def apply(
         self,
@@ -90,14 +110,38 @@ class Settler:
         first_watch: timedelta = timedelta(seconds=60),
         use_lease: bool = True,
     ) -> Order | None:
-        """Move the order as ``report`` says; None when the report changes nothing.
+        """Move the order as ``report`` says (see :meth:`decide`); None when nothing changes."""
+        decision = self.decide(
+            order, report, now=now, late_watch=late_watch, first_watch=first_watch
+        )
+        if decision is None:
+            return None
+        return self.move(
+            order,
+            decision.to,
+            actor=actor,
+            detail=decision.detail,
+            use_lease=use_lease,
+            **decision.changes,
+        )
+
+    @classmethod
+    def decide(
+        cls,
+        order: Order,
+        report: StatusReport,
+        *,
+        now: datetime,
+        late_watch: timedelta,
+        first_watch: timedelta = timedelta(seconds=60),
+    ) -> Decision | None:
+        """Where ``report`` sends the order; None when it changes nothing.
 
         A reported amount or currency other than the order's sends an active order to
         ``needs_review``, never to ``paid``; a settled order is left alone (and logged).
         Orders that leave ``awaiting_payment`` stay watched for a late payment until
         ``late_watch`` from now.
         """
-        kw: dict[str, Any] = {"actor": actor, "use_lease": use_lease}
         if report.money is not None and report.money != order.money:
             if not can_transition(order.status, S.NEEDS_REVIEW):
                 log.error(
@@ -109,24 +153,17 @@ class Settler:
                     reported=str(report.money),
                 )
                 return None
-            return self.move(
-                order,
+            return Decision(
                 S.NEEDS_REVIEW,
-                detail={
+                {
                     "reason": "amount mismatch",
                     "expected": str(order.money),
                     "reported": str(report.money),
                     "psp_status": report.raw_status,
                 },
-                last_error=f"payment system reported {report.money}, order is {order.money}",
-                **kw,
+                {"last_error": f"payment system reported {report.money}, order is {order.money}"},
             )
-        target = {
-            CanonicalState.PAID: S.PAID,
-            CanonicalState.REJECTED: S.REJECTED,
-            CanonicalState.EXPIRED: S.EXPIRED,
-            CanonicalState.REFUNDED: S.NEEDS_REVIEW,
-        }.get(report.state)
+        target = _TARGETS.get(report.state)
         if target is None or not can_transition(order.status, target):
             return None
         detail: dict[str, Any] = {"psp_status": report.raw_status}
@@ -134,16 +171,16 @@ class Settler:
             detail["reason"] = report.reason
         if target is S.PAID:
             detail["late"] = order.status in LATE_PAYMENT_FROM
-            return self.move(order, S.PAID, detail=detail, **kw)
+            return Decision(S.PAID, detail)
         if target is S.NEEDS_REVIEW:
             detail["reason"] = "refunded before paid was seen"
-            return self.move(order, S.NEEDS_REVIEW, detail=detail, **kw)
-        return self.expire_or_reject(
-            order, target, detail, now=now, late_watch=late_watch, first_watch=first_watch, **kw
+            return Decision(S.NEEDS_REVIEW, detail)
+        return cls.leave(
+            order, target, detail, now=now, late_watch=late_watch, first_watch=first_watch
         )
 
-    def expire_or_reject(
-        self,
+    @staticmethod
+    def leave(
         order: Order,
         to: OrderStatus,
         detail: Mapping[str, Any],
@@ -151,15 +188,18 @@ class Settler:
         now: datetime,
         late_watch: timedelta,
         first_watch: timedelta = timedelta(seconds=60),
-        **kw: Any,
-    ) -> Order:
-        """Leave awaiting_payment for good, but keep watching for a late payment."""
+    ) -> Decision:
+        """Leave awaiting_payment for good (expired, rejected), but keep watching for a late
+        payment until ``late_watch`` after the deadline."""
         watch_until = max(order.expires_at, now) + late_watch
-        return self.move(
-            order,
-            to,
-            detail=detail,
-            polls=0,
-            next_run_at=min(now + first_watch, watch_until),
-            **kw,
+        return Decision(
+            to, dict(detail), {"polls": 0, "next_run_at": min(now + first_watch, watch_until)}
         )
+
+
+_TARGETS = {
+    CanonicalState.PAID: S.PAID,
+    CanonicalState.REJECTED: S.REJECTED,
+    CanonicalState.EXPIRED: S.EXPIRED,
+    CanonicalState.REFUNDED: S.NEEDS_REVIEW,
+}

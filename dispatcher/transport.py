@@ -1,9 +1,9 @@
 """PSP transport: the only place paydispatch talks HTTP to payment systems.
 
-One pooled ``httpx.AsyncClient`` per adapter, explicit timeouts, tenacity retries of transient
-failures (same request, so the same idempotency key), a rate limit and a concurrency cap per
-adapter, and a circuit breaker. Everything is async: a poll waiting on a slow payment system
-holds no thread.
+One ``httpx.AsyncClient`` per adapter (over aiohttp's connection pool), explicit timeouts,
+tenacity retries of transient failures (same request, so the same idempotency key), a rate
+limit and a concurrency cap per adapter, and a circuit breaker. Everything is async: a poll
+waiting on a slow payment system holds no thread.
 
 Errors raised (all :class:`TransientError` — never a reason to reject an order):
 
@@ -15,8 +15,6 @@ Errors raised (all :class:`TransientError` — never a reason to reject an order
 from __future__ import annotations
 
 import asyncio
-import itertools
-import math
 import random
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse
 from dispatcher import metrics
+from dispatcher.aiohttp_transport import AiohttpTransport
 from dispatcher.breaker import CircuitBreaker, CircuitOpen
 from dispatcher.policy import DispatchPolicy
 from orders.errors import TransientError
@@ -99,27 +98,17 @@ class _Wait:
         return float(min(self.cap, max(jitter, after)))
 
 
-# httpcore scans its whole pool on every request (encode/httpcore#1035): with hundreds of
-# connections in one pool that scan dominated a worker's CPU. Several small pools stay cheap.
-POOL_SIZE = 16
-
-
-def _clients(
+def _client(
     adapter: Adapter, settings: AdapterSettings, policy: DispatchPolicy
-) -> list[httpx.AsyncClient]:
-    shards = max(1, math.ceil(policy.concurrency / POOL_SIZE))
-    per_shard = math.ceil(policy.concurrency / shards)
-    auth = adapter.make_auth(settings)
-    return [
-        httpx.AsyncClient(
-            timeout=httpx.Timeout(policy.timeout, connect=min(policy.timeout, 5.0)),
-            # Keep every connection alive: closing and reopening them costs more than it saves.
-            limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-            auth=auth,
-            follow_redirects=False,
-        )
-        for _ in range(shards)
-    ]
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(policy.timeout, connect=min(policy.timeout, 5.0)),
+        # aiohttp's pool under httpx's API: see dispatcher/aiohttp_transport.py for why.
+        transport=AiohttpTransport(max_connections=policy.concurrency),
+        auth=adapter.make_auth(settings),
+        follow_redirects=False,
+        trust_env=False,  # a payment API is reached directly, whatever the environment says
+    )
 
 
 class Transport:
@@ -139,8 +128,7 @@ class Transport:
         self.adapter = adapter
         self.settings = settings
         self.policy = policy
-        self.clients = _clients(adapter, settings, policy)
-        self._next_client = itertools.cycle(self.clients)
+        self.client = _client(adapter, settings, policy)
         gauge = metrics.BREAKER_STATE.labels(adapter.name)
         gauge.set(0)
         self.breaker = CircuitBreaker(
@@ -150,8 +138,7 @@ class Transport:
         self.slots = asyncio.Semaphore(policy.concurrency)
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        await self.client.aclose()
 
     async def send(self, request: PspRequest) -> PspResponse:
         self.breaker.before_call(self.adapter.name)
@@ -177,7 +164,7 @@ class Transport:
             started = time.perf_counter()
             outcome = "error"
             try:
-                response = await next(self._next_client).request(
+                response = await self.client.request(
                     request.method,
                     request.url,
                     headers=dict(request.headers),

@@ -11,11 +11,11 @@ import binascii
 import functools
 import json
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 from uuid import UUID
 
 import psycopg
@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from orders.errors import (
     DatabaseUnavailable,
+    DispatchError,
     IdempotencyConflict,
     InvalidInput,
     InvalidTransition,
@@ -110,15 +111,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 
 
 @functools.cache
-def _transition_sql(
-    paid: bool,
-    keep_lease: bool,
-    columns: tuple[str, ...],
-    leased: bool,
-    *,
-    with_event: bool,
-) -> str:
-    """The compare-and-set UPDATE for one shape of transition, built once and reused."""
+def _transition_sql(paid: bool, keep_lease: bool, columns: tuple[str, ...], leased: bool) -> str:
+    """The compare-and-set UPDATE of a transition run inside a caller's transaction."""
     assignments = [
         sql.SQL("status = {}").format(sql.Placeholder("to")),
         sql.SQL("updated_at = now()"),
@@ -136,26 +130,82 @@ def _transition_sql(
     )
     if leased:
         condition += sql.SQL(" AND lease_token = {}").format(sql.Placeholder("token"))
-    update = sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *").format(
-        sql.SQL(", ").join(assignments), condition
-    )
-    if not with_event:
-        return update.as_string(None)
     return (
-        sql.SQL(
-            "WITH moved AS ({}), event AS ("
-            "INSERT INTO order_events (order_id, from_status, to_status, actor, detail) "
-            "SELECT id, {}, {}, {}, {} FROM moved) SELECT * FROM moved"
-        )
-        .format(
-            update,
-            sql.Placeholder("expected"),
-            sql.Placeholder("to"),
-            sql.Placeholder("actor"),
-            sql.Placeholder("detail"),
-        )
+        sql.SQL("UPDATE orders SET {} WHERE {} RETURNING *")
+        .format(sql.SQL(", ").join(assignments), condition)
         .as_string(None)
     )
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One order's change at the end of a step, for :meth:`OrderRepository.write_many`.
+
+    With ``to`` set it is a transition: a compare-and-set on ``expected`` (and on the lease
+    when ``token`` is set) plus its event row. With ``to`` None it gives the lease ``token``
+    back: the status stays and no event is written. Build them with :meth:`move` and
+    :meth:`release`, which check the state machine and the columns.
+    """
+
+    order_id: UUID
+    token: UUID | None
+    expected: OrderStatus | None
+    to: OrderStatus | None
+    actor: str = "worker"
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    keep_lease: bool = False
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def move(
+        cls,
+        order_id: UUID,
+        expected: OrderStatus,
+        to: OrderStatus,
+        *,
+        actor: str,
+        detail: Mapping[str, Any] | None = None,
+        lease_token: UUID | None = None,
+        keep_lease: bool = False,
+        next_run_at: datetime | _Keep | None = KEEP,
+        **changes: Any,
+    ) -> Write:
+        """A transition; leaving the active statuses clears ``next_run_at`` unless given."""
+        check_transition(expected, to)
+        _check_columns("transition", changes)
+        if isinstance(next_run_at, _Keep) and to not in ACTIVE:
+            next_run_at = None
+        if not isinstance(next_run_at, _Keep):
+            changes["next_run_at"] = next_run_at
+        return cls(order_id, lease_token, expected, to, actor, detail or {}, keep_lease, changes)
+
+    @classmethod
+    def release(cls, order: Order, *, next_run_at: datetime | None, **changes: Any) -> Write:
+        """The lease back without a status change, due again at ``next_run_at``."""
+        _check_columns("release", changes)
+        changes["next_run_at"] = next_run_at
+        return cls(order.id, order.lease_token, None, None, changes=changes)
+
+    def missed(self, current: Mapping[str, Any] | None) -> OrderNotFound | StaleOrder:
+        """Why this write matched no row, given the order as it is now (None: no such order)."""
+        if current is None:
+            return OrderNotFound(f"order {self.order_id} not found")
+        if self.expected is not None and current["status"] != self.expected.value:
+            return StaleOrder(
+                f"order {self.order_id} is {current['status']}, not {self.expected} "
+                f"(wanted to move it to {self.to})"
+            )
+        return StaleOrder(f"order {self.order_id}: lease {self.token} is no longer held")
+
+
+def _check_columns(what: str, changes: Mapping[str, Any]) -> None:
+    unknown = set(changes) - SETTABLE
+    if unknown:
+        raise TypeError(f"{what} cannot set {sorted(unknown)}")
 
 
 class OrderRepository:
@@ -307,31 +357,63 @@ class OrderRepository:
         ``changes`` may set the same columns a transition may (``polls``, ``last_error``...).
         Raises :class:`StaleOrder` when the lease is no longer held.
         """
-        unknown = set(changes) - SETTABLE
-        if unknown:
-            raise TypeError(f"release cannot set {sorted(unknown)}")
-        assignments = [
-            sql.SQL("lease_until = NULL, lease_token = NULL, updated_at = now()"),
-            sql.SQL("next_run_at = {}").format(sql.Placeholder("next_run_at")),
-        ]
-        params: dict[str, Any] = {
-            "id": order.id,
-            "token": order.lease_token,
-            "next_run_at": next_run_at,
+        return self._write_one(Write.release(order, next_run_at=next_run_at, **changes))
+
+    def get_many(self, order_ids: Sequence[UUID]) -> list[Order | OrderNotFound]:
+        """The orders, in the order asked, with one query; missing ones as OrderNotFound."""
+        with database_errors(), self.pool.connection() as conn:
+            rows = conn.execute(query("get_orders"), {"ids": list(order_ids)}).fetchall()
+        found = {row["id"]: Order.from_row(row) for row in rows}
+        return [found.get(i) or OrderNotFound(f"order {i} not found") for i in order_ids]
+
+    def write_many(self, writes: Sequence[Write]) -> list[Order | Exception]:
+        """Apply many transitions and releases with one statement (one commit).
+
+        Each write succeeds or misses on its own: the result at its position is the order as
+        written, or the :class:`StaleOrder` / :class:`OrderNotFound` that says why it matched
+        nothing. Should the statement itself fail (a constraint, say), the writes are retried
+        one by one, so one bad write cannot sink the others.
+        """
+        if not writes:
+            return []
+        params = {
+            "ids": [w.order_id for w in writes],
+            "tokens": [w.token for w in writes],
+            "expected": [None if w.expected is None else w.expected.value for w in writes],
+            "to": [None if w.to is None else w.to.value for w in writes],
+            "keep": [w.keep_lease for w in writes],
+            "actors": [w.actor for w in writes],
+            "details": [json.dumps(dict(w.detail)) for w in writes],
+            "changes": [
+                json.dumps({k: _json_value(v) for k, v in w.changes.items()}) for w in writes
+            ],
         }
-        for column, value in sorted(changes.items()):
-            assignments.append(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
-            )
-            params[column] = value
-        statement = sql.SQL(
-            "UPDATE orders SET {} WHERE id = {} AND lease_token = {} RETURNING *"
-        ).format(sql.SQL(", ").join(assignments), sql.Placeholder("id"), sql.Placeholder("token"))
-        with database_errors(), self.pool.connection() as conn:  # one statement: no BEGIN
-            row = conn.execute(statement, params).fetchone()
-        if row is None:
-            raise StaleOrder(f"order {order.id}: lease {order.lease_token} is no longer held")
-        return Order.from_row(row)
+        try:
+            with database_errors(), self.pool.connection() as conn:
+                rows = conn.execute(query("write_many"), params).fetchall()
+                done = {row["write_no"] - 1: Order.from_row(row) for row in rows}
+                missing = [w.order_id for n, w in enumerate(writes) if n not in done]
+                current = {}
+                if missing:
+                    found = conn.execute(query("get_orders"), {"ids": missing}).fetchall()
+                    current = {row["id"]: row for row in found}
+        except psycopg.DatabaseError:
+            if len(writes) == 1:
+                raise
+            return [self._try_one(w) for w in writes]
+        return [done.get(n) or w.missed(current.get(w.order_id)) for n, w in enumerate(writes)]
+
+    def _try_one(self, write: Write) -> Order | Exception:
+        try:
+            return self._write_one(write)
+        except (DispatchError, psycopg.DatabaseError) as exc:
+            return exc
+
+    def _write_one(self, write: Write) -> Order:
+        (result,) = self.write_many([write])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def status_counts(self) -> dict[tuple[str, OrderStatus], int]:
         """How many orders each adapter has in each status."""
@@ -363,41 +445,34 @@ class OrderRepository:
         raises, nothing is committed. Unless ``keep_lease``, the transition ends the lease.
         Leaving the active statuses clears ``next_run_at`` unless one is given.
         """
-        check_transition(expected, to)
-        unknown = set(changes) - SETTABLE
-        if unknown:
-            raise TypeError(f"transition cannot set {sorted(unknown)}")
-        if isinstance(next_run_at, _Keep) and to not in ACTIVE:
-            next_run_at = None
+        write = Write.move(
+            order_id,
+            expected,
+            to,
+            actor=actor,
+            detail=detail,
+            lease_token=lease_token,
+            keep_lease=keep_lease,
+            next_run_at=next_run_at,
+            **changes,
+        )
+        if within is None and conn is None:
+            return self._write_one(write)  # one statement: the update and its event together
         params: dict[str, Any] = {
             "id": order_id,
             "expected": expected.value,
             "to": to.value,
             "token": lease_token,
-            "actor": actor,
-            "detail": Jsonb(dict(detail or {})),
+            **write.changes,
         }
-        if not isinstance(next_run_at, _Keep):
-            changes["next_run_at"] = next_run_at
-        params.update(changes)
-        shape = (
-            to is OrderStatus.PAID,
-            keep_lease,
-            tuple(sorted(changes)),
-            lease_token is not None,
-        )
-        if within is None and conn is None:
-            # One statement, so one round trip: the update and its event commit together.
-            with database_errors(), self.pool.connection() as fresh:
-                row = fresh.execute(_transition_sql(*shape, with_event=True), params).fetchone()
-                if row is None:
-                    self._explain_miss(fresh, order_id, expected, to, lease_token)
-            return Order.from_row(row)
-        update = _transition_sql(*shape, with_event=False)
+        columns = tuple(sorted(write.changes))
+        paid = to is OrderStatus.PAID
+        update = _transition_sql(paid, keep_lease, columns, lease_token is not None)
         with self._transaction(conn) as tx:
             row = tx.execute(update, params).fetchone()
             if row is None:
-                self._explain_miss(tx, order_id, expected, to, lease_token)
+                current = tx.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()
+                raise write.missed(current)
             order = Order.from_row(row)
             self._event(
                 tx, order_id, from_status=expected, to_status=to, actor=actor, detail=detail or {}
@@ -405,25 +480,6 @@ class OrderRepository:
             if within is not None:
                 within(tx, order)
         return order
-
-    @staticmethod
-    def _explain_miss(
-        conn: Connection,
-        order_id: UUID,
-        expected: OrderStatus,
-        to: OrderStatus,
-        lease_token: UUID | None,
-    ) -> NoReturn:
-        """Raise the reason a compare-and-set matched no row."""
-        current = conn.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()
-        if current is None:
-            raise OrderNotFound(f"order {order_id} not found")
-        if current["status"] != expected.value:
-            raise StaleOrder(
-                f"order {order_id} is {current['status']}, not {expected} "
-                f"(wanted to move it to {to})"
-            )
-        raise StaleOrder(f"order {order_id}: lease {lease_token} is no longer held")
 
     def cancel(
         self, order_id: UUID, *, site: str | None = None, actor: str = "site", reason: str = ""

@@ -129,3 +129,52 @@ WITH o AS (
     SELECT id, NULL, 'new', %(actor)s, '{}'::jsonb FROM o
 )
 SELECT o.*, pg_notify('paydispatch_orders', o.adapter) IS NULL AS notified FROM o
+
+-- get_orders --
+SELECT * FROM orders WHERE id = ANY(%(ids)s::uuid[])
+
+-- write_many --
+-- Many step ends in one statement: each input row is a transition (to_status set: a
+-- compare-and-set on the status and, with a token, the lease; plus its event row) or a lease
+-- release (to_status NULL: the status stays, no event). `changes` is a JSON object of the
+-- columns to set; a column it does not name keeps its value. write_no tells which input row
+-- each returned row answers; input rows that matched nothing return nothing.
+WITH v AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(tokens)s::uuid[], %(expected)s::text[], %(to)s::text[],
+        %(keep)s::bool[], %(actors)s::text[], %(details)s::text[], %(changes)s::text[]
+    ) WITH ORDINALITY AS v(id, token, expected, to_status, keep_lease, actor, detail, changes, n)
+), w AS (
+    SELECT id, token, expected, to_status, keep_lease, actor, detail::jsonb AS detail,
+           changes::jsonb AS c, n
+    FROM v
+), moved AS (
+    UPDATE orders o SET
+        status = coalesce(w.to_status, o.status),
+        updated_at = now(),
+        paid_at = CASE WHEN w.to_status = 'paid' THEN coalesce(o.paid_at, now()) ELSE o.paid_at END,
+        lease_until = CASE WHEN w.keep_lease THEN o.lease_until END,
+        lease_token = CASE WHEN w.keep_lease THEN o.lease_token END,
+        psp_id = CASE WHEN w.c ? 'psp_id' THEN w.c->>'psp_id' ELSE o.psp_id END,
+        pay_url = CASE WHEN w.c ? 'pay_url' THEN w.c->>'pay_url' ELSE o.pay_url END,
+        attempts = CASE WHEN w.c ? 'attempts' THEN (w.c->>'attempts')::int ELSE o.attempts END,
+        polls = CASE WHEN w.c ? 'polls' THEN (w.c->>'polls')::int ELSE o.polls END,
+        expires_at = CASE WHEN w.c ? 'expires_at'
+            THEN (w.c->>'expires_at')::timestamptz ELSE o.expires_at END,
+        last_error = CASE WHEN w.c ? 'last_error' THEN w.c->>'last_error' ELSE o.last_error END,
+        next_run_at = CASE WHEN w.c ? 'next_run_at'
+            THEN (w.c->>'next_run_at')::timestamptz ELSE o.next_run_at END
+    FROM w
+    WHERE o.id = w.id
+      AND (w.expected IS NULL OR o.status = w.expected)
+      AND (w.token IS NULL OR o.lease_token = w.token)
+      AND (w.to_status IS NOT NULL OR w.token IS NOT NULL)
+    RETURNING o.*, w.n AS write_no, w.expected AS event_from, w.to_status AS event_to,
+              w.actor AS event_actor, w.detail AS event_detail
+), events AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, event_from, event_to, event_actor, event_detail FROM moved
+    WHERE event_to IS NOT NULL
+    ORDER BY write_no
+)
+SELECT * FROM moved
