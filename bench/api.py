@@ -63,6 +63,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu: str = ""  # CPU per request by process group, for the notes under the table
 
     @property
     def rate(self) -> float:
@@ -136,13 +137,25 @@ async def _load(
 
 
 def drive(
-    name: str, url: str, make: Callable[[], bytes], expect: int, args: argparse.Namespace
+    name: str,
+    url: str,
+    make: Callable[[], bytes],
+    expect: int,
+    args: argparse.Namespace,
+    *,
+    meter: common.CpuMeter,
 ) -> Result:
     asyncio.run(_load(url, make, expect, args.connections, args.warmup))  # warm-up, not counted
+    meter.start()
     count, latencies, errors, took = asyncio.run(
         _load(url, make, expect, args.connections, args.seconds)
     )
+    used = meter.stop()
     result = Result(name, count, len(errors), took, latencies)
+    per_request = ", ".join(
+        f"{group} {cpu / max(count, 1) * 1e6:.0f}" for group, cpu in used.items()
+    )
+    result.cpu = f"CPU µs per request: {per_request}"
     print(result.row(), flush=True)
     return result
 
@@ -170,7 +183,7 @@ def pgbench(db_url: str, script: str, name: str, args: argparse.Namespace) -> Re
 
 def start_api(
     children: common.Children, found: object, db_url: str, args: argparse.Namespace
-) -> tuple[str, str]:
+) -> tuple[str, str, common.Child]:
     """``paydispatch api`` on a free port over ``db_url``; returns its URL and a site key."""
     port = common.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -197,10 +210,12 @@ def start_api(
     pool = open_pool(db_url, max_size=1, name="bench-keys")
     _, key = ApiKeys(pool).create("bench")
     pool.close()
-    return url, key
+    return url, key, server
 
 
-def http_scenarios(url: str, key: str, args: argparse.Namespace) -> list[Result]:
+def http_scenarios(
+    url: str, key: str, args: argparse.Namespace, meter: common.CpuMeter
+) -> list[Result]:
     host = url.removeprefix("http://")
     head = f"Host: {host}\r\n"
     auth = f"Authorization: Bearer {key}\r\n"
@@ -217,8 +232,8 @@ def http_scenarios(url: str, key: str, args: argparse.Namespace) -> list[Result]
         ).encode() + body
 
     rows = [
-        drive("GET /healthz (trivial, same server)", url, lambda: health, 200, args),
-        drive("POST /v1/orders", url, create_request, 201, args),
+        drive("GET /healthz (trivial, same server)", url, lambda: health, 200, args, meter=meter),
+        drive("POST /v1/orders", url, create_request, 201, args, meter=meter),
     ]
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
         created = [o["id"] for o in http.get("/v1/orders", params={"limit": 500}).json()["items"]]
@@ -226,7 +241,7 @@ def http_scenarios(url: str, key: str, args: argparse.Namespace) -> list[Result]
     def status_request() -> bytes:
         return f"GET /pay/{random.choice(created)}/status HTTP/1.1\r\n{head}\r\n".encode()
 
-    rows.append(drive("GET /pay/{id}/status", url, status_request, 200, args))
+    rows.append(drive("GET /pay/{id}/status", url, status_request, 200, args, meter=meter))
     return rows
 
 
@@ -245,10 +260,11 @@ def main() -> int:
     children = common.Children()
     try:
         with common.fresh_database(found, "api") as db_url:
-            url, key = start_api(children, found, db_url, args)
+            url, key, server = start_api(children, found, db_url, args)
+            meter = common.CpuMeter({server.pid: "api"})
             print("\n| what | requests/s | p50 ms | p99 ms | requests | errors |")
             print("|---|---:|---:|---:|---:|---:|")
-            rows = http_scenarios(url, key, args)
+            rows = http_scenarios(url, key, args, meter)
             children.stop_all()  # pgbench gets the machine to itself, as the API did
             rows.append(pgbench(db_url, INSERT_SQL, "pgbench: single INSERT", args))
             rows.append(pgbench(db_url, CREATE_SQL, "pgbench: create transaction", args))
@@ -263,6 +279,10 @@ def main() -> int:
         f"({insert.rate:,.0f}/s) and {create.rate / create_tx.rate * 100:.0f}% of the same "
         f"create transaction under pgbench ({create_tx.rate:,.0f}/s); target >= 40%: {verdict}"
     )
+    print()
+    for r in rows:
+        if r.cpu:
+            print(f"{r.name}: {r.cpu}")
     print(summary)
     if args.write:
         write_doc(info, rows, summary, args)
@@ -302,7 +322,7 @@ def write_doc(
             )
         else:
             lines.append(r.row())
-    lines += ["", summary.strip(), ""]
+    lines += [""] + [f"- {r.name}: {r.cpu}" for r in rows if r.cpu] + ["", summary.strip(), ""]
     args.write.write_text("\n".join(lines))
     print(f"wrote {args.write}")
 

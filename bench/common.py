@@ -260,22 +260,29 @@ def daemon_env(database_url: str, broker_url: str, sandbox_url: str, **policy: s
 # -- CPU accounting from /proc ----------------------------------------------------------------
 
 
-def _proc_cpu(pid: int) -> tuple[str, float] | None:
+def _proc_stat(pid: int) -> tuple[str, int, float] | None:
+    """A process's command name, parent pid and CPU seconds so far."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     comm = raw[raw.index("(") + 1 : raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[11], [12] are utime, stime (fields 14 and 15 of proc(5), counted from 1).
-    return comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    # fields[1] is the ppid; [11], [12] are utime, stime (fields 4, 14 and 15 of proc(5)).
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _proc_cpu(pid: int) -> tuple[str, float] | None:
+    found = _proc_stat(pid)
+    return None if found is None else (found[0], found[2])
 
 
 class CpuMeter:
     """CPU seconds per group of processes between ``start`` and ``stop``.
 
-    Groups: the named children, this process ("bench"), every ``postgres`` process, every
-    ``redis-server``. A postgres backend that ends within the window loses its share (the
+    Groups: the named children (with their own children, e.g. uvicorn's worker processes),
+    this process ("bench"), every ``postgres`` process, every ``redis-server``. A postgres
+    backend that ends within the window loses its share (the
     daemon's and the bench's connections are pooled, so they live through it).
     """
 
@@ -300,9 +307,12 @@ class CpuMeter:
         snap = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
-                found = _proc_cpu(int(entry))
+                found = _proc_stat(int(entry))
                 if found is not None:
-                    snap[int(entry)] = found
+                    comm, ppid, cpu = found
+                    if ppid in self.named and int(entry) not in self.named:
+                        self.named[int(entry)] = self.named[ppid]
+                    snap[int(entry)] = (comm, cpu)
         return snap
 
     def start(self) -> None:

@@ -9,7 +9,7 @@ keeps httpx's API, and aiohttp's errors are mapped to httpx's own, keeping the o
 the engine relies on: whether the request may have reached the payment system.
 
 - nothing was sent: ``httpx.ConnectError`` (refused, DNS), ``httpx.ConnectTimeout`` (connect
-  or pool wait timed out);
+  or pool wait timed out), ``httpx.UnsupportedProtocol`` (not an http(s) URL);
 - it may have been sent: ``httpx.ReadTimeout``, ``httpx.ReadError`` (disconnected, reset),
   ``httpx.RemoteProtocolError`` (an answer that is not HTTP).
 """
@@ -33,6 +33,8 @@ def _mapped(request: httpx.Request) -> Iterator[None]:
         raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
     except aiohttp.ClientConnectorError as exc:  # before the request was written
         raise httpx.ConnectError(str(exc), request=request) from exc
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:  # never sent
+        raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
     except (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, TimeoutError) as exc:
         raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
     except aiohttp.ClientResponseError as exc:  # malformed status line or headers
@@ -68,6 +70,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,  # httpx decodes content-encoding itself
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
+            # aiohttp silently sends a GET (a status poll) again after a disconnect; every
+            # attempt must go through the transport's retries, breaker and rate limit instead.
+            # There is no public switch; aiohttp's own test client sets the same attribute.
+            self._session._retry_connection = False
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -28,6 +28,7 @@ class Coalescer(Generic[K, R]):
         self._pending: list[tuple[K, asyncio.Future[R]]] = []
         self._running = 0
         self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # how many batches went out, and with how many items: for tests
         self.items = 0
 
@@ -45,12 +46,24 @@ class Coalescer(Generic[K, R]):
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
+        # A caller cancelled before its batch left takes its item back (a step that was
+        # stopped must not write afterwards).
+        self._pending = [(item, future) for item, future in self._pending if not future.done()]
         while self._pending and self._running < self.parallel:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             self._running += 1
             task = loop.create_task(self._flush(batch, loop))
-            task.add_done_callback(_consume)
+            self._tasks.add(task)  # the loop keeps only weak references to its tasks
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # _flush answers every caller itself; anything escaping it is a bug: make it loud.
+            task.get_loop().call_exception_handler(
+                {"message": "coalescer batch crashed", "exception": task.exception(), "task": task}
+            )
 
     async def _flush(
         self, batch: list[tuple[K, asyncio.Future[R]]], loop: asyncio.AbstractEventLoop
@@ -78,8 +91,3 @@ class Coalescer(Generic[K, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-
-def _consume(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()  # _flush handles its own errors; never leave one unretrieved

@@ -183,7 +183,7 @@ class Transport:
                 ) from exc
             except httpx.TransportError as exc:
                 outcome = "network"
-                sent = not isinstance(exc, httpx.ConnectError)
+                sent = not isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol)
                 raise PspUnavailable(
                     f"{self.adapter.name} {request.operation}: {type(exc).__name__}: {exc}",
                     maybe_sent=sent,

@@ -247,10 +247,29 @@ class OrderRepository:
         in it); ``default_return_url`` is stored when the site gave no ``return_url`` and is not
         part of the request's fingerprint, so a replay of the same request still matches.
         """
+        params = self.create_params(
+            new, actor=actor, order_id=order_id, default_return_url=default_return_url
+        )
+        # One statement (order, event, NOTIFY): one round trip instead of five.
+        with database_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("create_order"), params).fetchone()
+            if row is not None:
+                return Created(Order.from_row(row), created=True)
+            existing = conn.execute(query("find_replay"), params).fetchone()
+        return self.replayed(new, params, existing)
+
+    def create_params(
+        self,
+        new: NewOrder,
+        *,
+        actor: str = "site",
+        order_id: UUID | None = None,
+        default_return_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate ``new`` and return the parameters of ``create_order`` for it."""
         new.validate(self.adapters)
         expires_in = new.expires_in or self.adapters.get(new.adapter) or DEFAULT_EXPIRY
-        request_hash = new.fingerprint()
-        params = {
+        return {
             "id": order_id or uuid.uuid4(),
             "site": new.site,
             "site_ref": new.site_ref,
@@ -263,18 +282,18 @@ class OrderRepository:
             "metadata": Jsonb(dict(new.metadata)),
             "expires_in": expires_in,
             "idempotency_key": new.idempotency_key,
-            "request_hash": request_hash,
+            "request_hash": new.fingerprint(),
             "actor": actor,
         }
-        # One statement (order, event, NOTIFY): one round trip instead of five.
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("create_order"), params).fetchone()
-            if row is not None:
-                return Created(Order.from_row(row), created=True)
-            existing = conn.execute(query("find_replay"), params).fetchone()
+
+    @staticmethod
+    def replayed(
+        new: NewOrder, params: Mapping[str, Any], existing: Mapping[str, Any] | None
+    ) -> Created:
+        """The outcome of a create whose insert conflicted: a replay, or a conflict."""
         if existing is None:  # pragma: no cover - only an id collision gets here
             raise RuntimeError(f"insert of order {params['id']} conflicted but no order holds it")
-        if existing["request_hash"] != request_hash:
+        if existing["request_hash"] != params["request_hash"]:
             by = (
                 "Idempotency-Key"
                 if new.idempotency_key is not None

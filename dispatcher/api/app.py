@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from dispatcher.api import callbacks, errors, health, orders, pay, wallets
 from dispatcher.api.context import ApiContext
+from dispatcher.api.lane import CreateLane
 from dispatcher.api.middleware import BodyLimit
 
 DESCRIPTION = """Payment orders for sites, status pages for buyers, callbacks for payment
@@ -21,9 +22,11 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ctx.creator.open()
         try:
             yield
         finally:
+            await ctx.creator.close()
             if close_on_shutdown:
                 ctx.close()
 
@@ -39,5 +42,6 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
     errors.install(app)
     for module in (orders, pay, callbacks, wallets, health):
         app.include_router(module.router)
+    app.add_middleware(CreateLane, ctx=ctx)  # inside the body limit: added first
     app.add_middleware(BodyLimit, limit=ctx.body_limit)
     return app

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from fastapi import Request
 
+from dispatcher.api.creator import OrderCreator
 from dispatcher.api.keys import ApiKeys
 from dispatcher.billing.wallet import Wallets
 from dispatcher.runtime import AdapterRuntime
@@ -28,15 +29,20 @@ class ApiContext:
     # Buyers' status pages pull an order's next poll forward at most this often (seconds).
     view_debounce: float = 2.0
     keys: ApiKeys = field(init=False)
+    creator: OrderCreator = field(init=False)
     settler: Settler = field(init=False)
     wallets: Wallets = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # When each order's status page last pulled its poll forward (monotonic seconds).
     views: dict[UUID, float] = field(default_factory=dict)
+    # Creates answered by the fast lane rather than the FastAPI route (dispatcher.api.lane).
+    lane_creates: int = 0
 
     def __post_init__(self) -> None:
         self.public_url = self.public_url.rstrip("/")
         self.keys = ApiKeys(self.pool)
+        conninfo = self.pool.conninfo
+        self.creator = OrderCreator(self.repo, conninfo() if callable(conninfo) else conninfo)
         self.settler = Settler(self.repo, self.paid_hook)
         self.wallets = Wallets(self.pool)
 
@@ -52,6 +58,7 @@ class ApiContext:
             fn()
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
+    # async: FastAPI runs a plain function dependency on a worker thread
     ctx: ApiContext = request.app.state.ctx
     return ctx

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from dispatcher import metrics
 from dispatcher.api.auth import Context, Site
+from dispatcher.api.context import ApiContext
 from dispatcher.api.errors import ApiError
 from dispatcher.api.responses import errors
 from dispatcher.api.schemas import (
@@ -24,7 +25,7 @@ from dispatcher.api.schemas import (
 from orders.errors import InvalidTransition
 from orders.model import LIMITS, NewOrder
 from orders.money import Money
-from orders.repository import MAX_PAGE
+from orders.repository import MAX_PAGE, Created
 from orders.status import OrderStatus
 
 router = APIRouter(tags=["orders"])
@@ -50,7 +51,7 @@ IdempotencyKey = Annotated[
     ),
     summary="Create an order",
 )
-def create_order(
+async def create_order(
     *,
     body: OrderCreate,
     site: Site,
@@ -60,6 +61,18 @@ def create_order(
 ) -> OrderOut:
     """201 with the new order; 200 with the earlier one for a replay; 409 for the same key or
     site_ref with another body. Then send the buyer to ``status_url``."""
+    created = await create_for_site(ctx, site, body, idempotency_key)
+    if not created.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/orders/{created.order.id}"
+    return OrderOut.of(created.order, ctx.public_url)
+
+
+async def create_for_site(
+    ctx: ApiContext, site: str, body: OrderCreate, idempotency_key: str | None
+) -> Created:
+    """What POST /v1/orders does once the request is read: the route above and the fast lane
+    (``dispatcher.api.lane``) both call it. Raises ApiError or domain errors."""
     money = Money(body.amount, body.currency)
     runtime = ctx.runtimes.get(body.adapter)
     if runtime is not None:
@@ -87,7 +100,7 @@ def create_order(
         idempotency_key=idempotency_key,
     )
     order_id = uuid.uuid4()
-    created = ctx.repo.create(
+    created = await ctx.creator.create(
         new,
         order_id=order_id,
         default_return_url=ctx.status_page(order_id),
@@ -95,10 +108,7 @@ def create_order(
     )
     if created.created:
         metrics.ORDERS_CREATED.labels(created.order.adapter).inc()
-    else:
-        response.status_code = 200
-    response.headers["Location"] = f"/v1/orders/{created.order.id}"
-    return OrderOut.of(created.order, ctx.public_url)
+    return created
 
 
 @router.get(

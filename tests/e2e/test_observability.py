@@ -106,7 +106,7 @@ def test_metrics_flow_and_logs_keep_secrets(
             wait_until(lambda: _up(api_port), timeout=60, what="the API")
             ids = []
             for i in range(6):
-                # Paid after 3 s: the sweeper (1 s ticks) sends polls before the webhooks settle them.
+                # Paid after 3 s: the sweeper (1 s ticks) polls before the webhooks settle them.
                 scenario = "decline_after:3" if i == 0 else "pay_after:3"
                 response = client.post(
                     "/v1/orders",
