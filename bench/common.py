@@ -272,6 +272,13 @@ def _proc_stat(pid: int) -> tuple[str, int, float] | None:
     return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def _reaped_children_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s children that have ended (cutime + cstime): e.g. a wrk run."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+
+
 def _proc_cpu(pid: int) -> tuple[str, float] | None:
     found = _proc_stat(pid)
     return None if found is None else (found[0], found[2])
@@ -288,10 +295,11 @@ class CpuMeter:
 
     def __init__(self, named: dict[int, str]) -> None:
         self.named = dict(named)
-        self.named[os.getpid()] = "bench (this process)"
+        self.named[os.getpid()] = "bench (this process and its load generator)"
         self.before: dict[int, tuple[str, float]] = {}
         self.started = 0.0
         self.result: dict[str, float] = {}
+        self.per_process: dict[str, list[float]] = {}  # each process's CPU-s, by group
         self.wall = 0.0
 
     def _group(self, pid: int, comm: str) -> str | None:
@@ -313,6 +321,9 @@ class CpuMeter:
                     if ppid in self.named and int(entry) not in self.named:
                         self.named[int(entry)] = self.named[ppid]
                     snap[int(entry)] = (comm, cpu)
+        me = os.getpid()
+        if me in snap:  # load generators this process ran and waited for (wrk) count as its own
+            snap[me] = (snap[me][0], snap[me][1] + _reaped_children_cpu(me))
         return snap
 
     def start(self) -> None:
@@ -323,12 +334,14 @@ class CpuMeter:
         after = self._snapshot()
         self.wall = time.monotonic() - self.started
         totals: dict[str, float] = {}
+        self.per_process = {}
         for pid, (comm, cpu) in after.items():
             group = self._group(pid, comm)
             if group is None:
                 continue
             used = cpu - self.before.get(pid, (comm, 0.0))[1]
             totals[group] = totals.get(group, 0.0) + used
+            self.per_process.setdefault(group, []).append(used)
         self.result = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
         return self.result
 

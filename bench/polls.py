@@ -7,13 +7,16 @@ fault at rate 1.0); ``--orders`` orders with the scenario ``never`` and a long e
 submitted by the real daemon (``paydispatch sweeper`` + ``--workers`` ``paydispatch worker``
 processes). The poll policy has a fixed ceiling: POLL_FIRST = POLL_CAP = ``--cap`` and
 POLL_FACTOR = 1, so after its first poll an order waits U(0.2 s, cap) — on average about
-cap / 2 — between polls (full jitter), and the demand is ``orders / (cap / 2)`` polls/s.
+cap / 2 — between polls (full jitter). A poll cycle also holds the answer's latency, so the
+demand — polls/s if every poll ran exactly when due — is ``orders / (cap / 2 + latency)``.
 
 Once every order is awaiting payment and the first polls are under way, it samples for
 ``--duration`` seconds, every second: status calls the sandbox served (polls/s achieved), the
 overdue orders nobody has claimed yet and how late they are (``now() - next_run_at``), the
 orders claimed but not finished, and the broker queue's length. It reports whether the load is
-kept on schedule and which process used the CPU.
+kept on schedule — p95 lateness under a second at the end of the run, and not growing — and
+which process used the CPU. Any lateness lengthens each cycle, so the polls/s achieved is below
+the demand by about the mean lateness over the cycle length.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
     info = common.machine(found)
     common.print_machine(info)
     broker_url = common.redis_db_url(found.broker_url, args.redis_db)
-    demand = args.orders / mean_gap(args.cap)
+    demand = args.orders / (mean_gap(args.cap) + args.latency_ms / 1000)
     policy = {
         "poll_first": str(args.cap),
         "poll_factor": "1",
@@ -254,7 +257,7 @@ def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "queue_mean": round(statistics.fmean(s["queue"] for s in samples)) if samples else 0,
     }
     growing = summary["late_p95_last_third"] > max(1.0, 1.5 * summary["late_p95_first_third"])
-    on_schedule = achieved >= 0.95 * demand and summary["late_p95_last_third"] < 1.0
+    on_schedule = not growing and summary["late_p95_last_third"] < 1.0
     summary["lag_growing"] = growing
     summary["on_schedule"] = on_schedule
     result["summary"] = summary

@@ -98,13 +98,17 @@ class CreateLane:
         except Exception:
             log.exception("unexpected error in the API", path=PATH)
             response = JSONResponse(error_body("internal_error", "internal error"), 500)
-        else:
-            response = Response(
-                OrderOut.of(created.order, self.ctx.public_url).model_dump_json(),
-                201 if created.created else 200,
-                headers={"Location": f"{PATH}/{created.order.id}"},
-                media_type="application/json",
-            )
+        else:  # the common answer, sent as the two ASGI messages Response would send
+            body = OrderOut.of(created.order, self.ctx.public_url).model_dump_json().encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"location", f"{PATH}/{created.order.id}".encode()),
+            ]
+            status = 201 if created.created else 200
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         await response(scope, _no_body, send)
 
 

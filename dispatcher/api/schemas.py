@@ -121,7 +121,8 @@ class OrderOut(BaseModel):
 
     @classmethod
     def of(cls, order: Order, public_url: str, events: list[OrderEvent] | None = None) -> OrderOut:
-        return cls(
+        # A stored row is valid already: construct without validating it again.
+        return cls.model_construct(
             id=order.id,
             number=order.number,
             site_ref=order.site_ref,
