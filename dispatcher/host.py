@@ -65,11 +65,7 @@ class EngineHost:
         """
         if not self._accepting:
             raise RuntimeError("engine is shutting down")
-        for _ in steps:
-            self.slots.acquire()
-        with self._idle:
-            self._in_flight += len(steps)
-            metrics.IN_FLIGHT.set(self._in_flight)
+        self._take(len(steps))
         self.loop.call_soon_threadsafe(self._start_steps, list(steps), action)
 
     def _start_steps(self, steps: list[tuple[UUID, UUID]], action: Action) -> None:
@@ -82,21 +78,14 @@ class EngineHost:
         try:
             await self.engine.run(order_id, token, action)
         finally:
-            self.slots.release()
-            with self._idle:
-                self._in_flight -= 1
-                metrics.IN_FLIGHT.set(self._in_flight)
-                self._idle.notify_all()
+            self._give_back()
 
     def admit_coroutine(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run any coroutine on the loop under the same in-flight limit (billing deliveries)."""
         if not self._accepting:
             coro.close()
             raise RuntimeError("engine is shutting down")
-        self.slots.acquire()
-        with self._idle:
-            self._in_flight += 1
-            metrics.IN_FLIGHT.set(self._in_flight)
+        self._take(1)
         asyncio.run_coroutine_threadsafe(self._guarded(coro), self.loop)
 
     async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -105,11 +94,22 @@ class EngineHost:
         except Exception:
             log.exception("coroutine admitted to the engine loop crashed")
         finally:
-            self.slots.release()
-            with self._idle:
-                self._in_flight -= 1
-                metrics.IN_FLIGHT.set(self._in_flight)
-                self._idle.notify_all()
+            self._give_back()
+
+    def _take(self, n: int) -> None:
+        """Hold ``n`` in-flight slots (blocking while the engine is full)."""
+        for _ in range(n):
+            self.slots.acquire()
+        with self._idle:
+            self._in_flight += n
+            metrics.IN_FLIGHT.set(self._in_flight)
+
+    def _give_back(self) -> None:
+        self.slots.release()
+        with self._idle:
+            self._in_flight -= 1
+            metrics.IN_FLIGHT.set(self._in_flight)
+            self._idle.notify_all()
 
     def drain(self, timeout: float) -> bool:
         """Stop admitting and wait for running steps; True when all finished in time."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,3 +88,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if configured:
         return [f"paydispatch services: configured by {', '.join(configured)}"]
     return [f"paydispatch services: embedded under {ROOT / '.paydispatch'} (variables unset)"]
+
+
+def cli(database_url: str, *args: str, site: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``paydispatch ARGS`` in a subprocess over ``database_url`` (no broker needed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
+    env["PAYDISPATCH_DATABASE_URL"] = database_url
+    env["PAYDISPATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"  # not used by these commands
+    if site is not None:
+        env["PAYDISPATCH_SITE"] = site
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

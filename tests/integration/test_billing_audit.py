@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from uuid import UUID
 
 import pytest
@@ -15,24 +12,9 @@ from dispatcher.billing.wallet import Wallets
 from dispatcher.config import BillingSettings
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, Pool
+from tests.conftest import cli
 
 S = OrderStatus
-
-
-def cli(database_url: str, *args: str, site: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    env["PAYDISPATCH_DATABASE_URL"] = database_url
-    env["PAYDISPATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"  # unused by these commands
-    if site is not None:
-        env["PAYDISPATCH_SITE"] = site
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def paid_order(

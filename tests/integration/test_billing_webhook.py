@@ -4,9 +4,6 @@ actor on the engine's loop, a real HTTP receiver that fails for a while, parking
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -33,6 +30,7 @@ from dispatcher.services import Services
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, Pool
+from tests.conftest import cli
 from tests.dispatch_support import redis_url_with_db, wait_until
 
 S = OrderStatus
@@ -227,20 +225,6 @@ def test_slow_and_unreachable_receivers_do_not_block_other_deliveries(
         row = outbox_row(pool, order_id)
         assert row["status"] == "pending"
         assert row["last_error"]
-
-
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    env["PAYDISPATCH_DATABASE_URL"] = database_url
-    env["PAYDISPATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"  # unused by these commands
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_event_is_parked_when_retries_run_out_and_replay_delivers_it(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from typing import Any
 from uuid import UUID
 
@@ -14,24 +12,9 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from dispatcher.services import free_port
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository
+from tests.conftest import cli
 
 S = OrderStatus
-
-
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    env.update(
-        PAYDISPATCH_DATABASE_URL=database_url,
-        PAYDISPATCH_BROKER_URL="redis://127.0.0.1:1/0",  # not used by these commands
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -14,7 +11,7 @@ import pytest
 from dispatcher.services import Services
 from orders import schema
 from orders.status import TRANSITIONS
-from tests.conftest import drop_database, make_database
+from tests.conftest import cli, drop_database, make_database
 
 
 @pytest.fixture
@@ -22,20 +19,6 @@ def empty_url(found_services: Services) -> Iterator[str]:
     url = make_database(found_services, template=None)
     yield url
     drop_database(found_services, url)
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    env["PAYDISPATCH_DATABASE_URL"] = url
-    env["PAYDISPATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"  # unused by db commands
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_db_init_applies_the_schema_once_and_is_safe_to_repeat(empty_url: str) -> None:
