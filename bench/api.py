@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from bench import common
 from dispatcher.api.keys import ApiKeys
@@ -67,6 +68,7 @@ class Result:
     seconds: float
     latencies: list[float]
     cpu: str = ""  # CPU per request by process group, for the notes under the table
+    sent: int = 0  # requests including the warm-up's, to check creates against the table
     percentiles: dict[str, float] | None = None  # from wrk, which keeps no single latencies
 
     @property
@@ -151,13 +153,13 @@ def drive(
     *,
     meter: common.CpuMeter,
 ) -> Result:
-    asyncio.run(_load(url, make, expect, args.connections, args.warmup))  # warm-up, not counted
+    warm, *_ = asyncio.run(_load(url, make, expect, args.connections, args.warmup))  # not timed
     meter.start()
     count, latencies, errors, took = asyncio.run(
         _load(url, make, expect, args.connections, args.seconds)
     )
     used = meter.stop()
-    result = Result(name, count, len(errors), took, latencies)
+    result = Result(name, count, len(errors), took, latencies, sent=warm + count)
     _cpu_note(result, used, meter, count)
     print(result.row(), flush=True)
     return result
@@ -198,27 +200,40 @@ def drive_wrk(
     *,
     meter: common.CpuMeter,
 ) -> Result:
-    """The same load from ``wrk -t2 -c<connections>``; latency percentiles from ``--latency``."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(script or "")
-    try:
-        base = ["wrk", "-t", "2", "-c", str(args.connections), "--latency", "-s", fh.name, url]
-        warm = [*base[:1], "-d", f"{args.warmup:g}s", *base[1:]]
-        subprocess.run(warm, capture_output=True, check=True, timeout=120)
-        meter.start()
-        measured = [*base[:1], "-d", f"{args.seconds:g}s", *base[1:]]
-        out = subprocess.run(measured, capture_output=True, text=True, check=True, timeout=600)
-        used = meter.stop()
-    finally:
-        os.unlink(fh.name)
-    text = out.stdout
-    count = int(re.search(r"(\d+) requests in ([\d.]+)(m?s)", text).group(1))  # type: ignore[union-attr]
+    """The same load from ``wrk -t2 -c<connections>``; latency percentiles from ``--latency``.
+
+    ``RUN`` in the script becomes a new token for the warm-up and again for the measured run, so
+    the measured creates carry keys the warm-up did not use: they are creates, not replays.
+    """
+
+    def run(seconds: float, timeout: float) -> str:
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+            fh.write((script or "").replace("RUN", uuid.uuid4().hex[:12]))
+        try:
+            argv = ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{seconds:g}s"]
+            argv += ["--latency", "-s", fh.name, url]
+            return subprocess.run(
+                argv, capture_output=True, text=True, check=True, timeout=timeout
+            ).stdout
+        finally:
+            os.unlink(fh.name)
+
+    warm = _wrk_requests(run(args.warmup, 120))
+    meter.start()
+    text = run(args.seconds, 600)
+    used = meter.stop()
+    count = _wrk_requests(text)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     result = Result(name, count, int(errors.group(1)) if errors else 0, meter.wall, [])
+    result.sent = warm + count
     result.percentiles = {q: _wrk_ms(text, q) for q in ("50%", "99%")}
     _cpu_note(result, used, meter, count)
     print(result.row(), flush=True)
     return result
+
+
+def _wrk_requests(text: str) -> int:
+    return int(re.search(r"(\d+) requests in ([\d.]+)(m?s)", text).group(1))  # type: ignore[union-attr]
 
 
 def _wrk_ms(text: str, q: str) -> float:
@@ -318,11 +333,21 @@ def http_scenarios(
     for n in range(1, args.rounds + 1):
         name = f"{names[1]} (round {n})"
         if args.client == "wrk":
-            script = WRK_CREATE.replace("KEY", key).replace("RUN", uuid.uuid4().hex[:8])
-            rows.append(drive_wrk(name, url, script, args, meter=meter))
+            rows.append(drive_wrk(name, url, WRK_CREATE.replace("KEY", key), args, meter=meter))
         else:
             rows.append(drive(name, url, create_request, 201, args, meter=meter))
         rows.append(pgbench(db_url, INSERT_SQL, f"pgbench: single INSERT (round {n})", args))
+    # Every create request must have made its own order: a replay (200) or a lost create would
+    # make the rate mean something else. The load generators count answered requests only, so
+    # up to one request per connection and run may have made an order without being counted.
+    sent = sum(r.sent for r in rows if r.name.startswith(names[1]))
+    slack = args.connections * 2 * args.rounds
+    with psycopg.connect(db_url) as conn:
+        found = conn.execute("SELECT count(*) FROM orders WHERE site = 'bench'").fetchone()
+    made = found[0] if found else 0
+    if not sent <= made <= sent + slack:
+        raise RuntimeError(f"{sent:,} answered create requests made {made:,} orders")
+    print(f"\n{sent:,} answered create requests (warm-up included) made {made:,} orders\n")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
         created = [o["id"] for o in http.get("/v1/orders", params={"limit": 500}).json()["items"]]
 
