@@ -1,11 +1,14 @@
-"""The ASGI app: routers, the one error shape, the body limit."""
+"""The ASGI app: routers, the one error shape, the body limit, the create lane in front."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from dispatcher.api import callbacks, errors, health, orders, pay, wallets
 from dispatcher.api.context import ApiContext
@@ -17,20 +20,37 @@ systems. Site endpoints take `Authorization: Bearer <key>` (`paydispatch keys cr
 Every error is `{"error": {"code", "message", "field"}}` with a stable `code`."""
 
 
+class Api(FastAPI):
+    """FastAPI with :class:`CreateLane` in front of its whole middleware stack.
+
+    The lane answers the common ``POST /v1/orders`` itself and passes every other request to
+    FastAPI unchanged, so creates skip the layers (error middleware, telemetry, two body
+    limits, routing) that a request it passes on goes through.
+    """
+
+    def __init__(self, *, ctx: ApiContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lane = CreateLane(functools.partial(FastAPI.__call__, self), ctx=ctx)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.lane(scope, receive, send)
+
+
 def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
     """The API over ``ctx``; with ``close_on_shutdown`` the app closes it when it stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ctx.creator.open()
+        await ctx.batched.open()
         try:
             yield
         finally:
-            await ctx.creator.close()
+            await ctx.batched.close()
             if close_on_shutdown:
                 ctx.close()
 
-    app = FastAPI(
+    app = Api(
+        ctx=ctx,
         title="paydispatch",
         version="1",
         description=DESCRIPTION,
@@ -42,6 +62,5 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
     errors.install(app)
     for module in (orders, pay, callbacks, wallets, health):
         app.include_router(module.router)
-    app.add_middleware(CreateLane, ctx=ctx)  # inside the body limit: added first
     app.add_middleware(BodyLimit, limit=ctx.body_limit)
     return app

@@ -7,7 +7,9 @@ is one it can fully read the way the route would:
 
 - ``Authorization: Bearer <key>`` with a key verified recently (the key cache FastAPI's
   dependency fills),
-- a JSON body (``Content-Type: application/json``) that :class:`OrderCreate` accepts,
+- a JSON body (``Content-Type: application/json``) that :class:`OrderCreate` accepts, with a
+  ``Content-Length`` within the body limit (the lane runs in front of :class:`BodyLimit`, so it
+  reads only a body whose declared size it has checked; the server stops at that size),
 - at most one ``Idempotency-Key`` of allowed length.
 
 Any other request (no or unknown key, invalid JSON, a field error, a missing content type,
@@ -36,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 PATH = "/v1/orders"
 KEY_MAX = LIMITS["idempotency_key"]
-_WANTED = {b"authorization", b"content-type", b"idempotency-key"}
+_WANTED = {b"authorization", b"content-type", b"content-length", b"idempotency-key"}
 
 
 class CreateLane:
@@ -58,9 +60,12 @@ class CreateLane:
         site = self._site(seen.get(b"authorization"))
         key = seen.get(b"idempotency-key")
         content_type = seen.get(b"content-type", b"").split(b";")[0].strip().lower()
+        length = seen.get(b"content-length", b"")
         if (
             site is None
             or content_type != b"application/json"
+            or not length.isdigit()
+            or int(length) > self.ctx.body_limit
             or (key is not None and not 1 <= len(key.decode("latin-1")) <= KEY_MAX)
         ):
             await self.app(scope, receive, send)
