@@ -563,13 +563,17 @@ class OrderRepository:
         Nothing happens while a worker holds its lease, when it is due already, or when the
         dispatcher touched it less than ``quiet`` ago. True when the order was pulled forward.
         """
-        params = {
-            "id": order_id,
-            "statuses": [OrderStatus(s).value for s in statuses],
-            "quiet": quiet,
-        }
+        params = self.poll_soon_params(order_id, statuses, quiet)
         with database_errors(), self.pool.connection() as conn:
             return conn.execute(query("poll_soon"), params).fetchone() is not None
+
+    @staticmethod
+    def poll_soon_params(
+        order_id: UUID, statuses: Collection[OrderStatus], quiet: timedelta
+    ) -> dict[str, Any]:
+        """The parameters of query ``poll_soon`` (shared with the API's async path)."""
+        values = [OrderStatus(s).value for s in statuses]
+        return {"id": order_id, "statuses": values, "quiet": quiet}
 
     def find_by_ref(
         self,

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import Request
 
-from dispatcher.api.creator import OrderCreator
+from dispatcher.api.batched import BatchedOrders
 from dispatcher.api.keys import ApiKeys
 from dispatcher.billing.wallet import Wallets
 from dispatcher.runtime import AdapterRuntime
@@ -29,7 +29,7 @@ class ApiContext:
     # Buyers' status pages pull an order's next poll forward at most this often (seconds).
     view_debounce: float = 2.0
     keys: ApiKeys = field(init=False)
-    creator: OrderCreator = field(init=False)
+    batched: BatchedOrders = field(init=False)
     settler: Settler = field(init=False)
     wallets: Wallets = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
@@ -42,7 +42,7 @@ class ApiContext:
         self.public_url = self.public_url.rstrip("/")
         self.keys = ApiKeys(self.pool)
         conninfo = self.pool.conninfo
-        self.creator = OrderCreator(self.repo, conninfo() if callable(conninfo) else conninfo)
+        self.batched = BatchedOrders(self.repo, conninfo() if callable(conninfo) else conninfo)
         self.settler = Settler(self.repo, self.paid_hook)
         self.wallets = Wallets(self.pool)
 

@@ -100,7 +100,7 @@ async def create_for_site(
         idempotency_key=idempotency_key,
     )
     order_id = uuid.uuid4()
-    created = await ctx.creator.create(
+    created = await ctx.batched.create(
         new,
         order_id=order_id,
         default_return_url=ctx.status_page(order_id),

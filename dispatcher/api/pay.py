@@ -74,7 +74,7 @@ def buyer_status(ctx: ApiContext, order: Order) -> PayStatus:
     )
 
 
-def _hurry(ctx: ApiContext, order: Order) -> None:
+async def _hurry(ctx: ApiContext, order: Order) -> None:
     """A buyer is looking: pull the order's next poll forward (debounced, DESIGN.md 5)."""
     if order.status is not S.AWAITING_PAYMENT:
         return
@@ -86,7 +86,7 @@ def _hurry(ctx: ApiContext, order: Order) -> None:
         ctx.views.clear()
     ctx.views[order.id] = now
     try:
-        ctx.repo.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
+        await ctx.batched.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
     except DispatchError as exc:  # the page still shows what it knows
         log.warning("could not pull the poll forward", order_id=str(order.id), error=str(exc))
 
@@ -107,6 +107,14 @@ def _order(ctx: ApiContext, order_id: str) -> Order | None:
         return None
 
 
+async def _read(ctx: ApiContext, order_id: str) -> Order | None:
+    """:func:`_order` for the pages buyers keep polling: on the loop, batched with other reads."""
+    try:
+        return await ctx.batched.get(UUID(order_id))
+    except (ValueError, OrderNotFound):
+        return None
+
+
 def _html(content: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(content, status_code, headers=_HEADERS)
 
@@ -123,19 +131,19 @@ def _html(content: str, status_code: int = 200) -> HTMLResponse:
     ),
     summary="The buyer's status page",
 )
-def status_page(
+async def status_page(
     order_id: str,
     ctx: Context,
     wait: Annotated[int | None, Query(ge=0, le=1, include_in_schema=False)] = None,
 ) -> Response:
     """Waits for the invoice, sends the buyer to pay, shows the result."""
     try:
-        order = _order(ctx, order_id)
+        order = await _read(ctx, order_id)
     except DispatchError:
         return _html(pages.unavailable_page(), 503)
     if order is None:
         return _html(pages.not_found_page(), 404)
-    _hurry(ctx, order)
+    await _hurry(ctx, order)
     status = buyer_status(ctx, order)
     html = pages.status_page(
         str(order.id),
@@ -153,12 +161,12 @@ def status_page(
     responses=errors(404, 422, 503),
     summary="What the status page shows, as JSON",
 )
-def status_json(order_id: UUID, ctx: Context, response: Response) -> PayStatus:
+async def status_json(order_id: UUID, ctx: Context, response: Response) -> PayStatus:
     try:
-        order = ctx.repo.get(order_id)
+        order = await ctx.batched.get(order_id)
     except OrderNotFound:
         raise ApiError(404, "order_not_found", "no such order") from None
-    _hurry(ctx, order)
+    await _hurry(ctx, order)
     response.headers.update(_HEADERS)
     return buyer_status(ctx, order)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import psycopg
 
-from dispatcher.api.creator import OrderCreator
+from dispatcher.api.batched import BatchedOrders
 from orders import IdempotencyConflict, Money, NewOrder
+from orders.errors import OrderNotFound
 from orders.repository import Created, OrderRepository, Pool
 from tests.integration.test_api import ORDER, Api, running_api
 
@@ -30,7 +32,7 @@ def run_batch(repo: OrderRepository, orders: list[NewOrder]) -> tuple[list[Any],
     """Create ``orders`` concurrently on one loop; the outcomes and how many statements ran."""
 
     async def go() -> tuple[list[Any], int]:
-        creator = OrderCreator(repo, str(repo.pool.conninfo))
+        creator = BatchedOrders(repo, str(repo.pool.conninfo))
         await creator.open()
         try:
             results = await asyncio.gather(
@@ -38,7 +40,7 @@ def run_batch(repo: OrderRepository, orders: list[NewOrder]) -> tuple[list[Any],
             )
         finally:
             await creator.close()
-        return list(results), creator.batches.batches
+        return list(results), creator.creates.batches
 
     return asyncio.run(go())
 
@@ -69,6 +71,32 @@ def test_creates_that_arrive_together_are_one_statement_with_replays_and_conflic
     assert isinstance(by_ref, Created)
     assert by_ref.order.site_ref == "ref-1"
     assert len(repo.list_orders(site=site).items) == 3
+
+
+def test_reads_that_arrive_together_are_one_statement_each_with_its_own_answer(
+    repo: OrderRepository, site: str
+) -> None:
+    made = [repo.create(new(site, f"r{i}")).order for i in range(3)]
+    missing = uuid.uuid4()
+
+    async def go() -> tuple[list[Any], int]:
+        batched = BatchedOrders(repo, str(repo.pool.conninfo))
+        await batched.open()
+        try:
+            ids = [made[0].id, missing, made[2].id, made[1].id, made[0].id]
+            results = await asyncio.gather(*(batched.get(i) for i in ids), return_exceptions=True)
+        finally:
+            await batched.close()
+        return list(results), batched.reads.batches
+
+    results, batches = asyncio.run(go())
+    assert batches == 1
+    first, absent, third, second, again = results
+    assert isinstance(absent, OrderNotFound)
+    assert [o.id for o in (first, third, second, again)] == [
+        made[0].id, made[2].id, made[1].id, made[0].id,
+    ]  # fmt: skip
+    assert first == repo.get(made[0].id)
 
 
 def test_a_create_the_database_refuses_does_not_fail_the_others(
