@@ -77,6 +77,21 @@ def database_errors() -> Iterator[None]:
         raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
 
 
+@contextmanager
+def transaction(pool: Pool | None, conn: Connection | None = None) -> Iterator[Connection]:
+    """A transaction on a connection of ``pool``, or a savepoint in ``conn``'s (so a failure
+    leaves the caller's transaction intact)."""
+    with database_errors():
+        if conn is not None:
+            with conn.transaction():
+                yield conn
+            return
+        if pool is None:
+            raise RuntimeError("no pool to open a transaction on: pass conn=")
+        with pool.connection() as fresh, fresh.transaction():
+            yield fresh
+
+
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "orders") -> Pool:
     """A connection pool whose connections autocommit and return rows as dicts."""
     pool: Pool = ConnectionPool(
@@ -218,16 +233,6 @@ class OrderRepository:
     def __init__(self, pool: Pool, adapters: Mapping[str, timedelta]) -> None:
         self.pool = pool
         self.adapters = dict(adapters)
-
-    @contextmanager
-    def _transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
-        with database_errors():
-            if conn is not None:
-                with conn.transaction():
-                    yield conn
-                return
-            with self.pool.connection() as fresh, fresh.transaction():
-                yield fresh
 
     # -- create ----------------------------------------------------------------------------
 
@@ -487,7 +492,7 @@ class OrderRepository:
         columns = tuple(sorted(write.changes))
         paid = to is OrderStatus.PAID
         update = _transition_sql(paid, keep_lease, columns, lease_token is not None)
-        with self._transaction(conn) as tx:
+        with transaction(self.pool, conn) as tx:
             row = tx.execute(update, params).fetchone()
             if row is None:
                 current = tx.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()

@@ -73,12 +73,16 @@ def drop_database(found_services: services.Services, url: str) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def database_url(found_services: services.Services, template_database: str) -> Iterator[str]:
-    """A fresh database with the schema, shared by the tests of one module."""
+def _fresh_database(found_services: services.Services, template_database: str) -> Iterator[str]:
     url = make_database(found_services, template_database)
     yield url
     drop_database(found_services, url)
+
+
+# A fresh database with the schema: shared by the tests of one module, or a test's own (for
+# tests that run whole processes against it and must not see another test's orders).
+database_url = pytest.fixture(_fresh_database, scope="module", name="database_url")
+own_database_url = pytest.fixture(_fresh_database, name="own_database_url")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

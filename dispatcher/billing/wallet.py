@@ -36,7 +36,7 @@ from orders.errors import (
 )
 from orders.model import LIMITS
 from orders.money import CURRENCY_EXPONENTS, MAX_AMOUNT, Money
-from orders.repository import Connection, Pool, database_errors
+from orders.repository import Connection, Pool, database_errors, transaction
 
 # The loyalty balance: lower case, so it never collides with an ISO 4217 code (always upper).
 POINTS = "points"
@@ -208,17 +208,6 @@ class Wallets:
         return self._pool
 
     @contextmanager
-    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
-        """A transaction, or a savepoint in ``conn``'s (so a failure leaves the caller's intact)."""
-        with database_errors():
-            if conn is not None:
-                with conn.transaction():
-                    yield conn
-                return
-            with self.pool.connection() as fresh, fresh.transaction():
-                yield fresh
-
-    @contextmanager
     def _connection(self, conn: Connection | None) -> Iterator[Connection]:
         with database_errors():
             if conn is not None:
@@ -371,7 +360,7 @@ class Wallets:
             "description": description or "",
         }
         try:
-            with self._transaction(conn) as tx:
+            with transaction(self._pool, conn) as tx:
                 earlier = self._earlier(tx, params)
                 if earlier is not None:
                     return earlier

@@ -19,7 +19,6 @@ from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
 from dispatcher.services import Services, free_port
 from orders import schema
-from tests.conftest import drop_database, make_database
 from tests.dispatch_support import SandboxControl, redis_url_with_db, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,13 +34,6 @@ def sandbox() -> Iterator[SandboxHandle]:
     config = SandboxConfig(api_key=SANDBOX_KEY, webhook_secret=SANDBOX_WEBHOOK_SECRET)
     with running_sandbox(config) as handle:
         yield handle
-
-
-@pytest.fixture
-def database_url(found_services: Services, template_database: str) -> Iterator[str]:
-    url = make_database(found_services, template_database)
-    yield url
-    drop_database(found_services, url)
 
 
 def scrape(
@@ -63,7 +55,7 @@ def total(
 
 
 def test_metrics_flow_and_logs_keep_secrets(
-    found_services: Services, database_url: str, sandbox: SandboxHandle, tmp_path: Path
+    found_services: Services, own_database_url: str, sandbox: SandboxHandle, tmp_path: Path
 ) -> None:
     api_port, metrics_base = free_port(), free_port()
     while metrics_base + 2 >= 65535 or api_port in range(metrics_base, metrics_base + 3):
@@ -71,7 +63,7 @@ def test_metrics_flow_and_logs_keep_secrets(
     public = f"http://127.0.0.1:{api_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
     env.update(
-        PAYDISPATCH_DATABASE_URL=database_url,
+        PAYDISPATCH_DATABASE_URL=own_database_url,
         PAYDISPATCH_BROKER_URL=redis_url_with_db(found_services.broker_url, 10),
         PAYDISPATCH_ADAPTERS="sandbox",
         PAYDISPATCH_LOG_FORMAT="json",

@@ -21,7 +21,6 @@ from dispatcher.services import Services, free_port
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, open_pool
-from tests.conftest import drop_database, make_database
 from tests.dispatch_support import SandboxControl, redis_url_with_db, wait_until
 
 S = OrderStatus
@@ -32,13 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def sandbox() -> Iterator[SandboxHandle]:
     with running_sandbox(SandboxConfig(hang_seconds=60.0)) as handle:
         yield handle
-
-
-@pytest.fixture
-def database_url(found_services: Services, template_database: str) -> Iterator[str]:
-    url = make_database(found_services, template_database)
-    yield url
-    drop_database(found_services, url)
 
 
 def daemon_env(database_url: str, broker_url: str, sandbox_url: str) -> dict[str, str]:
@@ -71,12 +63,12 @@ def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
 
 
 def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
-    found_services: Services, database_url: str, sandbox: SandboxHandle
+    found_services: Services, own_database_url: str, sandbox: SandboxHandle
 ) -> None:
     control = SandboxControl(sandbox.url)
     broker_url = redis_url_with_db(found_services.broker_url, 13)
-    env = daemon_env(database_url, broker_url, sandbox.url)
-    pool = open_pool(database_url, max_size=4, name="e2e")
+    env = daemon_env(own_database_url, broker_url, sandbox.url)
+    pool = open_pool(own_database_url, max_size=4, name="e2e")
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
     broker = actors.make_broker(broker_url)
     sweeper = Sweeper(
@@ -84,7 +76,7 @@ def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
         interval=0.1,
     )  # fmt: skip
     stop = threading.Event()
-    sweeping = threading.Thread(target=sweeper.run, args=(stop, database_url), daemon=True)
+    sweeping = threading.Thread(target=sweeper.run, args=(stop, own_database_url), daemon=True)
     first = spawn(env, "worker", "--threads", "2")
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -121,10 +113,12 @@ def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
 
 
 def test_run_stops_cleanly_on_sigterm(
-    found_services: Services, database_url: str, sandbox: SandboxHandle
+    found_services: Services, own_database_url: str, sandbox: SandboxHandle
 ) -> None:
-    env = daemon_env(database_url, redis_url_with_db(found_services.broker_url, 12), sandbox.url)
-    pool = open_pool(database_url, max_size=2, name="e2e-run")
+    env = daemon_env(
+        own_database_url, redis_url_with_db(found_services.broker_url, 12), sandbox.url
+    )
+    pool = open_pool(own_database_url, max_size=2, name="e2e-run")
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
     supervisor = spawn(env, "run")
     try:

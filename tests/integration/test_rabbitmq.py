@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 
 import pytest
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.runner import SandboxHandle
-from dispatcher.services import Services
 from orders import Money, NewOrder, OrderStatus
-from tests.conftest import drop_database, make_database
 from tests.dispatch_support import running_daemon, wait_until
 
 AMQP_URL = os.environ.get("PAYDISPATCH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -26,21 +23,14 @@ def _reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
         return False
 
 
-@pytest.fixture
-def database_url(found_services: Services, template_database: str) -> Iterator[str]:
-    url = make_database(found_services, template_database)
-    yield url
-    drop_database(found_services, url)
-
-
 @pytest.mark.skipif(
     not _reachable(),
     reason="no RabbitMQ on 127.0.0.1:5672 (start one, or set PAYDISPATCH_TEST_AMQP_URL)",
 )
 def test_an_order_is_paid_through_a_rabbitmq_broker(
-    database_url: str, sandbox: SandboxHandle
+    own_database_url: str, sandbox: SandboxHandle
 ) -> None:
-    with running_daemon(database_url, AMQP_URL, sandbox.url) as daemon:
+    with running_daemon(own_database_url, AMQP_URL, sandbox.url) as daemon:
         new = NewOrder(
             site="shop",
             user_id="u1",
