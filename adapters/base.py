@@ -8,20 +8,40 @@ parse, and applies the result. Errors an adapter raises while parsing:
   unknown statuses. The dispatcher logs, counts and retries; the order is never rejected for it.
 - :class:`PspRejected` (permanent): a definite "no" to a create request (invalid request,
   unsupported currency). The order becomes ``failed``.
+- :class:`InvoiceMayExist` (transient): a create was refused because an invoice for this order
+  may exist already (T-Bank's duplicate ``OrderId``). The order stays ``submitting`` and the
+  next try looks the invoice up (``build_lookup``/``parse_lookup``) before any second create.
+- :class:`CredentialsRejected` (transient): the payment system refused *our* credentials
+  (HTTP 401/403 on a merchant key, Stripe's ``authentication_error``). The breaker opens, an
+  alert fires; orders are neither failed nor lost.
 - :class:`orders.errors.OutcomeUnknown`: the call may have taken effect and nothing can tell.
+
+When the dispatcher calls what (the whole story is in ``docs/adapters.md``):
+
+- ``build_create`` once per submit attempt. With ``idempotent_create`` the transport retries a
+  create that may have been sent (same key); without it the transport never re-sends a create,
+  and every later attempt for the same order first runs ``build_lookup``/``parse_lookup``:
+  an :class:`Invoice` found is used as if the create had answered it; ``None`` means the payment
+  system surely has no invoice for the order, so a new create is safe. An invoice found without
+  a pay URL keeps the buyer's page waiting (the order shows no pay link) until the poll settles it.
+- ``build_status`` on every poll; ``parse_status`` reads the answer of a ``status``, ``capture``
+  or ``cancel`` call (``operation`` says which) with the adapter's settings at hand.
+- ``can_cancel`` before any cancel: at the deadline, on the first late-watch look, and when an
+  amount mismatch is seen. Answer False where a cancel cannot succeed for the state just read, or
+  where it would give back money already taken (``Capabilities.cancel_refunds``).
+- ``build_token``/``parse_token`` (OAuth client credentials): run by the transport, cached until
+  shortly before expiry, refreshed once on a 401; ``apply_token`` puts it on each request.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
-
-import httpx
 
 from orders.errors import PermanentError, TransientError
 from orders.model import Order
@@ -38,6 +58,22 @@ class MalformedResponse(TransientError):
 
 class PspRejected(PermanentError):
     """The payment system definitely refused the request; repeating it cannot help."""
+
+
+class InvoiceMayExist(TransientError):
+    """The create was refused because an invoice for this order may already exist.
+
+    Raised by ``parse_create`` of payment systems without idempotency keys on their "duplicate
+    reference" error. The order stays ``submitting``; the next attempt looks the invoice up.
+    """
+
+
+class CredentialsRejected(TransientError):
+    """The payment system refused our own credentials (HTTP 401/403 on the merchant's key).
+
+    No order is at fault: the dispatcher opens the adapter's breaker, counts it in
+    ``paydispatch_psp_credentials_rejected_total`` (an alert fires), and keeps every order.
+    """
 
 
 class InvalidSettings(PermanentError):
@@ -60,18 +96,34 @@ class FollowUp(StrEnum):
     CAPTURE = "capture"  # YooKassa waiting_for_capture, PayPal APPROVED
 
 
+# Query strings and form bodies: a mapping, or a sequence of pairs where keys repeat or nest in
+# order (Stripe's ``line_items[0][price_data][unit_amount]``, ``expand[]``).
+Pairs = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+def pairs(value: Pairs | None) -> list[tuple[str, str]]:
+    """``value`` as a list of (key, value) pairs, in order."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return list(value.items())
+    return list(value)
+
+
 @dataclass(frozen=True, slots=True)
 class PspRequest:
     """An HTTP request to make, fully built and signed. Exactly one of json/content/form."""
 
     method: str
     url: str
-    operation: str  # "create", "status", "cancel", "capture", "lookup": a metrics label
+    # "create", "status", "cancel", "capture", "lookup", "token": a metrics label, and what
+    # ``parse_status`` is told it reads.
+    operation: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Pairs = field(default_factory=dict)
     json: Any = None
     content: bytes | None = None
-    form: Mapping[str, str] | None = None
+    form: Pairs | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +215,17 @@ class NotificationResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    """An access token from ``parse_token``: its value and how long it is good for."""
+
+    value: Secret
+    expires_in: timedelta
+
+    def __repr__(self) -> str:
+        return f"Token(value={self.value!r}, expires_in={self.expires_in!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class PollPolicy:
     """Capped exponential backoff with full jitter; never past the order's deadline."""
 
@@ -177,7 +240,13 @@ class Capabilities:
     lookup_by_reference: bool = False  # can find an invoice by our order number
     cancel: bool = False
     notifications: bool = False
-    signed_notifications: bool = False
+    signed_notifications: bool = False  # a signature proves the payment system sent it
+    # The signature carries no timestamp or nonce (T-Bank, Robokassa): a genuine notification
+    # can be replayed, so the kit does not require its stale fixture to fail verification.
+    replayable_notifications: bool = False
+    # A cancel of a paid payment gives the money back (T-Bank's Cancel of CONFIRMED): the
+    # engine cancels only where can_cancel says the state just read allows it.
+    cancel_refunds: bool = False
     currencies: frozenset[str] = frozenset()
     default_expiry: timedelta = timedelta(hours=1)
     poll: PollPolicy = field(default_factory=PollPolicy)
@@ -259,8 +328,18 @@ class Adapter(abc.ABC):
         """The status request for an order that has an invoice."""
 
     @abc.abstractmethod
-    def parse_status(self, order: Order, response: PspResponse) -> StatusReport:
-        """One canonical state from a status (or capture) response."""
+    def parse_status(
+        self,
+        order: Order,
+        response: PspResponse,
+        settings: AdapterSettings,
+        operation: str = "status",
+    ) -> StatusReport:
+        """One canonical state from the answer to a ``status``, ``capture`` or ``cancel`` call.
+
+        ``operation`` says which call ``response`` answers; ``settings`` lets a reading depend
+        on a setting (one- or two-stage payments).
+        """
 
     def parse_notification(
         self, notification: Notification, settings: AdapterSettings
@@ -277,12 +356,41 @@ class Adapter(abc.ABC):
         """Find an invoice by our order number, for systems without idempotency keys."""
         raise NotSupported(f"{self.name} cannot look invoices up by our reference")
 
-    def parse_lookup(self, order: Order, response: PspResponse) -> Invoice | None:
+    def parse_lookup(
+        self, order: Order, response: PspResponse, settings: AdapterSettings
+    ) -> Invoice | None:
+        """The invoice an earlier create made, or None when the payment system surely has none.
+
+        Raise :class:`MalformedResponse` (or another transient error) when the answer does not
+        tell: None makes the dispatcher create a new invoice.
+        """
         raise NotSupported(f"{self.name} cannot look invoices up by our reference")
 
-    def make_auth(self, settings: AdapterSettings) -> httpx.Auth | None:
-        """An ``httpx.Auth`` for token flows (PayPal OAuth); None when requests carry their own."""
+    def can_cancel(self, order: Order, report: StatusReport | None) -> bool:
+        """Whether a cancel may succeed now and gives back no money already taken.
+
+        ``report`` is the state just read (None when none was). The default: the adapter can
+        cancel and the payment is still pending.
+        """
+        return (
+            self.capabilities.cancel
+            and report is not None
+            and report.state is CanonicalState.PENDING
+        )
+
+    def build_token(self, settings: AdapterSettings) -> PspRequest | None:
+        """The request for an access token (OAuth2 client credentials); None when the payment
+        system needs none. The transport sends it, caches the token and refreshes it."""
         return None
+
+    def parse_token(self, response: PspResponse, settings: AdapterSettings) -> Token:
+        """The token from the answer to :meth:`build_token`."""
+        raise NotSupported(f"{self.name} uses no access tokens")
+
+    def apply_token(self, request: PspRequest, token: Token) -> PspRequest:
+        """``request`` carrying ``token``; by default as ``Authorization: Bearer``."""
+        headers = {**request.headers, "Authorization": f"Bearer {token.value.reveal()}"}
+        return replace(request, headers=headers)
 
     def __repr__(self) -> str:
         return f"<adapter {self.name}>"

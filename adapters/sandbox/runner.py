@@ -41,8 +41,10 @@ class _Server(uvicorn.Server):
 
 
 def _release_holds(app: ASGIApp) -> Callable[[], None]:
-    service = getattr(getattr(app, "state", None), "sandbox", None)
-    return service.release_holds if service is not None else lambda: None
+    """The hook that frees requests held by timeout faults (the sandbox's or a fake's)."""
+    state = getattr(app, "state", None)
+    holder = getattr(state, "sandbox", None) or getattr(state, "fake", None)
+    return holder.release_holds if holder is not None else lambda: None
 
 
 def serve(host: str, port: int, config: SandboxConfig | None = None) -> None:
