@@ -64,7 +64,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dispatcher import demo
 
-    return demo.run(_settings(), orders=args.orders)
+    return demo.run(_settings(), orders=args.orders, adapter=args.adapter)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the demo on embedded (or configured) services")
     demo.add_argument("--orders", type=int, default=30, help="how many orders to create")
+    demo.add_argument(
+        "--adapter",
+        default="sandbox",
+        choices=["sandbox", "stripe", "paypal", "robokassa", "tbank"],
+        help="the payment system: the sandbox, or the local fake of a real one",
+    )
     demo.set_defaults(func=cmd_demo)
     worker = sub.add_parser("worker", help="run dramatiq workers that submit and poll orders")
     worker.add_argument("--queues", help="adapters to serve, comma-separated (default: all)")

@@ -1,13 +1,18 @@
-"""The demo: the whole daemon on embedded (or configured) services with the sandbox.
+"""The demo: the whole daemon on embedded (or configured) services with one payment system.
 
-It starts the sandbox payment system, ``paydispatch run`` (sweeper and worker), creates a batch
-of orders whose outcome the sandbox scripts — most paid, some declined, some left to expire,
-one paid after its deadline — shows a live count per status, and exits 0 only if every order
-ended where it should and no order got two invoices.
+It starts the payment system — the sandbox, or with ``--adapter stripe|paypal|robokassa|tbank``
+the local fake of that system (``adapters/fakes/``) — then ``paydispatch run`` (API, sweeper and
+worker), creates a batch of orders — most paid, some declined, some left to expire, one paid
+after its deadline — shows a live count per status, and exits 0 only if every order ended where
+it should, no order got two invoices, and every paid order credited its wallet exactly once.
+The sandbox scripts the outcomes itself (``metadata.sandbox_scenario``); a fake is driven by the
+demo through its control API, as a buyer would pay or be declined.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import random
 import secrets
@@ -16,30 +21,44 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 import httpx
 import psycopg
 
+from adapters.fakes.common import FakeControl, PaymentRef, running_fake
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.runner import running_sandbox
 from dispatcher import services
 from dispatcher.config import Settings
 from orders import Money, NewOrder, OrderStatus, schema
+from orders.model import Order
 from orders.repository import OrderRepository, open_pool
 
 S = OrderStatus
 DEADLINE = 60.0  # seconds the orders get to settle
+FAKES = ("stripe", "paypal", "robokassa", "tbank")
+ADAPTERS = ("sandbox", *FAKES)
+# What each payment system takes: the fakes of the Russian systems work in roubles.
+CURRENCIES = {"robokassa": ["RUB"], "tbank": ["RUB"], "stripe": ["USD", "EUR"]}
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    scenario: str
+    scenario: str  # the sandbox's script; fakes read the delay N of "pay_after:N" and such
     expected: OrderStatus
     expires_in: timedelta
     label: str
+
+    @property
+    def delay(self) -> float:
+        """Seconds after the invoice exists before the buyer acts (fakes only)."""
+        _, _, n = self.scenario.partition(":")
+        return float(n) if n else 0.0
 
 
 def plans(n: int, rng: random.Random) -> list[Plan]:
@@ -65,7 +84,32 @@ def _line(counts: Counter[str], total: int, elapsed: float) -> str:
     return f"[{elapsed:5.1f}s] " + "  ".join(parts)
 
 
-def run(settings: Settings, *, orders: int = 30) -> int:
+@contextlib.contextmanager
+def _payment_system(adapter: str, public_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """The payment system running for the demo: its URL and the daemon's settings for it."""
+    if adapter == "sandbox":
+        with running_sandbox() as sandbox:
+            print(f"sandbox payment system: {sandbox.url} (pay pages at {sandbox.url}/pay/<id>)")
+            yield (
+                sandbox.url,
+                {
+                    # Signed webhooks from the sandbox reach the API's callback endpoint.
+                    "PAYDISPATCH_SANDBOX_NOTIFY_URL": f"{public_url}/v1/callbacks/sandbox",
+                    "PAYDISPATCH_SANDBOX_API_URL": sandbox.url,
+                },
+            )
+        return
+    fake = importlib.import_module(f"adapters.fakes.{adapter}")
+    with running_fake(fake.create_app(notify_url=f"{public_url}/v1/callbacks/{adapter}")) as url:
+        print(f"local fake of {adapter}: {url} (control API at {url}/_control/)")
+        prefix = f"PAYDISPATCH_{adapter.upper()}_"
+        yield url, {prefix + k: v for k, v in fake.adapter_settings(url).items()}
+
+
+def run(settings: Settings, *, orders: int = 30, adapter: str = "sandbox") -> int:
+    if adapter not in ADAPTERS:
+        print(f"unknown adapter {adapter!r}: choose one of {', '.join(ADAPTERS)}")
+        return 2
     found = services.ensure(settings)
     print(f"services: {found.describe()}")
     with psycopg.connect(found.database_url, autocommit=True) as conn:
@@ -73,26 +117,24 @@ def run(settings: Settings, *, orders: int = 30) -> int:
             print(f"database: {line}")
     rng = random.Random()  # noqa: S311 - demo outcomes, not cryptography
     site = f"demo-{secrets.token_hex(3)}"
-    with running_sandbox() as sandbox:
-        print(f"sandbox payment system: {sandbox.url} (pay pages at {sandbox.url}/pay/<id>)")
-        api_port = services.free_port()
-        public_url = f"http://127.0.0.1:{api_port}"
+    api_port = services.free_port()
+    public_url = f"http://127.0.0.1:{api_port}"
+    with _payment_system(adapter, public_url) as (psp_url, psp_env):
+        prefix = f"PAYDISPATCH_{adapter.upper()}_"
         env = dict(os.environ)
         env.update(
             {
                 "PAYDISPATCH_API_PORT": str(api_port),
                 "PAYDISPATCH_PUBLIC_URL": public_url,
-                # Signed webhooks from the sandbox reach the API's callback endpoint.
-                "PAYDISPATCH_SANDBOX_NOTIFY_URL": f"{public_url}/v1/callbacks/sandbox",
                 "PAYDISPATCH_DATABASE_URL": found.database_url,
                 "PAYDISPATCH_BROKER_URL": found.broker_url,
-                "PAYDISPATCH_ADAPTERS": "sandbox",
+                "PAYDISPATCH_ADAPTERS": adapter,
                 "PAYDISPATCH_BILLING_HOOKS": "wallet",
-                "PAYDISPATCH_SANDBOX_API_URL": sandbox.url,
-                "PAYDISPATCH_SANDBOX_POLL_FIRST": "0.5",
-                "PAYDISPATCH_SANDBOX_POLL_CAP": "2",
-                "PAYDISPATCH_SANDBOX_LATE_INTERVAL": "1",
+                prefix + "POLL_FIRST": "0.5",
+                prefix + "POLL_CAP": "2",
+                prefix + "LATE_INTERVAL": "1",
                 "PAYDISPATCH_LOG_FORMAT": "json",
+                **psp_env,
             }
         )
         log_path = settings.home / "demo-daemon.log"
@@ -111,7 +153,8 @@ def run(settings: Settings, *, orders: int = 30) -> int:
                     site,
                     n=orders,
                     rng=rng,
-                    sandbox_url=sandbox.url,
+                    adapter=adapter,
+                    psp_url=psp_url,
                     daemon=daemon,
                 )
             finally:
@@ -124,29 +167,68 @@ def run(settings: Settings, *, orders: int = 30) -> int:
                     print("daemon did not stop in time; killed")
 
 
+class Buyers:
+    """Plays the buyers at a fake payment system: pays or declines each order as planned."""
+
+    def __init__(self, control: FakeControl) -> None:
+        self.control = control
+        self.invoiced_at: dict[UUID, float] = {}
+        self.acted: set[UUID] = set()
+
+    def act(self, order: Order, plan: Plan, now: float) -> None:
+        if order.id in self.acted:
+            return
+        if order.status is S.AWAITING_PAYMENT:
+            since = self.invoiced_at.setdefault(order.id, now)
+            if plan.expected is S.REJECTED and now - since >= plan.delay:
+                self.control.decline(_ref(order))
+                self.acted.add(order.id)
+            elif plan.label == "paid" and now - since >= plan.delay:
+                self.control.pay(_ref(order))
+                self.acted.add(order.id)
+        elif order.status is S.EXPIRED and plan.label == "paid late":
+            self.control.pay(_ref(order))  # the buyer pays after the deadline
+            self.acted.add(order.id)
+
+    def invoice_counts(self) -> list[int]:
+        return list(self.control.stats()["invoices"].values())
+
+
+def _ref(order: Order) -> PaymentRef:
+    return PaymentRef(
+        order_id=str(order.id), number=order.number, psp_id=order.psp_id, pay_url=order.pay_url
+    )
+
+
 def _drive(
     database_url: str,
     site: str,
     *,
     n: int,
     rng: random.Random,
-    sandbox_url: str,
+    adapter: str,
+    psp_url: str,
     daemon: subprocess.Popen[bytes],
 ) -> int:
     pool = open_pool(database_url, max_size=4, name="demo")
+    buyers = None if adapter == "sandbox" else Buyers(FakeControl(psp_url))
     try:
-        repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
+        repo = OrderRepository(pool, {adapter: timedelta(minutes=15)})
         expected: dict[UUID, Plan] = {}
+        currencies = CURRENCIES.get(adapter, ["USD", "EUR", "RUB"])
         for i, plan in enumerate(plans(n, rng)):
+            metadata: dict[str, Any] = {}
+            if buyers is None:
+                metadata[SCENARIO_METADATA_KEY] = plan.scenario
             new = NewOrder(
                 site=site,
                 site_ref=f"{site}-{i + 1}",
                 user_id=f"user-{i % 5 + 1}",
-                money=Money(rng.randrange(100, 50_000), rng.choice(["USD", "EUR", "RUB"])),
-                adapter="sandbox",
+                money=Money(rng.randrange(100, 50_000), rng.choice(currencies)),
+                adapter=adapter,
                 description=f"Top-up #{i + 1} ({plan.label})",
                 expires_in=plan.expires_in,
-                metadata={SCENARIO_METADATA_KEY: plan.scenario},
+                metadata=metadata,
             )
             expected[repo.create(new).order.id] = plan
         print(f"created {len(expected)} orders for site {site}\n")
@@ -155,9 +237,12 @@ def _drive(
         last_print = 0.0
         while True:
             elapsed = time.monotonic() - started
-            statuses = {oid: repo.get(oid).status for oid in expected}
-            counts = Counter(str(s) for s in statuses.values())
-            done = all(statuses[oid] is plan.expected for oid, plan in expected.items())
+            current = {oid: repo.get(oid) for oid in expected}
+            if buyers is not None:
+                for oid, order in current.items():
+                    buyers.act(order, expected[oid], elapsed)
+            counts = Counter(str(order.status) for order in current.values())
+            done = all(current[oid].status is plan.expected for oid, plan in expected.items())
             if tty or elapsed - last_print >= 2 or done:
                 end = "\r" if tty and not done else "\n"
                 print(_line(counts, len(expected), elapsed).ljust(100), end=end, flush=True)
@@ -165,13 +250,34 @@ def _drive(
             if done or elapsed > DEADLINE or daemon.poll() is not None:
                 break
             time.sleep(0.25)
-        return _summary(repo, expected, sandbox_url, time.monotonic() - started)
+        if buyers is None:
+            stats = httpx.get(f"{psp_url}/_control/stats", timeout=5).json()
+            invoices, most = stats.get("invoices"), stats.get("max_invoices_per_order", 0)
+        else:
+            counts_per_order = buyers.invoice_counts()
+            invoices, most = sum(counts_per_order), max(counts_per_order, default=0)
+        return _summary(
+            repo,
+            expected,
+            adapter=adapter,
+            invoices=invoices,
+            most=most,
+            elapsed=time.monotonic() - started,
+        )
     finally:
+        if buyers is not None:
+            buyers.control.close()
         pool.close()
 
 
 def _summary(
-    repo: OrderRepository, expected: dict[UUID, Plan], sandbox_url: str, elapsed: float
+    repo: OrderRepository,
+    expected: dict[UUID, Plan],
+    *,
+    adapter: str,
+    invoices: int,
+    most: int,
+    elapsed: float,
 ) -> int:
     wrong = []
     by_label: Counter[str] = Counter()
@@ -185,13 +291,11 @@ def _summary(
         if plan.label == "paid late":
             events = repo.events(oid)
             late_seen += any(e.from_status is S.EXPIRED and e.to_status is S.PAID for e in events)
-    stats = httpx.get(f"{sandbox_url}/_control/stats", timeout=5).json()
-    most = stats.get("max_invoices_per_order", 0)
     print(f"\nsummary after {elapsed:.1f}s:")
     for label in ("paid", "declined", "expired", "paid late"):
         print(f"  {label:<10} {by_label[label]:>4} as expected")
     print(f"  late payment went expired -> paid: {'yes' if late_seen else 'NO'}")
-    print(f"  sandbox invoices: {stats.get('invoices')}, most for one order: {most}")
+    print(f"  {adapter} invoices: {invoices}, most for one order: {most}")
     paid_ids = [oid for oid, plan in expected.items() if plan.expected is S.PAID]
     with repo.pool.connection() as conn:
         rows = conn.execute(

@@ -9,7 +9,9 @@ of them alike::
     POST /_control/faults       {"accept_then_timeout": N}: the next N creates are recorded,
                                 then answered only after the client has given up
     POST /_control/notifications {"enabled": false}: stop (or resume) push notifications
-    GET  /_control/stats        {"creates": {order_id: n}, "calls": {operation: n}}
+    GET  /_control/stats        {"invoices": {order_id: n}, "calls": {operation: n}}: invoices
+                                made per order (a replayed idempotent create makes none) and
+                                requests received per operation
     GET  /_control/             this list
 
 The control API is unauthenticated: a fake binds to a loopback address only. The body of pay
@@ -39,7 +41,7 @@ CONTROL_ROUTES = {
     "POST /_control/decline": "the payment is declined: same body",
     "POST /_control/faults": "{accept_then_timeout: N}: the next N creates hang after recording",
     "POST /_control/notifications": "{enabled: bool}: push notifications on or off",
-    "GET /_control/stats": "creates per order and calls per operation",
+    "GET /_control/stats": "invoices made per order and requests per operation",
 }
 
 
@@ -75,17 +77,21 @@ class FakeState:
 
     notifications: bool = True
     accept_then_timeout: int = 0
-    creates: Counter[str] = field(default_factory=Counter)  # our order id -> creates received
-    calls: Counter[str] = field(default_factory=Counter)  # operation -> calls received
+    invoices: Counter[str] = field(default_factory=Counter)  # our order id -> invoices made
+    calls: Counter[str] = field(default_factory=Counter)  # operation -> requests received
     lock: threading.Lock = field(default_factory=threading.Lock)
     holds: list[asyncio.Event] = field(default_factory=list)
     hold_seconds: float = 60.0
 
-    def count(self, operation: str, order_id: str | None = None) -> None:
+    def count(self, operation: str) -> None:
+        """A request for ``operation`` arrived (counted whatever its answer)."""
         with self.lock:
             self.calls[operation] += 1
-            if operation == "create" and order_id is not None:
-                self.creates[order_id] += 1
+
+    def invoice_made(self, order_id: str) -> None:
+        """A new invoice (session, order, payment) was made for our order ``order_id``."""
+        with self.lock:
+            self.invoices[order_id] += 1
 
     def take_timeout_fault(self) -> bool:
         """True once for each of the next ``accept_then_timeout`` creates."""
@@ -112,7 +118,7 @@ class FakeState:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"creates": dict(self.creates), "calls": dict(self.calls)}
+            return {"invoices": dict(self.invoices), "calls": dict(self.calls)}
 
 
 async def _json(request: Request) -> Any:
