@@ -1,37 +1,462 @@
-"""Robokassa: skeleton (issue #11), being written."""
+"""Robokassa: a locally signed pay URL, the signed Result URL callback, and OpStateExt polls.
+
+Built from Robokassa's public documentation and its official PHP SDK
+(github.com/robokassa/sdk-php, ``src/Signature/SignatureService.php`` and
+``src/Service/WebService.php``):
+
+- https://docs.robokassa.ru/ru/pay-interface and https://docs.robokassa.ru/script-parameters/
+  (the pay form: ``MerchantLogin``, ``OutSum``, ``InvId``, ``Description``, ``SignatureValue``,
+  ``IsTest``, ``Culture``, ``Email``, ``Shp_*``);
+- https://docs.robokassa.ru/ru/notifications-and-redirects (the Result URL and its ``OK{InvId}``
+  answer);
+- https://docs.robokassa.ru/ru/xml-interfaces (``OpStateExt`` and its result and state codes);
+- https://docs.robokassa.ru/ru/testing-mode (``IsTest=1`` with the separate test passwords).
+
+**Create.** Robokassa has no create call: ``build_create`` returns the :class:`Invoice` itself,
+with the pay URL ``{API_URL}/Index.aspx?...`` signed with Password #1 over
+``MerchantLogin:OutSum:InvId:Password1[:Shp_key=value...]`` (``Shp_`` parameters sorted by key).
+``InvId`` is the order's ``number``; the invoice's ``psp_id`` is that number as a string. Our
+order id travels as ``Shp_order_id`` and comes back in the Result URL callback. Robokassa
+charges roubles only (``OutSum`` "must be given in roubles"; its ``OutSumCurrency`` converts at
+the central bank rate, so the buyer would pay a different amount than the order's): an order in
+another currency is refused at create with :class:`orders.errors.InvalidInput` on ``currency``,
+which the engine turns into ``failed`` without a call; the API refuses such orders up front
+because ``currencies`` is ``{"RUB"}``. Order metadata ``culture`` (``ru``/``en``) and ``email``
+are passed on when present.
+
+**Result URL callback.** Robokassa POSTs a form (or sends a GET query) with ``OutSum``,
+``InvId``, ``SignatureValue`` and the ``Shp_*`` parameters, signed with Password #2 over
+``OutSum:InvId:Password2[:Shp_key=value...]``, ``OutSum`` exactly as sent ("100", "100.00",
+"100.000000"). The hex signature is compared case-insensitively in constant time. A genuine one
+is signed proof that the payment was received: the result is verified with a ``paid`` report
+(``OutSum`` in RUB) and the answer ``OK{InvId}`` (text/plain), without which Robokassa keeps
+re-sending. The signature carries no time, so a genuine callback can be replayed
+(``replayable_notifications``); replaying "paid" repeats a truth, and a dispatcher that only
+takes it as a hint polls at once and learns the same from OpStateExt. A bad signature is
+answered 400 with a short text and names no order, so a forger cannot even trigger polls. A
+callback missing its fields, or not UTF-8 (Robokassa always sends UTF-8), is
+:class:`MalformedResponse` (the API answers 400).
+
+**Status.** ``GET {API_URL}/WebService/Service.asmx/OpStateExt?MerchantLogin=&InvoiceID=
+&Signature=`` with the signature over ``MerchantLogin:InvoiceID:Password2``. The XML answer's
+``Result/Code``:
+
+====== ==================================================== ==============================
+code   meaning                                              here
+====== ==================================================== ==============================
+0      the request was served: read ``State/Code``          see below
+1      the request's signature is wrong                     :class:`CredentialsRejected`
+2      no active shop with this ``MerchantLogin``           :class:`CredentialsRejected`
+3      no operation with this ``InvoiceID``                 ``pending``: the buyer has not
+                                                            opened the pay page yet
+4      two operations with this ``InvoiceID`` (a test       :class:`RobokassaRefusedError`
+       payment reused a live number)                        (transient, never final)
+1000   Robokassa's internal error                           :class:`RobokassaUnavailableError`
+other  undocumented                                         :class:`MalformedResponse`
+====== ==================================================== ==============================
+
+``State/Code`` to :class:`CanonicalState`:
+
+====== ============================================================== =========
+state  Robokassa's meaning                                            here
+====== ============================================================== =========
+5      initiated, no money received yet                               pending
+10     cancelled, no money received (the buyer gave up or the wait    rejected
+       ran out)
+20     on hold (pre-authorised; only for shops using holds)           pending
+50     money received from the buyer, being credited to the shop;     pending
+       it can still end in 60, and the Result URL is sent only at 100
+60     money returned to the buyer after it was received              rejected
+80     suspended (an exceptional stop or a security check, handled    pending
+       by Robokassa's support by hand)
+100    paid, credited to the shop, the Result URL notification sent   paid
+other  undocumented                                                   :class:`MalformedResponse`
+====== ============================================================== =========
+
+Rejected orders stay watched for late payments (a cancelled operation can be re-checked by
+Robokassa's support and moved on), so 10 is not the end of the story. ``Info/OutSum`` is the
+amount in roubles; a paid answer without it is malformed. OpStateExt does not show refunds made
+later through the Refund API, so ``refunded`` is never reported. HTTP 401/403 are
+:class:`CredentialsRejected`; 429 and 5xx :class:`RobokassaUnavailableError`; any other
+non-200 answer, HTML pages and XML with a DOCTYPE or entity declarations (refused before
+parsing: no entity expansion) are :class:`MalformedResponse`.
+
+**Settings.** ``MERCHANT_LOGIN`` (the shop identifier), ``PASSWORD1`` (signs pay URLs),
+``PASSWORD2`` (verifies callbacks, signs OpStateExt), ``HASH`` (the algorithm chosen in the
+shop's technical settings: md5, the default, ripemd160, sha1, sha256, sha384 or sha512),
+``TEST`` (true: ``IsTest=1`` on pay URLs; Robokassa's test mode uses the separate test pair of
+passwords from the technical settings, so set PASSWORD1/PASSWORD2 to those), ``API_URL``
+(default ``https://auth.robokassa.ru/Merchant``: pay URLs are ``{API_URL}/Index.aspx``,
+status calls ``{API_URL}/WebService/Service.asmx/OpStateExt``).
+
+Robokassa has no cancel call and needs no lookup: building the pay URL again for the same order
+gives the same URL, and nothing exists at Robokassa until the buyer opens it.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import hashlib
+import hmac
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import ClassVar, NoReturn
+from urllib.parse import parse_qsl, urlencode
 
 from adapters.base import (
     Adapter,
     AdapterSettings,
+    CanonicalState,
     Capabilities,
+    CredentialsRejected,
+    InvalidSettings,
     Invoice,
+    MalformedResponse,
+    Notification,
+    NotificationResult,
+    NotSupported,
+    OrderRef,
+    PollPolicy,
     PspRequest,
     PspResponse,
+    Reply,
     SettingSpec,
     StatusReport,
 )
+from orders.errors import InvalidInput, TransientError
 from orders.model import Order
+from orders.money import Money
+
+DEFAULT_API_URL = "https://auth.robokassa.ru/Merchant"
+PAY_PATH = "/Index.aspx"
+OPSTATE_PATH = "/WebService/Service.asmx/OpStateExt"
+CURRENCY = "RUB"
+HASHES = ("md5", "ripemd160", "sha1", "sha256", "sha384", "sha512")
+# Our order id rides along as a user parameter; Robokassa returns every Shp_ parameter.
+SHP_ORDER_ID = "Shp_order_id"
+DESCRIPTION_LIMIT = 100  # "Description ... maximum length 100 characters"
+CULTURES = frozenset({"ru", "en"})
+
+STATES: Mapping[int, tuple[CanonicalState, str]] = {
+    5: (CanonicalState.PENDING, "initiated, no money received yet"),
+    10: (CanonicalState.REJECTED, "cancelled, no money received"),
+    20: (CanonicalState.PENDING, "on hold"),
+    50: (CanonicalState.PENDING, "money received, being credited to the shop"),
+    60: (CanonicalState.REJECTED, "money returned to the buyer"),
+    80: (CanonicalState.PENDING, "suspended for checks by Robokassa"),
+    100: (CanonicalState.PAID, "paid"),
+}
+RESULT_OK, RESULT_NO_INVOICE = 0, 3
+_CREDENTIAL_RESULTS = {
+    1: "Robokassa refused the request's signature: check PAYDISPATCH_ROBOKASSA_PASSWORD2 and "
+    "PAYDISPATCH_ROBOKASSA_HASH (the shop's hash algorithm)",
+    2: "Robokassa knows no active shop by this login: check PAYDISPATCH_ROBOKASSA_MERCHANT_LOGIN",
+}
+_UNAVAILABLE_RESULTS = {1000: "Robokassa's internal service error"}
+_REFUSED_RESULTS = {
+    4: "two operations share this InvoiceID (a test payment reused a live number)",
+}
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_DECLARATIONS = re.compile(r"<!\s*(doctype|entity)", re.IGNORECASE)
+
+
+class RobokassaUnavailableError(TransientError):
+    """Robokassa answered 429, a 5xx, or its internal-error result code: try again later."""
+
+
+class RobokassaRefusedError(TransientError):
+    """OpStateExt refused to tell (two operations share the number): never final."""
+
+
+def _malformed(response: PspResponse, what: str) -> NoReturn:
+    raise MalformedResponse(f"HTTP {response.status_code}: {what}")
+
+
+def hash_algorithm(settings: AdapterSettings) -> str:
+    """The configured ``HASH``, lower case; :class:`InvalidSettings` for any other name."""
+    algorithm = settings.get("HASH").strip().lower()
+    if algorithm not in HASHES:
+        raise InvalidSettings(
+            f"PAYDISPATCH_ROBOKASSA_HASH must be one of {', '.join(HASHES)}, "
+            f"got {settings.get('HASH')!r}"
+        )
+    return algorithm
+
+
+def signature(algorithm: str, base: str) -> str:
+    """Robokassa's signature: the lower-case hex digest of ``base`` (UTF-8)."""
+    try:
+        digest = hashlib.new(algorithm, base.encode("utf-8"))
+    except ValueError:  # ripemd160 is missing from some OpenSSL builds
+        raise InvalidSettings(
+            f"PAYDISPATCH_ROBOKASSA_HASH {algorithm} is not available in this Python's OpenSSL"
+        ) from None
+    return digest.hexdigest()
+
+
+def shp_suffix(params: Mapping[str, str]) -> str:
+    """``:Shp_a=1:Shp_b=2`` for the user parameters in ``params``, sorted by key."""
+    shp = sorted((k, v) for k, v in params.items() if k.lower().startswith("shp_"))
+    return "".join(f":{key}={value}" for key, value in shp)
+
+
+def payment_base(login: str, out_sum: str, inv_id: str, password1: str, shp: str = "") -> str:
+    """What the pay URL's SignatureValue signs."""
+    return f"{login}:{out_sum}:{inv_id}:{password1}{shp}"
+
+
+def result_base(out_sum: str, inv_id: str, password2: str, shp: str = "") -> str:
+    """What the Result URL callback's SignatureValue signs."""
+    return f"{out_sum}:{inv_id}:{password2}{shp}"
+
+
+def opstate_base(login: str, invoice_id: str, password2: str) -> str:
+    """What OpStateExt's Signature signs."""
+    return f"{login}:{invoice_id}:{password2}"
+
+
+def same_signature(expected: str, received: str) -> bool:
+    """Hex signatures equal whatever their case, compared in constant time."""
+    return hmac.compare_digest(
+        expected.strip().lower().encode("utf-8"), received.strip().lower().encode("utf-8")
+    )
+
+
+def format_out_sum(money: Money) -> str:
+    """``OutSum``: roubles with a dot and kopecks, ``100.00``."""
+    if money.currency != CURRENCY:
+        raise InvalidInput(
+            "currency",
+            f"Robokassa takes payments in {CURRENCY} only, not {money.currency}",
+        )
+    return f"{money.to_decimal():.2f}"
+
+
+def parse_out_sum(value: str, response: PspResponse, field: str = "OutSum") -> Money:
+    """Money from an ``OutSum`` in any of Robokassa's formats; exact, never through a float."""
+    try:
+        return Money.parse(value.strip(), CURRENCY)
+    except InvalidInput as exc:
+        _malformed(response, f"{field} {value!r}: {exc.message}")
+
+
+def flag(settings: AdapterSettings, key: str) -> bool:
+    value = settings.get(key).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidSettings(
+        f"PAYDISPATCH_ROBOKASSA_{key} must be true or false, got {settings.get(key)!r}"
+    )
+
+
+def _xml_root(response: PspResponse) -> ET.Element:
+    """The parsed answer; declarations refused before the parser sees them (no entities)."""
+    try:
+        text = response.content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        _malformed(response, "body is not UTF-8")
+    if _DECLARATIONS.search(text):
+        _malformed(response, "XML with a DOCTYPE or entity declaration is refused")
+    try:
+        return ET.fromstring(text)  # noqa: S314 - declarations refused above
+    except ET.ParseError as exc:
+        _malformed(response, f"body is not XML ({exc}): {text[:80]!r}")
+
+
+def _child(element: ET.Element, name: str) -> ET.Element | None:
+    """The first child named ``name`` in any namespace (Robokassa's default namespace varies)."""
+    for child in element:
+        if child.tag == name or child.tag.endswith("}" + name):
+            return child
+    return None
+
+
+def _text(element: ET.Element, *path: str) -> str | None:
+    node: ET.Element | None = element
+    for name in path:
+        node = _child(node, name) if node is not None else None
+    if node is None or node.text is None:
+        return None
+    return node.text.strip()
+
+
+def _code(response: PspResponse, root: ET.Element, *path: str) -> int:
+    value = _text(root, *path)
+    if value is None:
+        _malformed(response, f"OpStateExt answer without {'/'.join(path)}")
+    try:
+        return int(value)
+    except ValueError:
+        _malformed(response, f"{'/'.join(path)} is not a number: {value!r}")
+
+
+def _check_http(response: PspResponse) -> None:
+    code = response.status_code
+    if code in {401, 403}:
+        raise CredentialsRejected(
+            f"Robokassa HTTP {code}: check PAYDISPATCH_ROBOKASSA_MERCHANT_LOGIN and PASSWORD2"
+        )
+    if code == 429 or code >= 500:
+        raise RobokassaUnavailableError(f"Robokassa HTTP {code}")
+    if code != 200:
+        _malformed(response, "non-200 answer to OpStateExt")
+
+
+def parse_opstate(response: PspResponse, psp_id: str | None) -> StatusReport:
+    """One canonical state from an OpStateExt answer (the tables in the module docstring)."""
+    _check_http(response)
+    root = _xml_root(response)
+    local = root.tag.rsplit("}", 1)[-1]
+    if local != "OperationStateResponse":
+        _malformed(response, f"expected OperationStateResponse, got <{local}>")
+    result = _code(response, root, "Result", "Code")
+    description = _text(root, "Result", "Description") or ""
+    if result in _CREDENTIAL_RESULTS:
+        raise CredentialsRejected(f"OpStateExt result {result}: {_CREDENTIAL_RESULTS[result]}")
+    if result in _UNAVAILABLE_RESULTS:
+        raise RobokassaUnavailableError(
+            f"OpStateExt result {result}: {_UNAVAILABLE_RESULTS[result]} {description}".strip()
+        )
+    if result in _REFUSED_RESULTS:
+        raise RobokassaRefusedError(f"OpStateExt result {result}: {_REFUSED_RESULTS[result]}")
+    if result == RESULT_NO_INVOICE:
+        # Nothing exists at Robokassa until the buyer opens the pay URL.
+        return StatusReport(
+            state=CanonicalState.PENDING,
+            psp_id=psp_id,
+            raw_status="result 3",
+            reason="no operation yet: the buyer has not opened the pay page",
+        )
+    if result != RESULT_OK:
+        _malformed(response, f"undocumented OpStateExt result code {result}")
+    state_code = _code(response, root, "State", "Code")
+    if state_code not in STATES:
+        _malformed(response, f"undocumented OpStateExt state code {state_code}")
+    state, meaning = STATES[state_code]
+    out_sum = _text(root, "Info", "OutSum")
+    money = None if out_sum is None else parse_out_sum(out_sum, response, "Info/OutSum")
+    if state is CanonicalState.PAID and money is None:
+        _malformed(response, "paid (state 100) without Info/OutSum")
+    return StatusReport(
+        state=state,
+        psp_id=psp_id,
+        money=money,
+        raw_status=str(state_code),
+        reason=meaning if state is not CanonicalState.PAID else "",
+    )
+
+
+def _callback_fields(notification: Notification) -> dict[str, str]:
+    """The callback's parameters: the form body, else the query string; UTF-8, no repeats."""
+    response = PspResponse(status_code=200, content=notification.body)
+    try:
+        body = notification.body.decode("utf-8")
+    except UnicodeDecodeError:
+        _malformed(response, "Result URL callback is not UTF-8")
+    pairs = parse_qsl(body, keep_blank_values=True) if body.strip() else []
+    if not pairs:
+        pairs = list(notification.query.items())
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        if key in fields and fields[key] != value:
+            _malformed(response, f"Result URL callback repeats {key} with different values")
+        fields[key] = value
+    missing = [k for k in ("OutSum", "InvId", "SignatureValue") if not fields.get(k)]
+    if missing:
+        _malformed(response, f"not a Robokassa Result URL callback (missing {', '.join(missing)})")
+    if not re.fullmatch(r"[0-9]{1,19}", fields["InvId"]):
+        _malformed(response, f"InvId is not a number: {fields['InvId']!r}")
+    return fields
 
 
 class Robokassa(Adapter):
+    """Robokassa's pay interface, Result URL and OpStateExt."""
+
     name: ClassVar[str] = "robokassa"
-    capabilities: ClassVar[Capabilities] = Capabilities(idempotent_create=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        idempotent_create=False,
+        lookup_by_reference=False,
+        cancel=False,
+        notifications=True,
+        signed_notifications=True,
+        replayable_notifications=True,
+        currencies=frozenset({CURRENCY}),
+        default_expiry=timedelta(hours=1),
+        poll=PollPolicy(first=timedelta(seconds=15), factor=2.0, cap=timedelta(minutes=5)),
+    )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
-        SettingSpec("API_URL", default="https://robokassa.invalid"),
+        SettingSpec("API_URL", default=DEFAULT_API_URL, help="Robokassa's Merchant base URL"),
+        SettingSpec("MERCHANT_LOGIN", help="the shop identifier (MerchantLogin)"),
+        SettingSpec("PASSWORD1", secret=True, help="Password #1: signs pay URLs"),
+        SettingSpec(
+            "PASSWORD2",
+            secret=True,
+            help="Password #2: verifies Result URL callbacks and signs OpStateExt",
+        ),
+        SettingSpec(
+            "HASH",
+            default="md5",
+            help="the shop's signature algorithm: " + ", ".join(HASHES),
+        ),
+        SettingSpec(
+            "TEST",
+            default="false",
+            help="true: IsTest=1 on pay URLs; use the shop's test passwords then",
+        ),
     )
 
-    def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest | Invoice:
-        raise NotImplementedError
+    def build_create(self, order: Order, settings: AdapterSettings) -> Invoice:
+        out_sum = format_out_sum(order.money)
+        if order.number <= 0:
+            raise InvalidInput("number", f"Robokassa needs a positive InvId, got {order.number}")
+        inv_id = str(order.number)
+        login = settings.get("MERCHANT_LOGIN")
+        shp = {SHP_ORDER_ID: str(order.id)}
+        value = signature(
+            hash_algorithm(settings),
+            payment_base(login, out_sum, inv_id, settings.get("PASSWORD1"), shp_suffix(shp)),
+        )
+        description = order.description.strip() or f"Order {order.number}"
+        params = [
+            ("MerchantLogin", login),
+            ("OutSum", out_sum),
+            ("InvId", inv_id),
+            ("Description", description[:DESCRIPTION_LIMIT]),
+            ("SignatureValue", value),
+        ]
+        if flag(settings, "TEST"):
+            params.append(("IsTest", "1"))
+        culture = order.metadata.get("culture")
+        if isinstance(culture, str) and culture.lower() in CULTURES:
+            params.append(("Culture", culture.lower()))
+        email = order.metadata.get("email")
+        if isinstance(email, str) and "@" in email:
+            params.append(("Email", email))
+        params.extend(shp.items())
+        pay_url = f"{settings.api_url}{PAY_PATH}?{urlencode(params)}"
+        return Invoice(psp_id=inv_id, pay_url=pay_url)
 
     def parse_create(self, order: Order, response: PspResponse) -> Invoice:
-        raise NotImplementedError
+        raise NotSupported("Robokassa has no create call: build_create returns the invoice")
 
     def build_status(self, order: Order, settings: AdapterSettings) -> PspRequest:
-        raise NotImplementedError
+        invoice_id = order.psp_id or str(order.number)
+        login = settings.get("MERCHANT_LOGIN")
+        value = signature(
+            hash_algorithm(settings),
+            opstate_base(login, invoice_id, settings.get("PASSWORD2")),
+        )
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}{OPSTATE_PATH}",
+            operation="status",
+            params=[("MerchantLogin", login), ("InvoiceID", invoice_id), ("Signature", value)],
+        )
 
     def parse_status(
         self,
@@ -40,7 +465,41 @@ class Robokassa(Adapter):
         settings: AdapterSettings,
         operation: str = "status",
     ) -> StatusReport:
-        raise NotImplementedError
+        return parse_opstate(response, order.psp_id or str(order.number))
+
+    def parse_notification(
+        self, notification: Notification, settings: AdapterSettings
+    ) -> NotificationResult:
+        fields = _callback_fields(notification)
+        out_sum, inv_id = fields["OutSum"], fields["InvId"]
+        expected = signature(
+            hash_algorithm(settings),
+            result_base(out_sum, inv_id, settings.get("PASSWORD2"), shp_suffix(fields)),
+        )
+        if not same_signature(expected, fields["SignatureValue"]):
+            return NotificationResult(
+                ref=OrderRef(),
+                verified=False,
+                reply=Reply(400, b"bad signature"),
+            )
+        response = PspResponse(status_code=200, content=notification.body)
+        money = parse_out_sum(out_sum, response)
+        report = StatusReport(
+            state=CanonicalState.PAID,
+            psp_id=inv_id,
+            money=money,
+            raw_status="result url",
+        )
+        order_id = next(
+            (v for k, v in fields.items() if k.lower() == SHP_ORDER_ID.lower()),
+            None,
+        )
+        return NotificationResult(
+            ref=OrderRef(order_id=order_id, number=int(inv_id), psp_id=inv_id),
+            verified=True,
+            report=report,
+            reply=Reply(200, f"OK{inv_id}".encode("ascii")),
+        )
 
 
 adapter = Robokassa()
