@@ -10,6 +10,7 @@ import base64
 import binascii
 import functools
 import json
+import select
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from orders.errors import (
     DatabaseUnavailable,
@@ -92,8 +93,47 @@ def transaction(pool: Pool | None, conn: Connection | None = None) -> Iterator[C
             yield fresh
 
 
+def _may_be_broken(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle pooled connection needs a round trip to prove it still works.
+
+    An idle autocommit connection has nothing to read. One whose server went away has: the
+    server's ``FATAL`` message (a terminated backend, a shutdown) or the end of the stream (a
+    restart, a crash). So one non-blocking ``poll`` of its socket finds the dead ones without
+    costing every checkout a round trip to the server.
+    """
+    if conn.closed:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
+def check_connection(pool: Pool, conn: Connection) -> None:
+    """The pools' checkout check: raise for a dead connection, so the pool replaces it.
+
+    Without it, the first requests after a PostgreSQL restart were handed connections the
+    server had closed and answered 503 (issue #12, item 13). A dead one means the server went
+    away, so the other idle ones are most likely dead too: they are all checked (and the dead
+    replaced) at once, because the pool waits a second, then two, between failed checks.
+    """
+    if _may_be_broken(conn):
+        pool.check()
+        ConnectionPool.check_connection(conn)
+
+
+async def check_async_connection(pool: AsyncConnectionPool[Any], conn: Any) -> None:
+    """:func:`check_connection` for the API's async pool."""
+    if _may_be_broken(conn):
+        await pool.check()
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "orders") -> Pool:
-    """A connection pool whose connections autocommit and return rows as dicts."""
+    """A connection pool whose connections autocommit and return rows as dicts; a connection
+    the server has closed is replaced at checkout (:func:`check_connection`)."""
     pool: Pool = ConnectionPool(
         url,
         connection_class=psycopg.Connection[DictRow],
@@ -102,6 +142,7 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "o
         kwargs={"autocommit": True, "row_factory": dict_row},
         name=name,
         open=False,
+        check=lambda conn: check_connection(pool, conn),
     )
     with database_errors():
         pool.open(wait=True, timeout=30)

@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from dispatcher.coalesce import Coalescer
 from orders.errors import OrderNotFound
 from orders.model import NewOrder, Order
-from orders.repository import Created, OrderRepository, database_errors
+from orders.repository import Created, OrderRepository, check_async_connection, database_errors
 from orders.sql import query
 from orders.status import OrderStatus
 
@@ -57,6 +57,7 @@ class BatchedOrders:
             kwargs={"autocommit": True, "row_factory": dict_row},
             name="api-batched",
             open=False,
+            check=lambda conn: check_async_connection(pool, conn),
         )
         with database_errors():
             await pool.open(wait=True, timeout=30)
