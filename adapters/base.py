@@ -138,7 +138,7 @@ class PspResponse:
         """The body as JSON; :class:`MalformedResponse` when it is not."""
         try:
             return json.loads(self.content)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: too deep
             snippet = self.content[:80].decode("utf-8", "replace")
             raise MalformedResponse(
                 f"HTTP {self.status_code}: body is not JSON ({exc}): {snippet!r}"

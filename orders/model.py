@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from orders.errors import FieldTooLong, InvalidAmount, InvalidInput, UnknownAdapter
@@ -31,6 +31,32 @@ LIMITS: Mapping[str, int] = MappingProxyType(
 MAX_METADATA_BYTES = 16 * 1024
 MIN_EXPIRY = timedelta(seconds=10)
 MAX_EXPIRY = timedelta(days=30)
+# How many times a buyer may switch an order to another payment system, one after another.
+MAX_SWITCH_DEPTH = 3
+
+# C0 and C1 control characters (CR and LF among them: header, log and mail injection once the
+# text is rendered or sent on) and lone surrogates (not UTF-8, so not storable).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# An absolute http(s) URL as RFC 3986 writes one: an ASCII authority (IDN hosts in their
+# xn-- form, no IPv6 literals) and no whitespace or control character anywhere. The API
+# publishes this pattern, so what its schema allows and what is stored are the same strings.
+RETURN_URL_PATTERN = (
+    r"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~%!$&'()*+,;=:@-]+([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
+)
+_RETURN_URL = re.compile(RETURN_URL_PATTERN)
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored, shown or sent on as text; None when it can."""
+    found = _UNPRINTABLE.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if "\ud800" <= char <= "\udfff":
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    if char == "\x00":
+        return "must not contain NUL characters"
+    return f"must not contain control characters (found U+{ord(char):04X})"
 
 
 def _check_text(name: str, value: str | None, *, required: bool) -> None:
@@ -44,8 +70,9 @@ def _check_text(name: str, value: str | None, *, required: bool) -> None:
         raise InvalidInput(name, "must not be empty")
     if len(value) > LIMITS[name]:
         raise FieldTooLong(name, f"is {len(value)} characters long; the limit is {LIMITS[name]}")
-    if "\x00" in value:
-        raise InvalidInput(name, "must not contain NUL characters")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidInput(name, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +108,12 @@ class NewOrder:
             raise UnknownAdapter(
                 "adapter", f"{self.adapter!r} is not an enabled payment system (enabled: {known})"
             )
-        if self.return_url is not None:
-            parts = urlsplit(self.return_url)
-            if parts.scheme not in {"http", "https"} or not parts.netloc:
-                raise InvalidInput("return_url", "must be an absolute http(s) URL")
+        # The very string that is stored is the one checked: no cleaned copy (urlsplit drops
+        # tabs and newlines, so checking its result would let a CR/LF through).
+        if self.return_url is not None and _RETURN_URL.fullmatch(self.return_url) is None:
+            raise InvalidInput(
+                "return_url", "must be an absolute http(s) URL without spaces or control characters"
+            )
         if not isinstance(self.metadata, Mapping):
             raise InvalidInput("metadata", "must be a JSON object")
         try:
@@ -144,6 +173,9 @@ class Order:
     created_at: datetime
     updated_at: datetime
     paid_at: datetime | None
+    # The order a buyer switched away from to make this one, and how many switches deep it is.
+    replaces: UUID | None = None
+    switch_depth: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Order:
@@ -172,6 +204,8 @@ class Order:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             paid_at=row["paid_at"],
+            replaces=row.get("replaces"),
+            switch_depth=row.get("switch_depth") or 0,
         )
 
     @property

@@ -6,10 +6,9 @@ Each status change is one compare-and-set ``UPDATE ... WHERE id = ? AND status =
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
+import re
 import select
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -152,18 +151,24 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "o
 Pool = ConnectionPool[Connection]
 
 
+# A page's cursor is its last row's (created_at, id) as "<microseconds since 1970>.<id hex>":
+# both are in the rows a site reads anyway, and every string of this pattern is a cursor
+# the listing takes, so the API can publish the pattern as exactly what it accepts.
+CURSOR_PATTERN: Final = r"^[0-9]{1,16}\.[0-9a-f]{32}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _encode_cursor(order: Order) -> str:
-    raw = json.dumps({"c": order.created_at.isoformat(), "i": str(order.id)}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (order.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{order.id.hex}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        return datetime.fromisoformat(data["c"]), UUID(data["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidInput("cursor", "is not a cursor this API returned") from None
+    if _CURSOR.fullmatch(cursor) is None:
+        raise InvalidInput("cursor", "is not a cursor this API returned")
+    micros, _, hex_id = cursor.partition(".")
+    return _EPOCH + timedelta(microseconds=int(micros)), UUID(hex=hex_id)
 
 
 @functools.cache
@@ -191,6 +196,15 @@ def _transition_sql(paid: bool, keep_lease: bool, columns: tuple[str, ...], leas
         .format(sql.SQL(", ").join(assignments), condition)
         .as_string(None)
     )
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL can hold ``text``: no NUL, and UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _json_value(value: Any) -> Any:
@@ -629,7 +643,16 @@ class OrderRepository:
         psp_id: str | None = None,
         number: int | None = None,
     ) -> Order | None:
-        """The adapter's order named by our id, the payment system's id or our number."""
+        """The adapter's order named by our id, the payment system's id or our number.
+
+        Raises :class:`InvalidInput` for a reference no order can have: a notification is
+        unauthenticated input, and an id PostgreSQL cannot hold (a NUL, a lone surrogate, an
+        integer past bigint) would otherwise fail the query as a server error.
+        """
+        if psp_id is not None and not _storable(psp_id):
+            raise InvalidInput("psp_id", "is not text an order can hold")
+        if number is not None and not 0 < number < 2**63:
+            raise InvalidInput("number", "is not an order number")
         if order_id is None and psp_id is None and number is None:
             return None
         params = {"adapter": adapter, "id": order_id, "psp_id": psp_id, "number": number}

@@ -279,7 +279,7 @@ class Sandbox(Adapter):
         """Verified only with a fresh, valid ``Sandbox-Signature``; otherwise a hint to poll."""
         try:
             payload = json.loads(notification.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
             raise MalformedResponse("sandbox notification body is not JSON") from None
         invoice = payload.get("invoice") if isinstance(payload, Mapping) else None
         if not isinstance(invoice, Mapping):

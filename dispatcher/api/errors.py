@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 from orders import errors as domain
 
@@ -44,10 +46,20 @@ class ApiError(Exception):
         self.details = list(details)
 
 
+def _printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate an error message quotes from the
+    request is shown escaped, so answering the error cannot itself fail."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(
     code: str, message: str, field: str | None = None, details: Sequence[Any] = ()
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "message": message, "field": field}
+    body: dict[str, Any] = {
+        "code": code,
+        "message": _printable(message),
+        "field": None if field is None else _printable(field),
+    }
     if details:
         body["details"] = list(details)
     return {"error": body}
@@ -134,6 +146,25 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     )
 
 
+# Failures of reading what a request sent, wherever a route's parsing meets them: text that
+# is not UTF-8 (or holds lone surrogates), JSON nested beyond the interpreter's stack, a value
+# PostgreSQL refuses as data (SQLSTATE class 22: an integer past bigint, a NUL in text).
+# They are the client's (400), never a crash; any other exception stays a logged 500.
+UNREADABLE_INPUT: tuple[type[Exception], ...] = (UnicodeError, RecursionError, psycopg.DataError)
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method some route takes at this path (Starlette
+    names only the first route matching the path, so DELETE next to GET went missing)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every error the one JSON shape."""
 
@@ -157,9 +188,20 @@ def install(app: FastAPI) -> None:
             405: ("method_not_allowed", "this endpoint does not take that method"),
         }
         code, message = codes.get(exc.status_code, ("http_error", str(exc.detail)))
-        return JSONResponse(
-            error_body(code, message), exc.status_code, headers=getattr(exc, "headers", None)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return JSONResponse(error_body(code, message), exc.status_code, headers=headers or None)
+
+    async def on_unreadable_input(request: Request, exc: Exception) -> Response:
+        # Kept in the log (without the request's data) so a bug of ours still shows.
+        log.warning(
+            "unreadable request input",
+            path=request.url.path,
+            method=request.method,
+            error=type(exc).__name__,
         )
+        return JSONResponse(error_body("bad_request", "the request could not be read"), 400)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error in the API", path=request.url.path)
@@ -169,4 +211,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(domain.DispatchError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for kind in UNREADABLE_INPUT:
+        app.add_exception_handler(kind, on_unreadable_input)
     app.add_exception_handler(Exception, on_unexpected)

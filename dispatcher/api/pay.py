@@ -41,6 +41,7 @@ _STATES: dict[OrderStatus, BuyerState] = {
     S.NEEDS_REVIEW: "review",
 }
 _UNPAID = frozenset({S.NEW, S.AWAITING_PAYMENT})
+FORM_FIELDS = 10
 _HEADERS = {
     "Cache-Control": "no-store",
     # The page's URL is the order's capability: never send it on to the payment system.
@@ -172,8 +173,13 @@ async def status_json(order_id: UUID, ctx: Context, response: Response) -> PaySt
 
 
 async def _form(request: Request) -> dict[str, str]:
+    """The page's small form; anything larger than it ever sends is a 400, not a crash."""
     body = (await request.body()).decode("utf-8", "replace")
-    return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items() if v}
+    try:
+        fields = parse_qs(body, max_num_fields=FORM_FIELDS)
+    except ValueError:  # over max_num_fields
+        raise ApiError(400, "bad_request", f"the form has more than {FORM_FIELDS} fields") from None
+    return {k: v[0] for k, v in fields.items() if v}
 
 
 def _back(order_id: UUID | str) -> RedirectResponse:

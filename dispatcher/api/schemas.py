@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from orders.model import LIMITS, MAX_EXPIRY, MIN_EXPIRY, Order, OrderEvent
+from orders.model import (
+    LIMITS,
+    MAX_EXPIRY,
+    MIN_EXPIRY,
+    RETURN_URL_PATTERN,
+    Order,
+    OrderEvent,
+    text_problem,
+)
 from orders.money import MAX_AMOUNT
 from orders.status import OrderStatus
 
 
 def _clean(value: str) -> str:
-    """Text PostgreSQL can store: no NUL, valid UTF-8 (no lone surrogates)."""
+    """Text that may be stored, shown on a page and sent on: no control characters (CR/LF,
+    NUL, ...) and valid UTF-8 (no lone surrogates)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _storable(value: str) -> str:
+    """Text PostgreSQL can store inside JSON: no NUL, valid UTF-8. Metadata is only ever sent
+    on as JSON, which escapes control characters, so those are allowed there."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     try:
@@ -28,10 +47,10 @@ def _clean_json(value: Any, depth: int = 0) -> Any:
     if depth > 32:
         raise ValueError("is nested too deeply (32 levels at most)")
     if isinstance(value, str):
-        _clean(value)
+        _storable(value)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _clean(key)
+            _storable(key)
             _clean_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -39,7 +58,23 @@ def _clean_json(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def _return_url(value: str) -> str:
+    if re.fullmatch(RETURN_URL_PATTERN, value) is None:
+        raise ValueError("must be an absolute http(s) URL without spaces or control characters")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_clean)]
+# Checked here with a readable message; the schema publishes the same pattern.
+ReturnUrl = Annotated[
+    str,
+    AfterValidator(_clean),
+    AfterValidator(_return_url),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": LIMITS["return_url"],
+         "pattern": RETURN_URL_PATTERN}
+    ),
+]  # fmt: skip
 Metadata = Annotated[dict[str, Any], AfterValidator(_clean_json)]
 
 
@@ -63,7 +98,7 @@ class OrderCreate(Strict):
         description="Your own order number; unique per site, makes retries safe",
     )
     description: Text = Field(default="", max_length=LIMITS["description"])
-    return_url: Text | None = Field(
+    return_url: ReturnUrl | None = Field(
         default=None,
         max_length=LIMITS["return_url"],
         description="Where the buyer goes after paying; default: the order's status page",

@@ -1,0 +1,217 @@
+"""Issue #12, the HTTP API's items: what an attacker, a careless operator and a late buyer could
+do to the API, each pinned by a test that failed on the code before the fix.
+
+Item 1: switching payment systems on the status page; item 3: unauthenticated input that raised
+server errors; item 7: control characters in stored text; item 8: headers and /docs; item 9:
+the OpenAPI document against what the API does (schemathesis runs in test_api_schema.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+
+from adapters.sandbox.protocol import DEFAULT_WEBHOOK_SECRET, signature_header
+from orders import Money, NewOrder, OrderStatus
+from orders.errors import InvalidInput
+from orders.repository import Pool
+from tests.integration.test_api import ORDER, Api, api_runtimes, error, running_api, site_orders
+
+S = OrderStatus
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.fixture(scope="module")
+def api(pool: Pool, found_services: Any) -> Iterator[Api]:
+    # YooKassa's sender check off: these tests send its notifications from loopback, as an
+    # attacker inside its allowed networks could.
+    runtimes = api_runtimes()
+    yk = runtimes["yookassa"]
+    values = dict(yk.settings.values) | {"NOTIFY_IP_CHECK": "false"}
+    runtimes["yookassa"] = replace(yk, settings=replace(yk.settings, values=values))
+    with running_api(pool, runtimes=runtimes, broker_url=found_services.broker_url) as running:
+        yield running
+
+
+@pytest.fixture
+def http(api: Api) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def auth(api: Api, site: str) -> dict[str, str]:
+    return api.site_key(site)
+
+
+def signed(body: bytes) -> dict[str, str]:
+    stamp = int(datetime.now(UTC).timestamp())
+    return {"Sandbox-Signature": signature_header(DEFAULT_WEBHOOK_SECRET, stamp, body)}
+
+
+def assert_client_error(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code in (400, 422), (response.status_code, response.text)
+    return error(response)
+
+
+# -- item 3: unauthenticated requests that raised server errors --------------------------------
+
+
+def _invoice(**fields: Any) -> bytes:
+    body = {"event_id": "evt_1", "type": "invoice.updated", "invoice": fields}
+    return json.dumps(body).encode()
+
+
+SANDBOX_BODIES = {
+    "deep JSON": DEEP,
+    "deep JSON inside the invoice": b'{"invoice": {"id": "x", "deep": ' + DEEP + b"}}",
+    "NUL in the invoice id": _invoice(id="inv_\x00"),
+    "lone surrogate in the invoice id": _invoice(id="inv_\ud800"),
+    "number past bigint": _invoice(number=2**63),
+    "number far past bigint": _invoice(number=10**30),
+    "negative number past bigint": _invoice(number=-(2**63) - 1),
+    "NUL and a number past bigint": _invoice(id="\x00", number=2**64, order_id="\x00"),
+}
+
+
+@pytest.mark.parametrize("body", SANDBOX_BODIES.values(), ids=SANDBOX_BODIES.keys())
+@pytest.mark.parametrize("with_signature", [False, True], ids=["unsigned", "signed"])
+def test_issue12_item3_unreadable_sandbox_callbacks_are_4xx_with_the_error_body(
+    http: httpx.Client, body: bytes, with_signature: bool
+) -> None:
+    headers = signed(body) if with_signature else {}
+    response = http.post("/v1/callbacks/sandbox", content=body, headers=headers)
+    assert_client_error(response)
+
+
+YOOKASSA_BODIES = {
+    "deep JSON": DEEP,
+    "NUL in the payment id": {"id": "2d0b\x00"},
+    "lone surrogate in the payment id": {"id": "2d0b\ud800"},
+    "lone surrogate in the event": None,
+}
+
+
+@pytest.mark.parametrize("case", YOOKASSA_BODIES, ids=YOOKASSA_BODIES.keys())
+def test_issue12_item3_unreadable_yookassa_callbacks_are_4xx_with_the_error_body(
+    http: httpx.Client, case: str
+) -> None:
+    payment = YOOKASSA_BODIES[case]
+    if isinstance(payment, bytes):
+        content = payment
+    else:
+        event = "payment.\ud800" if payment is None else "payment.succeeded"
+        body = {"type": "notification", "event": event, "object": payment or {"status": "x"}}
+        content = json.dumps(body).encode()
+    response = http.post("/v1/callbacks/yookassa", content=content)
+    assert_client_error(response)
+
+
+def test_issue12_item3_a_switch_form_with_too_many_fields_is_400_even_for_an_unknown_order(
+    api: Api, http: httpx.Client, auth: dict[str, str]
+) -> None:
+    form = "&".join(f"f{i}=x" for i in range(11))
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    order_id = http.post("/v1/orders", json=ORDER, headers=auth).json()["id"]
+    for target in (str(uuid4()), order_id):
+        response = http.post(f"/pay/{target}/switch", content=form, headers=headers)
+        assert response.status_code == 400, response.text
+        assert error(response)["code"] == "bad_request"
+    assert api.repo.get(UUID(order_id)).status is S.NEW
+
+
+@pytest.mark.parametrize(
+    "cursor", [str(2**63), "9" * 30, "-1", "e1", "ZTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk"]
+)
+def test_issue12_item3_a_wallet_entries_cursor_past_bigint_is_422(
+    http: httpx.Client, auth: dict[str, str], cursor: str
+) -> None:
+    response = http.get("/v1/wallets/u1/entries", params={"cursor": cursor}, headers=auth)
+    assert response.status_code == 422, response.text
+    assert (error(response)["code"], error(response)["field"]) == ("invalid_cursor", "cursor")
+
+
+def test_issue12_item3_a_value_the_database_refuses_deep_in_a_route_is_400_not_500(
+    api: Api, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net: should a value PostgreSQL refuses as data (SQLSTATE class 22) get past
+    every check into a query, the answer is the client's 400 with the stable body."""
+
+    # Given a lookup that sends an integer past bigint to the database,
+    def overflowing(adapter: str, **ref: Any) -> None:
+        with api.ctx.pool.connection() as conn:
+            conn.execute("SELECT %s::bigint", (2**63,))
+
+    monkeypatch.setattr(api.repo, "find_by_ref", overflowing)
+    # when a notification reaches it,
+    response = http.post("/v1/callbacks/sandbox", content=_invoice(id="inv_x"))
+    # then the answer is 400 bad_request, not a 500.
+    assert response.status_code == 400, response.text
+    assert error(response)["code"] == "bad_request"
+
+
+# -- item 7: control characters in stored text ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("return_url", "https://shop.example/back\r\nSet-Cookie: a=b"),
+        ("return_url", "https://shop.example/\tback"),
+        ("return_url", "\nhttps://shop.example/back"),
+        ("return_url", " https://shop.example/back"),
+        ("return_url", "https://shop.example/a b"),
+        ("return_url", ""),
+        ("description", "Top-up\r\nBcc: everyone@example.com"),
+        ("description", "bell\x07"),
+        ("description", "C1\x85control"),
+        ("user_id", "u1\n"),
+        ("site_ref", "A-1\r"),
+        ("adapter", "sandbox\x1b"),
+    ],
+)
+def test_issue12_item7_control_characters_in_text_fields_are_refused_and_nothing_stored(  # noqa: PLR0917
+    api: Api, http: httpx.Client, auth: dict[str, str], site: str, field: str, value: str
+) -> None:
+    response = http.post("/v1/orders", json=ORDER | {field: value}, headers=auth)
+    assert response.status_code == 422, response.text
+    assert (error(response)["code"], error(response)["field"]) == ("invalid_field", field)
+    assert site_orders(api, site) == 0
+
+
+@pytest.mark.parametrize(
+    "return_url", ["https://shop.example/back\r\nX: y", "https://shop.example/\tx", "http://[::1"]
+)
+def test_issue12_item7_the_library_stores_only_the_return_url_it_checked(
+    api: Api, site: str, return_url: str
+) -> None:
+    new = NewOrder(
+        site=site, user_id="u1", money=Money(100, "USD"), adapter="sandbox", return_url=return_url
+    )
+    with pytest.raises(InvalidInput) as refused:
+        api.repo.create(new)
+    assert refused.value.field == "return_url"
+    assert site_orders(api, site) == 0
+
+
+def test_issue12_item7_a_clean_return_url_and_description_are_stored_exactly_as_sent(
+    http: httpx.Client, auth: dict[str, str]
+) -> None:
+    body = ORDER | {
+        "return_url": "https://xn--e1afmkfd.xn--p1ai/back?x=1&y=%20#top",
+        "description": "Пополнение «Gold» 🎁",
+    }
+    created = http.post("/v1/orders", json=body, headers=auth)
+    assert created.status_code == 201, created.text
+    stored = http.get(f"/v1/orders/{created.json()['id']}", headers=auth).json()
+    assert (stored["return_url"], stored["description"]) == (
+        body["return_url"],
+        body["description"],
+    )
