@@ -12,24 +12,36 @@ it) and describe the adapter::
             create=load_response(HERE / "create.json"),
             states={CanonicalState.PAID: load_response(HERE / "paid.json"), ...},
             notifications=NotificationFixtures(valid=..., tampered=..., stale=..., ...),
+            lookup_found=..., lookup_missing=...,  # with lookup_by_reference
+            cancelled=...,  # with cancel
         )
+        vectors = (SignatureVector("documented example", compute, "ab12..."),)
 
 The fixtures describe one payment for ``order``. The kit checks that the create request is
 fixed for a fixed order and carries the idempotency key (or, without one, our reference), that
 ``API_URL`` moves every request, that each canonical state's fixture parses to that state, that
-unreadable bodies raise :class:`MalformedResponse` and error pages a :class:`TransientError`,
-that optional operations match the capabilities, that notifications are never verified unless
-signed and genuine, and that secrets stay out of reprs, exceptions and logs (structlog and
-stdlib). Request headers may carry credentials (``Authorization``); the transport owns them and
-the kit checks they are never logged.
+unreadable bodies raise :class:`MalformedResponse` and error pages a :class:`TransientError`
+(a lookup never answers None to them), that a lookup finds the fixture invoice and answers None
+only to the "no such payment" fixture, that cancel and capture answers read as such, that
+``can_cancel`` never cancels money already taken, that an access token parses to a
+:class:`Secret` fetched with credentials in headers only, that notifications are never verified
+unless signed and genuine (a replayable signature may verify a stale one, never a tampered one),
+that the author's known-signature vectors match, and that secrets stay out of reprs, exceptions
+and logs (structlog and stdlib). Request headers may carry credentials (``Authorization``); the
+transport owns them and the kit checks they are never logged.
+
+Every failure says what was expected and what was found; ``docs/adapters.md`` walks an author
+from an empty module to a passing kit. :mod:`adapters.replay` serves the same fixtures over HTTP
+to run the real engine against an adapter.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +57,7 @@ from adapters.base import (
     AdapterSettings,
     CanonicalState,
     Capabilities,
+    CredentialsRejected,
     Invoice,
     MalformedResponse,
     Notification,
@@ -54,7 +67,10 @@ from adapters.base import (
     PspRequest,
     PspResponse,
     Reply,
+    Secret,
     StatusReport,
+    Token,
+    pairs,
 )
 from adapters.registry import resolve_settings
 from orders.errors import DispatchError, TransientError
@@ -89,6 +105,14 @@ SERVER_ERRORS: Mapping[str, tuple[int, bytes]] = {
     "504-text": (504, b"upstream timed out"),
     "429-empty": (429, b""),
 }
+# RFC 6749 section 5.2: the token endpoint's answer to client credentials it does not accept.
+TOKEN_REFUSED = PspResponse(
+    401,
+    b'{"error": "invalid_client", "error_description": "Client Authentication failed"}',
+    {"content-type": "application/json"},
+)
+# What a successful cancel may read as: the payment is over and no money was taken.
+CANCELLED_STATES = frozenset({CanonicalState.REJECTED, CanonicalState.EXPIRED})
 
 
 def sample_order(**changes: Any) -> Order:
@@ -132,6 +156,19 @@ def load_response(
 
 
 @dataclass(frozen=True, slots=True)
+class SignatureVector:
+    """A known input with its known signature, e.g. an example from the payment system's docs.
+
+    ``compute`` runs the adapter's own signing code on the input; the kit compares its result
+    with ``expected`` and names the vector when they differ.
+    """
+
+    name: str
+    compute: Callable[[], str]
+    expected: str
+
+
+@dataclass(frozen=True, slots=True)
 class NotificationFixtures:
     """Three pushes about the fixture payment: genuine, altered after sending, and old.
 
@@ -153,10 +190,18 @@ class FixtureSet:
     ``states`` holds one status response per canonical state; states the payment system can
     never report go in ``not_reported``. The ``PAID`` fixture must report the order's money.
     ``create`` is required when ``build_create`` returns a request. ``malformed`` (status
-    answers) and ``malformed_create`` (create answers) add the adapter's own unreadable cases
-    (an unknown status, a number where a string belongs) to the kit's generic ones. ``psp_id``
-    is the payment system's id for the payment; by default the one the create fixture (or the
-    returned :class:`Invoice`) gives.
+    answers), ``malformed_create`` (create answers) and ``malformed_lookup`` (lookup answers)
+    add the adapter's own unreadable cases (an unknown status, a number where a string belongs)
+    to the kit's generic ones. ``psp_id`` is the payment system's id for the payment; by default
+    the one the create fixture (or the returned :class:`Invoice`) gives.
+
+    The operations the adapter has need their answers: ``lookup_found`` (the lookup finds the
+    fixture payment) and ``lookup_missing`` (the payment system surely has none) with
+    ``lookup_by_reference``; ``cancelled`` (the answer to a cancel, read by ``parse_status``
+    with ``operation="cancel"``) with ``cancel``; ``captured`` (the answer to a capture, paid)
+    when ``build_capture`` builds a request; ``token`` (the token endpoint's answer) when
+    ``build_token`` builds a request. ``cancelled_state`` pins the state the cancel answer reads
+    as (by default rejected or expired).
     """
 
     states: Mapping[CanonicalState, PspResponse]
@@ -166,6 +211,23 @@ class FixtureSet:
     malformed_create: Mapping[str, PspResponse] = field(default_factory=dict)
     notifications: NotificationFixtures | None = None
     not_reported: frozenset[CanonicalState] = frozenset()
+    lookup_found: PspResponse | None = None
+    lookup_missing: PspResponse | None = None
+    malformed_lookup: Mapping[str, PspResponse] = field(default_factory=dict)
+    cancelled: PspResponse | None = None
+    cancelled_state: CanonicalState | None = None
+    captured: PspResponse | None = None
+    token: PspResponse | None = None
+
+
+def _ordered_pairs(value: Any) -> list[tuple[str, str]]:
+    """Pairs as the request sends them: a mapping sorted (its order means nothing), a sequence
+    of pairs as given (repeated and nested keys keep their order)."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return sorted((str(k), str(v)) for k, v in value.items())
+    return [(str(k), str(v)) for k, v in pairs(value)]
 
 
 def canonical_request(request: PspRequest) -> bytes:
@@ -175,26 +237,29 @@ def canonical_request(request: PspRequest) -> bytes:
         "url": request.url,
         "operation": request.operation,
         "headers": sorted((k.lower(), v) for k, v in request.headers.items()),
-        "params": sorted(request.params.items()),
+        "params": _ordered_pairs(request.params),
         "json": request.json,
         "content": None if request.content is None else request.content.hex(),
-        "form": None if request.form is None else sorted(request.form.items()),
+        "form": None if request.form is None else _ordered_pairs(request.form),
     }
     return json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def _request_payload(request: PspRequest) -> str:
+def request_payload(request: PspRequest) -> str:
     """Everything of a request except its headers, as text to search."""
     content = "" if request.content is None else request.content.decode("utf-8", "replace")
     return " ".join(
         (
             request.url,
-            json.dumps(sorted(request.params.items())),
+            json.dumps(_ordered_pairs(request.params)),
             json.dumps(request.json, sort_keys=True, default=str),
             content,
-            json.dumps(sorted((request.form or {}).items())),
+            json.dumps(_ordered_pairs(request.form)),
         )
     )
+
+
+_request_payload = request_payload  # the name earlier kit users imported
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -214,6 +279,37 @@ def _attempt(call: Callable[..., Any], *args: Any) -> Any:
         return exc
 
 
+def _expect_error(
+    kind: type[BaseException], what: str, call: Callable[..., Any], *args: Any
+) -> BaseException:
+    """The ``kind`` error ``call`` raised; a failure naming ``what`` if it answered or raised
+    another of paydispatch's errors. Anything else (a KeyError from a careless parser)
+    propagates, so the test errors out with the adapter's own traceback."""
+    try:
+        result = call(*args)
+    except kind as exc:
+        return exc
+    except (DispatchError, NotSupported) as exc:
+        pytest.fail(
+            f"{what}: expected {kind.__name__}, found {type(exc).__name__}: {exc}", pytrace=False
+        )
+    pytest.fail(f"{what}: expected {kind.__name__}, the adapter answered {result!r}", pytrace=False)
+
+
+def _carries_secret(value: str, secrets: Sequence[str]) -> bool:
+    """A header value holding a secret as is, or base64-encoded (HTTP Basic auth)."""
+    if any(secret in value for secret in secrets):
+        return True
+    for word in value.split():
+        try:
+            decoded = base64.b64decode(word, validate=True).decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            continue
+        if any(secret in decoded for secret in secrets):
+            return True
+    return False
+
+
 class AdapterConformance:
     """Checks every adapter passes; subclass as ``Test<Name>Conformance`` and set the fields."""
 
@@ -222,11 +318,13 @@ class AdapterConformance:
     fixtures: ClassVar[FixtureSet]
     order: ClassVar[Order] = sample_order()
     other_api_url: ClassVar[str] = OTHER_API_URL
+    # Known inputs with known signatures (the payment system's documented examples).
+    vectors: ClassVar[Sequence[SignatureVector]] = ()
 
     # -- helpers -------------------------------------------------------------------------------
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        """One test per state fixture and per malformed body, named after it."""
+        """One test per state fixture, malformed body, server error and vector, named after it."""
         if "state_case" in metafunc.fixturenames:
             states = sorted(self.fixtures.states.items())
             metafunc.parametrize("state_case", states, ids=[str(s) for s, _ in states])
@@ -240,6 +338,19 @@ class AdapterConformance:
                 [PspResponse(status_code=code, content=body) for _, (code, body) in errors],
                 ids=[name for name, _ in errors],
             )
+        if "vector" in metafunc.fixturenames:
+            metafunc.parametrize("vector", self.vectors, ids=[v.name for v in self.vectors])
+
+    def _answered_operations(self) -> list[str]:
+        """The operations whose answers the adapter parses, beyond status."""
+        operations = ["status"]
+        if self.fixtures.create is not None:
+            operations.append("create")
+        if self.adapter.capabilities.lookup_by_reference:
+            operations.append("lookup")
+        if self.token_request(self.resolved()) is not None:
+            operations.append("token")
+        return operations
 
     def _malformed_cases(self) -> dict[str, tuple[str, PspResponse]]:
         """Unreadable answers by test id, each with the operation it answers."""
@@ -249,11 +360,14 @@ class AdapterConformance:
             generic["truncated-paid-fixture"] = PspResponse(
                 200, paid.content[: len(paid.content) // 2]
             )
-        operations = ["status"] + (["create"] if self.fixtures.create is not None else [])
+        operations = self._answered_operations()
         cases = {f"{op}-{name}": (op, r) for name, r in generic.items() for op in operations}
         cases.update({f"status-{n}": ("status", r) for n, r in self.fixtures.malformed.items()})
         cases.update(
             {f"create-{n}": ("create", r) for n, r in self.fixtures.malformed_create.items()}
+        )
+        cases.update(
+            {f"lookup-{n}": ("lookup", r) for n, r in self.fixtures.malformed_lookup.items()}
         )
         return cases
 
@@ -279,8 +393,18 @@ class AdapterConformance:
         built = self.adapter.build_create(order, self.resolved())
         if isinstance(built, Invoice):
             return built
-        assert self.fixtures.create is not None, "build_create returns a request: set create"
+        assert self.fixtures.create is not None, (
+            "build_create returns a request, so FixtureSet.create must hold the payment "
+            "system's answer to it; found create=None"
+        )
         return self.adapter.parse_create(order, self.fixtures.create)
+
+    def expected_psp_id(self) -> str:
+        """The fixture payment's id: ``FixtureSet.psp_id``, else the created invoice's."""
+        return self.fixtures.psp_id or self.invoice().psp_id
+
+    def token_request(self, settings: AdapterSettings) -> PspRequest | None:
+        return self.adapter.build_token(settings)
 
     def built_requests(self, settings: AdapterSettings) -> dict[str, PspRequest | Invoice]:
         """Every request (or invoice) the adapter builds for the kit's order, by operation."""
@@ -299,52 +423,98 @@ class AdapterConformance:
             result = _attempt(build, order, settings)
             if isinstance(result, PspRequest):
                 built[operation] = result
+        token = self.token_request(settings)
+        if token is not None:
+            built["token"] = token
         return built
 
     def secrets(self) -> list[str]:
         settings = self.resolved()
         return [settings.get(s.key) for s in self.adapter.settings_spec if s.secret]
 
+    def parse_token(self) -> Token:
+        """The token fixture parsed; fails when the adapter needs a token and none is given."""
+        assert self.fixtures.token is not None, (
+            "build_token returns a request, so FixtureSet.token must hold the token endpoint's "
+            "answer to it; found token=None"
+        )
+        return self.adapter.parse_token(self.fixtures.token, self.resolved())
+
     # -- declaration ---------------------------------------------------------------------------
 
     def test_declares_name_capabilities_and_settings(self) -> None:
         adapter = self.adapter
-        assert isinstance(adapter, Adapter)
-        assert adapter.name
-        assert adapter.name == adapter.name.lower()
-        assert isinstance(adapter.capabilities, Capabilities)
+        assert isinstance(adapter, Adapter), (
+            f"adapter must be an instance of adapters.base.Adapter, found {type(adapter)!r}"
+        )
+        assert adapter.name, "the adapter needs a name (its entry point and settings prefix)"
+        assert adapter.name == adapter.name.lower(), (
+            f"adapter names are lower case, found {adapter.name!r}"
+        )
+        assert isinstance(adapter.capabilities, Capabilities), (
+            f"capabilities must be adapters.base.Capabilities, found {adapter.capabilities!r}"
+        )
         caps = adapter.capabilities
-        assert caps.default_expiry > timedelta(0)
-        assert timedelta(0) < caps.poll.first <= caps.poll.cap
-        assert caps.poll.factor >= 1
+        assert caps.default_expiry > timedelta(0), (
+            f"default_expiry must be positive, found {caps.default_expiry}"
+        )
+        assert timedelta(0) < caps.poll.first <= caps.poll.cap, (
+            f"poll policy needs 0 < first <= cap, found first={caps.poll.first} cap={caps.poll.cap}"
+        )
+        assert caps.poll.factor >= 1, f"poll factor must be >= 1, found {caps.poll.factor}"
         if caps.currencies:
             assert self.order.money.currency in caps.currencies, (
-                "kit order in an unsupported currency"
+                f"the kit order is in {self.order.money.currency}, which the adapter does not "
+                f"accept ({sorted(caps.currencies)}): set order = sample_order(money=...)"
             )
-        assert not caps.signed_notifications or caps.notifications
+        assert not caps.signed_notifications or caps.notifications, (
+            "signed_notifications without notifications: declare notifications=True"
+        )
+        assert not caps.replayable_notifications or caps.signed_notifications, (
+            "replayable_notifications describes a signature: declare signed_notifications=True"
+        )
+        assert not caps.cancel_refunds or caps.cancel, (
+            "cancel_refunds describes a cancel: declare cancel=True"
+        )
         keys = [spec.key for spec in adapter.settings_spec]
-        assert len(keys) == len(set(keys))
-        assert all(k == k.upper() for k in keys)
+        assert len(keys) == len(set(keys)), f"settings_spec repeats a key: {keys}"
+        assert all(k == k.upper() for k in keys), f"setting keys are upper case, found {keys}"
 
     def test_settings_spec_has_api_url_with_a_default(self) -> None:
         spec = {s.key: s for s in self.adapter.settings_spec}
-        assert "API_URL" in spec, "every adapter has API_URL, so tests can point it elsewhere"
+        assert "API_URL" in spec, (
+            f"every adapter has API_URL, so tests can point it elsewhere; found {sorted(spec)}"
+        )
         default = spec["API_URL"].default
-        assert default is not None
+        assert default is not None, "API_URL needs a default: the payment system's live base URL"
         # https for real payment systems; a local sandbox may serve plain http.
-        assert urlsplit(default).scheme in {"http", "https"}
-        assert urlsplit(default).netloc
-        assert not spec["API_URL"].secret
+        parts = urlsplit(default)
+        assert parts.scheme in {"http", "https"}, (
+            f"API_URL's default must be an http(s) URL, found {default!r}"
+        )
+        assert parts.netloc, f"API_URL's default must name a host, found {default!r}"
+        assert not spec["API_URL"].secret, "API_URL is not a secret: it must show in logs"
 
     def test_test_settings_use_long_fake_secrets(self) -> None:
         # Short secrets would make the secret-leak checks below pass or fail by accident.
-        assert all(len(secret) >= MIN_SECRET_LENGTH for secret in self.secrets())
+        short = [
+            s.key
+            for s in self.adapter.settings_spec
+            if s.secret and len(self.resolved().get(s.key)) < MIN_SECRET_LENGTH
+        ]
+        assert not short, (
+            f"the kit's settings need fake secrets of at least {MIN_SECRET_LENGTH} characters, "
+            f"so a leak is found by search; too short: {short}"
+        )
 
     def test_settings_repr_hides_secrets(self) -> None:
         settings = self.resolved()
         shown = f"{settings!r} {settings!s} {self.adapter!r}"
-        for secret in self.secrets():
-            assert secret not in shown
+        for spec in self.adapter.settings_spec:
+            if spec.secret:
+                assert settings.get(spec.key) not in shown, (
+                    f"secret setting {spec.key} shows in the repr of the settings or adapter"
+                )
 
     # -- create --------------------------------------------------------------------------------
 
@@ -352,11 +522,19 @@ class AdapterConformance:
         first = self.adapter.build_create(self.new_order(), self.resolved())
         second = self.adapter.build_create(self.new_order(), self.resolved())
         if isinstance(first, Invoice):
-            assert first == second
-        else:
-            assert isinstance(second, PspRequest)
-            assert canonical_request(first) == canonical_request(second)
-            assert first.operation == "create"
+            assert first == second, (
+                f"build_create gave two invoices for one order: {first!r} then {second!r}"
+            )
+            return
+        assert isinstance(second, PspRequest), f"build_create answered {second!r}"
+        assert canonical_request(first) == canonical_request(second), (
+            "build_create must build the same request every time for the same order (a retry "
+            "must be the same call): found\n"
+            f"{canonical_request(first).decode()}\nthen\n{canonical_request(second).decode()}"
+        )
+        assert first.operation == "create", (
+            f"the create request's operation must be 'create', found {first.operation!r}"
+        )
 
     def test_create_carries_the_idempotency_key_or_our_reference(self) -> None:
         order = self.new_order()
@@ -364,21 +542,32 @@ class AdapterConformance:
         if isinstance(built, Invoice):
             text = built.pay_url or ""
         else:
-            text = _request_payload(built) + " " + " ".join(built.headers.values())
+            text = request_payload(built) + " " + " ".join(built.headers.values())
         if self.adapter.capabilities.idempotent_create:
-            assert order.psp_idempotency_key in text
+            assert order.psp_idempotency_key in text, (
+                f"idempotent_create: the create must carry the key {order.psp_idempotency_key!r} "
+                "(order.psp_idempotency_key) in a header or the body; it does not"
+            )
         else:
             # Without a key, the dispatcher finds an earlier invoice by our order number.
-            assert str(order.number) in text or str(order.id) in text
+            assert str(order.number) in text or str(order.id) in text, (
+                f"without an idempotency key the create must carry our reference (order.id "
+                f"{order.id} or order.number {order.number}) so a lookup can find it; it does not"
+            )
 
     def test_create_response_parses_to_an_invoice(self) -> None:
         invoice = self.invoice()
-        assert isinstance(invoice, Invoice)
-        assert invoice.psp_id
+        assert isinstance(invoice, Invoice), f"expected an Invoice, found {invoice!r}"
+        assert invoice.psp_id, f"the invoice needs the payment system's id, found {invoice!r}"
         if invoice.pay_url is not None:
-            assert urlsplit(invoice.pay_url).scheme in {"http", "https"}
+            assert urlsplit(invoice.pay_url).scheme in {"http", "https"}, (
+                f"the pay URL must be http(s), found {invoice.pay_url!r}"
+            )
         if self.fixtures.psp_id is not None:
-            assert invoice.psp_id == self.fixtures.psp_id
+            assert invoice.psp_id == self.fixtures.psp_id, (
+                f"the create fixture should give psp_id {self.fixtures.psp_id!r} "
+                f"(FixtureSet.psp_id), found {invoice.psp_id!r}"
+            )
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -386,118 +575,407 @@ class AdapterConformance:
         order = self.invoiced_order()
         first = self.adapter.build_status(order, self.resolved())
         second = self.adapter.build_status(order, self.resolved())
-        assert canonical_request(first) == canonical_request(second)
-        assert first.operation == "status"
-        payload = _request_payload(first)
-        assert any(ref in payload for ref in (str(order.psp_id), str(order.id), str(order.number)))
+        assert canonical_request(first) == canonical_request(second), (
+            "build_status must build the same request every time for the same order; found\n"
+            f"{canonical_request(first).decode()}\nthen\n{canonical_request(second).decode()}"
+        )
+        assert first.operation == "status", (
+            f"the status request's operation must be 'status', found {first.operation!r}"
+        )
+        payload = request_payload(first)
+        refs = (str(order.psp_id), str(order.id), str(order.number))
+        assert any(ref in payload for ref in refs), (
+            f"the status request must name the payment (psp_id {order.psp_id!r}, order id or "
+            f"number) outside its headers; found {payload!r}"
+        )
 
     def test_requests_start_at_the_configured_api_url(self) -> None:
         for api_url in (self.resolved().api_url, self.other_api_url):
             settings = self.resolved(API_URL=api_url)
             for operation, built in self.built_requests(settings).items():
                 url = built.pay_url if isinstance(built, Invoice) else built.url
-                assert url is not None, operation
-                assert url.startswith(api_url.rstrip("/")), (operation, url)
+                assert url is not None, (
+                    f"{operation}: an invoice built without a call needs a pay URL, found None"
+                )
+                assert url.startswith(api_url.rstrip("/")), (
+                    f"{operation}: with API_URL={api_url!r} the URL must start there (so tests "
+                    f"and fakes can move it), found {url!r}"
+                )
 
     def test_optional_operations_match_capabilities(self) -> None:
         caps, built = self.adapter.capabilities, self.built_requests(self.resolved())
-        assert ("cancel" in built) == caps.cancel
-        assert ("lookup" in built) == caps.lookup_by_reference
+        assert ("cancel" in built) == caps.cancel, (
+            f"capabilities.cancel={caps.cancel} but build_cancel "
+            f"{'builds a request' if 'cancel' in built else 'raises NotSupported'}"
+        )
+        assert ("lookup" in built) == caps.lookup_by_reference, (
+            f"capabilities.lookup_by_reference={caps.lookup_by_reference} but build_lookup "
+            f"{'builds a request' if 'lookup' in built else 'raises NotSupported'}"
+        )
         for operation, request in built.items():
             if isinstance(request, PspRequest):
-                assert request.operation == operation
+                assert request.operation == operation, (
+                    f"the request from build_{operation} must say operation={operation!r}, "
+                    f"found {request.operation!r}"
+                )
         if not caps.notifications:
             notification = Notification(headers={}, body=b"{}")
-            with pytest.raises(NotSupported):
-                self.adapter.parse_notification(notification, self.resolved())
+            _expect_error(
+                NotSupported,
+                "notifications=False, so parse_notification must raise NotSupported",
+                self.adapter.parse_notification,
+                notification,
+                self.resolved(),
+            )
 
     # -- status --------------------------------------------------------------------------------
 
     def test_every_canonical_state_has_a_fixture(self) -> None:
         missing = set(CanonicalState) - set(self.fixtures.states) - self.fixtures.not_reported
-        assert not missing, f"add status fixtures for {sorted(missing)} or list them not_reported"
+        assert not missing, (
+            f"add status fixtures for {sorted(missing)} to FixtureSet.states, or list the states "
+            "the payment system never reports in not_reported"
+        )
 
     def test_state_fixture_parses_to_its_state(
         self, state_case: tuple[CanonicalState, PspResponse]
     ) -> None:
         state, response = state_case
-        report = self.adapter.parse_status(self.invoiced_order(), response)
-        assert isinstance(report, StatusReport)
-        assert report.state is state
-        assert report.raw_status
+        report = self.adapter.parse_status(self.invoiced_order(), response, self.resolved())
+        assert isinstance(report, StatusReport), (
+            f"parse_status must answer a StatusReport, found {report!r}"
+        )
+        assert report.state is state, (
+            f"the {state} fixture must parse to {state}, found {report.state} "
+            f"(raw status {report.raw_status!r})"
+        )
+        assert report.raw_status, (
+            "StatusReport.raw_status must carry the payment system's own word, found ''"
+        )
 
     def test_paid_fixture_reports_the_order_money(self) -> None:
         paid = self.fixtures.states.get(CanonicalState.PAID)
         if paid is None:
             pytest.skip("this payment system reports no paid state")
-        report = self.adapter.parse_status(self.invoiced_order(), paid)
-        assert report.money == self.order.money
+        report = self.adapter.parse_status(self.invoiced_order(), paid, self.resolved())
+        assert report.money == self.order.money, (
+            f"the paid fixture must report the order's money {self.order.money} (the dispatcher "
+            f"compares it with the order), found {report.money}"
+        )
+
+    def _parse_answer(self, operation: str, response: PspResponse) -> Any:
+        """Parse ``response`` as the answer to ``operation``."""
+        settings = self.resolved()
+        if operation == "create":
+            return self.adapter.parse_create(self.new_order(), response)
+        if operation == "lookup":
+            return self.adapter.parse_lookup(self.new_order(), response, settings)
+        if operation == "token":
+            return self.adapter.parse_token(response, settings)
+        return self.adapter.parse_status(self.invoiced_order(), response, settings, operation)
 
     def test_malformed_body_raises_malformed_response(
         self, malformed_case: tuple[str, PspResponse]
     ) -> None:
         operation, response = malformed_case
-        if operation == "create":
-            with pytest.raises(MalformedResponse):
-                self.adapter.parse_create(self.new_order(), response)
-        else:
-            with pytest.raises(MalformedResponse):
-                self.adapter.parse_status(self.invoiced_order(), response)
+        body = response.content[:60]
+        what = f"an unreadable {operation} answer (HTTP {response.status_code}, body {body!r})"
+        if operation == "lookup":
+            what += "; a None here would make the dispatcher create a second invoice"
+        _expect_error(MalformedResponse, what, self._parse_answer, operation, response)
 
     def test_server_error_page_is_transient(self, server_error: PspResponse) -> None:
-        with pytest.raises(TransientError):
-            self.adapter.parse_status(self.invoiced_order(), server_error)
-        if self.fixtures.create is not None:
-            with pytest.raises(TransientError):
-                self.adapter.parse_create(self.new_order(), server_error)
+        for operation in self._answered_operations():
+            _expect_error(
+                TransientError,
+                f"a {operation} answered by an HTTP {server_error.status_code} error page must "
+                "be transient (retried, never final)",
+                self._parse_answer,
+                operation,
+                server_error,
+            )
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def _lookup_capable(self) -> None:
+        fixtures = self.fixtures
+        given = fixtures.lookup_found is not None or fixtures.lookup_missing is not None
+        if not self.adapter.capabilities.lookup_by_reference:
+            assert not given, (
+                "lookup fixtures for an adapter without lookup_by_reference: declare it or drop "
+                "lookup_found/lookup_missing"
+            )
+            pytest.skip("the adapter cannot look invoices up")
+
+    def test_lookup_request_names_our_order(self) -> None:
+        self._lookup_capable()
+        order = self.new_order()
+        request = self.adapter.build_lookup(order, self.resolved())
+        payload = request_payload(request)
+        assert str(order.number) in payload or str(order.id) in payload, (
+            f"the lookup must ask by our reference (order.id {order.id} or order.number "
+            f"{order.number}) outside its headers; found {payload!r}"
+        )
+
+    def test_lookup_finds_the_fixture_invoice(self) -> None:
+        self._lookup_capable()
+        assert self.fixtures.lookup_found is not None, (
+            "lookup_by_reference: FixtureSet.lookup_found must hold the answer to a lookup that "
+            "finds the fixture payment; found None"
+        )
+        found = self.adapter.parse_lookup(
+            self.new_order(), self.fixtures.lookup_found, self.resolved()
+        )
+        expected = self.expected_psp_id()
+        assert isinstance(found, Invoice), (
+            f"the lookup_found fixture must parse to an Invoice with psp_id {expected!r}, "
+            f"found {found!r} (None makes the dispatcher create a second invoice)"
+        )
+        assert found.psp_id == expected, (
+            f"the lookup_found fixture must name psp_id {expected!r}, found {found.psp_id!r}"
+        )
+
+    def test_lookup_answers_none_only_when_the_payment_system_has_no_invoice(self) -> None:
+        self._lookup_capable()
+        assert self.fixtures.lookup_missing is not None, (
+            "lookup_by_reference: FixtureSet.lookup_missing must hold the payment system's "
+            "answer when it has no payment for the order; found None"
+        )
+        missing = self.adapter.parse_lookup(
+            self.new_order(), self.fixtures.lookup_missing, self.resolved()
+        )
+        assert missing is None, (
+            f"the lookup_missing fixture must parse to None (no invoice: a create is safe), "
+            f"found {missing!r}"
+        )
+
+    # -- cancel and capture --------------------------------------------------------------------
+
+    def test_cancel_answer_reads_as_cancelled(self) -> None:
+        fixtures, caps = self.fixtures, self.adapter.capabilities
+        if not caps.cancel:
+            assert fixtures.cancelled is None, (
+                "a cancelled fixture for an adapter without cancel: declare cancel=True or drop it"
+            )
+            pytest.skip("the adapter cannot cancel")
+        assert fixtures.cancelled is not None, (
+            "capabilities.cancel: FixtureSet.cancelled must hold the answer to a cancel; found None"
+        )
+        report = self.adapter.parse_status(
+            self.invoiced_order(), fixtures.cancelled, self.resolved(), "cancel"
+        )
+        expected = (
+            {fixtures.cancelled_state} if fixtures.cancelled_state is not None else CANCELLED_STATES
+        )
+        assert isinstance(report, StatusReport), f"parse_status answered {report!r}"
+        assert report.state in expected, (
+            f"the cancelled fixture, read with operation='cancel', must be one of "
+            f"{sorted(expected)} (set cancelled_state to pin it), found {report!r}"
+        )
+
+    def test_can_cancel_never_gives_back_money_taken(self) -> None:
+        caps, order = self.adapter.capabilities, self.invoiced_order()
+        reports: dict[str, StatusReport | None] = {"no state read": None}
+        for state, response in self.fixtures.states.items():
+            reports[str(state)] = self.adapter.parse_status(order, response, self.resolved())
+        for name, report in reports.items():
+            allowed = self.adapter.can_cancel(order, report)
+            if not caps.cancel:
+                assert not allowed, f"cancel=False, yet can_cancel({name}) answered True"
+            read = report.state if report is not None else None
+            if read in {CanonicalState.PAID, CanonicalState.REFUNDED}:
+                assert not allowed, (
+                    f"can_cancel must answer False for a {read} payment (never cancel money "
+                    "already taken), found True"
+                )
+            if report is None and caps.cancel_refunds:
+                assert not allowed, (
+                    "cancel_refunds: with no state read the payment may be paid, so can_cancel "
+                    "must answer False, found True"
+                )
+
+    def test_capture_answer_reads_as_paid(self) -> None:
+        capture = _attempt(self.adapter.build_capture, self.invoiced_order(), self.resolved())
+        if not isinstance(capture, PspRequest):
+            assert self.fixtures.captured is None, (
+                "a captured fixture for an adapter without a capture step: drop it"
+            )
+            pytest.skip("the adapter has no capture step")
+        assert self.fixtures.captured is not None, (
+            "build_capture builds a request: FixtureSet.captured must hold the answer to it; "
+            "found None"
+        )
+        report = self.adapter.parse_status(
+            self.invoiced_order(), self.fixtures.captured, self.resolved(), "capture"
+        )
+        assert report.state is CanonicalState.PAID, (
+            f"the captured fixture, read with operation='capture', must be paid, found "
+            f"{report.state} (raw status {report.raw_status!r})"
+        )
+        assert report.money == self.order.money, (
+            f"the captured fixture must report the order's money {self.order.money}, "
+            f"found {report.money}"
+        )
+
+    # -- access tokens -------------------------------------------------------------------------
+
+    def _token_request(self) -> PspRequest:
+        request = self.token_request(self.resolved())
+        if request is None:
+            assert self.fixtures.token is None, (
+                "a token fixture for an adapter whose build_token answers None: drop it"
+            )
+            pytest.skip("the payment system needs no access token")
+        return request
+
+    def test_token_fixture_parses_to_a_secret_that_expires(self) -> None:
+        self._token_request()
+        token = self.parse_token()
+        assert isinstance(token, Token), f"parse_token must answer a Token, found {token!r}"
+        assert isinstance(token.value, Secret), (
+            f"the token's value must be an adapters.base.Secret, found {type(token.value)!r}"
+        )
+        assert token.value.reveal(), "the token's value is empty"
+        assert token.expires_in > timedelta(0), (
+            f"the token must say how long it is good for, found expires_in={token.expires_in}"
+        )
+        status = self.adapter.build_status(self.invoiced_order(), self.resolved())
+        carried = self.adapter.apply_token(status, token)
+        assert any(token.value.reveal() in v for v in carried.headers.values()), (
+            "apply_token must put the token on the request's headers; it is in none"
+        )
+        assert token.value.reveal() not in request_payload(carried), (
+            "apply_token must put the token in headers only, found it in the URL or body"
+        )
+
+    def test_token_request_carries_credentials_only_in_headers(self) -> None:
+        request = self._token_request()
+        assert request.operation == "token", (
+            f"the token request's operation must be 'token', found {request.operation!r}"
+        )
+        secrets = self.secrets()
+        payload = request_payload(request)
+        leaked = [s.key for s in self.adapter.settings_spec if s.secret]
+        leaked = [key for key in leaked if self.resolved().get(key) in payload]
+        assert not leaked, (
+            f"the token request carries {leaked} in its URL or body; client credentials go in "
+            "headers only (HTTP Basic), which the transport never logs"
+        )
+        assert any(_carries_secret(v, secrets) for v in request.headers.values()), (
+            "the token request must authenticate with the client credentials in a header "
+            "(HTTP Basic auth); no header carries a secret setting"
+        )
+
+    def test_refused_client_credentials_are_credentials_rejected(self) -> None:
+        self._token_request()
+        _expect_error(
+            CredentialsRejected,
+            "the token endpoint refusing our client credentials (HTTP 401 invalid_client, "
+            "RFC 6749 section 5.2) is a CredentialsRejected: the breaker opens, no order fails",
+            self.adapter.parse_token,
+            TOKEN_REFUSED,
+            self.resolved(),
+        )
 
     # -- notifications -------------------------------------------------------------------------
 
     def _notify(self, notification: Notification) -> NotificationResult | DispatchError:
         result = _attempt(self.adapter.parse_notification, notification, self.resolved())
-        assert not isinstance(result, NotSupported)
-        assert isinstance(result, NotificationResult | DispatchError)
+        assert not isinstance(result, NotSupported), (
+            f"notifications=True but parse_notification raised NotSupported: {result}"
+        )
+        assert isinstance(result, NotificationResult | DispatchError), (
+            f"parse_notification must answer a NotificationResult, found {result!r}"
+        )
         return result
 
     def _notification_fixtures(self) -> NotificationFixtures:
         fixtures = self.fixtures.notifications
         if not self.adapter.capabilities.notifications:
-            assert fixtures is None, "notification fixtures for an adapter without notifications"
+            assert fixtures is None, (
+                "notification fixtures for an adapter without notifications: declare "
+                "notifications=True or drop them"
+            )
             pytest.skip("the adapter accepts no notifications")
-        assert fixtures is not None, "the adapter accepts notifications: set notifications"
+        assert fixtures is not None, (
+            "notifications=True: FixtureSet.notifications must hold valid, tampered and stale "
+            "notifications; found None"
+        )
         return fixtures
 
     def test_valid_notification_names_the_order(self) -> None:
         fixtures = self._notification_fixtures()
+        caps = self.adapter.capabilities
         result = self._notify(fixtures.valid)
-        assert isinstance(result, NotificationResult)
+        assert isinstance(result, NotificationResult), (
+            f"the valid notification must parse, found {type(result).__name__}: {result}"
+        )
         for name in ("order_id", "number", "psp_id"):
             expected = getattr(fixtures.expected_ref, name)
             if expected is not None:
-                assert getattr(result.ref, name) == expected, name
-        assert any(
-            v is not None for v in (result.ref.order_id, result.ref.number, result.ref.psp_id)
+                found = getattr(result.ref, name)
+                assert found == expected, (
+                    f"the valid notification must name {name}={expected!r}, found {found!r}"
+                )
+        assert result.ref != OrderRef(), (
+            "the valid notification must name its order (ref.order_id, number or psp_id), "
+            "found an empty OrderRef"
         )
         if fixtures.expected_reply is not None:
-            assert result.reply == fixtures.expected_reply
-        assert 200 <= result.reply.status_code < 300
-        if self.adapter.capabilities.signed_notifications:
-            assert result.verified
-            assert result.report is not None
-        else:
-            assert not result.verified, "an unsigned notification is only ever a hint"
+            assert result.reply == fixtures.expected_reply, (
+                f"the payment system expects the reply {fixtures.expected_reply!r}, "
+                f"found {result.reply!r}"
+            )
+        assert 200 <= result.reply.status_code < 300, (
+            f"a genuine notification is acknowledged with a 2xx, found {result.reply!r}"
+        )
+        if not caps.signed_notifications:
+            assert not result.verified, (
+                "an unsigned notification is only ever a hint: found verified=True"
+            )
+            return
+        assert result.verified, (
+            "signed_notifications: the valid fixture's signature must verify, found verified=False"
+        )
+        if not caps.replayable_notifications:
+            # A replayable one is a hint whatever it reports: the dispatcher polls the order.
+            assert result.report is not None, (
+                "a verified notification must carry the StatusReport it states, found None"
+            )
 
-    def test_tampered_stale_and_garbage_notifications_are_never_verified(self) -> None:
+    def test_tampered_notification_is_never_verified(self) -> None:
+        result = self._notify(self._notification_fixtures().tampered)
+        assert not (isinstance(result, NotificationResult) and result.verified), (
+            "the tampered notification fixture verified: a body changed after signing must fail "
+            "its signature check"
+        )
+
+    def test_stale_notification_is_never_verified(self) -> None:
         fixtures = self._notification_fixtures()
-        garbage = replace(fixtures.valid, body=b"<html>not a notification</html>")
-        for name, notification in (
-            ("tampered", fixtures.tampered),
-            ("stale", fixtures.stale),
-            ("garbage", garbage),
-        ):
-            result = self._notify(notification)
-            if isinstance(result, NotificationResult):
-                assert not result.verified, name
+        if self.adapter.capabilities.replayable_notifications:
+            pytest.skip("the signature carries no timestamp: a replay cannot be told apart")
+        result = self._notify(fixtures.stale)
+        assert not (isinstance(result, NotificationResult) and result.verified), (
+            "the stale notification fixture verified: a notification older than the tolerance "
+            "must not verify (or declare replayable_notifications=True if the payment system's "
+            "signature has no timestamp)"
+        )
+
+    def test_garbage_notification_is_never_verified(self) -> None:
+        valid = self._notification_fixtures().valid
+        garbage = replace(valid, body=b"<html>not a notification</html>")
+        result = self._notify(garbage)
+        assert not (isinstance(result, NotificationResult) and result.verified), (
+            "an HTML body with the valid fixture's headers verified: only a genuine body may"
+        )
+
+    # -- known signatures ----------------------------------------------------------------------
+
+    def test_signature_vector(self, vector: SignatureVector) -> None:
+        computed = vector.compute()
+        assert computed == vector.expected, (
+            f"signature vector {vector.name!r}: expected {vector.expected!r}, computed {computed!r}"
+        )
 
     # -- secrets -------------------------------------------------------------------------------
 
@@ -507,19 +985,33 @@ class AdapterConformance:
         yield from self.built_requests(settings).values()
         yield from self.built_requests(self.resolved(API_URL=self.other_api_url)).values()
         order, invoiced = self.new_order(), self.invoiced_order()
+        fixtures = self.fixtures
         responses = [
-            *self.fixtures.states.values(),
+            *fixtures.states.values(),
             *(response for _, response in self._malformed_cases().values()),
             *(PspResponse(code, body) for code, body in SERVER_ERRORS.values()),
+            *(r for r in (fixtures.cancelled, fixtures.captured) if r is not None),
         ]
-        create = self.fixtures.create
-        if create is not None:
-            responses.append(create)
-        for response in responses:
-            yield _attempt(self.adapter.parse_status, invoiced, response)
-            if create is not None:
+        if fixtures.create is not None:
+            responses.append(fixtures.create)
+        lookups = [r for r in (fixtures.lookup_found, fixtures.lookup_missing) if r is not None]
+        operations = self._answered_operations()
+        for response in [*responses, *lookups]:
+            yield _attempt(self.adapter.parse_status, invoiced, response, settings)
+            if "create" in operations:
                 yield _attempt(self.adapter.parse_create, order, response)
-        notes = self.fixtures.notifications
+            if "lookup" in operations:
+                yield _attempt(self.adapter.parse_lookup, order, response, settings)
+        if "token" in operations:
+            for response in [*responses, TOKEN_REFUSED]:
+                yield _attempt(self.adapter.parse_token, response, settings)
+            if fixtures.token is not None:
+                token = _attempt(self.adapter.parse_token, fixtures.token, settings)
+                yield token
+                if isinstance(token, Token):
+                    status = self.adapter.build_status(invoiced, settings)
+                    yield self.adapter.apply_token(status, token)
+        notes = fixtures.notifications
         if notes is not None:
             for notification in (notes.valid, notes.tampered, notes.stale):
                 yield _attempt(self.adapter.parse_notification, notification, settings)
@@ -528,8 +1020,35 @@ class AdapterConformance:
         odd = self.resolved(**{s.key: "not-a-valid-value" for s in spec if not s.secret})
         yield _attempt(self.adapter.build_create, order, odd)
         yield _attempt(self.adapter.build_status, invoiced, odd)
+        yield _attempt(self.adapter.build_token, odd)
         if notes is not None:
             yield _attempt(self.adapter.parse_notification, notes.valid, odd)
+
+    def _credentials(self, outcomes: Sequence[object]) -> list[tuple[str, str]]:
+        """What may never be logged, each with a name for failure messages: secret settings
+        (plain and base64), credential headers and access tokens."""
+        settings = self.resolved()
+        found: list[tuple[str, str]] = []
+        for spec in self.adapter.settings_spec:
+            if spec.secret:
+                value = settings.get(spec.key)
+                found += [
+                    (f"secret setting {spec.key}", value),
+                    (
+                        f"secret setting {spec.key} in base64",
+                        base64.b64encode(value.encode()).decode(),
+                    ),
+                ]
+        for outcome in outcomes:
+            if isinstance(outcome, PspRequest):
+                found += [
+                    (f"the {name} header of a {outcome.operation} request", value)
+                    for name, value in outcome.headers.items()
+                    if name.lower() in SENSITIVE_HEADERS
+                ]
+            elif isinstance(outcome, Token):
+                found.append(("the access token", outcome.value.reveal()))
+        return [(name, needle) for name, needle in found if needle]
 
     def test_secrets_stay_out_of_logs_reprs_and_errors(
         self, caplog: pytest.LogCaptureFixture
@@ -537,27 +1056,26 @@ class AdapterConformance:
         caplog.set_level(logging.DEBUG)
         with structlog.testing.capture_logs() as structured:
             outcomes = list(self._exercise())
-        secrets = self.secrets()
-        encoded = [base64.b64encode(s.encode()).decode() for s in secrets]
-        credentials = [
-            value
-            for built in outcomes
-            if isinstance(built, PspRequest)
-            for name, value in built.headers.items()
-            if name.lower() in SENSITIVE_HEADERS
-        ]
+        needles = self._credentials(outcomes)
         logs = " ".join(
             [caplog.text, *(repr(r.__dict__) for r in caplog.records), repr(structured)]
         )
-        for needle in [*secrets, *encoded, *credentials]:
-            assert needle not in logs, "a credential reached the logs"
+        for name, needle in needles:
+            assert needle not in logs, (
+                f"{name} reached the logs: adapters log no settings, headers or tokens"
+            )
         for outcome in outcomes:
             if isinstance(outcome, PspRequest):
                 # Headers may carry credentials for the transport; nothing else may.
-                shown = _request_payload(outcome)
+                shown = request_payload(outcome)
+                where = f"the URL or body of a {outcome.operation} request"
             elif isinstance(outcome, BaseException):
                 shown = _exception_text(outcome)
+                where = f"a {type(outcome).__name__} raised by the adapter"
             else:
                 shown = repr(outcome)
-            for needle in [*secrets, *encoded, *credentials]:
-                assert needle not in shown, f"a credential shows in {type(outcome).__name__}"
+                where = f"the repr of a {type(outcome).__name__}"
+            for name, needle in needles:
+                assert needle not in shown, (
+                    f"{name} shows in {where}; only headers may carry credentials"
+                )
