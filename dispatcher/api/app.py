@@ -55,7 +55,9 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # The browsable views load their script from a CDN: an operator may turn them off
+        # (PAYDISPATCH_API_DOCS=0); /openapi.json is the contract and always served.
+        docs_url="/docs" if ctx.docs else None,
         redoc_url=None,
     )
     app.state.ctx = ctx

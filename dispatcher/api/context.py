@@ -26,6 +26,7 @@ class ApiContext:
     broker_url: str | None = None
     paid_hook: PaidHook | None = None
     body_limit: int = 64 * 1024
+    docs: bool = True  # serve the browsable /docs (settings.api_docs)
     # Buyers' status pages pull an order's next poll forward at most this often (seconds).
     view_debounce: float = 2.0
     keys: ApiKeys = field(init=False)

@@ -3,6 +3,8 @@ lines of JavaScript that poll ``/pay/{id}/status`` and follow the invoice when i
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from html import escape
 
@@ -41,6 +43,29 @@ if(!d.final)setTimeout(tick,d.retry_after_ms||1500)})
 .catch(function(){setTimeout(tick,3000)})}
 if(s==="ready"&&send(b.dataset.payUrl))return;
 if(b.dataset.final!=="true")setTimeout(tick,1000);})();"""
+
+
+def _source_hash(source: str) -> str:
+    digest = hashlib.sha256(source.encode()).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+# The pages' one script and one style sheet are allowed by their hashes and nothing else runs:
+# text a site or a payment system gave (description, links) can never become script. Forms
+# post only back here, no other site may frame the page (clickjacking the Pay buttons), and
+# the script may fetch only this origin's status JSON.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        f"script-src {_source_hash(_SCRIPT)}",
+        f"style-src {_source_hash(_STYLE)}",
+        "connect-src 'self'",
+        "img-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    )
+)
 
 
 def _page(title: str, body: str, *, head: str = "", attrs: str = "") -> str:

@@ -48,6 +48,7 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
+    "Content-Security-Policy": pages.CONTENT_SECURITY_POLICY,
 }
 
 

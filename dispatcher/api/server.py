@@ -25,6 +25,7 @@ def context_from(settings: Settings, *, pool_size: int = 20) -> ApiContext:
         broker_url=boot.services.broker_url,
         paid_hook=paid_hook(settings, boot.pool),
         body_limit=settings.api_body_limit,
+        docs=settings.api_docs,
     )
     ctx.on_close.append(boot.close)
     return ctx

@@ -61,13 +61,16 @@ def running_api(
     runtimes: dict[str, AdapterRuntime] | None = None,
     broker_url: str | None = None,
     body_limit: int = 64 * 1024,
+    docs: bool = True,
 ) -> Iterator[Api]:
     """The real app over ``pool``, served by uvicorn in a thread; its status pages link to it."""
     runtimes = runtimes or api_runtimes()
     repo = OrderRepository(
         pool, {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
     )
-    ctx = ApiContext(repo=repo, runtimes=runtimes, broker_url=broker_url, body_limit=body_limit)
+    ctx = ApiContext(
+        repo=repo, runtimes=runtimes, broker_url=broker_url, body_limit=body_limit, docs=docs
+    )
     with serve_in_thread(create_app(ctx)) as url:
         ctx.public_url = url
         yield Api(url, ctx)

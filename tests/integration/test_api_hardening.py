@@ -8,10 +8,14 @@ the OpenAPI document against what the API does (schemathesis runs in test_api_sc
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,6 +23,7 @@ import httpx
 import pytest
 
 from adapters.sandbox.protocol import DEFAULT_WEBHOOK_SECRET, signature_header
+from dispatcher import config
 from orders import Money, NewOrder, OrderStatus
 from orders.errors import InvalidInput
 from orders.repository import Pool
@@ -215,3 +220,73 @@ def test_issue12_item7_a_clean_return_url_and_description_are_stored_exactly_as_
         body["return_url"],
         body["description"],
     )
+
+
+# -- item 8: headers, and /docs in production ---------------------------------------------------
+
+
+def _policy(response: httpx.Response) -> dict[str, list[str]]:
+    header = response.headers["content-security-policy"]
+    directives = [part.split() for part in header.split(";") if part.strip()]
+    return {name: values for name, *values in directives}
+
+
+def _inline(html: str, tag: str) -> list[str]:
+    return re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+
+
+def _hash(source: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()}'"
+
+
+def test_issue12_item8_the_buyers_pages_run_only_their_own_script_by_hash(
+    api: Api, http: httpx.Client, auth: dict[str, str]
+) -> None:
+    order_id = http.post("/v1/orders", json=ORDER, headers=auth).json()["id"]
+    for path, status in ((f"/pay/{order_id}", 200), (f"/pay/{uuid4()}", 404)):
+        page = http.get(path)
+        assert page.status_code == status
+        policy = _policy(page)
+        assert policy["default-src"] == ["'none'"]
+        assert policy["form-action"] == ["'self'"]
+        assert policy["frame-ancestors"] == ["'none'"]
+        assert policy["connect-src"] == ["'self'"]
+        # Every inline script and style of the page is allowed by its hash, and nothing else is.
+        for tag, directive in (("script", "script-src"), ("style", "style-src")):
+            allowed = policy[directive]
+            assert all(value.startswith("'sha256-") for value in allowed), allowed
+            assert {_hash(source) for source in _inline(page.text, tag)} <= set(allowed)
+    assert _inline(http.get(f"/pay/{order_id}").text, "script"), "the waiting page has its script"
+    # The form posts and the JSON the script reads carry the policy too.
+    switched = http.post(f"/pay/{order_id}/cancel")
+    assert _policy(switched)["form-action"] == ["'self'"]
+    assert _policy(http.get(f"/pay/{order_id}/status"))["default-src"] == ["'none'"]
+
+
+def test_issue12_item8_the_nginx_example_sends_hsts_on_every_https_answer() -> None:
+    conf = (Path(__file__).parents[2] / "deploy" / "nginx" / "paydispatch.conf").read_text()
+    servers = re.split(r"(?m)^server \{", conf)[1:]
+    https = [s for s in servers if re.search(r"listen\s+443\s+ssl", s)]
+    assert len(https) == 1
+    hsts = re.findall(r"add_header\s+Strict-Transport-Security\s+\"([^\"]+)\"\s+always;", https[0])
+    assert len(hsts) == 1, "one HSTS header, sent on error answers too"
+    max_age = int(re.search(r"max-age=(\d+)", hsts[0]).group(1))  # type: ignore[union-attr]
+    assert max_age >= 365 * 24 * 3600
+    # nginx drops a server's add_header in any location that sets one of its own.
+    body = https[0].split("location", 1)[1]
+    assert "add_header" not in body
+
+
+def test_issue12_item8_docs_can_be_turned_off_and_the_schema_stays(pool: Pool) -> None:
+    assert config.load({"PAYDISPATCH_API_DOCS": "0"}).api_docs is False
+    assert config.load({}).api_docs is True
+    with pytest.raises(config.ConfigError, match="PAYDISPATCH_API_DOCS"):
+        config.load({"PAYDISPATCH_API_DOCS": "maybe"})
+    with running_api(pool, docs=False) as quiet:
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            response = httpx.get(f"{quiet.url}{path}", timeout=10)
+            assert response.status_code == 404, path
+            assert error(response)["code"] == "not_found"
+        assert httpx.get(f"{quiet.url}/openapi.json", timeout=10).status_code == 200
+    with running_api(pool) as default:
+        assert httpx.get(f"{default.url}/docs", timeout=10).status_code == 200
