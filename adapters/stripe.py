@@ -1,46 +1,556 @@
-"""Stripe Checkout: skeleton (issue #11), being written."""
+"""Stripe Checkout: hosted Checkout Sessions, status polls, expiry and signed webhooks.
+
+Built from Stripe's public API reference and guides, never from a live call:
+
+- Checkout Sessions: create, retrieve, expire and the session object
+  (https://docs.stripe.com/api/checkout/sessions), the ``expires_at`` window
+  (https://docs.stripe.com/payments/checkout/managing-limited-inventory) and delayed payment
+  methods (https://docs.stripe.com/payments/checkout/how-checkout-works, the
+  ``checkout.session.async_payment_*`` events);
+- errors and idempotency (https://docs.stripe.com/api/errors,
+  https://docs.stripe.com/api/idempotent_requests), versioning
+  (https://docs.stripe.com/api/versioning);
+- amounts (https://docs.stripe.com/currencies: zero-decimal, three-decimal and special cases);
+- webhook signatures (https://docs.stripe.com/webhooks#verify-manually);
+- the official Python SDK (github.com/stripe/stripe-python: ``_encode.py`` for nested form
+  keys, ``_webhook.py`` for the signature, ``_api_requestor.py`` for HTTP status -> error class).
+
+Requests are form-encoded with nested keys (``line_items[0][price_data][unit_amount]``), carry
+``Authorization: Bearer <SECRET_KEY>``, ``Stripe-Version: <API_VERSION>`` and, on the create,
+``Idempotency-Key: pd-<order id>``. ``client_reference_id`` and ``metadata[order_id]`` are our
+order id.
+
+**Session lifetime.** Stripe takes ``expires_at`` only between 30 minutes and 24 hours after it
+receives the create. The request must be the same on every retry (Stripe compares a replayed
+request with the first one under the same key), so the window is reckoned from the order's
+``created_at``, not from the clock: the order's deadline is clamped to between 60 minutes
+(Stripe's 30 plus 30 for a late submission) and 23 h 50 min (10 minutes for clock skew) after
+creation. A deadline sooner than that still holds: the dispatcher expires the session itself at
+the deadline (``POST /v1/checkout/sessions/{id}/expire``). A later deadline is cut: the session,
+and so the order (the dispatcher takes the earlier of the two), ends after about a day. Should a
+submission come more than 30 minutes late, Stripe refuses ``expires_at`` and the order fails
+(:class:`PspRejected`, ``param expires_at``).
+
+**States** (``status`` / ``payment_status`` of the session, with the expanded PaymentIntent and
+its latest charge):
+
+======================================  ============================================
+``open`` / any but ``paid``             pending (the buyer has not finished)
+``complete`` / ``paid``                 paid; refunded when the charge is fully refunded
+``complete`` / ``unpaid``               pending (a delayed method is processing), or
+                                        rejected once its PaymentIntent is back at
+                                        ``requires_payment_method`` or ``canceled``
+``complete`` / ``no_payment_required``  paid with zero money collected, so the amount
+                                        check sends the order to ``needs_review``
+``expired`` / ``unpaid``                expired
+``paid`` with any status                paid (the money is Stripe's to hand over)
+anything else                           :class:`MalformedResponse` (never final)
+======================================  ============================================
+
+The money reported is ``amount_total`` in ``currency``, converted from Stripe's minor units to
+ours (they differ for MGA, ISK and UGX).
+
+**Errors** (``{"error": {"type", "code", "message", "param"}}``): HTTP 401, 403 or an
+``authentication_error`` -> :class:`CredentialsRejected`; HTTP 429, ``rate_limit``, 409,
+``api_error``, 5xx or ``Stripe-Should-Retry: true`` -> transient; ``idempotency_error`` on the
+create -> :class:`OutcomeUnknown` (a session may exist under our key with other terms: a person
+decides); ``invalid_request_error`` (or ``card_error``) on the create -> :class:`PspRejected`,
+except HTTP 404 (a wrong ``API_URL``: transient); any error on a status or expire call ->
+transient (a refused poll says nothing about the payment); anything unreadable ->
+:class:`MalformedResponse`.
+
+**Webhooks**: ``Stripe-Signature: t=<unix time>,v1=<hex>[,v1=<hex>...]``, HMAC-SHA256 of
+``"{t}.{raw body}"`` with any of ``WEBHOOK_SECRETS`` (comma-separated, for rotation), compared in
+constant time, ``t`` within 300 s of receipt either way. A notification that fails is answered
+400 and names no order. A verified ``checkout.session.completed``, ``.async_payment_succeeded``,
+``.async_payment_failed`` or ``.expired`` carries a report; other event types are acknowledged
+(200) with none.
+
+Settings: ``SECRET_KEY``, ``WEBHOOK_SECRETS``, ``API_URL`` (default ``https://api.stripe.com``),
+``API_VERSION`` (the ``Stripe-Version`` header; default the version the official SDK pins).
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import quote
 
 from adapters.base import (
     Adapter,
     AdapterSettings,
+    CanonicalState,
     Capabilities,
+    CredentialsRejected,
+    InvalidSettings,
     Invoice,
+    MalformedResponse,
+    Notification,
+    NotificationResult,
+    OrderRef,
+    PollPolicy,
+    PspRejected,
     PspRequest,
     PspResponse,
+    Reply,
     SettingSpec,
     StatusReport,
 )
+from orders.errors import InvalidInput, OutcomeUnknown, TransientError
 from orders.model import Order
+from orders.money import Money, currency_exponent
+
+DEFAULT_API_URL = "https://api.stripe.com"
+# The version stripe-python pins (stripe/_api_version.py) when this adapter was written.
+DEFAULT_API_VERSION = "2026-06-24.dahlia"
+
+# https://docs.stripe.com/currencies#zero-decimal (UGX is listed there but is a special case).
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF VND VUV XAF XOF XPF".split())  # noqa: SIM905 - as the page lists them
+# Special cases: whole units only, yet sent as two-decimal amounts ending in 00 (5 ISK -> 500).
+WHOLE_UNITS_AS_TWO_DECIMALS = frozenset({"ISK", "UGX"})
+# Three-decimal currencies: the last digit of the amount must be 0.
+THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+# Stripe's window for expires_at, and our margins (see the module docstring).
+SESSION_EARLIEST = timedelta(minutes=60)
+SESSION_LATEST = timedelta(hours=24) - timedelta(minutes=10)
+SIGNATURE_TOLERANCE = timedelta(seconds=300)
+
+SESSION_STATUSES = frozenset({"open", "complete", "expired"})
+PAYMENT_STATUSES = frozenset({"paid", "unpaid", "no_payment_required"})
+# PaymentIntent statuses after which a completed session's delayed payment has failed.
+FAILED_INTENT = frozenset({"requires_payment_method", "canceled"})
+SESSION_EVENTS = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+    }
+)
+_ERROR_TYPES = frozenset(
+    {
+        "api_error",
+        "card_error",
+        "idempotency_error",
+        "invalid_request_error",
+        "authentication_error",
+        "rate_limit_error",
+    }
+)
+
+
+class StripeUnavailableError(TransientError):
+    """Stripe is overloaded or failed (429, 409, 5xx, ``api_error``): retry with the same key."""
+
+
+class StripeRefusedError(TransientError):
+    """Stripe refused a status or expire call. Never final: the next poll decides."""
+
+
+def _malformed(response: PspResponse, what: str) -> NoReturn:
+    raise MalformedResponse(f"Stripe HTTP {response.status_code}: {what}")
+
+
+# -- amounts -------------------------------------------------------------------------------------
+
+
+def stripe_exponent(currency: str) -> int:
+    """The number of decimals of ``currency`` in Stripe's amounts (not always ISO 4217's)."""
+    if currency in ZERO_DECIMAL:
+        return 0
+    if currency in WHOLE_UNITS_AS_TWO_DECIMALS:
+        return 2
+    return currency_exponent(currency)
+
+
+def to_stripe_amount(money: Money) -> int:
+    """Stripe's integer amount for ``money``; InvalidInput where Stripe cannot charge it exactly."""
+    shift = stripe_exponent(money.currency) - money.exponent
+    factor: int = 10 ** abs(shift)
+    if shift >= 0:
+        amount = money.amount * factor
+    else:
+        amount, rest = divmod(money.amount, factor)
+        if rest:
+            raise InvalidInput(
+                "amount", f"Stripe charges {money.currency} in whole units only, not {money}"
+            )
+    if money.currency in THREE_DECIMAL and amount % 10:
+        raise InvalidInput(
+            "amount", f"Stripe needs {money.currency} amounts rounded to 0.01, not {money}"
+        )
+    return amount
+
+
+def from_stripe_amount(amount: Any, currency: Any, response: PspResponse) -> Money:
+    """Our Money from Stripe's ``amount_total`` and lower-case ``currency``; exact or malformed."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not isinstance(currency, str):
+        _malformed(response, f"no integer amount_total and currency: {amount!r} {currency!r}")
+    code = currency.upper()
+    try:
+        shift = stripe_exponent(code) - currency_exponent(code)
+        factor: int = 10 ** abs(shift)
+        if shift < 0:
+            return Money(amount * factor, code)
+        minor, rest = divmod(amount, factor)
+        if rest:
+            _malformed(response, f"{amount} is not a whole amount of {code}")
+        return Money(minor, code)
+    except InvalidInput as exc:
+        raise MalformedResponse(f"Stripe HTTP {response.status_code}: {exc}") from None
+
+
+# -- expiry and signatures -----------------------------------------------------------------------
+
+
+def session_expiry(order: Order) -> datetime:
+    """The ``expires_at`` we send: the order's deadline clamped into Stripe's window."""
+    earliest = order.created_at + SESSION_EARLIEST
+    latest = order.created_at + SESSION_LATEST
+    return min(max(order.expires_at, earliest), latest)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``v1`` signature Stripe computes: hex HMAC-SHA256 of ``"{t}." + body``."""
+    message = str(timestamp).encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signature_valid(header: str, body: bytes, secrets: list[str], now: datetime) -> bool:
+    """Whether ``Stripe-Signature`` proves one of ``secrets`` signed ``body`` around ``now``."""
+    timestamps: list[str] = []
+    candidates: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1":
+            candidates.append(value)
+    if len(timestamps) != 1 or not timestamps[0].isascii() or not timestamps[0].isdigit():
+        return False
+    if not candidates:
+        return False
+    timestamp = int(timestamps[0])
+    if abs(now.timestamp() - timestamp) > SIGNATURE_TOLERANCE.total_seconds():
+        return False
+    expected = [sign(secret, timestamp, body) for secret in secrets]
+    # Every pair is compared, in constant time each, so the answer's timing tells nothing.
+    matches = [
+        hmac.compare_digest(e.encode("ascii"), c.encode("utf-8"))
+        for e in expected
+        for c in candidates
+    ]
+    return any(matches)
+
+
+def webhook_secrets(settings: AdapterSettings) -> list[str]:
+    """The configured signing secrets (``whsec_...``), comma-separated for rotation."""
+    secrets = [s.strip() for s in settings.get("WEBHOOK_SECRETS").split(",") if s.strip()]
+    if not secrets:
+        raise InvalidSettings("PAYDISPATCH_STRIPE_WEBHOOK_SECRETS names no secret")
+    return secrets
+
+
+# -- reading answers -----------------------------------------------------------------------------
+
+
+def _object(response: PspResponse) -> Mapping[str, Any]:
+    body = response.json()
+    if not isinstance(body, Mapping):
+        _malformed(response, f"expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _header(response: PspResponse, name: str) -> str:
+    for key, value in response.headers.items():
+        if key.lower() == name:
+            return value
+    return ""
+
+
+def _raise_error(response: PspResponse, *, create: bool) -> NoReturn:
+    """Translate an error answer (HTTP 4xx/5xx) into the error tree; see the module docstring."""
+    try:
+        body = _object(response)
+    except MalformedResponse:
+        if response.status_code >= 500 or response.status_code == 429:
+            raise StripeUnavailableError(f"Stripe HTTP {response.status_code}") from None
+        raise
+    error = body.get("error")
+    if not isinstance(error, Mapping) or error.get("type") not in _ERROR_TYPES:
+        _malformed(response, "an error answer without a known error object")
+    kind, code, status = error["type"], error.get("code"), response.status_code
+    text = " ".join(
+        str(part)
+        for part in (
+            kind,
+            code or "",
+            str(error.get("message") or "").strip(),
+            f"(param {error['param']})" if error.get("param") else "",
+        )
+        if part
+    )
+    message = f"Stripe HTTP {status}: {text}"
+    if status in (401, 403) or kind == "authentication_error":
+        raise CredentialsRejected(f"{message}; check PAYDISPATCH_STRIPE_SECRET_KEY")
+    retry = _header(response, "stripe-should-retry")
+    if (
+        status in (409, 429)
+        or status >= 500
+        or kind in ("api_error", "rate_limit_error")
+        or code in ("rate_limit", "lock_timeout")
+        or retry == "true"
+    ):
+        raise StripeUnavailableError(message)
+    if not create:
+        raise StripeRefusedError(message)
+    if kind == "idempotency_error":
+        raise OutcomeUnknown(f"{message}; a session may exist under our Idempotency-Key")
+    if status == 404:
+        raise StripeRefusedError(f"{message}; check PAYDISPATCH_STRIPE_API_URL")
+    raise PspRejected(message)
+
+
+def _session(response: PspResponse, *, create: bool) -> Mapping[str, Any]:
+    """The Checkout Session of a 200 answer; errors translated, anything else malformed."""
+    if response.status_code != 200:
+        _raise_error(response, create=create)
+    session = _object(response)
+    if session.get("object") != "checkout.session":
+        _malformed(response, "not a checkout.session object")
+    if not isinstance(session.get("id"), str) or not session["id"]:
+        _malformed(response, "checkout session without an id")
+    return session
+
+
+def _intent(session: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The expanded PaymentIntent, or an empty mapping when it is absent or only an id."""
+    intent = session.get("payment_intent")
+    return intent if isinstance(intent, Mapping) else {}
+
+
+def _refund_state(
+    session: Mapping[str, Any], money: Money, response: PspResponse
+) -> tuple[CanonicalState, str]:
+    """Paid, refunded or partly refunded, from the expanded PaymentIntent's latest charge."""
+    charge = _intent(session).get("latest_charge")
+    if not isinstance(charge, Mapping) or not charge.get("amount_refunded"):
+        return CanonicalState.PAID, ""
+    refunded = from_stripe_amount(charge["amount_refunded"], session.get("currency"), response)
+    if charge.get("refunded") is True or refunded == money:
+        return CanonicalState.REFUNDED, f"refunded {refunded}"
+    return CanonicalState.PAID, f"partly refunded {refunded}"
+
+
+def _failure(session: Mapping[str, Any]) -> str:
+    intent = _intent(session)
+    error = intent.get("last_payment_error")
+    if isinstance(error, Mapping):
+        parts = (error.get("code"), error.get("decline_code"), error.get("message"))
+        return ": ".join(str(p) for p in parts if p) or "payment failed"
+    return f"payment intent {intent.get('status')}" if intent else "payment failed"
+
+
+def session_report(
+    session: Mapping[str, Any], response: PspResponse, *, failed: bool = False
+) -> StatusReport:
+    """One canonical state for a Checkout Session (see the table in the module docstring).
+
+    ``failed`` is set for a ``checkout.session.async_payment_failed`` event, whose session looks
+    like one still processing.
+    """
+    status, paid = session.get("status"), session.get("payment_status")
+    if status not in SESSION_STATUSES or paid not in PAYMENT_STATUSES:
+        _malformed(response, f"unknown session status {status!r} / {paid!r}")
+    money = from_stripe_amount(session.get("amount_total"), session.get("currency"), response)
+    raw, reason = f"{status}/{paid}", ""
+    intent_status = _intent(session).get("status")
+    if paid == "paid":
+        state, reason = _refund_state(session, money, response)
+    elif status == "expired":
+        state = CanonicalState.EXPIRED
+    elif status == "open":
+        state = CanonicalState.PENDING
+    elif paid == "no_payment_required":
+        # Nothing was collected for an order that has a price: a person must look at it.
+        state, money, reason = CanonicalState.PAID, Money(0, money.currency), "no payment required"
+    elif failed or intent_status in FAILED_INTENT:
+        state, reason = CanonicalState.REJECTED, _failure(session)
+    else:
+        state = CanonicalState.PENDING
+    return StatusReport(
+        state=state, psp_id=session["id"], money=money, raw_status=raw, reason=reason
+    )
+
+
+def _check_ours(order: Order, session: Mapping[str, Any], response: PspResponse) -> None:
+    if order.psp_id is not None and session["id"] != order.psp_id:
+        _malformed(response, f"answer is about session {session['id']}, not {order.psp_id}")
+    reference = session.get("client_reference_id")
+    if reference is not None and reference != str(order.id):
+        _malformed(response, f"session {session['id']} belongs to another order")
 
 
 class Stripe(Adapter):
+    """Stripe Checkout Sessions in ``payment`` mode on Stripe's hosted page."""
+
     name: ClassVar[str] = "stripe"
-    capabilities: ClassVar[Capabilities] = Capabilities(idempotent_create=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        idempotent_create=True,
+        cancel=True,
+        notifications=True,
+        signed_notifications=True,
+        # Any: which of Stripe's 135+ presentment currencies an account may use depends on its
+        # country and payment methods; Stripe refuses the others (PspRejected).
+        currencies=frozenset(),
+        default_expiry=timedelta(hours=1),
+        poll=PollPolicy(first=timedelta(seconds=15), factor=2.0, cap=timedelta(minutes=5)),
+    )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
-        SettingSpec("API_URL", default="https://stripe.invalid"),
+        SettingSpec("API_URL", default=DEFAULT_API_URL, help="Stripe API base URL"),
+        SettingSpec("SECRET_KEY", secret=True, help="secret (sk_...) or restricted (rk_...) key"),
+        SettingSpec(
+            "WEBHOOK_SECRETS",
+            secret=True,
+            help="webhook signing secrets (whsec_...), comma-separated: two during a rotation",
+        ),
+        SettingSpec(
+            "API_VERSION",
+            default=DEFAULT_API_VERSION,
+            help="sent as Stripe-Version; the adapter reads fields stable across versions",
+        ),
     )
 
-    def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest | Invoice:
-        raise NotImplementedError
+    def _headers(self, settings: AdapterSettings, key: str | None = None) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {settings.get('SECRET_KEY')}",
+            "Stripe-Version": settings.get("API_VERSION"),
+        }
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return headers
+
+    @staticmethod
+    def _session_url(order: Order, settings: AdapterSettings, action: str = "") -> str:
+        if not order.psp_id:
+            raise InvalidInput("psp_id", f"order {order.id} has no Stripe Checkout Session yet")
+        return f"{settings.api_url}/v1/checkout/sessions/{quote(order.psp_id, safe='')}{action}"
+
+    def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        if not order.return_url:
+            # Hosted Checkout sends the buyer to success_url: without one, nowhere to go back to.
+            raise InvalidInput("return_url", "Stripe Checkout needs a return_url")
+        item = "line_items[0]"
+        form = {
+            "mode": "payment",
+            "client_reference_id": str(order.id),
+            f"{item}[quantity]": "1",
+            f"{item}[price_data][currency]": order.money.currency.lower(),
+            f"{item}[price_data][unit_amount]": str(to_stripe_amount(order.money)),
+            f"{item}[price_data][product_data][name]": order.description.strip()
+            or f"Order {order.number}",
+            "metadata[order_id]": str(order.id),
+            "metadata[order_number]": str(order.number),
+            "success_url": order.return_url,
+            "cancel_url": order.return_url,
+            "expires_at": str(int(session_expiry(order).timestamp())),
+        }
+        return PspRequest(
+            method="POST",
+            url=f"{settings.api_url}/v1/checkout/sessions",
+            operation="create",
+            headers=self._headers(settings, order.psp_idempotency_key),
+            form=form,
+        )
 
     def parse_create(self, order: Order, response: PspResponse) -> Invoice:
-        raise NotImplementedError
+        session = _session(response, create=True)
+        _check_ours(order, session, response)
+        report = session_report(session, response)  # unreadable now, unreadable on every poll
+        url = session.get("url")
+        if url is not None and (not isinstance(url, str) or not url.startswith("http")):
+            _malformed(response, f"session url is not an http(s) URL: {url!r}")
+        if url is None and report.raw_status.startswith("open/"):
+            _malformed(response, "open session without a url")
+        expires = session.get("expires_at")
+        if isinstance(expires, bool) or not isinstance(expires, int):
+            _malformed(response, f"expires_at is not a Unix time: {expires!r}")
+        return Invoice(
+            psp_id=session["id"], pay_url=url, expires_at=datetime.fromtimestamp(expires, UTC)
+        )
 
     def build_status(self, order: Order, settings: AdapterSettings) -> PspRequest:
-        raise NotImplementedError
+        return PspRequest(
+            method="GET",
+            url=self._session_url(order, settings),
+            operation="status",
+            headers=self._headers(settings),
+            # Expanding the charge expands the PaymentIntent too: failed delayed payments and
+            # refunds show only there.
+            params={"expand[]": "payment_intent.latest_charge"},
+        )
 
     def parse_status(
         self,
         order: Order,
         response: PspResponse,
-        settings: AdapterSettings,
+        settings: AdapterSettings | None = None,
         operation: str = "status",
     ) -> StatusReport:
-        raise NotImplementedError
+        """Reads the session a retrieve or an expire answers with (the same object)."""
+        session = _session(response, create=False)
+        _check_ours(order, session, response)
+        return session_report(session, response)
+
+    def build_cancel(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest(
+            method="POST",
+            url=self._session_url(order, settings, "/expire"),
+            operation="cancel",
+            headers=self._headers(settings, f"{order.psp_idempotency_key}-expire"),
+            form={},
+        )
+
+    def can_cancel(self, order: Order, report: StatusReport | None) -> bool:
+        """Only an open session can be expired; a completed one may be paying already."""
+        return report is not None and report.raw_status.startswith("open/")
+
+    def parse_notification(
+        self, notification: Notification, settings: AdapterSettings
+    ) -> NotificationResult:
+        now = notification.received_at or datetime.now(UTC)
+        header = notification.headers.get("stripe-signature", "")
+        if not signature_valid(header, notification.body, webhook_secrets(settings), now):
+            # Not provably Stripe's: name nothing, so a forger cannot even trigger a poll.
+            return NotificationResult(
+                ref=OrderRef(), verified=False, reply=Reply(400, b"invalid signature")
+            )
+        response = PspResponse(status_code=200, content=notification.body)
+        event = _object(response)
+        kind, data = event.get("type"), event.get("data")
+        if event.get("object") != "event" or not isinstance(kind, str):
+            _malformed(response, "not a Stripe event")
+        if kind not in SESSION_EVENTS:
+            return NotificationResult(ref=OrderRef(), verified=True)
+        session = data.get("object") if isinstance(data, Mapping) else None
+        if not isinstance(session, Mapping) or session.get("object") != "checkout.session":
+            _malformed(response, f"{kind} without a checkout.session")
+        if not isinstance(session.get("id"), str):
+            _malformed(response, "checkout session without an id")
+        report = session_report(
+            session, response, failed=kind == "checkout.session.async_payment_failed"
+        )
+        reference = session.get("client_reference_id")
+        ref = OrderRef(
+            order_id=reference if isinstance(reference, str) else None, psp_id=session["id"]
+        )
+        return NotificationResult(ref=ref, verified=True, report=report)
 
 
 adapter = Stripe()
