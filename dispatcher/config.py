@@ -55,6 +55,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_body_limit: int = 64 * 1024
+    api_docs: bool = True  # the browsable /docs; PAYDISPATCH_API_DOCS=0 turns it off
     stats_interval: float = 15.0  # seconds between the sweeper's database-derived gauges
 
 
@@ -66,7 +67,6 @@ def _read_secret(environ: Mapping[str, str], name: str) -> str | None:
         try:
             return Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-    api_docs: bool = True  # the browsable /docs; PAYDISPATCH_API_DOCS=0 turns it off
             raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     return None
 
@@ -231,8 +231,8 @@ def _api_settings(environ: Mapping[str, str], data: Mapping[str, Any]) -> dict[s
         if not low <= value <= high:
             raise ConfigError(f"{var} must be between {low} and {high}, got {value}")
         values[f"api_{key}"] = value
-    return values
     docs = str(environ.get("PAYDISPATCH_API_DOCS") or table.get("docs", True)).strip().lower()
     if docs not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
         raise ConfigError(f"PAYDISPATCH_API_DOCS must be 1 or 0 (true or false), not {docs!r}")
     values["api_docs"] = docs in {"1", "true", "yes", "on"}
+    return values
