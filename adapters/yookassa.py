@@ -24,6 +24,7 @@ from adapters.base import (
     AdapterSettings,
     CanonicalState,
     Capabilities,
+    CredentialsRejected,
     FollowUp,
     InvalidSettings,
     Invoice,
@@ -78,6 +79,10 @@ _STATUS_ERROR_HINTS = {
     ),
     "not_found": "no such payment for this shop: check PAYDISPATCH_YOOKASSA_API_URL and SHOP_ID",
 }
+
+
+# Errors about our own credentials (HTTP 401 and 403), on every operation.
+_CREDENTIAL_ERRORS = frozenset({"invalid_credentials", "forbidden"})
 
 
 class YooKassaUnavailableError(TransientError):
@@ -155,6 +160,9 @@ def _raise_error(response: PspResponse, body: Mapping[str, Any], *, create: bool
         _malformed(response, f"unknown YooKassa error: {text}")
     hint = _STATUS_ERROR_HINTS.get(str(code))
     message = f"YooKassa HTTP {response.status_code}: {text}" + (f"; {hint}" if hint else "")
+    if code in _CREDENTIAL_ERRORS:
+        # Our shop id or key, not the order: no order may fail for it (the breaker opens).
+        raise CredentialsRejected(message)
     if create:
         raise PspRejected(message)
     raise YooKassaRefusedError(message)
@@ -301,7 +309,14 @@ class YooKassa(Adapter):
             headers=self._headers(settings, None),
         )
 
-    def parse_status(self, order: Order, response: PspResponse) -> StatusReport:
+    def parse_status(
+        self,
+        order: Order,
+        response: PspResponse,
+        settings: AdapterSettings,
+        operation: str = "status",
+    ) -> StatusReport:
+        """Status, capture and cancel calls all answer with the payment object."""
         payment = _payment(response, create=False)
         if order.psp_id is not None and payment["id"] != order.psp_id:
             _malformed(response, f"answer is about payment {payment['id']}, not {order.psp_id}")
@@ -317,6 +332,12 @@ class YooKassa(Adapter):
             # Capture exactly our amount, so a different authorised amount can never be taken.
             json={"amount": format_amount(order.money)},
         )
+
+    def can_cancel(self, order: Order, report: StatusReport | None) -> bool:
+        """Only a payment in ``waiting_for_capture`` can be cancelled: YooKassa refuses to
+        cancel a ``pending`` one (it lapses by itself, ``expired_on_confirmation``), and a
+        ``succeeded`` one would need a refund."""
+        return report is not None and report.raw_status == "waiting_for_capture"
 
     def build_cancel(self, order: Order, settings: AdapterSettings) -> PspRequest:
         return PspRequest(

@@ -2,7 +2,8 @@
 
 Closed: calls go through; ``failures`` consecutive failures open it. Open: calls fail at once
 with :class:`CircuitOpen` (nothing is sent) for ``reset_after`` seconds. Then half-open: one
-trial call; success closes the circuit, failure opens it again.
+trial call; success closes the circuit, failure opens it again. :meth:`CircuitBreaker.trip`
+opens it at once, whatever the count (the payment system refused our credentials).
 """
 
 from __future__ import annotations
@@ -69,3 +70,10 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
             self.opened_at = self.clock()
             self._set(BreakerState.OPEN)
+
+    def trip(self) -> None:
+        """Open now: calls are refused for ``reset_after`` seconds, then one trial goes out."""
+        self.failures = max(self.failures, self.threshold)
+        self.trial_running = False
+        self.opened_at = self.clock()
+        self._set(BreakerState.OPEN)

@@ -5,6 +5,29 @@ system through the transport (no transaction is open meanwhile), and commits one
 gives the lease back with the next time to look. Errors never crash the step: transient ones
 (timeouts, 5xx, 429, unreadable answers, an unavailable database) only delay the order; only a
 definite answer from the payment system rejects or fails it.
+
+Submitting, for adapters with and without idempotency keys:
+
+- A new order moves to ``submitting`` and its create is sent. An answer becomes the invoice
+  (``awaiting_payment``); a definite refusal fails the order; a failure that surely sent nothing
+  (connection refused, an open breaker) makes it ``new`` again.
+- A create that may have reached the payment system (a timeout after connecting, a 5xx, a
+  dropped connection) or that the adapter answered with :class:`InvoiceMayExist` leaves the
+  order in ``submitting``. With ``idempotent_create`` the next attempt sends the same create
+  again (same key). Without it, the next attempt first runs the adapter's lookup
+  (``build_lookup``/``parse_lookup``): an invoice found is taken as the create's answer; ``None``
+  means the payment system surely has none, so a new create is sent; an adapter without lookup
+  sends the order to ``needs_review`` (only a person can tell). A found invoice without a pay URL
+  still makes the order ``awaiting_payment``: the buyer's page shows no pay link, and the polls
+  settle the order as for any other invoice.
+
+Cancels go to the payment system only when the adapter's ``can_cancel`` says one can succeed for
+the state just read (never without a fresh report): at the deadline after the final status read,
+on an amount mismatch of a payment held for capture, and on the first look of the late watch.
+
+When the payment system refuses our own credentials (:class:`CredentialsRejected`), the
+adapter's breaker opens at once, the refusal is counted and logged, and the order is released as
+it was: no attempt is spent, nothing is failed.
 """
 
 from __future__ import annotations
@@ -18,10 +41,12 @@ from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
+import httpx
 import structlog
 
 from adapters.base import (
     CanonicalState,
+    CredentialsRejected,
     FollowUp,
     Invoice,
     MalformedResponse,
@@ -29,6 +54,7 @@ from adapters.base import (
     StatusReport,
 )
 from dispatcher import metrics
+from dispatcher.breaker import BreakerState
 from dispatcher.coalesce import Coalescer
 from dispatcher.policy import next_poll, retry_delay
 from dispatcher.runtime import AdapterRuntime
@@ -51,6 +77,8 @@ S = OrderStatus
 T = TypeVar("T")
 MAX_ERROR = 500
 LATE_INTERVAL_CAP = timedelta(hours=1)
+# States a cancel's answer may report that mean money moved after the last read.
+_MONEY_MOVED = frozenset({CanonicalState.PAID, CanonicalState.REFUNDED})
 
 
 class Action(StrEnum):
@@ -89,20 +117,26 @@ class Engine:
         paid_hook: PaidHook | None = None,
         clock: Callable[[], datetime] = utcnow,
         db_threads: int = 8,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``http_transport`` replaces the wire to every payment system (``httpx.MockTransport``
+        or a replay of recorded answers), so an adapter runs in the engine without a server."""
         self.repo = repo
         self.runtimes = dict(runtimes)
         self.settler = Settler(repo, paid_hook)
         self.clock = clock
         self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-db")
         self.transports: dict[str, Transport] = {}
+        self.http_transport = http_transport
         self.reads: Coalescer[UUID, Order] = Coalescer(self._get_many)
         self.writes: Coalescer[Write, Order] = Coalescer(self._write_many)
 
     def transport(self, name: str) -> Transport:
         if name not in self.transports:  # created on the loop that uses it
             rt = self.runtimes[name]
-            self.transports[name] = Transport(rt.adapter, rt.settings, rt.policy)
+            self.transports[name] = Transport(
+                rt.adapter, rt.settings, rt.policy, http_transport=self.http_transport
+            )
         return self.transports[name]
 
     async def aclose(self) -> None:
@@ -144,6 +178,8 @@ class Engine:
                 await self._dispatch(rt, order, action)
             except StaleOrder as exc:
                 log.info("order moved under us", detail=str(exc))
+            except CredentialsRejected as exc:
+                await self._credentials_rejected(rt, order, exc)
             except Exception as exc:
                 await self._retry_later(rt, order, action, exc)
         except TransientError as exc:  # the database went away while giving the lease back
@@ -196,7 +232,7 @@ class Engine:
                 f"{rt.name} has no idempotency key and no lookup: an earlier create may exist"
             )
         response = await self.transport(rt.name).send(rt.adapter.build_lookup(order, rt.settings))
-        return rt.adapter.parse_lookup(order, response)
+        return rt.adapter.parse_lookup(order, response, rt.settings)
 
     async def _invoice_ready(self, rt: AdapterRuntime, order: Order, invoice: Invoice) -> None:
         now = self.clock()
@@ -220,18 +256,12 @@ class Engine:
     async def _status(self, rt: AdapterRuntime, order: Order) -> StatusReport:
         request = rt.adapter.build_status(order, rt.settings)
         response = await self.transport(rt.name).send(request)
-        return rt.adapter.parse_status(order, response)
+        return rt.adapter.parse_status(order, response, rt.settings, "status")
 
     async def _poll(self, rt: AdapterRuntime, order: Order) -> None:
         report = await self._status(rt, order)
-        mismatch = report.money is not None and report.money != order.money
         if report.follow_up is FollowUp.CAPTURE and report.state is CanonicalState.PENDING:
-            if mismatch:
-                await self._cancel_at_psp(rt, order)  # never capture money we did not ask for
-            else:
-                capture = rt.adapter.build_capture(order, rt.settings)
-                response = await self.transport(rt.name).send(capture)
-                report = rt.adapter.parse_status(order, response)
+            report = await self._capture_or_cancel(rt, order, report)
         now = self.clock()
         watch = {"late_watch": rt.policy.late_window, "first_watch": rt.policy.late_interval}
         decision = self.settler.decide(order, report, now=now, **watch)
@@ -239,7 +269,13 @@ class Engine:
             await self._apply(order, decision)
             return
         if now >= order.expires_at:
-            await self._cancel_at_psp(rt, order)
+            cancelled = await self._cancel_at_psp(rt, order, report)
+            if cancelled is not None and cancelled.state in _MONEY_MOVED:
+                # Paid between the final read and the cancel: the cancel's answer says so.
+                decision = self.settler.decide(order, cancelled, now=now, **watch)
+                if decision is not None:
+                    await self._apply(order, decision)
+                    return
             detail = {"psp_status": report.raw_status, "final_check": True}
             await self._apply(order, Settler.leave(order, S.EXPIRED, detail, now=now, **watch))
             return
@@ -250,15 +286,38 @@ class Engine:
             last_error=None,
         )
 
-    async def _cancel_at_psp(self, rt: AdapterRuntime, order: Order) -> None:
-        """Best effort: an invoice left open could still be paid, and the watch would see it."""
-        if not rt.adapter.capabilities.cancel:
-            return
+    async def _capture_or_cancel(
+        self, rt: AdapterRuntime, order: Order, held: StatusReport
+    ) -> StatusReport:
+        """A payment held for capture: take our amount, or give the money back when the amount
+        differs (never capture money we did not ask for). Returns the report to decide on."""
+        if held.money is not None and held.money != order.money:
+            await self._cancel_at_psp(rt, order, held)
+            return held
+        capture = rt.adapter.build_capture(order, rt.settings)
+        response = await self.transport(rt.name).send(capture)
+        return rt.adapter.parse_status(order, response, rt.settings, "capture")
+
+    async def _cancel_at_psp(
+        self, rt: AdapterRuntime, order: Order, report: StatusReport | None
+    ) -> StatusReport | None:
+        """Best effort, and only where the adapter says a cancel can succeed for ``report``: an
+        invoice left open could still be paid, and the watch would see it.
+
+        Returns the state the cancel's answer reports, None when no cancel was sent or its
+        answer says nothing readable.
+        """
+        if not rt.adapter.can_cancel(order, report):
+            return None
         try:
             request = rt.adapter.build_cancel(order, rt.settings)
-            await self.transport(rt.name).send(request)
+            response = await self.transport(rt.name).send(request)
+            return rt.adapter.parse_status(order, response, rt.settings, "cancel")
+        except CredentialsRejected:
+            raise
         except (TransientError, NotSupported, PermanentError) as exc:
             log.info("cancel at the payment system failed", error=str(exc))
+            return None
 
     # -- late payments ---------------------------------------------------------------------
 
@@ -267,8 +326,15 @@ class Engine:
             await self._release(order, next_run_at=None)
             return
         report = await self._status(rt, order)
+        held = report.follow_up is FollowUp.CAPTURE and report.state is CanonicalState.PENDING
+        if held:  # paid late under two-step capture: the money waits for us
+            report = await self._capture_or_cancel(rt, order, report)
+        elif report.state is CanonicalState.PENDING and order.polls == 0:
+            # e.g. cancelled by the site: close it at the payment system too
+            report = await self._cancel_at_psp(rt, order, report) or report
         now = self.clock()
-        if report.state is CanonicalState.PAID:
+        mismatch = report.money is not None and report.money != order.money
+        if report.state is CanonicalState.PAID or (held and mismatch):
             decision = self.settler.decide(order, report, now=now, late_watch=rt.policy.late_window)
             if decision is not None:
                 await self._apply(order, decision)
@@ -279,8 +345,6 @@ class Engine:
                     last_error=f"late payment of {report.money}, order is {order.money}",
                 )
             return
-        if report.state is CanonicalState.PENDING and order.polls == 0:
-            await self._cancel_at_psp(rt, order)  # e.g. cancelled by the site: close it there too
         watch_until = order.expires_at + rt.policy.late_window
         # Look less and less often: a late payment is rare, and payment systems rate-limit.
         step = min(rt.policy.late_interval * 2 ** min(order.polls + 1, 20), LATE_INTERVAL_CAP)
@@ -290,6 +354,35 @@ class Engine:
             next_run_at=later if later < watch_until else None,
             polls=order.polls + 1,
         )
+
+    # -- our credentials refused -----------------------------------------------------------
+
+    async def _credentials_rejected(
+        self, rt: AdapterRuntime, started: Order, exc: CredentialsRejected
+    ) -> None:
+        """Stop calling the payment system and keep the order as it was (no order is at fault).
+
+        The breaker's trial call after ``BREAKER_RESET`` tells when the credentials work again.
+        """
+        breaker = self.transport(rt.name).breaker
+        already_open = breaker.state is BreakerState.OPEN
+        breaker.trip()
+        metrics.CREDENTIALS_REJECTED.labels(rt.name).inc()
+        if not already_open:
+            log.error(
+                "the payment system refused our credentials: calls stop until the breaker's "
+                "trial call; check the adapter's credential settings",
+                error=str(exc),
+            )
+        order = await self.reads(started.id)
+        if order.lease_token is None:
+            return
+        retry_at = self.clock() + timedelta(seconds=rt.policy.breaker_reset)
+        if started.status is S.NEW and order.status is S.SUBMITTING:
+            # The create was refused, so nothing exists: new again, the attempt not spent.
+            await self._move(order, S.NEW, attempts=started.attempts, next_run_at=retry_at)
+        else:
+            await self._release(order, next_run_at=retry_at)
 
     # -- errors ----------------------------------------------------------------------------
 

@@ -36,6 +36,12 @@ TIME_TO_PAID = Histogram(
 BREAKER_STATE = Gauge(
     "paydispatch_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["adapter"]
 )
+CREDENTIALS_REJECTED = Counter(
+    "paydispatch_psp_credentials_rejected",
+    "Answers in which a payment system refused our own credentials (HTTP 401/403): the "
+    "adapter's breaker opens and an alert fires",
+    ["adapter"],
+)
 CLAIMED = Counter("paydispatch_sweeper_claimed", "Orders claimed by the sweeper", ["adapter"])
 IN_FLIGHT = Gauge("paydispatch_steps_in_flight", "Dispatcher steps running in this process")
 

@@ -5,6 +5,17 @@ tenacity retries of transient failures (same request, so the same idempotency ke
 limit and a concurrency cap per adapter, and a circuit breaker. Everything is async: a poll
 waiting on a slow payment system holds no thread.
 
+What the contract asks of it (``adapters/base.py``):
+
+- Query strings and form bodies may be sequences of pairs: sent in order, keys repeated.
+- A create of an adapter without idempotency keys is never sent twice: only failures that surely
+  sent nothing (connection refused, connect timeout, 429) are retried; the engine looks the
+  invoice up before any later create.
+- Access tokens (``build_token``/``parse_token``): fetched through the same client, retries,
+  breaker and metrics (operation ``token``), one fetch at a time, cached until shortly before
+  they expire, put on every request with ``apply_token``, and refreshed once when a request is
+  answered 401.
+
 Errors raised (all :class:`TransientError` — never a reason to reject an order):
 
 - :class:`PspUnavailable` — timeout, connection error, 5xx or 429 after the retries;
@@ -18,13 +29,15 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from urllib.parse import urlencode
 
 import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse
+from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse, Token, pairs
 from dispatcher import metrics
 from dispatcher.aiohttp_transport import AiohttpTransport
 from dispatcher.breaker import CircuitBreaker, CircuitOpen
@@ -81,6 +94,17 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, PspUnavailable)
 
 
+def _surely_not_sent(exc: BaseException) -> bool:
+    return isinstance(exc, PspUnavailable) and not exc.maybe_sent
+
+
+# A cached token is used until this long before it expires: the smaller of a minute and a tenth
+# of its lifetime, so a request never leaves with a token about to lapse on the way.
+TOKEN_MARGIN = timedelta(seconds=60)
+TOKEN_MARGIN_SHARE = 0.1
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
 @dataclass(frozen=True, slots=True)
 class _Wait:
     """tenacity wait: full-jitter exponential, but never shorter than a Retry-After."""
@@ -99,16 +123,25 @@ class _Wait:
 
 
 def _client(
-    adapter: Adapter, settings: AdapterSettings, policy: DispatchPolicy
+    policy: DispatchPolicy, http_transport: httpx.AsyncBaseTransport | None
 ) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(policy.timeout, connect=min(policy.timeout, 5.0)),
         # aiohttp's pool under httpx's API: see dispatcher/aiohttp_transport.py for why.
-        transport=AiohttpTransport(max_connections=policy.concurrency),
-        auth=adapter.make_auth(settings),
+        transport=http_transport or AiohttpTransport(max_connections=policy.concurrency),
         follow_redirects=False,
         trust_env=False,  # a payment API is reached directly, whatever the environment says
     )
+
+
+def _headers_and_content(request: PspRequest) -> tuple[dict[str, str], bytes | None]:
+    """The headers and raw body to send; a form is encoded here, its pairs kept in order."""
+    headers = dict(request.headers)
+    if request.form is None:
+        return headers, request.content
+    if not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = FORM_CONTENT_TYPE
+    return headers, urlencode(pairs(request.form)).encode("ascii")
 
 
 class Transport:
@@ -117,6 +150,9 @@ class Transport:
     2xx and 4xx answers (other than 429) are returned for the adapter to parse; everything
     else is retried and finally raised as :class:`PspUnavailable`. Create one per adapter and
     per event loop; close it with :meth:`aclose`.
+
+    ``http_transport`` replaces the wire (``httpx.MockTransport`` in an adapter's tests, a
+    replay of recorded answers); ``clock`` (monotonic seconds) times the token cache.
     """
 
     def __init__(
@@ -124,11 +160,18 @@ class Transport:
         adapter: Adapter,
         settings: AdapterSettings,
         policy: DispatchPolicy,
+        *,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
         self.policy = policy
-        self.client = _client(adapter, settings, policy)
+        self.client = _client(policy, http_transport)
+        self.clock = clock
+        self._token: Token | None = None
+        self._token_good_until = 0.0
+        self._token_lock = asyncio.Lock()
         gauge = metrics.BREAKER_STATE.labels(adapter.name)
         gauge.set(0)
         self.breaker = CircuitBreaker(
@@ -141,9 +184,54 @@ class Transport:
         await self.client.aclose()
 
     async def send(self, request: PspRequest) -> PspResponse:
+        """Send ``request`` (with the access token, if the adapter uses one) and answer it."""
+        token = await self._current_token()
+        if token is None:
+            return await self._send(request)
+        response = await self._send(self.adapter.apply_token(request, token))
+        if response.status_code != 401:
+            return response
+        # The token may have been revoked or rotated before its time: one fresh token, once.
+        log.info("access token refused; fetching a new one", adapter=self.adapter.name)
+        token = await self._current_token(refused=token)
+        assert token is not None
+        return await self._send(self.adapter.apply_token(request, token))
+
+    async def _current_token(self, refused: Token | None = None) -> Token | None:
+        """The cached token, or a new one; None when the adapter needs none.
+
+        One fetch at a time: steps waiting meanwhile use the token it brings. ``refused`` is a
+        token a request was just refused with: it is fetched anew unless another step already
+        replaced it.
+        """
+        if refused is None and self._token is not None and self.clock() < self._token_good_until:
+            return self._token
+        async with self._token_lock:
+            fresh = self._token is not None and self.clock() < self._token_good_until
+            if fresh and (refused is None or self._token is not refused):
+                return self._token
+            built = self.adapter.build_token(self.settings)
+            if built is None:
+                return None
+            request = replace(built, operation="token")
+            started = self.clock()
+            token = self.adapter.parse_token(await self._send(request), self.settings)
+            lifetime = token.expires_in.total_seconds()
+            margin = min(TOKEN_MARGIN.total_seconds(), lifetime * TOKEN_MARGIN_SHARE)
+            self._token = token
+            self._token_good_until = started + lifetime - margin
+            return token
+
+    async def _send(self, request: PspRequest) -> PspResponse:
+        """One request through the breaker and the retries."""
         self.breaker.before_call(self.adapter.name)
+        once_only = (
+            request.operation == "create" and not self.adapter.capabilities.idempotent_create
+        )
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
+            # Without an idempotency key a second create could make a second invoice: retry
+            # only what surely never reached the payment system.
+            retry=retry_if_exception(_surely_not_sent if once_only else _is_retryable),
             stop=stop_after_attempt(self.policy.retries + 1),
             wait=_Wait(),
             reraise=True,
@@ -164,14 +252,14 @@ class Transport:
             started = time.perf_counter()
             outcome = "error"
             try:
+                headers, content = _headers_and_content(request)
                 response = await self.client.request(
                     request.method,
                     request.url,
-                    headers=dict(request.headers),
-                    params=dict(request.params) or None,
+                    headers=headers,
+                    params=tuple(pairs(request.params)) or None,
                     json=request.json,
-                    content=request.content,
-                    data=dict(request.form) if request.form is not None else None,
+                    content=content,
                 )
             except httpx.TimeoutException as exc:
                 outcome = "timeout"

@@ -228,7 +228,13 @@ class Sandbox(Adapter):
             headers=self._headers(settings),
         )
 
-    def parse_status(self, order: Order, response: PspResponse) -> StatusReport:
+    def parse_status(
+        self,
+        order: Order,
+        response: PspResponse,
+        settings: AdapterSettings,
+        operation: str = "status",
+    ) -> StatusReport:
         """Reads status and cancel answers; a 409 to a cancel carries the (paid) invoice."""
         if response.status_code == 200:
             body = _json_object(response)
@@ -261,7 +267,9 @@ class Sandbox(Adapter):
             params={"number": str(order.number)},
         )
 
-    def parse_lookup(self, order: Order, response: PspResponse) -> Invoice | None:
+    def parse_lookup(
+        self, order: Order, response: PspResponse, settings: AdapterSettings
+    ) -> Invoice | None:
         """Our order's invoice among those created for its number; None when there is none."""
         if response.status_code != 200:
             raise MalformedResponse(f"sandbox lookup answered HTTP {response.status_code}")

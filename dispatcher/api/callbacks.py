@@ -2,13 +2,19 @@
 
 The raw request goes to the adapter's parser. A verified notification with a report is applied
 like a poll's answer; anything else (unsigned, stale, for an order the report does not match)
-only makes the order due for a poll at once (invariant 6). The reply is exactly the one the
-adapter says its payment system expects.
+only makes the order due for a poll at once (invariant 6). So is a verified notification of a
+payment system whose signatures can be replayed (``replayable_notifications``: no timestamp, so
+an old genuine one could be sent again). The reply is exactly the one the adapter says its
+payment system expects, whether the notification was verified or not.
+
+Hints cost a payment-system call each, so an unsigned one names its order only by the payment
+system's own id (never by our guessable order number, nor by our id alone), and hints are
+debounced per order: a flood makes at most one poll per order every ``HINT_QUIET``.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -39,6 +45,8 @@ S = OrderStatus
 
 # A hint may find a payment on an order still awaiting it, or a late one on a given-up order.
 HINTED = (S.AWAITING_PAYMENT, S.REJECTED, S.EXPIRED, S.CANCELLED)
+# A hint pulls an order forward only when the dispatcher has not looked at it this recently.
+HINT_QUIET = timedelta(seconds=2)
 
 _ANY_BODY: dict[str, Any] = {
     "requestBody": {
@@ -49,7 +57,11 @@ _ANY_BODY: dict[str, Any] = {
 }
 
 
-def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef) -> Order | None:
+def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bool) -> Order | None:
+    """The order ``ref`` names. Anyone can send an unsigned notification, so it may name an
+    order only by the payment system's id; a signature proves the sender, who may use ours."""
+    if not signed:
+        return ctx.repo.find_by_ref(adapter, psp_id=ref.psp_id) if ref.psp_id else None
     order_id: UUID | None = None
     if ref.order_id:
         try:
@@ -61,12 +73,13 @@ def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef) -> Order | None:
 
 def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> str:
     """Apply or hint; returns what was done, for the log."""
-    order = _order_for(ctx, rt.name, result.ref)
+    order = _order_for(ctx, rt.name, result.ref, signed=result.verified)
     if order is None:
         return "unknown order"
     report = result.report
     trusted = (
         result.verified
+        and not rt.adapter.capabilities.replayable_notifications
         and report is not None
         and order.psp_id is not None
         and report.psp_id in (None, order.psp_id)
@@ -90,7 +103,7 @@ def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> s
             break
         if order.status not in ACTIVE:
             return "nothing to change"
-    pulled = ctx.repo.poll_soon(order.id, statuses=HINTED)
+    pulled = ctx.repo.poll_soon(order.id, statuses=HINTED, quiet=HINT_QUIET)
     return "poll scheduled" if pulled else "poll already due or running"
 
 

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from adapters.base import PspRequest
+from adapters.sandbox.adapter import Sandbox
 from adapters.testing import sample_order
 from dispatcher.aiohttp_transport import AiohttpTransport
 from dispatcher.transport import PspUnavailable, Transport
@@ -408,5 +409,43 @@ def test_a_url_that_is_not_http_is_known_not_sent() -> None:
         async with client() as http:
             with pytest.raises(httpx.UnsupportedProtocol):
                 await http.get("ftp://127.0.0.1/x")
+
+    run(go())
+
+
+class _SandboxWithoutKeys(Sandbox):
+    """The sandbox as a payment system without idempotency keys would be (T-Bank's Init)."""
+
+    capabilities = replace(Sandbox.capabilities, idempotent_create=False)
+
+
+@pytest.mark.parametrize(("adapter", "creates"), [(_SandboxWithoutKeys(), 1), (Sandbox(), 3)])
+def test_against_a_slow_server_a_create_without_keys_is_sent_exactly_once(
+    adapter: Sandbox, creates: int
+) -> None:
+    # Given a payment system that takes the create and answers too late, and two retries,
+    policy = replace(FAST, retries=2, timeout=0.3)
+    base = sandbox_runtime("http://127.0.0.1:9", policy)
+    order = replace(
+        sample_order(), id=uuid.uuid4(), money=Money(1000, "USD"),
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+
+    async def go() -> None:
+        async with LoopbackServer(never_answer) as server:
+            settings = replace(
+                base.settings, values={**base.settings.values, "API_URL": server.url}
+            )
+            transport = Transport(adapter, settings, policy)
+            request = adapter.build_create(order, settings)
+            try:
+                with pytest.raises(PspUnavailable) as caught:
+                    await transport.send(request)
+            finally:
+                await transport.aclose()
+            # then one order made exactly one create without keys (the retries re-send it
+            # with the same key where there is one).
+            assert caught.value.maybe_sent
+            assert len(server.requests) == creates
 
     run(go())

@@ -308,8 +308,8 @@ def test_adapter_round_trip_against_the_real_server(sandbox: SandboxHandle) -> N
     invoice = adapter.parse_create(order, send(adapter.build_create(order, settings)))
     order = make_order(sandbox, psp_id=invoice.psp_id, id=order.id, expires_at=order.expires_at)
     # When the lookup and status requests go out
-    found = adapter.parse_lookup(order, send(adapter.build_lookup(order, settings)))
-    report = adapter.parse_status(order, send(adapter.build_status(order, settings)))
+    found = adapter.parse_lookup(order, send(adapter.build_lookup(order, settings)), settings)
+    report = adapter.parse_status(order, send(adapter.build_status(order, settings)), settings)
     # Then they find the same invoice, pending with the order's amount
     assert found is not None
     assert found.psp_id == invoice.psp_id
@@ -361,7 +361,9 @@ def test_declining_on_the_page_reads_as_rejected(
     assert client.post(f"/pay/{invoice['id']}/decline").status_code == 200
     response = client.get(f"/api/v1/invoices/{invoice['id']}")
     order = make_order(sandbox, psp_id=invoice["id"])
-    report = adapter.parse_status(order, PspResponse(response.status_code, response.content))
+    report = adapter.parse_status(
+        order, PspResponse(response.status_code, response.content), settings_for(sandbox)
+    )
     assert report.state is CanonicalState.REJECTED
     assert report.raw_status == "declined"
     assert client.post(f"/pay/{invoice['id']}/pay").status_code == 409
@@ -383,7 +385,9 @@ def test_cancel_is_idempotent_and_refused_once_paid(
     assert refused.json()["error"]["code"] == "already_paid"
     # The dispatcher's cancel-at-deadline learns from the refusal that the buyer paid
     order = make_order(sandbox, psp_id=paid["id"])
-    report = adapter.parse_status(order, PspResponse(409, refused.content))
+    report = adapter.parse_status(
+        order, PspResponse(409, refused.content), settings_for(sandbox), "cancel"
+    )
     assert report.state is CanonicalState.PAID
 
 
@@ -424,7 +428,9 @@ def test_control_refund_reads_as_refunded(sandbox: SandboxHandle, client: httpx.
     assert refunded.json()["status"] == "refunded"
     response = client.get(f"/api/v1/invoices/{invoice['id']}")
     report = adapter.parse_status(
-        make_order(sandbox, psp_id=invoice["id"]), PspResponse(200, response.content)
+        make_order(sandbox, psp_id=invoice["id"]),
+        PspResponse(200, response.content),
+        settings_for(sandbox),
     )
     assert report.state is CanonicalState.REFUNDED
 
@@ -533,7 +539,8 @@ def test_amount_mismatch_reports_another_amount(
     add_faults(client, "status", {"kind": "amount_mismatch", "delta": 500})
     order = make_order(sandbox, psp_id=invoice["id"])
 
-    report = adapter.parse_status(order, send(adapter.build_status(order, settings_for(sandbox))))
+    settings = settings_for(sandbox)
+    report = adapter.parse_status(order, send(adapter.build_status(order, settings)), settings)
 
     assert report.money == Money(2499, "EUR")
     assert report.money != order.money

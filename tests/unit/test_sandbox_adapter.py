@@ -85,6 +85,9 @@ def make_settings(**overrides: str) -> AdapterSettings:
     return resolve_settings(adapter, configured=configured, environ={})
 
 
+SETTINGS = make_settings()
+
+
 def invoice_json(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": "inv_abc",
@@ -310,7 +313,7 @@ def test_status_request_needs_an_invoice() -> None:
     ],
 )
 def test_every_sandbox_status_maps_to_one_canonical_state(raw: str, state: CanonicalState) -> None:
-    report = adapter.parse_status(make_order(), response(200, invoice_json(status=raw)))
+    report = adapter.parse_status(make_order(), response(200, invoice_json(status=raw)), SETTINGS)
     assert report.state is state
     assert report.raw_status == raw
     assert report.psp_id == "inv_abc"
@@ -319,7 +322,7 @@ def test_every_sandbox_status_maps_to_one_canonical_state(raw: str, state: Canon
 
 def test_status_reports_the_amount_the_sandbox_reports_so_mismatches_show() -> None:
     body = invoice_json(status="paid", amount=2099)
-    report = adapter.parse_status(make_order(), response(200, body))
+    report = adapter.parse_status(make_order(), response(200, body), SETTINGS)
     assert report.money == Money(2099, "EUR")
     assert report.money != make_order().money
 
@@ -329,7 +332,7 @@ def test_refused_cancel_of_a_paid_invoice_reads_as_paid() -> None:
         "error": {"code": "already_paid", "message": "cannot cancel"},
         "invoice": invoice_json(status="paid", paid_at=NOW.isoformat()),
     }
-    report = adapter.parse_status(make_order(), response(409, body))
+    report = adapter.parse_status(make_order(), response(409, body), SETTINGS, "cancel")
     assert report.state is CanonicalState.PAID
 
 
@@ -352,7 +355,7 @@ def test_refused_cancel_of_a_paid_invoice_reads_as_paid() -> None:
 )
 def test_unreadable_status_answers_are_transient(status_code: int, body: Any) -> None:
     with pytest.raises(MalformedResponse):
-        adapter.parse_status(make_order(), response(status_code, body))
+        adapter.parse_status(make_order(), response(status_code, body), SETTINGS)
 
 
 def test_lookup_asks_by_our_order_number() -> None:
@@ -365,15 +368,17 @@ def test_lookup_asks_by_our_order_number() -> None:
 def test_lookup_finds_the_invoice_of_this_order_only() -> None:
     other = invoice_json(id="inv_other", order_id="another-order")
     mine = invoice_json(id="inv_mine")
-    found = adapter.parse_lookup(make_order(psp_id=None), response(200, {"items": [other, mine]}))
+    found = adapter.parse_lookup(
+        make_order(psp_id=None), response(200, {"items": [other, mine]}), SETTINGS
+    )
     assert found is not None
     assert found.psp_id == "inv_mine"
 
 
 def test_lookup_without_a_match_says_none() -> None:
     other = invoice_json(order_id="another-order")
-    assert adapter.parse_lookup(make_order(), response(200, {"items": []})) is None
-    assert adapter.parse_lookup(make_order(), response(200, {"items": [other]})) is None
+    assert adapter.parse_lookup(make_order(), response(200, {"items": []}), SETTINGS) is None
+    assert adapter.parse_lookup(make_order(), response(200, {"items": [other]}), SETTINGS) is None
 
 
 @pytest.mark.parametrize(
@@ -381,7 +386,7 @@ def test_lookup_without_a_match_says_none() -> None:
 )
 def test_unreadable_lookup_answers_are_transient(status_code: int, body: Any) -> None:
     with pytest.raises(MalformedResponse):
-        adapter.parse_lookup(make_order(), response(status_code, body))
+        adapter.parse_lookup(make_order(), response(status_code, body), SETTINGS)
 
 
 # -- notifications -----------------------------------------------------------------------------
@@ -557,4 +562,7 @@ class TestSandboxConformance(AdapterConformance):
         },
         malformed_create={"no-pay-url": response(201, _kit_invoice(pay_url=None))},
         notifications=_kit_notifications(),
+        lookup_found=response(200, {"items": [_kit_invoice()]}),
+        lookup_missing=response(200, {"items": [_kit_invoice(order_id=str(ORDER_ID))]}),
+        cancelled=response(200, _kit_invoice(status="cancelled")),
     )

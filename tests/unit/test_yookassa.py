@@ -15,6 +15,7 @@ from adapters import yookassa
 from adapters.base import (
     AdapterSettings,
     CanonicalState,
+    CredentialsRejected,
     FollowUp,
     InvalidSettings,
     MalformedResponse,
@@ -33,7 +34,7 @@ from adapters.testing import (
     load_response,
     sample_order,
 )
-from orders.errors import InvalidInput, PermanentError, TransientError
+from orders.errors import DispatchError, InvalidInput, PermanentError, TransientError
 from orders.model import Order
 from orders.money import Money
 
@@ -65,7 +66,7 @@ def settings(**overrides: str) -> AdapterSettings:
 
 
 def status(name: str, status_code: int = 200, order: Order = INVOICED) -> Any:
-    return ADAPTER.parse_status(order, fixture(name, status_code))
+    return ADAPTER.parse_status(order, fixture(name, status_code), settings())
 
 
 def body_of(request: PspRequest) -> Any:
@@ -94,6 +95,10 @@ class TestYooKassaConformance(AdapterConformance):
             "unknown-status": fixture("status_unknown_status"),
             "amount-as-json-number": fixture("status_amount_as_number"),
         },
+        # Capture and cancel answer with the payment object, as a status read does
+        # (https://yookassa.ru/developers/api#capture_payment, #cancel_payment).
+        cancelled=fixture("status_canceled_by_merchant"),
+        captured=fixture("status_succeeded"),
         notifications=NotificationFixtures(
             valid=notification("notification_payment_succeeded"),
             tampered=notification("notification_payment_succeeded_tampered"),
@@ -213,6 +218,23 @@ def test_capture_carries_its_own_idempotence_key_and_our_amount() -> None:
     assert body_of(first) == {"amount": {"value": "100.00", "currency": "RUB"}}
 
 
+@pytest.mark.parametrize(
+    ("name", "cancellable"),
+    [
+        ("status_waiting_for_capture", True),
+        ("status_pending", False),
+        ("status_succeeded", False),
+        ("status_canceled_by_merchant", False),
+    ],
+)
+def test_issue12_item14_only_a_payment_waiting_for_capture_is_cancelled(
+    name: str, cancellable: bool
+) -> None:
+    # YooKassa refuses to cancel a pending payment (it lapses by itself): no call is wasted.
+    assert ADAPTER.can_cancel(INVOICED, status(name)) is cancellable
+    assert ADAPTER.can_cancel(INVOICED, None) is False
+
+
 def test_cancel_carries_its_own_idempotence_key() -> None:
     request = ADAPTER.build_cancel(INVOICED, settings())
     capture = ADAPTER.build_capture(INVOICED, settings())
@@ -315,9 +337,21 @@ def test_invalid_request_on_create_is_a_permanent_rejection_with_details() -> No
 
 
 @pytest.mark.parametrize(("name", "code"), [("invalid_credentials", 401), ("forbidden", 403)])
-def test_credential_errors_on_create_name_the_settings_to_fix(name: str, code: int) -> None:
-    with pytest.raises(PspRejected) as caught:
-        ADAPTER.parse_create(ORDER, fixture(f"error_{name}", code))
+@pytest.mark.parametrize("operation", ["create", "status", "capture", "cancel"])
+def test_credential_errors_on_every_operation_reject_our_credentials_not_the_order(
+    name: str, code: int, operation: str
+) -> None:
+    # A wrong shop id or key is no fault of the order: it must neither fail nor go to review.
+    response = fixture(f"error_{name}", code)
+
+    def parse() -> object:
+        if operation == "create":
+            return ADAPTER.parse_create(ORDER, response)
+        return ADAPTER.parse_status(INVOICED, response, settings(), operation)
+
+    with pytest.raises(CredentialsRejected) as caught:
+        parse()
+    assert not isinstance(caught.value, PermanentError)
     assert "PAYDISPATCH_YOOKASSA_SHOP_ID" in str(caught.value)
     assert "PAYDISPATCH_YOOKASSA_SECRET_KEY" in str(caught.value)
 
@@ -330,7 +364,7 @@ def test_overload_and_server_errors_are_transient_everywhere(name: str, code: in
     with pytest.raises(TransientError):
         ADAPTER.parse_create(ORDER, response)
     with pytest.raises(TransientError):
-        ADAPTER.parse_status(INVOICED, response)
+        ADAPTER.parse_status(INVOICED, response, settings())
 
 
 @pytest.mark.parametrize(
@@ -344,7 +378,7 @@ def test_overload_and_server_errors_are_transient_everywhere(name: str, code: in
 )
 def test_errors_on_status_calls_never_end_the_order(name: str, code: int) -> None:
     with pytest.raises(TransientError) as caught:
-        ADAPTER.parse_status(INVOICED, fixture(f"error_{name}", code))
+        ADAPTER.parse_status(INVOICED, fixture(f"error_{name}", code), settings())
     assert not isinstance(caught.value, PermanentError)
 
 
@@ -356,7 +390,7 @@ def test_unknown_error_code_is_malformed() -> None:
 
 def test_error_messages_never_carry_the_secret() -> None:
     for name, code in [("invalid_credentials", 401), ("forbidden", 403), ("invalid_request", 400)]:
-        with pytest.raises(PspRejected) as caught:
+        with pytest.raises(DispatchError) as caught:
             ADAPTER.parse_create(ORDER, fixture(f"error_{name}", code))
         assert SECRET not in str(caught.value)
 

@@ -1,0 +1,329 @@
+"""Engine steps against an in-memory repository and payment systems behind httpx.MockTransport.
+
+The real engine, transport, adapters and state machine run; only PostgreSQL and the wire are
+replaced, and the clock is fixed, so each step's requests and its written outcome are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import httpx
+import pytest
+
+from adapters import registry, yookassa
+from adapters.base import (
+    Adapter,
+    AdapterSettings,
+    Capabilities,
+    Invoice,
+    InvoiceMayExist,
+    MalformedResponse,
+    PspRequest,
+    PspResponse,
+    SettingSpec,
+    StatusReport,
+)
+from adapters.testing import SAMPLE_TIME, sample_order
+from dispatcher import metrics
+from dispatcher.breaker import BreakerState
+from dispatcher.engine import Action, Engine
+from dispatcher.runtime import AdapterRuntime
+from orders.errors import OrderNotFound, StaleOrder
+from orders.model import Order
+from orders.repository import OrderRepository, Write
+from orders.status import OrderStatus, check_transition
+from tests.dispatch_support import FAST
+
+S = OrderStatus
+NOW = SAMPLE_TIME + timedelta(minutes=10)
+LEASE = uuid.UUID("00000000-0000-4000-8000-00000000beef")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "yookassa"
+PAYMENT_ID = "2f3b588d-000f-5000-8000-1d6e87c7fbde"
+POLICY = replace(FAST, retries=0, breaker_failures=1000, breaker_reset=30.0)
+
+
+class FakeRepository:
+    """The repository calls the engine makes, on a dict, with the real state machine."""
+
+    def __init__(self, *orders: Order) -> None:
+        self.orders = {order.id: order for order in orders}
+        self.moves: list[tuple[OrderStatus, OrderStatus, dict[str, Any]]] = []
+
+    def get_many(self, order_ids: Sequence[uuid.UUID]) -> list[Order | OrderNotFound]:
+        return [self.orders.get(i) or OrderNotFound(str(i)) for i in order_ids]
+
+    def write_many(self, writes: Sequence[Write]) -> list[Order | Exception]:
+        return [self._write(write) for write in writes]
+
+    def _write(self, write: Write) -> Order | Exception:
+        current = self.orders.get(write.order_id)
+        if current is None:
+            return OrderNotFound(str(write.order_id))
+        if write.token is not None and current.lease_token != write.token:
+            return StaleOrder("lease")
+        if write.expected is not None and current.status is not write.expected:
+            return StaleOrder("status")
+        changes = dict(write.changes)
+        if write.to is not None:
+            check_transition(current.status, write.to)
+            changes["status"] = write.to
+            if write.to is S.PAID:
+                changes["paid_at"] = NOW
+            self.moves.append((current.status, write.to, dict(write.detail)))
+        if not write.keep_lease:
+            changes.update(lease_token=None, lease_until=None)
+        moved = replace(current, **changes)
+        self.orders[moved.id] = moved
+        return moved
+
+
+@dataclass
+class Wire:
+    """A payment system behind httpx.MockTransport: answers by (method, path), logs requests."""
+
+    answers: dict[tuple[str, str], list[httpx.Response]] = field(default_factory=dict)
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def on(self, method: str, path: str, *responses: httpx.Response) -> None:
+        self.answers.setdefault((method, path), []).extend(responses)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        queue = self.answers.get((request.method, request.url.path))
+        assert queue, f"unexpected {request.method} {request.url.path}"
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    @property
+    def calls(self) -> list[str]:
+        return [f"{r.method} {r.url.path}" for r in self.requests]
+
+
+def yk(name: str, status_code: int = 200, **changes: Any) -> httpx.Response:
+    body = json.loads((FIXTURES / f"{name}.json").read_text())
+    body.update(changes)
+    return httpx.Response(status_code, json=body)
+
+
+def yookassa_runtime(**values: str) -> AdapterRuntime:
+    configured = {"SHOP_ID": "100500", "SECRET_KEY": "test_key", "API_URL": "https://yk.test/v3"}
+    settings = registry.resolve_settings(yookassa.adapter, configured | values, environ={})
+    return AdapterRuntime(yookassa.adapter, settings, POLICY)
+
+
+def leased(**changes: Any) -> Order:
+    return replace(sample_order(adapter="yookassa"), lease_token=LEASE, **changes)
+
+
+def run_step(
+    runtime: AdapterRuntime,
+    wire: Wire,
+    order: Order,
+    action: Action,
+    *,
+    repo: FakeRepository | None = None,
+    now: datetime = NOW,
+) -> tuple[Order, FakeRepository, Engine]:
+    """One engine step for ``order``; the order as written afterwards."""
+    repo = repo or FakeRepository(order)
+    repo.orders.setdefault(order.id, order)
+
+    async def go() -> Engine:
+        engine = Engine(
+            cast(OrderRepository, repo),
+            {runtime.name: runtime},
+            clock=lambda: now,
+            db_threads=1,
+            http_transport=httpx.MockTransport(wire),
+        )
+        try:
+            await engine.run(order.id, order.lease_token or LEASE, action)
+        finally:
+            await engine.aclose()
+        return engine
+
+    engine = asyncio.run(go())
+    return repo.orders[order.id], repo, engine
+
+
+def counter(metric: Any, *labels: str) -> float:
+    return float(metric.labels(*labels)._value.get())
+
+
+# -- our credentials refused ---------------------------------------------------------------------
+
+
+def test_a_create_refused_for_our_credentials_keeps_the_order_new_and_opens_the_breaker() -> None:
+    wire = Wire()
+    wire.on("POST", "/v3/payments", yk("error_invalid_credentials", 401))
+    order = leased(status=S.NEW, attempts=2)
+    before = counter(metrics.CREDENTIALS_REJECTED, "yookassa")
+
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, Action.SUBMIT)
+
+    assert (after.status, after.attempts, after.last_error) == (S.NEW, 2, None)
+    assert after.lease_token is None
+    assert after.next_run_at == NOW + timedelta(seconds=POLICY.breaker_reset)
+    assert S.FAILED not in {to for _, to, _ in repo.moves}
+    assert counter(metrics.CREDENTIALS_REJECTED, "yookassa") == before + 1
+    assert metrics.BREAKER_STATE.labels("yookassa")._value.get() == BreakerState.OPEN
+
+
+def test_a_poll_refused_for_our_credentials_changes_nothing_and_stops_further_calls() -> None:
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("error_forbidden", 403))
+    first = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, polls=3)
+    second = replace(first, id=uuid.uuid4(), number=43)
+    repo = FakeRepository(first, second)
+    runtime = yookassa_runtime()
+
+    async def go() -> None:
+        engine = Engine(
+            cast(OrderRepository, repo),
+            {"yookassa": runtime},
+            clock=lambda: NOW,
+            db_threads=1,
+            http_transport=httpx.MockTransport(wire),
+        )
+        try:
+            await engine.run(first.id, LEASE, Action.POLL)
+            await engine.run(second.id, LEASE, Action.POLL)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(go())
+    assert len(wire.requests) == 1  # the open breaker kept the second poll off the wire
+    after = repo.orders[first.id]
+    assert (after.status, after.polls, after.last_error) == (S.AWAITING_PAYMENT, 3, None)
+
+
+# -- cancels only where they can succeed ---------------------------------------------------------
+
+
+def test_issue12_item14_a_pending_payment_at_the_deadline_expires_without_a_cancel() -> None:
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("status_pending"))
+    order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=NOW)
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.FINALIZE)
+
+    assert after.status is S.EXPIRED
+    assert wire.calls == [f"GET /v3/payments/{PAYMENT_ID}"]
+
+
+def test_issue12_item14_a_pending_payment_on_the_first_late_look_gets_no_cancel() -> None:
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("status_pending"))
+    order = leased(status=S.CANCELLED, psp_id=PAYMENT_ID, polls=0, expires_at=NOW)
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.WATCH)
+
+    assert after.status is S.CANCELLED
+    assert wire.calls == [f"GET /v3/payments/{PAYMENT_ID}"]
+
+
+def test_a_held_payment_of_another_amount_is_cancelled_never_captured() -> None:
+    wire = Wire()
+    other = {"value": "99.00", "currency": "RUB"}
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("status_waiting_for_capture", amount=other))
+    wire.on("POST", f"/v3/payments/{PAYMENT_ID}/cancel", yk("status_canceled_by_merchant"))
+    order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=NOW + timedelta(1))
+
+    after, _, _ = run_step(yookassa_runtime(CAPTURE="manual"), wire, order, Action.POLL)
+
+    assert after.status is S.NEEDS_REVIEW
+    assert wire.calls == [
+        f"GET /v3/payments/{PAYMENT_ID}",
+        f"POST /v3/payments/{PAYMENT_ID}/cancel",
+    ]
+
+
+# -- payment systems without idempotency keys ----------------------------------------------------
+
+
+class NoKeys(Adapter):
+    """A payment system without idempotency keys that answers a repeated create "it may exist"
+    (T-Bank's duplicate OrderId) and finds invoices by our reference."""
+
+    name: ClassVar[str] = "nokeys"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        idempotent_create=False, lookup_by_reference=True
+    )
+    settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
+        SettingSpec("API_URL", default="https://nokeys.test"),
+    )
+
+    def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest("POST", f"{settings.api_url}/init", "create", json={"ref": order.number})
+
+    def parse_create(self, order: Order, response: PspResponse) -> Invoice:
+        body = response.json()
+        if body.get("error") == "duplicate":
+            raise InvoiceMayExist("an invoice for this reference exists")
+        return Invoice(body["id"], body.get("pay_url"))
+
+    def build_status(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest("GET", f"{settings.api_url}/state/{order.psp_id}", "status")
+
+    def parse_status(
+        self,
+        order: Order,
+        response: PspResponse,
+        settings: AdapterSettings,
+        operation: str = "status",
+    ) -> StatusReport:
+        raise MalformedResponse("not used here")
+
+    def build_lookup(self, order: Order, settings: AdapterSettings) -> PspRequest:
+        return PspRequest("POST", f"{settings.api_url}/check", "lookup", json={"ref": order.number})
+
+    def parse_lookup(
+        self, order: Order, response: PspResponse, settings: AdapterSettings
+    ) -> Invoice | None:
+        body = response.json()
+        return Invoice(body["id"], body.get("pay_url")) if body.get("id") else None
+
+
+def nokeys_runtime() -> AdapterRuntime:
+    adapter = NoKeys()
+    settings = registry.resolve_settings(adapter, {}, environ={})
+    return AdapterRuntime(adapter, settings, POLICY)
+
+
+def test_invoice_may_exist_keeps_submitting_and_the_next_attempt_finds_it_by_lookup() -> None:
+    wire = Wire()
+    wire.on("POST", "/init", httpx.Response(400, json={"error": "duplicate"}))
+    wire.on("POST", "/check", httpx.Response(200, json={"id": "pay-7"}))
+    runtime = nokeys_runtime()
+    order = replace(leased(status=S.NEW), adapter="nokeys")
+
+    first, repo, _ = run_step(runtime, wire, order, Action.SUBMIT)
+    assert first.status is S.SUBMITTING
+    assert wire.calls == ["POST /init"]
+
+    second, _, _ = run_step(
+        runtime, wire, replace(first, lease_token=LEASE), Action.SUBMIT, repo=_relet(repo, first)
+    )
+    # the lookup found it: no second create; no pay URL, so the buyer's page shows none
+    assert wire.calls == ["POST /init", "POST /check"]
+    assert (second.status, second.psp_id, second.pay_url) == (S.AWAITING_PAYMENT, "pay-7", None)
+
+
+def _relet(repo: FakeRepository, order: Order) -> FakeRepository:
+    """The repository after the sweeper claimed ``order`` again."""
+    repo.orders[order.id] = replace(repo.orders[order.id], lease_token=LEASE)
+    return repo
+
+
+@pytest.fixture(autouse=True)
+def _closed_breaker_gauges() -> Iterator[None]:
+    yield
+    for name in ("yookassa", "nokeys"):
+        metrics.BREAKER_STATE.labels(name).set(0)
