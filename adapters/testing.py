@@ -933,6 +933,12 @@ class AdapterConformance:
             assert not result.verified, (
                 "an unsigned notification is only ever a hint: found verified=True"
             )
+            # Anyone can send one: the dispatcher finds its order by the payment system's id
+            # alone, never by our (guessable) id or number.
+            assert result.ref.psp_id, (
+                "an unsigned notification must name the payment system's id (ref.psp_id): "
+                f"the dispatcher polls no order on our ids alone; found {result.ref!r}"
+            )
             return
         assert result.verified, (
             "signed_notifications: the valid fixture's signature must verify, found verified=False"

@@ -195,6 +195,14 @@ class TrustsNotifications(yookassa.YooKassa):
         return replace(result, verified=True)
 
 
+class HintsByOurIdOnly(yookassa.YooKassa):
+    def parse_notification(
+        self, notification: Notification, settings: AdapterSettings
+    ) -> NotificationResult:
+        result = super().parse_notification(notification, settings)
+        return replace(result, ref=replace(result.ref, psp_id=None))
+
+
 class PaidIsPending(yookassa.YooKassa):
     def parse_status(
         self,
@@ -268,6 +276,15 @@ def test_kit_fails_a_parser_that_crashes_on_missing_fields() -> None:
 def test_kit_fails_an_unsigned_adapter_that_verifies_notifications() -> None:
     message = _message(kit_for(TrustsNotifications()).test_valid_notification_names_the_order)
     assert "unsigned notification is only ever a hint" in message
+
+
+def test_kit_fails_an_unsigned_notification_naming_only_our_ids() -> None:
+    notes = YOOKASSA_FIXTURES.notifications
+    assert notes is not None
+    by_our_id = replace(notes, expected_ref=OrderRef(order_id=str(SAMPLE_ORDER_ID)))
+    kit = kit_for(HintsByOurIdOnly(), replace(YOOKASSA_FIXTURES, notifications=by_our_id))
+    message = _message(kit.test_valid_notification_names_the_order)
+    assert "must name the payment system's id (ref.psp_id)" in message
 
 
 def test_kit_fails_a_wrong_state_and_a_wrong_amount() -> None:
