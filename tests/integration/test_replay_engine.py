@@ -15,7 +15,7 @@ from uuid import UUID
 
 import pytest
 
-from adapters import yookassa
+from adapters import tbank, yookassa
 from adapters.base import AdapterSettings, CanonicalState, PspResponse
 from adapters.replay import Replay
 from dispatcher.engine import Engine, action_for
@@ -25,6 +25,7 @@ from orders.model import Order
 from orders.repository import OrderRepository, Pool, open_pool
 from tests.dispatch_support import FAST
 from tests.integration.conftest import ADAPTERS
+from tests.unit import test_tbank as tbank_tests
 from tests.unit import test_yookassa as yookassa_tests
 
 S = OrderStatus
@@ -38,17 +39,17 @@ def fresh(own_database_url: str) -> Iterator[tuple[OrderRepository, Pool]]:
     unique per adapter, so each replayed order needs a database without the others."""
     pool = open_pool(own_database_url, max_size=4, name="replay")
     try:
-        yield OrderRepository(pool, ADAPTERS), pool
+        yield OrderRepository(pool, {**ADAPTERS, "tbank": timedelta(hours=1)}), pool
     finally:
         pool.close()
 
 
-def new_order(repo: OrderRepository, site: str) -> UUID:
+def new_order(repo: OrderRepository, site: str, adapter: str = "yookassa") -> UUID:
     new = NewOrder(
         site=site,
         user_id="buyer",
         money=AMOUNT,
-        adapter="yookassa",
+        adapter=adapter,
         description="Order 42",
         return_url="https://shop.example/return/42",
     )
@@ -84,14 +85,20 @@ async def run_until_settled(
 
 
 def engine_run(
-    repo: OrderRepository, settings: AdapterSettings, **engine_options: Any
+    repo: OrderRepository, target: AdapterSettings | AdapterRuntime, **engine_options: Any
 ) -> Callable[[Callable[[Engine], Coroutine[Any, Any, None]]], None]:
-    """Run a scenario on an engine with YooKassa pointed at ``settings``, closing it after."""
-    runtime = AdapterRuntime(yookassa.adapter, settings, FAST)
+    """Run a scenario on an engine with the adapter's runtime (YooKassa pointed at settings
+    by default), closing the engine after."""
+    runtime = (
+        target
+        if isinstance(target, AdapterRuntime)
+        else AdapterRuntime(yookassa.adapter, target, FAST)
+    )
 
     def run(scenario: Callable[[Engine], Coroutine[Any, Any, None]]) -> None:
         async def main() -> None:
-            engine = Engine(repo, {"yookassa": runtime}, db_threads=2, **engine_options)
+            runtimes = {runtime.name: runtime}
+            engine = Engine(repo, runtimes, db_threads=2, **engine_options)
             try:
                 await scenario(engine)
             finally:
@@ -178,3 +185,35 @@ def test_engine_keeps_polling_through_unreadable_replayed_answers(
     assert steps[-1].status is S.PAID
     assert steps[1].status is S.AWAITING_PAYMENT
     assert steps[1].last_error is not None
+
+
+def test_engine_looks_a_tbank_payment_up_instead_of_creating_it_twice(
+    fresh: tuple[OrderRepository, Pool], site: str
+) -> None:
+    # Given T-Bank (no idempotency key) whose Init reached it but was answered by a gateway's
+    # error page, then GetState saying FORM_SHOWED and CONFIRMED,
+    repo, pool = fresh
+    replay = Replay(tbank.adapter, tbank_tests.TestTBankConformance.fixtures, tbank_tests.SETTINGS)
+    replay.script("create", PspResponse(502, b"<html>bad gateway</html>"))
+    replay.script("status", CanonicalState.PENDING, CanonicalState.PAID)
+    order_id = new_order(repo, site, adapter="tbank")
+    replay.bind(repo.get(order_id))  # T-Bank's answers name our OrderId: make it this order's
+    steps: list[Order] = []
+
+    async def scenario(engine: Engine) -> None:
+        steps.extend(await run_until_settled(engine, repo, pool, order_id))
+
+    runtime = AdapterRuntime(tbank.adapter, replay.settings("https://replay.invalid"), FAST)
+    engine_run(repo, runtime, http_transport=replay.mock_transport())(scenario)
+
+    # when the engine runs the order, it sends Init once, finds the payment with CheckOrder,
+    # and polls it to paid.
+    assert [order.status for order in steps] == [
+        S.SUBMITTING,
+        S.AWAITING_PAYMENT,
+        S.AWAITING_PAYMENT,
+        S.PAID,
+    ]
+    assert replay.counts() == {"create": 1, "lookup": 1, "status": 2}
+    assert steps[-1].psp_id == tbank_tests.PAYMENT_ID
+    assert steps[1].pay_url is None  # CheckOrder gives no pay link: the buyer's page waits
