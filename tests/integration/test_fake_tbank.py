@@ -238,3 +238,18 @@ def test_forged_callback_fails_the_token_check(harness: Harness) -> None:
     )
     assert not result.verified
     assert result.reply.status_code == 403
+
+
+def test_pay_page_shows_the_form_and_its_pay_button_pays(harness: Harness) -> None:
+    settings = harness.settings()
+    order = harness.create(new_order(), settings)
+    assert order.pay_url is not None
+    page = harness.client.get(order.pay_url)
+    assert page.status_code == 200
+    assert "FORM_SHOWED" in page.text
+    assert harness.status(order, settings) is CanonicalState.PENDING
+
+    clicked = harness.client.post(f"{order.pay_url}/pay")
+
+    assert "CONFIRMED" in clicked.text
+    assert harness.status(order, settings) is CanonicalState.PAID
