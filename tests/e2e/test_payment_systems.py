@@ -167,7 +167,7 @@ def test_orders_settle_through_the_fake_with_one_invoice_and_one_credit_each(
     running: Running,
 ) -> None:
     # Given the daemon and the fake; an accept-then-time-out fault waits for the first create.
-    long, short = timedelta(minutes=10), timedelta(seconds=6)
+    long, short = timedelta(minutes=10), timedelta(seconds=12)
     running.control.accept_then_timeout(1)
     timed_out = running.create("timed-out-create", long)
     timed_out = running.wait_for(timed_out, S.AWAITING_PAYMENT)
