@@ -43,11 +43,20 @@ CREATE TABLE orders (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     paid_at         timestamptz,
+    -- The order a buyer switched away from (to another payment system) to make this one, and
+    -- how many switches deep it is. An order is replaced at most once, and a chain of switches
+    -- is at most 3 long (orders.model.MAX_SWITCH_DEPTH): a buyer cannot multiply invoices.
+    replaces        uuid,
+    switch_depth    smallint NOT NULL DEFAULT 0,
     CONSTRAINT orders_number_key UNIQUE (number),
     CONSTRAINT orders_site_ref_key UNIQUE (site, site_ref),
     CONSTRAINT orders_idempotency_key_key UNIQUE (site, idempotency_key),
     CONSTRAINT orders_psp_id_key UNIQUE (adapter, psp_id),
-    CONSTRAINT orders_paid_at_check CHECK (status <> 'paid' OR paid_at IS NOT NULL)
+    CONSTRAINT orders_paid_at_check CHECK (status <> 'paid' OR paid_at IS NOT NULL),
+    CONSTRAINT orders_replaces_fkey FOREIGN KEY (replaces) REFERENCES orders (id),
+    CONSTRAINT orders_replaces_key UNIQUE (replaces),
+    CONSTRAINT orders_switch_depth_check
+        CHECK (switch_depth BETWEEN 0 AND 3 AND (replaces IS NULL) = (switch_depth = 0))
 );
 
 -- Due work: only rows with something left to do are in this index, so a sweep costs the same
@@ -217,3 +226,4 @@ CREATE INDEX billing_outbox_parked_idx ON billing_outbox (parked_at) WHERE statu
 INSERT INTO schema_version (version, description) VALUES (1, 'orders, order_events, transitions');
 INSERT INTO schema_version (version, description) VALUES (2, 'api keys');
 INSERT INTO schema_version (version, description) VALUES (3, 'billing');
+INSERT INTO schema_version (version, description) VALUES (5, 'order switches');

@@ -80,6 +80,11 @@ class InvalidTransition(PermanentError):
         )
 
 
+class SwitchRefused(PermanentError):
+    """A buyer's switch to another payment system that cannot be made: the order is past
+    paying (a cancelled order stays cancelled), or its chain of switches is at its limit."""
+
+
 class IdempotencyConflict(PermanentError):
     """An idempotency key or site_ref replayed with a different request body."""
 

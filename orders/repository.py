@@ -32,8 +32,9 @@ from orders.errors import (
     InvalidTransition,
     OrderNotFound,
     StaleOrder,
+    SwitchRefused,
 )
-from orders.model import NewOrder, Order, OrderEvent
+from orders.model import MAX_SWITCH_DEPTH, NewOrder, Order, OrderEvent
 from orders.sql import query
 from orders.status import ACTIVE, OrderStatus, check_transition
 
@@ -659,3 +660,57 @@ class OrderRepository:
         with database_errors(), self.pool.connection() as conn:
             row = conn.execute(query("find_by_ref"), params).fetchone()
         return None if row is None else Order.from_row(row)
+
+    # -- a buyer's switch to another payment system (issue #12, item 1) ---------------------
+
+    def switch(
+        self,
+        order_id: UUID,
+        make: Callable[[Order], NewOrder],
+        *,
+        new_id: UUID,
+        default_return_url: str | None = None,
+        actor: str = "buyer",
+    ) -> Created:
+        """Cancel an unpaid order and create ``make(order)`` in its place, in one transaction.
+
+        An order is replaced at most once: a switch of an order already replaced returns that
+        replacement (``created`` False), whatever payment system it names, so a double click or
+        a replayed form makes nothing new. Raises :class:`SwitchRefused` for an order past
+        paying (a cancelled order stays cancelled) or at the end of its chain of switches
+        (``MAX_SWITCH_DEPTH``), and :class:`OrderNotFound`. ``default_return_url`` is stored
+        when ``make`` gives no return URL, as in :meth:`create`.
+        """
+        with transaction(self.pool) as tx:
+            row = tx.execute(query("lock_order"), {"id": order_id}).fetchone()
+            if row is None:
+                raise OrderNotFound(f"order {order_id} not found")
+            order = Order.from_row(row)
+            made = tx.execute(query("find_replacement"), {"id": order_id}).fetchone()
+            if made is not None:
+                return Created(Order.from_row(made), created=False)
+            if order.status not in {OrderStatus.NEW, OrderStatus.AWAITING_PAYMENT}:
+                raise SwitchRefused(f"order {order_id} is {order.status}; it cannot be switched")
+            if order.switch_depth >= MAX_SWITCH_DEPTH:
+                raise SwitchRefused(
+                    f"order {order_id} was switched {order.switch_depth} times; that is the limit"
+                )
+            new = make(order)
+            params = self.create_params(
+                new, actor=actor, order_id=new_id, default_return_url=default_return_url
+            )
+            params |= {"replaces": order.id, "switch_depth": order.switch_depth + 1}
+            # An invoice exists already: the dispatcher closes it and watches for a late payment.
+            watch = datetime.now(UTC) if order.psp_id is not None else None
+            self.transition(
+                order.id,
+                order.status,
+                OrderStatus.CANCELLED,
+                actor=actor,
+                detail={"reason": f"buyer chose {new.adapter}", "replaced_by": str(new_id)},
+                next_run_at=watch,
+                conn=tx,
+            )
+            created = tx.execute(query("create_replacement"), params).fetchone()
+        assert created is not None  # an INSERT ... RETURNING without ON CONFLICT
+        return Created(Order.from_row(created), created=True)

@@ -21,8 +21,14 @@ from dispatcher.api.context import ApiContext
 from dispatcher.api.errors import ApiError
 from dispatcher.api.responses import errors
 from dispatcher.api.schemas import BuyerState, PayStatus
-from orders.errors import DispatchError, InvalidTransition, OrderNotFound, StaleOrder
-from orders.model import NewOrder, Order
+from orders.errors import (
+    DispatchError,
+    InvalidTransition,
+    OrderNotFound,
+    StaleOrder,
+    SwitchRefused,
+)
+from orders.model import MAX_SWITCH_DEPTH, NewOrder, Order
 from orders.status import OrderStatus
 
 log = structlog.get_logger(__name__)
@@ -94,6 +100,9 @@ async def _hurry(ctx: ApiContext, order: Order) -> None:
 
 
 def _alternatives(ctx: ApiContext, order: Order) -> list[str]:
+    """The payment systems the buyer may switch this order to (none at the end of a chain)."""
+    if order.switch_depth >= MAX_SWITCH_DEPTH:
+        return []
     found = []
     for name, rt in sorted(ctx.runtimes.items()):
         currencies = rt.adapter.capabilities.currencies
@@ -202,32 +211,38 @@ def cancel(order_id: str, ctx: Context) -> Response:
 def switch(
     order_id: str, ctx: Context, form: Annotated[dict[str, str], Depends(_form)]
 ) -> Response:
-    """Cancel this order and make the same one at another payment system."""
+    """Cancel this order and make the same one at another payment system, once.
+
+    The cancel and the create are one transaction (``OrderRepository.switch``): an order is
+    replaced at most once and a chain of switches is bounded, a switch of an order already
+    replaced goes to its replacement, and an order cancelled otherwise stays cancelled.
+    """
     order = _order(ctx, order_id)
     if order is None:
         return _html(pages.not_found_page(), 404)
     adapter = form.get("adapter", "")
-    if order.status not in _UNPAID and order.status is not S.CANCELLED:
+    if order.status in _UNPAID and adapter not in _alternatives(ctx, order):
         return _back(order.id)
-    if adapter not in _alternatives(ctx, order):
-        return _back(order.id)
-    try:
-        ctx.repo.cancel(order.id, actor="buyer", reason=f"buyer chose {adapter}")
-    except (InvalidTransition, StaleOrder):
-        return _back(order.id)
-    own_page = order.return_url == ctx.status_page(order.id)
-    new = NewOrder(
-        site=order.site,
-        user_id=order.user_id,
-        money=order.money,
-        adapter=adapter,
-        description=order.description,
-        return_url=None if own_page else order.return_url,
-        metadata={**order.metadata, "replaces": str(order.id)},
-        idempotency_key=f"switch:{order.id}:{adapter}",
-    )
+
+    def same_order_at(order: Order) -> NewOrder:
+        own_page = order.return_url == ctx.status_page(order.id)
+        return NewOrder(
+            site=order.site,
+            user_id=order.user_id,
+            money=order.money,
+            adapter=adapter,
+            description=order.description,
+            return_url=None if own_page else order.return_url,
+            metadata={**order.metadata, "replaces": str(order.id)},
+            idempotency_key=f"switch:{order.id}",
+        )
+
     new_id = uuid.uuid4()
-    created = ctx.repo.create(
-        new, order_id=new_id, default_return_url=ctx.status_page(new_id), actor="buyer"
-    )
-    return _back(created.order.id)
+    try:
+        made = ctx.repo.switch(
+            order.id, same_order_at, new_id=new_id, default_return_url=ctx.status_page(new_id)
+        )
+    except SwitchRefused as exc:
+        log.info("switch refused", order_id=str(order.id), reason=str(exc))
+        return _back(order.id)
+    return _back(made.order.id)

@@ -208,3 +208,31 @@ WITH input AS (
     FROM (SELECT DISTINCT adapter FROM o) AS a
 )
 SELECT o.*, (SELECT n FROM woken) AS notified FROM o
+
+-- lock_order --
+-- The order, locked until the transaction ends (a buyer's switch decides on it alone).
+SELECT * FROM orders WHERE id = %(id)s FOR UPDATE
+
+-- find_replacement --
+-- The order a buyer's switch made in place of this one, if any (orders_replaces_key: one).
+SELECT * FROM orders WHERE replaces = %(id)s
+
+-- create_replacement --
+-- The order a buyer's switch makes, in the transaction that cancels the one it replaces: like
+-- create_order, plus which order it replaces and how many switches deep it is.
+WITH o AS (
+    INSERT INTO orders (
+        id, site, site_ref, user_id, amount, currency, adapter, description, return_url,
+        metadata, expires_at, idempotency_key, request_hash, next_run_at, replaces, switch_depth
+    ) VALUES (
+        %(id)s, %(site)s, %(site_ref)s, %(user_id)s, %(amount)s, %(currency)s, %(adapter)s,
+        %(description)s, %(return_url)s, %(metadata)s,
+        now() + %(expires_in)s, %(idempotency_key)s, %(request_hash)s, now(), %(replaces)s,
+        %(switch_depth)s
+    )
+    RETURNING *
+), e AS (
+    INSERT INTO order_events (order_id, from_status, to_status, actor, detail)
+    SELECT id, NULL, 'new', %(actor)s, jsonb_build_object('replaces', replaces) FROM o
+)
+SELECT o.*, pg_notify('paydispatch_orders', o.adapter) IS NULL AS notified FROM o
