@@ -395,6 +395,8 @@ class StripeFake:
         except StripeError:
             return HTMLResponse("<h1>Something went wrong</h1>", 404)
         action = request.path_params.get("action")
+        if action not in (None, "pay", "decline"):
+            return HTMLResponse("<h1>Something went wrong</h1>", 404)
         if action is not None:
             await (self.pay if action == "pay" else self.decline)(PaymentRef(psp_id=session.id))
             return RedirectResponse(session.success_url, 303)

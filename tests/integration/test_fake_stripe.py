@@ -242,3 +242,15 @@ def test_forged_callback_does_not_verify(harness: Harness) -> None:
     result = ADAPTER.parse_notification(note, harness.settings())
     assert not result.verified
     assert result.report is None
+
+
+def test_buyer_pays_on_the_hosted_page_and_returns_to_the_success_url(harness: Harness) -> None:
+    order = new_order()
+    invoice = harness.create(order)
+    assert invoice.pay_url is not None
+    page = harness.client.get(invoice.pay_url)
+    assert page.status_code == 200
+    assert "id=pay" in page.text
+    paid = harness.client.post(f"{invoice.pay_url}/pay")
+    assert (paid.status_code, paid.headers["location"]) == (303, order.return_url)
+    assert harness.status(replace(order, psp_id=invoice.psp_id)).state is CanonicalState.PAID
