@@ -284,6 +284,7 @@ def start_api(
         "PAYDISPATCH_DATABASE_URL": db_url,
         "PAYDISPATCH_BROKER_URL": getattr(found, "broker_url", ""),
         "PAYDISPATCH_ADAPTERS": "sandbox",
+        "PAYDISPATCH_DEV": "1",  # the sandbox's published credentials are accepted
         "PAYDISPATCH_PUBLIC_URL": url,
         "PAYDISPATCH_LOG_FORMAT": "json",
     }

@@ -246,6 +246,7 @@ def daemon_env(database_url: str, broker_url: str, sandbox_url: str, **policy: s
             "PAYDISPATCH_DATABASE_URL": database_url,
             "PAYDISPATCH_BROKER_URL": broker_url,
             "PAYDISPATCH_ADAPTERS": "sandbox",
+            "PAYDISPATCH_DEV": "1",  # the sandbox's published credentials are accepted
             "PAYDISPATCH_SANDBOX_API_URL": sandbox_url,
             "PAYDISPATCH_LOG_FORMAT": "json",
             # The benchmarked lifecycle is the order's own (what bench/lifecycle.pgbench.sql

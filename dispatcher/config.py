@@ -9,6 +9,7 @@ environment variable, and every secret can come from a file (``..._FILE``), whic
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path("/etc/paydispatch/paydispatch.toml")
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -44,7 +46,16 @@ class Settings:
     database_url: str | None  # None: start the embedded PostgreSQL
     broker_url: str | None  # None: start the embedded Redis
     home: Path  # where embedded services keep their data
-    enabled_adapters: tuple[str, ...] = ("sandbox",)
+    # Nothing is enabled unless configured; a development setup (PAYDISPATCH_DEV) gets the
+    # sandbox by default (issue #12, item 2).
+    enabled_adapters: tuple[str, ...] = ()
+    adapters_configured: bool = False  # PAYDISPATCH_ADAPTERS or adapters.enabled was given
+    # A development setup (the demo, the tests, a developer's machine): the sandbox is enabled
+    # by default and the adapters' published default credentials are accepted.
+    dev: bool = False
+    # Prefix of every broker key (Redis) of this installation, so several installations (or
+    # test runs) can share one Redis database without touching each other's queues.
+    broker_namespace: str = "paydispatch"
     adapter_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     log_format: str = "console"
     config_file: Path | None = None
@@ -92,13 +103,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     adapters_table = data.get("adapters", {})
     if not isinstance(adapters_table, dict):
         raise ConfigError("[adapters] must be a table")
+    dev = _flag(environ, "PAYDISPATCH_DEV", data.get("dev", False))
     enabled_raw = environ.get("PAYDISPATCH_ADAPTERS")
+    configured = enabled_raw is not None or "enabled" in adapters_table
     if enabled_raw is not None:
         enabled = tuple(name.strip() for name in enabled_raw.split(",") if name.strip())
+    elif configured:
+        enabled = tuple(str(name) for name in _items(adapters_table["enabled"]))
     else:
-        enabled = tuple(adapters_table.get("enabled", ("sandbox",)))
-    if not enabled:
+        enabled = ("sandbox",) if dev else ()
+    if configured and not enabled:
         raise ConfigError("PAYDISPATCH_ADAPTERS (or adapters.enabled): enable at least one")
+    namespace = str(
+        environ.get("PAYDISPATCH_BROKER_NAMESPACE") or data.get("broker_namespace") or "paydispatch"
+    )
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(
+            "PAYDISPATCH_BROKER_NAMESPACE: 1-64 letters, digits, '.', '_' or '-', "
+            f"not {namespace!r}"
+        )
     adapter_config = {
         name: {str(k): str(v) for k, v in table.items()}
         for name, table in adapters_table.items()
@@ -113,6 +136,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         broker_url=_read_secret(environ, "PAYDISPATCH_BROKER_URL") or data.get("broker_url"),
         home=home,
         enabled_adapters=enabled,
+        adapters_configured=configured,
+        dev=dev,
+        broker_namespace=namespace,
         adapter_config=adapter_config,
         log_format=log_format,
         config_file=path,
@@ -122,6 +148,20 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         **_api_settings(environ, data),
     )
+
+
+def _flag(environ: Mapping[str, str], var: str, configured: object) -> bool:
+    raw = environ.get(var)
+    if raw is None:
+        if isinstance(configured, bool):
+            return configured
+        raw = str(configured)
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{var} must be 1 or 0 (true or false), not {raw!r}")
 
 
 def _positive(environ: Mapping[str, str], var: str, configured: object, default: float) -> float:

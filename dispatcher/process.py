@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
@@ -26,7 +27,7 @@ import structlog
 from adapters.base import Secret
 from dispatcher import actors, logs, services
 from dispatcher.billing.webhook import Delivery, Outbox
-from dispatcher.config import Settings
+from dispatcher.config import ConfigError, Settings
 from dispatcher.dbstats import DbStats
 from dispatcher.engine import Engine
 from dispatcher.host import EngineHost
@@ -53,9 +54,42 @@ class Context:
 def bootstrap(settings: Settings, *, pool_size: int = 10, name: str = "paydispatch") -> Context:
     found = services.ensure(settings)
     runtimes = build_adapters(settings)
+    check_adapters(settings, runtimes)
     register_secrets(settings, found, runtimes)
     pool = open_pool(found.database_url, max_size=pool_size, name=name)
     return Context(found, runtimes, pool, OrderRepository(pool, expiries(runtimes)))
+
+
+def check_adapters(settings: Settings, runtimes: Mapping[str, AdapterRuntime]) -> None:
+    """Refuse to start without a payment system, or with a credential anyone can read.
+
+    A secret setting with a default (the sandbox's API key and webhook secret) is published in
+    the source: with it, anyone can sign the adapter's callbacks and credit a wallet without
+    paying (issue #12, item 2). Only a development setup (``PAYDISPATCH_DEV=1``: the demo, the
+    tests) may run with one.
+    """
+    if not runtimes:
+        raise ConfigError(
+            "PAYDISPATCH_ADAPTERS: no payment system is enabled: list them in "
+            "PAYDISPATCH_ADAPTERS (or adapters.enabled); the sandbox is the default only with "
+            "PAYDISPATCH_DEV=1"
+        )
+    for rt in runtimes.values():
+        for spec in rt.adapter.settings_spec:
+            if not spec.secret or spec.default is None or rt.settings.get(spec.key) != spec.default:
+                continue
+            if not settings.dev:
+                var = f"PAYDISPATCH_{rt.name.upper()}_{spec.key}"
+                raise ConfigError(
+                    f"{var}: still the default published in paydispatch's source, so anyone "
+                    f"can use it; set your own (or {var}_FILE), or PAYDISPATCH_DEV=1 for a "
+                    "development setup"
+                )
+    if "sandbox" in runtimes and not settings.dev:
+        log.warning(
+            "the sandbox payment system is enabled outside a development setup: "
+            "its payments are not real money"
+        )
 
 
 def register_secrets(
@@ -131,7 +165,7 @@ def run_worker(
     unknown = set(names) - set(ctx.runtimes)
     if unknown:
         raise SystemExit(f"paydispatch worker: --queues names adapters not enabled: {unknown}")
-    broker = actors.make_broker(ctx.services.broker_url)
+    broker = actors.make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     broker.add_middleware(MessageMetrics())
     dispatch = actors.Dispatch(broker, names)
     engine = Engine(
@@ -178,7 +212,7 @@ def run_sweeper(
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=4, name="sweeper")
     start_metrics(metrics_port)
-    broker = actors.make_broker(ctx.services.broker_url)
+    broker = actors.make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     names = list(ctx.runtimes)
     sweeper = Sweeper(
         ctx.repo,
@@ -215,7 +249,7 @@ def run_all(
     """
     stop = stop_event()
     found = services.ensure(settings)
-    build_adapters(settings)  # fail here, once, on a bad adapter setting
+    check_adapters(settings, build_adapters(settings))  # fail here, once, on a bad setting
     env = dict(os.environ)
     env["PAYDISPATCH_DATABASE_URL"] = found.database_url
     env["PAYDISPATCH_BROKER_URL"] = found.broker_url

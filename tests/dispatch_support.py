@@ -53,13 +53,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         time.sleep(0.05)
 
 
-def redis_url_with_db(broker_url: str, db: int) -> str:
-    """The broker URL with another logical database, so a test may flush it."""
-    base = broker_url.split("?", maxsplit=1)[0]
-    head, _, tail = base.rpartition("/")
-    if tail.isdigit() and "://" in head:
-        return f"{head}/{db}"
-    return f"{base.rstrip('/')}/{db}"
+def own_namespace() -> str:
+    """A broker namespace of one test's own: its queues share the configured Redis database
+    with everything else there, and are the only keys it touches (issue #12, item 10)."""
+    return f"pdtest-{uuid.uuid4().hex[:12]}"
+
+
+def flush_namespace(broker_url: str, namespace: str) -> int:
+    """Delete every key of ``namespace`` (what a flushed Redis is to that daemon), and only
+    those; returns how many there were."""
+    client = redis.Redis.from_url(broker_url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()
 
 
 def sandbox_runtime(sandbox_url: str, policy: DispatchPolicy = FAST) -> AdapterRuntime:
@@ -73,14 +83,12 @@ class Daemon:
     sweeper: Sweeper
     broker: dramatiq.Broker
     broker_url: str
+    namespace: str
     host: EngineHost
 
-    def flush_broker(self) -> None:
-        client = redis.Redis.from_url(self.broker_url)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+    def flush_broker(self) -> int:
+        """Lose every queued message of this daemon, as a flushed Redis would."""
+        return flush_namespace(self.broker_url, self.namespace)
 
 
 @contextmanager
@@ -95,7 +103,8 @@ def running_daemon(
     pool = open_pool(database_url, max_size=12, name="daemon")
     runtime = sandbox_runtime(sandbox_url, policy)
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
-    broker = actors.make_broker(broker_url, namespace=f"pdtest-{uuid.uuid4().hex[:8]}")
+    namespace = own_namespace()
+    broker = actors.make_broker(broker_url, namespace=namespace)
     dispatch = actors.Dispatch(broker, ["sandbox"])
     host = EngineHost(Engine(repo, {"sandbox": runtime}, db_threads=6), max_in_flight=200)
     host.start()
@@ -107,7 +116,7 @@ def running_daemon(
     thread = threading.Thread(target=sweeper.run, args=(stop, database_url), daemon=True)
     thread.start()
     try:
-        yield Daemon(repo, sweeper, broker, broker_url, host)
+        yield Daemon(repo, sweeper, broker, broker_url, namespace, host)
     finally:
         stop.set()
         thread.join(timeout=10)

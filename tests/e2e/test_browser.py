@@ -20,7 +20,7 @@ from dispatcher.services import Services
 from orders import Money, OrderStatus
 from orders.client import Client
 from orders.repository import open_pool
-from tests.dispatch_support import redis_url_with_db, wait_until
+from tests.dispatch_support import wait_until
 from tests.e2e.test_processes import daemon_env, spawn
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -82,7 +82,7 @@ def test_a_buyer_pays_in_the_browser_and_the_wallet_is_credited(
 
     assert isinstance(browser, WebDriver)
     api_url = f"http://127.0.0.1:{free_port()}"
-    env = daemon_env(database_url, redis_url_with_db(found_services.broker_url, 11), sandbox.url)
+    env = daemon_env(database_url, found_services.broker_url, sandbox.url)
     env |= {
         "PAYDISPATCH_API_PORT": api_url.rsplit(":", 1)[1],
         "PAYDISPATCH_PUBLIC_URL": api_url,

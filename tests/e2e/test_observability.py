@@ -19,7 +19,7 @@ from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
 from dispatcher.services import Services, free_port
 from orders import schema
-from tests.dispatch_support import SandboxControl, redis_url_with_db, wait_until
+from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_KEY = "sbx-live-key-9f8e7d6c5b4a"
@@ -64,7 +64,8 @@ def test_metrics_flow_and_logs_keep_secrets(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
     env.update(
         PAYDISPATCH_DATABASE_URL=own_database_url,
-        PAYDISPATCH_BROKER_URL=redis_url_with_db(found_services.broker_url, 10),
+        PAYDISPATCH_BROKER_URL=found_services.broker_url,
+        PAYDISPATCH_BROKER_NAMESPACE=own_namespace(),
         PAYDISPATCH_ADAPTERS="sandbox",
         PAYDISPATCH_LOG_FORMAT="json",
         PAYDISPATCH_API_PORT=str(api_port),

@@ -21,7 +21,7 @@ from dispatcher.services import Services, free_port
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, open_pool
-from tests.dispatch_support import SandboxControl, redis_url_with_db, wait_until
+from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 
 S = OrderStatus
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +34,15 @@ def sandbox() -> Iterator[SandboxHandle]:
 
 
 def daemon_env(database_url: str, broker_url: str, sandbox_url: str) -> dict[str, str]:
+    """The daemon's environment: the test's database, its own namespace in the configured Redis
+    database, the sandbox with its published credentials (a development setup)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
     env.update(
         {
             "PAYDISPATCH_DATABASE_URL": database_url,
             "PAYDISPATCH_BROKER_URL": broker_url,
+            "PAYDISPATCH_BROKER_NAMESPACE": own_namespace(),
+            "PAYDISPATCH_DEV": "1",
             "PAYDISPATCH_ADAPTERS": "sandbox",
             "PAYDISPATCH_SANDBOX_API_URL": sandbox_url,
             "PAYDISPATCH_SANDBOX_POLL_FIRST": "0.2",
@@ -66,11 +70,11 @@ def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
     found_services: Services, own_database_url: str, sandbox: SandboxHandle
 ) -> None:
     control = SandboxControl(sandbox.url)
-    broker_url = redis_url_with_db(found_services.broker_url, 13)
+    broker_url = found_services.broker_url
     env = daemon_env(own_database_url, broker_url, sandbox.url)
     pool = open_pool(own_database_url, max_size=4, name="e2e")
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
-    broker = actors.make_broker(broker_url)
+    broker = actors.make_broker(broker_url, namespace=env["PAYDISPATCH_BROKER_NAMESPACE"])
     sweeper = Sweeper(
         repo, actors.Dispatch(broker, ["sandbox"]), ["sandbox"], lease=timedelta(seconds=3),
         interval=0.1,
@@ -115,9 +119,7 @@ def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
 def test_run_stops_cleanly_on_sigterm(
     found_services: Services, own_database_url: str, sandbox: SandboxHandle
 ) -> None:
-    env = daemon_env(
-        own_database_url, redis_url_with_db(found_services.broker_url, 12), sandbox.url
-    )
+    env = daemon_env(own_database_url, found_services.broker_url, sandbox.url)
     pool = open_pool(own_database_url, max_size=2, name="e2e-run")
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
     supervisor = spawn(env, "run")
@@ -160,4 +162,43 @@ def test_bad_configuration_stops_the_worker_at_start_naming_the_setting(
     )
     assert result.returncode != 0
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _start(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "api"])
+def test_issue12_item2_published_sandbox_credentials_stop_a_production_start(
+    found_services: Services, command: str
+) -> None:
+    # Given the sandbox enabled with its published API key and webhook secret,
+    env = daemon_env(found_services.database_url, found_services.broker_url, "http://127.0.0.1:9")
+    # when the process is not told it is a development setup,
+    del env["PAYDISPATCH_DEV"]
+    result = _start(env, command)
+    # then it refuses to start, naming the setting to change.
+    assert result.returncode != 0
+    assert "PAYDISPATCH_SANDBOX_API_KEY" in result.stderr
+    assert "PAYDISPATCH_DEV" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_issue12_item2_sandbox_is_not_enabled_by_default(found_services: Services) -> None:
+    # Given no PAYDISPATCH_ADAPTERS and no development setup,
+    env = daemon_env(found_services.database_url, found_services.broker_url, "http://127.0.0.1:9")
+    del env["PAYDISPATCH_DEV"], env["PAYDISPATCH_ADAPTERS"]
+    # then a worker does not start with the sandbox: it asks for a payment system.
+    result = _start(env, "worker")
+    assert result.returncode != 0
+    assert "PAYDISPATCH_ADAPTERS" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,7 +30,7 @@ from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, Pool
 from tests.conftest import cli
-from tests.dispatch_support import redis_url_with_db, wait_until
+from tests.dispatch_support import own_namespace, wait_until
 
 S = OrderStatus
 SECRET = "whsec-test-0123456789abcdef"
@@ -96,8 +95,7 @@ def billing(
     found_services: Services, database_url: str, pool: Pool, repo: OrderRepository
 ) -> Iterator[Billing]:
     """Sweeper thread + dramatiq worker on the billing queue + the engine host's loop."""
-    broker_url = redis_url_with_db(found_services.broker_url, 13)
-    broker = actors.make_broker(broker_url, namespace=f"pdtest-{uuid.uuid4().hex[:8]}")
+    broker = actors.make_broker(found_services.broker_url, namespace=own_namespace())
     dispatch = actors.Dispatch(broker, ["sandbox"])
     host = EngineHost(Engine(repo, {}, db_threads=1), max_in_flight=50)
     host.start()

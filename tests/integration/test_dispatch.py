@@ -19,7 +19,6 @@ from tests.conftest import drop_database, make_database
 from tests.dispatch_support import (
     Daemon,
     SandboxControl,
-    redis_url_with_db,
     running_daemon,
     wait_until,
 )
@@ -33,9 +32,10 @@ def daemon(
     found_services: Services, template_database: str, sandbox: SandboxHandle
 ) -> Iterator[Daemon]:
     url = make_database(found_services, template_database)
-    broker_url = redis_url_with_db(found_services.broker_url, 14)
     try:
-        with running_daemon(url, broker_url, sandbox.url, lease=timedelta(seconds=2)) as d:
+        with running_daemon(
+            url, found_services.broker_url, sandbox.url, lease=timedelta(seconds=2)
+        ) as d:
             yield d
     finally:
         drop_database(found_services, url)

@@ -1,20 +1,28 @@
-"""Issue #12, the infrastructure items: pools after a database restart (13), key revocation
-across API processes (5, with tests/e2e/test_processes.py), per-site webhooks (6)."""
+"""Issue #12, the infrastructure items: pools after a database restart (13), the tests' Redis
+database (10), key revocation (5, with tests/e2e/test_processes.py), per-site webhooks (6)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+import redis
 from psycopg import conninfo
 
+from adapters.sandbox import SCENARIO_METADATA_KEY
+from adapters.sandbox.runner import SandboxHandle
 from dispatcher.services import Services
+from orders import Money, NewOrder
 from orders.repository import OrderRepository, Pool, open_pool
-from tests.dispatch_support import wait_until
+from tests.dispatch_support import running_daemon, wait_until
 from tests.integration.test_api import ORDER, running_api
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def terminate_backends(found_services: Services, database_url: str) -> None:
@@ -84,3 +92,43 @@ def test_issue12_item13_first_api_requests_after_a_restart_succeed(
             listed = http.get("/v1/orders", headers=headers)
             assert listed.status_code == 200
             assert {o["id"] for o in listed.json()["items"]} == {order_id, again.json()["id"]}
+
+
+def test_issue12_item10_flushing_a_test_daemon_keeps_the_rest_of_the_database(
+    found_services: Services, own_database_url: str, sandbox: SandboxHandle
+) -> None:
+    # Given someone else's key in the Redis database the tests were given,
+    client = redis.Redis.from_url(found_services.broker_url)
+    other = f"not-paydispatch-tests:{uuid.uuid4().hex}"
+    client.set(other, "their data", ex=300)
+    try:
+        with running_daemon(own_database_url, found_services.broker_url, sandbox.url) as daemon:
+            new = NewOrder(
+                site="shop", user_id="u1", money=Money(100, "EUR"), adapter="sandbox",
+                metadata={SCENARIO_METADATA_KEY: "never"},
+            )  # fmt: skip
+            daemon.repo.create(new)
+            wait_until(
+                lambda: bool(client.keys(f"{daemon.namespace}:*")), what="the daemon's queue keys"
+            )
+            # when a test flushes its daemon's broker,
+            assert daemon.flush_broker() > 0
+            # then the other key is still there.
+            assert client.get(other) == b"their data"
+    finally:
+        client.delete(other)
+        client.close()
+
+
+def test_issue12_item10_tests_name_no_other_redis_database() -> None:
+    """Every test uses the database of PAYDISPATCH_BROKER_URL (with a namespace of its own) or
+    an embedded server of its own: none picks another database number or flushes one."""
+    forbidden = ("redis_url_with_db", "flushdb(", "flushall(", "redis_db_url")
+    offenders = [
+        f"{path.relative_to(ROOT)}: {word}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if path != Path(__file__)
+        for word in forbidden
+        if word in path.read_text(encoding="utf-8")
+    ]
+    assert offenders == []

@@ -13,7 +13,7 @@ def test_defaults_with_nothing_configured(tmp_path: Path) -> None:
     settings = load({"PAYDISPATCH_HOME": str(tmp_path)})
     assert settings.database_url is None
     assert settings.broker_url is None
-    assert settings.enabled_adapters == ("sandbox",)
+    assert settings.enabled_adapters == ()  # the sandbox only explicitly or with PAYDISPATCH_DEV
     assert settings.home == tmp_path
 
 
