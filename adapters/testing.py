@@ -259,9 +259,6 @@ def request_payload(request: PspRequest) -> str:
     )
 
 
-_request_payload = request_payload  # the name earlier kit users imported
-
-
 def _exception_text(exc: BaseException) -> str:
     parts: list[str] = []
     seen: BaseException | None = exc
