@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +42,7 @@ from orders.repository import OrderRepository, open_pool
 
 S = OrderStatus
 DEADLINE = 60.0  # seconds the orders get to settle
+READY_WITHIN = 120.0  # seconds the daemon gets to start
 FAKES = ("stripe", "paypal", "robokassa", "tbank")
 ADAPTERS = ("sandbox", *FAKES)
 # What each payment system takes: the fakes of the Russian systems work in roubles.
@@ -129,6 +131,8 @@ def run(settings: Settings, *, orders: int = 30, adapter: str = "sandbox") -> in
                 "PAYDISPATCH_DATABASE_URL": found.database_url,
                 "PAYDISPATCH_BROKER_URL": found.broker_url,
                 "PAYDISPATCH_ADAPTERS": adapter,
+                # A development setup: the sandbox's published credentials are accepted.
+                "PAYDISPATCH_DEV": "1",
                 "PAYDISPATCH_BILLING_HOOKS": "wallet",
                 prefix + "POLL_FIRST": "0.5",
                 prefix + "POLL_CAP": "2",
@@ -148,6 +152,9 @@ def run(settings: Settings, *, orders: int = 30, adapter: str = "sandbox") -> in
             )
             print(f"daemon: paydispatch run (pid {daemon.pid}), API {public_url}, log {log_path}")
             try:
+                if not _wait_ready(public_url, log_path, daemon):
+                    print("daemon did not become ready: see its log")
+                    return 1
                 return _drive(
                     found.database_url,
                     site,
@@ -165,6 +172,22 @@ def run(settings: Settings, *, orders: int = 30, adapter: str = "sandbox") -> in
                 except subprocess.TimeoutExpired:
                     daemon.kill()
                     print("daemon did not stop in time; killed")
+
+
+def _wait_ready(public_url: str, log_path: Path, daemon: subprocess.Popen[bytes]) -> bool:
+    """Until the API answers ready and a worker has started (its log line): the orders' short
+    deadlines must not run out while the processes are still starting on a busy machine."""
+    started = time.monotonic()
+    while time.monotonic() - started < READY_WITHIN and daemon.poll() is None:
+        try:
+            ready = httpx.get(f"{public_url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        if ready and b'"worker started"' in log_path.read_bytes():
+            print(f"daemon ready after {time.monotonic() - started:.1f}s")
+            return True
+        time.sleep(0.2)
+    return False
 
 
 class Buyers:
