@@ -43,6 +43,8 @@ CREATE TABLE orders (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     paid_at         timestamptz,
+    -- Consecutive failed steps; retries back off by this count, a step that ends well resets it.
+    errors          integer NOT NULL DEFAULT 0 CHECK (errors >= 0),
     -- The order a buyer switched away from (to another payment system) to make this one, and
     -- how many switches deep it is. An order is replaced at most once, and a chain of switches
     -- is at most 3 long (orders.model.MAX_SWITCH_DEPTH): a buyer cannot multiply invoices.
@@ -91,7 +93,9 @@ INSERT INTO order_transitions (from_status, to_status) VALUES
     ('awaiting_payment', 'paid'), ('awaiting_payment', 'rejected'),
     ('awaiting_payment', 'expired'), ('awaiting_payment', 'cancelled'),
     ('awaiting_payment', 'needs_review'),
+    ('new', 'expired'), ('submitting', 'expired'),
     ('rejected', 'paid'), ('expired', 'paid'), ('cancelled', 'paid'),
+    ('rejected', 'needs_review'), ('expired', 'needs_review'), ('cancelled', 'needs_review'),
     ('needs_review', 'paid'), ('needs_review', 'rejected');
 
 CREATE FUNCTION orders_check_transition() RETURNS trigger
@@ -226,4 +230,5 @@ CREATE INDEX billing_outbox_parked_idx ON billing_outbox (parked_at) WHERE statu
 INSERT INTO schema_version (version, description) VALUES (1, 'orders, order_events, transitions');
 INSERT INTO schema_version (version, description) VALUES (2, 'api keys');
 INSERT INTO schema_version (version, description) VALUES (3, 'billing');
+INSERT INTO schema_version (version, description) VALUES (4, 'dispatch hardening');
 INSERT INTO schema_version (version, description) VALUES (5, 'order switches');

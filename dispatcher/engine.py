@@ -21,6 +21,18 @@ Submitting, for adapters with and without idempotency keys:
   still makes the order ``awaiting_payment``: the buyer's page shows no pay link, and the polls
   settle the order as for any other invoice.
 
+No invoice is made for an order within ``CUTOFF`` of its deadline (or past it): it expires
+without a call, since an invoice made then would stay open, payable, behind an expired order.
+
+A failed step is retried after a backoff by the order's consecutive errors (``orders.errors``,
+reset by any step that ends well), never scheduled later than a short grace after the deadline
+(after the late watch's end for a given-up order).
+
+Late payments (the watch of ``expired``, ``rejected`` and ``cancelled`` orders): a payment seen
+paid makes the order ``paid`` (counted as late); one held for capture (two-step payments) is
+captured and credited the same way, or cancelled at the payment system when its amount differs;
+a late payment of another amount goes to ``needs_review``, where the alert finds it.
+
 Cancels go to the payment system only when the adapter's ``can_cancel`` says one can succeed for
 the state just read (never without a fresh report): at the deadline after the final status read,
 on an amount mismatch of a payment held for capture, and on the first look of the late watch.
@@ -56,7 +68,7 @@ from adapters.base import (
 from dispatcher import metrics
 from dispatcher.breaker import BreakerState
 from dispatcher.coalesce import Coalescer
-from dispatcher.policy import next_poll, retry_delay
+from dispatcher.policy import next_poll, retry_at
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import Decision, PaidHook, Settler
 from dispatcher.transport import CircuitOpen, PspUnavailable, Transport
@@ -77,6 +89,8 @@ S = OrderStatus
 T = TypeVar("T")
 MAX_ERROR = 500
 LATE_INTERVAL_CAP = timedelta(hours=1)
+# No invoice is made for an order this close to its deadline (or past it): it expires instead.
+CUTOFF = timedelta(seconds=5)
 # States a cancel's answer may report that mean money moved after the last read.
 _MONEY_MOVED = frozenset({CanonicalState.PAID, CanonicalState.REFUNDED})
 
@@ -202,6 +216,12 @@ class Engine:
     # -- submit ----------------------------------------------------------------------------
 
     async def _submit(self, rt: AdapterRuntime, order: Order) -> None:
+        if order.status in {S.NEW, S.SUBMITTING} and self.clock() >= order.expires_at - CUTOFF:
+            # Too late for a buyer to pay: an invoice now would only stay open behind an
+            # expired order. No buyer has seen a pay link, so nothing is left to watch.
+            detail = {"reason": "deadline passed before an invoice was made"}
+            await self._move(order, S.EXPIRED, detail=detail, next_run_at=None)
+            return
         if order.status is S.NEW:
             order = await self._move(
                 order, S.SUBMITTING, keep_lease=True, attempts=order.attempts + 1
@@ -377,12 +397,14 @@ class Engine:
         order = await self.reads(started.id)
         if order.lease_token is None:
             return
-        retry_at = self.clock() + timedelta(seconds=rt.policy.breaker_reset)
+        later = self.clock() + timedelta(seconds=rt.policy.breaker_reset)
         if started.status is S.NEW and order.status is S.SUBMITTING:
             # The create was refused, so nothing exists: new again, the attempt not spent.
-            await self._move(order, S.NEW, attempts=started.attempts, next_run_at=retry_at)
+            await self._move(
+                order, S.NEW, attempts=started.attempts, errors=order.errors, next_run_at=later
+            )
         else:
-            await self._release(order, next_run_at=retry_at)
+            await self._release(order, next_run_at=later, errors=order.errors)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -412,10 +434,15 @@ class Engine:
             return
         if kind == "bug":
             log.error("unexpected error in a step", exc_info=exc)
+        # Back off by this order's consecutive errors (its polls say nothing about the payment
+        # system's health), and come back by the deadline: a final check must not wait minutes.
+        deadline = order.expires_at
+        if order.status in LATE_PAYMENT_FROM:
+            deadline += rt.policy.late_window
         await self._release(
             order,
-            next_run_at=now + retry_delay(order.polls),
-            polls=order.polls + 1,
+            next_run_at=retry_at(order.errors, now, deadline),
+            errors=order.errors + 1,
             last_error=error,
         )
 
@@ -438,17 +465,24 @@ class Engine:
             else:
                 await self._move(order, S.NEEDS_REVIEW, detail={"reason": error}, last_error=error)
             return
-        retry_at = now + retry_delay(order.attempts)
+        # Past the deadline the next submit step expires the order without a call.
+        later = retry_at(order.attempts, now, order.expires_at)
+        errors = order.errors + 1
         if not_sent:
-            # Nothing reached the payment system: the order is simply new again.
-            await self._move(order, S.NEW, last_error=error, next_run_at=retry_at)
+            # Nothing reached the payment system: the order is simply new again. An open
+            # breaker is no attempt of this order's: it does not count towards giving up.
+            attempts = order.attempts - 1 if isinstance(exc, CircuitOpen) else order.attempts
+            await self._move(
+                order, S.NEW, last_error=error, next_run_at=later, attempts=attempts, errors=errors
+            )
         else:
             # The create may have been accepted: stay in submitting, so the next try uses the
             # same idempotency key (or looks the invoice up first).
             await self._release(
                 order,
-                next_run_at=retry_at,
+                next_run_at=later,
                 attempts=order.attempts + 1,
+                errors=errors,
                 last_error=error,
             )
 
@@ -466,8 +500,10 @@ class Engine:
         """One compare-and-set transition, written together with other steps' (one statement).
 
         Paid orders with a billing hook are the exception: the hook runs in the transaction
-        that marks the order paid, so that one is written on its own.
+        that marks the order paid, so that one is written on its own. A step that ends here
+        ended well unless it says otherwise: its consecutive errors go back to 0.
         """
+        changes.setdefault("errors", 0)
         if to is S.PAID and self.settler.paid_hook is not None:
             return await self.db(
                 self.settler.move,
@@ -496,5 +532,7 @@ class Engine:
         return await self._move(order, decision.to, detail=decision.detail, **decision.changes)
 
     async def _release(self, order: Order, *, next_run_at: datetime | None, **changes: Any) -> None:
-        """Give the lease back, due again at ``next_run_at`` (batched like transitions)."""
+        """Give the lease back, due again at ``next_run_at`` (batched like transitions); the
+        consecutive errors go back to 0 unless given."""
+        changes.setdefault("errors", 0)
         await self.writes(Write.release(order, next_run_at=next_run_at, **changes))

@@ -17,6 +17,9 @@ from adapters.registry import env_name
 from dispatcher.config import ConfigError
 
 MIN_DELAY = timedelta(milliseconds=200)
+# How far past its deadline a failed step's retry may be scheduled; past that, retries come at
+# most this far apart (a final check must not wait minutes behind a backoff).
+RETRY_GRACE = timedelta(seconds=15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +132,16 @@ def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> timed
     """Backoff before the next try of a failed step (full jitter)."""
     ceiling = min(cap, base * 2 ** min(attempt, 30))
     return max(timedelta(seconds=ceiling * random.random()), MIN_DELAY)  # noqa: S311
+
+
+def retry_at(
+    errors: int, now: datetime, deadline: datetime, *, grace: timedelta = RETRY_GRACE
+) -> datetime:
+    """When to try a failed step again, after ``errors`` consecutive failures before this one.
+
+    Full-jitter backoff by the errors alone, never later than ``grace`` after ``deadline``;
+    once that has passed, never more than ``grace`` from now.
+    """
+    delay = retry_delay(errors)
+    latest = max(deadline + grace, now + min(delay, grace))
+    return min(now + delay, latest)

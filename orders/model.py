@@ -176,6 +176,7 @@ class Order:
     # The order a buyer switched away from to make this one, and how many switches deep it is.
     replaces: UUID | None = None
     switch_depth: int = 0
+    errors: int = 0  # consecutive failed steps (the engine's retry backoff)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Order:
@@ -206,6 +207,7 @@ class Order:
             paid_at=row["paid_at"],
             replaces=row.get("replaces"),
             switch_depth=row.get("switch_depth") or 0,
+            errors=row.get("errors") or 0,
         )
 
     @property

@@ -42,7 +42,7 @@ Connection = psycopg.Connection[DictRow]
 
 # Columns a transition may also set, besides status.
 SETTABLE: Final = frozenset(
-    {"psp_id", "pay_url", "attempts", "polls", "expires_at", "last_error", "next_run_at"}
+    {"psp_id", "pay_url", "attempts", "polls", "errors", "expires_at", "last_error", "next_run_at"}
 )
 MAX_PAGE = 500
 DEFAULT_EXPIRY = timedelta(hours=1)

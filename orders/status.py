@@ -23,14 +23,16 @@ class OrderStatus(StrEnum):
 S = OrderStatus
 
 TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
-    S.NEW: frozenset({S.SUBMITTING, S.CANCELLED}),
-    S.SUBMITTING: frozenset({S.AWAITING_PAYMENT, S.NEW, S.FAILED, S.NEEDS_REVIEW}),
+    # An order whose deadline passed before an invoice was made expires without one.
+    S.NEW: frozenset({S.SUBMITTING, S.CANCELLED, S.EXPIRED}),
+    S.SUBMITTING: frozenset({S.AWAITING_PAYMENT, S.NEW, S.FAILED, S.NEEDS_REVIEW, S.EXPIRED}),
     S.AWAITING_PAYMENT: frozenset({S.PAID, S.REJECTED, S.EXPIRED, S.CANCELLED, S.NEEDS_REVIEW}),
     S.PAID: frozenset(),
-    # A payment seen after the order was given up on is a late payment: it still counts.
-    S.REJECTED: frozenset({S.PAID}),
-    S.EXPIRED: frozenset({S.PAID}),
-    S.CANCELLED: frozenset({S.PAID}),
+    # A payment seen after the order was given up on is a late payment: it still counts. One
+    # of another amount waits for a person.
+    S.REJECTED: frozenset({S.PAID, S.NEEDS_REVIEW}),
+    S.EXPIRED: frozenset({S.PAID, S.NEEDS_REVIEW}),
+    S.CANCELLED: frozenset({S.PAID, S.NEEDS_REVIEW}),
     S.FAILED: frozenset(),
     S.NEEDS_REVIEW: frozenset({S.PAID, S.REJECTED}),
 }

@@ -35,6 +35,7 @@ from adapters.testing import SAMPLE_TIME, sample_order
 from dispatcher import metrics
 from dispatcher.breaker import BreakerState
 from dispatcher.engine import Action, Engine
+from dispatcher.policy import RETRY_GRACE
 from dispatcher.runtime import AdapterRuntime
 from orders.errors import OrderNotFound, StaleOrder
 from orders.model import Order
@@ -327,3 +328,166 @@ def _closed_breaker_gauges() -> Iterator[None]:
     yield
     for name in ("yookassa", "nokeys"):
         metrics.BREAKER_STATE.labels(name).set(0)
+
+
+# -- issue #12 -----------------------------------------------------------------------------------
+
+
+def test_issue12_item0_late_capture_is_captured_and_credited() -> None:
+    # Given an expired order whose buyer paid late under two-step capture,
+    wire = Wire()
+    payment = f"/v3/payments/{PAYMENT_ID}"
+    wire.on("GET", payment, yk("status_waiting_for_capture"))
+    wire.on("POST", f"{payment}/capture", yk("status_succeeded"))
+    order = leased(status=S.EXPIRED, psp_id=PAYMENT_ID, polls=2, expires_at=NOW - timedelta(1))
+    late = counter(metrics.LATE_PAYMENTS, "yookassa")
+    # when the late watch looks at it,
+    after, repo, _ = run_step(yookassa_runtime(CAPTURE="manual"), wire, order, Action.WATCH)
+    # then our amount is captured within the watch, and the order is paid and counted as late.
+    assert wire.calls == [f"GET {payment}", f"POST {payment}/capture"]
+    assert json.loads(wire.requests[1].content) == {
+        "amount": {"value": "100.00", "currency": "RUB"}
+    }
+    assert after.status is S.PAID
+    assert repo.moves[-1][2]["late"] is True
+    assert counter(metrics.LATE_PAYMENTS, "yookassa") == late + 1
+
+
+def test_issue12_item0_late_held_payment_of_another_amount_is_cancelled_and_reviewed() -> None:
+    wire = Wire()
+    payment = f"/v3/payments/{PAYMENT_ID}"
+    other = {"value": "90.00", "currency": "RUB"}
+    wire.on("GET", payment, yk("status_waiting_for_capture", amount=other))
+    wire.on("POST", f"{payment}/cancel", yk("status_canceled_by_merchant", amount=other))
+    order = leased(status=S.EXPIRED, psp_id=PAYMENT_ID, polls=2, expires_at=NOW - timedelta(1))
+
+    after, repo, _ = run_step(yookassa_runtime(CAPTURE="manual"), wire, order, Action.WATCH)
+
+    assert wire.calls == [f"GET {payment}", f"POST {payment}/cancel"]  # never captured
+    assert after.status is S.NEEDS_REVIEW
+    assert repo.moves[-1][2]["reason"] == "amount mismatch"
+
+
+@pytest.mark.parametrize("status", [S.EXPIRED, S.REJECTED, S.CANCELLED])
+def test_issue12_item0_late_payment_of_another_amount_goes_to_needs_review(
+    status: OrderStatus,
+) -> None:
+    wire = Wire()
+    other = {"value": "1.00", "currency": "RUB"}
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("status_succeeded", amount=other))
+    order = leased(status=status, psp_id=PAYMENT_ID, polls=3, expires_at=NOW - timedelta(1))
+
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, Action.WATCH)
+
+    # needs_review is what the PaydispatchNeedsReview alert counts
+    assert after.status is S.NEEDS_REVIEW
+    assert repo.moves[-1][1:] == (
+        S.NEEDS_REVIEW,
+        {
+            "reason": "amount mismatch",
+            "expected": "100.00 RUB",
+            "reported": "1.00 RUB",
+            "psp_status": "succeeded",
+        },
+    )
+
+
+@pytest.fixture
+def slowest_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full jitter at its longest, so a backoff is its ceiling."""
+    monkeypatch.setattr("dispatcher.policy.random.random", lambda: 0.999)
+
+
+@pytest.mark.usefixtures("slowest_jitter")
+def test_issue12_item11_retries_back_off_by_consecutive_errors_not_polls() -> None:
+    # Given an order polled thirty times without trouble, whose next poll meets a 429,
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("error_too_many_requests", 429))
+    order = leased(
+        status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, polls=30, expires_at=NOW + timedelta(1)
+    )
+    # when the step fails,
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.POLL)
+    # then its first error is retried within a second or so, not after minutes.
+    assert after.errors == 1
+    assert after.next_run_at is not None
+    assert after.next_run_at <= NOW + timedelta(seconds=1)
+    assert after.last_error is not None
+
+
+@pytest.mark.usefixtures("slowest_jitter")
+@pytest.mark.parametrize("errors", [0, 3, 12])
+def test_issue12_item11_a_retry_is_never_scheduled_past_the_deadline_and_a_grace(
+    errors: int,
+) -> None:
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("error_too_many_requests", 429))
+    deadline = NOW + timedelta(seconds=20)
+    order = leased(
+        status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, polls=40, errors=errors, expires_at=deadline
+    )
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.POLL)
+
+    assert after.next_run_at is not None
+    assert after.next_run_at <= deadline + RETRY_GRACE
+    assert after.errors == errors + 1
+
+
+@pytest.mark.usefixtures("slowest_jitter")
+def test_issue12_item11_a_finalize_failing_past_the_deadline_is_retried_within_the_grace() -> None:
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("error_too_many_requests", 429))
+    order = leased(
+        status=S.AWAITING_PAYMENT,
+        psp_id=PAYMENT_ID,
+        polls=40,
+        errors=8,
+        expires_at=NOW - timedelta(minutes=5),
+    )
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.FINALIZE)
+
+    assert after.next_run_at is not None
+    assert NOW < after.next_run_at <= NOW + RETRY_GRACE
+
+
+def test_a_step_that_ends_well_resets_the_consecutive_errors() -> None:
+    wire = Wire()
+    wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("status_pending"))
+    order = leased(
+        status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, errors=4, expires_at=NOW + timedelta(1)
+    )
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.POLL)
+
+    assert (after.status, after.errors, after.polls) == (S.AWAITING_PAYMENT, 0, 1)
+
+
+@pytest.mark.parametrize("left", [timedelta(seconds=-30), timedelta(0), timedelta(seconds=3)])
+@pytest.mark.parametrize("status", [S.NEW, S.SUBMITTING])
+def test_issue12_item12_no_invoice_is_created_at_or_past_the_deadline(
+    left: timedelta, status: OrderStatus
+) -> None:
+    wire = Wire()  # answers nothing: any call fails the test
+    order = leased(status=status, expires_at=NOW + left)
+
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, Action.SUBMIT)
+
+    assert wire.requests == []
+    assert after.status is S.EXPIRED
+    assert after.next_run_at is None
+    assert repo.moves == [
+        (status, S.EXPIRED, {"reason": "deadline passed before an invoice was made"})
+    ]
+
+
+def test_issue12_item12_an_order_with_time_left_is_still_submitted() -> None:
+    wire = Wire()
+    wire.on("POST", "/v3/payments", yk("create_pending"))
+    order = leased(status=S.NEW, expires_at=NOW + timedelta(minutes=1))
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, Action.SUBMIT)
+
+    assert wire.calls == ["POST /v3/payments"]
+    assert (after.status, after.psp_id) == (S.AWAITING_PAYMENT, PAYMENT_ID)
