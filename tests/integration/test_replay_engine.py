@@ -15,9 +15,10 @@ from uuid import UUID
 
 import pytest
 
-from adapters import tbank, yookassa
+from adapters import paypal, tbank, yookassa
 from adapters.base import AdapterSettings, CanonicalState, PspResponse
 from adapters.replay import Replay
+from adapters.testing import load_response
 from dispatcher.engine import Engine, action_for
 from dispatcher.runtime import AdapterRuntime
 from orders import Money, NewOrder, OrderStatus
@@ -25,12 +26,15 @@ from orders.model import Order
 from orders.repository import OrderRepository, Pool, open_pool
 from tests.dispatch_support import FAST
 from tests.integration.conftest import ADAPTERS
+from tests.unit import test_paypal as paypal_tests
 from tests.unit import test_tbank as tbank_tests
 from tests.unit import test_yookassa as yookassa_tests
 
 S = OrderStatus
 # The fixtures describe a payment of 100.00 RUB; the paid answer must match the order.
 AMOUNT = Money(10000, "RUB")
+PAYPAL_FIXTURES = paypal_tests.FIXTURES
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -39,16 +43,18 @@ def fresh(own_database_url: str) -> Iterator[tuple[OrderRepository, Pool]]:
     unique per adapter, so each replayed order needs a database without the others."""
     pool = open_pool(own_database_url, max_size=4, name="replay")
     try:
-        yield OrderRepository(pool, {**ADAPTERS, "tbank": timedelta(hours=1)}), pool
+        yield OrderRepository(pool, {**ADAPTERS, "tbank": HOUR, "paypal": HOUR}), pool
     finally:
         pool.close()
 
 
-def new_order(repo: OrderRepository, site: str, adapter: str = "yookassa") -> UUID:
+def new_order(
+    repo: OrderRepository, site: str, adapter: str = "yookassa", money: Money = AMOUNT
+) -> UUID:
     new = NewOrder(
         site=site,
         user_id="buyer",
-        money=AMOUNT,
+        money=money,
         adapter=adapter,
         description="Order 42",
         return_url="https://shop.example/return/42",
@@ -217,3 +223,33 @@ def test_engine_looks_a_tbank_payment_up_instead_of_creating_it_twice(
     assert replay.counts() == {"create": 1, "lookup": 1, "status": 2}
     assert steps[-1].psp_id == tbank_tests.PAYMENT_ID
     assert steps[1].pay_url is None  # CheckOrder gives no pay link: the buyer's page waits
+
+
+def test_engine_fetches_a_paypal_token_once_and_captures_an_approved_order(
+    fresh: tuple[OrderRepository, Pool], site: str
+) -> None:
+    # Given PayPal (an OAuth token for every call) whose order is first waiting for the buyer,
+    # then approved (money held for us), and a capture that completes,
+    repo, pool = fresh
+    fixtures = paypal_tests.TestPaypalConformance.fixtures
+    replay = Replay(paypal.adapter, fixtures, paypal_tests.TestPaypalConformance.settings)
+    approved = load_response(PAYPAL_FIXTURES / "status_approved.json")
+    replay.script("status", CanonicalState.PENDING, approved)
+    # PayPal's fixtures describe a payment of the kit's order in US dollars.
+    order_id = new_order(repo, site, adapter="paypal", money=paypal_tests.ORDER.money)
+    replay.bind(repo.get(order_id))
+    steps: list[Order] = []
+
+    async def scenario(engine: Engine) -> None:
+        steps.extend(await run_until_settled(engine, repo, pool, order_id))
+
+    with replay.serve() as url:
+        runtime = AdapterRuntime(paypal.adapter, replay.settings(url), FAST)
+        engine_run(repo, runtime)(scenario)
+
+    # when the engine runs the order, one token serves every call, and the approved order is
+    # captured and paid.
+    assert steps[-1].status is S.PAID
+    assert replay.counts() == {"token": 1, "create": 1, "status": 2, "capture": 1}
+    calls = [r for r in replay.requests if r.operation != "token"]
+    assert all(r.headers["authorization"].startswith("Bearer ") for r in calls)
