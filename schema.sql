@@ -131,6 +131,20 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_site_idx ON api_keys (site);
 
+-- Every API process caches verified keys: a revoked (or deleted, or changed) key is announced,
+-- so each drops it at once (issue #12, item 5).
+CREATE FUNCTION api_keys_announce_revoked() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('paydispatch_api_keys', OLD.prefix);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER api_keys_announce_revoked
+    AFTER UPDATE OF revoked_at, key_hash, site, prefix OR DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION api_keys_announce_revoked();
+
 -- Billing (DESIGN.md section 7). Wallets are per site: a site's user ids are its own. One
 -- balance per (site, user, currency); the loyalty balance uses the currency 'points', lower
 -- case so it can never collide with an ISO 4217 code.
@@ -206,7 +220,8 @@ CREATE TABLE billing_outbox (
     id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     order_id        uuid NOT NULL REFERENCES orders (id),
     event_type      text NOT NULL CHECK (length(event_type) BETWEEN 1 AND 64),
-    url             text NOT NULL CHECK (length(url) <= 2048),
+    -- Where the last attempt went: a delivery goes to the site's URL of the moment.
+    url             text CHECK (length(url) <= 2048),
     body            text NOT NULL,
     status          text NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'delivered', 'parked')),
@@ -227,8 +242,24 @@ CREATE INDEX billing_outbox_due_idx ON billing_outbox (next_attempt_at)
     WHERE status = 'pending';
 CREATE INDEX billing_outbox_parked_idx ON billing_outbox (parked_at) WHERE status = 'parked';
 
+-- Each site's billing webhook (issue #12, item 6), set with `paydispatch sites`. During a secret
+-- rotation the previous secret signs every delivery too, until previous_until.
+CREATE TABLE site_webhooks (
+    site            text PRIMARY KEY CHECK (length(site) BETWEEN 1 AND 64),
+    url             text NOT NULL CHECK (url ~ '^https?://[^[:space:][:cntrl:]]+$'
+                                         AND length(url) <= 2048),
+    secret          text NOT NULL CHECK (length(secret) >= 32),
+    previous_secret text CHECK (length(previous_secret) >= 32),
+    previous_until  timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT site_webhooks_previous_check
+        CHECK ((previous_secret IS NULL) = (previous_until IS NULL))
+);
+
 INSERT INTO schema_version (version, description) VALUES (1, 'orders, order_events, transitions');
 INSERT INTO schema_version (version, description) VALUES (2, 'api keys');
 INSERT INTO schema_version (version, description) VALUES (3, 'billing');
 INSERT INTO schema_version (version, description) VALUES (4, 'dispatch hardening');
 INSERT INTO schema_version (version, description) VALUES (5, 'order switches');
+INSERT INTO schema_version (version, description) VALUES (6, 'site webhooks, key revocation notices');
