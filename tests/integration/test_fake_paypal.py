@@ -110,11 +110,11 @@ def send(client: httpx.Client, request: PspRequest, timeout: float = 10.0) -> Ps
     if request.form is not None:
         content = urlencode(pairs(request.form)).encode()
         headers["Content-Type"] = "application/x-www-form-urlencoded"
+    query = urlencode(pairs(request.params))
     answer = client.request(
         request.method,
-        request.url,
+        f"{request.url}?{query}" if query else request.url,
         headers=headers,
-        params=httpx.QueryParams(pairs(request.params)),
         json=request.json,
         content=content,
         timeout=timeout,
