@@ -245,6 +245,26 @@ def canonical_request(request: PspRequest) -> bytes:
     return json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
+def _differences(first: PspRequest, second: PspRequest) -> str:
+    """Where two requests differ, for a failure message; credential headers never shown."""
+
+    def shown(name: str, value: str) -> str:
+        return "<credentials>" if name.lower() in SENSITIVE_HEADERS else repr(value)
+
+    found: list[str] = []
+    one, two = json.loads(canonical_request(first)), json.loads(canonical_request(second))
+    for part in sorted(one):
+        if part == "headers":
+            a, b = dict(one["headers"]), dict(two["headers"])
+            for name in sorted(set(a) | set(b)):
+                before, after = a.get(name, "-"), b.get(name, "-")
+                if before != after:
+                    found.append(f"header {name}: {shown(name, before)} then {shown(name, after)}")
+        elif one[part] != two[part]:
+            found.append(f"{part}: {one[part]!r} then {two[part]!r}")
+    return "; ".join(found)
+
+
 def request_payload(request: PspRequest) -> str:
     """Everything of a request except its headers, as text to search."""
     content = "" if request.content is None else request.content.decode("utf-8", "replace")
@@ -526,8 +546,7 @@ class AdapterConformance:
         assert isinstance(second, PspRequest), f"build_create answered {second!r}"
         assert canonical_request(first) == canonical_request(second), (
             "build_create must build the same request every time for the same order (a retry "
-            "must be the same call): found\n"
-            f"{canonical_request(first).decode()}\nthen\n{canonical_request(second).decode()}"
+            f"must be the same call); it differs in {_differences(first, second)}"
         )
         assert first.operation == "create", (
             f"the create request's operation must be 'create', found {first.operation!r}"
@@ -573,8 +592,8 @@ class AdapterConformance:
         first = self.adapter.build_status(order, self.resolved())
         second = self.adapter.build_status(order, self.resolved())
         assert canonical_request(first) == canonical_request(second), (
-            "build_status must build the same request every time for the same order; found\n"
-            f"{canonical_request(first).decode()}\nthen\n{canonical_request(second).decode()}"
+            "build_status must build the same request every time for the same order; it "
+            f"differs in {_differences(first, second)}"
         )
         assert first.operation == "status", (
             f"the status request's operation must be 'status', found {first.operation!r}"
