@@ -30,19 +30,17 @@ False and ``default_expiry`` is those 3 hours.
 
 **Statuses** (``GET /v2/checkout/orders/{id}``), to :class:`CanonicalState`:
 
-============================================  ======================================
-``CREATED``, ``SAVED``, ``PAYER_ACTION_REQUIRED``  pending (the buyer has not approved)
-``APPROVED``                                  pending with ``FollowUp.CAPTURE``: the buyer agreed,
-                                              nothing is taken until the dispatcher captures
-``VOIDED``                                    rejected
-``COMPLETED``                                 the state of ``purchase_units[0].payments.
-                                              captures[0]``: ``COMPLETED`` paid, ``PENDING``
-                                              pending, ``DECLINED``/``FAILED`` rejected,
-                                              ``REFUNDED`` refunded, ``PARTIALLY_REFUNDED`` paid
-HTTP 404 ``RESOURCE_NOT_FOUND``               expired: PayPal forgets an order that expired
-                                              without a capture
-anything else                                 :class:`MalformedResponse` (retried, never final)
-============================================  ======================================
+- ``CREATED``, ``SAVED``, ``PAYER_ACTION_REQUIRED``: pending (the buyer has not approved);
+- ``APPROVED``: pending with ``FollowUp.CAPTURE``: the buyer agreed, nothing is taken until the
+  dispatcher captures (an approved order left uncaptured would lapse: the dispatcher captures it
+  on its next poll, also in the late-payment watch);
+- ``VOIDED``: rejected;
+- ``COMPLETED``: the state of ``purchase_units[0].payments.captures[0]``: ``COMPLETED`` paid,
+  ``PENDING`` pending (``status_details.reason`` says why), ``DECLINED`` and ``FAILED``
+  rejected, ``REFUNDED`` refunded, ``PARTIALLY_REFUNDED`` paid;
+- HTTP 404 ``RESOURCE_NOT_FOUND`` (PayPal's error object): expired, since PayPal forgets an
+  order that expired without a capture (a 404 without that object is malformed);
+- any other status: :class:`MalformedResponse` (retried, never final).
 
 The reported money is the capture's amount once there is a capture, else the purchase unit's
 amount, so an approved order of another amount is caught before it is captured.
