@@ -411,6 +411,7 @@ class Engine:
     async def _retry_later(
         self, rt: AdapterRuntime, order: Order, action: Action, exc: Exception
     ) -> None:
+        started = order
         order = await self.reads(order.id)  # the step may have moved it
         if order.lease_token is None:
             return
@@ -430,7 +431,7 @@ class Engine:
         log.warning("step failed", error=error, kind=kind, status=str(order.status))
         now = self.clock()
         if order.status is S.SUBMITTING:
-            await self._submit_failed(rt, order, exc, error, now)
+            await self._submit_failed(rt, order, exc, error, now, fresh=started.status is S.NEW)
             return
         if kind == "bug":
             log.error("unexpected error in a step", exc_info=exc)
@@ -447,8 +448,17 @@ class Engine:
         )
 
     async def _submit_failed(
-        self, rt: AdapterRuntime, order: Order, exc: Exception, error: str, now: datetime
+        self,
+        rt: AdapterRuntime,
+        order: Order,
+        exc: Exception,
+        error: str,
+        now: datetime,
+        *,
+        fresh: bool,
     ) -> None:
+        """``fresh``: this step began the submission (the order was ``new``); otherwise an
+        earlier create may have reached the payment system, whatever this step's failure."""
         if isinstance(exc, OutcomeUnknown):
             await self._move(order, S.NEEDS_REVIEW, detail={"reason": error}, last_error=error)
             return
@@ -468,13 +478,22 @@ class Engine:
         # Past the deadline the next submit step expires the order without a call.
         later = retry_at(order.attempts, now, order.expires_at)
         errors = order.errors + 1
-        if not_sent:
-            # Nothing reached the payment system: the order is simply new again. An open
-            # breaker is no attempt of this order's: it does not count towards giving up.
-            attempts = order.attempts - 1 if isinstance(exc, CircuitOpen) else order.attempts
+        # An open breaker is no attempt of this order's: it does not count towards giving up.
+        refund = 1 if isinstance(exc, CircuitOpen) and fresh else 0
+        if not_sent and fresh:
+            # Nothing reached the payment system: the order is simply new again.
             await self._move(
-                order, S.NEW, last_error=error, next_run_at=later, attempts=attempts, errors=errors
+                order,
+                S.NEW,
+                last_error=error,
+                next_run_at=later,
+                attempts=order.attempts - refund,
+                errors=errors,
             )
+        elif not_sent:
+            # Nothing was sent this time, but an earlier create may have been: stay in
+            # submitting, so the next try still reuses the key or looks the invoice up.
+            await self._release(order, next_run_at=later, errors=errors, last_error=error)
         else:
             # The create may have been accepted: stay in submitting, so the next try uses the
             # same idempotency key (or looks the invoice up first).

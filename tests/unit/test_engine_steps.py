@@ -205,6 +205,34 @@ def test_a_poll_refused_for_our_credentials_changes_nothing_and_stops_further_ca
     assert (after.status, after.polls, after.last_error) == (S.AWAITING_PAYMENT, 3, None)
 
 
+def test_orders_kept_off_the_wire_by_refused_credentials_spend_no_attempt() -> None:
+    wire = Wire()
+    wire.on("POST", "/v3/payments", yk("error_invalid_credentials", 401))
+    first = leased(status=S.NEW, attempts=0)
+    second = replace(first, id=uuid.uuid4(), number=43, attempts=5)
+    repo = FakeRepository(first, second)
+    runtime = yookassa_runtime()
+
+    async def go() -> None:
+        engine = Engine(
+            cast(OrderRepository, repo),
+            {"yookassa": runtime},
+            clock=lambda: NOW,
+            db_threads=1,
+            http_transport=httpx.MockTransport(wire),
+        )
+        try:
+            await engine.run(first.id, LEASE, Action.SUBMIT)
+            await engine.run(second.id, LEASE, Action.SUBMIT)  # the breaker is open now
+        finally:
+            await engine.aclose()
+
+    asyncio.run(go())
+    assert len(wire.requests) == 1
+    after = repo.orders[second.id]
+    assert (after.status, after.attempts) == (S.NEW, 5)
+
+
 # -- cancels only where they can succeed ---------------------------------------------------------
 
 
@@ -315,6 +343,35 @@ def test_invoice_may_exist_keeps_submitting_and_the_next_attempt_finds_it_by_loo
     # the lookup found it: no second create; no pay URL, so the buyer's page shows none
     assert wire.calls == ["POST /init", "POST /check"]
     assert (second.status, second.psp_id, second.pay_url) == (S.AWAITING_PAYMENT, "pay-7", None)
+
+
+def test_after_a_maybe_sent_create_a_refused_connection_never_leads_to_a_blind_create() -> None:
+    # Given an order whose create may have reached a payment system without keys,
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    order = replace(leased(status=S.SUBMITTING, attempts=1), adapter="nokeys")
+    repo = FakeRepository(order)
+
+    async def go() -> None:
+        engine = Engine(
+            cast(OrderRepository, repo),
+            {"nokeys": nokeys_runtime()},
+            clock=lambda: NOW,
+            db_threads=1,
+            http_transport=httpx.MockTransport(refuse),
+        )
+        try:
+            await engine.run(order.id, LEASE, Action.SUBMIT)
+        finally:
+            await engine.aclose()
+
+    # when its lookup cannot even connect,
+    asyncio.run(go())
+    # then it stays in submitting: the next try looks the invoice up again before any create.
+    after = repo.orders[order.id]
+    assert (after.status, after.attempts) == (S.SUBMITTING, 1)
+    assert repo.moves == []
 
 
 def _relet(repo: FakeRepository, order: Order) -> FakeRepository:
