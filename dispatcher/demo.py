@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 import psycopg
@@ -46,7 +46,12 @@ READY_WITHIN = 120.0  # seconds the daemon gets to start
 FAKES = ("stripe", "paypal", "robokassa", "tbank")
 ADAPTERS = ("sandbox", *FAKES)
 # What each payment system takes: the fakes of the Russian systems work in roubles.
-CURRENCIES = {"robokassa": ["RUB"], "tbank": ["RUB"], "stripe": ["USD", "EUR"]}
+CURRENCIES = {
+    "robokassa": ["RUB"],
+    "tbank": ["RUB"],
+    "stripe": ["USD", "EUR"],
+    "paypal": ["USD", "EUR"],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,7 @@ def run(settings: Settings, *, orders: int = 30, adapter: str = "sandbox") -> in
                     rng=rng,
                     adapter=adapter,
                     psp_url=psp_url,
+                    public_url=public_url,
                     daemon=daemon,
                 )
             finally:
@@ -231,6 +237,7 @@ def _drive(
     rng: random.Random,
     adapter: str,
     psp_url: str,
+    public_url: str,
     daemon: subprocess.Popen[bytes],
 ) -> int:
     pool = open_pool(database_url, max_size=4, name="demo")
@@ -253,7 +260,12 @@ def _drive(
                 expires_in=plan.expires_in,
                 metadata=metadata,
             )
-            expected[repo.create(new).order.id] = plan
+            # As the API does: the buyer comes back to the order's status page.
+            order_id = uuid4()
+            created = repo.create(
+                new, order_id=order_id, default_return_url=f"{public_url}/pay/{order_id}"
+            )
+            expected[created.order.id] = plan
         print(f"created {len(expected)} orders for site {site}\n")
         started = time.monotonic()
         tty = sys.stdout.isatty()
