@@ -28,7 +28,7 @@ from dispatcher.services import Services, free_port
 from orders import Money, NewOrder, OrderStatus
 from orders.model import Order
 from orders.repository import OrderRepository, open_pool
-from tests.dispatch_support import wait_until
+from tests.dispatch_support import own_namespace, wait_until
 
 S = OrderStatus
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +98,7 @@ def daemon_env(
         {
             "PAYDISPATCH_DATABASE_URL": database_url,
             "PAYDISPATCH_BROKER_URL": broker_url,
+            "PAYDISPATCH_BROKER_NAMESPACE": own_namespace(),
             "PAYDISPATCH_ADAPTERS": name,
             "PAYDISPATCH_BILLING_HOOKS": "wallet",
             "PAYDISPATCH_API_PORT": str(api_port),
