@@ -14,6 +14,7 @@ from dispatcher.api import callbacks, errors, health, orders, pay, wallets
 from dispatcher.api.context import ApiContext
 from dispatcher.api.lane import CreateLane
 from dispatcher.api.middleware import BodyLimit
+from dispatcher.api.openapi import publish_adapters
 
 DESCRIPTION = """Payment orders for sites, status pages for buyers, callbacks for payment
 systems. Site endpoints take `Authorization: Bearer <key>` (`paydispatch keys create SITE`).
@@ -42,9 +43,11 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.batched.open()
+        ctx.keys.listen(ctx.batched.conninfo)  # revoked keys leave the cache at once
         try:
             yield
         finally:
+            ctx.keys.stop_listening()
             await ctx.batched.close()
             if close_on_shutdown:
                 ctx.close()
@@ -61,6 +64,13 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            publish_adapters(FastAPI.openapi(app), ctx.runtimes)
+        return app.openapi_schema  # type: ignore[return-value]  # set by FastAPI.openapi
+
+    app.openapi = openapi  # type: ignore[method-assign]
     errors.install(app)
     for module in (orders, pay, callbacks, wallets, health):
         app.include_router(module.router)

@@ -1,8 +1,15 @@
 """Site API keys: ``pd_<prefix>_<secret>``; only a SHA-256 of the whole key is stored.
 
 The prefix is public (it finds the row and names the key in ``keys list``); the secret is 32
-random bytes, so a fast hash is enough (there is nothing to brute-force). Verified keys are
-cached for ``ttl`` seconds, so a revoked key stops working within that time.
+random bytes, so a fast hash is enough (there is nothing to brute-force).
+
+Verified keys are cached, so most requests cost no query. A revoke must still reach every API
+process at once (issue #12, item 5): the database announces each revoked key on the channel
+``paydispatch_api_keys`` (a trigger on ``api_keys``), and each process's :meth:`ApiKeys.listen`
+thread drops it from the cache when the notice arrives. While that listener is not connected
+(at start, after a lost connection) the cache is not used at all and every request checks the
+database, so a notice missed meanwhile cannot leave a revoked key working. ``ttl`` bounds an
+entry's age all the same.
 """
 
 from __future__ import annotations
@@ -17,14 +24,21 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
+import structlog
+
 from orders.errors import InvalidInput
 from orders.model import LIMITS
 from orders.repository import Pool, database_errors
 from orders.sql import query
 
+log = structlog.get_logger(__name__)
+
 PREFIX_BYTES = 6
 SECRET_BYTES = 32
 TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one key
+CHANNEL = "paydispatch_api_keys"  # the trigger api_keys_announce_revoked notifies it
+CACHE_MAX = 10_000
 
 
 def _hash(key: str) -> str:
@@ -70,9 +84,14 @@ class ApiKeys:
     def __init__(self, pool: Pool, *, ttl: float = 30.0) -> None:
         self.pool = pool
         self.ttl = ttl
-        self._cache: dict[str, tuple[str, float]] = {}  # key hash -> (site, checked at)
+        # key hash -> (site, prefix, checked at); trusted only while ``_trusted()``
+        self._cache: dict[str, tuple[str, str, float]] = {}
+        self._generation = 0  # bumped by every invalidation: a verify racing one caches nothing
         self._touched: dict[UUID, float] = {}
         self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._listening = False
+        self._stop = threading.Event()
 
     def create(self, site: str, description: str = "") -> tuple[ApiKey, str]:
         """A new key for ``site``; the returned key string is never stored or shown again."""
@@ -99,29 +118,96 @@ class ApiKeys:
         return [ApiKey.from_row(row) for row in rows]
 
     def revoke(self, prefix: str) -> ApiKey | None:
+        """Revoke a key; every API process over the same database stops taking it at once."""
         with database_errors(), self.pool.connection() as conn:
             row = conn.execute(query("revoke_api_key"), {"prefix": prefix}).fetchone()
-        with self._lock:
-            self._cache.clear()
+        self._forget(prefix)
         return None if row is None else ApiKey.from_row(row)
+
+    # -- the cache and its invalidation ---------------------------------------------------
+
+    def _trusted(self) -> bool:
+        """Whether cached keys may be used: always without a listener (the CLI, tests that
+        construct this directly), else only while it is connected."""
+        return self._listener is None or self._listening
+
+    def _forget(self, prefix: str | None) -> None:
+        """Drop the cached key with ``prefix`` (None: every key)."""
+        with self._lock:
+            self._generation += 1
+            if prefix is None:
+                self._cache.clear()
+            else:
+                for digest in [d for d, hit in self._cache.items() if hit[1] == prefix]:
+                    del self._cache[digest]
+
+    def listen(self, conninfo: str) -> None:
+        """Start the thread that drops revoked keys from the cache as their notices arrive."""
+        if self._listener is not None:
+            return
+        self._stop.clear()
+        self._listener = threading.Thread(
+            target=self._listen, args=(conninfo,), name="paydispatch-api-keys", daemon=True
+        )
+        self._listener.start()
+
+    def stop_listening(self) -> None:
+        if self._listener is None:
+            return
+        self._stop.set()
+        self._listener.join(timeout=10)
+        self._listener = None
+        self._listening = False
+        self._forget(None)
+
+    @property
+    def listening(self) -> bool:
+        """The listener is connected: the cache is in use."""
+        return self._listener is not None and self._listening
+
+    def _listen(self, conninfo: str) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Notices sent before LISTEN are lost: start from an empty cache.
+                    self._forget(None)
+                    self._listening = True
+                    delay = 0.1
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=0.5):
+                            self._forget(notice.payload)
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.warning("API key revocation listener lost; keys are checked per request",
+                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            finally:
+                self._listening = False
+                self._forget(None)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
 
     def cached_site(self, key: str) -> str | None:
         """The site of a key verified less than ``ttl`` ago, without touching the database."""
+        if not self._trusted():
+            return None
         hit = self._cache.get(_hash(key))
-        if hit is not None and time.monotonic() - hit[1] < self.ttl:
+        if hit is not None and time.monotonic() - hit[2] < self.ttl:
             return hit[0]
         return None
 
     def verify(self, key: str) -> str | None:
         """The site a valid, unrevoked key belongs to; None for anything else."""
-        digest = _hash(key)
-        hit = self._cache.get(digest)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < self.ttl:
-            return hit[0]
+        cached = self.cached_site(key)
+        if cached is not None:
+            return cached
         prefix = split_key(key)
         if prefix is None:
             return None
+        digest = _hash(key)
+        generation = self._generation
+        now = time.monotonic()
         with database_errors(), self.pool.connection() as conn:
             row = conn.execute(query("find_api_key"), {"prefix": prefix}).fetchone()
             if row is None or row["revoked_at"] is not None:
@@ -131,9 +217,11 @@ class ApiKeys:
             if now - self._touched.get(row["id"], -TOUCH_EVERY) >= TOUCH_EVERY:
                 conn.execute(query("touch_api_key"), {"id": row["id"]})
                 self._touched[row["id"]] = now
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (row["site"], now)
         site: str = row["site"]
+        with self._lock:
+            # A revoke announced while this read was under way may predate it: cache nothing.
+            if self._generation == generation and self._trusted():
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+                self._cache[digest] = (site, prefix, now)
         return site

@@ -9,8 +9,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
@@ -21,6 +23,7 @@ from dispatcher.services import Services, free_port
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, open_pool
+from tests.conftest import cli
 from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 
 S = OrderStatus
@@ -202,3 +205,50 @@ def test_issue12_item2_sandbox_is_not_enabled_by_default(found_services: Service
     assert result.returncode != 0
     assert "PAYDISPATCH_ADAPTERS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _answers_with(url: str, path: str, headers: dict[str, str] | None, status: int) -> bool:
+    try:
+        return httpx.get(url + path, headers=headers, timeout=5).status_code == status
+    except httpx.HTTPError:
+        return False
+
+
+def test_issue12_item5_revoked_key_stops_working_on_every_api_process_at_once(
+    found_services: Services, own_database_url: str
+) -> None:
+    env = daemon_env(own_database_url, found_services.broker_url, "http://127.0.0.1:9")
+    urls, apis = [], []
+    for _ in range(2):
+        port = free_port()
+        urls.append(f"http://127.0.0.1:{port}")
+        apis.append(spawn({**env, "PAYDISPATCH_API_PORT": str(port)}, "api"))
+    try:
+        for url in urls:
+            wait_until(partial(_answers_with, url, "/readyz", None, 200), timeout=60, what=url)
+        created = cli(own_database_url, "keys", "create", "shop")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.split()[0]
+        headers = {"Authorization": f"Bearer {key}"}
+        # Given a key that two API processes have verified (and cache),
+        for url in urls:
+            for _ in range(2):
+                assert httpx.get(f"{url}/v1/orders", headers=headers).status_code == 200
+        # when it is revoked from the command line (a third process),
+        revoked = cli(own_database_url, "keys", "revoke", key.split("_")[1])
+        assert revoked.returncode == 0, revoked.stderr
+        # then both refuse it right away (they used to trust their cache for 30 s).
+        for url in urls:
+            wait_until(
+                partial(_answers_with, url, "/v1/orders", headers, 401),
+                timeout=10,
+                what=f"{url} to refuse the revoked key",
+            )
+    finally:
+        for api in apis:
+            api.terminate()
+        for api in apis:
+            try:
+                api.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                api.kill()

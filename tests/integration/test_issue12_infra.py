@@ -16,6 +16,7 @@ from psycopg import conninfo
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.runner import SandboxHandle
+from dispatcher.api.keys import ApiKeys
 from dispatcher.services import Services
 from orders import Money, NewOrder
 from orders.repository import OrderRepository, Pool, open_pool
@@ -132,3 +133,44 @@ def test_issue12_item10_tests_name_no_other_redis_database() -> None:
         if word in path.read_text(encoding="utf-8")
     ]
     assert offenders == []
+
+
+@pytest.fixture
+def listening_keys(own_database_url: str, own_pool: Pool) -> Iterator[ApiKeys]:
+    keys = ApiKeys(own_pool)
+    keys.listen(own_database_url)
+    wait_until(lambda: keys.listening, timeout=10, what="the revocation listener")
+    yield keys
+    keys.stop_listening()
+
+
+def test_issue12_item5_revoke_elsewhere_empties_this_process_cache(
+    own_database_url: str, listening_keys: ApiKeys
+) -> None:
+    # Given a key this process verified and caches,
+    record, key = listening_keys.create("shop")
+    assert listening_keys.verify(key) == "shop"
+    assert listening_keys.cached_site(key) == "shop"
+    # when another process revokes it,
+    other = open_pool(own_database_url, max_size=1, name="other-process")
+    try:
+        assert ApiKeys(other).revoke(record.prefix) is not None
+    finally:
+        other.close()
+    # then this process stops taking it without waiting for its cache to age.
+    wait_until(lambda: listening_keys.cached_site(key) is None, timeout=10, what="the notice")
+    assert listening_keys.verify(key) is None
+
+
+def test_issue12_item5_cache_is_not_trusted_while_the_listener_is_down(
+    found_services: Services, own_database_url: str, listening_keys: ApiKeys
+) -> None:
+    _, key = listening_keys.create("shop")
+    assert listening_keys.verify(key) == "shop"
+    # When the listener's session ends (a notice could be missed until it is back),
+    terminate_backends(found_services, own_database_url)
+    # the cache is emptied and not used until the listener listens again.
+    wait_until(lambda: listening_keys.cached_site(key) is None, timeout=10, what="no cache")
+    wait_until(lambda: listening_keys.listening, timeout=30, what="the listener back")
+    assert listening_keys.verify(key) == "shop"
+    assert listening_keys.cached_site(key) == "shop"
