@@ -257,9 +257,55 @@ CREATE TABLE site_webhooks (
         CHECK ((previous_secret IS NULL) = (previous_until IS NULL))
 );
 
+-- The operators' web console (issue #16): people with accounts of their own, separate from the
+-- sites' API keys. Only a scrypt hash of a password and a SHA-256 of a session's cookie token
+-- are stored. Every console action is recorded with who and why; that record is append-only.
+CREATE TABLE operators (
+    name          text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$'),
+    password_hash text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_login_at timestamptz,
+    disabled_at   timestamptz
+);
+
+CREATE TABLE operator_sessions (
+    token_hash text PRIMARY KEY,
+    operator   text NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    csrf_token text NOT NULL CHECK (length(csrf_token) >= 32),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX operator_sessions_operator_idx ON operator_sessions (operator);
+
+CREATE TABLE operator_actions (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    operator text NOT NULL,
+    action   text NOT NULL CHECK (action IN ('resolve', 'replay')),
+    order_id uuid REFERENCES orders (id),
+    target   text NOT NULL CHECK (length(target) BETWEEN 1 AND 200),
+    reason   text NOT NULL CHECK (length(reason) BETWEEN 1 AND 1000),
+    detail   jsonb NOT NULL DEFAULT '{}',
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX operator_actions_order_idx ON operator_actions (order_id, id)
+    WHERE order_id IS NOT NULL;
+
+CREATE FUNCTION operator_actions_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'operator_actions is append-only (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE TRIGGER operator_actions_append_only
+    BEFORE UPDATE OR DELETE ON operator_actions
+    FOR EACH ROW EXECUTE FUNCTION operator_actions_append_only();
+
 INSERT INTO schema_version (version, description) VALUES (1, 'orders, order_events, transitions');
 INSERT INTO schema_version (version, description) VALUES (2, 'api keys');
 INSERT INTO schema_version (version, description) VALUES (3, 'billing');
 INSERT INTO schema_version (version, description) VALUES (4, 'dispatch hardening');
 INSERT INTO schema_version (version, description) VALUES (5, 'order switches');
 INSERT INTO schema_version (version, description) VALUES (6, 'site webhooks, key revocation notices');
+INSERT INTO schema_version (version, description) VALUES (7, 'operators and their console');
