@@ -222,28 +222,33 @@ class Engine:
             detail = {"reason": "deadline passed before an invoice was made"}
             await self._move(order, S.EXPIRED, detail=detail, next_run_at=None)
             return
+        # Found in submitting: an earlier step began this submission, and its create may have
+        # reached the payment system.
+        resumed = order.status is S.SUBMITTING
         if order.status is S.NEW:
             order = await self._move(
                 order, S.SUBMITTING, keep_lease=True, attempts=order.attempts + 1
             )
         elif order.status is not S.SUBMITTING:
             return
-        elif not rt.adapter.capabilities.idempotent_create:
-            # A create may already have reached the payment system: never create blindly twice.
-            invoice = await self._lookup(rt, order)
-            if invoice is not None:
-                await self._invoice_ready(rt, order, invoice)
-                return
         try:
             built = rt.adapter.build_create(order, rt.settings)
         except InvalidInput as exc:
             await self._move(order, S.FAILED, last_error=str(exc)[:MAX_ERROR])
             return
         if isinstance(built, Invoice):
-            invoice = built
-        else:
-            response = await self.transport(rt.name).send(built)
-            invoice = rt.adapter.parse_create(order, response)
+            # Built locally (Robokassa's signed pay URL): the same invoice every time, nothing
+            # was sent, so there is nothing to look up either.
+            await self._invoice_ready(rt, order, built)
+            return
+        if resumed and not rt.adapter.capabilities.idempotent_create:
+            # Never create blindly twice: look the earlier create's invoice up first.
+            invoice = await self._lookup(rt, order)
+            if invoice is not None:
+                await self._invoice_ready(rt, order, invoice)
+                return
+        response = await self.transport(rt.name).send(built)
+        invoice = rt.adapter.parse_create(order, response)
         await self._invoice_ready(rt, order, invoice)
 
     async def _lookup(self, rt: AdapterRuntime, order: Order) -> Invoice | None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, cast
 import httpx
 import pytest
 
-from adapters import registry, yookassa
+from adapters import registry, robokassa, yookassa
 from adapters.base import (
     Adapter,
     AdapterSettings,
@@ -548,3 +548,31 @@ def test_issue12_item12_an_order_with_time_left_is_still_submitted() -> None:
 
     assert wire.calls == ["POST /v3/payments"]
     assert (after.status, after.psp_id) == (S.AWAITING_PAYMENT, PAYMENT_ID)
+
+
+def test_a_local_invoice_found_in_submitting_is_rebuilt_without_lookup_or_review() -> None:
+    # Given a Robokassa order left in submitting (a worker died after the move), which has
+    # no idempotency key, no lookup, and no create call: its pay URL is signed locally,
+
+    settings = registry.resolve_settings(
+        robokassa.adapter,
+        {
+            "MERCHANT_LOGIN": "shop-login",
+            "PASSWORD1": "password-one-1234",
+            "PASSWORD2": "pw-2-5678",
+        },
+        environ={},
+    )
+    runtime = AdapterRuntime(robokassa.adapter, settings, POLICY)
+    order = replace(leased(status=S.SUBMITTING, attempts=1), adapter="robokassa")
+    wire = Wire()
+
+    # when the step runs again,
+    after, repo, _ = run_step(runtime, wire, order, Action.SUBMIT)
+
+    # then the same signed invoice is used: no request, not sent to a person.
+    assert wire.calls == []
+    assert after.status is S.AWAITING_PAYMENT
+    assert after.pay_url is not None
+    assert "SignatureValue=" in after.pay_url
+    assert [to for _, to, _ in repo.moves] == [S.AWAITING_PAYMENT]
