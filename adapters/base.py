@@ -250,6 +250,10 @@ class Capabilities:
     currencies: frozenset[str] = frozenset()
     default_expiry: timedelta = timedelta(hours=1)
     poll: PollPolicy = field(default_factory=PollPolicy)
+    # -- Reconciliation (issue #16) -----------------------------------------------------------
+    # The payment system lists payments by creation time (build_list/parse_list); without it
+    # ``paydispatch reconcile`` re-reads each order's status instead.
+    list_payments: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,3 +398,45 @@ class Adapter(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<adapter {self.name}>"
+
+    # -- Reconciliation (issue #16): listing payments -----------------------------------------
+    # Optional, like the operations above; declared by ``Capabilities.list_payments``. The
+    # dispatcher's transport sends the request (operation ``list``) and pages with the cursor.
+
+    def build_list(
+        self, settings: AdapterSettings, since: datetime, until: datetime, cursor: str | None
+    ) -> PspRequest:
+        """One page of the payments created in ``[since, until)`` (aware UTC times).
+
+        ``cursor`` is the previous page's :attr:`PaymentPage.next_cursor`; None asks for the
+        first page.
+        """
+        raise NotSupported(f"{self.name} cannot list payments")
+
+    def parse_list(self, response: PspResponse, settings: AdapterSettings) -> PaymentPage:
+        """The payments of one page, each with its id and money, and the next page's cursor.
+
+        An item that cannot be read raises :class:`MalformedResponse` rather than being
+        skipped: a list with holes would hide the very differences reconciliation looks for.
+        """
+        raise NotSupported(f"{self.name} cannot list payments")
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPayment:
+    """One payment as a list endpoint shows it (reconciliation, issue #16).
+
+    ``report`` always carries ``psp_id`` and ``money``; ``ref`` names our order when the payment
+    carries our reference (metadata), so a second payment for one order is recognised as such.
+    """
+
+    report: StatusReport
+    ref: OrderRef = field(default_factory=OrderRef)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    """One page of :meth:`Adapter.parse_list`; ``next_cursor`` None on the last page."""
+
+    payments: tuple[ListedPayment, ...]
+    next_cursor: str | None = None

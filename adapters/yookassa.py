@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NoReturn
 
 from adapters.base import (
@@ -28,10 +28,12 @@ from adapters.base import (
     FollowUp,
     InvalidSettings,
     Invoice,
+    ListedPayment,
     MalformedResponse,
     Notification,
     NotificationResult,
     OrderRef,
+    PaymentPage,
     PollPolicy,
     PspRejected,
     PspRequest,
@@ -221,6 +223,7 @@ class YooKassa(Adapter):
         # (github.com/yoomoney/yookassa-github-docs/issues/12); afterwards YooKassa cancels it.
         default_expiry=timedelta(hours=1),
         poll=PollPolicy(first=timedelta(seconds=10), factor=2.0, cap=timedelta(minutes=5)),
+        list_payments=True,  # GET /v3/payments (reconciliation, issue #16)
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="YooKassa API base URL"),
@@ -376,6 +379,70 @@ class YooKassa(Adapter):
         ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None, psp_id=payment_id)
         # Unsigned, so no report: the dispatcher polls the order and trusts only that answer.
         return NotificationResult(ref=ref, verified=False)
+
+    # -- Reconciliation (issue #16): the payment list -----------------------------------------
+    # https://yookassa.ru/developers/api#get_payments_list and
+    # https://yookassa.ru/developers/using-api/lists: created_at.gte / created_at.lt filters,
+    # limit 1-100 (default 10), cursor = the previous answer's next_cursor, absent on the last.
+
+    def build_list(
+        self, settings: AdapterSettings, since: datetime, until: datetime, cursor: str | None
+    ) -> PspRequest:
+        params = {
+            "created_at.gte": list_time(since),
+            "created_at.lt": list_time(until),
+            "limit": str(LIST_LIMIT),
+        }
+        if cursor is not None:
+            params["cursor"] = cursor
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}/payments",
+            operation="list",
+            headers=self._headers(settings, None),
+            params=params,
+        )
+
+    def parse_list(self, response: PspResponse, settings: AdapterSettings) -> PaymentPage:
+        body = _body(response)
+        if body.get("type") == "error":
+            _raise_error(response, body, create=False)
+        if response.status_code != 200 or body.get("type") != "list":
+            _malformed(response, "not a YooKassa list (type list expected)")
+        items, cursor = body.get("items"), body.get("next_cursor")
+        if not isinstance(items, list):
+            _malformed(response, "list without items")
+        if cursor is not None and (not isinstance(cursor, str) or not cursor):
+            _malformed(response, f"next_cursor is not a string: {cursor!r}")
+        payments = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                _malformed(response, "list item is not a payment object")
+            payment = _payment_object(item, response)
+            metadata = payment.get("metadata")
+            order_id = metadata.get(META_ORDER_ID) if isinstance(metadata, Mapping) else None
+            ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None)
+            payments.append(ListedPayment(_report(payment, response), ref))
+        return PaymentPage(tuple(payments), cursor)
+
+
+# Reconciliation (issue #16): payments a list page asks for, YooKassa's most.
+LIST_LIMIT = 100
+
+
+def list_time(moment: datetime) -> str:
+    """A list filter's time as the reference writes it: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _payment_object(payment: Mapping[str, Any], response: PspResponse) -> Mapping[str, Any]:
+    """A payment object of a list, with the id and status every reading needs."""
+    payment_id, status = payment.get("id"), payment.get("status")
+    if not isinstance(payment_id, str) or not payment_id:
+        _malformed(response, "listed payment without an id")
+    if not isinstance(status, str) or not status:
+        _malformed(response, f"listed payment {payment_id} without a status")
+    return payment
 
 
 def _report(payment: Mapping[str, Any], response: PspResponse) -> StatusReport:

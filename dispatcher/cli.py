@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from dispatcher import config, logs, ops, services
+from dispatcher import config, logs, ops, reconcile, services
 from dispatcher.api import commands as api_commands
 from dispatcher.billing import commands as billing_commands
 from orders import schema
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.register(sub)
     billing_commands.register(sub)
     api_commands.register(sub)
+    reconcile.register(sub)  # issue #16
     return parser
 
 

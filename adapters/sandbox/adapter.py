@@ -19,10 +19,12 @@ from adapters.base import (
     Capabilities,
     InvalidSettings,
     Invoice,
+    ListedPayment,
     MalformedResponse,
     Notification,
     NotificationResult,
     OrderRef,
+    PaymentPage,
     PollPolicy,
     PspRejected,
     PspRequest,
@@ -51,6 +53,7 @@ SCENARIO_METADATA_KEY = "sandbox_scenario"
 NO_NOTIFY_URL = "none"
 # A signed notification older (or further in the future) than this is stale: only a hint.
 SIGNATURE_TOLERANCE = timedelta(minutes=5)
+LIST_PAGE = 100  # invoices a list page asks for: the sandbox's most
 
 _STATES: Mapping[InvoiceStatus, CanonicalState] = {
     InvoiceStatus.PENDING: CanonicalState.PENDING,
@@ -134,6 +137,7 @@ class Sandbox(Adapter):
         currencies=CURRENCIES,
         default_expiry=timedelta(minutes=15),
         poll=PollPolicy(first=timedelta(seconds=1), factor=2.0, cap=timedelta(seconds=10)),
+        list_payments=True,  # GET /api/v1/invoices (reconciliation, issue #16)
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="base URL of the sandbox server"),
@@ -326,3 +330,41 @@ class Sandbox(Adapter):
         if abs(received - signed) > SIGNATURE_TOLERANCE:
             return False
         return header.matches(settings.get("WEBHOOK_SECRET"), notification.body)
+
+    # -- Reconciliation (issue #16): the invoice list -----------------------------------------
+
+    def build_list(
+        self, settings: AdapterSettings, since: datetime, until: datetime, cursor: str | None
+    ) -> PspRequest:
+        params = {
+            "created_gte": since.isoformat(),
+            "created_lt": until.isoformat(),
+            "limit": str(LIST_PAGE),
+        }
+        if cursor is not None:
+            params["starting_after"] = cursor
+        return PspRequest(
+            method="GET",
+            url=self._invoices_url(settings),
+            operation="list",
+            headers=self._headers(settings),
+            params=params,
+        )
+
+    def parse_list(self, response: PspResponse, settings: AdapterSettings) -> PaymentPage:
+        if response.status_code != 200:
+            raise MalformedResponse(f"sandbox list answered HTTP {response.status_code}")
+        body = _json_object(response)
+        items, cursor = body.get("items"), body.get("next_cursor")
+        if not isinstance(items, list):
+            raise MalformedResponse("sandbox list answered without 'items'")
+        if cursor is not None and (not isinstance(cursor, str) or not cursor):
+            raise MalformedResponse("sandbox list's 'next_cursor' is not a string")
+        payments = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise MalformedResponse("sandbox list item is not an object")
+            order_id = item.get("order_id")
+            ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None)
+            payments.append(ListedPayment(_report(item), ref))
+        return PaymentPage(tuple(payments), cursor)

@@ -22,6 +22,7 @@ class Operation(StrEnum):
     STATUS = "status"
     CANCEL = "cancel"
     LOOKUP = "lookup"
+    LIST = "list"  # the payment list reconciliation reads (issue #16)
 
 
 class FaultKind(StrEnum):

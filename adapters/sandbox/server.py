@@ -17,6 +17,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -81,6 +82,23 @@ def _shift_amounts(body: dict[str, Any], delta: int) -> dict[str, Any]:
     if isinstance(shifted.get("items"), list):
         shifted["items"] = [_shift_amounts(item, delta) for item in shifted["items"]]
     return shifted
+
+
+# Reconciliation (issue #16): the most invoices one page of the list holds.
+LIST_LIMIT = 100
+
+
+def _query_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time with a UTC offset from a query parameter; None when absent."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "invalid_field", f"{value[:40]!r} is not ISO 8601") from None
+    if parsed.tzinfo is None:
+        raise ApiError(400, "invalid_field", f"{value[:40]!r} has no UTC offset")
+    return parsed
 
 
 # The control API pays even past the deadline or after a refusal: a late payment.
@@ -191,6 +209,36 @@ class _Routes:
 
         return await self._api(request, Operation.LOOKUP, handle)
 
+    # -- Reconciliation (issue #16): the payment list ---------------------------------------
+
+    async def get_invoices(self, request: Request) -> Response:
+        """``?number=N`` looks invoices up by our order number; otherwise lists them."""
+        if "number" in request.query_params:
+            return await self.find_invoices(request)
+        return await self.list_invoices(request)
+
+    async def list_invoices(self, request: Request) -> Response:
+        """Invoices created in ``[created_gte, created_lt)`` (ISO 8601), oldest first, ``limit``
+        (1-100, default 100) a page; ``starting_after`` is the previous page's ``next_cursor``."""
+
+        async def handle() -> _Result:
+            query = request.query_params
+            since = _query_time(query.get("created_gte"))
+            until = _query_time(query.get("created_lt"))
+            limit_text = query.get("limit", str(LIST_LIMIT))
+            if not (limit_text.isascii() and limit_text.isdigit()) or not (
+                1 <= int(limit_text) <= LIST_LIMIT
+            ):
+                raise ApiError(400, "invalid_field", f"limit: 1 to {LIST_LIMIT}")
+            records, more = self.service.store.created_between(
+                since, until, query.get("starting_after"), int(limit_text)
+            )
+            now = self.service.now()
+            cursor = records[-1].id if more and records else None
+            return _Result(200, {"items": [r.to_json(now) for r in records], "next_cursor": cursor})
+
+        return await self._api(request, Operation.LIST, handle)
+
     async def cancel_invoice(self, request: Request) -> Response:
         async def handle() -> _Result:
             outcome = self.service.move(request.path_params["invoice_id"], Move.CANCEL)
@@ -297,7 +345,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     app = Starlette(
         routes=[
             Route(f"{API_PREFIX}/invoices", routes.create_invoice, methods=["POST"]),
-            Route(f"{API_PREFIX}/invoices", routes.find_invoices, methods=["GET"]),
+            Route(f"{API_PREFIX}/invoices", routes.get_invoices, methods=["GET"]),
             Route(f"{API_PREFIX}/invoices/{{invoice_id}}", routes.get_invoice, methods=["GET"]),
             Route(
                 f"{API_PREFIX}/invoices/{{invoice_id}}/cancel",

@@ -276,6 +276,27 @@ class InvoiceStore:
         with self._lock:
             return [self._by_id[i] for i in self._by_number.get(number, ())]
 
+    # -- Reconciliation (issue #16): the payment list ---------------------------------------
+
+    def created_between(
+        self, since: datetime | None, until: datetime | None, after: str | None, limit: int
+    ) -> tuple[list[InvoiceRecord], bool]:
+        """Invoices created in ``[since, until)``, oldest first, following the invoice ``after``
+        (a cursor), at most ``limit``; and whether more follow."""
+        with self._lock:
+            records = [
+                r
+                for r in self._by_id.values()  # insertion order: creation order
+                if (since is None or r.created_at >= since)
+                and (until is None or r.created_at < until)
+            ]
+        if after is not None:
+            ids = [r.id for r in records]
+            if after not in ids:
+                raise ApiError(400, "invalid_cursor", f"starting_after: {after!r} is not listed")
+            records = records[ids.index(after) + 1 :]
+        return records[:limit], len(records) > limit
+
     def move(self, invoice_id: str, move: Move, now: datetime) -> Outcome:
         """Apply a status move; 409 ``not_allowed`` (with the invoice) when it cannot apply."""
         rule = _RULES[move]
