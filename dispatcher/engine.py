@@ -433,7 +433,11 @@ class Engine:
             else "bug"
         )
         metrics.STEP_ERRORS.labels(order.adapter, str(action), kind).inc()
-        log.warning("step failed", error=error, kind=kind, status=str(order.status))
+        # An unavailable payment system fails every order sent to it: the transport warns once
+        # per interval for all of them (dispatcher/outage.py); each order's line is detail.
+        unavailable = isinstance(exc, PspUnavailable | CircuitOpen)
+        report = log.debug if unavailable else log.warning
+        report("step failed", error=error, kind=kind, status=str(order.status))
         now = self.clock()
         if order.status is S.SUBMITTING:
             await self._submit_failed(rt, order, exc, error, now, fresh=started.status is S.NEW)

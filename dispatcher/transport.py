@@ -21,6 +21,9 @@ Errors raised (all :class:`TransientError` — never a reason to reject an order
 - :class:`PspUnavailable` — timeout, connection error, 5xx or 429 after the retries;
   ``maybe_sent`` tells whether the payment system may have acted on the request.
 - :class:`CircuitOpen` — too many recent failures; nothing was sent.
+
+Both are logged per adapter, not per call: one line when the payment system becomes
+unavailable, then at most one per interval with a count of the rest (:mod:`dispatcher.outage`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse, Tok
 from dispatcher import metrics
 from dispatcher.aiohttp_transport import AiohttpTransport
 from dispatcher.breaker import CircuitBreaker, CircuitOpen
+from dispatcher.outage import OutageLog
 from dispatcher.policy import DispatchPolicy
 from orders.errors import TransientError
 
@@ -179,6 +183,7 @@ class Transport:
         )
         self.limiter = RateLimiter(policy.rate)
         self.slots = asyncio.Semaphore(policy.concurrency)
+        self.outage = OutageLog(adapter.name, clock=clock)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -224,7 +229,11 @@ class Transport:
 
     async def _send(self, request: PspRequest) -> PspResponse:
         """One request through the breaker and the retries."""
-        self.breaker.before_call(self.adapter.name)
+        try:
+            self.breaker.before_call(self.adapter.name)
+        except CircuitOpen as exc:
+            self.outage.failed(str(exc), held_back=True)
+            raise
         once_only = (
             request.operation == "create" and not self.adapter.capabilities.idempotent_create
         )
@@ -240,10 +249,12 @@ class Transport:
             async for attempt in retrying:
                 with attempt:
                     response = await self._send_once(request)
-        except PspUnavailable:
+        except PspUnavailable as exc:
             self.breaker.record_failure()
+            self.outage.failed(str(exc))
             raise
         self.breaker.record_success()
+        self.outage.recovered()
         return response
 
     async def _send_once(self, request: PspRequest) -> PspResponse:

@@ -1,0 +1,190 @@
+"""Issue #16, "Surprises to remove": what a new operator tripped over in the first hour.
+
+A payment system that is down is one warning per adapter per interval, not a line per order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, cast
+
+import httpx
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from dispatcher import metrics
+from dispatcher.breaker import BreakerState
+from dispatcher.engine import Action, Engine
+from dispatcher.outage import OutageLog
+from dispatcher.runtime import AdapterRuntime
+from dispatcher.transport import Transport
+from orders.repository import OrderRepository
+from orders.status import OrderStatus
+from tests.unit.test_engine_steps import (
+    LEASE,
+    NOW,
+    PAYMENT_ID,
+    FakeRepository,
+    counter,
+    leased,
+    yookassa_runtime,
+)
+
+S = OrderStatus
+WATCHED = 300
+
+
+@pytest.fixture(autouse=True)
+def _closed_breaker_gauge() -> Iterator[None]:
+    yield
+    metrics.BREAKER_STATE.labels("yookassa").set(0)
+
+
+def _refuse(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def _run_steps(
+    runtime: AdapterRuntime,
+    repo: FakeRepository,
+    action: Action,
+    wire: httpx.MockTransport,
+) -> None:
+    """One step for every order in ``repo``, all at once, with a transport whose clock stands
+    still (the whole flood falls within one log interval, however slow the machine)."""
+
+    async def go() -> None:
+        engine = Engine(
+            cast(OrderRepository, repo),
+            {runtime.name: runtime},
+            clock=lambda: NOW,
+            db_threads=1,
+            http_transport=wire,
+        )
+        engine.transports[runtime.name] = Transport(
+            runtime.adapter, runtime.settings, runtime.policy, http_transport=wire, clock=lambda: 0
+        )
+        try:
+            await asyncio.gather(*(engine.run(i, LEASE, action) for i in list(repo.orders)))
+        finally:
+            await engine.aclose()
+
+    asyncio.run(go())
+
+
+def _watched_orders(count: int) -> FakeRepository:
+    first = leased(status=S.EXPIRED, psp_id=PAYMENT_ID, polls=2)
+    orders = [replace(first, id=uuid.uuid4(), number=1000 + n) for n in range(count)]
+    return FakeRepository(*orders)
+
+
+def _at(level: str, logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["log_level"] == level]
+
+
+def test_unreachable_payment_system_logs_one_warning_for_hundreds_of_watched_orders() -> None:
+    # Given 300 orders watched for late payments and a payment system that refuses connections,
+    runtime = yookassa_runtime()
+    runtime = replace(runtime, policy=replace(runtime.policy, breaker_failures=5))
+    repo = _watched_orders(WATCHED)
+    errors_before = counter(metrics.STEP_ERRORS, "yookassa", "watch", "transient")
+
+    # When every one of them gets its step,
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        _run_steps(runtime, repo, Action.WATCH, httpx.MockTransport(_refuse))
+
+    # Then the log has one warning, for the adapter, counting the failures it stands for,
+    warnings = _at("warning", logs)
+    assert len(warnings) == 1, warnings[:3]
+    (warning,) = warnings
+    assert warning["event"].startswith("payment system unavailable")
+    assert warning["adapter"] == "yookassa"
+    assert "order_id" not in warning  # a line about the adapter, not about one order
+    assert "ConnectError" in warning["error"]
+    # and each order's failure is still there at debug, with the order's id,
+    details = [e for e in _at("debug", logs) if e["event"] == "step failed"]
+    assert {e["order_id"] for e in details} == {str(i) for i in repo.orders}
+    # while the metric counts every failed step, the breaker opened after 5 failures,
+    after = counter(metrics.STEP_ERRORS, "yookassa", "watch", "transient")
+    assert after == errors_before + WATCHED
+    assert metrics.BREAKER_STATE.labels("yookassa")._value.get() == BreakerState.OPEN
+    # and every order stays watched, due again later.
+    assert {(o.status, o.errors, o.lease_token) for o in repo.orders.values()} == {
+        (S.EXPIRED, 1, None)
+    }
+    assert all(o.next_run_at is not None and o.next_run_at > NOW for o in repo.orders.values())
+
+
+def test_an_unreadable_answer_is_still_a_warning_per_order() -> None:
+    # Given orders whose payment system answers, but with something unreadable,
+    def garbled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>maintenance</html>")
+
+    repo = _watched_orders(3)
+
+    with capture_logs() as logs:
+        _run_steps(yookassa_runtime(), repo, Action.WATCH, httpx.MockTransport(garbled))
+
+    # Then each order's failure is a warning of its own: it says something about that order.
+    failed = [e for e in _at("warning", logs) if e["event"] == "step failed"]
+    assert [e["kind"] for e in failed] == ["malformed"] * 3
+    assert not [e for e in logs if e["event"].startswith("payment system unavailable")]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_outage_warns_once_per_interval_with_the_count_left_out_and_ends_with_one_line() -> None:
+    clock = Clock()
+    outage = OutageLog("sandbox", interval=30.0, clock=clock)
+
+    with capture_logs() as logs:
+        outage.failed("sandbox status: ConnectError")  # the first failure: a line at once
+        for second in range(1, 30):
+            clock.now = 100.0 + second
+            outage.failed("sandbox status: ConnectError")
+        outage.failed("sandbox: circuit open after 5 failures", held_back=True)
+        clock.now = 131.0  # one interval after the first line
+        outage.failed("sandbox status: ConnectError")
+        clock.now = 140.0
+        outage.failed("sandbox status: ConnectError")
+        outage.recovered()
+        outage.recovered()  # nothing under way: nothing to say
+
+    assert [(e["log_level"], e["suppressed"]) for e in logs] == [
+        ("warning", 0),
+        ("warning", 30),
+        ("info", 1),
+    ]
+    first, second, back = logs
+    assert (first["failed_calls"], first["error"]) == (1, "sandbox status: ConnectError")
+    assert (second["failed_calls"], second["held_back_by_breaker"]) == (31, 1)
+    assert second["down_for"] == 31.0
+    assert back["event"] == "payment system available again"
+    assert (back["failed_calls"], back["held_back_by_breaker"], back["down_for"]) == (32, 1, 40.0)
+
+
+def test_a_new_outage_after_recovery_warns_at_once() -> None:
+    clock = Clock()
+    outage = OutageLog("sandbox", interval=30.0, clock=clock)
+    with capture_logs() as logs:
+        outage.failed("down")
+        outage.recovered()
+        clock.now += 1
+        outage.failed("down again")
+
+    assert [(e["log_level"], e.get("error")) for e in logs] == [
+        ("warning", "down"),
+        ("info", None),
+        ("warning", "down again"),
+    ]
+    assert logs[2]["suppressed"] == 0
