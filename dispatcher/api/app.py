@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from dispatcher.api import callbacks, errors, health, orders, pay, wallets
+from dispatcher.api import callbacks, console, errors, health, orders, pay, wallets
 from dispatcher.api.context import ApiContext
 from dispatcher.api.lane import CreateLane
 from dispatcher.api.middleware import BodyLimit
+from dispatcher.api.openapi import publish_adapters
 
 DESCRIPTION = """Payment orders for sites, status pages for buyers, callbacks for payment
 systems. Site endpoints take `Authorization: Bearer <key>` (`paydispatch keys create SITE`).
@@ -63,8 +64,17 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            publish_adapters(FastAPI.openapi(app), ctx.runtimes)
+        return app.openapi_schema  # type: ignore[return-value]  # set by FastAPI.openapi
+
+    app.openapi = openapi  # type: ignore[method-assign]
     errors.install(app)
     for module in (orders, pay, callbacks, wallets, health):
         app.include_router(module.router)
+    if ctx.console:  # the operators' console (issue #16); PAYDISPATCH_CONSOLE=off
+        app.include_router(console.router)
     app.add_middleware(BodyLimit, limit=ctx.body_limit)
     return app

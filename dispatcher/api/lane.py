@@ -47,7 +47,12 @@ class CreateLane:
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != PATH
+            or scope.get("query_string")  # the route refuses parameters it does not take
+        ):
             await self.app(scope, receive, send)
             return
         seen: dict[bytes, bytes] = {}

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 
 from dispatcher import metrics
 from dispatcher.api.auth import Context, Site
@@ -17,22 +17,25 @@ from dispatcher.api.responses import errors
 from dispatcher.api.schemas import (
     AdapterList,
     AdapterOut,
+    NonBlank,
     OrderCreate,
+    OrderCursor,
     OrderOut,
     OrderPage,
     Text,
 )
+from dispatcher.api.strict import no_unknown_query
 from orders.errors import InvalidTransition
 from orders.model import LIMITS, NewOrder
 from orders.money import Money
 from orders.repository import MAX_PAGE, Created
 from orders.status import OrderStatus
 
-router = APIRouter(tags=["orders"])
+router = APIRouter(tags=["orders"], dependencies=[Depends(no_unknown_query)])
 REPLAY = "A replay: the order an earlier request with the same key or site_ref created"
 
 IdempotencyKey = Annotated[
-    str | None,
+    NonBlank | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
@@ -136,7 +139,7 @@ def list_orders(
     user_id: Annotated[Text | None, Query(min_length=1, max_length=LIMITS["user_id"])] = None,
     adapter: Annotated[Text | None, Query(min_length=1, max_length=LIMITS["adapter"])] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    cursor: Annotated[Text | None, Query(min_length=1, max_length=200)] = None,
+    cursor: Annotated[OrderCursor | None, Query(min_length=1, max_length=200)] = None,
 ) -> OrderPage:
     page = ctx.repo.list_orders(
         site=site, status=status, user_id=user_id, adapter=adapter, limit=limit, cursor=cursor

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from orders.model import (
     LIMITS,
@@ -18,7 +30,8 @@ from orders.model import (
     OrderEvent,
     text_problem,
 )
-from orders.money import MAX_AMOUNT
+from orders.money import CURRENCY_EXPONENTS
+from orders.repository import CURSOR_PATTERN as ORDER_CURSOR_PATTERN
 from orders.status import OrderStatus
 
 
@@ -64,7 +77,49 @@ def _return_url(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_clean)]
+def _nonblank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one kind of number, and JSON Schema counts ``1999.0`` as the integer 1999: take
+    it so. A fraction stays refused, and so does a float past 2**53, which may no longer be
+    the integer that was written."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= JSON_SAFE_INTEGER:
+        return int(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: typing hashes it
+class Published:
+    """JSON Schema keywords a field's validators enforce (with readable messages), added to
+    what /openapi.json publishes for it, so the schema says what the API accepts."""
+
+    keywords: Mapping[str, Any]
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema.update(self.keywords)
+        return schema
+
+
+# Text without control characters, and with something besides spaces (ECMA-262 patterns, as
+# JSON Schema has them; the validators above hold the same rule).
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
+TEXT_PATTERN = rf"^{_PRINTABLE}*$"
+NONBLANK_PATTERN = rf"^{_PRINTABLE}*[^\s\x00-\x1f\x7f-\x9f]{_PRINTABLE}*$"
+# Integers every JSON parser reads exactly (JavaScript's Number.MAX_SAFE_INTEGER).
+JSON_SAFE_INTEGER = 2**53 - 1
+CURRENCIES = sorted(CURRENCY_EXPONENTS)
+
+Text = Annotated[str, AfterValidator(_clean), Published({"pattern": TEXT_PATTERN})]
+NonBlank = Annotated[
+    str, AfterValidator(_clean), AfterValidator(_nonblank), Published({"pattern": NONBLANK_PATTERN})
+]
 # Checked here with a readable message; the schema publishes the same pattern.
 ReturnUrl = Annotated[
     str,
@@ -75,6 +130,32 @@ ReturnUrl = Annotated[
          "pattern": RETURN_URL_PATTERN}
     ),
 ]  # fmt: skip
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+# An active ISO 4217 code: the pattern is checked here, the code by orders.money (which
+# answers unknown_currency); the schema lists the codes.
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), Published({"enum": CURRENCIES})]
+# Checked by the listing (invalid_cursor); every string of the pattern is one it takes.
+OrderCursor = Annotated[str, Published({"pattern": ORDER_CURSOR_PATTERN})]
+# Metadata: any JSON object, nested at most 32 deep, with no NUL in its text (PostgreSQL's jsonb
+# cannot hold one); the schema says so with a recursive definition (the depth it cannot say).
+_NO_NUL = r"^[^\x00]*$"
+JSON_WITHOUT_NUL: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": _NO_NUL},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        },
+    ]
+}
+# (published by dispatcher.api.openapi, which names the definition JsonValue)
+METADATA_SCHEMA: dict[str, Any] = {
+    "propertyNames": {"pattern": _NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+}
 Metadata = Annotated[dict[str, Any], AfterValidator(_clean_json)]
 
 
@@ -87,11 +168,11 @@ class Strict(BaseModel):
 class OrderCreate(Strict):
     """A new payment order. Send the amount in minor units (cents; yen for JPY)."""
 
-    user_id: Text = Field(min_length=1, max_length=LIMITS["user_id"], examples=["42"])
-    amount: int = Field(gt=0, le=MAX_AMOUNT, examples=[1999])
-    currency: str = Field(pattern=r"^[A-Z]{3}$", examples=["USD"])
-    adapter: Text = Field(min_length=1, max_length=LIMITS["adapter"], examples=["sandbox"])
-    site_ref: Text | None = Field(
+    user_id: NonBlank = Field(min_length=1, max_length=LIMITS["user_id"], examples=["42"])
+    amount: WholeNumber = Field(gt=0, le=JSON_SAFE_INTEGER, examples=[1999])
+    currency: Currency = Field(examples=["USD"])
+    adapter: NonBlank = Field(min_length=1, max_length=LIMITS["adapter"], examples=["sandbox"])
+    site_ref: NonBlank | None = Field(
         default=None,
         min_length=1,
         max_length=LIMITS["site_ref"],
@@ -104,11 +185,15 @@ class OrderCreate(Strict):
         description="Where the buyer goes after paying; default: the order's status page",
     )
     metadata: Metadata = Field(default_factory=dict)
-    expires_in: int | None = Field(
-        default=None,
-        ge=int(MIN_EXPIRY.total_seconds()),
-        le=int(MAX_EXPIRY.total_seconds()),
-        description="Seconds until the order expires; default: the payment system's",
+    expires_in: (
+        Annotated[
+            int,
+            Field(ge=int(MIN_EXPIRY.total_seconds()), le=int(MAX_EXPIRY.total_seconds())),
+            BeforeValidator(_whole),
+        ]
+        | None
+    ) = Field(
+        default=None, description="Seconds until the order expires; default: the payment system's"
     )
 
 

@@ -6,21 +6,33 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from dispatcher.api.auth import Context, Site
 from dispatcher.api.errors import ApiError
 from dispatcher.api.responses import errors
-from dispatcher.api.schemas import Strict, Text
-from dispatcher.billing.wallet import MAX_PAGE, Entry, money
+from dispatcher.api.schemas import (
+    CURRENCIES,
+    JSON_SAFE_INTEGER,
+    NonBlank,
+    Published,
+    Strict,
+    Text,
+    WholeNumber,
+)
+from dispatcher.api.strict import no_unknown_query
+from dispatcher.billing.wallet import CURSOR_PATTERN, MAX_PAGE, POINTS, Entry, money
 from orders.model import LIMITS
-from orders.money import MAX_AMOUNT
 
-router = APIRouter(tags=["wallets"])
+router = APIRouter(tags=["wallets"], dependencies=[Depends(no_unknown_query)])
 
-UserId = Annotated[Text, Path(min_length=1, max_length=LIMITS["user_id"])]
+UserId = Annotated[NonBlank, Path(min_length=1, max_length=LIMITS["user_id"])]
 CURRENCY = r"^([A-Z]{3}|points)$"
+# An ISO 4217 code or "points": the pattern is checked here, the code by the ledger.
+WalletCurrency = Annotated[str, Published({"enum": [*CURRENCIES, POINTS]})]
+# Checked by the ledger (invalid_cursor); every string of the pattern is one it takes.
+EntryCursor = Annotated[str, Published({"pattern": CURSOR_PATTERN})]
 
 
 class BalanceOut(BaseModel):
@@ -67,8 +79,10 @@ class EntryPageOut(BaseModel):
 
 
 class DebitIn(Strict):
-    amount: int = Field(gt=0, le=MAX_AMOUNT, description="In minor units (whole points)")
-    currency: str = Field(pattern=CURRENCY)
+    amount: WholeNumber = Field(
+        gt=0, le=JSON_SAFE_INTEGER, description="In minor units (whole points)"
+    )
+    currency: WalletCurrency = Field(pattern=CURRENCY)
     description: Text = Field(default="", max_length=1000)
 
 
@@ -105,9 +119,9 @@ def list_entries(
     user_id: UserId,
     site: Site,
     ctx: Context,
-    currency: Annotated[str | None, Query(pattern=CURRENCY)] = None,
+    currency: Annotated[WalletCurrency | None, Query(pattern=CURRENCY)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    cursor: Annotated[Text | None, Query(min_length=1, max_length=200)] = None,
+    cursor: Annotated[EntryCursor | None, Query(min_length=1, max_length=200)] = None,
 ) -> EntryPageOut:
     page = ctx.wallets.history(site, user_id, currency=currency, limit=limit, cursor=cursor)
     return EntryPageOut(items=[EntryOut.of(e) for e in page.items], next_cursor=page.next_cursor)
@@ -137,7 +151,7 @@ def debit(
     ctx: Context,
     response: Response,
     idempotency_key: Annotated[
-        Text,
+        NonBlank,
         Header(
             alias="Idempotency-Key",
             min_length=1,
