@@ -10,6 +10,7 @@ import psycopg
 
 from dispatcher import config, logs, ops, reconcile, services
 from dispatcher.api import commands as api_commands
+from dispatcher.api import operator_commands
 from dispatcher.billing import commands as billing_commands
 from orders import schema
 
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.register(sub)
     billing_commands.register(sub)
     api_commands.register(sub)
+    operator_commands.register(sub)  # issue #16: the console's accounts
     reconcile.register(sub)  # issue #16
     return parser
 

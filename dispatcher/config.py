@@ -68,6 +68,7 @@ class Settings:
     api_body_limit: int = 64 * 1024
     api_docs: bool = True  # the browsable /docs; PAYDISPATCH_API_DOCS=0 turns it off
     stats_interval: float = 15.0  # seconds between the sweeper's database-derived gauges
+    console: bool = True  # the operators' console under /console/ (PAYDISPATCH_CONSOLE)
 
 
 def _read_secret(environ: Mapping[str, str], name: str) -> str | None:
@@ -275,4 +276,5 @@ def _api_settings(environ: Mapping[str, str], data: Mapping[str, Any]) -> dict[s
     if docs not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
         raise ConfigError(f"PAYDISPATCH_API_DOCS must be 1 or 0 (true or false), not {docs!r}")
     values["api_docs"] = docs in {"1", "true", "yes", "on"}
+    values["console"] = _flag(environ, "PAYDISPATCH_CONSOLE", table.get("console", True))
     return values

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import config, services
 from dispatcher.settle import Settler
-from orders.errors import DispatchError
+from orders.errors import DispatchError, InvalidTransition
 from orders.model import Order, OrderEvent
 from orders.repository import OrderRepository, database_errors, open_pool
 from orders.status import OrderStatus
@@ -252,6 +252,27 @@ def _poll(repo: OrderRepository, args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve(
+    settler: Settler, order: Order, to: OrderStatus, *, by: str, reason: str, evidence: str
+) -> Order:
+    """Settle a ``needs_review`` order by hand: the one way a person does it, from
+    ``orders resolve`` or the web console, so both record who, why and the evidence alike.
+
+    Raises :class:`InvalidTransition` unless the order is in needs_review and ``to`` is paid
+    or rejected, and :class:`StaleOrder` if it moved meanwhile. A move to paid runs the
+    billing hook in the same transaction, like any other payment.
+    """
+    if order.status is not S.NEEDS_REVIEW or to not in (S.PAID, S.REJECTED):
+        raise InvalidTransition(order.status, to, "only needs_review orders are resolved")
+    detail = {
+        "resolved_by": by,
+        "reason": reason,
+        "evidence": evidence,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    return settler.move(order, to, actor=f"ops:{by}", detail=detail, use_lease=False)
+
+
 def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
     from dispatcher.process import paid_hook
 
@@ -259,14 +280,10 @@ def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
     if order.status is not S.NEEDS_REVIEW:
         print(f"order {order.id} is {order.status}; only needs_review orders are resolved")
         return 1
-    detail = {
-        "resolved_by": args.by,
-        "reason": args.reason,
-        "evidence": args.evidence,
-        "at": datetime.now(UTC).isoformat(),
-    }
     settler = Settler(repo, paid_hook(config.load()))
-    moved = settler.move(order, S(args.to), actor=f"ops:{args.by}", detail=detail, use_lease=False)
+    moved = resolve(
+        settler, order, S(args.to), by=args.by, reason=args.reason, evidence=args.evidence
+    )
     print(f"order {moved.id} resolved: {order.status} -> {moved.status} by {args.by}")
     return 0
 

@@ -27,6 +27,9 @@ class ApiContext:
     paid_hook: PaidHook | None = None
     body_limit: int = 64 * 1024
     docs: bool = True  # serve the browsable /docs (settings.api_docs)
+    console: bool = True  # serve the operators' console under /console/ (settings.console)
+    # A webhook event replayed from the console gets this many seconds of retries again.
+    webhook_max_age: float = 3 * 24 * 3600.0
     # Buyers' status pages pull an order's next poll forward at most this often (seconds).
     view_debounce: float = 2.0
     keys: ApiKeys = field(init=False)

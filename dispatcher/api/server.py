@@ -26,6 +26,8 @@ def context_from(settings: Settings, *, pool_size: int = 20) -> ApiContext:
         paid_hook=paid_hook(settings, boot.pool),
         body_limit=settings.api_body_limit,
         docs=settings.api_docs,
+        console=settings.console,
+        webhook_max_age=settings.billing.webhook_max_age,
     )
     ctx.on_close.append(boot.close)
     return ctx

@@ -1,0 +1,206 @@
+"""What the operators' console reads and records, over the existing queries where they exist.
+
+The dashboard's numbers are the ones ``paydispatch status`` shows (its SQL, from
+:mod:`dispatcher.ops`); a resolve is :func:`dispatcher.ops.resolve`; a replay is the
+``outbox_replay`` query of ``paydispatch hooks replay``, run in one transaction with the record of
+who asked for it and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from dispatcher import ops
+from dispatcher.api.operators import query
+from dispatcher.billing.sql import query as billing_query
+from dispatcher.settle import Settler
+from orders.errors import InvalidInput, OrderNotFound
+from orders.model import Order
+from orders.repository import Connection, OrderRepository, database_errors
+from orders.sql import query as orders_query
+from orders.status import OrderStatus
+
+REASON_MAX = 1000
+EVIDENCE_MAX = 2000
+_RESOLUTIONS = {"paid": OrderStatus.PAID, "rejected": OrderStatus.REJECTED}
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One row of ``operator_actions``: who did what to which order or event, and why."""
+
+    id: int
+    operator: str
+    action: str
+    order_id: UUID | None
+    target: str
+    reason: str
+    detail: Mapping[str, Any]
+    at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Action:
+        return cls(
+            row["id"], row["operator"], row["action"], row["order_id"], row["target"],
+            row["reason"], row["detail"], row["at"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The dashboard: orders per adapter and status, due work, the outbox, what needs a person."""
+
+    counts: Mapping[tuple[str, OrderStatus], int]
+    due: Mapping[str, Any]
+    outbox: Mapping[str, Any]
+    stuck: Sequence[Order]
+    parked: Sequence[Mapping[str, Any]]
+    actions: Sequence[Action]
+
+    @property
+    def needs_review(self) -> int:
+        return sum(
+            n for (_, status), n in self.counts.items() if status is OrderStatus.NEEDS_REVIEW
+        )
+
+
+def _text(field: str, value: str, limit: int) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidInput(field, "is required")
+    if len(value) > limit or "\x00" in value:
+        raise InvalidInput(field, f"must be at most {limit} characters")
+    return value
+
+
+class ConsoleStore:
+    """The console's reads and its recorded actions."""
+
+    def __init__(self, repo: OrderRepository) -> None:
+        self.repo = repo
+        self.pool = repo.pool
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def overview(self, *, grace_minutes: int = 5, limit: int = 50) -> Overview:
+        counts = self.repo.status_counts()
+        with database_errors(), self.pool.connection() as conn:
+            due = conn.execute(ops.DUE_SQL).fetchone() or {}
+            outbox = conn.execute(ops.OUTBOX_SQL).fetchone() or {}
+            stuck = conn.execute(ops.STUCK_SQL, {"grace": grace_minutes, "limit": limit})
+            stuck_orders = [Order.from_row(row) for row in stuck.fetchall()]
+            parked = conn.execute(query("parked_webhooks"), {"limit": limit}).fetchall()
+            actions = conn.execute(query("recent_actions"), {"limit": 20}).fetchall()
+        return Overview(
+            counts, due, outbox, stuck_orders, parked, [Action.from_row(a) for a in actions]
+        )
+
+    def order_history(self, order_id: UUID) -> tuple[list[dict[str, Any]], list[Action]]:
+        """The order's webhook deliveries and the console actions taken on it."""
+        with database_errors(), self.pool.connection() as conn:
+            hooks = conn.execute(query("order_webhooks"), {"order_id": order_id}).fetchall()
+            rows = conn.execute(query("order_actions"), {"order_id": order_id}).fetchall()
+        return hooks, [Action.from_row(row) for row in rows]
+
+    def search(self, text: str, *, site: str | None, adapters: Sequence[str]) -> list[Order]:
+        """Orders named by ``text``: with ``site``, the site's own reference (``site_ref``);
+        else our id, our number, or a payment system's id at any of ``adapters``."""
+        text = text.strip()
+        if not text or len(text) > 255 or "\x00" in text:
+            return []
+        if site:
+            params = {"site": site.strip(), "site_ref": text, "idempotency_key": None}
+            with database_errors(), self.pool.connection() as conn:
+                row = conn.execute(orders_query("find_replay"), params).fetchone()
+            return [] if row is None else [Order.from_row(row)]
+        found: dict[UUID, Order] = {}
+        with contextlib.suppress(ValueError, OrderNotFound):  # not a UUID, or not ours
+            own = self.repo.get(UUID(text))
+            found[own.id] = own
+        refs: list[dict[str, Any]] = [{"psp_id": text}]
+        if text.isdigit() and len(text) < 19:
+            refs.append({"number": int(text)})
+        for adapter in adapters:
+            for ref in refs:
+                with contextlib.suppress(InvalidInput):  # text no order can hold
+                    order = self.repo.find_by_ref(adapter, **ref)
+                    if order is not None:
+                        found.setdefault(order.id, order)
+        return list(found.values())
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def resolve(
+        self,
+        settler: Settler,
+        order_id: UUID,
+        to: str,
+        *,
+        by: str,
+        reason: str,
+        evidence: str,
+    ) -> Order:
+        """``orders resolve`` from the console: the same event in ``order_events`` (actor
+        ``ops:<operator>``, detail with who, why and evidence), then the console's record."""
+        target = _RESOLUTIONS.get(to)
+        if target is None:
+            raise InvalidInput("to", "choose paid or rejected")
+        reason = _text("reason", reason, REASON_MAX)
+        evidence = _text("evidence", evidence, EVIDENCE_MAX)
+        order = self.repo.get(order_id)
+        moved = ops.resolve(settler, order, target, by=by, reason=reason, evidence=evidence)
+        with database_errors(), self.pool.connection() as conn:
+            self._record(
+                conn, by, "resolve", order_id=order.id, target=str(order.id), reason=reason,
+                detail={"from": str(order.status), "to": str(moved.status), "evidence": evidence},
+            )  # fmt: skip
+        return moved
+
+    def replay(self, event_id: UUID, *, by: str, reason: str, max_age: Any) -> UUID | None:
+        """Queue a parked webhook event for delivery again, recording who and why in the same
+        transaction; returns its order's id, or None when the event is not parked."""
+        reason = _text("reason", reason, REASON_MAX)
+        with database_errors(), self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                billing_query("outbox_replay"), {"ids": [event_id], "max_age": max_age}
+            ).fetchall()
+            if not rows:
+                return None
+            event = conn.execute(billing_query("get_outbox"), {"id": event_id}).fetchone()
+            assert event is not None  # replayed in this very transaction
+            order_id: UUID = event["order_id"]
+            self._record(
+                conn, by, "replay", order_id=order_id, target=str(event_id), reason=reason,
+                detail={"event_type": event["event_type"], "attempts": event["attempts"]},
+            )  # fmt: skip
+        return order_id
+
+    @staticmethod
+    def _record(
+        conn: Connection,
+        by: str,
+        action: str,
+        *,
+        order_id: UUID | None,
+        target: str,
+        reason: str,
+        detail: Mapping[str, Any],
+    ) -> None:
+        conn.execute(
+            query("insert_action"),
+            {
+                "operator": by,
+                "action": action,
+                "order_id": order_id,
+                "target": target,
+                "reason": reason,
+                "detail": Jsonb(dict(detail)),
+            },
+        )
