@@ -39,10 +39,13 @@ AUTHORIZED                                                    pending; with ``TW
 PARTIAL_REVERSED                                              pending, follow-up ``capture`` (the
                                                               rest of the hold still waits)
 CONFIRMED                                                     paid
-REFUNDING, PARTIAL_REFUNDED                                   paid (money taken; a refund runs or
-                                                              ran on part of it), reason says so
+REFUNDING, ASYNC_REFUNDING, PARTIAL_REFUNDED                  paid (money taken; a refund runs, for
+                                                              SBP asynchronously, or ran on part of
+                                                              it), reason says so
 REFUNDED                                                      refunded
 REJECTED, AUTH_FAIL                                           rejected (declined, 3-D Secure failed)
+ATTEMPTS_EXPIRED                                              rejected (the buyer opened the form
+                                                              too many times; no money taken)
 REVERSED, CANCELED                                            rejected (the merchant released the
                                                               hold or cancelled the payment)
 DEADLINE_EXPIRED                                              expired (the link or 3-D Secure timed
@@ -154,8 +157,14 @@ PENDING = frozenset(
     {"NEW", "FORM_SHOWED", "AUTHORIZING", "3DS_CHECKING", "3DS_CHECKED", "PAY_CHECKING"}
     | {"PREAUTHORIZING", "PROCESSING", "CHECKING", "CHECKED", "CONFIRMING", "REVERSING"}
 )
+REFUNDING = {
+    "REFUNDING": "refund in progress",
+    "ASYNC_REFUNDING": "refund in progress",  # SBP (QR) payments refund asynchronously
+    "PARTIAL_REFUNDED": "partly refunded",
+}
 REJECTED = {
     "REJECTED": "declined by the bank",
+    "ATTEMPTS_EXPIRED": "the buyer opened the payment form too many times",
     "AUTH_FAIL": "authorisation or 3-D Secure failed",
     "REVERSED": "the hold was released by the merchant",
     "CANCELED": "cancelled by the merchant",
@@ -539,9 +548,8 @@ def report(
         reason = "part of the hold was released"
     elif status == "CONFIRMED":
         state = CanonicalState.PAID
-    elif status in {"REFUNDING", "PARTIAL_REFUNDED"}:
-        state = CanonicalState.PAID
-        reason = "refund in progress" if status == "REFUNDING" else "partly refunded"
+    elif status in REFUNDING:
+        state, reason = CanonicalState.PAID, REFUNDING[status]
     elif status == "REFUNDED":
         state, reason = CanonicalState.REFUNDED, "refunded"
     elif status in REJECTED:

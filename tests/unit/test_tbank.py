@@ -284,10 +284,12 @@ def read(status: str, *, two_stage: bool = False, operation: str = "status") -> 
         ("REVERSING", CanonicalState.PENDING),
         ("CONFIRMED", CanonicalState.PAID),
         ("REFUNDING", CanonicalState.PAID),
+        ("ASYNC_REFUNDING", CanonicalState.PAID),
         ("PARTIAL_REFUNDED", CanonicalState.PAID),
         ("REFUNDED", CanonicalState.REFUNDED),
         ("REJECTED", CanonicalState.REJECTED),
         ("AUTH_FAIL", CanonicalState.REJECTED),
+        ("ATTEMPTS_EXPIRED", CanonicalState.REJECTED),
         ("CANCELED", CanonicalState.REJECTED),
         ("REVERSED", CanonicalState.REJECTED),
         ("DEADLINE_EXPIRED", CanonicalState.EXPIRED),
@@ -315,6 +317,7 @@ def test_partly_released_hold_still_waits_for_capture() -> None:
 def test_refunds_in_progress_or_partial_say_so() -> None:
     assert read("PARTIAL_REFUNDED").reason == "partly refunded"
     assert read("REFUNDING").reason == "refund in progress"
+    assert read("ASYNC_REFUNDING").reason == "refund in progress"
 
 
 @pytest.mark.parametrize("status", ["UNKNOWN", "TELEPORTED", ""])
