@@ -189,10 +189,10 @@ def _paid_there(report: StatusReport, order: Order | None) -> Verdict:
 def _unpaid_there(report: StatusReport, order: Order, refunded: int) -> Verdict:
     """A payment the payment system shows unpaid or refunded, against an order paid here."""
     if report.state is not C.REFUNDED:
-        return (
-            Kind.PAID_HERE_NOT_THERE,
-            f"the payment system says {report.state} ({report.raw_status})",
-        )
+        shown = str(report.state)
+        if report.raw_status and report.raw_status != shown:
+            shown += f" ({report.raw_status})"
+        return Kind.PAID_HERE_NOT_THERE, f"the payment system says {shown}"
     if refunded >= order.money.amount:
         return None
     recorded = Money(refunded, order.money.currency)
@@ -347,7 +347,7 @@ async def _list_payments(
         request = adapter.build_list(settings, since, until, cursor)
         page = adapter.parse_list(await transport.send(request), settings)
         seen.extend(Seen(p.report, _uuid(p.ref.order_id), "list") for p in page.payments)
-        progress(f"{adapter.name}: listed {len(seen)} payments ({pages} pages)")
+        progress(f"{adapter.name}: listed {len(seen)} payments ({pages} page(s))")
         if page.next_cursor is None:
             return seen
         if page.next_cursor == cursor:
@@ -420,6 +420,24 @@ def _index(orders: Iterable[Order]) -> tuple[dict[str, Order], dict[UUID, Order]
     return {o.psp_id: o for o in listed if o.psp_id}, {o.id: o for o in listed}
 
 
+def _refunds(pool: Pool, params: Mapping[str, Any]) -> list[tuple[str, Money, int]]:
+    """Refunds recorded on the day: (site, sum, count) per site and currency."""
+    with database_errors(), pool.connection() as conn:
+        rows = conn.execute(DAY_REFUNDS_SQL, params).fetchall()
+    return [(r["site"], Money(int(r["refunded"]), r["currency"]), int(r["refunds"])) for r in rows]
+
+
+def _books(pool: Pool, name: str, paid_today: list[Order], seen: Sequence[Seen]) -> Books:
+    """The orders the readings concern, and the refunds recorded for the paid ones."""
+    psp_ids = [s.report.psp_id for s in seen if s.report.psp_id]
+    ids = [s.order_id for s in seen if s.order_id is not None]
+    known = _orders(pool, NAMED_SQL, {"adapter": name, "psp_ids": psp_ids, "ids": ids})
+    paid_ids = [o.id for o in [*paid_today, *known] if o.status is S.PAID]
+    with database_errors(), pool.connection() as conn:
+        rows = conn.execute(REFUNDED_SQL, {"ids": paid_ids}).fetchall()
+    return Books(paid_today, known, {r["order_id"]: int(r["refunded"]) for r in rows})
+
+
 def reconcile_adapter(
     pool: Pool,
     runtime: AdapterRuntime,
@@ -434,49 +452,40 @@ def reconcile_adapter(
     params = {"adapter": name, "since": report.since, "until": report.until, "site": site}
     paid_today = _orders(pool, PAID_SQL, params)
     review = _orders(pool, REVIEW_SQL, params)
+    refunds = _refunds(pool, params)
     listing = runtime.adapter.capabilities.list_payments
     unpaid_today = [] if listing else _orders(pool, UNPAID_SQL, params)
-    window = (report.since, report.until)
     seen, problems = asyncio.run(
         _read_payment_system(
             runtime,
             paid_today=paid_today,
             unpaid_today=unpaid_today,
-            window=window,
+            window=(report.since, report.until),
             concurrency=concurrency,
             progress=progress,
         )
     )
     report.problems.extend(problems)
     if seen is None:
-        # Nothing to compare with: only what needs no payment system is reported.
-        seen, paid_today = [], []
-    psp_ids = [s.report.psp_id for s in seen if s.report.psp_id]
-    ids = [s.order_id for s in seen if s.order_id is not None]
-    known = _orders(pool, NAMED_SQL, {"adapter": name, "psp_ids": psp_ids, "ids": ids})
-    paid_ids = [o.id for o in [*paid_today, *known] if o.status is S.PAID]
-    with database_errors(), pool.connection() as conn:
-        refunded = {
-            r["order_id"]: int(r["refunded"])
-            for r in conn.execute(REFUNDED_SQL, {"ids": paid_ids}).fetchall()
-        }
-        day_refunds = [
-            (r["site"], Money(int(r["refunded"]), r["currency"]), int(r["refunds"]))
-            for r in conn.execute(DAY_REFUNDS_SQL, params).fetchall()
-        ]
-    unread = {p.order_id for p in problems if p.order_id is not None}
-    books = Books(paid_today, known, refunded, review, frozenset(unread))
-    differences = compare(name, books, seen)
+        # Nothing to compare with: what was recorded is summed, and only reviews are listed.
+        books, seen = Books(paid_today), []
+        differences = compare(name, Books(review=review), seen)
+    else:
+        books = replace(
+            _books(pool, name, paid_today, seen),
+            review=review,
+            unread=frozenset(p.order_id for p in problems if p.order_id is not None),
+        )
+        differences = compare(name, books, seen)
     if site is not None:
         # Other sites' payments are theirs; a payment that names no order of ours stays.
-        by_psp, by_id = _index(known)
+        by_psp, by_id = books.index()
         differences = [d for d in differences if d.site in (site, None)]
         seen = [s for s in seen if _site_of(_owner(s, by_psp, by_id)) in (site, None)]
     method = "list" if listing else "status"
-    summaries = summarise(
-        name, books, seen, method=method, refunds=day_refunds, differences=differences
+    report.summaries.extend(
+        summarise(name, books, seen, method=method, refunds=refunds, differences=differences)
     )
-    report.summaries.extend(summaries)
     report.differences.extend(differences)
 
 

@@ -1,0 +1,277 @@
+"""``paydispatch reconcile`` as an operator runs it: the real command over a database and the
+sandbox payment system, with one planted difference of each kind (issue #16)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.registry import resolve_settings
+from adapters.sandbox import adapter as sandbox_adapter
+from adapters.sandbox.runner import SandboxHandle
+from dispatcher.billing.wallet import EntryKind, Wallets
+from dispatcher.cli import build_parser
+from orders import Money, NewOrder, OrderStatus
+from orders.model import Order
+from orders.repository import OrderRepository, Pool
+from tests.dispatch_support import SandboxControl
+
+S = OrderStatus
+TEN_DOLLARS = Money(1000, "USD")
+
+
+def reconcile_cli(
+    database_url: str, sandbox: SandboxHandle, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``paydispatch reconcile ARGS`` in a subprocess, the sandbox enabled at its URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
+    env |= {
+        "PAYDISPATCH_DATABASE_URL": database_url,
+        "PAYDISPATCH_BROKER_URL": "redis://127.0.0.1:1/0",  # not used by this command
+        "PAYDISPATCH_ADAPTERS": "sandbox",
+        "PAYDISPATCH_SANDBOX_API_URL": sandbox.url,
+        "PAYDISPATCH_SANDBOX_RETRIES": "0",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "reconcile", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class Plant:
+    """Orders in the database and invoices at the sandbox, each side set up on its own."""
+
+    def __init__(self, repo: OrderRepository, sandbox: SandboxHandle, site: str) -> None:
+        self.repo = repo
+        self.site = site
+        self.settings = resolve_settings(sandbox_adapter, {"API_URL": sandbox.url}, {})
+        self.client = httpx.Client(base_url=sandbox.url, timeout=10)
+
+    def order(self) -> Order:
+        new = NewOrder(
+            site=self.site, user_id="u1", money=TEN_DOLLARS, adapter="sandbox", description="t"
+        )
+        return self.repo.create(new).order
+
+    def invoice(self, order: Order, money: Money | None = None, *moves: str) -> str:
+        """An invoice at the sandbox for ``order`` (of ``money``), then each control move."""
+        asked = replace(order, money=money or order.money)
+        request = sandbox_adapter.build_create(asked, self.settings)
+        response = self.client.request(
+            request.method, request.url, headers=dict(request.headers), json=request.json
+        )
+        response.raise_for_status()
+        psp_id: str = response.json()["id"]
+        for move in moves:
+            self.client.post(f"/_control/invoices/{psp_id}/{move}").raise_for_status()
+        return psp_id
+
+    def record(self, order: Order, psp_id: str, *path: S) -> Order:
+        """The order submitted with ``psp_id``, then moved along ``path``."""
+        self.repo.transition(order.id, S.NEW, S.SUBMITTING, actor="test")
+        moved = self.repo.transition(
+            order.id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="test", psp_id=psp_id
+        )
+        for status in path:
+            moved = self.repo.transition(order.id, moved.status, status, actor="test")
+        return moved
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@pytest.fixture
+def plant(
+    repo: OrderRepository, sandbox: SandboxHandle, control: SandboxControl, site: str
+) -> Iterator[Plant]:
+    planted = Plant(repo, sandbox, site)
+    yield planted
+    planted.close()
+
+
+def plant_one_of_each(plant: Plant, pool: Pool) -> dict[str, Any]:
+    """A matching payment, a refund recorded, and one difference of each kind."""
+    ids: dict[str, Any] = {}
+    matched = plant.order()
+    plant.record(matched, plant.invoice(matched, None, "pay"), S.PAID)
+
+    refunded_recorded = plant.order()
+    plant.record(refunded_recorded, plant.invoice(refunded_recorded, None, "pay", "refund"), S.PAID)
+    wallets = Wallets(pool)
+    wallets.credit(
+        plant.site, "u1", TEN_DOLLARS, kind=EntryKind.TOPUP, key=f"t-{refunded_recorded.id}",
+        description="top-up", order_id=refunded_recorded.id,
+    )  # fmt: skip
+    wallets.refund(
+        plant.site, "u1", TEN_DOLLARS, order_id=refunded_recorded.id,
+        key=f"r-{refunded_recorded.id}", description="refunded at the sandbox",
+    )  # fmt: skip
+
+    unpaid_there = plant.order()  # paid here, the invoice still pending
+    ids["paid_here_not_there"] = plant.record(unpaid_there, plant.invoice(unpaid_there), S.PAID)
+
+    expired_here = plant.order()  # expired here, paid at the sandbox
+    plant.record(expired_here, plant.invoice(expired_here, None, "pay"), S.EXPIRED)
+    ids["paid_there_not_here"] = expired_here.id
+
+    stranger = replace(matched, id=uuid.uuid4(), number=matched.number + 100_000)
+    ids["stranger"] = plant.invoice(stranger, None, "pay")  # no order of ours at all
+
+    other_amount = plant.order()  # 10.00 here, 15.00 there
+    psp_id = plant.invoice(other_amount, Money(1500, "USD"), "pay")
+    ids["amount_mismatch"] = plant.record(other_amount, psp_id, S.PAID).id
+
+    refunded = plant.order()  # refunded at the sandbox, nothing recorded here
+    ids["refund_not_recorded"] = plant.record(
+        refunded, plant.invoice(refunded, None, "pay", "refund"), S.PAID
+    ).id
+
+    review = plant.order()
+    ids["needs_review"] = plant.record(review, plant.invoice(review), S.NEEDS_REVIEW).id
+    ids["day"] = plant.repo.get(matched.id).paid_at.date()  # type: ignore[union-attr]
+    return ids
+
+
+def test_reconcile_lists_one_difference_of_each_kind_and_exits_1(
+    database_url: str, sandbox: SandboxHandle, plant: Plant, pool: Pool
+) -> None:
+    # Given a day with one payment matching, one refund recorded, and one difference of each kind
+    ids = plant_one_of_each(plant, pool)
+    day: date = ids["day"]
+
+    # When the operator asks for the day's report as JSON
+    result = reconcile_cli(
+        database_url, sandbox, "--date", day.isoformat(), "--site", plant.site, "--format", "json"
+    )
+
+    # Then each planted difference is listed once, and nothing else
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    found = {(d["kind"], d["order_id"] or d["psp_id"]) for d in report["differences"]}
+    assert found == {
+        ("paid_here_not_there", str(ids["paid_here_not_there"].id)),
+        ("paid_there_not_here", str(ids["paid_there_not_here"])),
+        ("paid_there_not_here", ids["stranger"]),
+        ("amount_mismatch", str(ids["amount_mismatch"])),
+        ("refund_not_recorded", str(ids["refund_not_recorded"])),
+        ("needs_review", str(ids["needs_review"])),
+    }
+    assert len(report["differences"]) == 6
+    mismatch = next(d for d in report["differences"] if d["kind"] == "amount_mismatch")
+    assert (mismatch["money_here"]["amount"], mismatch["money_there"]["amount"]) == (1000, 1500)
+    # And the site's summary counts what was paid and refunded here and paid there
+    summaries = {s["site"]: s for s in report["summaries"]}
+    mine = summaries[plant.site]
+    assert (mine["method"], mine["paid_orders"], mine["paid"]) == ("list", 5, {"USD": 5000})
+    assert (mine["refunds"], mine["refunded"]) == (1, {"USD": 1000})
+    # matched 10.00, the mismatch's 15.00 and the expired order's 10.00 show paid there
+    assert (mine["paid_there"], mine["paid_there_amounts"]) == (3, {"USD": 3500})
+    assert mine["differences"] == 5
+    assert summaries[None]["differences"] == 1  # the payment that names no order of ours
+    assert "sandbox: listed 8 payments" in result.stderr
+
+
+def test_reconcile_writes_the_same_report_as_csv_to_a_file(
+    database_url: str, sandbox: SandboxHandle, plant: Plant, pool: Pool, tmp_path: Any
+) -> None:
+    ids = plant_one_of_each(plant, pool)
+    out = tmp_path / "recon.csv"
+
+    result = reconcile_cli(
+        database_url,
+        sandbox,
+        "--date",
+        ids["day"].isoformat(),
+        "--site",
+        plant.site,
+        "--format",
+        "csv",
+        "--output",
+        str(out),
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    differences = sorted(r["kind"] for r in rows if r["record"] == "difference")
+    assert differences == [
+        "amount_mismatch",
+        "needs_review",
+        "paid_here_not_there",
+        "paid_there_not_here",
+        "paid_there_not_here",
+        "refund_not_recorded",
+    ]
+    summary = next(r for r in rows if r["record"] == "summary" and r["site"] == plant.site)
+    assert (summary["currency"], summary["paid_orders"], summary["paid_amount"]) == (
+        "USD",
+        "5",
+        "5000",
+    )
+
+
+def test_reconcile_of_a_day_that_matches_exits_0(
+    database_url: str, sandbox: SandboxHandle, plant: Plant
+) -> None:
+    matched = plant.order()
+    paid = plant.record(matched, plant.invoice(matched, None, "pay"), S.PAID)
+    assert paid.paid_at is not None
+
+    result = reconcile_cli(
+        database_url, sandbox, "--date", paid.paid_at.date().isoformat(), "--site", plant.site
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "differences: none" in result.stdout
+    assert "paid here:   1 orders, 10.00 USD" in result.stdout
+
+
+def test_reconcile_exits_2_when_the_payment_system_cannot_list(
+    database_url: str, sandbox: SandboxHandle, plant: Plant, control: SandboxControl
+) -> None:
+    # Given a paid order, and a sandbox whose list answers 500 every time
+    matched = plant.order()
+    paid = plant.record(matched, plant.invoice(matched, None, "pay"), S.PAID)
+    assert paid.paid_at is not None
+    control.faults("list", rate=1.0, choices=[{"kind": "http_500"}])
+
+    result = reconcile_cli(
+        database_url,
+        sandbox,
+        "--date",
+        paid.paid_at.date().isoformat(),
+        "--site",
+        plant.site,
+        "--format",
+        "json",
+    )
+
+    # Then the report says it is incomplete, and calls no paid order missing for it
+    assert result.returncode == 2, result.stderr
+    report = json.loads(result.stdout)
+    assert report["differences"] == []
+    assert [e["adapter"] for e in report["errors"]] == ["sandbox"]
+    assert "payments not listed" in report["errors"][0]["message"]
+
+
+def test_reconcile_refuses_a_date_that_is_not_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["reconcile", "--date", "2026-13-01"])
+    assert exited.value.code == 2
+    assert "is not a date YYYY-MM-DD" in capsys.readouterr().err
