@@ -74,12 +74,20 @@ other  undocumented                                                   :class:`Ma
 ====== ============================================================== =========
 
 Rejected orders stay watched for late payments (a cancelled operation can be re-checked by
-Robokassa's support and moved on), so 10 is not the end of the story. ``Info/OutSum`` is the
-amount in roubles; a paid answer without it is malformed. OpStateExt does not show refunds made
-later through the Refund API, so ``refunded`` is never reported. HTTP 401/403 are
-:class:`CredentialsRejected`; 429 and 5xx :class:`RobokassaUnavailableError`; any other
-non-200 answer, HTML pages and XML with a DOCTYPE or entity declarations (refused before
-parsing: no entity expansion) are :class:`MalformedResponse`.
+Robokassa's support and moved on), so 10 is not the end of the story.
+
+**Amount.** ``Info`` carries two sums: ``IncSum``, what the buyer paid, and ``OutSum``, what was
+credited to the shop, in roubles. They differ by Robokassa's fee: with the fee on the shop (the
+default tariff) ``IncSum`` is the invoice's amount and ``OutSum`` less; with the fee on the buyer
+``OutSum`` is the invoice's amount and ``IncSum`` more. So the order's amount in either one is
+the order's amount paid; when neither matches, ``OutSum`` (else ``IncSum``) is reported and the
+amount check sends the order to a person. A paid answer with neither is malformed.
+
+OpStateExt does not show refunds made later through the Refund API, so ``refunded`` is never
+reported. HTTP 401/403 are :class:`CredentialsRejected`; 429 and 5xx
+:class:`RobokassaUnavailableError`; any other non-200 answer, HTML pages and XML with a
+DOCTYPE or entity declarations (refused before parsing: no entity expansion) are
+:class:`MalformedResponse`.
 
 **Settings.** ``MERCHANT_LOGIN`` (the shop identifier), ``PASSWORD1`` (signs pay URLs),
 ``PASSWORD2`` (verifies callbacks, signs OpStateExt), ``HASH`` (the algorithm chosen in the
@@ -307,8 +315,25 @@ def _check_http(response: PspResponse) -> None:
         _malformed(response, "non-200 answer to OpStateExt")
 
 
-def parse_opstate(response: PspResponse, psp_id: str | None) -> StatusReport:
-    """One canonical state from an OpStateExt answer (the tables in the module docstring)."""
+def _paid_money(response: PspResponse, root: ET.Element, expected: Money | None) -> Money | None:
+    """The amount an answer reports (module docstring, "Amount"); None when it states none."""
+    sums = [
+        parse_out_sum(value, response, f"Info/{name}")
+        for name in ("OutSum", "IncSum")
+        if (value := _text(root, "Info", name)) is not None
+    ]
+    if expected is not None and expected in sums:
+        return expected
+    return sums[0] if sums else None
+
+
+def parse_opstate(
+    response: PspResponse, psp_id: str | None, expected: Money | None = None
+) -> StatusReport:
+    """One canonical state from an OpStateExt answer (the tables in the module docstring).
+
+    ``expected`` is the order's amount, looked for in both ``Info`` sums.
+    """
     _check_http(response)
     root = _xml_root(response)
     local = root.tag.rsplit("}", 1)[-1]
@@ -338,10 +363,9 @@ def parse_opstate(response: PspResponse, psp_id: str | None) -> StatusReport:
     if state_code not in STATES:
         _malformed(response, f"undocumented OpStateExt state code {state_code}")
     state, meaning = STATES[state_code]
-    out_sum = _text(root, "Info", "OutSum")
-    money = None if out_sum is None else parse_out_sum(out_sum, response, "Info/OutSum")
+    money = _paid_money(response, root, expected)
     if state is CanonicalState.PAID and money is None:
-        _malformed(response, "paid (state 100) without Info/OutSum")
+        _malformed(response, "paid (state 100) without Info/OutSum or Info/IncSum")
     return StatusReport(
         state=state,
         psp_id=psp_id,
@@ -465,7 +489,7 @@ class Robokassa(Adapter):
         settings: AdapterSettings,
         operation: str = "status",
     ) -> StatusReport:
-        return parse_opstate(response, order.psp_id or str(order.number))
+        return parse_opstate(response, order.psp_id or str(order.number), order.money)
 
     def parse_notification(
         self, notification: Notification, settings: AdapterSettings

@@ -21,7 +21,8 @@ taken. Control ``pay`` moves the operation to state 100 (also after a decline: a
 and, with notifications on and a ``notify_url``, POSTs the Result URL form signed with
 Password #2 before it answers; ``decline`` moves it to state 10 (cancelled, no money taken).
 A pay reference the fake has not seen is registered from its ``pay_url``, whose signature is
-checked like the pay page would.
+checked like the pay page would. The fee is the shop's: OpStateExt's ``IncSum`` is what the
+buyer paid (the invoice's ``OutSum``), its ``OutSum`` what the shop was credited, less the fee.
 
 Errors take Robokassa's forms: OpStateExt answers HTTP 200 with its ``Result/Code`` (1 bad
 signature, 2 unknown shop, 3 no operation); a request missing a parameter gets ASP.NET's HTTP
@@ -59,6 +60,9 @@ NAMESPACE = "http://merchant.roboxchange.com/WebService/"
 MOSCOW = timezone(timedelta(hours=3))
 PAID, CANCELLED, INITIATED = 100, 10, 5
 NOTIFY_TIMEOUT = 10.0
+# Robokassa's fee on a card payment (tariffs vary), charged to the shop as by default: the
+# Result URL's Fee, and the difference between OpStateExt's IncSum and OutSum.
+FEE_RATE = Decimal("0.039")
 
 
 def _sign(base: str) -> str:
@@ -152,6 +156,11 @@ def _pay_page(operation: Operation) -> Response:
     return HTMLResponse(body)
 
 
+def _fee(operation: Operation) -> Decimal:
+    """Robokassa's fee, here on the shop (the default tariff): withheld from what it credits."""
+    return (operation.out_sum * FEE_RATE).quantize(Decimal("0.01"))
+
+
 def _opstate_xml(result: int, description: str, operation: Operation | None = None) -> Response:
     parts = [
         '<?xml version="1.0" encoding="utf-8"?>',
@@ -162,12 +171,14 @@ def _opstate_xml(result: int, description: str, operation: Operation | None = No
     ]
     if operation is not None:
         now = _robokassa_time(datetime.now(UTC))
-        out_sum = f"{operation.out_sum:.6f}"
+        # IncSum is what the buyer paid, OutSum what the shop was credited after the fee.
+        inc_sum = f"{operation.out_sum:.6f}"
+        out_sum = f"{operation.out_sum - _fee(operation):.6f}"
         parts += [
             f"<State><Code>{operation.state}</Code><RequestDate>{now}</RequestDate>"
             f"<StateDate>{_robokassa_time(operation.state_date)}</StateDate></State>",
             "<Info><IncCurrLabel>BankCardPSR</IncCurrLabel>"
-            f"<IncSum>{out_sum}</IncSum><IncAccount>553691******1234</IncAccount>"
+            f"<IncSum>{inc_sum}</IncSum><IncAccount>553691******1234</IncAccount>"
             "<PaymentMethod><Code>BankCard</Code><Description>Bank card</Description>"
             f"</PaymentMethod><OutCurrLabel>RUB</OutCurrLabel><OutSum>{out_sum}</OutSum>"
             f"<OpKey>fake-op-{operation.inv_id}</OpKey></Info>",
@@ -189,7 +200,7 @@ def result_form(operation: Operation, password2: str = PASSWORD2) -> dict[str, s
     return {
         "OutSum": out_sum,
         "InvId": operation.inv_id,
-        "Fee": f"{operation.out_sum * Decimal('0.039'):.6f}",
+        "Fee": f"{_fee(operation):.6f}",
         "EMail": "buyer@example.com",
         "SignatureValue": hashlib.new(HASH, base.encode()).hexdigest().upper(),
         "PaymentMethod": "BankCard",

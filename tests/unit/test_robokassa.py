@@ -309,6 +309,14 @@ def test_paid_answer_reports_the_amount_robokassa_took() -> None:
     assert report.money == Money(9550, "RUB")
 
 
+@pytest.mark.parametrize("name", ["opstate_paid_fee_on_shop", "opstate_paid_fee_on_buyer"])
+def test_robokassas_fee_on_either_side_still_pays_the_orders_amount(name: str) -> None:
+    # IncSum is what the buyer paid, OutSum what the shop was credited: the fee sits between.
+    report = status(name)
+    assert report.state is CanonicalState.PAID
+    assert report.money == Money(10000, "RUB")
+
+
 def test_no_such_invoice_means_the_buyer_has_not_opened_the_page_yet() -> None:
     report = status("opstate_result_3_no_invoice")
     assert report.state is CanonicalState.PENDING
