@@ -87,10 +87,12 @@ from adapters.base import (
     CredentialsRejected,
     InvalidSettings,
     Invoice,
+    ListedPayment,
     MalformedResponse,
     Notification,
     NotificationResult,
     OrderRef,
+    PaymentPage,
     PollPolicy,
     PspRejected,
     PspRequest,
@@ -411,6 +413,7 @@ class Stripe(Adapter):
         currencies=frozenset(),
         default_expiry=timedelta(hours=1),
         poll=PollPolicy(first=timedelta(seconds=15), factor=2.0, cap=timedelta(minutes=5)),
+        list_payments=True,  # GET /v1/checkout/sessions (reconciliation, issue #16)
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="Stripe API base URL"),
@@ -551,6 +554,59 @@ class Stripe(Adapter):
             order_id=reference if isinstance(reference, str) else None, psp_id=session["id"]
         )
         return NotificationResult(ref=ref, verified=True, report=report)
+
+    # -- Reconciliation (issue #16): the session list -----------------------------------------
+    # https://docs.stripe.com/api/checkout/sessions/list and https://docs.stripe.com/api/pagination:
+    # created[gte] / created[lt] in Unix seconds, limit 1-100 (default 10), newest first,
+    # starting_after = the last session's id while has_more; expansions of listed objects are
+    # prefixed with data. (https://docs.stripe.com/api/expanding_objects).
+
+    def build_list(
+        self, settings: AdapterSettings, since: datetime, until: datetime, cursor: str | None
+    ) -> PspRequest:
+        params = [
+            ("created[gte]", str(int(since.timestamp()))),
+            ("created[lt]", str(int(until.timestamp()))),
+            ("limit", str(LIST_LIMIT)),
+            # The charge shows refunds, as on a status poll (build_status).
+            ("expand[]", "data.payment_intent.latest_charge"),
+        ]
+        if cursor is not None:
+            params.append(("starting_after", cursor))
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}/v1/checkout/sessions",
+            operation="list",
+            headers=self._headers(settings),
+            params=params,
+        )
+
+    def parse_list(self, response: PspResponse, settings: AdapterSettings) -> PaymentPage:
+        if response.status_code != 200:
+            _raise_error(response, create=False)
+        body = _object(response)
+        data, more = body.get("data"), body.get("has_more")
+        if body.get("object") != "list" or not isinstance(data, list) or not isinstance(more, bool):
+            _malformed(response, "not a list object with data and has_more")
+        payments = []
+        for session in data:
+            if not isinstance(session, Mapping) or session.get("object") != "checkout.session":
+                _malformed(response, "list item is not a checkout.session")
+            if not isinstance(session.get("id"), str) or not session["id"]:
+                _malformed(response, "listed checkout session without an id")
+            if session.get("mode") != "payment":
+                continue  # setup and subscription sessions: not payments paydispatch makes
+            reference = session.get("client_reference_id")
+            ref = OrderRef(order_id=reference if isinstance(reference, str) else None)
+            payments.append(ListedPayment(session_report(session, response), ref))
+        if more and not data:
+            _malformed(response, "has_more with no session to continue after")
+        # The cursor is the last session listed, whatever its mode.
+        return PaymentPage(tuple(payments), data[-1]["id"] if more else None)
+
+
+# Reconciliation (issue #16): sessions a list page asks for, Stripe's most.
+LIST_LIMIT = 100
 
 
 adapter = Stripe()

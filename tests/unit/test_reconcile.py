@@ -16,7 +16,7 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
-from adapters import yookassa
+from adapters import stripe, yookassa
 from adapters.base import (
     AdapterSettings,
     CanonicalState,
@@ -426,3 +426,66 @@ def test_adapters_without_a_list_say_so() -> None:
     assert not robokassa.adapter.capabilities.list_payments
     with pytest.raises(NotSupported):
         robokassa.adapter.build_list(yookassa_settings(), SINCE, UNTIL, None)
+
+
+# -- Stripe's session list (fixtures reconstructed from its documentation) -------------------
+
+STRIPE_FIXTURES = FIXTURES.parent / "stripe"
+
+
+def stripe_settings() -> AdapterSettings:
+    values = {"secret_key": "sk_test_123", "webhook_secrets": "whsec_test"}
+    return resolve_settings(stripe.adapter, values, {})
+
+
+def test_stripe_list_request_filters_by_creation_and_expands_the_charge() -> None:
+    request = stripe.adapter.build_list(stripe_settings(), SINCE, UNTIL, "cs_test_last")
+    assert (request.method, request.url, request.operation) == (
+        "GET",
+        "https://api.stripe.com/v1/checkout/sessions",
+        "list",
+    )
+    assert list(request.params) == [
+        ("created[gte]", "1739145600"),
+        ("created[lt]", "1739232000"),
+        ("limit", "100"),
+        ("expand[]", "data.payment_intent.latest_charge"),
+        ("starting_after", "cs_test_last"),
+    ]
+    assert request.headers["Authorization"] == "Bearer sk_test_123"
+    assert "Idempotency-Key" not in request.headers
+
+
+def test_stripe_first_page_continues_after_its_last_session() -> None:
+    page = stripe.adapter.parse_list(
+        load_response(STRIPE_FIXTURES / "list_sessions_first_page.json"), stripe_settings()
+    )
+    assert page.next_cursor == "cs_test_b2Rn5lZqO9sUa3XcWd7YfMe1IgHk4Tv6Jp8Qb0Lo2Nr3St5Uv7Wx9Yz1Ac"
+    assert [(p.report.state, p.report.money, p.ref.order_id) for p in page.payments] == [
+        (C.PAID, Money(2000, USD), "0b7e9f4c-3d2a-4c1b-9a8e-5f6d7c8b9a01"),
+        (C.EXPIRED, Money(2000, USD), "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e40"),
+    ]
+
+
+def test_stripe_last_page_reads_refunds_and_leaves_out_setup_sessions() -> None:
+    page = stripe.adapter.parse_list(
+        load_response(STRIPE_FIXTURES / "list_sessions_last_page.json"), stripe_settings()
+    )
+    assert page.next_cursor is None
+    assert [(p.report.psp_id, p.report.state) for p in page.payments] == [
+        ("cs_test_c3So6mArP0tVb4YdXe8ZgNf2JhIl5Uw7Kq9Rc1Mp3Os4Tu6Vw8Xy0Za2Bd", C.REFUNDED)
+    ]
+
+
+def test_stripe_list_refused_for_our_key_raises_credentials_rejected() -> None:
+    with pytest.raises(CredentialsRejected):
+        stripe.adapter.parse_list(
+            load_response(STRIPE_FIXTURES / "error_authentication.json", 401), stripe_settings()
+        )
+
+
+def test_stripe_list_that_is_not_a_list_is_malformed() -> None:
+    with pytest.raises(MalformedResponse):
+        stripe.adapter.parse_list(
+            load_response(STRIPE_FIXTURES / "status_complete_paid.json"), stripe_settings()
+        )
