@@ -33,8 +33,7 @@ class BillingSettings:
     hooks: tuple[str, ...] = ("wallet",)
     cashback_percent: Decimal = Decimal(0)  # of each top-up, credited as points
     referral_percents: tuple[Decimal, ...] = ()  # level 1, 2, ... inviters' share of a top-up
-    webhook_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
+    # The webhook's URL and secret are per site, in the database (`paydispatch sites`).
     webhook_timeout: float = 10.0
     webhook_max_age: float = 3 * 24 * 3600.0  # seconds of retries before an event is parked
 
@@ -214,18 +213,15 @@ def load_billing(environ: Mapping[str, str], data: Mapping[str, Any]) -> Billing
     )
     if len(referrals) > 10:
         raise ConfigError("PAYDISPATCH_BILLING_REFERRAL_PERCENTS: at most 10 levels")
-    url = get("webhook_url")
-    secret = _read_secret(environ, "PAYDISPATCH_BILLING_WEBHOOK_SECRET") or table.get(
-        "webhook_secret"
-    )
-    if "webhook" in hooks:
-        if not url or not str(url).startswith(("http://", "https://")):
+    for key in ("webhook_url", "webhook_secret"):
+        var = f"PAYDISPATCH_BILLING_{key.upper()}"
+        if get(key) is not None or environ.get(f"{var}_FILE"):
+            # One URL and one secret for every site let sites read and forge each other's
+            # events (issue #12, item 6); a setting silently ignored would be worse.
             raise ConfigError(
-                "PAYDISPATCH_BILLING_WEBHOOK_URL: the webhook hook needs an http(s) URL"
-            )
-        if not secret or len(str(secret)) < 16:
-            raise ConfigError(
-                "PAYDISPATCH_BILLING_WEBHOOK_SECRET: the webhook hook needs 16+ characters"
+                f"{var}: the webhook's URL and secret are per site now: set them with "
+                "`paydispatch sites set-webhook SITE URL` (it prints the site's secret once) "
+                "and remove this setting"
             )
     seconds = {}
     for key, default in (("webhook_timeout", 10.0), ("webhook_max_age", 3 * 24 * 3600.0)):
@@ -242,8 +238,6 @@ def load_billing(environ: Mapping[str, str], data: Mapping[str, Any]) -> Billing
         hooks=hooks,
         cashback_percent=cashback,
         referral_percents=referrals,
-        webhook_url=None if url is None else str(url),
-        webhook_secret=None if secret is None else str(secret),
         webhook_timeout=seconds["webhook_timeout"],
         webhook_max_age=seconds["webhook_max_age"],
     )

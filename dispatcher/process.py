@@ -55,7 +55,7 @@ def bootstrap(settings: Settings, *, pool_size: int = 10, name: str = "paydispat
     found = services.ensure(settings)
     runtimes = build_adapters(settings)
     check_adapters(settings, runtimes)
-    register_secrets(settings, found, runtimes)
+    register_secrets(found, runtimes)
     pool = open_pool(found.database_url, max_size=pool_size, name=name)
     return Context(found, runtimes, pool, OrderRepository(pool, expiries(runtimes)))
 
@@ -92,9 +92,7 @@ def check_adapters(settings: Settings, runtimes: Mapping[str, AdapterRuntime]) -
         )
 
 
-def register_secrets(
-    settings: Settings, found: services.Services, runtimes: dict[str, AdapterRuntime]
-) -> None:
+def register_secrets(found: services.Services, runtimes: dict[str, AdapterRuntime]) -> None:
     """Tell the log redactor every secret this process holds, so none is ever printed."""
     for url in (found.database_url, found.broker_url):
         logs.REDACTOR.add_url_password(url)
@@ -103,7 +101,6 @@ def register_secrets(
             v.reveal() for v in rt.settings.values.values() if isinstance(v, Secret)
         )
         log.info("adapter configured", adapter=rt.name, settings=repr(rt.settings))
-    logs.register_secrets([settings.billing.webhook_secret])
 
 
 def start_metrics(port: int | None, addr: str = "127.0.0.1") -> None:
@@ -121,11 +118,11 @@ def paid_hook(settings: Settings, pool: Pool | None = None) -> PaidHook | None:
 
 
 def webhook_delivery(settings: Settings, pool: Pool) -> Delivery | None:
-    """The worker's webhook sender, when the webhook hook is configured."""
+    """The worker's webhook sender (to each site's own webhook), when the hook is configured."""
     billing = settings.billing
-    if "webhook" not in billing.hooks or not billing.webhook_secret:
+    if "webhook" not in billing.hooks:
         return None
-    return Delivery(pool, billing.webhook_secret, timeout=billing.webhook_timeout)
+    return Delivery(pool, timeout=billing.webhook_timeout)
 
 
 def webhook_outbox(settings: Settings, pool: Pool) -> Outbox | None:

@@ -1,4 +1,4 @@
-"""``paydispatch wallet ...`` and ``paydispatch hooks replay``.
+"""``paydispatch wallet ...``, ``paydispatch hooks replay`` and ``paydispatch sites ...``.
 
 The site comes from ``--site``, else ``PAYDISPATCH_SITE``; with neither, commands that act on one
 user's wallet stop and ask for it (a site's user ids are its own, so guessing would be wrong).
@@ -17,6 +17,7 @@ from uuid import UUID
 from dispatcher import config, services
 from dispatcher.billing.audit import audit
 from dispatcher.billing.bonus import Referrals
+from dispatcher.billing.sites import DEFAULT_OVERLAP, SiteWebhook, SiteWebhooks
 from dispatcher.billing.wallet import Entry, EntryKind, Wallets, parse_amount
 from dispatcher.billing.webhook import Outbox
 from orders.errors import DispatchError, InvalidInput
@@ -177,8 +178,75 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook_line(hook: SiteWebhook) -> str:
+    rotation = (
+        f"  previous secret signs too until {hook.previous_until.isoformat(timespec='seconds')}"
+        if hook.previous_until is not None
+        else ""
+    )
+    since = hook.updated_at.isoformat(timespec="seconds")
+    return f"{hook.site}  {hook.url}  since {since}{rotation}"
+
+
+def _show_secret(site: str, secret: str, note: str) -> None:
+    print(secret)
+    print(f"# webhook secret of site {site!r}: shown once; {note}", flush=True)
+
+
+def cmd_set_webhook(args: argparse.Namespace) -> int:
+    with _pool() as (_settings, pool):
+        try:
+            hook, secret = SiteWebhooks(pool).set(args.site, args.url)
+        except DispatchError as exc:
+            return _fail(exc)
+    if secret is not None:
+        _show_secret(hook.site, secret, "give it to the site to check each event's signature")
+    print(f"site {hook.site!r}: events go to {hook.url}")
+    return 0
+
+
+def cmd_rotate_secret(args: argparse.Namespace) -> int:
+    with _pool() as (_settings, pool):
+        try:
+            rotated = SiteWebhooks(pool).rotate(args.site, timedelta(hours=args.overlap))
+        except DispatchError as exc:
+            return _fail(exc)
+    if rotated is None:
+        print(f"site {args.site!r} has no webhook: paydispatch sites set-webhook SITE URL")
+        return 1
+    hook, secret = rotated
+    until = hook.previous_until
+    _show_secret(
+        hook.site,
+        secret,
+        "the previous secret signs every event too until "
+        + (until.isoformat(timespec="seconds") if until else "now: it no longer does"),
+    )
+    return 0
+
+
+def cmd_list_webhooks(args: argparse.Namespace) -> int:
+    with _pool() as (_settings, pool):
+        hooks = SiteWebhooks(pool).list(args.site)
+    for hook in hooks:
+        print(_webhook_line(hook))
+    if not hooks:
+        print("no site has a webhook" if args.site is None else f"{args.site!r} has no webhook")
+    return 0 if hooks or args.site is None else 1
+
+
+def cmd_remove_webhook(args: argparse.Namespace) -> int:
+    with _pool() as (_settings, pool):
+        removed = SiteWebhooks(pool).remove(args.site)
+    if not removed:
+        print(f"site {args.site!r} has no webhook")
+        return 1
+    print(f"site {args.site!r}: webhook removed; its events wait (and park) until one is set")
+    return 0
+
+
 def register(sub: Any) -> None:
-    """Add ``wallet`` and ``hooks`` to the ``paydispatch`` command's subparsers."""
+    """Add ``wallet``, ``hooks`` and ``sites`` to the ``paydispatch`` command's subparsers."""
     wallet = sub.add_parser("wallet", help="wallet balances, history, credits, debits, audit")
     actions = wallet.add_subparsers(dest="wallet_command", required=True)
 
@@ -230,3 +298,33 @@ def register(sub: Any) -> None:
     replay.add_argument("--event", action="append", help="an event id (repeatable)")
     replay.add_argument("--all", action="store_true", help="every parked event")
     replay.set_defaults(func=cmd_replay)
+    register_sites(sub)
+
+
+def register_sites(sub: Any) -> None:
+    """``paydispatch sites``: each site's webhook URL and secret (issue #12, item 6)."""
+    sites = sub.add_parser("sites", help="each site's billing webhook: URL and signing secret")
+    site_actions = sites.add_subparsers(dest="sites_command", required=True)
+    set_hook = site_actions.add_parser(
+        "set-webhook", help="send SITE's events to URL (a new site's secret is printed once)"
+    )
+    set_hook.add_argument("site")
+    set_hook.add_argument("url", help="https://... (http:// only for tests)")
+    set_hook.set_defaults(func=cmd_set_webhook)
+    rotate = site_actions.add_parser(
+        "rotate-secret", help="a new signing secret for SITE, printed once"
+    )
+    rotate.add_argument("site")
+    rotate.add_argument(
+        "--overlap",
+        type=float,
+        default=DEFAULT_OVERLAP.total_seconds() / 3600,
+        help="hours the previous secret keeps signing next to the new one (default 24; 0: none)",
+    )
+    rotate.set_defaults(func=cmd_rotate_secret)
+    listing = site_actions.add_parser("list", help="sites' webhooks (never their secrets)")
+    listing.add_argument("site", nargs="?")
+    listing.set_defaults(func=cmd_list_webhooks)
+    remove = site_actions.add_parser("remove-webhook", help="stop sending SITE's events")
+    remove.add_argument("site")
+    remove.set_defaults(func=cmd_remove_webhook)

@@ -3,7 +3,7 @@
 Configured by ``[billing] hooks`` (``PAYDISPATCH_BILLING_HOOKS``), in order:
 
 * ``wallet`` (default): credit the order to the user's wallet, then the bonus rules;
-* ``webhook``: write the order's event to the outbox, delivered to the site later;
+* ``webhook``: write the order's event to the outbox, delivered to the site's own webhook later;
 * any other name: a callable ``(conn, order) -> None`` registered under the entry-point group
   ``paydispatch.billing_hooks``, or a ``module:callable`` path.
 
@@ -64,15 +64,14 @@ class WalletHook:
 
 
 class WebhookHook:
-    """Write the order's ``order.paid`` event to the outbox."""
+    """Write the order's ``order.paid`` event to the outbox (sent to the site's own webhook)."""
 
-    def __init__(self, outbox: Outbox, url: str) -> None:
+    def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
-        self.url = url
 
     def __call__(self, conn: Connection, order: Order) -> None:
         late = previous_status(conn, order) in LATE_PAYMENT_FROM
-        self.outbox.enqueue(conn, order, self.url, late=late)
+        self.outbox.enqueue(conn, order, late=late)
 
 
 class Chain:
@@ -121,10 +120,8 @@ def build(billing: BillingSettings, pool: Pool | None = None) -> Hook | None:
             bonus = BonusRules(billing.cashback_percent, billing.referral_percents)
             hooks.append(WalletHook(Wallets(pool), bonus if bonus.active else None))
         elif name == "webhook":
-            if not billing.webhook_url:
-                raise ConfigError("PAYDISPATCH_BILLING_WEBHOOK_URL: needed by the webhook hook")
             outbox = Outbox(pool, max_age=timedelta(seconds=billing.webhook_max_age))
-            hooks.append(WebhookHook(outbox, billing.webhook_url))
+            hooks.append(WebhookHook(outbox))
         else:
             hooks.append(load_python_hook(name))
     if not hooks:

@@ -64,8 +64,9 @@ RETURNING *
 SELECT * FROM referrals WHERE site = %(site)s AND user_id = %(user_id)s
 
 -- insert_outbox --
-INSERT INTO billing_outbox (id, order_id, event_type, url, body, next_attempt_at, give_up_at)
-VALUES (%(id)s, %(order_id)s, %(event_type)s, %(url)s, %(body)s, now(), now() + %(max_age)s)
+-- No URL yet: each attempt goes to the site's webhook of the moment (get_outbox).
+INSERT INTO billing_outbox (id, order_id, event_type, body, next_attempt_at, give_up_at)
+VALUES (%(id)s, %(order_id)s, %(event_type)s, %(body)s, now(), now() + %(max_age)s)
 ON CONFLICT (order_id, event_type) DO NOTHING
 RETURNING id
 
@@ -88,26 +89,33 @@ WHERE b.id = due.id
 RETURNING b.id, b.lease_token
 
 -- get_outbox --
-SELECT * FROM billing_outbox WHERE id = %(id)s
+-- The event with its site's webhook; the previous secret only while its rotation lasts.
+SELECT b.*, o.site, w.url AS site_url, w.secret,
+       CASE WHEN w.previous_until > now() THEN w.previous_secret END AS previous_secret
+FROM billing_outbox b
+JOIN orders o ON o.id = b.order_id
+LEFT JOIN site_webhooks w ON w.site = o.site
+WHERE b.id = %(id)s
 
 -- outbox_delivered --
 UPDATE billing_outbox
 SET status = 'delivered', next_attempt_at = NULL, lease_token = NULL, delivered_at = now(),
-    attempts = attempts + 1, last_status = %(last_status)s, last_error = NULL
+    attempts = attempts + 1, last_status = %(last_status)s, last_error = NULL, url = %(url)s
 WHERE id = %(id)s AND lease_token = %(token)s AND status = 'pending'
 RETURNING id
 
 -- outbox_retry --
 UPDATE billing_outbox
 SET next_attempt_at = now() + %(delay)s, lease_token = NULL, attempts = attempts + 1,
-    last_status = %(last_status)s, last_error = %(last_error)s
+    last_status = %(last_status)s, last_error = %(last_error)s, url = coalesce(%(url)s, url)
 WHERE id = %(id)s AND lease_token = %(token)s AND status = 'pending'
 RETURNING id
 
 -- outbox_park --
 UPDATE billing_outbox
 SET status = 'parked', next_attempt_at = NULL, lease_token = NULL, parked_at = now(),
-    attempts = attempts + 1, last_status = %(last_status)s, last_error = %(last_error)s
+    attempts = attempts + 1, last_status = %(last_status)s, last_error = %(last_error)s,
+    url = coalesce(%(url)s, url)
 WHERE id = %(id)s AND lease_token = %(token)s AND status = 'pending'
 RETURNING id
 
@@ -124,3 +132,28 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS backlog,
        extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')) AS oldest,
        count(*) FILTER (WHERE status = 'parked') AS parked
 FROM billing_outbox WHERE status IN ('pending', 'parked')
+
+-- set_site_webhook --
+-- A new site gets the secret given; a known one keeps its secret and takes the new URL.
+INSERT INTO site_webhooks (site, url, secret) VALUES (%(site)s, %(url)s, %(secret)s)
+ON CONFLICT (site) DO UPDATE SET url = EXCLUDED.url, updated_at = now()
+RETURNING site, url, previous_until, created_at, updated_at, (xmax = 0) AS created
+
+-- rotate_site_secret --
+-- The new secret signs from now on; the old one signs too until the overlap ends (none: at once).
+UPDATE site_webhooks
+SET previous_secret = CASE WHEN %(overlap)s::interval > interval '0' THEN secret END,
+    previous_until = CASE WHEN %(overlap)s::interval > interval '0'
+                          THEN now() + %(overlap)s::interval END,
+    secret = %(secret)s,
+    updated_at = now()
+WHERE site = %(site)s
+RETURNING site, url, previous_until, created_at, updated_at
+
+-- list_site_webhooks --
+SELECT site, url, previous_until, created_at, updated_at FROM site_webhooks
+WHERE %(site)s::text IS NULL OR site = %(site)s
+ORDER BY site
+
+-- delete_site_webhook --
+DELETE FROM site_webhooks WHERE site = %(site)s RETURNING site

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from orders.errors import InvalidSignature
@@ -30,10 +31,14 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The ``Paydispatch-Signature`` header value for ``body``."""
+def sign(secret: str | Sequence[str], body: bytes, timestamp: int | None = None) -> str:
+    """The ``Paydispatch-Signature`` header value for ``body``: one ``v1`` per secret (during a
+    rotation the new and the previous secret both sign, so a receiver holding either accepts)."""
     t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={signature(secret, t, body)}"
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    if not secrets:
+        raise ValueError("sign needs at least one secret")
+    return f"t={t}," + ",".join(f"v1={signature(s, t, body)}" for s in secrets)
 
 
 def verify(

@@ -1,7 +1,10 @@
 """The webhook hook: an outbox row per paid order, delivered by the ``deliver`` actor.
 
 The row is written in the paid transaction, with the exact JSON body that every attempt sends
-and a stable event id (``id`` in the body), so a site can deduplicate. The sweeper claims due
+and a stable event id (``id`` in the body), so a site can deduplicate. Each attempt goes to the
+order's site's webhook of the moment (:mod:`dispatcher.billing.sites`), signed with that site's
+secret (and its previous one during a rotation); an event of a site with no webhook waits like
+a failed attempt, and parks, until one is set. The sweeper claims due
 rows like orders (``FOR UPDATE SKIP LOCKED``, with a lease) and sends one ``deliver`` message
 each; a worker POSTs the body with ``httpx.AsyncClient`` on its event loop, so an unreachable or
 slow receiver only holds one coroutine, never a thread or other deliveries. A failed attempt is
@@ -26,7 +29,7 @@ from uuid import UUID
 import httpx
 import structlog
 
-from dispatcher import metrics
+from dispatcher import logs, metrics
 from dispatcher.billing.receiver import HEADER, sign
 from dispatcher.billing.sql import query
 from orders.model import Order
@@ -93,7 +96,7 @@ class Outbox:
             raise RuntimeError("this Outbox has no pool")
         return self._pool
 
-    def enqueue(self, conn: Connection, order: Order, url: str, *, late: bool = False) -> None:
+    def enqueue(self, conn: Connection, order: Order, *, late: bool = False) -> None:
         """Write the paid event of ``order``; a second call for the same order adds nothing."""
         event_id = uuid.uuid4()
         row = conn.execute(
@@ -102,7 +105,6 @@ class Outbox:
                 "id": event_id,
                 "order_id": order.id,
                 "event_type": EVENT_PAID,
-                "url": url,
                 "body": event_body(event_id, order, late=late),
                 "max_age": self.max_age,
             },
@@ -143,7 +145,6 @@ class Delivery:
     def __init__(
         self,
         pool: Pool,
-        secret: str,
         *,
         timeout: float = 10.0,
         backoff: Backoff | None = None,
@@ -151,15 +152,15 @@ class Delivery:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.pool = pool
-        self._secret = secret
         self.timeout = timeout
         self.backoff = backoff or Backoff()
         self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-billing")
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._redacted: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"Delivery(timeout={self.timeout}, secret=***)"
+        return f"Delivery(timeout={self.timeout})"
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:  # created on the loop that uses it
@@ -183,7 +184,13 @@ class Delivery:
 
     def _load(self, event_id: UUID) -> dict[str, Any] | None:
         with database_errors(), self.pool.connection() as conn:
-            return conn.execute(query("get_outbox"), {"id": event_id}).fetchone()
+            row = conn.execute(query("get_outbox"), {"id": event_id}).fetchone()
+        if row is not None:
+            fresh = {row["secret"], row["previous_secret"]} - {None} - self._redacted
+            if fresh:  # no log line may ever show a site's secret
+                logs.register_secrets(fresh)
+                self._redacted |= fresh
+        return row
 
     def _finish(self, name: str, params: dict[str, Any]) -> bool:
         with database_errors(), self.pool.connection() as conn:
@@ -194,25 +201,34 @@ class Delivery:
         row = await self._db(self._load, event_id)
         if row is None or row["status"] != "pending" or row["lease_token"] != token:
             return "skipped"  # delivered, parked or re-claimed meanwhile
-        body = row["body"].encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "paydispatch-webhook/1",
-            HEADER: sign(self._secret, body),
-            "Paydispatch-Event-Id": str(event_id),
-        }
+        url: str | None = row["site_url"]
         status: int | None = None
         error: str | None = None
-        try:
-            response = await self.client().post(row["url"], content=body, headers=headers)
-            status = response.status_code
-            if not 200 <= status < 300:
-                error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR] or type(exc).__name__
+        if url is None:
+            error = (
+                f"site {row['site']!r} has no webhook: "
+                "paydispatch sites set-webhook SITE URL, then hooks replay"
+            )
+        else:
+            body = row["body"].encode()
+            signers = [row["secret"]] + ([row["previous_secret"]] if row["previous_secret"] else [])
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "paydispatch-webhook/1",
+                HEADER: sign(signers, body),
+                "Paydispatch-Event-Id": str(event_id),
+            }
+            try:
+                response = await self.client().post(url, content=body, headers=headers)
+                status = response.status_code
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR] or type(exc).__name__
         params: dict[str, Any] = {
             "id": event_id,
             "token": token,
+            "url": url,
             "last_status": status,
             "last_error": error,
         }

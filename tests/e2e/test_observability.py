@@ -24,7 +24,6 @@ from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_KEY = "sbx-live-key-9f8e7d6c5b4a"
 SANDBOX_WEBHOOK_SECRET = "whsec-sandbox-0a1b2c3d4e5f"
-BILLING_SECRET = "whsec-billing-6f5e4d3c2b1a"
 CARD = "4111 1111 1111 1111"
 FINAL = {"paid", "rejected", "expired", "failed", "needs_review", "cancelled"}
 
@@ -77,13 +76,18 @@ def test_metrics_flow_and_logs_keep_secrets(
         PAYDISPATCH_SANDBOX_NOTIFY_URL=f"{public}/v1/callbacks/sandbox",
         PAYDISPATCH_SANDBOX_POLL_FIRST="0.3",
         PAYDISPATCH_SANDBOX_POLL_CAP="1",
-        PAYDISPATCH_BILLING_HOOKS="wallet",
-        PAYDISPATCH_BILLING_WEBHOOK_SECRET=BILLING_SECRET,
+        # The site's webhook is unreachable: its failed deliveries are logged, never its secret.
+        PAYDISPATCH_BILLING_HOOKS="wallet,webhook",
     )
-    key = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "keys", "create", "shop"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    ).stdout.split()[0]  # fmt: skip
+
+    def command(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+
+    key = command("keys", "create", "shop").split()[0]
+    billing_secret = command("sites", "set-webhook", "shop", "http://127.0.0.1:9/hook").split()[0]
     log_path = tmp_path / "daemon.log"
     control = SandboxControl(sandbox.url)
     # Some status calls fail, so error paths log too.
@@ -150,6 +154,12 @@ def test_metrics_flow_and_logs_keep_secrets(
             assert total(sweeper, "paydispatch_sweeper_last_tick_timestamp_seconds") > 0
             assert total(sweeper, "paydispatch_sweeper_claimed_total") >= 12  # submits + polls
             assert total(workers[0], "paydispatch_orders") == 0  # not double-counted
+            # The site's events were tried (with its secret loaded) and failed, in the log.
+            wait_until(
+                lambda: "webhook delivery failed" in log_path.read_text(errors="replace"),
+                timeout=30,
+                what="a failed webhook delivery in the log",
+            )
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -164,7 +174,7 @@ def test_metrics_flow_and_logs_keep_secrets(
     for secret in (
         SANDBOX_KEY,
         SANDBOX_WEBHOOK_SECRET,
-        BILLING_SECRET,
+        billing_secret,
         key,
         CARD,
         CARD.replace(" ", ""),

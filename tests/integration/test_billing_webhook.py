@@ -1,10 +1,13 @@
 """The webhook hook end to end: outbox row in the paid transaction, sweeper, dramatiq ``deliver``
-actor on the engine's loop, a real HTTP receiver that fails for a while, parking and replay."""
+actor on the engine's loop, a real HTTP receiver that fails for a while, parking and replay; each
+site's own URL and secret, and a secret rotation (issue #12, item 6)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,18 +25,19 @@ from starlette.routing import Route
 from adapters.sandbox.runner import serve_in_thread
 from dispatcher import actors
 from dispatcher.billing.receiver import HEADER, verify
+from dispatcher.billing.sites import SiteWebhooks
 from dispatcher.billing.webhook import Backoff, Delivery, Outbox
 from dispatcher.engine import Engine
 from dispatcher.host import EngineHost
 from dispatcher.services import Services
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
+from orders.errors import InvalidSignature
 from orders.repository import OrderRepository, Pool
 from tests.conftest import cli
 from tests.dispatch_support import own_namespace, wait_until
 
 S = OrderStatus
-SECRET = "whsec-test-0123456789abcdef"
 
 
 @dataclass
@@ -75,7 +79,10 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     state = Receiver()
     app = Starlette(
-        routes=[Route(p, state.endpoint, methods=["POST"]) for p in ("/hook", "/slow", "/flag")]
+        routes=[
+            Route(p, state.endpoint, methods=["POST"])
+            for p in ("/hook", "/slow", "/flag", "/a", "/b", "/rotating", "/late")
+        ]
     )
     with serve_in_thread(app) as url:
         state.url = url
@@ -88,6 +95,21 @@ class Billing:
     repo: OrderRepository
     outbox: Outbox
     delivery: Delivery
+    sites: SiteWebhooks
+    secrets: dict[str, str] = field(default_factory=dict)  # site -> its secret
+
+    def site_for(self, url: str) -> str:
+        """A new site whose webhook is ``url``; its secret is kept in ``secrets``."""
+        site = f"site-{uuid.uuid4().hex[:12]}"
+        _, secret = self.sites.set(site, url)
+        assert secret is not None
+        self.secrets[site] = secret
+        return site
+
+    def verify(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        """The event, checked with the secret of the site it names."""
+        site = json.loads(body)["data"]["site"]
+        return verify(self.secrets[site], headers[HEADER.lower()], body)
 
 
 @pytest.fixture
@@ -101,7 +123,6 @@ def billing(
     host.start()
     delivery = Delivery(
         pool,
-        SECRET,
         timeout=1.0,
         backoff=Backoff(first=timedelta(seconds=0.05), cap=timedelta(seconds=0.3)),
     )
@@ -115,7 +136,7 @@ def billing(
     thread = threading.Thread(target=sweeper.run, args=(stop, database_url), daemon=True)
     thread.start()
     try:
-        yield Billing(repo, outbox, delivery)
+        yield Billing(repo, outbox, delivery, SiteWebhooks(pool))
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -128,8 +149,8 @@ def billing(
         broker.close()
 
 
-def pay(billing: Billing, site: str, url: str, *, outbox: Outbox | None = None) -> UUID:
-    """An order moved to paid with the webhook hook writing its event for ``url``."""
+def pay(billing: Billing, site: str, *, outbox: Outbox | None = None) -> UUID:
+    """An order of ``site`` moved to paid with the webhook hook writing its event."""
     repo = billing.repo
     new = NewOrder(site=site, user_id="buyer", money=Money(1999, "EUR"), adapter="sandbox")
     order = repo.create(new).order
@@ -141,7 +162,7 @@ def pay(billing: Billing, site: str, url: str, *, outbox: Outbox | None = None) 
         S.AWAITING_PAYMENT,
         S.PAID,
         actor="test",
-        within=lambda conn, o: box.enqueue(conn, o, url),
+        within=box.enqueue,
     )
     return order.id
 
@@ -159,12 +180,13 @@ def status(pool: Pool, order_id: UUID) -> str:
 
 
 def test_receiver_sees_every_event_signed_with_a_stable_id_through_500s(
-    billing: Billing, receiver: Receiver, pool: Pool, site: str
+    billing: Billing, receiver: Receiver, pool: Pool
 ) -> None:
     # Given a receiver that answers 500 to its first four requests,
     receiver.fail_first = 4
+    site = billing.site_for(f"{receiver.url}/hook")
     # when three orders are paid,
-    orders = [pay(billing, site, f"{receiver.url}/hook") for _ in range(3)]
+    orders = [pay(billing, site) for _ in range(3)]
     # then every event ends delivered,
     wait_until(
         lambda: all(status(pool, o) == "delivered" for o in orders), timeout=30, what="delivered"
@@ -174,7 +196,7 @@ def test_receiver_sees_every_event_signed_with_a_stable_id_through_500s(
     by_event: dict[str, set[bytes]] = {}
     for headers, body in requests:
         # each request signed over its body, with the event id in the body and a header,
-        event = verify(SECRET, headers[HEADER.lower()], body)
+        event = billing.verify(headers, body)
         assert headers["paydispatch-event-id"] == event["id"]
         by_event.setdefault(event["id"], set()).add(body)
     rows = {str(outbox_row(pool, o)["id"]): outbox_row(pool, o) for o in orders}
@@ -189,14 +211,18 @@ def test_receiver_sees_every_event_signed_with_a_stable_id_through_500s(
     assert sum(row["attempts"] for row in rows.values()) == len(requests)
 
 
-def test_paid_event_body(billing: Billing, receiver: Receiver, pool: Pool, site: str) -> None:
+def test_paid_event_body(billing: Billing, receiver: Receiver, pool: Pool) -> None:
     receiver.fail_first = 0
-    order_id = pay(billing, site, f"{receiver.url}/hook")
+    site = billing.site_for(f"{receiver.url}/hook")
+    order_id = pay(billing, site)
     wait_until(lambda: status(pool, order_id) == "delivered", timeout=30, what="delivered")
     row = outbox_row(pool, order_id)
     bodies = [b for _, b in receiver.seen("/hook") if str(row["id"]).encode() in b]
-    event = verify(SECRET, receiver.seen("/hook")[-1][0][HEADER.lower()], bodies[-1])
+    headers = [h for h, b in receiver.seen("/hook") if b == bodies[-1]][-1]
+    event = billing.verify(headers, bodies[-1])
     assert event["type"] == "order.paid"
+    assert event["data"]["site"] == site
+    assert row["url"] == f"{receiver.url}/hook"
     assert event["data"]["order_id"] == str(order_id)
     assert event["data"]["amount"] == 1999
     assert event["data"]["currency"] == "EUR"
@@ -205,13 +231,14 @@ def test_paid_event_body(billing: Billing, receiver: Receiver, pool: Pool, site:
 
 
 def test_slow_and_unreachable_receivers_do_not_block_other_deliveries(
-    billing: Billing, receiver: Receiver, pool: Pool, site: str
+    billing: Billing, receiver: Receiver, pool: Pool
 ) -> None:
     receiver.fail_first = 0
-    slow = pay(billing, site, f"{receiver.url}/slow")
-    dead = pay(billing, site, "http://127.0.0.1:9/unreachable")
+    slow = pay(billing, billing.site_for(f"{receiver.url}/slow"))
+    dead = pay(billing, billing.site_for("http://127.0.0.1:9/unreachable"))
     wait_until(lambda: receiver.slow_started >= 1, timeout=10, what="slow request started")
-    good = [pay(billing, site, f"{receiver.url}/hook") for _ in range(5)]
+    good_site = billing.site_for(f"{receiver.url}/hook")
+    good = [pay(billing, good_site) for _ in range(5)]
     wait_until(
         lambda: all(status(pool, o) == "delivered" for o in good), timeout=10, what="delivered"
     )
@@ -226,12 +253,12 @@ def test_slow_and_unreachable_receivers_do_not_block_other_deliveries(
 
 
 def test_event_is_parked_when_retries_run_out_and_replay_delivers_it(
-    billing: Billing, receiver: Receiver, pool: Pool, site: str, database_url: str
+    billing: Billing, receiver: Receiver, pool: Pool, database_url: str
 ) -> None:
     parked_before = REGISTRY.get_sample_value("paydispatch_billing_events_parked_total") or 0.0
     receiver.failing = True
     short = Outbox(pool, max_age=timedelta(seconds=1))
-    order_id = pay(billing, site, f"{receiver.url}/flag", outbox=short)
+    order_id = pay(billing, billing.site_for(f"{receiver.url}/flag"), outbox=short)
     wait_until(lambda: status(pool, order_id) == "parked", timeout=20, what="parked")
     row = outbox_row(pool, order_id)
     assert row["parked_at"] is not None
@@ -251,6 +278,109 @@ def test_event_is_parked_when_retries_run_out_and_replay_delivers_it(
     assert f"replaying {row['id']}" in result.stdout
     wait_until(lambda: status(pool, order_id) == "delivered", timeout=20, what="replayed")
     headers, body = receiver.seen("/flag")[-1]
-    assert verify(SECRET, headers[HEADER.lower()], body)["id"] == str(row["id"])
+    assert billing.verify(headers, body)["id"] == str(row["id"])
     nothing = cli(database_url, "hooks", "replay", "--all")
     assert "0 parked event(s)" in nothing.stdout
+
+
+def delivered(pool: Pool, *orders: UUID) -> None:
+    wait_until(
+        lambda: all(status(pool, o) == "delivered" for o in orders), timeout=30, what="delivered"
+    )
+
+
+def test_issue12_item6_each_site_gets_its_events_at_its_url_signed_with_its_secret(
+    billing: Billing, receiver: Receiver, pool: Pool
+) -> None:
+    # Given two sites with webhooks of their own,
+    site_a = billing.site_for(f"{receiver.url}/a")
+    site_b = billing.site_for(f"{receiver.url}/b")
+    assert billing.secrets[site_a] != billing.secrets[site_b]
+    # when each has an order paid,
+    delivered(pool, pay(billing, site_a), pay(billing, site_b))
+    # then each site's URL saw only its own events, signed with its own secret,
+    for site, other, path in ((site_a, site_b, "/a"), (site_b, site_a, "/b")):
+        requests = receiver.seen(path)
+        assert len(requests) == 1
+        headers, body = requests[0]
+        assert verify(billing.secrets[site], headers[HEADER.lower()], body)["data"]["site"] == site
+        # which the other site's secret cannot check (nor forge).
+        with pytest.raises(InvalidSignature):
+            verify(billing.secrets[other], headers[HEADER.lower()], body)
+
+
+def test_issue12_item6_rotation_signs_with_both_secrets_until_the_overlap_ends(
+    billing: Billing, receiver: Receiver, pool: Pool
+) -> None:
+    site = billing.site_for(f"{receiver.url}/rotating")
+    first = billing.secrets[site]
+    # Given a rotation whose previous secret stays valid for an hour,
+    rotated = billing.sites.rotate(site, timedelta(hours=1))
+    assert rotated is not None
+    hook, second = rotated
+    assert hook.previous_until is not None
+    delivered(pool, pay(billing, site))
+    headers, body = receiver.seen("/rotating")[-1]
+    # then an event verifies with the new secret and with the previous one (two v1 values);
+    assert headers[HEADER.lower()].count("v1=") == 2
+    for secret in (first, second):
+        assert verify(secret, headers[HEADER.lower()], body)["data"]["site"] == site
+    # after a rotation with no overlap, only the newest secret signs.
+    again = billing.sites.rotate(site, timedelta(0))
+    assert again is not None
+    hook, third = again
+    assert hook.previous_until is None
+    delivered(pool, pay(billing, site))
+    headers, body = receiver.seen("/rotating")[-1]
+    assert verify(third, headers[HEADER.lower()], body)["data"]["site"] == site
+    for old in (first, second):
+        with pytest.raises(InvalidSignature):
+            verify(old, headers[HEADER.lower()], body)
+
+
+def test_issue12_item6_event_of_a_site_without_a_webhook_waits_for_one(
+    billing: Billing, receiver: Receiver, pool: Pool, site: str
+) -> None:
+    # Given a site with no webhook yet,
+    order_id = pay(billing, site)
+    # its paid event is not sent anywhere: it is retried, saying why,
+    wait_until(lambda: outbox_row(pool, order_id)["attempts"] >= 1, what="an attempt")
+    row = outbox_row(pool, order_id)
+    assert row["status"] == "pending"
+    assert "no webhook" in row["last_error"]
+    assert row["url"] is None
+    # and goes out once the site's webhook is set.
+    _, secret = billing.sites.set(site, f"{receiver.url}/late")
+    assert secret is not None
+    delivered(pool, order_id)
+    headers, body = receiver.seen("/late")[-1]
+    assert verify(secret, headers[HEADER.lower()], body)["data"]["order_id"] == str(order_id)
+
+
+def test_issue12_item6_cli_shows_a_site_secret_once(database_url: str, site: str) -> None:
+    created = cli(database_url, "sites", "set-webhook", site, "https://shop.example/hook")
+    assert created.returncode == 0, created.stdout + created.stderr
+    secret = created.stdout.split()[0]
+    assert secret.startswith("whsec_")
+    assert len(secret) >= 40
+    # Changing the URL keeps the secret, and does not show it again;
+    moved = cli(database_url, "sites", "set-webhook", site, "https://shop.example/hook2")
+    assert moved.returncode == 0
+    assert secret not in moved.stdout
+    assert "shop.example/hook2" in moved.stdout
+    # the listing never shows a secret;
+    listed = cli(database_url, "sites", "list", site)
+    assert listed.returncode == 0
+    assert "https://shop.example/hook2" in listed.stdout
+    assert "whsec_" not in listed.stdout
+    # a rotation shows the new one once.
+    rotated = cli(database_url, "sites", "rotate-secret", site, "--overlap", "2")
+    assert rotated.returncode == 0
+    new = rotated.stdout.split()[0]
+    assert new.startswith("whsec_")
+    assert new != secret
+    assert "whsec_" not in cli(database_url, "sites", "list").stdout
+    # Bad input is refused before anything is written.
+    bad = cli(database_url, "sites", "set-webhook", site, "ftp://shop.example/x")
+    assert bad.returncode != 0
+    assert "url" in bad.stdout

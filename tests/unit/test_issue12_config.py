@@ -86,3 +86,19 @@ def test_broker_namespace_is_configurable_and_checked(tmp_path: Path) -> None:
     assert settings(tmp_path, PAYDISPATCH_BROKER_NAMESPACE="shop-2").broker_namespace == "shop-2"
     with pytest.raises(ConfigError, match="PAYDISPATCH_BROKER_NAMESPACE"):
         settings(tmp_path, PAYDISPATCH_BROKER_NAMESPACE="a b:*")
+
+
+@pytest.mark.parametrize(
+    ("table", "environ", "culprit"),
+    [
+        ('webhook_url = "https://all-sites.example/hook"\n', {}, "WEBHOOK_URL"),
+        ("", {"PAYDISPATCH_BILLING_WEBHOOK_SECRET": "one-secret-for-all"}, "WEBHOOK_SECRET"),
+    ],
+)
+def test_issue12_item6_one_webhook_for_every_site_is_refused(
+    tmp_path: Path, table: str, environ: dict[str, str], culprit: str
+) -> None:
+    path = tmp_path / "paydispatch.toml"
+    path.write_text('[billing]\nhooks = ["webhook"]\n' + table)
+    with pytest.raises(ConfigError, match=f"{culprit}: .*per site.*paydispatch sites"):
+        settings(tmp_path, PAYDISPATCH_CONFIG=str(path), **environ)
