@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import httpx
 import pytest
 
 from dispatcher.api.keys import ApiKeys
-from dispatcher.billing.receiver import sign, signature, verify
+from dispatcher.billing.receiver import HEADER, sign, signature, verify
 from dispatcher.billing.wallet import Wallets
 from dispatcher.billing.webhook import event_body
 from dispatcher.services import Services, free_port
@@ -159,6 +160,8 @@ def test_php_client_maps_error_answers_to_the_same_exceptions_as_the_python_clie
          "PD_DEAD_URL": f"http://127.0.0.1:{free_port()}"},
     )  # fmt: skip
     assert outcome["adapter"] == "unknown_adapter"
+    # An answer that is not the API's JSON (uvicorn refusing the request line) maps by status.
+    assert outcome["huge"] == [400, "http_error"]
     with Client(api.url, key, retries=0) as python, pytest.raises(ApiError) as raised:
         python.debit("nobody", Money(100, "USD"), key="php-overdraw")
     kind, status, code = outcome["empty_debit"]
@@ -415,6 +418,54 @@ def test_php_webhook_verify_accepts_and_refuses_exactly_what_the_python_receiver
     }  # fmt: skip
     assert outcome["valid"] == f"ok {event_id}"
     assert outcome["_php_signature"] == signature("s3cret", 1_700_000_000, b'{"id":"e-1"}')
+
+
+def test_a_php_endpoint_accepts_a_webhook_as_paydispatch_signs_it_and_refuses_a_forgery(
+    php: str, api: Api
+) -> None:
+    site, _ = api.new_key()
+    order = api.repo.get(api.paid_order(site))
+    event_id = uuid.uuid4()
+    body = event_body(event_id, order, late=False).encode()
+    url = f"http://127.0.0.1:{free_port()}"
+    # Given the README's endpoint under PHP's own web server, holding a new and an old secret,
+    server = subprocess.Popen(
+        [php, "-S", url.removeprefix("http://"), str(PHP_TESTS / "receiver.php")],
+        env=os.environ | {"PD_SECRETS": "whsec-new,whsec-old"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+
+            def post(raw: bytes, header: str) -> httpx.Response:
+                headers = {HEADER: header, "Content-Type": "application/json"}
+                return http.post("/paydispatch-webhook", content=raw, headers=headers)
+
+            def serving() -> bool:
+                try:
+                    return post(b"{}", "").status_code == 400
+                except httpx.TransportError:
+                    return False
+
+            wait_until(serving, timeout=30, what="php -S")
+            # when paydispatch posts an event signed now with either secret, it is accepted;
+            for secret in ("whsec-old", "whsec-new"):
+                accepted = post(body, sign(secret, body))
+                assert accepted.status_code == 200, accepted.text
+                assert accepted.json() == {"id": str(event_id), "user_id": "42"}
+            # a changed amount, another secret or a signature ten minutes old are refused.
+            forged = body.replace(b'"amount":1999', b'"amount":9999')
+            stale = int(time.time()) - 600
+            for raw, header in [
+                (forged, sign("whsec-new", body)),
+                (body, sign("whsec-other", body)),
+                (body, sign("whsec-new", body, stale)),
+            ]:
+                assert post(raw, header).status_code == 400
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # -- the package: composer.json, syntax, Composer installs ------------------------------------

@@ -55,7 +55,9 @@ final class Client
             throw new \InvalidArgumentException('an API key is required');
         }
         if ($retries < 0 || $timeout <= 0 || $backoff < 0 || $maxBackoff < 0) {
-            throw new \InvalidArgumentException('timeout must be positive; retries and backoffs not negative');
+            throw new \InvalidArgumentException(
+                'timeout must be positive; retries and backoffs not negative'
+            );
         }
         $this->baseUrl = rtrim($baseUrl, '/');
         $this->headers = [
@@ -110,13 +112,15 @@ final class Client
             $body['expires_in'] = $expiresIn;
         }
         $response = $this->send('POST', '/v1/orders', body: $body, idempotencyKey: $key);
-        return new CreatedOrder(Order::fromArray($response->json()), $response->status === 201, $key);
+        $created = $response->status === 201;
+        return new CreatedOrder(Order::fromArray($response->json()), $created, $key);
     }
 
     /** The order with its status history (Order::$events). */
     public function getOrder(string $orderId): Order
     {
-        return Order::fromArray($this->send('GET', '/v1/orders/' . rawurlencode($orderId))->json());
+        $response = $this->send('GET', '/v1/orders/' . rawurlencode($orderId));
+        return Order::fromArray($response->json());
     }
 
     /**
@@ -125,7 +129,8 @@ final class Client
      */
     public function cancelOrder(string $orderId): Order
     {
-        return Order::fromArray($this->send('DELETE', '/v1/orders/' . rawurlencode($orderId))->json());
+        $response = $this->send('DELETE', '/v1/orders/' . rawurlencode($orderId));
+        return Order::fromArray($response->json());
     }
 
     /** One page of the site's orders, newest first; pass `$page->nextCursor` for the next. */
@@ -187,7 +192,7 @@ final class Client
         return array_map(WalletBalance::fromArray(...), array_values($data['balances']));
     }
 
-    /** One page of a user's ledger entries, newest first; pass `$page->nextCursor` for the next. */
+    /** One page of a user's ledger entries, newest first; `$page->nextCursor` for the next. */
     public function walletEntries(
         string $userId,
         ?string $currency = null,
@@ -195,9 +200,10 @@ final class Client
         ?string $cursor = null,
     ): EntryPage {
         $query = ['currency' => $currency, 'limit' => $limit, 'cursor' => $cursor];
-        $data = $this->send('GET', '/v1/wallets/' . rawurlencode($userId) . '/entries', query: $query)->json();
+        $path = '/v1/wallets/' . rawurlencode($userId) . '/entries';
+        $data = $this->send('GET', $path, query: $query)->json();
         return new EntryPage(
-            array_map(static fn (array $e): WalletEntry => WalletEntry::fromArray($e), array_values($data['items'])),
+            array_map(WalletEntry::fromArray(...), array_values($data['items'])),
             Json::maybeString($data['next_cursor']),
         );
     }
@@ -208,10 +214,16 @@ final class Client
      *
      * @param int $amount minor units (whole points), positive
      */
-    public function debit(string $userId, int $amount, string $currency, string $key, string $description = ''): WalletEntry
-    {
+    public function debit(
+        string $userId,
+        int $amount,
+        string $currency,
+        string $key,
+        string $description = '',
+    ): WalletEntry {
         $body = ['amount' => $amount, 'currency' => $currency, 'description' => $description];
-        $response = $this->send('POST', '/v1/wallets/' . rawurlencode($userId) . '/debit', body: $body, idempotencyKey: $key);
+        $path = '/v1/wallets/' . rawurlencode($userId) . '/debit';
+        $response = $this->send('POST', $path, body: $body, idempotencyKey: $key);
         return WalletEntry::fromArray($response->json(), $response->status === 200);
     }
 
@@ -236,8 +248,10 @@ final class Client
         $headers = $this->headers;
         $payload = null;
         if ($body !== null) {
-            $payload = json_encode($body, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE);
+            $flags = JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE;
+            $payload = json_encode($body, $flags);
             $headers[] = 'Content-Type: application/json';
+            $headers[] = 'Expect:';  // no 100-continue round trip before a larger body
         }
         if ($idempotencyKey !== null) {
             $headers[] = 'Idempotency-Key: ' . $idempotencyKey;
@@ -245,21 +259,20 @@ final class Client
         $repeatable = $method !== 'POST' || $idempotencyKey !== null;
         $attempts = $repeatable ? $this->retries + 1 : 1;
         for ($attempt = 1; ; $attempt++) {
-            [$response, $networkError] = $this->attempt($method, $url, $headers, $payload);
-            $transient = $response === null || in_array($response->status, self::RETRY_STATUSES, true);
-            if (!$transient) {
-                if ($response->status >= 400) {
-                    throw ApiError::fromResponse($response->status, $response->body, $response->reason);
-                }
-                return $response;
+            [$response, $failure] = $this->attempt($method, $url, $headers, $payload);
+            $transient = $response === null
+                || in_array($response->status, self::RETRY_STATUSES, true);
+            if ($transient && $attempt < $attempts) {
+                usleep((int) round($this->wait($attempt, $response) * 1_000_000));
+                continue;
             }
-            if ($attempt >= $attempts) {
-                if ($response !== null) {
-                    throw ApiError::fromResponse($response->status, $response->body, $response->reason);
-                }
-                throw new Unavailable(0, 'network_error', $networkError);
+            if ($response === null) {
+                throw new Unavailable(0, 'network_error', $failure);
             }
-            usleep((int) round($this->wait($attempt, $response) * 1_000_000));
+            if ($response->status >= 400) {
+                throw ApiError::fromResponse($response->status, $response->body, $response->reason);
+            }
+            return $response;
         }
     }
 
@@ -281,7 +294,7 @@ final class Client
             CURLOPT_NOSIGNAL => true,  // sub-second timeouts without SIGALRM
             CURLOPT_TIMEOUT_MS => (int) ceil($this->timeout * 1000),
             CURLOPT_CONNECTTIMEOUT_MS => (int) ceil(($this->connectTimeout ?? $this->timeout) * 1000),
-            CURLOPT_HEADERFUNCTION => static function ($handle, string $line) use (&$received, &$reason): int {
+            CURLOPT_HEADERFUNCTION => static function ($curl, string $line) use (&$received, &$reason) {
                 if (preg_match('#^HTTP/\S+\s+\d{3}\s*(.*)$#', trim($line), $m) === 1) {
                     $received = [];  // a new status line (after 100 Continue): its own headers
                     $reason = $m[1];
@@ -304,7 +317,7 @@ final class Client
         return [new Response($status, $reason, $received, (string) $body), ''];
     }
 
-    /** Seconds before attempt `$attempt + 1`: full jitter, at least Retry-After, at most the cap. */
+    /** Seconds before attempt `$attempt + 1`: full jitter, at least Retry-After, at most the cap */
     private function wait(int $attempt, ?Response $response): float
     {
         $high = min($this->maxBackoff, $this->backoff * 2 ** ($attempt - 1));

@@ -63,7 +63,8 @@ final class Webhook
         }
         $current = $now ?? microtime(true);
         if (abs($current - $timestamp) > $tolerance) {
-            throw new InvalidSignature(sprintf('%s timestamp is %.0fs away from now', self::HEADER, $current - $timestamp));
+            $away = sprintf('%.0f', $current - $timestamp);
+            throw new InvalidSignature(self::HEADER . " timestamp is {$away}s away from now");
         }
         if (!self::matches($rawBody, $timestamp, $secrets, $candidates)) {
             throw new InvalidSignature(self::HEADER . ' does not match the body');
@@ -93,8 +94,12 @@ final class Webhook
      * @param list<string> $secrets
      * @param list<string> $candidates
      */
-    private static function matches(string $rawBody, int $timestamp, array $secrets, array $candidates): bool
-    {
+    private static function matches(
+        string $rawBody,
+        int $timestamp,
+        array $secrets,
+        array $candidates,
+    ): bool {
         $found = false;
         foreach ($secrets as $secret) {
             $expected = self::signature($secret, $timestamp, $rawBody);
