@@ -27,8 +27,10 @@ _STYLE = (
     "main{padding:1rem;max-width:72rem}table{border-collapse:collapse;margin:.5rem 0 1rem}"
     "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}"
     "td.n{text-align:right}pre{margin:0;white-space:pre-wrap;font-size:13px}"
-    "label{display:block;margin:.5rem 0 .2rem}textarea,input[type=text],input[type=password]"
+    "header input{width:15rem}label{display:block;margin:.5rem 0 .2rem}"
+    "main textarea,main input[type=text],main input[type=password]"
     "{width:100%;max-width:36rem;box-sizing:border-box}.notice{background:#e6f4e6;padding:.5rem}"
+    "form.replay input{width:14rem}"
     ".error{background:#fbe3e3;padding:.5rem}.big{font-size:1.6rem;font-weight:600}"
     "dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dd{margin:0}"
 )
@@ -193,7 +195,8 @@ def dashboard(view: Overview, *, operator: str, csrf: str) -> str:
         f"<h2>Billing webhooks</h2><p>Pending: {box.get('pending', 0)}; "
         f"parked: <span id=parked-count>{box.get('parked', 0)}</span>.</p>"
         + (_hook_rows(view.parked, csrf, with_order=True) if view.parked else "")
-        + f"<h2>Recent console actions</h2>{_action_rows(view.actions)}"
+        + "<h2>Recent console actions</h2>"
+        + (_action_rows(view.actions) if view.actions else "<p>None yet.</p>")
     )
     return page("Dashboard", body, operator=operator, csrf=csrf)
 
