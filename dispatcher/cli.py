@@ -42,6 +42,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     if result.ok:
         print(f"database matches schema.sql (version {result.version})")
         return 0
+    if result.no_schema:
+        print("no schema yet: run `paydispatch db init`")
+        return 1
     print(f"database does NOT match schema.sql: version {result.version}, expected {result.latest}")
     for line in result.missing:
         print(f"  missing:    {line}")

@@ -55,10 +55,20 @@ FROM billing_outbox WHERE status <> 'delivered'
 
 BREAKER_NAMES = {0: "closed", 1: "half-open", 2: "open"}
 
+# Due work is of two kinds: active orders (new, submitting, awaiting payment) whose next step is
+# due, and finished orders (expired, rejected, cancelled) watched for a late payment. Only the
+# first kind can be late for a buyer; the second is routine, and a crowd of it after a restart
+# is no sign of trouble.
 DUE_SQL = """
 SELECT count(*) FILTER (WHERE next_run_at <= now()) AS due,
        coalesce(extract(epoch FROM now() - min(next_run_at) FILTER (WHERE next_run_at <= now())), 0)
            AS oldest_due_seconds,
+       count(*) FILTER (WHERE next_run_at <= now() AND status IN ('new', 'submitting',
+           'awaiting_payment')) AS due_active,
+       coalesce(extract(epoch FROM now() - min(next_run_at) FILTER (WHERE next_run_at <= now()
+           AND status IN ('new', 'submitting', 'awaiting_payment'))), 0) AS oldest_active_seconds,
+       count(*) FILTER (WHERE next_run_at <= now() AND status IN ('expired', 'rejected',
+           'cancelled')) AS due_late_watch,
        count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_until > now()) AS leased
 FROM orders WHERE next_run_at IS NOT NULL
 """
@@ -153,6 +163,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         "orders": {a: {str(s): n for (a2, s), n in counts.items() if a2 == a} for a in adapters},
         "due_now": due.get("due", 0),
         "oldest_due_seconds": round(float(due.get("oldest_due_seconds", 0)), 1),
+        "due_now_active": due.get("due_active", 0),
+        "oldest_active_due_seconds": round(float(due.get("oldest_active_seconds", 0)), 1),
+        "due_now_late_watch": due.get("due_late_watch", 0),
         "leased": due.get("leased", 0),
         "outbox": {
             "pending": outbox.get("pending", 0),
@@ -170,8 +183,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         row = data["orders"][adapter]
         print(f"{adapter:<10}" + "".join(f"{row.get(s, 0):>13}" for s in statuses))
     print(
-        f"\ndue now: {data['due_now']}   oldest due: {data['oldest_due_seconds']}s   "
-        f"leased (in flight): {data['leased']}"
+        f"\nactive orders due now: {data['due_now_active']} "
+        f"(oldest due: {data['oldest_active_due_seconds']}s)   "
+        f"leased (in flight): {data['leased']}\n"
+        "finished orders watched for late payments (expired, rejected, cancelled), due now: "
+        f"{data['due_now_late_watch']}"
     )
     box = data["outbox"]
     print(

@@ -160,10 +160,18 @@ class CheckResult:
     latest: int
     missing: list[str]  # in schema.sql, not in the database
     unexpected: list[str]  # in the database, not in schema.sql
+    matching: int = 0  # lines of schema.sql's catalog the database has
 
     @property
     def ok(self) -> bool:
         return self.version == self.latest and not self.missing and not self.unexpected
+
+    @property
+    def no_schema(self) -> bool:
+        """paydispatch never touched this database: no recorded version and nothing of
+        schema.sql in it (whatever else it holds). ``db init`` is the whole answer, so the
+        hundreds of missing lines are not worth listing."""
+        return self.version is None and self.matching == 0
 
 
 def check(conn: psycopg.Connection[Any], schema: str = "public") -> CheckResult:
@@ -176,4 +184,5 @@ def check(conn: psycopg.Connection[Any], schema: str = "public") -> CheckResult:
         latest=latest_version(),
         missing=sorted(expected - actual),
         unexpected=sorted(actual - expected),
+        matching=len(expected & actual),
     )
