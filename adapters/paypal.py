@@ -45,14 +45,20 @@ False and ``default_expiry`` is those 3 hours.
 The reported money is the capture's amount once there is a capture, else the purchase unit's
 amount, so an approved order of another amount is caught before it is captured.
 
-**Capture.** ``POST /v2/checkout/orders/{id}/capture`` with its own ``PayPal-Request-Id``
-(``pd-<order id>-capture``) and ``Prefer: return=representation``; its answer is an order read
-like a status (``parse_status(..., operation="capture")``). HTTP 422 answers to a capture:
-``ORDER_NOT_APPROVED`` and ``PAYER_ACTION_REQUIRED`` are pending; ``INSTRUMENT_DECLINED``,
-``REDIRECT_PAYER_FOR_ALTERNATE_FUNDING`` and the other refusals of the payment in
-``_CAPTURE_REFUSALS`` are rejected (the buyer may still approve again with another funding
-source; the late-payment watch sees it); ``ORDER_ALREADY_CAPTURED`` and
-``ORDER_COMPLETION_IN_PROGRESS`` are transient: the next poll reads the order.
+**Capture.** ``POST /v2/checkout/orders/{id}/capture`` with ``Prefer: return=representation``
+and a ``PayPal-Request-Id`` of its own per attempt (``pd-<order id>-capture-<status>-<polls>``):
+the transport's retries of one attempt reuse it, a later poll's attempt does not, because PayPal
+answers a reused id with the first answer, and a capture refused before the buyer approved
+again with another funding source must not keep answering for the new approval. An order takes
+one capture only (intent ``CAPTURE``), so a fresh id can never take the money twice. Its answer
+is an order read like a status (``parse_status(..., operation="capture")``). HTTP 422 answers to
+a capture: ``ORDER_NOT_APPROVED`` and ``PAYER_ACTION_REQUIRED`` are pending;
+``INSTRUMENT_DECLINED`` and ``REDIRECT_PAYER_FOR_ALTERNATE_FUNDING`` are pending too (PayPal's
+"handle funding failures": the buyer goes back to the approve link and picks another funding
+source, so the payment may still be made; the order keeps its pay link until its deadline); the
+other refusals of the payment in ``_CAPTURE_REFUSALS`` are rejected (the late-payment watch
+still looks); ``ORDER_ALREADY_CAPTURED`` and ``ORDER_COMPLETION_IN_PROGRESS`` are transient: the
+next poll reads the order.
 
 **Errors** (``{"name", "message", "details": [{"issue", "description"}], "debug_id"}``; the
 token endpoint answers OAuth's ``{"error", "error_description"}``): 429 and 5xx are transient
@@ -137,11 +143,11 @@ PAY_LINKS = ("payer-action", "approve")
 
 # HTTP 422 issues of a capture: the buyer has not approved yet (pending) ...
 _CAPTURE_NOT_YET = frozenset({"ORDER_NOT_APPROVED", "PAYER_ACTION_REQUIRED"})
-# ... the payment itself was refused (rejected; the buyer may approve again) ...
+# ... the funding source failed: the buyer may approve again with another (pending) ...
+_CAPTURE_RETRY_FUNDING = frozenset({"INSTRUMENT_DECLINED", "REDIRECT_PAYER_FOR_ALTERNATE_FUNDING"})
+# ... the payment itself was refused (rejected) ...
 _CAPTURE_REFUSALS = frozenset(
     {
-        "INSTRUMENT_DECLINED",
-        "REDIRECT_PAYER_FOR_ALTERNATE_FUNDING",
         "TRANSACTION_REFUSED",
         "PAYER_CANNOT_PAY",
         "PAYER_ACCOUNT_LOCKED_OR_CLOSED",
@@ -387,6 +393,13 @@ def _capture_refused(order: Order, response: PspResponse) -> StatusReport | None
     issue = issues[0] if issues else ""
     if issue in _CAPTURE_NOT_YET:
         return StatusReport(CanonicalState.PENDING, psp_id=order.psp_id, raw_status=issue)
+    if issue in _CAPTURE_RETRY_FUNDING:
+        return StatusReport(
+            CanonicalState.PENDING,
+            psp_id=order.psp_id,
+            raw_status=issue,
+            reason=f"the buyer may approve again with another funding source: {_error_text(body)}",
+        )
     if issue in _CAPTURE_REFUSALS:
         return StatusReport(
             CanonicalState.REJECTED,
@@ -552,8 +565,11 @@ class PayPal(Adapter):
             url=self._order_url(order, settings, "/capture"),
             operation="capture",
             headers={
-                # A key of its own: PayPal answers a reused key with the first request's answer.
-                "PayPal-Request-Id": f"{order.psp_idempotency_key}-capture",
+                # One key per attempt (module docstring, "Capture"): the transport's retries
+                # of this request reuse it; the next poll's attempt gets another.
+                "PayPal-Request-Id": (
+                    f"{order.psp_idempotency_key}-capture-{order.status}-{order.polls}"
+                ),
                 "Prefer": "return=representation",
             },
             # PayPal's capture takes an optional payment_source only; an empty JSON object,

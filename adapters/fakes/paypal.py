@@ -17,8 +17,9 @@ The buyer's side: control ``pay`` is the buyer approving (``APPROVED``; the capt
 dispatcher then makes is ``COMPLETED``), control ``decline`` is the buyer approving with a
 funding source that will fail (the capture is ``DECLINED``). A ``pay`` after a decline or after
 the deadline approves the order again with a good funding source (a late payment), as a buyer
-sent back to the approve link would; the capture request ids of the declined attempt are
-forgotten. Orders never expire here by themselves: the dispatcher's deadline decides.
+sent back to the approve link would. A capture request id is answered, as PayPal documents,
+with the answer it first had, also after the buyer approved again: a new attempt needs a new id.
+Orders never expire here by themselves: the dispatcher's deadline decides.
 
 Webhooks (``CHECKOUT.ORDER.APPROVED``, ``PAYMENT.CAPTURE.COMPLETED``/``DECLINED``) go to
 ``notify_url`` with PayPal's transmission headers. PayPal signs with RSA and a certificate at
@@ -140,7 +141,6 @@ class FakeOrder:
     update_time: str
     captures: list[dict[str, Any]] = field(default_factory=list)
     will_decline: bool = False
-    capture_keys: set[str] = field(default_factory=set)
 
     def links(self, base: str) -> list[dict[str, str]]:
         own = f"{base}/v2/checkout/orders/{self.id}"
@@ -500,7 +500,6 @@ class PayPalFake:
         if key is not None:
             with self.lock:
                 self.captures_by_key[key] = (order.id, 201, json.loads(bytes(answer.body)))
-                order.capture_keys.add(key)
         resource = {**capture, "supplementary_data": {"related_ids": {"order_id": order.id}}}
         if capture_status == "COMPLETED":
             summary = (
@@ -521,10 +520,6 @@ class PayPalFake:
             )
             if paid:
                 return  # paid already: nothing for the buyer to approve
-            # Approving again after a declined capture: that attempt's request ids are done.
-            for key in order.capture_keys:
-                self.captures_by_key.pop(key, None)
-            order.capture_keys.clear()
             order.captures = []
             order.status = "APPROVED"
             order.will_decline = will_decline

@@ -193,9 +193,12 @@ def test_declined_order_is_rejected_at_capture(
     assert session.status(order).follow_up is FollowUp.CAPTURE
     report = session.capture(order)
     assert (report.state, report.raw_status) == (CanonicalState.REJECTED, "COMPLETED/DECLINED")
-    # A late payment: the buyer approves again with another funding source.
+    # A late payment: the buyer approves again with another funding source. The declined
+    # attempt's request id keeps its answer, as PayPal's do; the late watch's attempt has its own.
     control.pay(ref(order))
-    assert session.capture(order).state is CanonicalState.PAID
+    assert session.capture(order).raw_status == "COMPLETED/DECLINED"
+    late = replace(order, status=OrderStatus.REJECTED)
+    assert session.capture(late).state is CanonicalState.PAID
 
 
 def test_replayed_create_returns_the_same_order_and_makes_no_new_invoice(

@@ -39,6 +39,7 @@ from adapters.testing import (
 from orders.errors import InvalidInput, OutcomeUnknown, PermanentError, TransientError
 from orders.model import Order
 from orders.money import Money
+from orders.status import OrderStatus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "paypal"
 PAYPAL_ORDER = "5O190127TN364715T"
@@ -314,9 +315,19 @@ def test_capture_carries_its_own_request_id() -> None:
         "capture",
     )
     assert first.headers["PayPal-Request-Id"] == again.headers["PayPal-Request-Id"]
-    assert first.headers["PayPal-Request-Id"] == f"pd-{ORDER.id}-capture"
+    assert first.headers["PayPal-Request-Id"].startswith(f"pd-{ORDER.id}-capture")
     assert first.headers["Prefer"] == "return=representation"
     assert first.json == {}
+
+
+def test_a_later_capture_attempt_gets_a_request_id_of_its_own() -> None:
+    # PayPal answers a reused PayPal-Request-Id with its first answer: a capture declined before
+    # the buyer approved again with another funding source would be declined forever.
+    first = ADAPTER.build_capture(INVOICED, settings())
+    next_poll = ADAPTER.build_capture(replace(INVOICED, polls=INVOICED.polls + 1), settings())
+    late = ADAPTER.build_capture(replace(INVOICED, status=OrderStatus.REJECTED), settings())
+    keys = {r.headers["PayPal-Request-Id"] for r in (first, next_poll, late)}
+    assert len(keys) == 3
 
 
 @pytest.mark.parametrize("psp_id", [None, "", "../../v1/oauth2/token", "5o1901?x=1"])
@@ -481,9 +492,22 @@ def test_capture_of_an_unapproved_order_is_pending() -> None:
     assert report.follow_up is None
 
 
-def test_declined_instrument_on_capture_is_rejected_with_paypals_words() -> None:
+def test_declined_instrument_on_capture_leaves_the_buyer_to_pick_another_funding_source() -> None:
+    # PayPal's "handle funding failures": restart the payment so the payer can pick another
+    # option. The payment may still be made, so nothing final is read from it.
     report = status("error_instrument_declined", 422, operation="capture")
-    assert (report.state, report.raw_status) == (CanonicalState.REJECTED, "INSTRUMENT_DECLINED")
+    assert (report.state, report.raw_status) == (CanonicalState.PENDING, "INSTRUMENT_DECLINED")
+    assert report.follow_up is None
+    assert "debug_id 90957fca61718" in report.reason
+
+
+def test_a_refused_transaction_on_capture_is_rejected_with_paypals_words() -> None:
+    refused = [{"issue": "TRANSACTION_REFUSED", "description": "Transaction refused."}]
+    body = {**fixture_body("error_instrument_declined"), "details": refused}
+    report = ADAPTER.parse_status(
+        INVOICED, PspResponse(422, json.dumps(body).encode()), settings(), "capture"
+    )
+    assert (report.state, report.raw_status) == (CanonicalState.REJECTED, "TRANSACTION_REFUSED")
     assert "debug_id 90957fca61718" in report.reason
 
 
