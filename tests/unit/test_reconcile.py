@@ -29,9 +29,9 @@ from adapters.base import (
 from adapters.registry import resolve_settings
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.testing import load_response, sample_order
-from dispatcher import reconcile
+from dispatcher import reconcile, reconciliation
 from dispatcher.policy import load_policy
-from dispatcher.reconcile import Books, Kind, Report, Seen, compare, summarise
+from dispatcher.reconciliation import Books, Kind, Report, Seen, compare, summarise
 from dispatcher.runtime import AdapterRuntime
 from orders.model import Order
 from orders.money import Money
@@ -41,7 +41,7 @@ S = OrderStatus
 C = CanonicalState
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "yookassa"
 DAY = date(2025, 2, 10)
-SINCE, UNTIL = reconcile.day_window(DAY)
+SINCE, UNTIL = reconciliation.day_window(DAY)
 USD = "USD"
 
 
@@ -66,7 +66,7 @@ def seen(state: C, psp_id: str | None, amount: int = 1000, order_id: UUID | None
     return Seen(report, order_id)
 
 
-def kinds(found: list[reconcile.Difference]) -> list[tuple[Kind, UUID | None]]:
+def kinds(found: list[reconciliation.Difference]) -> list[tuple[Kind, UUID | None]]:
     return [(d.kind, d.order_id) for d in found]
 
 
@@ -208,7 +208,7 @@ def sample_report() -> Report:
 
 
 def test_json_output_lists_summaries_and_differences_in_minor_units() -> None:
-    data = reconcile.to_json(sample_report())
+    data = reconciliation.to_json(sample_report())
     assert (data["date"], data["ok"]) == ("2025-02-10", False)
     assert data["summaries"][0]["paid"] == {USD: 1000}
     assert [d["kind"] for d in data["differences"]] == [
@@ -221,7 +221,7 @@ def test_json_output_lists_summaries_and_differences_in_minor_units() -> None:
 
 def test_csv_output_has_summary_rows_then_one_row_per_difference() -> None:
     out = io.StringIO()
-    reconcile.write_csv(sample_report(), out)
+    reconciliation.write_csv(sample_report(), out)
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [r["record"] for r in rows] == ["summary", "difference", "difference"]
     assert (rows[0]["currency"], rows[0]["paid_amount"], rows[0]["differences"]) == (
@@ -235,7 +235,7 @@ def test_csv_output_has_summary_rows_then_one_row_per_difference() -> None:
 def test_exit_code_is_2_for_problems_1_for_differences_0_otherwise() -> None:
     report = sample_report()
     assert report.exit_code == 1
-    report.problems.append(reconcile.Problem("sandbox", "list failed"))
+    report.problems.append(reconciliation.Problem("sandbox", "list failed"))
     assert report.exit_code == 2
     assert Report(DAY, SINCE, UNTIL).exit_code == 0
 
@@ -269,7 +269,7 @@ def test_status_reads_keep_within_the_concurrency_and_report_unreadable_orders()
         body = {"id": psp_id, "status": "paid", "amount": 1000, "currency": USD}
         return httpx.Response(200, json=body)
 
-    async def read() -> tuple[list[Seen], list[reconcile.Problem]]:
+    async def read() -> tuple[list[Seen], list[reconciliation.Problem]]:
         transport = Transport(
             runtime.adapter,
             runtime.settings,
