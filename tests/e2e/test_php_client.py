@@ -193,7 +193,8 @@ def test_php_client_reads_balances_and_entries_page_by_page_and_debits_once(
 class Front:
     """An HTTP front of the API that does what it is told to each request in turn: ``pass`` it
     on, ``lose`` the API's answer (pass it on, answer 502), answer ``busy`` (503 with
-    Retry-After, not passed on), or ``hang`` (no answer until the test ends). It records every
+    Retry-After, not passed on), answer ``html`` (200 with a web server's page, not passed on),
+    or ``hang`` (no answer until the test ends). It records every
     request it receives."""
 
     upstream: str
@@ -211,6 +212,9 @@ class Front:
         fault = "pass" if self.faults.empty() else self.faults.get()
         if fault == "hang":
             self.release.wait(timeout=30)
+            return
+        if fault == "html":
+            self.answer(request, 200, b"<html><body>Welcome to nginx!</body></html>", {})
             return
         if fault == "busy":
             body = b'{"error":{"code":"unavailable","message":"the database is unreachable"}}'
@@ -339,6 +343,20 @@ def test_a_refusal_is_not_retried(php: str, api: Api, front: Front) -> None:
     assert len(front.seen) == 1
 
 
+def test_a_success_that_is_no_json_object_is_unavailable_malformed_response_and_not_retried(
+    php: str, api: Api, front: Front
+) -> None:
+    site, key = api.new_key()
+    order = api.paid_order(site)
+    front.plan("html")
+    env = {"PD_FRONT_URL": front.url, "PD_KEY": key, "PD_ORDER": str(order)}
+    outcome = run_php(php, "retry.php", env, "get")
+    assert outcome == {
+        "error": "Paydispatch\\Exception\\Unavailable", "status": 200, "code": "malformed_response"
+    }  # fmt: skip
+    assert len(front.seen) == 1
+
+
 def test_an_api_that_never_answers_times_out_and_is_retried_then_unavailable(
     php: str, api: Api, front: Front
 ) -> None:
@@ -417,7 +435,11 @@ def test_php_webhook_verify_accepts_and_refuses_exactly_what_the_python_receiver
         "at the tolerance",
     }  # fmt: skip
     assert outcome["valid"] == f"ok {event_id}"
-    assert outcome["_php_signature"] == signature("s3cret", 1_700_000_000, b'{"id":"e-1"}')
+    signed = 1_700_000_000, b'{"id":"e-1"}'
+    assert outcome["_php_signature"] == signature("s3cret", *signed)
+    assert outcome["_php_rotation_header"] == (
+        f"t={signed[0]},v1={signature('s3cret', *signed)},v1={signature('old', *signed)}"
+    )
 
 
 def test_a_php_endpoint_accepts_a_webhook_as_paydispatch_signs_it_and_refuses_a_forgery(

@@ -44,7 +44,7 @@ final class Client
      */
     public function __construct(
         string $baseUrl,
-        string $apiKey,
+        #[\SensitiveParameter] string $apiKey,
         private readonly float $timeout = 10.0,
         private readonly int $retries = 3,
         private readonly float $backoff = 0.2,
@@ -67,6 +67,19 @@ final class Client
         ];
         // One handle for the client's life: curl keeps the connection open between calls.
         $this->curl = curl_init();
+    }
+
+    /** What var_dump() and print_r() show: everything but the key. */
+    public function __debugInfo(): array
+    {
+        return [
+            'baseUrl' => $this->baseUrl,
+            'timeout' => $this->timeout,
+            'connectTimeout' => $this->connectTimeout ?? $this->timeout,
+            'retries' => $this->retries,
+            'backoff' => $this->backoff,
+            'maxBackoff' => $this->maxBackoff,
+        ];
     }
 
     /**

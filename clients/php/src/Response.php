@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace Paydispatch;
 
+use Paydispatch\Exception\Unavailable;
+
 /** @internal An HTTP answer as the client needs it. */
 final class Response
 {
@@ -16,12 +18,23 @@ final class Response
     ) {
     }
 
-    /** @return array<string, mixed> */
+    /**
+     * The answer's JSON object. A success that is not one (an HTML page of a proxy in between,
+     * a truncated body) is Unavailable `malformed_response`: the request may have taken effect,
+     * so try again later with the same idempotency key.
+     *
+     * @return array<string, mixed>
+     */
     public function json(): array
     {
-        $data = json_decode($this->body, true, 512, JSON_THROW_ON_ERROR);
+        try {
+            $data = json_decode($this->body, true, 512, JSON_THROW_ON_ERROR);
+        } catch (\JsonException $e) {
+            $data = null;
+        }
         if (!is_array($data)) {
-            throw new \UnexpectedValueException('the API answered JSON that is not an object');
+            $message = sprintf('HTTP %d with no JSON object: %.80s', $this->status, $this->body);
+            throw new Unavailable($this->status, 'malformed_response', $message);
         }
         return $data;
     }

@@ -37,7 +37,7 @@ final class Webhook
     public static function verify(
         string $rawBody,
         ?string $header,
-        string|array $secrets,
+        #[\SensitiveParameter] string|array $secrets,
         int $tolerance = self::TOLERANCE,
         int|float|null $now = null,
     ): array {
@@ -77,16 +77,35 @@ final class Webhook
         return $event;
     }
 
-    /** The header value paydispatch sends for `$rawBody` (for a site's own tests). */
-    public static function sign(string $secret, string $rawBody, ?int $timestamp = null): string
-    {
+    /**
+     * The header value paydispatch sends for `$rawBody` (for a site's own tests): one `v1` per
+     * secret, as paydispatch signs with the new and the previous secret during a rotation.
+     *
+     * @param string|list<string> $secrets
+     */
+    public static function sign(
+        #[\SensitiveParameter] string|array $secrets,
+        string $rawBody,
+        ?int $timestamp = null,
+    ): string {
+        $secrets = is_array($secrets) ? $secrets : [$secrets];
+        if ($secrets === []) {
+            throw new \InvalidArgumentException('sign needs at least one secret');
+        }
         $t = $timestamp ?? time();
-        return sprintf('t=%d,v1=%s', $t, self::signature($secret, $t, $rawBody));
+        $header = "t=$t";
+        foreach ($secrets as $secret) {
+            $header .= ',v1=' . self::signature($secret, $t, $rawBody);
+        }
+        return $header;
     }
 
     /** Hex HMAC-SHA256 of "<timestamp>.<body>". */
-    public static function signature(string $secret, int $timestamp, string $rawBody): string
-    {
+    public static function signature(
+        #[\SensitiveParameter] string $secret,
+        int $timestamp,
+        string $rawBody,
+    ): string {
         return hash_hmac('sha256', $timestamp . '.' . $rawBody, $secret);
     }
 

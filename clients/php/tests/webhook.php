@@ -31,6 +31,7 @@ $t = 1_700_000_000;
 $header = Webhook::sign('s3cret', '{"id":"e-1"}', $t);
 same(['id' => 'e-1'], Webhook::verify('{"id":"e-1"}', $header, 's3cret', now: $t), 'sign then verify');
 $outcome['_php_signature'] = Webhook::signature('s3cret', $t, '{"id":"e-1"}');
+$outcome['_php_rotation_header'] = Webhook::sign(['s3cret', 'old'], '{"id":"e-1"}', $t);
 
 throws(InvalidArgumentException::class, fn () => Webhook::verify('{}', $header, []), 'no secret');
 report($outcome);
