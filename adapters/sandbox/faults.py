@@ -40,6 +40,36 @@ class MalformedStyle(StrEnum):
     TRUNCATED = "truncated"
 
 
+# What each fault kind does and which of :class:`Fault`'s fields it reads: listed at
+# ``GET /_control/`` and in docs/sandbox.md (a test keeps all three in step with the enum).
+FAULT_KIND_HELP: Mapping[FaultKind, tuple[str, tuple[str, ...]]] = {
+    FaultKind.LATENCY: ("answer normally after `ms` milliseconds", ("ms",)),
+    FaultKind.HTTP_500: ("nothing happens; 500 with a JSON error", ()),
+    FaultKind.HTTP_429: (
+        "nothing happens; 429 with `Retry-After: retry_after` (seconds)",
+        ("retry_after",),
+    ),
+    FaultKind.TIMEOUT: (
+        "nothing happens; the request is held `seconds` (default: the sandbox's hang_seconds), "
+        "then 504",
+        ("seconds",),
+    ),
+    FaultKind.ACCEPT_THEN_TIMEOUT: (
+        "the operation happens, then the request is held like `timeout`: the answer is lost",
+        ("seconds",),
+    ),
+    FaultKind.MALFORMED: (
+        "the operation happens; 200 with an nginx HTML page (`style: html`) or the JSON cut in "
+        "half (`style: truncated`)",
+        ("style",),
+    ),
+    FaultKind.AMOUNT_MISMATCH: (
+        "the operation happens; every reported amount is off by `delta` minor units",
+        ("delta",),
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     """One injected fault. Only the parameters of its kind matter."""
@@ -124,6 +154,13 @@ class OperationFaults:
 class WebhookFaults:
     duplicate: bool = False  # every webhook is delivered twice, with the same event_id
     reorder: bool = False  # webhooks are held back and delivered pairwise out of order
+
+
+# The switches of ``POST /_control/webhooks``, for ``GET /_control/`` and docs/sandbox.md.
+WEBHOOK_FAULT_HELP: Mapping[str, str] = {
+    "duplicate": "every webhook is delivered twice, with the same event_id",
+    "reorder": "webhooks are held back (up to reorder_window) and delivered pairwise out of order",
+}
 
 
 @dataclass(frozen=True, slots=True)

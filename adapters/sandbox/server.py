@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from adapters.sandbox import pages
 from adapters.sandbox.config import SandboxConfig
+from adapters.sandbox.control_index import control_index
 from adapters.sandbox.faults import (
     Fault,
     FaultKind,
@@ -278,8 +279,17 @@ class _Routes:
         return HTMLResponse(pages.result_page(record, record.status_at(service.now())))
 
     # -- control API --------------------------------------------------------------------------
+    # Each handler's first docstring paragraph is its line in the GET /_control/ listing.
+
+    async def control_index(self, request: Request) -> Response:
+        """This listing: every control route, fault kind and webhook switch."""
+        choices = {"action": list(_CONTROL_MOVES), "operation": [o.value for o in Operation]}
+        hang = self.service.config.hang_seconds
+        return JSONResponse(control_index(request.app.routes, choices, hang))
 
     async def control_move(self, request: Request) -> Response:
+        """Pay (also late: past the deadline or after a refusal), decline or refund an invoice,
+        as the buyer or the payment system would."""
         move = _CONTROL_MOVES.get(request.path_params["action"])
         if move is None:
             known = ", ".join(_CONTROL_MOVES)
@@ -291,9 +301,12 @@ class _Routes:
         return JSONResponse(outcome.record.to_json(self.service.now()))
 
     async def get_faults(self, request: Request) -> Response:
+        """The faults pending: each operation's queue, rate and choices, and webhook faults."""
         return JSONResponse(self.service.faults.describe())
 
     async def add_faults(self, request: Request) -> Response:
+        """Add faults to an operation: {queue: [fault, ...], rate: 0..1, choices: [fault, ...]};
+        the queue is served first, one fault per call, then `rate` of the calls get a choice."""
         try:
             operation = Operation(request.path_params["operation"])
             faults = OperationFaults.from_json(await _json_body(request))
@@ -305,6 +318,7 @@ class _Routes:
         return JSONResponse(self.service.faults.describe())
 
     async def set_webhook_faults(self, request: Request) -> Response:
+        """Switch webhook faults: {duplicate: bool, reorder: bool}."""
         try:
             body = await _json_body(request)
         except ApiError as exc:
@@ -318,13 +332,16 @@ class _Routes:
         return JSONResponse(self.service.faults.describe())
 
     async def clear_faults(self, request: Request) -> Response:
+        """Drop every pending fault (served counts stay)."""
         self.service.faults.clear()
         return JSONResponse(self.service.faults.describe())
 
     async def stats(self, request: Request) -> Response:
+        """Invoices by status, calls per operation, faults served, webhooks sent."""
         return JSONResponse(self.service.stats())
 
     async def reset(self, request: Request) -> Response:
+        """Forget every invoice, counter and fault: back to the configured fault plan."""
         self.service.reset()
         return JSONResponse({"reset": True})
 
@@ -355,6 +372,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             Route("/pay/{invoice_id}", routes.pay_page, methods=["GET"]),
             Route("/pay/{invoice_id}/pay", routes.pay, methods=["POST"]),
             Route("/pay/{invoice_id}/decline", routes.decline, methods=["POST"]),
+            Route("/_control/", routes.control_index, methods=["GET"]),
             Route(
                 "/_control/invoices/{invoice_id}/{action:str}",
                 routes.control_move,

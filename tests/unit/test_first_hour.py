@@ -1,6 +1,8 @@
 """Issue #16, "Surprises to remove": what a new operator tripped over in the first hour.
 
-A payment system that is down is one warning per adapter per interval, not a line per order.
+A payment system that is down is one warning per adapter per interval, not a line per order;
+the sandbox's control API lists its routes and fault switches at ``/_control/`` and in
+docs/sandbox.md.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 import structlog
+from starlette.routing import Route
 from structlog.testing import capture_logs
 
+from adapters.sandbox.faults import WEBHOOK_FAULT_HELP, FaultKind, Operation, WebhookFaults
+from adapters.sandbox.server import create_app
 from dispatcher import metrics
 from dispatcher.breaker import BreakerState
 from dispatcher.engine import Action, Engine
@@ -188,3 +194,77 @@ def test_a_new_outage_after_recovery_warns_at_once() -> None:
         ("warning", "down again"),
     ]
     assert logs[2]["suppressed"] == 0
+
+
+# -- the sandbox's control API lists itself ---------------------------------------------------
+
+SANDBOX_DOC = Path(__file__).resolve().parents[2] / "docs" / "sandbox.md"
+
+
+def _control_listing() -> tuple[int, Any, list[tuple[str, str]]]:
+    """GET /_control/ of a fresh sandbox app, and the app's own control routes."""
+    app = create_app()
+    routes = [
+        (method, route.path_format)
+        for route in app.routes
+        if isinstance(route, Route) and route.path.startswith("/_control/")
+        for method in sorted((route.methods or set()) - {"HEAD"})
+    ]
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+            return await client.get("/_control/")
+
+    response = asyncio.run(get())
+    return response.status_code, response.json(), routes
+
+
+def test_sandbox_control_root_lists_every_control_route_with_a_description() -> None:
+    status, listing, routes = _control_listing()
+
+    assert status == 200
+    listed = {(r["method"], r["path"]): r for r in listing["routes"]}
+    assert set(listed) == set(routes)
+    # the switches a tester reaches for first are among them
+    assert {
+        ("POST", "/_control/faults/{operation}"),
+        ("POST", "/_control/webhooks"),
+        ("POST", "/_control/reset"),
+        ("GET", "/_control/stats"),
+        ("POST", "/_control/invoices/{invoice_id}/{action}"),
+    } <= set(listed)
+    assert all(r["description"] for r in listing["routes"])
+    assert listed["POST", "/_control/faults/{operation}"]["choices"] == {
+        "operation": [o.value for o in Operation]
+    }
+    assert listed["POST", "/_control/invoices/{invoice_id}/{action}"]["choices"] == {
+        "action": ["pay", "decline", "refund"]
+    }
+
+
+def test_sandbox_control_root_lists_every_fault_kind_with_its_parameters() -> None:
+    _, listing, _ = _control_listing()
+
+    kinds = listing["fault_kinds"]
+    assert list(kinds) == [k.value for k in FaultKind]
+    assert all(kind["description"] for kind in kinds.values())
+    assert kinds["latency"]["parameters"] == {"ms": 500}
+    assert kinds["timeout"]["parameters"] == {"seconds": 30.0}  # the config's hang_seconds
+    assert kinds["malformed"]["parameters"] == {"style": "html"}
+    assert set(listing["webhook_faults"]) == {"duplicate", "reorder"}
+
+
+def test_every_webhook_fault_switch_has_a_description() -> None:
+    assert set(WEBHOOK_FAULT_HELP) == set(WebhookFaults.__dataclass_fields__)
+
+
+def test_docs_sandbox_lists_every_control_route_and_fault() -> None:
+    doc = SANDBOX_DOC.read_text(encoding="utf-8")
+    _, listing, routes = _control_listing()
+
+    missing = [f"{m} {p}" for m, p in routes if f"| `{m}` | `{p}` |" not in doc]
+    missing += [f"fault {k}" for k in listing["fault_kinds"] if f"| `{k}` |" not in doc]
+    missing += [f"switch {w}" for w in listing["webhook_faults"] if f"| `{w}` |" not in doc]
+    missing += [f"operation {o}" for o in listing["operations"] if f"`{o}`" not in doc]
+    assert not missing, f"docs/sandbox.md does not list: {missing}"
