@@ -9,6 +9,7 @@ when ``php`` (with its curl extension) is not installed; .ci/run installs it in 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,8 +33,9 @@ import pytest
 
 from dispatcher.api.keys import ApiKeys
 from dispatcher.billing.receiver import HEADER, sign, signature, verify
+from dispatcher.billing.sites import SiteWebhooks
 from dispatcher.billing.wallet import Wallets
-from dispatcher.billing.webhook import event_body
+from dispatcher.billing.webhook import Delivery, Outbox, event_body
 from dispatcher.services import Services, free_port
 from orders import Money, NewOrder, OrderStatus
 from orders.client import ApiError, Client
@@ -442,6 +445,33 @@ def test_php_webhook_verify_accepts_and_refuses_exactly_what_the_python_receiver
     )
 
 
+@contextmanager
+def php_endpoint(php: str, secrets: list[str], seen: Path | None = None) -> Iterator[str]:
+    """The README's webhook endpoint (clients/php/tests/receiver.php) under PHP's own web
+    server, verifying with ``secrets``; yields its URL once it answers."""
+    url = f"http://127.0.0.1:{free_port()}"
+    env = os.environ | {"PD_SECRETS": ",".join(secrets), "PD_SEEN": str(seen or "")}
+    server = subprocess.Popen(
+        [php, "-S", url.removeprefix("http://"), str(PHP_TESTS / "receiver.php")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def serving() -> bool:
+        try:
+            return httpx.post(url, content=b"{}", timeout=2).status_code == 400
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(serving, timeout=30, what="php -S")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_a_php_endpoint_accepts_a_webhook_as_paydispatch_signs_it_and_refuses_a_forgery(
     php: str, api: Api
 ) -> None:
@@ -449,45 +479,98 @@ def test_a_php_endpoint_accepts_a_webhook_as_paydispatch_signs_it_and_refuses_a_
     order = api.repo.get(api.paid_order(site))
     event_id = uuid.uuid4()
     body = event_body(event_id, order, late=False).encode()
-    url = f"http://127.0.0.1:{free_port()}"
-    # Given the README's endpoint under PHP's own web server, holding a new and an old secret,
-    server = subprocess.Popen(
-        [php, "-S", url.removeprefix("http://"), str(PHP_TESTS / "receiver.php")],
-        env=os.environ | {"PD_SECRETS": "whsec-new,whsec-old"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with httpx.Client(base_url=url, timeout=10) as http:
+    # Given the README's endpoint, holding a new and an old secret,
+    with (
+        php_endpoint(php, ["whsec-new", "whsec-old"]) as url,
+        httpx.Client(base_url=url, timeout=10) as http,
+    ):
 
-            def post(raw: bytes, header: str) -> httpx.Response:
-                headers = {HEADER: header, "Content-Type": "application/json"}
-                return http.post("/paydispatch-webhook", content=raw, headers=headers)
+        def post(raw: bytes, header: str) -> httpx.Response:
+            headers = {HEADER: header, "Content-Type": "application/json"}
+            return http.post("/paydispatch-webhook", content=raw, headers=headers)
 
-            def serving() -> bool:
-                try:
-                    return post(b"{}", "").status_code == 400
-                except httpx.TransportError:
-                    return False
+        # when paydispatch posts an event signed now with either secret, it is accepted;
+        for secret in ("whsec-old", "whsec-new"):
+            accepted = post(body, sign(secret, body))
+            assert accepted.status_code == 200, accepted.text
+            assert accepted.json() == {"id": str(event_id), "user_id": "42"}
+        # a changed amount, another secret or a signature ten minutes old are refused.
+        forged = body.replace(b'"amount":1999', b'"amount":9999')
+        stale = int(time.time()) - 600
+        for raw, header in [
+            (forged, sign("whsec-new", body)),
+            (body, sign("whsec-other", body)),
+            (body, sign("whsec-new", body, stale)),
+        ]:
+            assert post(raw, header).status_code == 400
 
-            wait_until(serving, timeout=30, what="php -S")
-            # when paydispatch posts an event signed now with either secret, it is accepted;
-            for secret in ("whsec-old", "whsec-new"):
-                accepted = post(body, sign(secret, body))
-                assert accepted.status_code == 200, accepted.text
-                assert accepted.json() == {"id": str(event_id), "user_id": "42"}
-            # a changed amount, another secret or a signature ten minutes old are refused.
-            forged = body.replace(b'"amount":1999', b'"amount":9999')
-            stale = int(time.time()) - 600
-            for raw, header in [
-                (forged, sign("whsec-new", body)),
-                (body, sign("whsec-other", body)),
-                (body, sign("whsec-new", body, stale)),
-            ]:
-                assert post(raw, header).status_code == 400
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+
+def deliver_once(api: Api, site: str) -> tuple[str, dict[str, Any]]:
+    """Pay an order of ``site`` with the webhook hook writing its event, and make one delivery
+    attempt with paydispatch's own Delivery; returns the outcome and the outbox row."""
+    outbox = Outbox(api.pool)
+    new = NewOrder(site=site, user_id="buyer", money=Money(1999, "EUR"), adapter="sandbox")
+    order_id = api.repo.create(new).order.id
+    api.repo.transition(order_id, OrderStatus.NEW, OrderStatus.SUBMITTING, actor="test")
+    api.repo.transition(
+        order_id, OrderStatus.SUBMITTING, OrderStatus.AWAITING_PAYMENT, actor="test",
+        psp_id=f"inv-{order_id}", pay_url="https://psp.example/pay/1",
+    )  # fmt: skip
+    api.repo.transition(
+        order_id, OrderStatus.AWAITING_PAYMENT, OrderStatus.PAID, actor="test",
+        within=outbox.enqueue,
+    )  # fmt: skip
+    claimed = dict(outbox.claim(100, timedelta(minutes=1)))
+    with api.pool.connection() as conn:
+        query = "SELECT id FROM billing_outbox WHERE order_id = %s"
+        written = conn.execute(query, (order_id,)).fetchone()
+    assert written is not None
+    event_id = written["id"]
+
+    async def attempt() -> str:
+        delivery = Delivery(api.pool, timeout=10)
+        try:
+            return await delivery.deliver(event_id, claimed[event_id])
+        finally:
+            await delivery.aclose()
+
+    outcome = asyncio.run(attempt())
+    with api.pool.connection() as conn:
+        found = conn.execute("SELECT * FROM billing_outbox WHERE id = %s", (event_id,)).fetchone()
+    assert found is not None
+    return outcome, found
+
+
+def test_paydispatch_delivers_a_paid_event_to_a_php_endpoint_through_a_secret_rotation(
+    php: str, api: Api, tmp_path: Path
+) -> None:
+    site, _ = api.new_key()
+    seen = tmp_path / "seen"
+    sites = SiteWebhooks(api.pool)
+    _, first = sites.set(site, "http://127.0.0.1:9/not-yet")  # its first secret, shown once
+    assert first is not None
+    rotated = sites.rotate(site)
+    assert rotated is not None
+    second = rotated[1]
+    # Given a site whose endpoint still holds only the secret from before the rotation,
+    with php_endpoint(php, [first], seen) as url:
+        sites.set(site, url)
+        # when paydispatch delivers a paid order's event, signed with both secrets,
+        outcome, row = deliver_once(api, site)
+        # then the PHP endpoint verified it and took its id.
+        assert (outcome, row["status"], row["last_status"]) == ("delivered", "delivered", 200)
+        assert seen.read_text().split() == [str(row["id"])]
+    # An endpoint that switched to the new secret accepts the next event too,
+    with php_endpoint(php, [second], seen) as url:
+        sites.set(site, url)
+        outcome, _ = deliver_once(api, site)
+        assert outcome == "delivered"
+    # and one holding a secret paydispatch never had refuses it: the event waits for a retry.
+    with php_endpoint(php, ["whsec_not_this_sites"], seen) as url:
+        sites.set(site, url)
+        outcome, row = deliver_once(api, site)
+        assert (outcome, row["status"], row["last_status"]) == ("retry", "pending", 400)
+    assert len(seen.read_text().split()) == 2
 
 
 # -- the package: composer.json, syntax, Composer installs ------------------------------------
