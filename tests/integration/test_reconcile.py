@@ -12,15 +12,19 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import date
-from typing import Any
+from datetime import date, timedelta
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 
+from adapters import registry
+from adapters.base import Capabilities
 from adapters.registry import resolve_settings
+from adapters.sandbox import Sandbox
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.runner import SandboxHandle
+from dispatcher import config, reconcile
 from dispatcher.billing.wallet import EntryKind, Wallets
 from dispatcher.cli import build_parser
 from orders import Money, NewOrder, OrderStatus
@@ -275,3 +279,91 @@ def test_reconcile_refuses_a_date_that_is_not_one(capsys: pytest.CaptureFixture[
         build_parser().parse_args(["reconcile", "--date", "2026-13-01"])
     assert exited.value.code == 2
     assert "is not a date YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_sandbox_lists_invoices_of_a_window_page_by_page(
+    sandbox: SandboxHandle, plant: Plant
+) -> None:
+    created = [plant.invoice(plant.order()) for _ in range(3)]
+    auth = {"Authorization": "Bearer sandbox-key"}
+    window = {"created_gte": "2000-01-01T00:00:00+00:00", "created_lt": "2100-01-01T00:00:00+00:00"}
+
+    first = plant.client.get("/api/v1/invoices", params=window | {"limit": "2"}, headers=auth)
+    after = first.json()["next_cursor"]
+    rest = plant.client.get(
+        "/api/v1/invoices", params=window | {"limit": "2", "starting_after": after}, headers=auth
+    )
+    empty = plant.client.get(
+        "/api/v1/invoices", params={"created_lt": "2000-01-01T00:00:00+00:00"}, headers=auth
+    )
+    unknown = plant.client.get(
+        "/api/v1/invoices", params={"starting_after": "inv_nobody"}, headers=auth
+    )
+
+    assert [i["id"] for i in first.json()["items"]] == created[:2]
+    assert after == created[1]
+    assert ([i["id"] for i in rest.json()["items"]], rest.json()["next_cursor"]) == (
+        created[2:],
+        None,
+    )
+    assert empty.json() == {"items": [], "next_cursor": None}
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, "invalid_cursor")
+
+
+class PolledSandbox(Sandbox):
+    """The sandbox as a payment system without a list: reconciled through status calls."""
+
+    name: ClassVar[str] = "polledsandbox"
+    capabilities: ClassVar[Capabilities] = replace(Sandbox.capabilities, list_payments=False)
+
+
+@pytest.fixture
+def polled(sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[PolledSandbox]:
+    """The adapter registered in this process and pointed at the sandbox."""
+    monkeypatch.setenv("PAYDISPATCH_POLLEDSANDBOX_API_URL", sandbox.url)
+    adapter = PolledSandbox()
+    registry.register(adapter)
+    yield adapter
+    registry.unregister(adapter.name)
+
+
+def test_a_payment_system_without_a_list_is_reconciled_by_status_calls(
+    database_url: str, plant: Plant, pool: Pool, polled: PolledSandbox
+) -> None:
+    # Given orders of a payment system without a list: one paid on both sides, one paid here
+    # only, one expired here but paid there, one expired on both sides
+    repo = OrderRepository(pool, {polled.name: timedelta(hours=1)})
+
+    def order() -> Order:
+        new = NewOrder(site=plant.site, user_id="u1", money=TEN_DOLLARS, adapter=polled.name)
+        return repo.create(new).order
+
+    matched, unpaid_there, paid_there, expired = order(), order(), order(), order()
+    day = plant.record(matched, plant.invoice(matched, None, "pay"), S.PAID).paid_at
+    assert day is not None
+    plant.record(unpaid_there, plant.invoice(unpaid_there), S.PAID)
+    plant.record(paid_there, plant.invoice(paid_there, None, "pay"), S.EXPIRED)
+    plant.record(expired, plant.invoice(expired, None, "decline"), S.EXPIRED)
+    calls_before = plant.client.get("/_control/stats").json()["calls"]["status"]
+    environ = {"PAYDISPATCH_DATABASE_URL": database_url, "PAYDISPATCH_BROKER_URL": "redis://x:1"}
+    lines: list[str] = []
+
+    # When the day is reconciled in-process (the adapter is registered only here)
+    report = reconcile.run(
+        config.load(environ),
+        day.date(),
+        site=plant.site,
+        adapter=polled.name,
+        concurrency=2,
+        progress=lines.append,
+    )
+
+    # Then every order was read once, and the two differences are found
+    assert plant.client.get("/_control/stats").json()["calls"]["status"] - calls_before == 4
+    assert sorted((str(d.kind), d.order_id) for d in report.differences) == sorted(
+        [("paid_here_not_there", unpaid_there.id), ("paid_there_not_here", paid_there.id)]
+    )
+    assert report.exit_code == 1
+    (summary,) = report.summaries
+    assert (summary.method, summary.paid_orders, summary.paid_there) == ("status", 2, 2)
+    assert lines[-1] == "polledsandbox: re-read 4/4 orders"
