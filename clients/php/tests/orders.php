@@ -15,6 +15,7 @@ use Paydispatch\OrderStatus;
 
 $url = env('PD_URL');
 $pd = new Client($url, env('PD_KEY'), retries: 1);
+check(!str_contains(print_r($pd, true), env('PD_KEY')), 'print_r() does not show the key');
 
 $created = $pd->createOrder(
     userId: '42', amount: 1999, currency: 'EUR', adapter: 'sandbox', siteRef: 'P-1',
