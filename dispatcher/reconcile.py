@@ -317,6 +317,12 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
 
 
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def _progress(line: str) -> None:
     print(f"reconcile: {line}", file=sys.stderr, flush=True)
 
@@ -359,6 +365,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--format", choices=sorted(WRITERS), default="text")
     parser.add_argument("--output", help="write the report to this file instead of stdout")
     parser.add_argument(
-        "--concurrency", type=int, default=10, help="status calls in flight at once (default 10)"
+        "--concurrency",
+        type=_positive,
+        default=10,
+        help="status calls in flight at once (default 10)",
     )
     parser.set_defaults(func=cmd_reconcile)

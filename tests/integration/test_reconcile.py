@@ -274,11 +274,20 @@ def test_reconcile_exits_2_when_the_payment_system_cannot_list(
     assert "payments not listed" in report["errors"][0]["message"]
 
 
-def test_reconcile_refuses_a_date_that_is_not_one(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--date", "2026-13-01"], "is not a date YYYY-MM-DD"),
+        (["--concurrency", "0"], "is not a whole number of 1 or more"),
+    ],
+)
+def test_reconcile_refuses_options_it_cannot_use(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        build_parser().parse_args(["reconcile", "--date", "2026-13-01"])
+        build_parser().parse_args(["reconcile", *args])
     assert exited.value.code == 2
-    assert "is not a date YYYY-MM-DD" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
 
 
 def test_sandbox_lists_invoices_of_a_window_page_by_page(
