@@ -46,6 +46,8 @@ class Seen:
 
 @dataclass(frozen=True, slots=True)
 class Difference:
+    """One difference: the order as recorded here (if any) and the payment as shown there."""
+
     kind: Kind
     adapter: str
     site: str | None  # None: the payment names no order of ours
@@ -86,6 +88,8 @@ class Summary:
 
 @dataclass(slots=True)
 class Report:
+    """A day's report over every payment system read; ``[since, until)`` is the UTC day."""
+
     day: date
     since: datetime
     until: datetime
@@ -112,6 +116,9 @@ def owner(seen: Seen, by_psp: Mapping[str, Order], by_id: Mapping[UUID, Order]) 
 def _difference(
     kind: Kind, adapter: str, detail: str, order: Order | None, report: StatusReport | None
 ) -> Difference:
+    psp_id = report.psp_id if report is not None else None
+    if psp_id is None and order is not None:
+        psp_id = order.psp_id
     return Difference(
         kind=kind,
         adapter=adapter,
@@ -119,7 +126,7 @@ def _difference(
         detail=detail,
         order_id=None if order is None else order.id,
         number=None if order is None else order.number,
-        psp_id=report.psp_id if report is not None else None if order is None else order.psp_id,
+        psp_id=psp_id,
         status_here=None if order is None else str(order.status),
         state_there=None if report is None else str(report.state),
         money_here=None if order is None else order.money,
