@@ -118,14 +118,17 @@ def _session(request: Request, ctx: Context) -> Session | None:
 MaybeSession = Annotated[Session | None, Depends(_session)]
 
 
-def _checked(ctx: ApiContext, session: Session | None, form: dict[str, str]) -> Response | None:
-    """The refusal of a POST without a live session (401) or its CSRF token (403)."""
+def _authorized(
+    ctx: ApiContext, session: Session | None, form: dict[str, str]
+) -> Session | Response:
+    """The session of a POST, or its refusal: 401 without a live session, 403 without the
+    session's CSRF token."""
     if session is None:
         return _login_form(ctx, 401)
     if not session.csrf_ok(form.get("csrf")):
         log.warning("console CSRF token refused", operator=session.operator)
         return _refused(403, "Refused", "The form was not sent from this console; reload it.")
-    return None
+    return session
 
 
 # -- logging in and out --------------------------------------------------------------------
@@ -156,10 +159,10 @@ def login(request: Request, ctx: Context, form: Form) -> Response:
 @router.post("/logout")
 @_unavailable
 def logout(ctx: Context, session: MaybeSession, form: Form) -> Response:
-    refused = _checked(ctx, session, form)
-    if refused is not None or session is None:
-        return refused or _login_form(ctx, 401)
-    Operators(ctx.pool).logout(session.token)
+    checked = _authorized(ctx, session, form)
+    if isinstance(checked, Response):
+        return checked
+    Operators(ctx.pool).logout(checked.token)
     response = _see("/console/login")
     response.delete_cookie(SESSION_COOKIE, path="/console")
     return response
@@ -269,9 +272,10 @@ def order(ctx: Context, session: MaybeSession, order_id: str, done: str = "") ->
 @_unavailable
 def resolve(ctx: Context, session: MaybeSession, form: Form, order_id: str) -> Response:
     """Settle a needs_review order to paid or rejected, with a reason and the evidence."""
-    refused = _checked(ctx, session, form)
-    if refused is not None or session is None:
-        return refused or _login_form(ctx, 401)
+    checked = _authorized(ctx, session, form)
+    if isinstance(checked, Response):
+        return checked
+    session = checked
     found = _uuid(order_id)
     if found is None:
         return _refused(404, "Not found", "That is not an order id.")
@@ -298,9 +302,10 @@ def resolve(ctx: Context, session: MaybeSession, form: Form, order_id: str) -> R
 @_unavailable
 def replay(ctx: Context, session: MaybeSession, form: Form, event_id: str) -> Response:
     """Queue a parked billing webhook event for delivery again, saying why."""
-    refused = _checked(ctx, session, form)
-    if refused is not None or session is None:
-        return refused or _login_form(ctx, 401)
+    checked = _authorized(ctx, session, form)
+    if isinstance(checked, Response):
+        return checked
+    session = checked
     found = _uuid(event_id)
     if found is None:
         return _refused(404, "Not found", "That is not an event id.")

@@ -189,7 +189,8 @@ def dashboard(view: Overview, *, operator: str, csrf: str) -> str:
         '<p>Orders needing review: <a class=big id=needs-review href="/console/orders?'
         f'status=needs_review">{view.needs_review}</a></p>'
         f"<h2>Orders</h2><table id=counts><tr><th>adapter</th>{head}</tr>{''.join(rows)}</table>"
-        f"<p>Watched orders due now (polls, late-payment checks): {due.get('due', 0)}; "
+        f"<p>Due now: {due.get('due_active', due.get('due', 0))} active orders, "
+        f"{due.get('due_late_watch', 0)} finished orders watched for late payments; "
         f"in flight: {due.get('leased', 0)}.</p>"
         f"<h2>Stuck or needing review</h2>{_order_rows(view.stuck)}"
         f"<h2>Billing webhooks</h2><p>Pending: {box.get('pending', 0)}; "
