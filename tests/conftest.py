@@ -6,6 +6,7 @@ the embedded PostgreSQL and Redis under .paydispatch/ (started on first use, the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -15,21 +16,30 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 from psycopg import conninfo, sql
 
 from dispatcher import config, services
 from orders import schema
+from tests.dispatch_support import NAMESPACES, flush_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def found_services() -> services.Services:
+def found_services() -> Iterator[services.Services]:
     environ = dict(os.environ)
     environ.setdefault("PAYDISPATCH_HOME", str(ROOT / ".paydispatch"))
     environ.pop("PAYDISPATCH_CONFIG", None)
-    return services.ensure(config.load(environ))
+    found = services.ensure(config.load(environ))
+    yield found
+    # The tests' broker keys live in namespaces of their own in the configured Redis database
+    # (issue #12, item 10): delete them, and only them, so the run leaves nothing behind.
+    if found.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        for namespace in sorted(NAMESPACES):
+            with contextlib.suppress(redis.RedisError):
+                flush_namespace(found.broker_url, namespace)
 
 
 def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:

@@ -53,10 +53,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         time.sleep(0.05)
 
 
+# Every namespace own_namespace() handed out; tests/conftest.py deletes their keys at the end.
+NAMESPACES: set[str] = set()
+
+
 def own_namespace() -> str:
     """A broker namespace of one test's own: its queues share the configured Redis database
     with everything else there, and are the only keys it touches (issue #12, item 10)."""
-    return f"pdtest-{uuid.uuid4().hex[:12]}"
+    namespace = f"pdtest-{uuid.uuid4().hex[:12]}"
+    NAMESPACES.add(namespace)
+    return namespace
 
 
 def flush_namespace(broker_url: str, namespace: str) -> int:
