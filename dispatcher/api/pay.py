@@ -23,6 +23,7 @@ from dispatcher.api.responses import errors
 from dispatcher.api.schemas import BuyerState, PayStatus
 from orders.errors import (
     DispatchError,
+    InvalidInput,
     InvalidTransition,
     OrderNotFound,
     StaleOrder,
@@ -242,7 +243,7 @@ def switch(
         made = ctx.repo.switch(
             order.id, same_order_at, new_id=new_id, default_return_url=ctx.status_page(new_id)
         )
-    except SwitchRefused as exc:
+    except (SwitchRefused, InvalidInput) as exc:  # InvalidInput: an order older than its rules
         log.info("switch refused", order_id=str(order.id), reason=str(exc))
         return _back(order.id)
     return _back(made.order.id)

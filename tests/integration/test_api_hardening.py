@@ -140,6 +140,19 @@ def test_issue12_item1_a_chain_of_switches_is_bounded(
     assert site_orders(api, site) == MAX_SWITCH_DEPTH + 1
 
 
+def test_issue12_item1_an_order_older_than_the_text_rules_is_not_switched_and_not_a_500(
+    api: Api, http: httpx.Client, auth: dict[str, str], site: str
+) -> None:
+    # Given an order stored before control characters were refused,
+    order_id = http.post("/v1/orders", json=EUR, headers=auth).json()["id"]
+    with api.ctx.pool.connection() as conn:
+        conn.execute("UPDATE orders SET description = 'two\nlines' WHERE id = %s", (order_id,))
+    # when the buyer switches it, the page comes back and nothing changes.
+    assert _switch(http, order_id, "yookassa") == order_id
+    assert api.repo.get(UUID(order_id)).status is S.NEW
+    assert site_orders(api, site) == 1
+
+
 def test_issue12_item1_the_database_allows_one_replacement_per_order(api: Api, site: str) -> None:
     first = api.repo.create(
         NewOrder(site=site, user_id="u1", money=Money(100, "EUR"), adapter="sandbox")
