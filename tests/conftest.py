@@ -21,7 +21,7 @@ from psycopg import conninfo, sql
 
 from dispatcher import config, services
 from orders import schema
-from tests.dispatch_support import NAMESPACES, flush_namespace
+from tests.namespaces import NAMESPACES, flush_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()

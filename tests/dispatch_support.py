@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from typing import Any
 
 import dramatiq
 import httpx
-import redis
 
 from adapters import registry
 from adapters.base import PollPolicy
@@ -29,6 +27,7 @@ from dispatcher.policy import DispatchPolicy
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.sweeper import Sweeper
 from orders.repository import OrderRepository, open_pool
+from tests.namespaces import flush_namespace, own_namespace
 
 FAST = DispatchPolicy(
     poll=PollPolicy(first=timedelta(seconds=0.2), factor=1.5, cap=timedelta(seconds=0.5)),
@@ -51,31 +50,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.05)
-
-
-# Every namespace own_namespace() handed out; tests/conftest.py deletes their keys at the end.
-NAMESPACES: set[str] = set()
-
-
-def own_namespace() -> str:
-    """A broker namespace of one test's own: its queues share the configured Redis database
-    with everything else there, and are the only keys it touches (issue #12, item 10)."""
-    namespace = f"pdtest-{uuid.uuid4().hex[:12]}"
-    NAMESPACES.add(namespace)
-    return namespace
-
-
-def flush_namespace(broker_url: str, namespace: str) -> int:
-    """Delete every key of ``namespace`` (what a flushed Redis is to that daemon), and only
-    those; returns how many there were."""
-    client = redis.Redis.from_url(broker_url)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
-        if keys:
-            client.delete(*keys)
-        return len(keys)
-    finally:
-        client.close()
 
 
 def sandbox_runtime(sandbox_url: str, policy: DispatchPolicy = FAST) -> AdapterRuntime:
