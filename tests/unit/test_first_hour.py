@@ -2,16 +2,20 @@
 
 A payment system that is down is one warning per adapter per interval, not a line per order;
 the sandbox's control API lists its routes and fault switches at ``/_control/`` and in
-docs/sandbox.md.
+docs/sandbox.md; the first ``./run`` shows how its install is getting on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
+import importlib.util
+import io
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import httpx
@@ -268,3 +272,88 @@ def test_docs_sandbox_lists_every_control_route_and_fault() -> None:
     missing += [f"switch {w}" for w in listing["webhook_faults"] if f"| `{w}` |" not in doc]
     missing += [f"operation {o}" for o in listing["operations"] if f"`{o}`" not in doc]
     assert not missing, f"docs/sandbox.md does not list: {missing}"
+
+
+# -- ./run shows the first install's progress --------------------------------------------------
+
+# What pip prints while ./run installs the project (pip 25, no terminal, progress bars off).
+PIP_OUTPUT = (
+    """\
+Looking in indexes: https://pypi.org/simple, file:///opt/pypi/simple
+Looking in links: /opt/wheels
+Obtaining file:///work/main
+  Installing build dependencies: started
+  Installing build dependencies: finished with status 'done'
+  Checking if build backend supports build_editable: started
+WARNING: Location 'file:///opt/pypi-more/simple/h11/' is ignored: it is neither a file nor a dir
+Collecting dramatiq<3,>=2.0 (from dramatiq[redis]<3,>=2.0->paydispatch==0.1.0)
+  Downloading dramatiq-2.0.0-py3-none-any.whl (120 kB)
+"""
+    + "".join(f"Processing /opt/pypi/files/dep{n}-1.0-py3-none-any.whl\n" for n in range(11))
+    + """\
+Building wheels for collected packages: paydispatch
+  Building editable for paydispatch (pyproject.toml): started
+Installing collected packages: dep0, dep1, dep2, dramatiq, paydispatch
+Successfully installed dep0-1.0 dep1-1.0 dep2-1.0 dramatiq-2.0.0 paydispatch-0.1.0
+"""
+)
+
+
+def _run_script() -> ModuleType:
+    """The ``run`` script at the repository's root, imported as a module (it has no .py)."""
+    path = Path(__file__).resolve().parents[2] / "run"
+    loader = importlib.machinery.SourceFileLoader("paydispatch_run_script", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _follow(tty: bool) -> str:
+    run = _run_script()
+    out = io.StringIO()
+    ticks = iter(range(1000))
+    progress = run.PipProgress(out, tty=tty, clock=lambda: float(next(ticks)))
+    for line in PIP_OUTPUT.splitlines(keepends=True):
+        progress.feed(line)
+    progress.finish()
+    assert progress.lines[-1].startswith("Successfully installed")  # pip's output is kept
+    return out.getvalue()
+
+
+def test_first_install_without_a_terminal_prints_each_phase_with_counts_and_times() -> None:
+    shown = _follow(tty=False).splitlines()
+
+    assert shown == [
+        "    finding packages (1s)",
+        "    preparing the build (2s)",
+        "    finding packages: 1 package (3s)",
+        "    finding packages: 10 packages (4s)",  # a line every ten packages found
+        "    building: 12 packages (5s)",
+        "    installing and compiling: 5 packages (6s)",
+        "    installed: 5 packages (7s)",
+    ]
+    assert "\r" not in "".join(shown)
+    assert "is ignored" not in "".join(shown)  # pip's harmless find-links noise stays out
+
+
+def test_first_install_on_a_terminal_rewrites_one_status_line() -> None:
+    shown = _follow(tty=True)
+
+    assert shown.count("\n") == 1  # one line, ended once the install is done
+    updates = shown.split("\r\x1b[K")[1:]
+    assert len(updates) >= 14  # one per package found and per phase
+    assert "    finding packages: 1 package, dramatiq (4s)" in updates
+    assert "    finding packages: 2 packages, dep0 (5s)" in updates
+    assert updates[-1].startswith("    installed: 5 packages (")
+
+
+def test_pip_warnings_and_errors_are_shown_as_they_come() -> None:
+    run = _run_script()
+    out = io.StringIO()
+    progress = run.PipProgress(out, tty=True)
+    progress.feed("Collecting nothing-such\n")
+    progress.feed("ERROR: No matching distribution found for nothing-such\n")
+
+    assert out.getvalue().endswith("\n    ERROR: No matching distribution found for nothing-such\n")
