@@ -159,6 +159,7 @@ WITH v AS (
         pay_url = CASE WHEN w.c ? 'pay_url' THEN w.c->>'pay_url' ELSE o.pay_url END,
         attempts = CASE WHEN w.c ? 'attempts' THEN (w.c->>'attempts')::int ELSE o.attempts END,
         polls = CASE WHEN w.c ? 'polls' THEN (w.c->>'polls')::int ELSE o.polls END,
+        errors = CASE WHEN w.c ? 'errors' THEN (w.c->>'errors')::int ELSE o.errors END,
         expires_at = CASE WHEN w.c ? 'expires_at'
             THEN (w.c->>'expires_at')::timestamptz ELSE o.expires_at END,
         last_error = CASE WHEN w.c ? 'last_error' THEN w.c->>'last_error' ELSE o.last_error END,

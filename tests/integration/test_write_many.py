@@ -9,7 +9,7 @@ import pytest
 
 from orders import Money, NewOrder, Order, OrderNotFound, OrderStatus, StaleOrder
 from orders.errors import InvalidTransition
-from orders.repository import OrderRepository, Pool, Write
+from orders.repository import SETTABLE, OrderRepository, Pool, Write
 
 S = OrderStatus
 LEASE = timedelta(minutes=5)
@@ -159,3 +159,27 @@ def test_get_many_keeps_the_order_asked_and_names_the_missing(
     found = repo.get_many([b.id, missing, a.id])
     assert [o.id for o in found if isinstance(o, Order)] == [b.id, a.id]
     assert isinstance(found[1], OrderNotFound)
+
+
+def test_every_settable_column_is_written_by_a_release(repo: OrderRepository, site: str) -> None:
+    # Given a claimed order and a value for every column a step may set,
+
+    (order,) = leased(repo, site, 1)
+    later = datetime.now(UTC) + timedelta(minutes=9)
+    values = {
+        "psp_id": "psp-77",
+        "pay_url": "https://psp.example/pay/77",
+        "attempts": 4,
+        "polls": 5,
+        "errors": 3,
+        "expires_at": later + timedelta(hours=1),
+        "last_error": "slow",
+        "next_run_at": later,
+    }
+    assert set(values) == set(SETTABLE), "give this test a value for every settable column"
+    # when one release sets them all,
+    (written,) = repo.write_many([Write.release(order, **values)])
+    # then each is stored (a column the statement forgets would keep its old value).
+    assert isinstance(written, Order)
+    stored = repo.get(order.id)
+    assert {name: getattr(stored, name) for name in values} == values
