@@ -101,7 +101,13 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from dispatcher import process
 
-    return process.run_all(_settings(), workers=args.workers, metrics_base=args.metrics_base)
+    return process.run_all(
+        _settings(),
+        workers=args.workers,
+        metrics_base=args.metrics_base,
+        api_host=args.api_host,
+        api_port=args.api_port,
+    )
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -161,12 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweeper.set_defaults(func=cmd_sweeper)
 
-    run = sub.add_parser("run", help="sweeper and workers in one supervisor")
+    run = sub.add_parser("run", help="the API, a sweeper and workers in one supervisor")
     run.add_argument("--workers", type=int, default=1, help="worker processes")
     run.add_argument(
         "--metrics-base",
         type=int,
         help="metrics ports: the sweeper on this one, worker n on base + n",
+    )
+    run.add_argument("--api-host", help="the API's address (default PAYDISPATCH_API_HOST)")
+    run.add_argument(
+        "--api-port", type=int, help="the API's port (default PAYDISPATCH_API_PORT or 8000)"
     )
     run.set_defaults(func=cmd_run)
 

@@ -103,11 +103,15 @@ def register_secrets(found: services.Services, runtimes: dict[str, AdapterRuntim
         log.info("adapter configured", adapter=rt.name, settings=repr(rt.settings))
 
 
-def start_metrics(port: int | None, addr: str = "127.0.0.1") -> None:
-    """Serve this process's metrics on its own port (one port per process; see README)."""
-    if port is not None:
-        prometheus_client.start_http_server(port, addr=addr)
-        log.info("metrics served", address=f"http://{addr}:{port}/metrics")
+def start_metrics(port: int | None, addr: str = "127.0.0.1") -> str:
+    """Serve this process's metrics on its own port (one port per process; see README).
+
+    Returns where, for the process's start line: the URL, or ``off`` without a port.
+    """
+    if port is None:
+        return "off"
+    server, _thread = prometheus_client.start_http_server(port, addr=addr)
+    return f"http://{addr}:{server.server_port}/metrics"  # the bound port, also for port 0
 
 
 def paid_hook(settings: Settings, pool: Pool | None = None) -> PaidHook | None:
@@ -157,7 +161,7 @@ def run_worker(
 ) -> int:
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=16, name="worker")
-    start_metrics(metrics_port)
+    metrics_url = start_metrics(metrics_port)
     names = queues or list(ctx.runtimes)
     unknown = set(names) - set(ctx.runtimes)
     if unknown:
@@ -180,7 +184,15 @@ def run_worker(
         broker, queues=worker_queues, worker_threads=threads, worker_timeout=100,
     )  # fmt: skip
     worker.start()
-    log.info("worker started", queues=names, threads=threads, in_flight=in_flight, pid=os.getpid())
+    log.info(
+        "worker started",
+        adapters=names,
+        queues=sorted(worker_queues),
+        metrics=metrics_url,
+        threads=threads,
+        in_flight=in_flight,
+        pid=os.getpid(),
+    )
     stop.wait()
     worker.stop(timeout=10_000)
     drained = host.drain(timeout=drain_timeout)
@@ -208,7 +220,7 @@ def run_sweeper(
 ) -> int:
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=4, name="sweeper")
-    start_metrics(metrics_port)
+    metrics_url = start_metrics(metrics_port)
     broker = actors.make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     names = list(ctx.runtimes)
     sweeper = Sweeper(
@@ -221,7 +233,15 @@ def run_sweeper(
         outbox=webhook_outbox(settings, ctx.pool),
         stats=DbStats(ctx.repo, interval=stats_interval or settings.stats_interval),
     )
-    log.info("sweeper started", adapters=names, batch=batch, interval=interval, pid=os.getpid())
+    log.info(
+        "sweeper started",
+        adapters=names,
+        queues=sorted(ctx.runtimes[n].queue for n in names),
+        metrics=metrics_url,
+        batch=batch,
+        interval=interval,
+        pid=os.getpid(),
+    )
     sweeper.run(stop, ctx.services.database_url)
     log.info("sweeper stopped")
     broker.close()
@@ -238,26 +258,45 @@ def run_all(
     *,
     workers: int = 1,
     metrics_base: int | None = None,
+    api_host: str | None = None,
+    api_port: int | None = None,
     extra: list[list[str]] | None = None,
 ) -> int:
     """Supervise the API, one sweeper and ``workers`` worker processes; restart any that dies.
 
     With ``metrics_base``, the sweeper serves metrics on that port and worker n on base + n.
+    The API listens on ``api_host:api_port`` (default: the configured ``PAYDISPATCH_API_*``).
     """
+    from dispatcher.api.server import base_url
+
     stop = stop_event()
     found = services.ensure(settings)
-    check_adapters(settings, build_adapters(settings))  # fail here, once, on a bad setting
+    runtimes = build_adapters(settings)
+    check_adapters(settings, runtimes)  # fail here, once, on a bad setting
+    host = api_host or settings.api_host
+    port = settings.api_port if api_port is None else api_port
     env = dict(os.environ)
     env["PAYDISPATCH_DATABASE_URL"] = found.database_url
     env["PAYDISPATCH_BROKER_URL"] = found.broker_url
     sweeper, worker_args = ["sweeper"], [["worker"] for _ in range(workers)]
+    metrics = ["off"]
     if metrics_base is not None:
         sweeper += ["--metrics-port", str(metrics_base)]
         for n, args in enumerate(worker_args, start=1):
             args += ["--metrics-port", str(metrics_base + n)]
-    commands = [sweeper, ["api"], *worker_args, *(extra or [])]
+        metrics = [f"http://127.0.0.1:{metrics_base + n}/metrics" for n in range(workers + 1)]
+    api = ["api", "--host", host, "--port", str(port)]
+    commands = [sweeper, api, *worker_args, *(extra or [])]
     children = {i: _spawn(argv, env) for i, argv in enumerate(commands)}
-    log.info("supervisor started", processes=[" ".join(c) for c in commands], pid=os.getpid())
+    log.info(
+        "supervisor started",
+        api=base_url(host, port),
+        metrics=metrics,  # the sweeper's, then each worker's
+        adapters=list(runtimes),
+        services=found.describe(),
+        processes=[" ".join(c) for c in commands],
+        pid=os.getpid(),
+    )
     while not stop.wait(0.5):
         for i, child in list(children.items()):
             code = child.poll()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from socket import socket
 
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -21,18 +22,27 @@ from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.server import create_app
 
 logger = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class _Server(uvicorn.Server):
     """A uvicorn server that says when it listens and runs a hook before shutting down."""
 
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        before_shutdown: Callable[[], None],
+        on_listening: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._before_shutdown = before_shutdown
+        self._on_listening = on_listening
         self.ready = threading.Event()
 
     async def startup(self, sockets: list[socket] | None = None) -> None:
         await super().startup(sockets)
+        if self._on_listening is not None and self.started and self.servers:
+            self._on_listening(self.servers[0].sockets[0].getsockname()[1])
         self.ready.set()
 
     async def shutdown(self, sockets: list[socket] | None = None) -> None:
@@ -63,7 +73,19 @@ def serve(host: str, port: int, config: SandboxConfig | None = None) -> None:
         ws="none",
         timeout_graceful_shutdown=5,
     )
-    _Server(uvicorn_config, _release_holds(app)).run()
+
+    def listening(bound: int) -> None:
+        url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
+        log.info(
+            "sandbox listening",
+            url=url,
+            api=f"{url}/api/v1",
+            pay_pages=f"{url}/pay/{{invoice_id}}",
+            control=f"{url}/_control/",
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn re-raises it once drained
+        _Server(uvicorn_config, _release_holds(app), listening).run()
 
 
 @contextlib.contextmanager

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from socket import socket
 from typing import Any
 
+import structlog
 import uvicorn
 from fastapi import FastAPI
 
@@ -11,6 +15,9 @@ from dispatcher import config
 from dispatcher.api.app import create_app
 from dispatcher.api.context import ApiContext
 from dispatcher.config import Settings
+
+log = structlog.get_logger(__name__)
+STARTUP_FAILURE = 3  # uvicorn's exit code when the server could not start (port taken)
 
 
 def context_from(settings: Settings, *, pool_size: int = 20) -> ApiContext:
@@ -38,8 +45,45 @@ def app_from_environment() -> FastAPI:
     return create_app(context_from(config.load()), close_on_shutdown=True)
 
 
+def base_url(host: str, port: int) -> str:
+    """The URL of ``host:port`` (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def log_listening(settings: Settings, url: str, *, workers: int = 1) -> None:
+    """The one line that says where the API listens and what it serves there (issue #16)."""
+    log.info(
+        "api listening",
+        url=url,
+        docs=f"{url}/docs" if settings.api_docs else "off",
+        openapi=f"{url}/openapi.json",
+        metrics=f"{url}/metrics",
+        console=f"{url}/console/" if settings.console else "off",
+        public_url=settings.public_url,
+        workers=workers,
+    )
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that reports its address once its socket is bound."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[int], None]) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
+
+    async def startup(self, sockets: list[socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers and self.servers[0].sockets:
+            port: int = self.servers[0].sockets[0].getsockname()[1]  # the real one, for port 0
+            self._on_listening(port)
+
+
 def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
-    """Serve until SIGTERM or SIGINT; uvicorn finishes the requests in flight first."""
+    """Serve until SIGTERM or SIGINT; uvicorn finishes the requests in flight first.
+
+    Says where it listens once it does (with one worker, after the socket is bound, so the
+    line names the real port; uvicorn's own start-up lines are silenced by the log set-up).
+    """
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -51,9 +95,15 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
         "server_header": False,
     }
     if workers > 1:
+        # uvicorn's supervisor binds the socket and forks the workers; each worker builds
+        # its app from the environment.
+        log_listening(settings, base_url(host, port), workers=workers)
         uvicorn.run(
             "dispatcher.api.server:app_from_environment", factory=True, workers=workers, **common
         )
-    else:
-        uvicorn.run(create_app(context_from(settings), close_on_shutdown=True), **common)
-    return 0
+        return 0
+    config = uvicorn.Config(create_app(context_from(settings), close_on_shutdown=True), **common)
+    server = _Server(config, lambda bound: log_listening(settings, base_url(host, bound)))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a drained SIGINT
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
