@@ -60,6 +60,13 @@ def cmd_services(args: argparse.Namespace) -> int:
         stopped = services.stop(settings.home)
         print("stopped: " + (", ".join(stopped) or "nothing was running"))
         return 0
+    if args.action == "status":  # only reports: starts nothing, creates nothing (issue #16)
+        states = services.status(settings)
+        for state in states:
+            print(state.describe())
+        if any(state.embedded and not state.running for state in states):
+            print("`paydispatch services start` starts the embedded ones")
+        return 0 if all(state.running for state in states) else 3
     found = _services(settings)
     print(found.describe())
     return 0
@@ -125,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["init", "check"])
     db.set_defaults(func=cmd_db)
 
-    svc = sub.add_parser("services", help="start, show or stop the embedded PostgreSQL and Redis")
+    svc = sub.add_parser(
+        "services",
+        help="start, report on or stop the embedded PostgreSQL and Redis",
+        description="start: start the embedded services where none is configured and print "
+        "where they are; status: report whether each service answers, starting nothing (exit 3 "
+        "when one does not); stop: stop the embedded ones",
+    )
     svc.add_argument("action", choices=["start", "status", "stop"])
     svc.set_defaults(func=cmd_services)
 

