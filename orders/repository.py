@@ -199,6 +199,18 @@ def _transition_sql(paid: bool, keep_lease: bool, columns: tuple[str, ...], leas
     )
 
 
+def check_ref(*, psp_id: str | None = None, number: int | None = None, text: str = "") -> None:
+    """Raise :class:`InvalidInput` for a reference no order can have: a NUL or a lone surrogate
+    in an id, or an order number outside bigint. Notifications are unauthenticated input, and
+    such a value would otherwise fail a query as a server error."""
+    if psp_id is not None and not _storable(psp_id):
+        raise InvalidInput("psp_id", "is not text an order can hold")
+    if not _storable(text):
+        raise InvalidInput("order_id", "is not text an order can hold")
+    if number is not None and not 0 < number < 2**63:
+        raise InvalidInput("number", "is not an order number")
+
+
 def _storable(text: str) -> bool:
     """Whether PostgreSQL can hold ``text``: no NUL, and UTF-8 (no lone surrogates)."""
     try:
@@ -650,10 +662,7 @@ class OrderRepository:
         unauthenticated input, and an id PostgreSQL cannot hold (a NUL, a lone surrogate, an
         integer past bigint) would otherwise fail the query as a server error.
         """
-        if psp_id is not None and not _storable(psp_id):
-            raise InvalidInput("psp_id", "is not text an order can hold")
-        if number is not None and not 0 < number < 2**63:
-            raise InvalidInput("number", "is not an order number")
+        check_ref(psp_id=psp_id, number=number)
         if order_id is None and psp_id is None and number is None:
             return None
         params = {"adapter": adapter, "id": order_id, "psp_id": psp_id, "number": number}

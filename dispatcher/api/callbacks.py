@@ -35,8 +35,9 @@ from dispatcher.api.context import ApiContext
 from dispatcher.api.errors import ApiError
 from dispatcher.api.responses import errors
 from dispatcher.runtime import AdapterRuntime
-from orders.errors import StaleOrder
+from orders.errors import InvalidInput, StaleOrder
 from orders.model import Order
+from orders.repository import check_ref
 from orders.status import ACTIVE, OrderStatus
 
 log = structlog.get_logger(__name__)
@@ -134,6 +135,12 @@ async def callback(adapter: str, request: Request, ctx: Context) -> Response:
         ) from None
     except MalformedResponse as exc:
         log.warning("unreadable notification", adapter=adapter, error=str(exc))
+        raise ApiError(400, "malformed_notification", str(exc)) from None
+    ref = result.ref
+    try:
+        check_ref(psp_id=ref.psp_id, number=ref.number, text=ref.order_id or "")
+    except InvalidInput as exc:
+        log.warning("notification names no possible order", adapter=adapter, error=str(exc))
         raise ApiError(400, "malformed_notification", str(exc)) from None
     outcome = await to_thread.run_sync(handle, ctx, rt, result)
     log.info(
