@@ -279,7 +279,7 @@ def run_all(
     env["PAYDISPATCH_DATABASE_URL"] = found.database_url
     env["PAYDISPATCH_BROKER_URL"] = found.broker_url
     sweeper, worker_args = ["sweeper"], [["worker"] for _ in range(workers)]
-    metrics = ["off"]
+    metrics: list[str] | str = "off"
     if metrics_base is not None:
         sweeper += ["--metrics-port", str(metrics_base)]
         for n, args in enumerate(worker_args, start=1):
