@@ -1,20 +1,23 @@
 """Each real payment system's adapter, end to end: the real daemon against a local fake of it.
 
-``paydispatch run`` (API, sweeper, worker) in its own process, the fake of the payment system
-(``adapters/fakes/<name>.py``, written from the public reference) on a loopback port, and orders
-that are paid, declined, left to expire, paid after their deadline, named in a forged callback,
-and created through an accept-then-time-out fault. Every order must end where it should, with one
-invoice per order at the payment system and one wallet credit per paid order.
+One ``paydispatch run`` (API, sweeper, worker) in its own process with the four adapters enabled,
+the fake of each payment system (``adapters/fakes/<name>.py``, written from the public reference)
+on a loopback port, and for each system orders that are paid, declined, left to expire, paid
+after their deadline, named in a forged callback, and created through an accept-then-time-out
+fault. Every order must end where it should, with one invoice per order at the payment system and
+one wallet credit per paid order. The four systems run side by side, as they would in one
+installation, so the whole takes the time of one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +36,9 @@ from tests.dispatch_support import own_namespace, wait_until
 S = OrderStatus
 ROOT = Path(__file__).resolve().parents[2]
 CURRENCY = {"stripe": "USD", "paypal": "USD", "robokassa": "RUB", "tbank": "RUB"}
-SETTLE = 60.0  # seconds an order gets to reach its status; far above what it needs
+NAMES = sorted(CURRENCY)
+SETTLE = 90.0  # seconds an order gets to reach its status; far above what it needs
+LONG, SHORT = timedelta(minutes=10), timedelta(seconds=12)
 
 
 def fake_of(name: str) -> ModuleType:
@@ -47,104 +52,114 @@ def ref(order: Order) -> PaymentRef:
 
 
 @dataclass
-class Running:
-    name: str
+class Daemon:
     repo: OrderRepository
     api: str
-    control: FakeControl
+    controls: dict[str, FakeControl]
     log_path: Path
-    site: str = "shop"
     made: int = 0
 
-    def create(self, label: str, expires_in: timedelta) -> Order:
+    def create(self, name: str, label: str, expires_in: timedelta) -> Order:
         self.made += 1
         new = NewOrder(
-            site=self.site,
-            site_ref=f"{label}-{self.made}",
+            site="shop",
+            site_ref=f"{name}-{label}",
             user_id=f"user-{self.made}",
-            money=Money(12_300 + self.made, CURRENCY[self.name]),
-            adapter=self.name,
+            money=Money(12_300 + self.made, CURRENCY[name]),
+            adapter=name,
             description=f"Top-up ({label})",
             return_url="https://shop.example/balance",
             expires_in=expires_in,
         )
         return self.repo.create(new).order
 
-    def wait_for(self, order: Order, status: OrderStatus) -> Order:
-        def there() -> bool:
-            return self.repo.get(order.id).status is status
-
-        try:
-            wait_until(there, timeout=SETTLE, what=f"{order.site_ref} -> {status}")
-        except AssertionError:
-            now = self.repo.get(order.id)
-            tail = self.log_path.read_text(errors="replace")[-6000:]
-            raise AssertionError(
-                f"{self.name} order {order.site_ref} is {now.status}, not {status} "
-                f"(last error: {now.last_error}); the daemon's log ends:\n{tail}"
-            ) from None
+    def now(self, order: Order) -> Order:
         return self.repo.get(order.id)
 
+    def wait_for(self, orders: list[Order], status: OrderStatus) -> None:
+        def there() -> bool:
+            return all(self.now(order).status is status for order in orders)
 
-def daemon_env(
-    name: str, database_url: str, broker_url: str, fake_url: str, api_port: int
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    prefix = f"PAYDISPATCH_{name.upper()}_"
-    env.update(
-        {prefix + key: value for key, value in fake_of(name).adapter_settings(fake_url).items()}
-    )
-    env.update(
-        {
-            "PAYDISPATCH_DATABASE_URL": database_url,
-            "PAYDISPATCH_BROKER_URL": broker_url,
-            "PAYDISPATCH_BROKER_NAMESPACE": own_namespace(),
-            "PAYDISPATCH_ADAPTERS": name,
-            "PAYDISPATCH_BILLING_HOOKS": "wallet",
-            "PAYDISPATCH_API_PORT": str(api_port),
-            "PAYDISPATCH_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
-            "PAYDISPATCH_LOG_FORMAT": "json",
-            prefix + "POLL_FIRST": "0.3",
-            prefix + "POLL_CAP": "0.6",
-            prefix + "LATE_INTERVAL": "0.3",
-            # Short enough that an accept-then-time-out fault is given up quickly.
-            prefix + "TIMEOUT": "1.5",
-            prefix + "RETRIES": "2",
-        }
-    )
-    return env
+        try:
+            wait_until(there, timeout=SETTLE, what=f"orders -> {status}")
+        except AssertionError:
+            lines = []
+            for order in orders:
+                now = self.now(order)
+                if now.status is not status:
+                    lines.append(f"{order.site_ref} is {now.status} ({now.last_error})")
+            tail = self.log_path.read_text(errors="replace")[-6000:]
+            raise AssertionError(
+                f"not {status}: {'; '.join(lines)}; the daemon's log ends:\n{tail}"
+            ) from None
 
 
-@pytest.fixture(params=sorted(CURRENCY))
-def running(
-    request: pytest.FixtureRequest, found_services: Services, own_database_url: str, tmp_path: Path
-) -> Iterator[Running]:
-    name: str = request.param
+@dataclass
+class Scenario:
+    """One payment system's orders, by what happens to them."""
+
+    name: str
+    orders: dict[str, Order] = field(default_factory=dict)
+
+    def ids(self, *labels: str) -> list[Order]:
+        return [self.orders[label] for label in labels]
+
+
+@pytest.fixture
+def daemon(found_services: Services, own_database_url: str, tmp_path: Path) -> Iterator[Daemon]:
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
-    app = fake_of(name).create_app(notify_url=f"{api}/v1/callbacks/{name}")
-    with running_fake(app) as fake_url:
-        env = daemon_env(name, own_database_url, found_services.broker_url, fake_url, api_port)
-        log_path = tmp_path / "daemon.log"
-        pool = open_pool(own_database_url, max_size=4, name=f"e2e-{name}")
-        control = FakeControl(fake_url)
-        with log_path.open("wb") as log_file:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher.cli", "run", "--workers", "1"],
-                env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
+    env.update(
+        {
+            "PAYDISPATCH_DATABASE_URL": own_database_url,
+            "PAYDISPATCH_BROKER_URL": found_services.broker_url,
+            "PAYDISPATCH_BROKER_NAMESPACE": own_namespace(),
+            "PAYDISPATCH_ADAPTERS": ",".join(NAMES),
+            "PAYDISPATCH_BILLING_HOOKS": "wallet",
+            "PAYDISPATCH_API_PORT": str(api_port),
+            "PAYDISPATCH_PUBLIC_URL": api,
+            "PAYDISPATCH_LOG_FORMAT": "json",
+        }
+    )
+    controls: dict[str, FakeControl] = {}
+    log_path = tmp_path / "daemon.log"
+    pool = open_pool(own_database_url, max_size=4, name="e2e-psps")
+    with contextlib.ExitStack() as stack:
+        for name in NAMES:
+            app = fake_of(name).create_app(notify_url=f"{api}/v1/callbacks/{name}")
+            fake_url = stack.enter_context(running_fake(app))
+            controls[name] = FakeControl(fake_url)
+            stack.callback(controls[name].close)
+            prefix = f"PAYDISPATCH_{name.upper()}_"
+            settings = fake_of(name).adapter_settings(fake_url)
+            env.update({prefix + key: value for key, value in settings.items()})
+            env.update(
+                {
+                    prefix + "POLL_FIRST": "0.3",
+                    prefix + "POLL_CAP": "0.6",
+                    prefix + "LATE_INTERVAL": "0.3",
+                    # Short enough that an accept-then-time-out fault is given up quickly.
+                    prefix + "TIMEOUT": "1.5",
+                    prefix + "RETRIES": "2",
+                }
+            )
+        log_file = stack.enter_context(log_path.open("wb"))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", "run", "--workers", "1"],
+            env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: _ready(api), timeout=90, what="the daemon's API")
+            repo = OrderRepository(pool, {name: timedelta(minutes=15) for name in NAMES})
+            yield Daemon(repo, api, controls, log_path)
+        finally:
+            process.terminate()
             try:
-                wait_until(lambda: _ready(api), timeout=60, what=f"the API of the {name} daemon")
-                repo = OrderRepository(pool, {name: timedelta(minutes=15)})
-                yield Running(name, repo, api, control, log_path)
-            finally:
-                daemon.terminate()
-                try:
-                    daemon.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                control.close()
-                pool.close()
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            pool.close()
 
 
 def _ready(api: str) -> bool:
@@ -164,56 +179,65 @@ def _credits(repo: OrderRepository, order_ids: list[UUID]) -> dict[UUID, int]:
     return {row["order_id"]: row["n"] for row in rows}
 
 
-def test_orders_settle_through_the_fake_with_one_invoice_and_one_credit_each(
-    running: Running,
+def test_orders_settle_through_each_fake_with_one_invoice_and_one_credit_each(
+    daemon: Daemon,
 ) -> None:
-    # Given the daemon and the fake; an accept-then-time-out fault waits for the first create.
-    long, short = timedelta(minutes=10), timedelta(seconds=12)
-    running.control.accept_then_timeout(1)
-    timed_out = running.create("timed-out-create", long)
-    timed_out = running.wait_for(timed_out, S.AWAITING_PAYMENT)
-    paid = running.create("paid", long)
-    declined = running.create("declined", long)
-    forged = running.create("forged", long)
-    expired = running.create("expired", short)
-    late = running.create("late", short)
-    for order in (paid, declined, forged, expired, late):
-        running.wait_for(order, S.AWAITING_PAYMENT)
+    # Given the daemon and the fakes; an accept-then-time-out fault waits for each first create
+    # (Robokassa makes no create call: its pay URL is signed locally, so the fault never fires).
+    scenarios = {name: Scenario(name) for name in NAMES}
+    for name, scenario in scenarios.items():
+        daemon.controls[name].accept_then_timeout(1)
+        scenario.orders["timed-out-create"] = daemon.create(name, "timed-out-create", LONG)
+    daemon.wait_for([s.orders["timed-out-create"] for s in scenarios.values()], S.AWAITING_PAYMENT)
+    for name, scenario in scenarios.items():
+        for label in ("paid", "declined", "forged"):
+            scenario.orders[label] = daemon.create(name, label, LONG)
+        for label in ("expired", "late"):
+            scenario.orders[label] = daemon.create(name, label, SHORT)
+    everything = [order for s in scenarios.values() for order in s.orders.values()]
+    daemon.wait_for(everything, S.AWAITING_PAYMENT)
 
-    # When the buyers act at the payment system...
-    running.control.pay(ref(running.repo.get(timed_out.id)))
-    running.control.pay(ref(running.repo.get(paid.id)))
-    running.control.decline(ref(running.repo.get(declined.id)))
-    # ...a forger claims an order was paid...
-    headers, body = fake_of(running.name).forged_callback(running.repo.get(forged.id))
-    answer = httpx.post(
-        f"{running.api}/v1/callbacks/{running.name}", headers=headers, content=body, timeout=10
+    for name, scenario in scenarios.items():
+        control = daemon.controls[name]
+        # When the buyers act at the payment system...
+        for label in ("timed-out-create", "paid"):
+            control.pay(ref(daemon.now(scenario.orders[label])))
+        control.decline(ref(daemon.now(scenario.orders["declined"])))
+        # ...and a forger claims an order was paid,
+        forged = daemon.now(scenario.orders["forged"])
+        headers, body = fake_of(name).forged_callback(forged)
+        answer = httpx.post(
+            f"{daemon.api}/v1/callbacks/{name}", headers=headers, content=body, timeout=10
+        )
+        assert answer.status_code < 500, (name, answer.text)
+        # (a verified notification is applied within the request: the forged one must not be)
+        assert daemon.now(forged).status is S.AWAITING_PAYMENT, (name, answer.text)
+
+    # Then each order ends where it should,
+    paid = [o for s in scenarios.values() for o in s.ids("timed-out-create", "paid")]
+    daemon.wait_for(paid, S.PAID)
+    daemon.wait_for([s.orders["declined"] for s in scenarios.values()], S.REJECTED)
+    daemon.wait_for(
+        [s.orders[k] for s in scenarios.values() for k in ("expired", "late")], S.EXPIRED
     )
-    assert answer.status_code < 500, answer.text
-    # (a verified notification is applied within the request: the forged one must not be)
-    assert running.repo.get(forged.id).status is S.AWAITING_PAYMENT, answer.text
+    for name, scenario in scenarios.items():  # paid after the deadline, and the forged one
+        for label in ("late", "forged"):
+            daemon.controls[name].pay(ref(daemon.now(scenario.orders[label])))
+    late_and_forged = [o for s in scenarios.values() for o in s.ids("late", "forged")]
+    daemon.wait_for(late_and_forged, S.PAID)
+    for scenario in scenarios.values():
+        events = daemon.repo.events(scenario.orders["late"].id)
+        assert any(e.from_status is S.EXPIRED and e.to_status is S.PAID for e in events), (
+            f"{scenario.name}: the late payment went expired -> paid"
+        )
 
-    # Then each order ends where it should.
-    running.wait_for(timed_out, S.PAID)
-    running.wait_for(paid, S.PAID)
-    running.wait_for(declined, S.REJECTED)
-    running.wait_for(expired, S.EXPIRED)
-    running.wait_for(late, S.EXPIRED)
-    running.control.pay(ref(running.repo.get(late.id)))  # paid after the deadline
-    running.wait_for(late, S.PAID)
-    assert any(
-        e.from_status is S.EXPIRED and e.to_status is S.PAID for e in running.repo.events(late.id)
-    ), "the late payment went expired -> paid"
-    running.control.pay(ref(running.repo.get(forged.id)))  # the genuine payment still counts
-    running.wait_for(forged, S.PAID)
-
-    # One invoice per order at the payment system, one credit per paid order.
-    invoices = running.control.stats()["invoices"]
-    everything = [timed_out, paid, declined, forged, expired, late]
-    for order in everything:
-        assert invoices.get(str(order.id), 0) <= 1, (order.site_ref, invoices)
-    paid_orders = [timed_out, paid, forged, late]
-    for order in paid_orders:
-        assert invoices.get(str(order.id)) == 1, (order.site_ref, invoices)
-    credits = _credits(running.repo, [o.id for o in everything])
+    # with one invoice per order at the payment system and one credit per paid order.
+    for name, scenario in scenarios.items():
+        invoices = daemon.controls[name].stats()["invoices"]
+        for label, order in scenario.orders.items():
+            made = invoices.get(str(order.id), 0)
+            wanted = {0, 1} if label == "expired" else {1}  # Robokassa: the page never opened
+            assert made in wanted, f"{name} {label}: {made} invoices"
+    paid_orders = paid + late_and_forged
+    credits = _credits(daemon.repo, [o.id for o in everything])
     assert credits == {o.id: 1 for o in paid_orders}
