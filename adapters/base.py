@@ -43,13 +43,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from orders.errors import PermanentError, TransientError
+from orders.errors import ConfigError, DispatchError, PermanentError, TransientError
 from orders.model import Order
 from orders.money import Money
 
 
-class NotSupported(Exception):
-    """The adapter does not implement this optional operation (see its capabilities)."""
+class NotSupported(DispatchError):
+    """The adapter does not implement this optional operation (see its capabilities).
+
+    Neither transient nor permanent: a question the caller should not have asked. The
+    conformance kit holds an adapter's capabilities to the methods it has, so the dispatcher
+    meets it only where it asks regardless (a notification posted for an adapter without
+    notifications, a reconciliation of one that cannot list payments).
+    """
 
 
 class MalformedResponse(TransientError):
@@ -76,7 +82,7 @@ class CredentialsRejected(TransientError):
     """
 
 
-class InvalidSettings(PermanentError):
+class InvalidSettings(ConfigError):
     """An adapter setting is missing or malformed; names the environment variable to set."""
 
 

@@ -25,11 +25,12 @@ import redis
 from psycopg import conninfo, sql
 
 from dispatcher.config import Settings
+from orders.errors import PermanentError
 
 DATABASE_NAME = "paydispatch"
 
 
-class ServiceError(RuntimeError):
+class ServiceError(PermanentError):
     """An embedded service could not be started, with what to do about it."""
 
 

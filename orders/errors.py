@@ -1,23 +1,72 @@
 """The one error tree of paydispatch, split by what the caller should do.
 
+Every error paydispatch raises on purpose is a :class:`DispatchError`. The classes live beside
+the code that raises them (the module is named where it is not this one); the whole tree is
+drawn here, and ``tests/unit/test_error_tree.py`` holds the drawing to the code: every exception
+class of ``orders``, ``adapters`` and ``dispatcher`` is drawn under its parent, or listed below
+the tree as outside it on purpose. "also" names a class's other parents.
+
 DispatchError
-├── TransientError          try again later, with the same idempotency key
-│   └── DatabaseUnavailable
-├── PermanentError          stop: repeating the same call cannot succeed
-│   ├── InvalidInput        bad input, nothing was written (also a ValueError)
+├── TransientError              try again later, with the same idempotency key
+│   ├── DatabaseUnavailable     PostgreSQL could not be reached or dropped the connection
+│   ├── PspUnavailable          dispatcher.transport: timeout, network error, 5xx or 429
+│   ├── CircuitOpen             dispatcher.breaker: failed too often lately; nothing was sent
+│   ├── MalformedResponse       adapters.base: an answer the adapter cannot read
+│   ├── InvoiceMayExist         adapters.base: a create refused as a possible duplicate
+│   ├── CredentialsRejected     adapters.base: the payment system refused our credentials
+│   ├── PayPalUnavailableError  adapters.paypal: each payment system's "not now" ...
+│   ├── PayPalRefusedError      adapters.paypal: ... and its refused poll (never final)
+│   ├── RobokassaUnavailableError   adapters.robokassa
+│   ├── RobokassaRefusedError   adapters.robokassa
+│   ├── StripeUnavailableError  adapters.stripe
+│   ├── StripeRefusedError      adapters.stripe
+│   ├── TBankUnavailable        adapters.tbank
+│   ├── TBankRefused            adapters.tbank
+│   ├── YooKassaUnavailableError    adapters.yookassa
+│   └── YooKassaRefusedError    adapters.yookassa
+├── PermanentError              stop: repeating the same call cannot succeed
+│   ├── InvalidInput            bad input, nothing was written (also a ValueError)
 │   │   ├── InvalidAmount
 │   │   ├── UnknownCurrency
 │   │   ├── AmountPrecisionError
 │   │   ├── UnknownAdapter
 │   │   └── FieldTooLong
-│   ├── InvalidTransition   the state machine forbids this move
-│   ├── IdempotencyConflict same key, different request
+│   ├── InvalidTransition       the state machine forbids this move
+│   ├── SwitchRefused           the buyer's switch to another payment system cannot be made
+│   ├── IdempotencyConflict     same key, different request
 │   ├── OrderNotFound
-│   ├── InsufficientFunds   a debit larger than the balance; nothing was written
-│   ├── WalletNotFound      no wallet for that site, user and currency
-│   └── InvalidSignature    a billing webhook whose signature does not verify
-├── StaleOrder              the row moved under us; reload and decide again
-└── OutcomeUnknown          a call may or may not have taken effect: never guess
+│   ├── InsufficientFunds       a debit larger than the balance; nothing was written
+│   ├── WalletNotFound          no wallet for that site, user and currency
+│   ├── InvalidSignature        a billing webhook whose signature does not verify
+│   ├── PspRejected             adapters.base: a definite "no" to a create; the order fails
+│   ├── ConfigError             a setting is missing or malformed: fix the configuration
+│   │   └── InvalidSettings     adapters.base: one adapter's setting
+│   └── ServiceError            dispatcher.services: an embedded PostgreSQL or Redis won't start
+├── StaleOrder                  the row moved under us; reload and decide again
+├── NotSupported                adapters.base: no such operation here; ask its Capabilities
+├── OutcomeUnknown              a call may or may not have taken effect: never guess
+└── ApiError                    orders.client: an error answer of the HTTP API, with its code
+    ├── InvalidRequest          orders.client: 422 (also InvalidInput)
+    ├── Unauthorized            orders.client: 401 (also PermanentError)
+    ├── NotFound                orders.client: 404 (also OrderNotFound)
+    ├── Conflict                orders.client: 409 (also PermanentError)
+    │   └── KeyConflict         orders.client: 409 idempotency_conflict (also IdempotencyConflict)
+    ├── BadRequest              orders.client: 400, 413 and other refusals (also PermanentError)
+    └── Unavailable             orders.client: 5xx, or no answer after retries (also TransientError)
+
+Outside the tree, on purpose (none of them reaches a caller of paydispatch):
+
+- ``HttpError`` (dispatcher.api.errors): an HTTP answer the API has decided to give (status,
+  stable code, message), raised to leave a route and rendered by the API's handlers. It is a
+  response, not a domain error: domain errors are turned into one at that boundary
+  (``from_domain``).
+- ``SandboxApiError`` (adapters.sandbox.store): the sandbox payment system's own error answer.
+  It lives in the sandbox's process; paydispatch sees only the HTTP response it becomes.
+- ``StripeError`` (adapters.fakes.stripe), ``Refused`` (adapters.fakes.tbank), ``PayUrlError``
+  (adapters.fakes.robokassa), ``_Refusal`` (adapters.fakes.paypal): the fake payment systems'
+  refusals, each turned into that payment system's own error answer.
+- ``_Retryable`` (orders.client): the client's signal to its retry loop; after the last try it
+  becomes :class:`ApiError` ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -116,3 +165,11 @@ class WalletNotFound(PermanentError):
 
 class InvalidSignature(PermanentError):
     """A billing webhook whose ``Paydispatch-Signature`` is missing, stale or wrong."""
+
+
+class ConfigError(PermanentError):
+    """A setting is missing or malformed; the message names the variable to fix.
+
+    Raised while reading the configuration, before anything starts: ``paydispatch`` prints it
+    and exits. An adapter's own settings raise its subclass ``InvalidSettings``.
+    """

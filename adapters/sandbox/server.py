@@ -44,7 +44,7 @@ from adapters.sandbox.faults import (
 )
 from adapters.sandbox.protocol import API_PREFIX, IDEMPOTENCY_HEADER
 from adapters.sandbox.service import SandboxService
-from adapters.sandbox.store import ApiError, InvoiceRequest, Move
+from adapters.sandbox.store import InvoiceRequest, Move, SandboxApiError
 
 _GATEWAY_PAGE = (
     b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
@@ -70,7 +70,7 @@ async def _json_body(request: Request) -> Any:
     try:
         return json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        raise SandboxApiError(400, "invalid_json", "the body is not valid JSON") from None
 
 
 def _shift_amounts(body: dict[str, Any], delta: int) -> dict[str, Any]:
@@ -96,9 +96,9 @@ def _query_time(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ApiError(400, "invalid_field", f"{value[:40]!r} is not ISO 8601") from None
+        raise SandboxApiError(400, "invalid_field", f"{value[:40]!r} is not ISO 8601") from None
     if parsed.tzinfo is None:
-        raise ApiError(400, "invalid_field", f"{value[:40]!r} has no UTC offset")
+        raise SandboxApiError(400, "invalid_field", f"{value[:40]!r} has no UTC offset")
     return parsed
 
 
@@ -135,7 +135,7 @@ class _Routes:
                 return refusal
         try:
             result = await handler()
-        except ApiError as exc:
+        except SandboxApiError as exc:
             result = _Result(exc.status_code, exc.to_json())
         if fault is not None:
             return await self._after(fault, result)
@@ -179,7 +179,7 @@ class _Routes:
         async def handle() -> _Result:
             key = request.headers.get(IDEMPOTENCY_HEADER, "")
             if not key.strip() or len(key) > 255:
-                raise ApiError(
+                raise SandboxApiError(
                     400, "missing_idempotency_key", f"send an {IDEMPOTENCY_HEADER} header (1-255)"
                 )
             invoice_request = InvoiceRequest.parse(
@@ -203,7 +203,9 @@ class _Routes:
         async def handle() -> _Result:
             number_text = request.query_params.get("number", "")
             if not (number_text.isascii() and number_text.isdigit()):
-                raise ApiError(400, "invalid_field", "number: give ?number=<our order number>")
+                raise SandboxApiError(
+                    400, "invalid_field", "number: give ?number=<our order number>"
+                )
             now = self.service.now()
             records = self.service.store.find(int(number_text))
             return _Result(200, {"items": [r.to_json(now) for r in records]})
@@ -230,7 +232,7 @@ class _Routes:
             if not (limit_text.isascii() and limit_text.isdigit()) or not (
                 1 <= int(limit_text) <= LIST_LIMIT
             ):
-                raise ApiError(400, "invalid_field", f"limit: 1 to {LIST_LIMIT}")
+                raise SandboxApiError(400, "invalid_field", f"limit: 1 to {LIST_LIMIT}")
             records, more = self.service.store.created_between(
                 since, until, query.get("starting_after"), int(limit_text)
             )
@@ -253,7 +255,7 @@ class _Routes:
         invoice_id = request.path_params["invoice_id"]
         try:
             record = self.service.store.get(invoice_id)
-        except ApiError:
+        except SandboxApiError:
             return HTMLResponse(pages.not_found_page(invoice_id), 404)
         return HTMLResponse(pages.pay_page(record, record.status_at(self.service.now())))
 
@@ -268,7 +270,7 @@ class _Routes:
         service = self.service
         try:
             outcome = service.move(invoice_id, move)
-        except ApiError as exc:
+        except SandboxApiError as exc:
             if exc.status_code == 404:
                 return HTMLResponse(pages.not_found_page(invoice_id), 404)
             record = service.store.get(invoice_id)
@@ -296,7 +298,7 @@ class _Routes:
             return _error(404, "not_found", f"unknown action; use one of {known}")
         try:
             outcome = self.service.move(request.path_params["invoice_id"], move)
-        except ApiError as exc:
+        except SandboxApiError as exc:
             return JSONResponse(exc.to_json(), exc.status_code)
         return JSONResponse(outcome.record.to_json(self.service.now()))
 
@@ -310,7 +312,7 @@ class _Routes:
         try:
             operation = Operation(request.path_params["operation"])
             faults = OperationFaults.from_json(await _json_body(request))
-        except ApiError as exc:
+        except SandboxApiError as exc:
             return JSONResponse(exc.to_json(), exc.status_code)
         except ValueError as exc:
             return _error(400, "invalid_faults", str(exc))
@@ -321,7 +323,7 @@ class _Routes:
         """Switch webhook faults: {duplicate: bool, reorder: bool}."""
         try:
             body = await _json_body(request)
-        except ApiError as exc:
+        except SandboxApiError as exc:
             return JSONResponse(exc.to_json(), exc.status_code)
         if not isinstance(body, dict) or set(body) - {"duplicate", "reorder"}:
             return _error(400, "invalid_faults", "send {duplicate: bool, reorder: bool}")

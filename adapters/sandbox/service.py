@@ -17,12 +17,12 @@ from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.faults import FaultInjector, Operation
 from adapters.sandbox.protocol import ScenarioKind
 from adapters.sandbox.store import (
-    ApiError,
     InvoiceRecord,
     InvoiceRequest,
     InvoiceStore,
     Move,
     Outcome,
+    SandboxApiError,
 )
 from adapters.sandbox.timeline import Timeline
 from adapters.sandbox.webhooks import WebhookSender, build_webhook
@@ -98,7 +98,7 @@ class SandboxService:
 
     def _try(self, invoice_id: str, move: Move) -> None:
         # A timed outcome that no longer applies (paid by hand, cancelled, reset) is dropped.
-        with contextlib.suppress(ApiError):
+        with contextlib.suppress(SandboxApiError):
             self.move(invoice_id, move)
 
     async def hold(self, seconds: float | None) -> None:

@@ -23,8 +23,12 @@ from adapters.sandbox.protocol import InvoiceStatus, Scenario
 S = InvoiceStatus
 
 
-class ApiError(Exception):
-    """An answer other than success, with the HTTP status and a stable error code."""
+class SandboxApiError(Exception):
+    """An answer other than success, with the HTTP status and a stable error code.
+
+    The sandbox payment system's own error: outside paydispatch's error tree on purpose, since
+    paydispatch only ever sees the HTTP answer it becomes.
+    """
 
     def __init__(self, status_code: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -58,18 +62,20 @@ class InvoiceRequest:
     def parse(cls, body: Any, currencies: frozenset[str]) -> InvoiceRequest:
         """Validate a decoded JSON body: 400 for a malformed field, 422 for an unsupported one."""
         if not isinstance(body, Mapping):
-            raise ApiError(400, "invalid_body", "the body must be a JSON object")
+            raise SandboxApiError(400, "invalid_body", "the body must be a JSON object")
         order_id = _required(body, "order_id", limit=128)
         number = body.get("number")
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise ApiError(400, "invalid_field", "number: must be a positive integer")
+            raise SandboxApiError(400, "invalid_field", "number: must be a positive integer")
         amount = body.get("amount")
         if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < 2**63:
-            raise ApiError(400, "invalid_field", "amount: must be a positive integer (minor units)")
+            raise SandboxApiError(
+                400, "invalid_field", "amount: must be a positive integer (minor units)"
+            )
         currency = _required(body, "currency", limit=3)
         if currency not in currencies:
             known = ", ".join(sorted(currencies))
-            raise ApiError(
+            raise SandboxApiError(
                 422, "unsupported_currency", f"currency {currency!r}: use one of {known}"
             )
         description = _optional(body, "description", limit=1000) or ""
@@ -77,14 +83,14 @@ class InvoiceRequest:
         try:
             expires_at = datetime.fromisoformat(expires_text)
         except ValueError:
-            raise ApiError(400, "invalid_field", "expires_at: must be ISO 8601") from None
+            raise SandboxApiError(400, "invalid_field", "expires_at: must be ISO 8601") from None
         if expires_at.tzinfo is None:
-            raise ApiError(400, "invalid_field", "expires_at: must carry a UTC offset")
+            raise SandboxApiError(400, "invalid_field", "expires_at: must carry a UTC offset")
         scenario_text = _optional(body, "scenario", limit=64)
         try:
             scenario = None if scenario_text is None else Scenario.parse(scenario_text)
         except ValueError as exc:
-            raise ApiError(400, "invalid_scenario", f"scenario: {exc}") from None
+            raise SandboxApiError(400, "invalid_scenario", f"scenario: {exc}") from None
         return cls(
             order_id=order_id,
             number=number,
@@ -116,9 +122,9 @@ class InvoiceRequest:
 def _required(body: Mapping[str, Any], name: str, *, limit: int) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, "invalid_field", f"{name}: must be a non-empty string")
+        raise SandboxApiError(400, "invalid_field", f"{name}: must be a non-empty string")
     if len(value) > limit:
-        raise ApiError(400, "invalid_field", f"{name}: longer than {limit} characters")
+        raise SandboxApiError(400, "invalid_field", f"{name}: longer than {limit} characters")
     return value
 
 
@@ -127,9 +133,9 @@ def _optional(body: Mapping[str, Any], name: str, *, limit: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ApiError(400, "invalid_field", f"{name}: must be a string")
+        raise SandboxApiError(400, "invalid_field", f"{name}: must be a string")
     if len(value) > limit:
-        raise ApiError(400, "invalid_field", f"{name}: longer than {limit} characters")
+        raise SandboxApiError(400, "invalid_field", f"{name}: longer than {limit} characters")
     return value
 
 
@@ -139,7 +145,7 @@ def _url(body: Mapping[str, Any], name: str) -> str | None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ApiError(400, "invalid_field", f"{name}: must be an absolute http(s) URL")
+        raise SandboxApiError(400, "invalid_field", f"{name}: must be an absolute http(s) URL")
     return value
 
 
@@ -241,14 +247,14 @@ class InvoiceStore:
             if existing_id is not None:
                 existing = self._by_id[existing_id]
                 if existing.fingerprint != fingerprint:
-                    raise ApiError(
+                    raise SandboxApiError(
                         422,
                         "idempotency_key_reused",
                         f"idempotency key {key!r} was used with a different request body",
                     )
                 return Outcome(existing, changed=False)
             if request.expires_at <= now:
-                raise ApiError(422, "already_expired", "expires_at: is in the past")
+                raise SandboxApiError(422, "already_expired", "expires_at: is in the past")
             invoice_id = f"inv_{secrets.token_hex(10)}"
             record = InvoiceRecord(
                 id=invoice_id,
@@ -269,7 +275,7 @@ class InvoiceStore:
             try:
                 return self._by_id[invoice_id]
             except KeyError:
-                raise ApiError(404, "not_found", f"no invoice {invoice_id!r}") from None
+                raise SandboxApiError(404, "not_found", f"no invoice {invoice_id!r}") from None
 
     def find(self, number: int) -> list[InvoiceRecord]:
         """Invoices created for our order number, oldest first."""
@@ -293,7 +299,9 @@ class InvoiceStore:
         if after is not None:
             ids = [r.id for r in records]
             if after not in ids:
-                raise ApiError(400, "invalid_cursor", f"starting_after: {after!r} is not listed")
+                raise SandboxApiError(
+                    400, "invalid_cursor", f"starting_after: {after!r} is not listed"
+                )
             records = records[ids.index(after) + 1 :]
         return records[:limit], len(records) > limit
 
@@ -303,7 +311,7 @@ class InvoiceStore:
         with self._lock:
             record = self._by_id.get(invoice_id)
             if record is None:
-                raise ApiError(404, "not_found", f"no invoice {invoice_id!r}")
+                raise SandboxApiError(404, "not_found", f"no invoice {invoice_id!r}")
             current = record.status_at(now)
             if move is Move.EXPIRE and record.status is not S.PENDING:
                 return Outcome(record, changed=False)
@@ -315,7 +323,7 @@ class InvoiceStore:
             if current in rule.settled:
                 return Outcome(record, changed=False)
         code = "already_paid" if current in {S.PAID, S.REFUNDED} else "not_allowed"
-        error = ApiError(409, code, f"cannot {move} an invoice that is {current}")
+        error = SandboxApiError(409, code, f"cannot {move} an invoice that is {current}")
         error.invoice = record.to_json(now)
         raise error
 

@@ -9,7 +9,7 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dispatcher.api.context import ApiContext, get_context
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import HttpError
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -26,7 +26,7 @@ async def require_site(
 ) -> str:
     """The site whose key came with the request; 401 for a missing, unknown or revoked key."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(
+        raise HttpError(
             401, "unauthorized", "send Authorization: Bearer <API key>", headers=_CHALLENGE
         )
     key = credentials.credentials
@@ -34,7 +34,7 @@ async def require_site(
     if site is None:
         site = await to_thread.run_sync(ctx.keys.verify, key)
     if site is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
+        raise HttpError(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
     return site
 
 

@@ -32,7 +32,7 @@ from adapters.base import (
 )
 from dispatcher.api.auth import Context
 from dispatcher.api.context import ApiContext
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.runtime import AdapterRuntime
 from orders.errors import InvalidInput, StaleOrder
@@ -119,7 +119,7 @@ def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> s
 async def callback(adapter: str, request: Request, ctx: Context) -> Response:
     rt = ctx.runtimes.get(adapter)
     if rt is None:
-        raise ApiError(404, "unknown_adapter", "no such payment system is enabled here")
+        raise HttpError(404, "unknown_adapter", "no such payment system is enabled here")
     notification = Notification(
         headers={name.lower(): value for name, value in request.headers.items()},
         body=await request.body(),
@@ -130,18 +130,18 @@ async def callback(adapter: str, request: Request, ctx: Context) -> Response:
     try:
         result = rt.adapter.parse_notification(notification, rt.settings)
     except NotSupported:
-        raise ApiError(
+        raise HttpError(
             404, "notifications_not_supported", f"{adapter} sends no notifications"
         ) from None
     except MalformedResponse as exc:
         log.warning("unreadable notification", adapter=adapter, error=str(exc))
-        raise ApiError(400, "malformed_notification", str(exc)) from None
+        raise HttpError(400, "malformed_notification", str(exc)) from None
     ref = result.ref
     try:
         check_ref(psp_id=ref.psp_id, number=ref.number, text=ref.order_id or "")
     except InvalidInput as exc:
         log.warning("notification names no possible order", adapter=adapter, error=str(exc))
-        raise ApiError(400, "malformed_notification", str(exc)) from None
+        raise HttpError(400, "malformed_notification", str(exc)) from None
     outcome = await to_thread.run_sync(handle, ctx, rt, result)
     log.info(
         "notification",

@@ -24,8 +24,12 @@ from orders import errors as domain
 log = structlog.get_logger(__name__)
 
 
-class ApiError(Exception):
-    """An HTTP error with a stable code; raise it from any route or dependency."""
+class HttpError(Exception):
+    """An HTTP error with a stable code; raise it from any route or dependency.
+
+    An answer already decided, not a domain error, so it stands outside the error tree of
+    :mod:`orders.errors` on purpose: domain errors become one here (:func:`from_domain`).
+    """
 
     def __init__(
         self,
@@ -65,7 +69,7 @@ def error_body(
     return {"error": body}
 
 
-def error_response(exc: ApiError) -> JSONResponse:
+def error_response(exc: HttpError) -> JSONResponse:
     return JSONResponse(
         error_body(exc.code, exc.message, exc.field, exc.details),
         exc.status_code,
@@ -83,31 +87,31 @@ _INPUT_CODES: Mapping[type[domain.InvalidInput], str] = {
 }
 
 
-def from_domain(exc: domain.DispatchError) -> ApiError:  # noqa: PLR0911 - one per family
+def from_domain(exc: domain.DispatchError) -> HttpError:  # noqa: PLR0911 - one per family
     """The HTTP face of a domain error."""
     if isinstance(exc, domain.InvalidInput):
         code = next((c for t, c in _INPUT_CODES.items() if isinstance(exc, t)), "invalid_field")
         if exc.field == "cursor":
             code = "invalid_cursor"
-        return ApiError(422, code, exc.message, field=exc.field)
+        return HttpError(422, code, exc.message, field=exc.field)
     if isinstance(exc, domain.InsufficientFunds):
-        return ApiError(409, "insufficient_funds", str(exc))
+        return HttpError(409, "insufficient_funds", str(exc))
     if isinstance(exc, domain.WalletNotFound):
-        return ApiError(404, "wallet_not_found", "no wallet in that currency for this user")
+        return HttpError(404, "wallet_not_found", "no wallet in that currency for this user")
     if isinstance(exc, domain.IdempotencyConflict):
-        return ApiError(409, "idempotency_conflict", str(exc))
+        return HttpError(409, "idempotency_conflict", str(exc))
     if isinstance(exc, domain.OrderNotFound):
-        return ApiError(404, "order_not_found", "no such order")
+        return HttpError(404, "order_not_found", "no such order")
     if isinstance(exc, domain.InvalidTransition):
-        return ApiError(409, "invalid_transition", str(exc))
+        return HttpError(409, "invalid_transition", str(exc))
     if isinstance(exc, domain.StaleOrder):
-        return ApiError(409, "conflict", "the order changed meanwhile; try again")
+        return HttpError(409, "conflict", "the order changed meanwhile; try again")
     if isinstance(exc, domain.TransientError):
-        return ApiError(
+        return HttpError(
             503, "unavailable", "a service paydispatch needs is unavailable; try again",
             headers={"Retry-After": "1"},
         )  # fmt: skip
-    return ApiError(422, "refused", str(exc))
+    return HttpError(422, "refused", str(exc))
 
 
 def _field_name(loc: Sequence[Any]) -> str | None:
@@ -119,13 +123,13 @@ def _field_name(loc: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
-def validation_error(exc: RequestValidationError) -> ApiError:
+def validation_error(exc: RequestValidationError) -> HttpError:
     details: list[dict[str, str | None]] = []
     for err in exc.errors():
         kind = str(err.get("type", ""))
         field = _field_name(err.get("loc", ()))
         if kind == "json_invalid":
-            return ApiError(400, "malformed_json", "the body is not valid JSON")
+            return HttpError(400, "malformed_json", "the body is not valid JSON")
         code = {"missing": "missing_field", "extra_forbidden": "unknown_field"}.get(
             kind, "invalid_field"
         )
@@ -137,7 +141,7 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         details.append({"code": code, "field": field, "message": message})
     first = details[0] if details else {"code": "invalid_field", "field": None, "message": ""}
     field, message = first["field"], str(first["message"])
-    return ApiError(
+    return HttpError(
         422,
         str(first["code"]),
         f"{field}: {message}" if field else message,
@@ -172,7 +176,7 @@ def install(app: FastAPI) -> None:
     """Register the handlers that give every error the one JSON shape."""
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
+        assert isinstance(exc, HttpError)
         return error_response(exc)
 
     async def on_domain_error(request: Request, exc: Exception) -> Response:
@@ -210,7 +214,7 @@ def install(app: FastAPI) -> None:
         log.exception("unexpected error in the API", path=request.url.path)
         return JSONResponse(error_body("internal_error", "internal error"), 500)
 
-    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(HttpError, on_api_error)
     app.add_exception_handler(domain.DispatchError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

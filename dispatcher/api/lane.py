@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.api.context import ApiContext
-from dispatcher.api.errors import ApiError, error_body, error_response, from_domain
+from dispatcher.api.errors import HttpError, error_body, error_response, from_domain
 from dispatcher.api.orders import create_for_site
 from dispatcher.api.schemas import OrderCreate, OrderOut
 from orders.errors import DispatchError
@@ -101,7 +101,7 @@ class CreateLane:
         response: Response
         try:
             created = await create_for_site(self.ctx, site, request, key)
-        except ApiError as exc:
+        except HttpError as exc:
             response = error_response(exc)
         except DispatchError as exc:
             response = error_response(from_domain(exc))

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from dispatcher import metrics
 from dispatcher.api.auth import Context, Site
 from dispatcher.api.context import ApiContext
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.api.schemas import (
     AdapterList,
@@ -75,13 +75,13 @@ async def create_for_site(
     ctx: ApiContext, site: str, body: OrderCreate, idempotency_key: str | None
 ) -> Created:
     """What POST /v1/orders does once the request is read: the route above and the fast lane
-    (``dispatcher.api.lane``) both call it. Raises ApiError or domain errors."""
+    (``dispatcher.api.lane``) both call it. Raises HttpError or domain errors."""
     money = Money(body.amount, body.currency)
     runtime = ctx.runtimes.get(body.adapter)
     if runtime is not None:
         accepted = runtime.adapter.capabilities.currencies
         if accepted and money.currency not in accepted:
-            raise ApiError(
+            raise HttpError(
                 422,
                 "unsupported_currency",
                 f"{body.adapter} does not take {money.currency} "
@@ -89,7 +89,7 @@ async def create_for_site(
                 field="currency",
             )
     if idempotency_key is not None and not idempotency_key.strip():
-        raise ApiError(422, "invalid_field", "must not be blank", field="Idempotency-Key")
+        raise HttpError(422, "invalid_field", "must not be blank", field="Idempotency-Key")
     new = NewOrder(
         site=site,
         user_id=body.user_id,
@@ -161,7 +161,7 @@ def cancel_order(order_id: UUID, site: Site, ctx: Context) -> OrderOut:
     try:
         order = ctx.repo.cancel(order_id, site=site, actor=f"site:{site}"[:200])
     except InvalidTransition as exc:
-        raise ApiError(
+        raise HttpError(
             409,
             "not_cancellable",
             f"the order is {exc.from_status}; only new or awaiting_payment orders can be cancelled",

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from dispatcher.api import pages
 from dispatcher.api.auth import Context
 from dispatcher.api.context import ApiContext
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.api.schemas import BuyerState, PayStatus
 from orders.errors import (
@@ -177,7 +177,7 @@ async def status_json(order_id: UUID, ctx: Context, response: Response) -> PaySt
     try:
         order = await ctx.batched.get(order_id)
     except OrderNotFound:
-        raise ApiError(404, "order_not_found", "no such order") from None
+        raise HttpError(404, "order_not_found", "no such order") from None
     await _hurry(ctx, order)
     response.headers.update(_HEADERS)
     return buyer_status(ctx, order)
@@ -189,7 +189,9 @@ async def _form(request: Request) -> dict[str, str]:
     try:
         fields = parse_qs(body, max_num_fields=FORM_FIELDS)
     except ValueError:  # over max_num_fields
-        raise ApiError(400, "bad_request", f"the form has more than {FORM_FIELDS} fields") from None
+        raise HttpError(
+            400, "bad_request", f"the form has more than {FORM_FIELDS} fields"
+        ) from None
     return {k: v[0] for k, v in fields.items() if v}
 
 

@@ -7,7 +7,7 @@ from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import HttpError
 
 _KNOWN: dict[int, frozenset[str]] = {}
 
@@ -36,9 +36,9 @@ async def no_unknown_query(request: Request) -> None:
     seen: set[str] = set()
     for name, _ in request.query_params.multi_items():
         if name not in known:
-            raise ApiError(
+            raise HttpError(
                 422, "unknown_field", f"{name}: is not a parameter of this request", field=name
             )
         if name in seen:  # every parameter here takes one value
-            raise ApiError(422, "invalid_field", f"{name}: is given more than once", field=name)
+            raise HttpError(422, "invalid_field", f"{name}: is given more than once", field=name)
         seen.add(name)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from dispatcher.api.auth import Context, Site
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.api.schemas import (
     CURRENCIES,
@@ -162,7 +162,7 @@ def debit(
 ) -> EntryOut:
     """201 with the entry; 200 for a replay; 409 ``insufficient_funds`` rather than overdraw."""
     if not idempotency_key.strip():
-        raise ApiError(422, "invalid_field", "must not be blank", field="Idempotency-Key")
+        raise HttpError(422, "invalid_field", "must not be blank", field="Idempotency-Key")
     entry = ctx.wallets.debit(
         site,
         user_id,
