@@ -14,7 +14,7 @@ from uuid import UUID
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import TimeLimit
 
 from dispatcher.billing.webhook import Delivery
 from dispatcher.engine import Action
@@ -77,8 +77,13 @@ def deliver(event_id: str, token: str) -> None:
 
 
 def make_broker(url: str, *, namespace: str = "paydispatch") -> dramatiq.Broker:
-    """A broker for ``redis://`` (default) or ``amqp://`` URLs, without dramatiq's retries."""
-    middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines()]
+    """A broker for ``redis://`` (default) or ``amqp://`` URLs, without dramatiq's retries.
+
+    Only the middleware the actors use: TimeLimit for their ``time_limit``. No Retries (the
+    leases retry), and none of age limits, shutdown notices, callbacks or pipelines, which no
+    actor or message asks for.
+    """
+    middleware = [TimeLimit()]
     broker: dramatiq.Broker
     if url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -108,7 +113,7 @@ class Dispatch:
                 queue_name=queue_name(adapters[0]) if adapters else "paydispatch",
                 priority=0,
                 # An actor may wait for free engine slots for a whole batch of steps.
-                options={"max_retries": 0, "time_limit": 600_000},
+                options={"time_limit": 600_000},
             )
             for action, fn in _FUNCTIONS.items()
         }
@@ -120,7 +125,7 @@ class Dispatch:
             actor_name="deliver",
             queue_name=BILLING_QUEUE,
             priority=0,
-            options={"max_retries": 0, "time_limit": 60_000},
+            options={"time_limit": 60_000},
         )
 
     def send(self, adapter: str, action: Action, order_id: UUID, token: UUID) -> None:
