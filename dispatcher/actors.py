@@ -83,7 +83,7 @@ def make_broker(url: str, *, namespace: str = "paydispatch") -> dramatiq.Broker:
     leases retry), and none of age limits, shutdown notices, callbacks or pipelines, which no
     actor or message asks for.
     """
-    middleware = [TimeLimit()]
+    middleware: list[dramatiq.Middleware] = [TimeLimit()]
     broker: dramatiq.Broker
     if url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker

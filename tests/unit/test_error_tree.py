@@ -20,7 +20,10 @@ import pytest
 from orders import errors
 
 PACKAGES = ("orders", "adapters", "dispatcher")
-_TREE_LINE = re.compile(r"^(?P<prefix>(?:[│ ] {3})*)(?:[├└]── )?(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$")
+# A line of the drawing: "│   " or "    " per level, then "├── " or "└── ", then the name.
+_TREE_LINE = re.compile(
+    r"^(?P<prefix>(?:[│ ] {3})*)(?:[├└]── )?(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$"
+)
 _OUTSIDER = re.compile(r"``(?P<name>\w+)``\s+\((?P<module>[\w.]+)\)")
 
 
