@@ -64,6 +64,9 @@ CREATE TABLE orders (
 -- Due work: only rows with something left to do are in this index, so a sweep costs the same
 -- whether the table holds a thousand finished orders or a hundred million.
 CREATE INDEX orders_due_idx ON orders (next_run_at) WHERE next_run_at IS NOT NULL;
+-- Active orders by deadline: the sweeper's count of orders past it reads only these.
+CREATE INDEX orders_active_expires_idx ON orders (expires_at)
+    WHERE status IN ('new', 'submitting', 'awaiting_payment');
 -- Listing a site's orders newest first (keyset pagination on created_at, id).
 CREATE INDEX orders_site_created_idx ON orders (site, created_at DESC, id DESC);
 CREATE INDEX orders_site_user_idx ON orders (site, user_id, created_at DESC);
@@ -115,6 +118,80 @@ $$;
 CREATE TRIGGER orders_check_transition
     BEFORE UPDATE OF status ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_check_transition();
+
+-- Orders per adapter and status, counted as they change (issue #15): a gauge that counted the
+-- table would grow with it. Statement-level triggers append one signed row per (adapter,
+-- status) a statement changed; the sweeper folds the deltas into order_counts every stats
+-- interval (dispatcher/dbstats.py). Appending never waits for another transaction, where one
+-- counter row per (adapter, status) would queue every create of an adapter behind the previous
+-- one's commit. A read sums both tables in one snapshot, so it is exact.
+CREATE TABLE order_counts (
+    adapter text NOT NULL,
+    status  text NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (adapter, status)
+);
+
+CREATE TABLE order_count_deltas (
+    adapter text NOT NULL,
+    status  text NOT NULL,
+    n       bigint NOT NULL
+);
+
+CREATE FUNCTION orders_count_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO order_count_deltas (adapter, status, n)
+    SELECT adapter, status, count(*) FROM inserted_orders GROUP BY adapter, status;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION orders_count_updated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO order_count_deltas (adapter, status, n)
+    SELECT adapter, status, sum(n) FROM (
+        SELECT adapter, status, 1 AS n FROM new_orders
+        UNION ALL
+        SELECT adapter, status, -1 AS n FROM old_orders
+    ) AS moved
+    GROUP BY adapter, status
+    HAVING sum(n) <> 0;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION orders_count_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO order_count_deltas (adapter, status, n)
+    SELECT adapter, status, -count(*) FROM deleted_orders GROUP BY adapter, status;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION orders_count_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM order_count_deltas;
+    DELETE FROM order_counts;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER orders_count_inserted
+    AFTER INSERT ON orders REFERENCING NEW TABLE AS inserted_orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_count_inserted();
+CREATE TRIGGER orders_count_updated
+    AFTER UPDATE ON orders REFERENCING OLD TABLE AS old_orders NEW TABLE AS new_orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_count_updated();
+CREATE TRIGGER orders_count_deleted
+    AFTER DELETE ON orders REFERENCING OLD TABLE AS deleted_orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_count_deleted();
+CREATE TRIGGER orders_count_truncated
+    AFTER TRUNCATE ON orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_count_truncated();
 
 -- Site API keys: only a hash is stored; the key is shown once, by `paydispatch keys create`.
 CREATE TABLE api_keys (
@@ -191,6 +268,8 @@ CREATE UNIQUE INDEX wallet_entries_bonus_once_idx ON wallet_entries (order_id, k
     WHERE kind IN ('cashback', 'referral');
 -- History, newest first (keyset on id).
 CREATE INDEX wallet_entries_wallet_idx ON wallet_entries (site, user_id, id DESC);
+-- Deleting an order (`paydispatch db archive`) checks that no entry refers to it.
+CREATE INDEX wallet_entries_order_idx ON wallet_entries (order_id) WHERE order_id IS NOT NULL;
 
 CREATE FUNCTION wallet_entries_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -302,6 +381,15 @@ CREATE TRIGGER operator_actions_append_only
     BEFORE UPDATE OR DELETE ON operator_actions
     FOR EACH ROW EXECUTE FUNCTION operator_actions_append_only();
 
+-- Retention (issue #15): `paydispatch db archive` moves finished orders that nothing refers to,
+-- older than the retention, here with their events (orders/archive.py).
+CREATE TABLE orders_archive (LIKE orders, archived_at timestamptz NOT NULL DEFAULT now());
+ALTER TABLE orders_archive ADD PRIMARY KEY (id);
+
+CREATE TABLE order_events_archive (LIKE order_events);
+ALTER TABLE order_events_archive ADD PRIMARY KEY (id);
+CREATE INDEX order_events_archive_order_idx ON order_events_archive (order_id, id);
+
 INSERT INTO schema_version (version, description) VALUES (1, 'orders, order_events, transitions');
 INSERT INTO schema_version (version, description) VALUES (2, 'api keys');
 INSERT INTO schema_version (version, description) VALUES (3, 'billing');
@@ -309,3 +397,4 @@ INSERT INTO schema_version (version, description) VALUES (4, 'dispatch hardening
 INSERT INTO schema_version (version, description) VALUES (5, 'order switches');
 INSERT INTO schema_version (version, description) VALUES (6, 'site webhooks, key revocation notices');
 INSERT INTO schema_version (version, description) VALUES (7, 'operators and their console');
+INSERT INTO schema_version (version, description) VALUES (8, 'order counts, archive');

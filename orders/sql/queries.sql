@@ -53,7 +53,25 @@ WHERE o.id = due.id
 RETURNING o.*
 
 -- status_counts --
-SELECT adapter, status, count(*) AS n FROM orders GROUP BY adapter, status
+-- Orders per adapter and status in the orders table, from the counts the triggers keep
+-- (order_counts plus the deltas not folded yet), not from a scan of a table that keeps growing.
+SELECT adapter, status, sum(n)::bigint AS n FROM (
+    SELECT adapter, status, n FROM order_counts
+    UNION ALL
+    SELECT adapter, status, n FROM order_count_deltas
+) AS c
+GROUP BY adapter, status
+HAVING sum(n) <> 0
+
+-- fold_order_counts --
+-- Fold the deltas the triggers appended into order_counts (the sweeper, every stats interval),
+-- in a stable order so that two folding at once take row locks in the same order.
+WITH gone AS (
+    DELETE FROM order_count_deltas RETURNING adapter, status, n
+)
+INSERT INTO order_counts AS c (adapter, status, n)
+SELECT adapter, status, sum(n) FROM gone GROUP BY adapter, status ORDER BY adapter, status
+ON CONFLICT (adapter, status) DO UPDATE SET n = c.n + excluded.n
 
 -- due_stats --
 -- Seconds the most overdue order has waited (0 when nothing is due).
@@ -61,6 +79,7 @@ SELECT coalesce(extract(epoch FROM now() - min(next_run_at)), 0)::float8 AS olde
 FROM orders WHERE next_run_at IS NOT NULL AND next_run_at <= now()
 
 -- overdue_counts --
+-- Through orders_active_expires_idx: only active orders are in it, so finished ones cost nothing.
 SELECT adapter, count(*) AS n FROM orders
 WHERE status IN ('new', 'submitting', 'awaiting_payment')
   AND expires_at < now() - interval '5 minutes'
