@@ -32,6 +32,10 @@ def _services(settings: config.Settings) -> services.Services:
 def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings()
     found = _services(settings)
+    if args.action == "archive":
+        from orders import archive
+
+        return archive.run(found.database_url, args.older_than, args.batch)
     with psycopg.connect(found.database_url, autocommit=True) as conn:
         if args.action == "init":
             done = schema.init(conn)
@@ -129,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="create, upgrade or check the database schema")
-    db.add_argument("action", choices=["init", "check"])
+    db.add_argument("action", choices=["init", "check", "archive"])
+    db.add_argument("--older-than", help="archive: the retention, e.g. 90d (see orders/archive.py)")
+    db.add_argument("--batch", type=int, default=1000, help="archive: orders per transaction")
     db.set_defaults(func=cmd_db)
 
     svc = sub.add_parser(
