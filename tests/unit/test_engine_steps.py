@@ -9,153 +9,39 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, ClassVar, cast
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import cast
 
 import httpx
 import pytest
 
-from adapters import registry, robokassa, yookassa
-from adapters.base import (
-    Adapter,
-    AdapterSettings,
-    Capabilities,
-    Invoice,
-    InvoiceMayExist,
-    MalformedResponse,
-    PspRequest,
-    PspResponse,
-    SettingSpec,
-    StatusReport,
-)
-from adapters.testing import SAMPLE_TIME, sample_order
+from adapters import registry, robokassa
 from dispatcher import metrics
 from dispatcher.breaker import BreakerState
 from dispatcher.engine import Action, Engine
 from dispatcher.policy import RETRY_GRACE
 from dispatcher.runtime import AdapterRuntime
-from orders.errors import OrderNotFound, StaleOrder
 from orders.model import Order
-from orders.repository import OrderRepository, Write
-from orders.status import OrderStatus, check_transition
-from tests.dispatch_support import FAST
+from orders.repository import OrderRepository
+from orders.status import OrderStatus
+from tests.unit.engine_fakes import (
+    LEASE,
+    NOW,
+    PAYMENT_ID,
+    POLICY,
+    FakeRepository,
+    Wire,
+    counter,
+    leased,
+    nokeys_runtime,
+    run_step,
+    yk,
+    yookassa_runtime,
+)
 
 S = OrderStatus
-NOW = SAMPLE_TIME + timedelta(minutes=10)
-LEASE = uuid.UUID("00000000-0000-4000-8000-00000000beef")
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "yookassa"
-PAYMENT_ID = "2f3b588d-000f-5000-8000-1d6e87c7fbde"
-POLICY = replace(FAST, retries=0, breaker_failures=1000, breaker_reset=30.0)
-
-
-class FakeRepository:
-    """The repository calls the engine makes, on a dict, with the real state machine."""
-
-    def __init__(self, *orders: Order) -> None:
-        self.orders = {order.id: order for order in orders}
-        self.moves: list[tuple[OrderStatus, OrderStatus, dict[str, Any]]] = []
-
-    def get_many(self, order_ids: Sequence[uuid.UUID]) -> list[Order | OrderNotFound]:
-        return [self.orders.get(i) or OrderNotFound(str(i)) for i in order_ids]
-
-    def write_many(self, writes: Sequence[Write]) -> list[Order | Exception]:
-        return [self._write(write) for write in writes]
-
-    def _write(self, write: Write) -> Order | Exception:
-        current = self.orders.get(write.order_id)
-        if current is None:
-            return OrderNotFound(str(write.order_id))
-        if write.token is not None and current.lease_token != write.token:
-            return StaleOrder("lease")
-        if write.expected is not None and current.status is not write.expected:
-            return StaleOrder("status")
-        changes = dict(write.changes)
-        if write.to is not None:
-            check_transition(current.status, write.to)
-            changes["status"] = write.to
-            if write.to is S.PAID:
-                changes["paid_at"] = NOW
-            self.moves.append((current.status, write.to, dict(write.detail)))
-        if not write.keep_lease:
-            changes.update(lease_token=None, lease_until=None)
-        moved = replace(current, **changes)
-        self.orders[moved.id] = moved
-        return moved
-
-
-@dataclass
-class Wire:
-    """A payment system behind httpx.MockTransport: answers by (method, path), logs requests."""
-
-    answers: dict[tuple[str, str], list[httpx.Response]] = field(default_factory=dict)
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def on(self, method: str, path: str, *responses: httpx.Response) -> None:
-        self.answers.setdefault((method, path), []).extend(responses)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        queue = self.answers.get((request.method, request.url.path))
-        assert queue, f"unexpected {request.method} {request.url.path}"
-        return queue.pop(0) if len(queue) > 1 else queue[0]
-
-    @property
-    def calls(self) -> list[str]:
-        return [f"{r.method} {r.url.path}" for r in self.requests]
-
-
-def yk(name: str, status_code: int = 200, **changes: Any) -> httpx.Response:
-    body = json.loads((FIXTURES / f"{name}.json").read_text())
-    body.update(changes)
-    return httpx.Response(status_code, json=body)
-
-
-def yookassa_runtime(**values: str) -> AdapterRuntime:
-    configured = {"SHOP_ID": "100500", "SECRET_KEY": "test_key", "API_URL": "https://yk.test/v3"}
-    settings = registry.resolve_settings(yookassa.adapter, configured | values, environ={})
-    return AdapterRuntime(yookassa.adapter, settings, POLICY)
-
-
-def leased(**changes: Any) -> Order:
-    return replace(sample_order(adapter="yookassa"), lease_token=LEASE, **changes)
-
-
-def run_step(
-    runtime: AdapterRuntime,
-    wire: Wire,
-    order: Order,
-    action: Action,
-    *,
-    repo: FakeRepository | None = None,
-    now: datetime = NOW,
-) -> tuple[Order, FakeRepository, Engine]:
-    """One engine step for ``order``; the order as written afterwards."""
-    repo = repo or FakeRepository(order)
-    repo.orders.setdefault(order.id, order)
-
-    async def go() -> Engine:
-        engine = Engine(
-            cast(OrderRepository, repo),
-            {runtime.name: runtime},
-            clock=lambda: now,
-            db_threads=1,
-            http_transport=httpx.MockTransport(wire),
-        )
-        try:
-            await engine.run(order.id, order.lease_token or LEASE, action)
-        finally:
-            await engine.aclose()
-        return engine
-
-    engine = asyncio.run(go())
-    return repo.orders[order.id], repo, engine
-
-
-def counter(metric: Any, *labels: str) -> float:
-    return float(metric.labels(*labels)._value.get())
 
 
 # -- our credentials refused ---------------------------------------------------------------------
@@ -275,55 +161,6 @@ def test_a_held_payment_of_another_amount_is_cancelled_never_captured() -> None:
 
 
 # -- payment systems without idempotency keys ----------------------------------------------------
-
-
-class NoKeys(Adapter):
-    """A payment system without idempotency keys that answers a repeated create "it may exist"
-    (T-Bank's duplicate OrderId) and finds invoices by our reference."""
-
-    name: ClassVar[str] = "nokeys"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        idempotent_create=False, lookup_by_reference=True
-    )
-    settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
-        SettingSpec("API_URL", default="https://nokeys.test"),
-    )
-
-    def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest:
-        return PspRequest("POST", f"{settings.api_url}/init", "create", json={"ref": order.number})
-
-    def parse_create(self, order: Order, response: PspResponse) -> Invoice:
-        body = response.json()
-        if body.get("error") == "duplicate":
-            raise InvoiceMayExist("an invoice for this reference exists")
-        return Invoice(body["id"], body.get("pay_url"))
-
-    def build_status(self, order: Order, settings: AdapterSettings) -> PspRequest:
-        return PspRequest("GET", f"{settings.api_url}/state/{order.psp_id}", "status")
-
-    def parse_status(
-        self,
-        order: Order,
-        response: PspResponse,
-        settings: AdapterSettings,
-        operation: str = "status",
-    ) -> StatusReport:
-        raise MalformedResponse("not used here")
-
-    def build_lookup(self, order: Order, settings: AdapterSettings) -> PspRequest:
-        return PspRequest("POST", f"{settings.api_url}/check", "lookup", json={"ref": order.number})
-
-    def parse_lookup(
-        self, order: Order, response: PspResponse, settings: AdapterSettings
-    ) -> Invoice | None:
-        body = response.json()
-        return Invoice(body["id"], body.get("pay_url")) if body.get("id") else None
-
-
-def nokeys_runtime() -> AdapterRuntime:
-    adapter = NoKeys()
-    settings = registry.resolve_settings(adapter, {}, environ={})
-    return AdapterRuntime(adapter, settings, POLICY)
 
 
 def test_invoice_may_exist_keeps_submitting_and_the_next_attempt_finds_it_by_lookup() -> None:
