@@ -72,6 +72,7 @@ from dispatcher.policy import next_poll, retry_at
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import Decision, PaidHook, Settler
 from dispatcher.transport import CircuitOpen, PspUnavailable, Transport
+from orders.backoff import ceiling
 from orders.errors import (
     InvalidInput,
     OrderNotFound,
@@ -372,7 +373,13 @@ class Engine:
             return
         watch_until = order.expires_at + rt.policy.late_window
         # Look less and less often: a late payment is rare, and payment systems rate-limit.
-        step = min(rt.policy.late_interval * 2 ** min(order.polls + 1, 20), LATE_INTERVAL_CAP)
+        step = timedelta(
+            seconds=ceiling(
+                rt.policy.late_interval.total_seconds(),
+                min(order.polls + 1, 20),
+                cap=LATE_INTERVAL_CAP.total_seconds(),
+            )
+        )
         later = now + step
         await self._release(
             order,

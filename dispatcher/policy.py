@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from adapters.base import Adapter, PollPolicy
 from adapters.registry import env_name
 from dispatcher.config import ConfigError
+from orders.backoff import full_jitter
 
 MIN_DELAY = timedelta(milliseconds=200)
 # How far past its deadline a failed step's retry may be scheduled; past that, retries come at
@@ -122,16 +123,21 @@ def next_poll(
     if polls == 0:
         delay = poll.first
     else:
-        ceiling = min(poll.cap.total_seconds(), poll.first.total_seconds() * poll.factor**polls)
         rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        delay = max(timedelta(seconds=ceiling * rng.random()), MIN_DELAY)
+        wait = full_jitter(
+            poll.first.total_seconds(),
+            polls,
+            cap=poll.cap.total_seconds(),
+            factor=poll.factor,
+            rng=rng.random,
+        )
+        delay = max(timedelta(seconds=wait), MIN_DELAY)
     return min(now + delay, deadline)
 
 
 def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> timedelta:
     """Backoff before the next try of a failed step (full jitter)."""
-    ceiling = min(cap, base * 2 ** min(attempt, 30))
-    return max(timedelta(seconds=ceiling * random.random()), MIN_DELAY)  # noqa: S311
+    return max(timedelta(seconds=full_jitter(base, min(attempt, 30), cap=cap)), MIN_DELAY)
 
 
 def retry_at(

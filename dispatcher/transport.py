@@ -46,6 +46,7 @@ from dispatcher.aiohttp_transport import AiohttpTransport
 from dispatcher.breaker import CircuitBreaker, CircuitOpen
 from dispatcher.outage import OutageLog
 from dispatcher.policy import DispatchPolicy
+from orders.backoff import retry_after_wait
 from orders.errors import TransientError
 
 log = structlog.get_logger(__name__)
@@ -118,12 +119,11 @@ class _Wait:
     rng: Callable[[], float] = random.random
 
     def __call__(self, state: RetryCallState) -> float:
-        jitter = min(self.cap, self.base * 2 ** (state.attempt_number - 1)) * self.rng()
         exc = state.outcome.exception() if state.outcome else None
-        after: float = 0.0
-        if isinstance(exc, PspUnavailable) and exc.retry_after is not None:
-            after = exc.retry_after
-        return float(min(self.cap, max(jitter, after)))
+        after = exc.retry_after if isinstance(exc, PspUnavailable) else None
+        return retry_after_wait(
+            self.base, state.attempt_number - 1, cap=self.cap, retry_after=after, rng=self.rng
+        )
 
 
 def _client(

@@ -33,6 +33,7 @@ from uuid import UUID
 import httpx
 import tenacity
 
+from orders.backoff import retry_after_wait
 from orders.errors import (
     DispatchError,
     IdempotencyConflict,
@@ -340,18 +341,20 @@ class _WaitRetryAfter(tenacity.wait.wait_base):
     """Exponential backoff with full jitter, but never less than the server's ``Retry-After``."""
 
     def __init__(self, initial: float, cap: float) -> None:
-        self.backoff = tenacity.wait_random_exponential(multiplier=initial, max=cap)
+        self.initial = initial
         self.cap = cap
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        wait = float(self.backoff(retry_state))
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
+        after: float | None = None
         if isinstance(error, _Retryable) and error.response is not None:
             value = error.response.headers.get("retry-after", "")
             if value.replace(".", "", 1).isdigit():
-                wait = max(wait, min(float(value), self.cap))
-        return wait
+                after = float(value)
+        return retry_after_wait(
+            self.initial, retry_state.attempt_number - 1, cap=self.cap, retry_after=after
+        )
 
 
 def _unavailable(exc: _Retryable) -> ApiError:

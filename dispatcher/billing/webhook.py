@@ -32,6 +32,7 @@ import structlog
 from dispatcher import logs, metrics
 from dispatcher.billing.receiver import HEADER, sign
 from dispatcher.billing.sql import query
+from orders.backoff import ceiling
 from orders.model import Order
 from orders.repository import Connection, Pool, database_errors
 
@@ -76,11 +77,14 @@ class Backoff:
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> timedelta:
         """The wait after failed attempt number ``attempt`` (1 for the first)."""
-        ceiling = min(
-            self.cap.total_seconds(),
-            self.first.total_seconds() * self.factor ** min(attempt - 1, 60),
+        highest = ceiling(
+            self.first.total_seconds(),
+            min(attempt - 1, 60),
+            cap=self.cap.total_seconds(),
+            factor=self.factor,
         )
-        return timedelta(seconds=max(ceiling * rng(), min(1.0, ceiling) * 0.1))
+        # Full jitter, but never a busy loop: at least a tenth of the ceiling (or of a second).
+        return timedelta(seconds=max(highest * rng(), min(1.0, highest) * 0.1))
 
 
 class Outbox:
