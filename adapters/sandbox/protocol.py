@@ -7,11 +7,13 @@ loads this module inside the dispatcher.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+# The sandbox signs its webhooks as paydispatch signs its own billing webhooks (``t=...,v1=...``,
+# HMAC-SHA256 of "<t>.<body>"): one implementation, re-exported for the server and the adapter.
+from orders.signing import SignatureHeader as SignatureHeader  # noqa: PLC0414
+from orders.signing import signature_header as signature_header  # noqa: PLC0414
 
 API_PREFIX = "/api/v1"
 DEFAULT_API_URL = "http://127.0.0.1:8765"
@@ -78,44 +80,3 @@ class Scenario:
         return (
             self.kind.value if self.kind is ScenarioKind.NEVER else f"{self.kind}:{self.seconds:g}"
         )
-
-
-def signature_digest(secret: str, timestamp: int, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` under the webhook secret."""
-    message = f"{timestamp}.".encode() + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def signature_header(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``Sandbox-Signature`` header value for a webhook body sent at ``timestamp``."""
-    return f"t={timestamp},v1={signature_digest(secret, timestamp, body)}"
-
-
-@dataclass(frozen=True, slots=True)
-class SignatureHeader:
-    """A parsed ``Sandbox-Signature`` header: when it was signed and the v1 digests it carries."""
-
-    timestamp: int
-    digests: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, value: str) -> SignatureHeader | None:
-        """None when the header is not of the form ``t=<int>,v1=<hex>[,v1=<hex>...]``."""
-        timestamp: int | None = None
-        digests: list[str] = []
-        for part in value.split(","):
-            key, _, item = part.strip().partition("=")
-            if key == "t" and re.fullmatch(r"\d{1,12}", item):
-                timestamp = int(item)
-            elif key == "v1" and re.fullmatch(r"[0-9a-f]{64}", item):
-                digests.append(item)
-        if timestamp is None or not digests:
-            return None
-        return cls(timestamp, tuple(digests))
-
-    def matches(self, secret: str, body: bytes) -> bool:
-        """Whether any digest is the body's HMAC under ``secret`` (constant-time comparison)."""
-        expected = signature_digest(secret, self.timestamp, body)
-        # Compare against every digest so timing does not reveal which one matched.
-        results = [hmac.compare_digest(expected, digest) for digest in self.digests]
-        return any(results)
