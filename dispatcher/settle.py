@@ -140,7 +140,9 @@ class Settler:
         A reported amount or currency other than the order's sends an active order to
         ``needs_review``, never to ``paid``; a settled order is left alone (and logged).
         Orders that leave ``awaiting_payment`` stay watched for a late payment until
-        ``late_watch`` from now.
+        ``late_watch`` from now. An order in ``needs_review`` is left to a person
+        (:func:`dispatcher.ops.resolve`): a report, even a verified notification, may be older
+        than what sent it there (a payment's event delivered after its refund's).
         """
         if report.money is not None and report.money != order.money:
             if not can_transition(order.status, S.NEEDS_REVIEW):
@@ -164,7 +166,11 @@ class Settler:
                 {"last_error": f"payment system reported {report.money}, order is {order.money}"},
             )
         target = _TARGETS.get(report.state)
-        if target is None or not can_transition(order.status, target):
+        if (
+            target is None
+            or order.status is S.NEEDS_REVIEW
+            or not can_transition(order.status, target)
+        ):
             return None
         detail: dict[str, Any] = {"psp_status": report.raw_status}
         if report.reason:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -78,6 +78,7 @@ class FakeRepository:
     def __init__(self, *orders: Order, clock: Callable[[], datetime] = lambda: NOW) -> None:
         self.orders = {order.id: order for order in orders}
         self.moves: list[Move] = []
+        self.actors: list[str] = []  # who wrote each move made through transition()
         self.clock = clock
 
     def get_many(self, order_ids: Sequence[uuid.UUID]) -> list[Order | OrderNotFound]:
@@ -105,6 +106,45 @@ class FakeRepository:
             changes.update(lease_token=None, lease_until=None)
         moved = replace(current, **changes)
         self.orders[moved.id] = moved
+        return moved
+
+    def transition(
+        self,
+        order_id: uuid.UUID,
+        expected: OrderStatus,
+        to: OrderStatus,
+        *,
+        actor: str,
+        detail: Mapping[str, Any] | None = None,
+        lease_token: uuid.UUID | None = None,
+        keep_lease: bool = False,
+        within: Callable[[Any, Order], None] | None = None,
+        **changes: Any,
+    ) -> Order:
+        """One move on its own, as ``OrderRepository.transition``: ``within`` (the billing hook)
+        runs after the update, and if it raises nothing is kept."""
+        before = (dict(self.orders), list(self.moves))
+        write = Write.move(
+            order_id,
+            expected,
+            to,
+            actor=actor,
+            detail=detail,
+            lease_token=lease_token,
+            keep_lease=keep_lease,
+            **changes,
+        )
+        moved = self._write(write)
+        if isinstance(moved, Exception):
+            raise moved
+        self.actors.append(actor)
+        if within is not None:
+            try:
+                within(None, moved)
+            except Exception:
+                self.orders, self.moves = before
+                self.actors.pop()
+                raise
         return moved
 
     def statuses(self) -> list[tuple[OrderStatus, OrderStatus]]:
