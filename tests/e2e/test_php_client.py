@@ -377,6 +377,20 @@ def test_an_api_that_never_answers_times_out_and_is_retried_then_unavailable(
     assert [m for m, _, _ in front.seen] == ["GET", "GET"]
 
 
+def test_php_client_refuses_a_key_with_a_line_break_instead_of_injecting_a_header(
+    php: str, api: Api, front: Front
+) -> None:
+    site, key = api.new_key()
+    # Given an idempotency key (or an API key read from a file) with a line break in it,
+    outcome = run_php(php, "retry.php", {"PD_FRONT_URL": front.url, "PD_KEY": key}, "inject")
+    # then the client refuses it as an argument error, and nothing reaches the API:
+    # curl would have sent the rest of the value as a header line of its own.
+    refused = "InvalidArgumentException"
+    assert outcome == {"create": refused, "debit": refused, "client": refused}
+    assert front.seen == []
+    assert api.orders_of(site) == {}
+
+
 # -- webhook signatures: PHP verifies what Python signs -----------------------------------------
 
 

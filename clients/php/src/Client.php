@@ -54,6 +54,7 @@ final class Client
         if ($apiKey === '') {
             throw new \InvalidArgumentException('an API key is required');
         }
+        self::headerValue('the API key', $apiKey);
         if ($retries < 0 || $timeout <= 0 || $backoff < 0 || $maxBackoff < 0) {
             throw new \InvalidArgumentException(
                 'timeout must be positive; retries and backoffs not negative'
@@ -267,7 +268,8 @@ final class Client
             $headers[] = 'Expect:';  // no 100-continue round trip before a larger body
         }
         if ($idempotencyKey !== null) {
-            $headers[] = 'Idempotency-Key: ' . $idempotencyKey;
+            $key = self::headerValue('the idempotency key', $idempotencyKey);
+            $headers[] = 'Idempotency-Key: ' . $key;
         }
         $repeatable = $method !== 'POST' || $idempotencyKey !== null;
         $attempts = $repeatable ? $this->retries + 1 : 1;
@@ -287,6 +289,21 @@ final class Client
             }
             return $response;
         }
+    }
+
+    /**
+     * `$value` if it can travel as a header value: printable ASCII only. curl sends header lines
+     * as given, so a line break in a key (a caller's reference, a key file's trailing newline)
+     * would end the header early and let the rest be read as headers of its own.
+     */
+    private static function headerValue(string $what, #[\SensitiveParameter] string $value): string
+    {
+        if (preg_match('/^[\x20-\x7e]*$/D', $value) !== 1) {
+            throw new \InvalidArgumentException(
+                "$what must be printable ASCII (no line breaks or other control characters)"
+            );
+        }
+        return $value;
     }
 
     /**

@@ -22,7 +22,28 @@ try {
         })(),
         'get' => ['order' => $pd->getOrder(env('PD_ORDER'))->id],
         'cancel' => ['status' => $pd->cancelOrder(env('PD_ORDER'))->status->value],
-        default => throw new CheckFailed('name a call: create, get or cancel'),
+        // A caller's key with a line break: refused before anything is sent.
+        'inject' => (function () use ($pd): array {
+            $injected = "k\r\nX-Injected: yes";
+            $refused = [];
+            foreach ([
+                'create' => fn () => $pd->createOrder(
+                    userId: '9', amount: 300, currency: 'USD', adapter: 'sandbox',
+                    idempotencyKey: $injected,
+                ),
+                'debit' => fn () => $pd->debit('9', 100, 'USD', $injected),
+                'client' => fn () => new Client(env('PD_FRONT_URL'), env('PD_KEY') . "\n"),
+            ] as $call => $fn) {
+                try {
+                    $fn();
+                    $refused[$call] = null;
+                } catch (InvalidArgumentException $e) {
+                    $refused[$call] = $e::class;
+                }
+            }
+            return $refused;
+        })(),
+        default => throw new CheckFailed('name a call: create, get, cancel or inject'),
     };
 } catch (ApiError $e) {
     $outcome = ['error' => $e::class, 'status' => $e->httpStatus, 'code' => $e->code];
