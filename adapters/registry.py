@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 from adapters.base import Adapter, AdapterSettings, InvalidSettings, Secret
+from orders.settings import read_secret
 
 GROUP = "paydispatch.adapters"
 
@@ -63,19 +64,9 @@ def resolve_settings(
     values: dict[str, str | Secret] = {}
     for spec in adapter.settings_spec:
         var = env_name(adapter.name, spec.key)
-        value: str | None
-        if var in environ:
-            value = environ[var]
-        elif f"{var}_FILE" in environ:
-            try:
-                with open(environ[f"{var}_FILE"], encoding="utf-8") as fh:
-                    value = fh.read().strip()
-            except OSError as exc:
-                raise InvalidSettings(f"{var}_FILE: cannot read {exc.filename}: {exc}") from None
-        elif spec.key in configured:
-            value = str(configured[spec.key])
-        else:
-            value = spec.default
+        value = read_secret(environ, var, error=InvalidSettings)
+        if value is None:
+            value = str(configured[spec.key]) if spec.key in configured else spec.default
         if value is None or value == "":
             raise InvalidSettings(
                 f"adapter {adapter.name!r} needs setting {spec.key}: set {var} "

@@ -135,6 +135,7 @@ from adapters.base import (
 from orders.errors import InvalidInput, TransientError
 from orders.model import Order
 from orders.money import Money
+from orders.settings import flag
 
 DEFAULT_API_URL = "https://auth.robokassa.ru/Merchant"
 PAY_PATH = "/Index.aspx"
@@ -166,8 +167,6 @@ _REFUSED_RESULTS = {
     4: "two operations share this InvoiceID (a test payment reused a live number)",
 }
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _DECLARATIONS = re.compile(r"<!\s*(doctype|entity)", re.IGNORECASE)
 
 
@@ -249,17 +248,6 @@ def parse_out_sum(value: str, response: PspResponse, field: str = "OutSum") -> M
         return Money.parse(value.strip(), CURRENCY)
     except InvalidInput as exc:
         _malformed(response, f"{field} {value!r}: {exc.message}")
-
-
-def flag(settings: AdapterSettings, key: str) -> bool:
-    value = settings.get(key).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidSettings(
-        f"PAYDISPATCH_ROBOKASSA_{key} must be true or false, got {settings.get(key)!r}"
-    )
 
 
 def _xml_root(response: PspResponse) -> ET.Element:
@@ -453,7 +441,7 @@ class Robokassa(Adapter):
             ("Description", description[:DESCRIPTION_LIMIT]),
             ("SignatureValue", value),
         ]
-        if flag(settings, "TEST"):
+        if flag("PAYDISPATCH_ROBOKASSA_TEST", settings.get("TEST"), error=InvalidSettings):
             params.append(("IsTest", "1"))
         culture = order.metadata.get("culture")
         if isinstance(culture, str) and culture.lower() in CULTURES:

@@ -123,6 +123,7 @@ from adapters.base import (
 from orders.errors import InvalidInput, TransientError
 from orders.model import Order
 from orders.money import Money
+from orders.settings import flag
 
 DEFAULT_API_URL = "https://securepay.tinkoff.ru/v2"
 CURRENCY = "RUB"
@@ -169,9 +170,6 @@ REJECTED = {
     "REVERSED": "the hold was released by the merchant",
     "CANCELED": "cancelled by the merchant",
 }
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class TBankUnavailable(TransientError):
@@ -315,15 +313,6 @@ def parse_amount(value: Any, response: PspResponse, field: str = "Amount") -> Mo
     return Money(value, CURRENCY)
 
 
-def _flag(settings: AdapterSettings, key: str) -> bool:
-    value = settings.get(key).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidSettings(f"PAYDISPATCH_TBANK_{key} must be true or false, got {value!r}")
-
-
 def _url_setting(settings: AdapterSettings, key: str) -> str:
     value = settings.api_url if key == "API_URL" else settings.get(key).strip()
     parts = urlsplit(value)
@@ -387,7 +376,7 @@ class TBank(Adapter):
         return order.psp_id
 
     def two_stage(self, settings: AdapterSettings) -> bool:
-        return _flag(settings, "TWO_STAGE")
+        return flag("PAYDISPATCH_TBANK_TWO_STAGE", settings.get("TWO_STAGE"), error=InvalidSettings)
 
     def build_create(self, order: Order, settings: AdapterSettings) -> PspRequest:
         if order.money.currency != CURRENCY:

@@ -45,6 +45,7 @@ from adapters.base import (
 from orders.errors import InvalidInput, TransientError
 from orders.model import Order
 from orders.money import Money
+from orders.settings import flag
 
 DEFAULT_API_URL = "https://api.yookassa.ru/v3"
 
@@ -69,9 +70,6 @@ DESCRIPTION_LIMIT = 128
 # Metadata keys we write; YooKassa returns metadata unchanged in payments and notifications.
 META_ORDER_ID = "paydispatch_order_id"
 META_NUMBER = "paydispatch_number"
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 _STATUS_ERROR_HINTS = {
     "invalid_credentials": "check PAYDISPATCH_YOOKASSA_SHOP_ID and PAYDISPATCH_YOOKASSA_SECRET_KEY",
@@ -183,17 +181,6 @@ def _payment(response: PspResponse, *, create: bool) -> Mapping[str, Any]:
     if not isinstance(status, str) or not status:
         _malformed(response, "payment object without a status")
     return body
-
-
-def _flag(settings: AdapterSettings, key: str) -> bool:
-    value = settings.get(key).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidSettings(
-        f"PAYDISPATCH_YOOKASSA_{key} must be true or false, got {settings.get(key)!r}"
-    )
 
 
 def _sender_allowed(remote_addr: str | None) -> bool:
@@ -355,7 +342,12 @@ class YooKassa(Adapter):
     def parse_notification(
         self, notification: Notification, settings: AdapterSettings
     ) -> NotificationResult:
-        if _flag(settings, "NOTIFY_IP_CHECK") and not _sender_allowed(notification.remote_addr):
+        ip_check = flag(
+            "PAYDISPATCH_YOOKASSA_NOTIFY_IP_CHECK",
+            settings.get("NOTIFY_IP_CHECK"),
+            error=InvalidSettings,
+        )
+        if ip_check and not _sender_allowed(notification.remote_addr):
             return NotificationResult(ref=OrderRef(), verified=False, reply=Reply(403))
         response = PspResponse(status_code=200, content=notification.body)
         body = _body(response)

@@ -20,6 +20,7 @@ from typing import Any
 # On the one error tree (a PermanentError), and still found here by its callers: "as" makes
 # this a re-export for mypy.
 from orders.errors import ConfigError as ConfigError  # noqa: PLC0414
+from orders.settings import flag, number, read_secret, seconds
 
 DEFAULT_CONFIG = Path("/etc/paydispatch/paydispatch.toml")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -70,18 +71,6 @@ class Settings:
     console: bool = True  # the operators' console under /console/ (PAYDISPATCH_CONSOLE)
 
 
-def _read_secret(environ: Mapping[str, str], name: str) -> str | None:
-    if name in environ and environ[name] != "":
-        return environ[name]
-    path = environ.get(f"{name}_FILE")
-    if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
-    return None
-
-
 def _load_file(environ: Mapping[str, str]) -> tuple[dict[str, Any], Path | None]:
     named = environ.get("PAYDISPATCH_CONFIG")
     path = Path(named) if named else DEFAULT_CONFIG
@@ -103,7 +92,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     adapters_table = data.get("adapters", {})
     if not isinstance(adapters_table, dict):
         raise ConfigError("[adapters] must be a table")
-    dev = _flag(environ, "PAYDISPATCH_DEV", data.get("dev", False))
+    dev = flag("PAYDISPATCH_DEV", environ.get("PAYDISPATCH_DEV", data.get("dev", False)))
     enabled_raw = environ.get("PAYDISPATCH_ADAPTERS")
     configured = enabled_raw is not None or "enabled" in adapters_table
     if enabled_raw is not None:
@@ -132,8 +121,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"PAYDISPATCH_LOG_FORMAT must be console or json, not {log_format!r}")
     home = Path(environ.get("PAYDISPATCH_HOME", data.get("home", ".paydispatch"))).resolve()
     return Settings(
-        database_url=_read_secret(environ, "PAYDISPATCH_DATABASE_URL") or data.get("database_url"),
-        broker_url=_read_secret(environ, "PAYDISPATCH_BROKER_URL") or data.get("broker_url"),
+        database_url=read_secret(environ, "PAYDISPATCH_DATABASE_URL") or data.get("database_url"),
+        broker_url=read_secret(environ, "PAYDISPATCH_BROKER_URL") or data.get("broker_url"),
         home=home,
         enabled_adapters=enabled,
         adapters_configured=configured,
@@ -143,36 +132,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         config_file=path,
         billing=load_billing(environ, data),
-        stats_interval=_positive(
-            environ, "PAYDISPATCH_STATS_INTERVAL", data.get("stats_interval"), 15.0
+        stats_interval=seconds(
+            "PAYDISPATCH_STATS_INTERVAL",
+            environ.get("PAYDISPATCH_STATS_INTERVAL", data.get("stats_interval", 15.0)),
         ),
         **_api_settings(environ, data),
     )
-
-
-def _flag(environ: Mapping[str, str], var: str, configured: object) -> bool:
-    raw = environ.get(var)
-    if raw is None:
-        if isinstance(configured, bool):
-            return configured
-        raw = str(configured)
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"", "0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{var} must be 1 or 0 (true or false), not {raw!r}")
-
-
-def _positive(environ: Mapping[str, str], var: str, configured: object, default: float) -> float:
-    raw = environ.get(var, configured if configured is not None else default)
-    try:
-        value = float(str(raw))
-    except ValueError:
-        raise ConfigError(f"{var} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{var} must be positive, got {raw!r}")
-    return value
 
 
 def _percent(name: str, raw: object) -> Decimal:
@@ -223,23 +188,16 @@ def load_billing(environ: Mapping[str, str], data: Mapping[str, Any]) -> Billing
                 "`paydispatch sites set-webhook SITE URL` (it prints the site's secret once) "
                 "and remove this setting"
             )
-    seconds = {}
-    for key, default in (("webhook_timeout", 10.0), ("webhook_max_age", 3 * 24 * 3600.0)):
-        raw = get(key, default)
-        try:
-            seconds[key] = float(str(raw))
-        except ValueError:
-            raise ConfigError(
-                f"PAYDISPATCH_BILLING_{key.upper()}: {raw!r} is not seconds"
-            ) from None
-        if seconds[key] <= 0:
-            raise ConfigError(f"PAYDISPATCH_BILLING_{key.upper()}: must be positive")
+    durations = {
+        key: seconds(f"PAYDISPATCH_BILLING_{key.upper()}", get(key, default))
+        for key, default in (("webhook_timeout", 10.0), ("webhook_max_age", 3 * 24 * 3600.0))
+    }
     return BillingSettings(
         hooks=hooks,
         cashback_percent=cashback,
         referral_percents=referrals,
-        webhook_timeout=seconds["webhook_timeout"],
-        webhook_max_age=seconds["webhook_max_age"],
+        webhook_timeout=durations["webhook_timeout"],
+        webhook_max_age=durations["webhook_max_age"],
     )
 
 
@@ -259,16 +217,12 @@ def _api_settings(environ: Mapping[str, str], data: Mapping[str, Any]) -> dict[s
     for key, default, low, high in (("port", 8000, 0, 65535), ("body_limit", 65536, 1024, 2**30)):
         var = f"PAYDISPATCH_API_{key.upper()}"
         raw = environ.get(var) or table.get(key, default)
-        try:
-            value = int(str(raw))
-        except ValueError:
-            raise ConfigError(f"{var} must be a whole number, not {raw!r}") from None
-        if not low <= value <= high:
-            raise ConfigError(f"{var} must be between {low} and {high}, got {value}")
-        values[f"api_{key}"] = value
-    docs = str(environ.get("PAYDISPATCH_API_DOCS") or table.get("docs", True)).strip().lower()
-    if docs not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-        raise ConfigError(f"PAYDISPATCH_API_DOCS must be 1 or 0 (true or false), not {docs!r}")
-    values["api_docs"] = docs in {"1", "true", "yes", "on"}
-    values["console"] = _flag(environ, "PAYDISPATCH_CONSOLE", table.get("console", True))
+        values[f"api_{key}"] = number(var, raw, kind=int, low=low, high=high)
+    # An empty PAYDISPATCH_API_DOCS leaves the file's value (or the default, on) in place.
+    values["api_docs"] = flag(
+        "PAYDISPATCH_API_DOCS", environ.get("PAYDISPATCH_API_DOCS") or table.get("docs", True)
+    )
+    values["console"] = flag(
+        "PAYDISPATCH_CONSOLE", environ.get("PAYDISPATCH_CONSOLE", table.get("console", True))
+    )
     return values

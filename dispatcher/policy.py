@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from adapters.base import Adapter, PollPolicy
 from adapters.registry import env_name
-from dispatcher.config import ConfigError
 from orders.backoff import full_jitter
+from orders.settings import number
 
 MIN_DELAY = timedelta(milliseconds=200)
 # How far past its deadline a failed step's retry may be scheduled; past that, retries come at
@@ -82,13 +82,10 @@ def load_policy(
         if raw is None:
             values[key] = defaults[key]
             continue
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ConfigError(f"{var}: {raw!r} is not a {kind.__name__}") from None
-        if value < 0 or (value == 0 and key != "RETRIES"):
-            raise ConfigError(f"{var}: must be positive, got {raw!r}")
-        values[key] = value
+        if key == "RETRIES":  # no retry at all is a choice; every other value must be > 0
+            values[key] = number(var, raw, kind=int, low=0)
+        else:
+            values[key] = number(var, raw, kind=kind, positive=True)
     return DispatchPolicy(
         poll=PollPolicy(
             first=timedelta(seconds=values["POLL_FIRST"]),
