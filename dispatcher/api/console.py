@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, ParamSpec
@@ -46,6 +47,11 @@ SESSION_COOKIE = "pd_console"
 LOGIN_COOKIE = "pd_console_login"
 FORM_FIELDS = 8
 PAGE = 50
+# A password check is scrypt's 16 MiB and ~50 ms, asked for by anyone who can load the login
+# page, in the threads that also serve sites and buyers: at most this many run at once, and a
+# login beyond them is told to try again rather than queued.
+LOGIN_CHECKS = 2
+_checking = threading.BoundedSemaphore(LOGIN_CHECKS)
 _HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "same-origin",
@@ -145,7 +151,15 @@ def login(request: Request, ctx: Context, form: Form) -> Response:
     sent, kept = form.get("csrf"), request.cookies.get(LOGIN_COOKIE)
     if not sent or not kept or not secrets.compare_digest(sent.encode(), kept.encode()):
         return _refused(403, "Refused", "The login form expired or came from elsewhere; reload it.")
-    session = Operators(ctx.pool).login(form.get("name", ""), form.get("password", ""))
+    if not _checking.acquire(blocking=False):
+        log.warning("console login refused: too many at once")
+        response = _refused(429, "Busy", "Too many logins at once; try again in a moment.")
+        response.headers["Retry-After"] = "1"
+        return response
+    try:
+        session = Operators(ctx.pool).login(form.get("name", ""), form.get("password", ""))
+    finally:
+        _checking.release()
     if session is None:
         log.warning("console login refused")
         return _login_form(ctx, 401, failed=True)

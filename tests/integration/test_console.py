@@ -20,6 +20,8 @@ import pytest
 from adapters.sandbox.runner import serve_in_thread
 from dispatcher import config
 from dispatcher.api import ApiContext, create_app
+from dispatcher.api import console as console_module
+from dispatcher.api import operators as operators_module
 from dispatcher.api.console_store import ConsoleStore
 from dispatcher.api.operators import Operators, check_password, hash_password
 from dispatcher.billing.hooks import build
@@ -556,3 +558,33 @@ def test_a_password_matches_only_its_own_scrypt_hash() -> None:
     assert not check_password("correct horse", stored.replace("scrypt$", "bcrypt$", 1))
     assert not check_password("correct horse", "not a hash")
     assert hash_password("correct horse") != stored  # a salt of its own each time
+
+
+def test_password_checks_beyond_the_concurrency_bound_are_refused_429_without_scrypt(
+    console: Console, operator: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each check costs scrypt's 16 MiB and ~50 ms in the threads that serve sites and buyers,
+    and anyone who loads the login page may ask for one: a flood must not take them all."""
+    name, password = operator
+    checked: list[str] = []
+    monkeypatch.setattr(
+        operators_module, "check_password", lambda given, stored: checked.append(given) or False
+    )
+    # Given every password check slot taken (logins under way),
+    for _ in range(console_module.LOGIN_CHECKS):
+        assert console_module._checking.acquire(blocking=False)
+    try:
+        with console.client() as client:
+            answer = log_in(client, name, password)
+    finally:
+        for _ in range(console_module.LOGIN_CHECKS):
+            console_module._checking.release()
+    # then one more is told to come back, with no password checked and no session opened,
+    assert answer.status_code == 429
+    assert answer.headers["retry-after"] == "1"
+    assert "pd_console=" not in answer.headers.get("set-cookie", "")
+    assert checked == []
+    # and once a slot is free the same login is checked again.
+    monkeypatch.undo()
+    with console.client() as client:
+        assert log_in(client, name, password).status_code == 303
