@@ -46,6 +46,18 @@ RETURN_URL_PATTERN = (
 _RETURN_URL = re.compile(RETURN_URL_PATTERN)
 
 
+def storable_problem(value: str) -> str | None:
+    """Why PostgreSQL cannot hold ``value`` as text (a NUL, or a lone surrogate, which is not
+    UTF-8); None when it can."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored, shown or sent on as text; None when it can."""
     found = _UNPRINTABLE.search(value)
@@ -59,7 +71,13 @@ def text_problem(value: str) -> str | None:
     return f"must not contain control characters (found U+{ord(char):04X})"
 
 
-def _check_text(name: str, value: str | None, *, required: bool) -> None:
+def check_text(
+    name: str, value: object, *, limit: int, required: bool = True, controls: bool = False
+) -> None:
+    """Raise :class:`InvalidInput` (``FieldTooLong`` past ``limit``) naming ``name`` unless
+    ``value`` is text paydispatch can keep: a string, not blank if ``required`` (None is
+    allowed when not), storable, and without control characters unless ``controls`` (text
+    that is only stored and rendered as JSON, never put in a header, a log line or a mail)."""
     if value is None:
         if required:
             raise InvalidInput(name, "is required")
@@ -68,9 +86,9 @@ def _check_text(name: str, value: str | None, *, required: bool) -> None:
         raise InvalidInput(name, f"must be a string, got {type(value).__name__}")
     if required and not value.strip():
         raise InvalidInput(name, "must not be empty")
-    if len(value) > LIMITS[name]:
-        raise FieldTooLong(name, f"is {len(value)} characters long; the limit is {LIMITS[name]}")
-    problem = text_problem(value)
+    if len(value) > limit:
+        raise FieldTooLong(name, f"is {len(value)} characters long; the limit is {limit}")
+    problem = storable_problem(value) if controls else text_problem(value)
     if problem is not None:
         raise InvalidInput(name, problem)
 
@@ -92,13 +110,13 @@ class NewOrder:
 
     def validate(self, adapters: Collection[str]) -> None:
         for name in ("site", "user_id", "adapter"):
-            _check_text(name, getattr(self, name), required=True)
+            check_text(name, getattr(self, name), limit=LIMITS[name])
         for name in ("site_ref", "idempotency_key"):
-            _check_text(name, getattr(self, name), required=False)
+            check_text(name, getattr(self, name), limit=LIMITS[name], required=False)
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise InvalidInput(name, "must not be blank when given")
-        _check_text("description", self.description, required=False)
-        _check_text("return_url", self.return_url, required=False)
+        check_text("description", self.description, limit=LIMITS["description"], required=False)
+        check_text("return_url", self.return_url, limit=LIMITS["return_url"], required=False)
         if not isinstance(self.money, Money):
             raise InvalidAmount("amount", "must be Money")
         if self.money.amount <= 0:

@@ -34,7 +34,7 @@ from orders.errors import (
     StaleOrder,
     SwitchRefused,
 )
-from orders.model import MAX_SWITCH_DEPTH, NewOrder, Order, OrderEvent
+from orders.model import MAX_SWITCH_DEPTH, NewOrder, Order, OrderEvent, storable_problem
 from orders.sql import query
 from orders.status import ACTIVE, OrderStatus, check_transition
 
@@ -203,21 +203,12 @@ def check_ref(*, psp_id: str | None = None, number: int | None = None, text: str
     """Raise :class:`InvalidInput` for a reference no order can have: a NUL or a lone surrogate
     in an id, or an order number outside bigint. Notifications are unauthenticated input, and
     such a value would otherwise fail a query as a server error."""
-    if psp_id is not None and not _storable(psp_id):
+    if psp_id is not None and storable_problem(psp_id) is not None:
         raise InvalidInput("psp_id", "is not text an order can hold")
-    if not _storable(text):
+    if storable_problem(text) is not None:
         raise InvalidInput("order_id", "is not text an order can hold")
     if number is not None and not 0 < number < 2**63:
         raise InvalidInput("number", "is not an order number")
-
-
-def _storable(text: str) -> bool:
-    """Whether PostgreSQL can hold ``text``: no NUL, and UTF-8 (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 def _json_value(value: Any) -> Any:

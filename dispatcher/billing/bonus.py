@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
 from dispatcher.billing.sql import query
-from dispatcher.billing.wallet import POINTS, EntryKind, Points, Wallets, _check_text
+from dispatcher.billing.wallet import POINTS, EntryKind, Points, Wallets
 from orders.errors import InvalidInput
-from orders.model import LIMITS, Order
+from orders.model import LIMITS, Order, check_text
 from orders.money import Money
 from orders.repository import Connection, Pool, database_errors
 
@@ -84,7 +84,8 @@ class Referrals:
         """Record that ``invited_by`` invited ``user_id``; returns the inviter on record
         (a user's inviter never changes once set)."""
         for name, value in (("site", site), ("user_id", user_id), ("invited_by", invited_by)):
-            _check_text(name, value, LIMITS["site" if name == "site" else "user_id"])
+            limit = LIMITS["site" if name == "site" else "user_id"]
+            check_text(name, value, limit=limit, controls=True)
         if user_id == invited_by:
             raise InvalidInput("invited_by", "a user cannot invite themselves")
         params = {"site": site, "user_id": user_id, "invited_by": invited_by}

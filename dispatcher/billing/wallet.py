@@ -33,7 +33,7 @@ from orders.errors import (
     UnknownCurrency,
     WalletNotFound,
 )
-from orders.model import LIMITS
+from orders.model import LIMITS, check_text
 from orders.money import CURRENCY_EXPONENTS, MAX_AMOUNT, Money
 from orders.repository import Connection, Pool, database_errors, transaction
 
@@ -166,19 +166,6 @@ def _decode_cursor(cursor: str) -> int:
     if re.fullmatch(CURSOR_PATTERN, cursor) is None:
         raise InvalidInput("cursor", "is not a cursor this API returned")
     return int(cursor)
-
-
-def _check_text(name: str, value: object, limit: int, *, required: bool = True) -> None:
-    if value is None and not required:
-        return
-    if not isinstance(value, str):
-        raise InvalidInput(name, f"must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise InvalidInput(name, "must not be empty")
-    if len(value) > limit:
-        raise InvalidInput(name, f"is {len(value)} characters long; the limit is {limit}")
-    if "\x00" in value:
-        raise InvalidInput(name, "must not contain NUL characters")
 
 
 def _check_currency(currency: str) -> None:
@@ -341,10 +328,11 @@ class Wallets:
         conn: Connection | None,
         create: bool,
     ) -> Entry:
-        _check_text("site", site, LIMITS["site"])
-        _check_text("user_id", user_id, LIMITS["user_id"])
-        _check_text("key", key, LIMITS["idempotency_key"], required=False)
-        _check_text("description", description, MAX_DESCRIPTION, required=False)
+        # Entries are only stored and rendered as JSON: control characters may stay.
+        check_text("site", site, limit=LIMITS["site"], controls=True)
+        check_text("user_id", user_id, limit=LIMITS["user_id"], controls=True)
+        check_text("key", key, limit=LIMITS["idempotency_key"], required=False, controls=True)
+        check_text("description", description, limit=MAX_DESCRIPTION, required=False, controls=True)
         _check_positive(value)
         if (kind in ORDER_KINDS) != (order_id is not None):
             need = "need an order" if kind in ORDER_KINDS else "take no order"
