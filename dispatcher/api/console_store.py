@@ -113,7 +113,7 @@ class ConsoleStore:
         """Orders named by ``text``: with ``site``, the site's own reference (``site_ref``);
         else our id, our number, or a payment system's id at any of ``adapters``."""
         text = text.strip()
-        if not text or len(text) > 255 or "\x00" in text:
+        if not text or len(text) > 255 or "\x00" in text or "\x00" in (site or ""):
             return []
         if site:
             params = {"site": site.strip(), "site_ref": text, "idempotency_key": None}

@@ -369,6 +369,19 @@ def test_order_list_filters_by_status_and_site(
     assert browser.get("/console/orders", params={"status": "bogus"}).status_code == 400
 
 
+def test_a_nul_in_a_filter_or_site_reference_is_an_html_answer_not_the_apis_json_error(
+    browser: httpx.Client,
+) -> None:
+    """PostgreSQL refuses NUL in text; the console must say so as a page, not as JSON."""
+    for params in ({"adapter": "\x00"}, {"site": "a\x00"}):
+        page = browser.get("/console/orders", params=params)
+        assert page.status_code == 400
+        assert page.headers["content-type"].startswith("text/html")
+    page = browser.get("/console/search", params={"q": "ref-1", "site": "a\x00"})
+    assert page.status_code == 200
+    assert "id=message" in page.text  # no order matches
+
+
 # -- acting ----------------------------------------------------------------------------------
 
 
