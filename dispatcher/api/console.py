@@ -164,6 +164,9 @@ def login(request: Request, ctx: Context, form: Form) -> Response:
         log.warning("console login refused")
         return _login_form(ctx, 401, failed=True)
     log.info("console login", operator=session.operator)
+    replaced = request.cookies.get(SESSION_COOKIE)
+    if replaced:  # the browser's earlier session (another operator's, perhaps) ends here
+        Operators(ctx.pool).logout(replaced)
     response = _see("/console/")
     _cookie(response, ctx, SESSION_COOKIE, session.token, int(SESSION_TTL.total_seconds()))
     response.delete_cookie(LOGIN_COOKIE, path="/console")

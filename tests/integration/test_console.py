@@ -245,6 +245,26 @@ def test_logout_ends_the_session(browser: httpx.Client) -> None:
     assert browser.get("/console/").status_code == 401
 
 
+def test_a_login_ends_the_session_the_browser_held_before(
+    console: Console, pool: Pool, operator: tuple[str, str]
+) -> None:
+    """A shared browser: whoever logs in next does not leave the previous session alive."""
+    name, password = operator
+    other = f"op-{uuid.uuid4().hex[:8]}"
+    other_password = Operators(pool).add(other)
+    with console.client() as client:
+        assert log_in(client, name, password).status_code == 303
+        earlier = client.cookies.get("pd_console", path="/console")
+        assert earlier
+        assert log_in(client, other, other_password).status_code == 303
+        assert client.get("/console/").status_code == 200
+        assert client.cookies.get("pd_console", path="/console") != earlier
+    # A copy of the earlier cookie opens nothing any more.
+    with console.client() as copy:
+        copy.cookies.set("pd_console", earlier, path="/console")
+        assert copy.get("/console/").status_code == 401
+
+
 def test_disabling_or_resetting_an_operator_ends_their_sessions(
     console: Console, pool: Pool, operator: tuple[str, str]
 ) -> None:
