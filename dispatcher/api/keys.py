@@ -27,8 +27,8 @@ from uuid import UUID
 import psycopg
 import structlog
 
+from dispatcher.billing.sites import check_site
 from orders.errors import InvalidInput
-from orders.model import LIMITS
 from orders.repository import Pool, database_errors
 from orders.sql import query
 
@@ -95,8 +95,9 @@ class ApiKeys:
 
     def create(self, site: str, description: str = "") -> tuple[ApiKey, str]:
         """A new key for ``site``; the returned key string is never stored or shown again."""
-        if not site.strip() or len(site) > LIMITS["site"] or "\x00" in site:
-            raise InvalidInput("site", f"must be 1-{LIMITS['site']} characters")
+        # The rule of `paydispatch sites`: a site its webhook cannot be set for would have
+        # events that are never delivered.
+        check_site(site)
         if len(description) > 200:
             raise InvalidInput("description", "is longer than 200 characters")
         prefix = secrets.token_hex(PREFIX_BYTES)

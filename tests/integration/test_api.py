@@ -19,8 +19,10 @@ from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.runner import serve_in_thread
 from adapters.yookassa import adapter as yookassa_adapter
 from dispatcher.api import ApiContext, create_app
+from dispatcher.billing.sites import SiteWebhooks
 from dispatcher.runtime import AdapterRuntime
 from orders import Money, NewOrder, OrderStatus
+from orders.errors import InvalidInput
 from orders.repository import OrderRepository, Pool
 from tests.dispatch_support import FAST
 
@@ -211,6 +213,16 @@ def test_a_revoked_key_stops_working(api: Api, http: httpx.Client, site: str) ->
         row = conn.execute("SELECT * FROM api_keys WHERE prefix = %s", (record.prefix,)).fetchone()
     assert row is not None
     assert key not in json.dumps(row, default=str)
+
+
+@pytest.mark.parametrize("name", [" shop", "shop ", "sh\nop", "sh\x00op", "", "s" * 65])
+def test_a_key_is_made_only_for_a_site_whose_webhook_can_be_set(api: Api, name: str) -> None:
+    """`paydispatch sites` refuses these names; a key for one would make orders whose events
+    could never be delivered."""
+    with pytest.raises(InvalidInput):
+        api.ctx.keys.create(name)
+    with pytest.raises(InvalidInput):
+        SiteWebhooks(api.ctx.pool).set(name, "https://shop.example/hook")
 
 
 def test_another_sites_order_is_404_exactly_like_a_missing_one(
