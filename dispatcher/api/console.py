@@ -153,9 +153,9 @@ def login(request: Request, ctx: Context, form: Form) -> Response:
         return _refused(403, "Refused", "The login form expired or came from elsewhere; reload it.")
     if not _checking.acquire(blocking=False):
         log.warning("console login refused: too many at once")
-        response = _refused(429, "Busy", "Too many logins at once; try again in a moment.")
-        response.headers["Retry-After"] = "1"
-        return response
+        busy = _refused(429, "Busy", "Too many logins at once; try again in a moment.")
+        busy.headers["Retry-After"] = "1"
+        return busy
     try:
         session = Operators(ctx.pool).login(form.get("name", ""), form.get("password", ""))
     finally:
