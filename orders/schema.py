@@ -93,7 +93,8 @@ def init(conn: psycopg.Connection[Any]) -> list[str]:
 
 def fingerprint(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     """The catalog of one schema as sorted lines: columns, constraints, indexes, triggers,
-    functions, and the allowed transitions. Two schemas match when their lines are equal."""
+    tables' storage options (autovacuum), functions, and the allowed transitions. Two schemas
+    match when their lines are equal."""
     lines: list[str] = []
     queries = {
         "column": """
@@ -121,6 +122,10 @@ def fingerprint(conn: psycopg.Connection[Any], schema: str) -> list[str]:
             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
             JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = %(schema)s AND NOT t.tgisinternal""",
+        "options": """
+            SELECT c.relname || ' ' || array_to_string(c.reloptions, ',')
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %(schema)s AND c.reloptions IS NOT NULL""",
         "function": """
             SELECT p.proname || ' ' || md5(p.prosrc)
             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

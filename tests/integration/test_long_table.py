@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from dispatcher import dbstats
 from dispatcher.dbstats import DbStats
-from orders import Money, NewOrder, OrderStatus
+from orders import Money, NewOrder, OrderStatus, schema
 from orders.repository import OrderRepository, Pool, Write
 from orders.sql import query
 
@@ -191,3 +191,16 @@ def test_truncating_orders_empties_the_counts(own_database_url: str) -> None:
         assert conn.execute(query("status_counts")).fetchall()
         conn.execute("TRUNCATE orders CASCADE")
         assert conn.execute(query("status_counts")).fetchall() == []
+
+
+def test_orders_are_vacuumed_by_dead_rows_and_db_check_sees_it(database_url: str) -> None:
+    # A ten-million-row table left to the default scale factor waits for two million dead rows.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'orders'").fetchone()
+        assert row is not None
+        assert row[0] == ["autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=10000"]
+        with conn.transaction(force_rollback=True):
+            conn.execute("ALTER TABLE orders RESET (autovacuum_vacuum_scale_factor)")
+            result = schema.check(conn)
+    assert "orders autovacuum_vacuum_threshold=10000" in " ".join(result.unexpected)
+    assert any("autovacuum_vacuum_scale_factor=0" in line for line in result.missing)
