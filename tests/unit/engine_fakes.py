@@ -38,6 +38,7 @@ from adapters.testing import SAMPLE_TIME, sample_order
 from dispatcher.engine import Action, Engine, action_for
 from dispatcher.policy import DispatchPolicy
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.settle import PaidHook
 from orders.errors import OrderNotFound, StaleOrder
 from orders.model import Order
 from orders.money import Money
@@ -175,7 +176,10 @@ class Wire:
         assert queue, f"unexpected {request.method} {request.url.path}"
         answer = queue.pop(0) if len(queue) > 1 else queue[0]
         if isinstance(answer, httpx.Response):
-            return answer
+            # A copy: one answer may be served again, in this test or another.
+            return httpx.Response(
+                answer.status_code, headers=answer.headers, content=answer.content
+            )
         raise answer(f"{answer.__name__} (a fake wire's fault)", request=request)
 
     @property
@@ -206,10 +210,12 @@ def engine_for(
     runtime: AdapterRuntime,
     wire: Wire,
     clock: Callable[[], datetime],
+    paid_hook: PaidHook | None = None,
 ) -> Engine:
     return Engine(
         cast(OrderRepository, repo),
         {runtime.name: runtime},
+        paid_hook=paid_hook,
         clock=clock,
         db_threads=1,
         http_transport=httpx.MockTransport(wire),
@@ -224,13 +230,14 @@ def run_step(
     *,
     repo: FakeRepository | None = None,
     now: datetime = NOW,
+    paid_hook: PaidHook | None = None,
 ) -> tuple[Order, FakeRepository, Engine]:
     """One engine step for ``order``; the order as written afterwards."""
     repo = repo or FakeRepository(order, clock=lambda: now)
     repo.orders.setdefault(order.id, order)
 
     async def go() -> Engine:
-        engine = engine_for(repo, runtime, wire, lambda: now)
+        engine = engine_for(repo, runtime, wire, lambda: now, paid_hook)
         try:
             await engine.run(order.id, order.lease_token or LEASE, action)
         finally:

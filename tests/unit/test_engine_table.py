@@ -27,6 +27,7 @@ from dispatcher import metrics
 from dispatcher.engine import Action, action_for
 from dispatcher.policy import RETRY_GRACE
 from dispatcher.runtime import AdapterRuntime
+from orders.model import Order
 from orders.status import LATE_PAYMENT_FROM, TRANSITIONS, OrderStatus
 from tests.unit.engine_fakes import (
     NOW,
@@ -75,7 +76,8 @@ class Row:
     how: str  # what makes the engine do it: the test's id
     action: Action
     answers: tuple[tuple[str, str, Answer], ...] = ()
-    order: tuple[tuple[str, Any], ...] = ()  # the order's columns besides the status
+    # the order's columns; its status is ``start`` unless given (a step may pass through it)
+    order: tuple[tuple[str, Any], ...] = ()
     runtime: Callable[[], AdapterRuntime] = yookassa_runtime
     ends: OrderStatus | None = None  # where the step leaves the order, when past ``to``
 
@@ -134,7 +136,7 @@ ROWS: list[Row] = [
     Row(
         S.SUBMITTING,
         S.NEW,
-        "submitting: a refused connection sent nothing",
+        "new, then submitting: a refused connection sent nothing",
         A.SUBMIT,
         ((*CREATE, httpx.ConnectError),),
         (("status", S.NEW),),
@@ -143,7 +145,7 @@ ROWS: list[Row] = [
     Row(
         S.SUBMITTING,
         S.NEW,
-        "submitting: a 429 on the create sent nothing",
+        "new, then submitting: a 429 on the create sent nothing",
         A.SUBMIT,
         ((*CREATE, yk("error_too_many_requests", 429)),),
         (("status", S.NEW),),
@@ -353,6 +355,41 @@ def test_the_engine_makes_the_move(row: Row) -> None:
     assert after.status is (row.ends or row.to)
     assert wire.calls == row.calls()
     assert after.lease_token is None  # every step ends by giving the lease back
+
+
+# -- the paid move with a billing hook ----------------------------------------------------------
+
+
+def test_a_paid_step_runs_the_billing_hook_once_with_the_paid_order() -> None:
+    wire = Wire()
+    wire.on(*STATUS, yk("status_succeeded"))
+    credited: list[Order] = []
+    order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON)
+
+    after, repo, _ = run_step(
+        yookassa_runtime(), wire, order, A.POLL, paid_hook=lambda conn, paid: credited.append(paid)
+    )
+
+    assert [(o.id, o.status) for o in credited] == [(order.id, S.PAID)]
+    assert (after.status, after.lease_token, after.next_run_at) == (S.PAID, None, None)
+    assert repo.actors == ["worker"]
+
+
+def test_a_failing_billing_hook_keeps_the_order_awaiting_payment_and_retries_it() -> None:
+    def refuse(conn: Any, paid: Order) -> None:
+        raise RuntimeError("wallet table locked")
+
+    wire = Wire()
+    wire.on(*STATUS, yk("status_succeeded"))
+    order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON)
+
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, A.POLL, paid_hook=refuse)
+
+    assert (after.status, after.errors, after.paid_at) == (S.AWAITING_PAYMENT, 1, None)
+    assert after.last_error is not None
+    assert "wallet table locked" in after.last_error
+    assert after.next_run_at is not None
+    assert repo.moves == []
 
 
 # -- what the engine does for each status --------------------------------------------------------
