@@ -481,7 +481,8 @@ class Engine:
         if isinstance(exc, PermanentError):
             await self._move(order, S.FAILED, detail={"reason": error}, last_error=error)
             return
-        exhausted = order.attempts >= rt.policy.submit_attempts
+        # An open breaker sent nothing and is no fault of this order's: never its last attempt.
+        exhausted = order.attempts >= rt.policy.submit_attempts and not isinstance(exc, CircuitOpen)
         not_sent = isinstance(exc, CircuitOpen) or (
             isinstance(exc, PspUnavailable) and not exc.maybe_sent
         )

@@ -12,7 +12,9 @@ which moves a fake clock to each order's ``next_run_at`` instead of waiting for 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -30,16 +32,19 @@ from dispatcher.runtime import AdapterRuntime
 from orders.model import Order
 from orders.status import LATE_PAYMENT_FROM, TRANSITIONS, OrderStatus
 from tests.unit.engine_fakes import (
+    LEASE,
     NOW,
     PAYMENT_ID,
     POLICY,
     Answer,
     Cancels,
     FakeClock,
+    FakeRepository,
     NoKeys,
     NoLookup,
     Wire,
     drive,
+    engine_for,
     fake_runtime,
     leased,
     plain,
@@ -773,3 +778,41 @@ def test_a_late_payment_within_the_window_is_paid_and_marked_late() -> None:
     assert repo.moves[-1][:2] == (S.CANCELLED, S.PAID)
     assert repo.moves[-1][2]["late"] is True
     assert repo.orders[order.id].paid_at == looks[-1].at
+
+
+# -- an open breaker ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "attempts"),
+    [
+        (S.NEW, 2),  # this step would be its third (the last) attempt
+        (S.SUBMITTING, 3),  # resumed after its earlier creates may have been sent
+    ],
+)
+def test_an_open_breaker_never_gives_up_an_order_on_its_last_attempt(
+    start: OrderStatus, attempts: int
+) -> None:
+    # Given a payment system whose breaker the first order's refused connection opens,
+    policy = replace(POLICY, breaker_failures=1, submit_attempts=3)
+    wire = Wire()
+    wire.on(*CREATE, httpx.ConnectError)
+    first = leased(status=S.NEW)
+    last_try = replace(first, id=uuid.uuid4(), number=43, status=start, attempts=attempts)
+    repo = FakeRepository(first, last_try)
+    # when the second order, one attempt from giving up, meets the open breaker,
+    engine = engine_for(repo, yookassa_runtime(policy), wire, lambda: NOW)
+
+    async def go() -> None:
+        try:
+            await engine.run(first.id, LEASE, A.SUBMIT)
+            await engine.run(last_try.id, LEASE, A.SUBMIT)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(go())
+    # then nothing was sent for it and it is not given up: the breaker spent no attempt.
+    assert len(wire.requests) == 1
+    after = repo.orders[last_try.id]
+    assert (after.status, after.attempts) == (start, attempts)
+    assert after.next_run_at is not None
