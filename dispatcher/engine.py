@@ -407,7 +407,7 @@ class Engine:
                 error=str(exc),
             )
         order = await self.reads(started.id)
-        if order.lease_token is None:
+        if order.lease_token != started.lease_token:  # ended, or claimed again meanwhile
             return
         later = self.clock() + timedelta(seconds=rt.policy.breaker_reset)
         if started.status is S.NEW and order.status is S.SUBMITTING:
@@ -425,7 +425,7 @@ class Engine:
     ) -> None:
         started = order
         order = await self.reads(order.id)  # the step may have moved it
-        if order.lease_token is None:
+        if order.lease_token != started.lease_token:  # ended, or claimed again meanwhile
             return
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
         kind = (

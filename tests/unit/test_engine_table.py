@@ -273,6 +273,18 @@ ROWS: list[Row] = [
     Row(
         S.AWAITING_PAYMENT,
         S.NEEDS_REVIEW,
+        "awaiting_payment: the cancel at the deadline answers that it was refunded",
+        A.FINALIZE,
+        (
+            ("GET", f"/state/{PAYMENT_ID}", plain("pending")),
+            ("POST", f"/cancel/{PAYMENT_ID}", plain("refunded")),
+        ),
+        (("adapter", "cancels"), *AT_DEADLINE),
+        runtime=runtime_of(Cancels()),
+    ),
+    Row(
+        S.AWAITING_PAYMENT,
+        S.NEEDS_REVIEW,
         "awaiting_payment: the poll sees another amount paid",
         A.POLL,
         ((*STATUS, yk("status_succeeded", amount=OTHER)),),
@@ -816,3 +828,94 @@ def test_an_open_breaker_never_gives_up_an_order_on_its_last_attempt(
     after = repo.orders[last_try.id]
     assert (after.status, after.attempts) == (start, attempts)
     assert after.next_run_at is not None
+
+
+# -- leases and the late watch's edges -----------------------------------------------------------
+
+
+def test_a_message_with_a_lease_that_moved_on_is_dropped_without_a_call() -> None:
+    wire = Wire()  # answers nothing: any call fails the test
+    order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON)
+    stale = replace(order, lease_token=uuid.uuid4())  # the message's token, not the row's
+
+    after, repo, _ = run_step(yookassa_runtime(), wire, stale, A.POLL, repo=FakeRepository(order))
+
+    assert (wire.calls, repo.moves, after) == ([], [], order)
+
+
+class Reclaimed(Wire):
+    """A wire during whose call the sweeper claims the order again (the step outlived its
+    lease): the step's own write must then miss."""
+
+    def __init__(self, repo: FakeRepository, order_id: uuid.UUID) -> None:
+        super().__init__()
+        self.repo, self.order_id = repo, order_id
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        current = self.repo.orders[self.order_id]
+        self.repo.orders[self.order_id] = replace(current, lease_token=uuid.uuid4())
+        return super().__call__(request)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        yk("status_succeeded"),
+        yk("status_pending"),
+        yk("error_internal_server_error", 500),  # the failed step's retry must miss too
+        yk("error_invalid_credentials", 401),  # and so must the credentials' release
+    ],
+    ids=["paid", "pending", "http-500", "credentials-refused"],
+)
+def test_a_step_that_outlived_its_lease_writes_nothing(answer: httpx.Response) -> None:
+    order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON, polls=4)
+    repo = FakeRepository(order)
+    wire = Reclaimed(repo, order.id)
+    wire.on(*STATUS, answer)
+
+    after, _, _ = run_step(yookassa_runtime(), wire, order, A.POLL, repo=repo)
+
+    assert repo.moves == []
+    assert (after.status, after.polls, after.errors) == (S.AWAITING_PAYMENT, 4, 0)
+    assert after.lease_token not in {None, LEASE}  # the newer claim holds it
+
+
+def test_a_cancelled_order_that_never_had_an_invoice_is_not_watched() -> None:
+    wire = Wire()  # answers nothing: any call fails the test
+    order = leased(status=S.CANCELLED, psp_id=None, expires_at=SOON, next_run_at=NOW)
+
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, A.WATCH)
+
+    assert (wire.calls, repo.moves) == ([], [])
+    assert (after.status, after.next_run_at) == (S.CANCELLED, None)
+
+
+def test_the_first_late_look_cancels_a_pending_invoice_where_the_adapter_can() -> None:
+    wire = Wire()
+    wire.on("GET", f"/state/{PAYMENT_ID}", plain("pending"))
+    wire.on("POST", f"/cancel/{PAYMENT_ID}", plain("rejected"))
+    order = replace(
+        leased(status=S.CANCELLED, psp_id=PAYMENT_ID, expires_at=SOON, polls=0),
+        adapter="cancels",
+    )
+
+    after, repo, _ = run_step(fake_runtime(Cancels()), wire, order, A.WATCH)
+
+    assert wire.calls == [f"GET /state/{PAYMENT_ID}", f"POST /cancel/{PAYMENT_ID}"]
+    assert (after.status, after.polls) == (S.CANCELLED, 1)
+    assert after.next_run_at is not None  # still watched: a payment may have been under way
+    assert repo.moves == []
+
+
+def test_later_late_looks_send_no_cancel() -> None:
+    wire = Wire()
+    wire.on("GET", f"/state/{PAYMENT_ID}", plain("pending"))
+    order = replace(
+        leased(status=S.CANCELLED, psp_id=PAYMENT_ID, expires_at=SOON, polls=1),
+        adapter="cancels",
+    )
+
+    after, _, _ = run_step(fake_runtime(Cancels()), wire, order, A.WATCH)
+
+    assert wire.calls == [f"GET /state/{PAYMENT_ID}"]
+    assert after.polls == 2
