@@ -12,17 +12,17 @@ page is cached or framed. A resolve is ``paydispatch orders resolve`` (the same
 
 from __future__ import annotations
 
-import functools
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Annotated, ParamSpec
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from dispatcher.api import console_pages as html
@@ -40,8 +40,6 @@ from orders.errors import (
 from orders.status import OrderStatus
 
 log = structlog.get_logger(__name__)
-router = APIRouter(prefix="/console", include_in_schema=False)
-P = ParamSpec("P")
 
 SESSION_COOKIE = "pd_console"
 LOGIN_COOKIE = "pd_console_login"
@@ -88,18 +86,24 @@ def _refused(status_code: int, title: str, text: str) -> HTMLResponse:
     return _html(html.message_page(title, text), status_code)
 
 
-def _unavailable(fn: Callable[P, Response]) -> Callable[P, Response]:
-    """A page the database cannot serve right now answers 503, not a JSON error."""
+class _ConsoleRoute(APIRoute):
+    """A page the database cannot serve right now answers 503 as a page, not as the API's JSON
+    error: whether the database failed in the page itself or while finding its session."""
 
-    @functools.wraps(fn)
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
-        try:
-            return fn(*args, **kwargs)
-        except TransientError as exc:
-            log.warning("console page unavailable", error=str(exc))
-            return _refused(503, "Unavailable", "The database cannot be reached; try again.")
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-    return guarded
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except TransientError as exc:
+                log.warning("console page unavailable", error=str(exc))
+                return _refused(503, "Unavailable", "The database cannot be reached; try again.")
+
+        return guarded
+
+
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=_ConsoleRoute)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -146,7 +150,6 @@ def login_page(ctx: Context) -> Response:
 
 
 @router.post("/login")
-@_unavailable
 def login(request: Request, ctx: Context, form: Form) -> Response:
     sent, kept = form.get("csrf"), request.cookies.get(LOGIN_COOKIE)
     if not sent or not kept or not secrets.compare_digest(sent.encode(), kept.encode()):
@@ -174,7 +177,6 @@ def login(request: Request, ctx: Context, form: Form) -> Response:
 
 
 @router.post("/logout")
-@_unavailable
 def logout(ctx: Context, session: MaybeSession, form: Form) -> Response:
     checked = _authorized(ctx, session, form)
     if isinstance(checked, Response):
@@ -189,7 +191,6 @@ def logout(ctx: Context, session: MaybeSession, form: Form) -> Response:
 
 
 @router.get("/")
-@_unavailable
 def dashboard(ctx: Context, session: MaybeSession) -> Response:
     if session is None:
         return _login_form(ctx, 401)
@@ -198,7 +199,6 @@ def dashboard(ctx: Context, session: MaybeSession) -> Response:
 
 
 @router.get("/orders")
-@_unavailable
 def orders(
     ctx: Context,
     session: MaybeSession,
@@ -233,7 +233,6 @@ def orders(
 
 
 @router.get("/search")
-@_unavailable
 def search(ctx: Context, session: MaybeSession, q: str = "", site: str = "") -> Response:
     """Our id, our number or a payment system's id; with ``site``, that site's reference."""
     if session is None:
@@ -274,7 +273,6 @@ def _uuid(text: str) -> UUID | None:
 
 
 @router.get("/orders/{order_id}")
-@_unavailable
 def order(ctx: Context, session: MaybeSession, order_id: str, done: str = "") -> Response:
     if session is None:
         return _login_form(ctx, 401)
@@ -288,7 +286,6 @@ def order(ctx: Context, session: MaybeSession, order_id: str, done: str = "") ->
 
 
 @router.post("/orders/{order_id}/resolve")
-@_unavailable
 def resolve(ctx: Context, session: MaybeSession, form: Form, order_id: str) -> Response:
     """Settle a needs_review order to paid or rejected, with a reason and the evidence."""
     checked = _authorized(ctx, session, form)
@@ -318,7 +315,6 @@ def resolve(ctx: Context, session: MaybeSession, form: Form, order_id: str) -> R
 
 
 @router.post("/webhooks/{event_id}/replay")
-@_unavailable
 def replay(ctx: Context, session: MaybeSession, form: Form, event_id: str) -> Response:
     """Queue a parked billing webhook event for delivery again, saying why."""
     checked = _authorized(ctx, session, form)

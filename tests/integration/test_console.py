@@ -28,7 +28,7 @@ from dispatcher.billing.hooks import build
 from dispatcher.billing.wallet import Wallets
 from dispatcher.config import BillingSettings
 from orders import Money, NewOrder, OrderStatus
-from orders.errors import InvalidInput
+from orders.errors import InvalidInput, TransientError
 from orders.repository import OrderRepository, Pool
 from tests.conftest import cli
 from tests.integration.test_api import api_runtimes
@@ -400,6 +400,23 @@ def test_a_nul_in_a_filter_or_site_reference_is_an_html_answer_not_the_apis_json
     page = browser.get("/console/search", params={"q": "ref-1", "site": "a\x00"})
     assert page.status_code == 200
     assert "id=message" in page.text  # no order matches
+
+
+def test_a_database_outage_is_a_503_page_even_while_finding_the_session(
+    browser: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise TransientError("the database is unreachable")
+
+    # The database fails in the page itself,
+    monkeypatch.setattr(ConsoleStore, "overview", unreachable)
+    page = browser.get("/console/")
+    assert (page.status_code, page.headers["content-type"][:9]) == (503, "text/html")
+    # or while the session is looked up, before the page runs.
+    monkeypatch.setattr(Operators, "session", unreachable)
+    for answer in (browser.get("/console/"), browser.post("/console/logout", data={})):
+        assert (answer.status_code, answer.headers["content-type"][:9]) == (503, "text/html")
+        assert "cannot be reached" in answer.text
 
 
 # -- acting ----------------------------------------------------------------------------------
