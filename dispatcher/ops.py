@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -269,14 +269,22 @@ def _poll(repo: OrderRepository, args: argparse.Namespace) -> int:
 
 
 def resolve(
-    settler: Settler, order: Order, to: OrderStatus, *, by: str, reason: str, evidence: str
+    settler: Settler,
+    order: Order,
+    to: OrderStatus,
+    *,
+    by: str,
+    reason: str,
+    evidence: str,
+    also: Callable[[Any, Order], None] | None = None,
 ) -> Order:
     """Settle a ``needs_review`` order by hand: the one way a person does it, from
     ``orders resolve`` or the web console, so both record who, why and the evidence alike.
 
     Raises :class:`InvalidTransition` unless the order is in needs_review and ``to`` is paid
     or rejected, and :class:`StaleOrder` if it moved meanwhile. A move to paid runs the
-    billing hook in the same transaction, like any other payment.
+    billing hook in the same transaction, like any other payment; so does ``also`` (the
+    console's own record of the action).
     """
     if order.status is not S.NEEDS_REVIEW or to not in (S.PAID, S.REJECTED):
         raise InvalidTransition(order.status, to, "only needs_review orders are resolved")
@@ -286,7 +294,7 @@ def resolve(
         "evidence": evidence,
         "at": datetime.now(UTC).isoformat(),
     }
-    return settler.move(order, to, actor=f"ops:{by}", detail=detail, use_lease=False)
+    return settler.move(order, to, actor=f"ops:{by}", detail=detail, use_lease=False, also=also)
 
 
 def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:

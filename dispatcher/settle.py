@@ -55,9 +55,23 @@ class Settler:
         detail: Mapping[str, Any] | None = None,
         use_lease: bool = True,
         keep_lease: bool = False,
+        also: Callable[[Any, Order], None] | None = None,
         **changes: Any,
     ) -> Order:
-        """One compare-and-set transition from the status ``order`` was read in."""
+        """One compare-and-set transition from the status ``order`` was read in.
+
+        ``also`` runs in the same transaction after the move (and after the billing hook of a
+        move to paid): a record that must exist exactly when the move does.
+        """
+        hook = self.paid_hook if to is S.PAID else None
+        within = hook
+        if also is not None:
+
+            def within(conn: Any, moved: Order) -> None:
+                if hook is not None:
+                    hook(conn, moved)
+                also(conn, moved)
+
         moved = self.repo.transition(
             order.id,
             order.status,
@@ -66,7 +80,7 @@ class Settler:
             detail=detail,
             lease_token=order.lease_token if use_lease else None,
             keep_lease=keep_lease,
-            within=self.paid_hook if to is S.PAID else None,
+            within=within,
             **changes,
         )
         self.record(order, moved, actor)

@@ -148,20 +148,24 @@ class ConsoleStore:
         evidence: str,
     ) -> Order:
         """``orders resolve`` from the console: the same event in ``order_events`` (actor
-        ``ops:<operator>``, detail with who, why and evidence), then the console's record."""
+        ``ops:<operator>``, detail with who, why and evidence) and the console's record, in one
+        transaction."""
         target = _RESOLUTIONS.get(to)
         if target is None:
             raise InvalidInput("to", "choose paid or rejected")
         reason = _text("reason", reason, REASON_MAX)
         evidence = _text("evidence", evidence, EVIDENCE_MAX)
         order = self.repo.get(order_id)
-        moved = ops.resolve(settler, order, target, by=by, reason=reason, evidence=evidence)
-        with database_errors(), self.pool.connection() as conn:
+
+        def record(conn: Any, moved: Order) -> None:  # in the resolve's own transaction
             self._record(
                 conn, by, "resolve", order_id=order.id, target=str(order.id), reason=reason,
                 detail={"from": str(order.status), "to": str(moved.status), "evidence": evidence},
             )  # fmt: skip
-        return moved
+
+        return ops.resolve(
+            settler, order, target, by=by, reason=reason, evidence=evidence, also=record
+        )
 
     def replay(self, event_id: UUID, *, by: str, reason: str, max_age: Any) -> UUID | None:
         """Queue a parked webhook event for delivery again, recording who and why in the same

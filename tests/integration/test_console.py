@@ -465,6 +465,36 @@ def test_resolve_to_paid_records_who_why_and_evidence_as_orders_resolve_does_and
     assert "id=resolve-form" not in page.text
 
 
+def test_a_resolve_whose_console_record_fails_is_not_made_at_all(
+    browser: httpx.Client,
+    repo: OrderRepository,
+    site: str,
+    pool: Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an order in review, and a console record that cannot be written,
+    order_id = make(repo, site)
+    to_review(repo, order_id)
+    written = ConsoleStore._record
+
+    def failing(conn: Any, by: str, action: str, **kw: Any) -> None:
+        written(conn, by, action, **kw)
+        if action == "resolve":
+            raise TransientError("the database went away after the record")
+
+    monkeypatch.setattr(ConsoleStore, "_record", staticmethod(failing))
+    # when the operator resolves it to paid,
+    answer = browser.post(
+        f"/console/orders/{order_id}/resolve",
+        data={"csrf": session_csrf(browser), "to": "paid", "reason": "r", "evidence": "e"},
+    )
+    # then nothing of it stands: not the move, not the credit, not the record.
+    assert answer.status_code >= 400
+    assert repo.get(order_id).status is S.NEEDS_REVIEW
+    assert Wallets(pool).balances(site, "u1") == []
+    assert actions_of(pool, order_id) == []
+
+
 def test_resolve_to_rejected_credits_nothing(
     browser: httpx.Client, repo: OrderRepository, site: str, pool: Pool
 ) -> None:
