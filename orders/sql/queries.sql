@@ -74,9 +74,14 @@ SELECT adapter, status, sum(n) FROM gone GROUP BY adapter, status ORDER BY adapt
 ON CONFLICT (adapter, status) DO UPDATE SET n = c.n + excluded.n
 
 -- due_stats --
--- Seconds the most overdue order has waited (0 when nothing is due).
-SELECT coalesce(extract(epoch FROM now() - min(next_run_at)), 0)::float8 AS oldest_due
-FROM orders WHERE next_run_at IS NOT NULL AND next_run_at <= now()
+-- Seconds the most overdue order has waited (0 when nothing is due). The first entry of the due
+-- index, not min(): on a long table the planner expects one due row and scans them all for min().
+SELECT coalesce(extract(epoch FROM now() - (
+    SELECT next_run_at FROM orders
+    WHERE next_run_at IS NOT NULL AND next_run_at <= now()
+    ORDER BY next_run_at
+    LIMIT 1
+)), 0)::float8 AS oldest_due
 
 -- overdue_counts --
 -- Through orders_active_expires_idx: only active orders are in it, so finished ones cost nothing.
