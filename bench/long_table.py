@@ -441,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                 probe.close()
         base = Figures(args.base, base_seconds, base_ms)
         long = Figures(args.rows, long_seconds, long_ms)
+        rows = report(base, long)
         archived = time_archive(long_url, args.archive) if args.archive else None
-    rows = report(base, long)
     if args.json:
         results = {
             "machine": info,
