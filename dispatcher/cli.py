@@ -129,7 +129,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paydispatch", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="paydispatch",
+        description="paydispatch: a payment dispatcher daemon and its operations tools.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="create, upgrade or check the database schema")

@@ -54,7 +54,7 @@ def flag(name: str, raw: object, *, error: type[ConfigError] = ConfigError) -> b
         return True
     if value in FALSE:
         return False
-    raise error(f"{name} must be true or false (1 or 0), not {raw!r}")
+    raise error(f"{name} must be true or false (1 or 0, on or off), not {raw!r}")
 
 
 @overload

@@ -74,7 +74,9 @@ def test_flag_off(raw: object) -> None:
 
 @pytest.mark.parametrize("raw", ["2", "enabled", 2])
 def test_flag_refuses_anything_else_naming_the_variable_and_the_value(raw: object) -> None:
-    with pytest.raises(InvalidSettings, match=rf"^X must be true or false \(1 or 0\), not {raw!r}"):
+    with pytest.raises(
+        InvalidSettings, match=rf"^X must be true or false \(1 or 0, on or off\), not {raw!r}"
+    ):
         flag("X", raw, error=InvalidSettings)
 
 
@@ -155,7 +157,10 @@ def test_process_and_adapter_flags_fail_in_the_same_words(tmp_path: Path) -> Non
     }
     with pytest.raises(InvalidSettings) as adapter:
         tbank.two_stage(resolve_settings(tbank, environ=environ))
-    assert str(process.value) == "PAYDISPATCH_DEV must be true or false (1 or 0), not 'maybe'"
+    assert (
+        str(process.value)
+        == "PAYDISPATCH_DEV must be true or false (1 or 0, on or off), not 'maybe'"
+    )
     assert str(adapter.value) == (
-        "PAYDISPATCH_TBANK_TWO_STAGE must be true or false (1 or 0), not 'maybe'"
+        "PAYDISPATCH_TBANK_TWO_STAGE must be true or false (1 or 0, on or off), not 'maybe'"
     )
