@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser("db", help="create, upgrade or check the database schema")
+    db = sub.add_parser(
+        "db", help="create, upgrade or check the database schema; archive finished orders"
+    )
     db.add_argument("action", choices=["init", "check", "archive"])
     db.add_argument("--older-than", help="archive: the retention, e.g. 90d (see orders/archive.py)")
     db.add_argument("--batch", type=int, default=1000, help="archive: orders per transaction")
