@@ -112,7 +112,11 @@ class TBankState(FakeState):
     notify_url: str | None = None
     payments: dict[str, Payment] = field(default_factory=dict)
     by_order: dict[str, list[str]] = field(default_factory=dict)
-    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(4_000_000_001))
+    # T-Bank's PaymentIds are unique for good: a fake started again on the same database (the
+    # demo, run twice) must not hand out the ids of its earlier run.
+    ids: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(4_000_000_001 + secrets.randbelow(10**9) * 1000)
+    )
     # (PaymentId, Status, HTTP status or 0, answer body or error)
     deliveries: list[tuple[str, str, int, str]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
