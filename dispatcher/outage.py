@@ -42,11 +42,6 @@ class OutageLog:
         self._held_back = 0  # calls the open breaker refused during this outage
         self._suppressed = 0  # failures since the last line
 
-    @property
-    def suppressed(self) -> int:
-        """Failures counted since the last line without a line of their own."""
-        return self._suppressed
-
     def failed(self, error: str, *, held_back: bool = False) -> None:
         """A call failed (``held_back``: the breaker refused it, nothing was sent)."""
         now = self.clock()
