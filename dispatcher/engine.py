@@ -118,6 +118,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _held_for_capture(report: StatusReport) -> bool:
+    """A two-step payment authorized and waiting for our capture (or our cancel)."""
+    return report.follow_up is FollowUp.CAPTURE and report.state is CanonicalState.PENDING
+
+
 class Engine:
     """Runs steps on one event loop. HTTP stays async; database calls go to a small thread pool,
     coalesced: the reads of all steps that start together are one query, and the writes that end
@@ -286,7 +291,7 @@ class Engine:
 
     async def _poll(self, rt: AdapterRuntime, order: Order) -> None:
         report = await self._status(rt, order)
-        if report.follow_up is FollowUp.CAPTURE and report.state is CanonicalState.PENDING:
+        if _held_for_capture(report):
             report = await self._capture_or_cancel(rt, order, report)
         now = self.clock()
         watch = {"late_watch": rt.policy.late_window, "first_watch": rt.policy.late_interval}
@@ -352,7 +357,7 @@ class Engine:
             await self._release(order, next_run_at=None)
             return
         report = await self._status(rt, order)
-        held = report.follow_up is FollowUp.CAPTURE and report.state is CanonicalState.PENDING
+        held = _held_for_capture(report)
         if held:  # paid late under two-step capture: the money waits for us
             report = await self._capture_or_cancel(rt, order, report)
         elif report.state is CanonicalState.PENDING and order.polls == 0:
