@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from orders.errors import ConfigError, DispatchError, PermanentError, TransientError
 from orders.model import Order
@@ -149,6 +149,17 @@ class PspResponse:
             raise MalformedResponse(
                 f"HTTP {self.status_code}: body is not JSON ({exc}): {snippet!r}"
             ) from None
+
+    def json_object(self) -> Mapping[str, Any]:
+        """The body as a JSON object; :class:`MalformedResponse` when it is anything else."""
+        body = self.json()
+        if not isinstance(body, Mapping):
+            self.malformed(f"expected a JSON object, got {type(body).__name__}")
+        return body
+
+    def malformed(self, what: str) -> NoReturn:
+        """Raise :class:`MalformedResponse` saying ``what`` is wrong with this answer."""
+        raise MalformedResponse(f"HTTP {self.status_code}: {what}")
 
     @property
     def text(self) -> str:

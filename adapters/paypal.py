@@ -178,10 +178,6 @@ class PayPalRefusedError(TransientError):
     """
 
 
-def _malformed(response: PspResponse, what: str) -> NoReturn:
-    raise MalformedResponse(f"HTTP {response.status_code}: {what}")
-
-
 def _decimals(currency: str) -> int:
     return 0 if currency in NO_DECIMALS else Money(0, currency).exponent
 
@@ -203,21 +199,14 @@ def format_amount(money: Money) -> dict[str, str]:
 def parse_amount(value: Any, response: PspResponse, field: str = "amount") -> Money:
     """Our Money from PayPal's money object; exact, never through a float."""
     if not isinstance(value, Mapping):
-        _malformed(response, f"{field} is not an object")
+        response.malformed(f"{field} is not an object")
     major, currency = value.get("value"), value.get("currency_code")
     if not isinstance(major, str) or not isinstance(currency, str):
-        _malformed(response, f"{field} needs string value and currency_code, got {dict(value)!r}")
+        response.malformed(f"{field} needs string value and currency_code, got {dict(value)!r}")
     try:
         return Money.parse(major, currency)
     except InvalidInput as exc:
         raise MalformedResponse(f"HTTP {response.status_code}: {field}: {exc}") from None
-
-
-def _object(response: PspResponse) -> Mapping[str, Any]:
-    body = response.json()
-    if not isinstance(body, Mapping):
-        _malformed(response, f"expected a JSON object, got {type(body).__name__}")
-    return body
 
 
 def _issues(body: Mapping[str, Any]) -> list[str]:
@@ -245,10 +234,10 @@ def _raise_error(response: PspResponse, *, create: bool) -> NoReturn:
     code = response.status_code
     if code == 429 or code >= 500:
         raise PayPalUnavailableError(f"PayPal HTTP {code}: {response.text[:200]!r}")
-    body = _object(response)
+    body = response.json_object()
     name = body.get("name")
     if not isinstance(name, str) or not name:
-        _malformed(response, "error answer without a PayPal error name")
+        response.malformed("error answer without a PayPal error name")
     text = f"PayPal HTTP {code}: {_error_text(body)}"
     if code in {401, 403}:
         raise CredentialsRejected(f"{text}; {_CREDENTIALS_HINT}")
@@ -269,19 +258,19 @@ def _order(response: PspResponse, order: Order, *, create: bool) -> Mapping[str,
     """The order object of a 200/201 answer; errors translated, anything else malformed."""
     if response.status_code >= 400:
         _raise_error(response, create=create)
-    body = _object(response)
+    body = response.json_object()
     if response.status_code not in {200, 201}:
-        _malformed(response, "unexpected HTTP status for an order")
+        response.malformed("unexpected HTTP status for an order")
     order_id, status = body.get("id"), body.get("status")
     if not isinstance(order_id, str) or not ORDER_ID.fullmatch(order_id):
-        _malformed(response, f"order without a PayPal order id: {order_id!r}")
+        response.malformed(f"order without a PayPal order id: {order_id!r}")
     if not isinstance(status, str) or not status:
-        _malformed(response, "order without a status")
+        response.malformed("order without a status")
     if order.psp_id is not None and order_id != order.psp_id:
-        _malformed(response, f"answer is about PayPal order {order_id}, not {order.psp_id}")
+        response.malformed(f"answer is about PayPal order {order_id}, not {order.psp_id}")
     unit = _purchase_unit(body, response)
     if unit is not None and "custom_id" in unit and unit["custom_id"] != str(order.id):
-        _malformed(response, f"answer is about custom_id {unit['custom_id']!r}, not {order.id}")
+        response.malformed(f"answer is about custom_id {unit['custom_id']!r}, not {order.id}")
     return body
 
 
@@ -291,7 +280,7 @@ def _purchase_unit(body: Mapping[str, Any], response: PspResponse) -> Mapping[st
     if units is None:
         return None
     if not isinstance(units, list) or not units or not isinstance(units[0], Mapping):
-        _malformed(response, "purchase_units is not a list of objects")
+        response.malformed("purchase_units is not a list of objects")
     unit: Mapping[str, Any] = units[0]
     return unit
 
@@ -302,12 +291,12 @@ def _capture(unit: Mapping[str, Any] | None, response: PspResponse) -> Mapping[s
     if payments is None:
         return None
     if not isinstance(payments, Mapping):
-        _malformed(response, "payments is not an object")
+        response.malformed("payments is not an object")
     captures = payments.get("captures")
     if captures is None:
         return None
     if not isinstance(captures, list) or not all(isinstance(c, Mapping) for c in captures):
-        _malformed(response, "payments.captures is not a list of objects")
+        response.malformed("payments.captures is not a list of objects")
     return captures[0] if captures else None
 
 
@@ -316,7 +305,7 @@ def _pay_url(body: Mapping[str, Any], response: PspResponse) -> str | None:
     if links is None:
         return None
     if not isinstance(links, list):
-        _malformed(response, "links is not a list")
+        response.malformed("links is not a list")
     by_rel = {
         link.get("rel"): link.get("href")
         for link in links
@@ -345,12 +334,12 @@ def _report(body: Mapping[str, Any], response: PspResponse) -> StatusReport:
         state, reason = CanonicalState.REJECTED, "the order was voided"
     elif status == "COMPLETED":
         if capture is None:
-            _malformed(response, "COMPLETED order without a capture")
+            response.malformed("COMPLETED order without a capture")
         state, reason, capture_status = _capture_state(capture, response)
         raw_status = f"COMPLETED/{capture_status}"
         money = parse_amount(capture.get("amount"), response, "captures[0].amount")
     else:
-        _malformed(response, f"unknown order status {status!r}")
+        response.malformed(f"unknown order status {status!r}")
     return StatusReport(
         state=state,
         psp_id=body["id"],
@@ -361,7 +350,7 @@ def _report(body: Mapping[str, Any], response: PspResponse) -> StatusReport:
     )
 
 
-def _capture_state(
+def _capture_state(  # noqa: RET503 (ends in response.malformed, which raises)
     capture: Mapping[str, Any], response: PspResponse
 ) -> tuple[CanonicalState, str, str]:
     status = capture.get("status")
@@ -381,14 +370,14 @@ def _capture_state(
             f"capture {status.lower()}" + (f": {why}" if why else ""),
             status,
         )
-    _malformed(response, f"unknown capture status {status!r}")
+    response.malformed(f"unknown capture status {status!r}")
 
 
 def _capture_refused(order: Order, response: PspResponse) -> StatusReport | None:
     """A report for a 422 answer to a capture that tells the payment's state, else None."""
     if response.status_code != 422:
         return None
-    body = _object(response)
+    body = response.json_object()
     issues = _issues(body)
     issue = issues[0] if issues else ""
     if issue in _CAPTURE_NOT_YET:
@@ -473,31 +462,31 @@ class PayPal(Adapter):
         try:
             body = json.loads(response.content)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            _malformed(response, "token answer is not JSON")
+            response.malformed("token answer is not JSON")
         if not isinstance(body, Mapping):
-            _malformed(response, "token answer is not a JSON object")
+            response.malformed("token answer is not a JSON object")
         if code in {400, 401, 403}:
             error = body.get("error") or body.get("name")
             if not isinstance(error, str):
-                _malformed(response, "token refusal without an OAuth error code")
+                response.malformed("token refusal without an OAuth error code")
             described = str(body.get("error_description") or body.get("message") or "")
             raise CredentialsRejected(
                 f"PayPal token endpoint HTTP {code}: {error} {described}".strip()
                 + f"; {_CREDENTIALS_HINT}"
             )
         if code != 200:
-            _malformed(response, "unexpected HTTP status for a token")
+            response.malformed("unexpected HTTP status for a token")
         value, token_type, expires_in = (
             body.get("access_token"),
             body.get("token_type"),
             body.get("expires_in"),
         )
         if not isinstance(value, str) or not value:
-            _malformed(response, "token answer without access_token")
+            response.malformed("token answer without access_token")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            _malformed(response, f"token type {token_type!r} is not Bearer")
+            response.malformed(f"token type {token_type!r} is not Bearer")
         if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
-            _malformed(response, f"expires_in is not a positive integer: {expires_in!r}")
+            response.malformed(f"expires_in is not a positive integer: {expires_in!r}")
         return Token(value=Secret(value), expires_in=timedelta(seconds=expires_in))
 
     # -- create ------------------------------------------------------------------------------
@@ -546,7 +535,7 @@ class PayPal(Adapter):
         _report(body, response)
         pay_url = _pay_url(body, response)
         if pay_url is None and body["status"] in PENDING_STATUSES:
-            _malformed(response, "order awaiting the buyer without a payer-action/approve link")
+            response.malformed("order awaiting the buyer without a payer-action/approve link")
         return Invoice(psp_id=body["id"], pay_url=pay_url)
 
     # -- status and capture -----------------------------------------------------------------
@@ -589,7 +578,7 @@ class PayPal(Adapter):
             if refused is not None:
                 return refused
         elif response.status_code == 404:
-            body = _object(response)
+            body = response.json_object()
             if body.get("name") == "RESOURCE_NOT_FOUND":
                 return StatusReport(
                     CanonicalState.EXPIRED,
@@ -605,10 +594,10 @@ class PayPal(Adapter):
         self, notification: Notification, settings: AdapterSettings
     ) -> NotificationResult:
         response = PspResponse(status_code=200, content=notification.body)
-        body = _object(response)
+        body = response.json_object()
         event, resource = body.get("event_type"), body.get("resource")
         if not isinstance(event, str) or not event or not isinstance(resource, Mapping):
-            _malformed(response, "not a PayPal webhook event (event_type/resource missing)")
+            response.malformed("not a PayPal webhook event (event_type/resource missing)")
         psp_id: Any = None
         custom_id: Any = None
         if event.startswith("CHECKOUT.ORDER."):

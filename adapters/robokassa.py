@@ -109,7 +109,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import ClassVar, NoReturn
+from typing import ClassVar
 from urllib.parse import parse_qsl, urlencode
 
 from adapters.base import (
@@ -120,7 +120,6 @@ from adapters.base import (
     CredentialsRejected,
     InvalidSettings,
     Invoice,
-    MalformedResponse,
     Notification,
     NotificationResult,
     NotSupported,
@@ -176,10 +175,6 @@ class RobokassaUnavailableError(TransientError):
 
 class RobokassaRefusedError(TransientError):
     """OpStateExt refused to tell (two operations share the number): never final."""
-
-
-def _malformed(response: PspResponse, what: str) -> NoReturn:
-    raise MalformedResponse(f"HTTP {response.status_code}: {what}")
 
 
 def hash_algorithm(settings: AdapterSettings) -> str:
@@ -247,7 +242,7 @@ def parse_out_sum(value: str, response: PspResponse, field: str = "OutSum") -> M
     try:
         return Money.parse(value.strip(), CURRENCY)
     except InvalidInput as exc:
-        _malformed(response, f"{field} {value!r}: {exc.message}")
+        response.malformed(f"{field} {value!r}: {exc.message}")
 
 
 def _xml_root(response: PspResponse) -> ET.Element:
@@ -255,13 +250,13 @@ def _xml_root(response: PspResponse) -> ET.Element:
     try:
         text = response.content.decode("utf-8-sig")
     except UnicodeDecodeError:
-        _malformed(response, "body is not UTF-8")
+        response.malformed("body is not UTF-8")
     if _DECLARATIONS.search(text):
-        _malformed(response, "XML with a DOCTYPE or entity declaration is refused")
+        response.malformed("XML with a DOCTYPE or entity declaration is refused")
     try:
         return ET.fromstring(text)  # noqa: S314 - declarations refused above
     except ET.ParseError as exc:
-        _malformed(response, f"body is not XML ({exc}): {text[:80]!r}")
+        response.malformed(f"body is not XML ({exc}): {text[:80]!r}")
 
 
 def _child(element: ET.Element, name: str) -> ET.Element | None:
@@ -284,11 +279,11 @@ def _text(element: ET.Element, *path: str) -> str | None:
 def _code(response: PspResponse, root: ET.Element, *path: str) -> int:
     value = _text(root, *path)
     if value is None:
-        _malformed(response, f"OpStateExt answer without {'/'.join(path)}")
+        response.malformed(f"OpStateExt answer without {'/'.join(path)}")
     try:
         return int(value)
     except ValueError:
-        _malformed(response, f"{'/'.join(path)} is not a number: {value!r}")
+        response.malformed(f"{'/'.join(path)} is not a number: {value!r}")
 
 
 def _check_http(response: PspResponse) -> None:
@@ -300,7 +295,7 @@ def _check_http(response: PspResponse) -> None:
     if code == 429 or code >= 500:
         raise RobokassaUnavailableError(f"Robokassa HTTP {code}")
     if code != 200:
-        _malformed(response, "non-200 answer to OpStateExt")
+        response.malformed("non-200 answer to OpStateExt")
 
 
 def _paid_money(response: PspResponse, root: ET.Element, expected: Money | None) -> Money | None:
@@ -326,7 +321,7 @@ def parse_opstate(
     root = _xml_root(response)
     local = root.tag.rsplit("}", 1)[-1]
     if local != "OperationStateResponse":
-        _malformed(response, f"expected OperationStateResponse, got <{local}>")
+        response.malformed(f"expected OperationStateResponse, got <{local}>")
     result = _code(response, root, "Result", "Code")
     description = _text(root, "Result", "Description") or ""
     if result in _CREDENTIAL_RESULTS:
@@ -346,14 +341,14 @@ def parse_opstate(
             reason="no operation yet: the buyer has not opened the pay page",
         )
     if result != RESULT_OK:
-        _malformed(response, f"undocumented OpStateExt result code {result}")
+        response.malformed(f"undocumented OpStateExt result code {result}")
     state_code = _code(response, root, "State", "Code")
     if state_code not in STATES:
-        _malformed(response, f"undocumented OpStateExt state code {state_code}")
+        response.malformed(f"undocumented OpStateExt state code {state_code}")
     state, meaning = STATES[state_code]
     money = _paid_money(response, root, expected)
     if state is CanonicalState.PAID and money is None:
-        _malformed(response, "paid (state 100) without Info/OutSum or Info/IncSum")
+        response.malformed("paid (state 100) without Info/OutSum or Info/IncSum")
     return StatusReport(
         state=state,
         psp_id=psp_id,
@@ -369,20 +364,20 @@ def _callback_fields(notification: Notification) -> dict[str, str]:
     try:
         body = notification.body.decode("utf-8")
     except UnicodeDecodeError:
-        _malformed(response, "Result URL callback is not UTF-8")
+        response.malformed("Result URL callback is not UTF-8")
     pairs = parse_qsl(body, keep_blank_values=True) if body.strip() else []
     if not pairs:
         pairs = list(notification.query.items())
     fields: dict[str, str] = {}
     for key, value in pairs:
         if key in fields and fields[key] != value:
-            _malformed(response, f"Result URL callback repeats {key} with different values")
+            response.malformed(f"Result URL callback repeats {key} with different values")
         fields[key] = value
     missing = [k for k in ("OutSum", "InvId", "SignatureValue") if not fields.get(k)]
     if missing:
-        _malformed(response, f"not a Robokassa Result URL callback (missing {', '.join(missing)})")
+        response.malformed(f"not a Robokassa Result URL callback (missing {', '.join(missing)})")
     if not re.fullmatch(r"[0-9]{1,19}", fields["InvId"]):
-        _malformed(response, f"InvId is not a number: {fields['InvId']!r}")
+        response.malformed(f"InvId is not a number: {fields['InvId']!r}")
     return fields
 
 

@@ -227,10 +227,6 @@ def notification_token_valid(body: bytes, password: str) -> bool:
     return hmac.compare_digest(expected.encode(), raw["Token"].lower().encode())
 
 
-def _malformed(response: PspResponse, what: str) -> NoReturn:
-    raise MalformedResponse(f"HTTP {response.status_code}: {what}")
-
-
 def _body(response: PspResponse) -> Mapping[str, Any]:
     if response.status_code in {401, 403}:
         raise CredentialsRejected(
@@ -239,10 +235,7 @@ def _body(response: PspResponse) -> Mapping[str, Any]:
         )
     if response.status_code == 429 or response.status_code >= 500:
         raise TBankUnavailable(f"T-Bank HTTP {response.status_code}")
-    body = response.json()
-    if not isinstance(body, Mapping):
-        _malformed(response, f"expected a JSON object, got {type(body).__name__}")
-    return body
+    return response.json_object()
 
 
 def _error_text(body: Mapping[str, Any]) -> str:
@@ -271,7 +264,7 @@ def _raise_error(response: PspResponse, body: Mapping[str, Any], operation: str)
             raise PspRejected(text)
     elif code in INVALID_REQUEST | REFUSED | DUPLICATE_ORDER | ORDER_NOT_FOUND:
         raise TBankRefused(text)
-    _malformed(response, f"unknown T-Bank error: {text}")
+    response.malformed(f"unknown T-Bank error: {text}")
 
 
 def _answer(response: PspResponse, operation: str) -> Mapping[str, Any]:
@@ -281,35 +274,35 @@ def _answer(response: PspResponse, operation: str) -> Mapping[str, Any]:
     if success is False:
         _raise_error(response, body, operation)
     if success is not True:
-        _malformed(response, "answer without Success true/false")
+        response.malformed("answer without Success true/false")
     if response.status_code != 200:
-        _malformed(response, "successful answer with a non-200 status")
+        response.malformed("successful answer with a non-200 status")
     if str(body.get("ErrorCode", "0")) != "0":
-        _malformed(response, f"Success true with ErrorCode {body.get('ErrorCode')!r}")
+        response.malformed(f"Success true with ErrorCode {body.get('ErrorCode')!r}")
     return body
 
 
 def _payment_id(value: Any, response: PspResponse) -> str:
     """``PaymentId``: a string in answers, a number in notifications and some schemas."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        _malformed(response, f"PaymentId is not a string or integer: {value!r}")
+        response.malformed(f"PaymentId is not a string or integer: {value!r}")
     text = str(value).strip()
     if not text:
-        _malformed(response, "empty PaymentId")
+        response.malformed("empty PaymentId")
     return text
 
 
 def _status(body: Mapping[str, Any], response: PspResponse) -> str:
     status = body.get("Status")
     if not isinstance(status, str) or not status:
-        _malformed(response, "answer without a Status")
+        response.malformed("answer without a Status")
     return status
 
 
 def parse_amount(value: Any, response: PspResponse, field: str = "Amount") -> Money:
     """Kopecks as a JSON integer; anything else (fractions, strings) is malformed."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        _malformed(response, f"{field} is not a whole number of kopecks: {value!r}")
+        response.malformed(f"{field} is not a whole number of kopecks: {value!r}")
     return Money(value, CURRENCY)
 
 
@@ -422,13 +415,13 @@ class TBank(Adapter):
         body = _answer(response, "create")
         psp_id = _payment_id(body.get("PaymentId"), response)
         if body.get("OrderId") not in {None, str(order.id)}:
-            _malformed(response, f"Init answered for OrderId {body.get('OrderId')!r}")
+            response.malformed(f"Init answered for OrderId {body.get('OrderId')!r}")
         status = _status(body, response)
         if status not in PENDING:
-            _malformed(response, f"a new payment in status {status!r}")
+            response.malformed(f"a new payment in status {status!r}")
         pay_url = body.get("PaymentURL")
         if not isinstance(pay_url, str) or urlsplit(pay_url).scheme not in {"http", "https"}:
-            _malformed(response, f"Init answer without a PaymentURL: {pay_url!r}")
+            response.malformed(f"Init answer without a PaymentURL: {pay_url!r}")
         return Invoice(psp_id=psp_id, pay_url=pay_url)
 
     def parse_status(
@@ -441,9 +434,9 @@ class TBank(Adapter):
         body = _answer(response, operation)
         psp_id = _payment_id(body.get("PaymentId"), response)
         if order.psp_id is not None and psp_id != order.psp_id:
-            _malformed(response, f"answer is about payment {psp_id}, not {order.psp_id}")
+            response.malformed(f"answer is about payment {psp_id}, not {order.psp_id}")
         if body.get("OrderId") not in {None, str(order.id)}:
-            _malformed(response, f"answer is about OrderId {body.get('OrderId')!r}")
+            response.malformed(f"answer is about OrderId {body.get('OrderId')!r}")
         status = _status(body, response)
         # GetState reports the amount; Confirm and Cancel answers carry none of it. A Confirm
         # takes exactly the Amount build_capture sent (ours), so a confirmed capture reports it.
@@ -460,16 +453,16 @@ class TBank(Adapter):
             return None
         body = _answer(response, "lookup")
         if body.get("OrderId") not in {None, str(order.id)}:
-            _malformed(response, f"CheckOrder answered for OrderId {body.get('OrderId')!r}")
+            response.malformed(f"CheckOrder answered for OrderId {body.get('OrderId')!r}")
         payments = body.get("Payments")
         if not isinstance(payments, list):
-            _malformed(response, "CheckOrder answer without a Payments list")
+            response.malformed("CheckOrder answer without a Payments list")
         if not payments:
             return None
         found = []
         for payment in payments:
             if not isinstance(payment, Mapping):
-                _malformed(response, "a CheckOrder payment is not an object")
+                response.malformed("a CheckOrder payment is not an object")
             found.append(
                 (_payment_id(payment.get("PaymentId"), response), _status(payment, response))
             )
@@ -546,7 +539,7 @@ def report(
     elif status == "DEADLINE_EXPIRED":
         state, reason = CanonicalState.EXPIRED, "the pay link or 3-D Secure ran out of time"
     else:
-        _malformed(response, f"unknown T-Bank payment status {status!r}")
+        response.malformed(f"unknown T-Bank payment status {status!r}")
     return StatusReport(
         state=state,
         psp_id=psp_id,

@@ -97,10 +97,6 @@ class YooKassaRefusedError(TransientError):
     """
 
 
-def _malformed(response: PspResponse, what: str) -> NoReturn:
-    raise MalformedResponse(f"HTTP {response.status_code}: {what}")
-
-
 def format_amount(money: Money) -> dict[str, str]:
     """YooKassa's amount object: the value as a decimal string with the currency's decimals."""
     return {"value": f"{money.to_decimal():.{money.exponent}f}", "currency": money.currency}
@@ -109,10 +105,10 @@ def format_amount(money: Money) -> dict[str, str]:
 def parse_amount(value: Any, response: PspResponse, field: str = "amount") -> Money:
     """Our Money from YooKassa's amount object; exact, never through a float."""
     if not isinstance(value, Mapping):
-        _malformed(response, f"{field} is not an object")
+        response.malformed(f"{field} is not an object")
     major, currency = value.get("value"), value.get("currency")
     if not isinstance(major, str) or not isinstance(currency, str):
-        _malformed(response, f"{field} needs string value and currency, got {dict(value)!r}")
+        response.malformed(f"{field} needs string value and currency, got {dict(value)!r}")
     try:
         return Money.parse(major, currency)
     except InvalidInput as exc:
@@ -123,21 +119,14 @@ def _parse_time(value: Any, response: PspResponse) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        _malformed(response, f"expires_at is not a string: {value!r}")
+        response.malformed(f"expires_at is not a string: {value!r}")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        _malformed(response, f"expires_at is not an ISO 8601 time: {value!r}")
+        response.malformed(f"expires_at is not an ISO 8601 time: {value!r}")
     if parsed.tzinfo is None:
-        _malformed(response, f"expires_at has no time zone: {value!r}")
+        response.malformed(f"expires_at has no time zone: {value!r}")
     return parsed
-
-
-def _body(response: PspResponse) -> Mapping[str, Any]:
-    body = response.json()
-    if not isinstance(body, Mapping):
-        _malformed(response, f"expected a JSON object, got {type(body).__name__}")
-    return body
 
 
 def _error_text(body: Mapping[str, Any]) -> str:
@@ -157,7 +146,7 @@ def _raise_error(response: PspResponse, body: Mapping[str, Any], *, create: bool
         # HTTP 500 means "result unknown"; a retry with the same Idempotence-Key is safe.
         raise YooKassaUnavailableError(f"YooKassa HTTP {response.status_code}: {text}")
     if code not in {"invalid_request", "invalid_credentials", "forbidden", "not_found"}:
-        _malformed(response, f"unknown YooKassa error: {text}")
+        response.malformed(f"unknown YooKassa error: {text}")
     hint = _STATUS_ERROR_HINTS.get(str(code))
     message = f"YooKassa HTTP {response.status_code}: {text}" + (f"; {hint}" if hint else "")
     if code in _CREDENTIAL_ERRORS:
@@ -170,16 +159,16 @@ def _raise_error(response: PspResponse, body: Mapping[str, Any], *, create: bool
 
 def _payment(response: PspResponse, *, create: bool) -> Mapping[str, Any]:
     """The payment object of a 200 response; errors translated, anything else malformed."""
-    body = _body(response)
+    body = response.json_object()
     if body.get("type") == "error":
         _raise_error(response, body, create=create)
     if response.status_code != 200:
-        _malformed(response, "non-200 answer that is not a YooKassa error object")
+        response.malformed("non-200 answer that is not a YooKassa error object")
     payment_id, status = body.get("id"), body.get("status")
     if not isinstance(payment_id, str) or not payment_id:
-        _malformed(response, "payment object without an id")
+        response.malformed("payment object without an id")
     if not isinstance(status, str) or not status:
-        _malformed(response, "payment object without a status")
+        response.malformed("payment object without a status")
     return body
 
 
@@ -281,9 +270,9 @@ class YooKassa(Adapter):
             confirmation.get("confirmation_url") if isinstance(confirmation, Mapping) else None
         )
         if pay_url is not None and not isinstance(pay_url, str):
-            _malformed(response, "confirmation_url is not a string")
+            response.malformed("confirmation_url is not a string")
         if pay_url is None and payment["status"] == "pending":
-            _malformed(response, "pending payment without confirmation.confirmation_url")
+            response.malformed("pending payment without confirmation.confirmation_url")
         # expires_at is YooKassa's capture deadline for waiting_for_capture, not the buyer's,
         # so a freshly created (pending) payment carries no deadline of its own.
         expires_at = None
@@ -309,7 +298,7 @@ class YooKassa(Adapter):
         """Status, capture and cancel calls all answer with the payment object."""
         payment = _payment(response, create=False)
         if order.psp_id is not None and payment["id"] != order.psp_id:
-            _malformed(response, f"answer is about payment {payment['id']}, not {order.psp_id}")
+            response.malformed(f"answer is about payment {payment['id']}, not {order.psp_id}")
         return _report(payment, response)
 
     def build_capture(self, order: Order, settings: AdapterSettings) -> PspRequest:
@@ -350,12 +339,12 @@ class YooKassa(Adapter):
         if ip_check and not _sender_allowed(notification.remote_addr):
             return NotificationResult(ref=OrderRef(), verified=False, reply=Reply(403))
         response = PspResponse(status_code=200, content=notification.body)
-        body = _body(response)
+        body = response.json_object()
         if body.get("type") != "notification" or not isinstance(body.get("event"), str):
-            _malformed(response, "not a YooKassa notification (type/event missing)")
+            response.malformed("not a YooKassa notification (type/event missing)")
         obj = body.get("object")
         if not isinstance(obj, Mapping):
-            _malformed(response, "notification without an object")
+            response.malformed("notification without an object")
         event = body["event"]
         if event.startswith("payment."):
             payment_id = obj.get("id")
@@ -365,7 +354,7 @@ class YooKassa(Adapter):
             # Payouts, deals: nothing of ours. Acknowledge so YooKassa stops re-sending.
             return NotificationResult(ref=OrderRef(), verified=False)
         if not isinstance(payment_id, str) or not payment_id:
-            _malformed(response, f"{event} notification names no payment")
+            response.malformed(f"{event} notification names no payment")
         metadata = obj.get("metadata")
         order_id = metadata.get(META_ORDER_ID) if isinstance(metadata, Mapping) else None
         ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None, psp_id=payment_id)
@@ -396,20 +385,20 @@ class YooKassa(Adapter):
         )
 
     def parse_list(self, response: PspResponse, settings: AdapterSettings) -> PaymentPage:
-        body = _body(response)
+        body = response.json_object()
         if body.get("type") == "error":
             _raise_error(response, body, create=False)
         if response.status_code != 200 or body.get("type") != "list":
-            _malformed(response, "not a YooKassa list (type list expected)")
+            response.malformed("not a YooKassa list (type list expected)")
         items, cursor = body.get("items"), body.get("next_cursor")
         if not isinstance(items, list):
-            _malformed(response, "list without items")
+            response.malformed("list without items")
         if cursor is not None and (not isinstance(cursor, str) or not cursor):
-            _malformed(response, f"next_cursor is not a string: {cursor!r}")
+            response.malformed(f"next_cursor is not a string: {cursor!r}")
         payments = []
         for item in items:
             if not isinstance(item, Mapping):
-                _malformed(response, "list item is not a payment object")
+                response.malformed("list item is not a payment object")
             payment = _payment_object(item, response)
             metadata = payment.get("metadata")
             order_id = metadata.get(META_ORDER_ID) if isinstance(metadata, Mapping) else None
@@ -431,9 +420,9 @@ def _payment_object(payment: Mapping[str, Any], response: PspResponse) -> Mappin
     """A payment object of a list, with the id and status every reading needs."""
     payment_id, status = payment.get("id"), payment.get("status")
     if not isinstance(payment_id, str) or not payment_id:
-        _malformed(response, "listed payment without an id")
+        response.malformed("listed payment without an id")
     if not isinstance(status, str) or not status:
-        _malformed(response, f"listed payment {payment_id} without a status")
+        response.malformed(f"listed payment {payment_id} without a status")
     return payment
 
 
@@ -451,7 +440,7 @@ def _report(payment: Mapping[str, Any], response: PspResponse) -> StatusReport:
     elif status == "canceled":
         state, reason = _cancel_state(payment)
     else:
-        _malformed(response, f"unknown payment status {status!r}")
+        response.malformed(f"unknown payment status {status!r}")
     return StatusReport(
         state=state,
         psp_id=payment["id"],
