@@ -72,7 +72,6 @@ Settings: ``SECRET_KEY``, ``WEBHOOK_SECRETS``, ``API_URL`` (default ``https://ap
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -101,6 +100,7 @@ from adapters.base import (
     SettingSpec,
     StatusReport,
 )
+from orders import signing
 from orders.errors import InvalidInput, OutcomeUnknown, TransientError
 from orders.model import Order
 from orders.money import Money, currency_exponent
@@ -217,9 +217,9 @@ def session_expiry(order: Order) -> datetime:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``v1`` signature Stripe computes: hex HMAC-SHA256 of ``"{t}." + body``."""
-    message = str(timestamp).encode("ascii") + b"." + body
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+    """The ``v1`` signature Stripe computes: hex HMAC-SHA256 of ``"{t}." + body``, the same as
+    our own webhooks' (:func:`orders.signing.signature`)."""
+    return signing.signature(secret, timestamp, body)
 
 
 def signature_valid(header: str, body: bytes, secrets: list[str], now: datetime) -> bool:
