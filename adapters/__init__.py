@@ -36,6 +36,7 @@ from adapters.base import (
     SettingSpec,
     StatusReport,
     Token,
+    money_object,
     pairs,
 )
 from adapters.registry import env_name, register
@@ -77,6 +78,7 @@ __all__ = [
     "Token",
     "TransientError",
     "env_name",
+    "money_object",
     "pairs",
     "register",
 ]

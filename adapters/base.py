@@ -43,7 +43,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, NoReturn
 
-from orders.errors import ConfigError, DispatchError, PermanentError, TransientError
+from orders.errors import (
+    ConfigError,
+    DispatchError,
+    InvalidInput,
+    PermanentError,
+    TransientError,
+)
 from orders.model import Order
 from orders.money import Money
 
@@ -164,6 +170,23 @@ class PspResponse:
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", "replace")
+
+
+def money_object(
+    value: Any, response: PspResponse, field: str = "amount", currency_key: str = "currency"
+) -> Money:
+    """Money from a JSON ``{"value": "10.00", <currency_key>: "RUB"}`` object in ``response``
+    (YooKassa's amount, PayPal's with ``currency_code``): exact, never through a float;
+    :class:`MalformedResponse` for anything else."""
+    if not isinstance(value, Mapping):
+        response.malformed(f"{field} is not an object")
+    major, currency = value.get("value"), value.get(currency_key)
+    if not isinstance(major, str) or not isinstance(currency, str):
+        response.malformed(f"{field} needs string value and {currency_key}, got {dict(value)!r}")
+    try:
+        return Money.parse(major, currency)
+    except InvalidInput as exc:
+        raise MalformedResponse(f"HTTP {response.status_code}: {field}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,6 @@ from adapters.base import (
     CredentialsRejected,
     FollowUp,
     Invoice,
-    MalformedResponse,
     Notification,
     NotificationResult,
     OrderRef,
@@ -115,6 +114,7 @@ from adapters.base import (
     SettingSpec,
     StatusReport,
     Token,
+    money_object,
 )
 from orders.errors import InvalidInput, OutcomeUnknown, TransientError
 from orders.model import Order
@@ -198,15 +198,7 @@ def format_amount(money: Money) -> dict[str, str]:
 
 def parse_amount(value: Any, response: PspResponse, field: str = "amount") -> Money:
     """Our Money from PayPal's money object; exact, never through a float."""
-    if not isinstance(value, Mapping):
-        response.malformed(f"{field} is not an object")
-    major, currency = value.get("value"), value.get("currency_code")
-    if not isinstance(major, str) or not isinstance(currency, str):
-        response.malformed(f"{field} needs string value and currency_code, got {dict(value)!r}")
-    try:
-        return Money.parse(major, currency)
-    except InvalidInput as exc:
-        raise MalformedResponse(f"HTTP {response.status_code}: {field}: {exc}") from None
+    return money_object(value, response, field, "currency_code")
 
 
 def _issues(body: Mapping[str, Any]) -> list[str]:

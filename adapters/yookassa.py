@@ -29,7 +29,6 @@ from adapters.base import (
     InvalidSettings,
     Invoice,
     ListedPayment,
-    MalformedResponse,
     Notification,
     NotificationResult,
     OrderRef,
@@ -41,6 +40,7 @@ from adapters.base import (
     Reply,
     SettingSpec,
     StatusReport,
+    money_object,
 )
 from orders.errors import InvalidInput, TransientError
 from orders.model import Order
@@ -104,15 +104,7 @@ def format_amount(money: Money) -> dict[str, str]:
 
 def parse_amount(value: Any, response: PspResponse, field: str = "amount") -> Money:
     """Our Money from YooKassa's amount object; exact, never through a float."""
-    if not isinstance(value, Mapping):
-        response.malformed(f"{field} is not an object")
-    major, currency = value.get("value"), value.get("currency")
-    if not isinstance(major, str) or not isinstance(currency, str):
-        response.malformed(f"{field} needs string value and currency, got {dict(value)!r}")
-    try:
-        return Money.parse(major, currency)
-    except InvalidInput as exc:
-        raise MalformedResponse(f"HTTP {response.status_code}: {field}: {exc}") from None
+    return money_object(value, response, field, "currency")
 
 
 def _parse_time(value: Any, response: PspResponse) -> datetime | None:
