@@ -309,7 +309,7 @@ def register_sites(sub: Any) -> None:
         "set-webhook", help="send SITE's events to URL (a new site's secret is printed once)"
     )
     set_hook.add_argument("site")
-    set_hook.add_argument("url", help="https://... (http:// only for tests)")
+    set_hook.add_argument("url", help="https://... (http:// is accepted: use it for tests only)")
     set_hook.set_defaults(func=cmd_set_webhook)
     rotate = site_actions.add_parser(
         "rotate-secret", help="a new signing secret for SITE, printed once"
