@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -14,7 +14,7 @@ from uuid import UUID
 
 from orders.errors import FieldTooLong, InvalidAmount, InvalidInput, UnknownAdapter
 from orders.money import Money
-from orders.status import OrderStatus
+from orders.status import LATE_PAYMENT_FROM, OrderStatus
 
 # Length limits, in characters; the schema's CHECK constraints hold the same numbers.
 LIMITS: Mapping[str, int] = MappingProxyType(
@@ -257,3 +257,26 @@ class OrderEvent:
             actor=row["actor"],
             detail=row["detail"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PaidEvent:
+    """What the paid hooks (billing) are handed, inside the transaction that marks an order paid.
+
+    It carries what a hook needs and the engine already knew, so no hook has to read
+    ``order_events`` back to learn where the payment came from.
+    """
+
+    order: Order  # as written: status paid, paid_at set
+    previous: OrderStatus  # the status the order was paid from
+    actor: str  # who moved it: "worker", "notification", "operator:<name>", ...
+
+    @property
+    def late(self) -> bool:
+        """Paid after the order had been given up (expired, rejected, cancelled)."""
+        return self.previous in LATE_PAYMENT_FROM
+
+
+# A paid hook: runs in the paid transaction on its connection (a psycopg AsyncConnection); if it
+# raises, the move to paid and everything the hooks wrote are rolled back.
+PaidHook = Callable[[Any, PaidEvent], Awaitable[None]]
