@@ -127,7 +127,7 @@ CREATE TRIGGER orders_check_transition
 -- Orders per adapter and status, counted as they change (issue #15): a gauge that counted the
 -- table would grow with it. Statement-level triggers append one signed row per (adapter,
 -- status) a statement changed; the sweeper folds the deltas into order_counts every stats
--- interval (dispatcher/dbstats.py). Appending never waits for another transaction, where one
+-- interval (dispatcher/sweeper/dbstats.py). Appending never waits for another transaction, where one
 -- counter row per (adapter, status) would queue every create of an adapter behind the previous
 -- one's commit. A read sums both tables in one snapshot, so it is exact.
 CREATE TABLE order_counts (

@@ -40,7 +40,7 @@ import psycopg
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from bench import common
-from dispatcher import actors
+from dispatcher.steps import make_broker
 from orders import Money, NewOrder
 from orders.repository import OrderRepository, open_pool
 
@@ -244,7 +244,7 @@ def run_pgbench(
 
 def run_noop(broker_url: str, *, messages: int, threads: int, timeout: float) -> dict[str, Any]:
     common.flush_redis(broker_url)
-    broker = actors.make_broker(broker_url, namespace="pd-bench-noop")
+    broker = make_broker(broker_url, namespace="pd-bench-noop")
     lock = threading.Lock()
     count = [0]
     finished = threading.Event()

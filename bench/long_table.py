@@ -52,7 +52,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from bench import common
-from dispatcher import dbstats
+from dispatcher.sweeper import dbstats
 from orders import archive, schema
 from orders.sql import query
 

@@ -8,10 +8,12 @@ from collections.abc import Sequence
 
 import psycopg
 
-from dispatcher import config, logs, ops, reconcile, services
+from dispatcher import config, logs, services
 from dispatcher.api import commands as api_commands
 from dispatcher.api import operator_commands
 from dispatcher.billing import commands as billing_commands
+from dispatcher.ops import orders as ops
+from dispatcher.ops import reconcile
 from orders import schema
 
 

@@ -25,16 +25,18 @@ import prometheus_client
 import structlog
 
 from adapters.base import Secret
-from dispatcher import actors, logs, services
+from dispatcher import logs, services
 from dispatcher.billing.webhook import Delivery, Outbox
 from dispatcher.config import ConfigError, Settings
-from dispatcher.dbstats import DbStats
-from dispatcher.engine import Engine
-from dispatcher.host import EngineHost
-from dispatcher.middleware import MessageMetrics
 from dispatcher.runtime import AdapterRuntime, build_adapters, expiries
 from dispatcher.settle import PaidHook
+from dispatcher.steps import BILLING_QUEUE, Steps, make_broker
 from dispatcher.sweeper import Sweeper
+from dispatcher.sweeper.dbstats import DbStats
+from dispatcher.worker import actors
+from dispatcher.worker.engine import Engine
+from dispatcher.worker.host import EngineHost
+from dispatcher.worker.middleware import MessageMetrics
 from orders.repository import OrderRepository, Pool, open_pool
 
 log = structlog.get_logger(__name__)
@@ -166,9 +168,9 @@ def run_worker(
     unknown = set(names) - set(ctx.runtimes)
     if unknown:
         raise SystemExit(f"paydispatch worker: --queues names adapters not enabled: {unknown}")
-    broker = actors.make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
+    broker = make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     broker.add_middleware(MessageMetrics())
-    dispatch = actors.Dispatch(broker, names)
+    declared = actors.Actors(broker, names)  # the receiving half: this process sends nothing
     engine = Engine(
         ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings, ctx.pool), db_threads=db_threads
     )
@@ -179,7 +181,7 @@ def run_worker(
     actors.set_delivery(delivery)
     worker_queues = {rt.queue for n, rt in ctx.runtimes.items() if n in names}
     if delivery is not None and queues is None:  # a worker for all queues also delivers
-        worker_queues.add(actors.BILLING_QUEUE)
+        worker_queues.add(BILLING_QUEUE)
     worker = dramatiq.Worker(
         broker, queues=worker_queues, worker_threads=threads, worker_timeout=100,
     )  # fmt: skip
@@ -205,7 +207,7 @@ def run_worker(
     actors.set_host(None)
     broker.close()
     ctx.close()
-    del dispatch
+    del declared
     return 0 if drained else 1
 
 
@@ -221,11 +223,11 @@ def run_sweeper(
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=4, name="sweeper")
     metrics_url = start_metrics(metrics_port)
-    broker = actors.make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
+    broker = make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     names = list(ctx.runtimes)
     sweeper = Sweeper(
         ctx.repo,
-        actors.Dispatch(broker, names),
+        Steps(broker, names),  # the sending half: no actor, engine or worker is loaded
         names,
         batch=batch,
         lease=timedelta(seconds=lease),

@@ -10,6 +10,7 @@ from adapters import registry
 from adapters.base import Adapter, AdapterSettings, InvalidSettings
 from dispatcher.config import ConfigError, Settings
 from dispatcher.policy import DispatchPolicy, load_policy
+from dispatcher.steps import queue_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +26,6 @@ class AdapterRuntime:
     @property
     def queue(self) -> str:
         return queue_name(self.adapter.name)
-
-
-def queue_name(adapter: str) -> str:
-    """One dramatiq queue per payment system, so a slow one never starves the others."""
-    return f"paydispatch.{adapter}"
 
 
 def build_adapters(

@@ -155,8 +155,8 @@ class Settler:
         ``needs_review``, never to ``paid``; a settled order is left alone (and logged).
         Orders that leave ``awaiting_payment`` stay watched for a late payment until
         ``late_watch`` from now. An order in ``needs_review`` is left to a person
-        (:func:`dispatcher.ops.resolve`): a report, even a verified notification, may be older
-        than what sent it there (a payment's event delivered after its refund's).
+        (:func:`dispatcher.ops.orders.resolve`): a report, even a verified notification, may be
+        older than what sent it there (a payment's event delivered after its refund's).
         """
         if report.money is not None and report.money != order.money:
             if not can_transition(order.status, S.NEEDS_REVIEW):

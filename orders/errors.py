@@ -9,8 +9,8 @@ the tree as outside it on purpose. "also" names a class's other parents.
 DispatchError
 ├── TransientError              try again later, with the same idempotency key
 │   ├── DatabaseUnavailable     PostgreSQL could not be reached or dropped the connection
-│   ├── PspUnavailable          dispatcher.transport: timeout, network error, 5xx or 429
-│   ├── CircuitOpen             dispatcher.breaker: failed too often lately; nothing was sent
+│   ├── PspUnavailable          dispatcher.worker.transport: timeout, network error, 5xx or 429
+│   ├── CircuitOpen             dispatcher.worker.breaker: failed too often lately; nothing was sent
 │   ├── MalformedResponse       adapters.base: an answer the adapter cannot read
 │   ├── InvoiceMayExist         adapters.base: a create refused as a possible duplicate
 │   ├── CredentialsRejected     adapters.base: the payment system refused our credentials

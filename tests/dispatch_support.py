@@ -20,12 +20,13 @@ import httpx
 from adapters import registry
 from adapters.base import PollPolicy
 from adapters.sandbox import adapter as sandbox_adapter
-from dispatcher import actors
-from dispatcher.engine import Engine
-from dispatcher.host import EngineHost
 from dispatcher.policy import DispatchPolicy
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.steps import Steps, make_broker
 from dispatcher.sweeper import Sweeper
+from dispatcher.worker import actors
+from dispatcher.worker.engine import Engine
+from dispatcher.worker.host import EngineHost
 from orders.repository import OrderRepository, open_pool
 from tests.namespaces import flush_namespace, own_namespace
 
@@ -84,8 +85,9 @@ def running_daemon(
     runtime = sandbox_runtime(sandbox_url, policy)
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
     namespace = own_namespace()
-    broker = actors.make_broker(broker_url, namespace=namespace)
-    dispatch = actors.Dispatch(broker, ["sandbox"])
+    broker = make_broker(broker_url, namespace=namespace)
+    actors.Actors(broker, ["sandbox"])
+    dispatch = Steps(broker, ["sandbox"])
     host = EngineHost(Engine(repo, {"sandbox": runtime}, db_threads=6), max_in_flight=200)
     host.start()
     actors.set_host(host)

@@ -1,7 +1,7 @@
 """What the operators' console reads and records, over the existing queries where they exist.
 
 The dashboard's numbers are the ones ``paydispatch status`` shows (its SQL, from
-:mod:`dispatcher.ops`); a resolve is :func:`dispatcher.ops.resolve`; a replay is the
+:mod:`dispatcher.ops.orders`); a resolve is :func:`dispatcher.ops.orders.resolve`; a replay is the
 ``outbox_replay`` query of ``paydispatch hooks replay``, run in one transaction with the record of
 who asked for it and why.
 """
@@ -17,9 +17,9 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from dispatcher import ops
 from dispatcher.api.operators import query
 from dispatcher.billing.sql import query as billing_query
+from dispatcher.ops import orders as ops
 from dispatcher.settle import Settler
 from orders.errors import InvalidInput, OrderNotFound
 from orders.model import Order

@@ -18,8 +18,8 @@ import pytest
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
-from dispatcher import actors
 from dispatcher.services import Services, free_port
+from dispatcher.steps import Steps, make_broker
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository, open_pool
@@ -77,9 +77,9 @@ def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
     env = daemon_env(own_database_url, broker_url, sandbox.url)
     pool = open_pool(own_database_url, max_size=4, name="e2e")
     repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
-    broker = actors.make_broker(broker_url, namespace=env["PAYDISPATCH_BROKER_NAMESPACE"])
+    broker = make_broker(broker_url, namespace=env["PAYDISPATCH_BROKER_NAMESPACE"])
     sweeper = Sweeper(
-        repo, actors.Dispatch(broker, ["sandbox"]), ["sandbox"], lease=timedelta(seconds=3),
+        repo, Steps(broker, ["sandbox"]), ["sandbox"], lease=timedelta(seconds=3),
         interval=0.1,
     )  # fmt: skip
     stop = threading.Event()

@@ -27,8 +27,8 @@ import pytest
 from adapters.base import PspRequest
 from adapters.sandbox.adapter import Sandbox
 from adapters.testing import sample_order
-from dispatcher.aiohttp_transport import AiohttpTransport
-from dispatcher.transport import PspUnavailable, Transport
+from dispatcher.worker.aiohttp_transport import AiohttpTransport
+from dispatcher.worker.transport import PspUnavailable, Transport
 from orders import Money
 from tests.dispatch_support import FAST, sandbox_runtime
 

@@ -19,7 +19,8 @@ from dispatcher.billing import hooks
 from dispatcher.billing.bonus import Referrals
 from dispatcher.billing.wallet import POINTS, EntryKind, Points, Wallets
 from dispatcher.config import BillingSettings, ConfigError
-from dispatcher.engine import Action, Engine
+from dispatcher.steps import Action
+from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus, StaleOrder
 from orders.model import Order
 from orders.repository import OrderRepository, Pool

@@ -23,14 +23,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from adapters.sandbox.runner import serve_in_thread
-from dispatcher import actors
 from dispatcher.billing.receiver import HEADER, verify
 from dispatcher.billing.sites import SiteWebhooks
 from dispatcher.billing.webhook import Backoff, Delivery, Outbox
-from dispatcher.engine import Engine
-from dispatcher.host import EngineHost
 from dispatcher.services import Services
+from dispatcher.steps import BILLING_QUEUE, Steps, make_broker
 from dispatcher.sweeper import Sweeper
+from dispatcher.worker import actors
+from dispatcher.worker.engine import Engine
+from dispatcher.worker.host import EngineHost
 from orders import Money, NewOrder, OrderStatus
 from orders.errors import InvalidSignature
 from orders.repository import OrderRepository, Pool
@@ -117,8 +118,9 @@ def billing(
     found_services: Services, database_url: str, pool: Pool, repo: OrderRepository
 ) -> Iterator[Billing]:
     """Sweeper thread + dramatiq worker on the billing queue + the engine host's loop."""
-    broker = actors.make_broker(found_services.broker_url, namespace=own_namespace())
-    dispatch = actors.Dispatch(broker, ["sandbox"])
+    broker = make_broker(found_services.broker_url, namespace=own_namespace())
+    actors.Actors(broker, ["sandbox"])
+    dispatch = Steps(broker, ["sandbox"])
     host = EngineHost(Engine(repo, {}, db_threads=1), max_in_flight=50)
     host.start()
     delivery = Delivery(
@@ -128,7 +130,7 @@ def billing(
     )
     actors.set_host(host)
     actors.set_delivery(delivery)
-    worker = dramatiq.Worker(broker, queues={actors.BILLING_QUEUE}, worker_threads=2)
+    worker = dramatiq.Worker(broker, queues={BILLING_QUEUE}, worker_threads=2)
     worker.start()
     outbox = Outbox(pool, max_age=timedelta(minutes=5))
     sweeper = Sweeper(repo, dispatch, [], interval=0.1, lease=timedelta(seconds=30), outbox=outbox)

@@ -12,8 +12,8 @@ import psycopg
 from prometheus_client import REGISTRY
 from psycopg.rows import dict_row
 
-from dispatcher import dbstats
-from dispatcher.dbstats import DbStats
+from dispatcher.sweeper import dbstats
+from dispatcher.sweeper.dbstats import DbStats
 from orders import Money, NewOrder, OrderStatus, schema
 from orders.repository import OrderRepository, Pool, Write
 from orders.sql import query

@@ -24,9 +24,10 @@ from adapters.registry import resolve_settings
 from adapters.sandbox import Sandbox
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.runner import SandboxHandle
-from dispatcher import config, reconcile
+from dispatcher import config
 from dispatcher.billing.wallet import EntryKind, Wallets
 from dispatcher.cli import build_parser
+from dispatcher.ops import reconcile
 from orders import Money, NewOrder, OrderStatus
 from orders.model import Order
 from orders.repository import OrderRepository, Pool

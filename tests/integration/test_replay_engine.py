@@ -19,8 +19,9 @@ from adapters import paypal, tbank, yookassa
 from adapters.base import AdapterSettings, CanonicalState, PspResponse
 from adapters.replay import Replay
 from adapters.testing import load_response
-from dispatcher.engine import Engine, action_for
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.steps import action_for
+from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus
 from orders.model import Order
 from orders.repository import OrderRepository, Pool, open_pool

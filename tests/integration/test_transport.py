@@ -13,8 +13,8 @@ import pytest
 from adapters.base import PspRequest, PspResponse
 from adapters.sandbox.runner import SandboxHandle
 from adapters.testing import sample_order
-from dispatcher.breaker import CircuitOpen
-from dispatcher.transport import PspUnavailable, Transport
+from dispatcher.worker.breaker import CircuitOpen
+from dispatcher.worker.transport import PspUnavailable, Transport
 from orders import Money, Order
 from tests.dispatch_support import FAST, SandboxControl, sandbox_runtime
 

@@ -35,10 +35,11 @@ from adapters.base import (
     StatusReport,
 )
 from adapters.testing import SAMPLE_TIME, sample_order
-from dispatcher.engine import Action, Engine, action_for
 from dispatcher.policy import DispatchPolicy
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import PaidHook
+from dispatcher.steps import Action, action_for
+from dispatcher.worker.engine import Engine
 from orders.errors import OrderNotFound, StaleOrder
 from orders.model import Order
 from orders.money import Money

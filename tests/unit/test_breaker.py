@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from dispatcher.worker.breaker import BreakerState, CircuitBreaker, CircuitOpen
 
 
 class Clock:

@@ -220,11 +220,12 @@ def test_the_client_distribution_has_paydispatchs_version() -> None:
 
 
 def test_the_broker_installs_only_the_middleware_its_actors_use() -> None:
-    from dispatcher import actors
+    from dispatcher.steps import make_broker
+    from dispatcher.worker import actors
 
     # Builds the broker's client objects only: nothing connects.
-    broker = actors.make_broker("redis://127.0.0.1:6379/15", namespace="test-dependencies")
-    actors.Dispatch(broker, ["sandbox"])
+    broker = make_broker("redis://127.0.0.1:6379/15", namespace="test-dependencies")
+    actors.Actors(broker, ["sandbox"])
     used = {option for actor in broker.actors.values() for option in actor.options}
     served = {option for m in broker.middleware for option in m.actor_options}
     assert used <= served, f"actor options no middleware reads: {sorted(used - served)}"

@@ -19,10 +19,11 @@ import pytest
 
 from adapters import registry, robokassa
 from dispatcher import metrics
-from dispatcher.breaker import BreakerState
-from dispatcher.engine import Action, Engine
 from dispatcher.policy import RETRY_GRACE
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.steps import Action
+from dispatcher.worker.breaker import BreakerState
+from dispatcher.worker.engine import Engine
 from orders.model import Order
 from orders.repository import OrderRepository
 from orders.status import OrderStatus

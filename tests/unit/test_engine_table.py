@@ -24,11 +24,11 @@ import httpx
 import pytest
 
 from adapters.base import Adapter
-from dispatcher import engine as engine_module
 from dispatcher import metrics
-from dispatcher.engine import Action, action_for
 from dispatcher.policy import RETRY_GRACE
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.steps import Action, action_for
+from dispatcher.worker import engine as engine_module
 from orders.model import Order
 from orders.status import LATE_PAYMENT_FROM, TRANSITIONS, OrderStatus
 from tests.unit.engine_fakes import (
@@ -319,8 +319,8 @@ BY_THE_SITE_OR_BUYER = (
     "payment system) cancels it: OrderRepository.cancel"
 )
 BY_A_PERSON = (
-    "a person settles it: `paydispatch orders resolve` or the console (dispatcher.ops.resolve); "
-    "Settler.decide leaves needs_review alone"
+    "a person settles it: `paydispatch orders resolve` or the console "
+    "(dispatcher.ops.orders.resolve); Settler.decide leaves needs_review alone"
 )
 NOT_BY_ENGINE: dict[tuple[OrderStatus, OrderStatus], str] = {
     (S.NEW, S.CANCELLED): BY_THE_SITE_OR_BUYER,

@@ -27,11 +27,12 @@ from structlog.testing import capture_logs
 from adapters.sandbox.faults import WEBHOOK_FAULT_HELP, FaultKind, Operation, WebhookFaults
 from adapters.sandbox.server import create_app
 from dispatcher import metrics
-from dispatcher.breaker import BreakerState
-from dispatcher.engine import Action, Engine
-from dispatcher.outage import OutageLog
 from dispatcher.runtime import AdapterRuntime
-from dispatcher.transport import Transport
+from dispatcher.steps import Action
+from dispatcher.worker.breaker import BreakerState
+from dispatcher.worker.engine import Engine
+from dispatcher.worker.outage import OutageLog
+from dispatcher.worker.transport import Transport
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
 from tests.unit.test_engine_steps import (

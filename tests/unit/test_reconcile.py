@@ -29,9 +29,9 @@ from adapters.base import (
 from adapters.registry import resolve_settings
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.testing import load_response, sample_order
-from dispatcher import reconcile, reconciliation
+from dispatcher.ops import reconcile, reconciliation
+from dispatcher.ops.reconciliation import Books, Kind, Report, Seen, compare, summarise
 from dispatcher.policy import load_policy
-from dispatcher.reconciliation import Books, Kind, Report, Seen, compare, summarise
 from dispatcher.runtime import AdapterRuntime
 from orders.model import Order
 from orders.money import Money
@@ -251,7 +251,7 @@ def runtime_for(adapter: Any, settings: dict[str, str]) -> AdapterRuntime:
 
 
 def test_status_reads_keep_within_the_concurrency_and_report_unreadable_orders() -> None:
-    from dispatcher.transport import Transport
+    from dispatcher.worker.transport import Transport
 
     runtime = runtime_for(sandbox_adapter, {})
     orders = [order(number=n, psp_id=f"inv_{n}") for n in range(1, 8)]

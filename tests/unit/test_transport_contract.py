@@ -30,7 +30,7 @@ from adapters.base import (
 )
 from adapters.testing import sample_order
 from dispatcher import metrics
-from dispatcher.transport import PspUnavailable, Transport
+from dispatcher.worker.transport import PspUnavailable, Transport
 from orders.model import Order
 from tests.dispatch_support import FAST
 

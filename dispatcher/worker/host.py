@@ -17,7 +17,8 @@ from uuid import UUID
 import structlog
 
 from dispatcher import metrics
-from dispatcher.engine import Action, Engine
+from dispatcher.steps import Action
+from dispatcher.worker.engine import Engine
 
 log = structlog.get_logger(__name__)
 

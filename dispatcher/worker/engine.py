@@ -48,7 +48,6 @@ import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
@@ -66,12 +65,13 @@ from adapters.base import (
     StatusReport,
 )
 from dispatcher import metrics
-from dispatcher.breaker import BreakerState
 from dispatcher.coalesce import Coalescer
 from dispatcher.policy import next_poll, retry_at
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import Decision, PaidHook, Settler
-from dispatcher.transport import CircuitOpen, PspUnavailable, Transport
+from dispatcher.steps import Action
+from dispatcher.worker.breaker import BreakerState
+from dispatcher.worker.transport import CircuitOpen, PspUnavailable, Transport
 from orders.backoff import ceiling
 from orders.errors import (
     InvalidInput,
@@ -94,24 +94,6 @@ LATE_INTERVAL_CAP = timedelta(hours=1)
 CUTOFF = timedelta(seconds=5)
 # States a cancel's answer may report that mean money moved after the last read.
 _MONEY_MOVED = frozenset({CanonicalState.PAID, CanonicalState.REFUNDED})
-
-
-class Action(StrEnum):
-    SUBMIT = "submit"
-    POLL = "poll"
-    FINALIZE = "finalize"  # the deadline passed: one last status check, then expired
-    WATCH = "watch"  # after expired/rejected/cancelled: look for a late payment
-
-
-def action_for(order: Order, now: datetime) -> Action | None:
-    """What a claimed order needs next, or None when nothing is left to do."""
-    if order.status in {S.NEW, S.SUBMITTING}:
-        return Action.SUBMIT
-    if order.status is S.AWAITING_PAYMENT:
-        return Action.FINALIZE if now >= order.expires_at else Action.POLL
-    if order.status in LATE_PAYMENT_FROM:
-        return Action.WATCH
-    return None
 
 
 def utcnow() -> datetime:
@@ -446,7 +428,7 @@ class Engine:
         )
         metrics.STEP_ERRORS.labels(order.adapter, str(action), kind).inc()
         # An unavailable payment system fails every order sent to it: the transport warns once
-        # per interval for all of them (dispatcher/outage.py); each order's line is detail.
+        # per interval for all of them (dispatcher/worker/outage.py); each order's line is detail.
         unavailable = isinstance(exc, PspUnavailable | CircuitOpen)
         report = log.debug if unavailable else log.warning
         report("step failed", error=error, kind=kind, status=str(order.status))

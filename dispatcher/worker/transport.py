@@ -23,7 +23,8 @@ Errors raised (all :class:`TransientError` — never a reason to reject an order
 - :class:`CircuitOpen` — too many recent failures; nothing was sent.
 
 Both are logged per adapter, not per call: one line when the payment system becomes
-unavailable, then at most one per interval with a count of the rest (:mod:`dispatcher.outage`).
+unavailable, then at most one per interval with a count of the rest
+(:mod:`dispatcher.worker.outage`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse, Token, pairs
 from dispatcher import metrics
-from dispatcher.aiohttp_transport import AiohttpTransport
-from dispatcher.breaker import CircuitBreaker, CircuitOpen
-from dispatcher.outage import OutageLog
 from dispatcher.policy import DispatchPolicy
+from dispatcher.worker.aiohttp_transport import AiohttpTransport
+from dispatcher.worker.breaker import CircuitBreaker, CircuitOpen
+from dispatcher.worker.outage import OutageLog
 from orders.backoff import retry_after_wait
 from orders.errors import TransientError
 
@@ -131,7 +132,7 @@ def _client(
 ) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(policy.timeout, connect=min(policy.timeout, 5.0)),
-        # aiohttp's pool under httpx's API: see dispatcher/aiohttp_transport.py for why.
+        # aiohttp's pool under httpx's API: see dispatcher/worker/aiohttp_transport.py for why.
         transport=http_transport or AiohttpTransport(max_connections=policy.concurrency),
         follow_redirects=False,
         trust_env=False,  # a payment API is reached directly, whatever the environment says

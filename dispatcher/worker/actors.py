@@ -1,10 +1,10 @@
-"""The dramatiq side: the broker, the actors, and sending a step to an adapter's queue.
+"""The dramatiq side of a worker: the actors, declared on the worker's broker.
 
 Actors ``submit``, ``poll`` and ``finalize`` (and ``watch`` for late payments) all hand their
 step to the process's :class:`EngineHost`; ``deliver`` hands it a billing webhook delivery.
-Messages carry the order id, the lease token and the action; dramatiq's own retries are off,
-because the order table and its leases are the retry mechanism (a lost message only delays an
-order until its lease ends).
+This is the receiving half of :mod:`dispatcher.steps`, whose :class:`~dispatcher.steps.Steps`
+sends the messages (the actor names, queues and arguments are that module's); dramatiq's own
+retries are off, because the order table and its leases are the retry mechanism.
 """
 
 from __future__ import annotations
@@ -13,18 +13,13 @@ from collections.abc import Sequence
 from uuid import UUID
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import TimeLimit
 
 from dispatcher.billing.webhook import Delivery
-from dispatcher.engine import Action
-from dispatcher.host import EngineHost
-from dispatcher.runtime import queue_name
+from dispatcher.steps import BILLING_QUEUE, DELIVER, Action, queue_name
+from dispatcher.worker.host import EngineHost
 
 _host: EngineHost | None = None
 _delivery: Delivery | None = None
-# Billing webhook deliveries have their own queue, so a slow receiver never delays orders.
-BILLING_QUEUE = "paydispatch.billing"
 
 
 def set_host(host: EngineHost | None) -> None:
@@ -76,34 +71,14 @@ def deliver(event_id: str, token: str) -> None:
     _host.admit_coroutine(_delivery.deliver(UUID(event_id), UUID(token)))
 
 
-def make_broker(url: str, *, namespace: str = "paydispatch") -> dramatiq.Broker:
-    """A broker for ``redis://`` (default) or ``amqp://`` URLs, without dramatiq's retries.
+class Actors:
+    """The actors declared on one broker, and the queues of the adapters the worker consumes.
 
-    Only the middleware the actors use: TimeLimit for their ``time_limit``. No Retries (the
-    leases retry), and none of age limits, shutdown notices, callbacks or pipelines, which no
-    actor or message asks for.
+    A dramatiq worker consumes only the queues declared on its broker, and runs a message only
+    when the message's actor is declared there.
     """
-    middleware: list[dramatiq.Middleware] = [TimeLimit()]
-    broker: dramatiq.Broker
-    if url.startswith(("amqp://", "amqps://")):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        broker = RabbitmqBroker(url=url, middleware=middleware)
-    elif url.startswith(("redis://", "rediss://", "unix://")):
-        # dramatiq's RedisBroker.__init__ has no annotations
-        broker = RedisBroker(  # type: ignore[no-untyped-call]
-            url=url, middleware=middleware, namespace=namespace
-        )
-    else:
-        scheme = url.split("://", maxsplit=1)[0]
-        raise ValueError(f"PAYDISPATCH_BROKER_URL: unsupported scheme {scheme!r}")
-    return broker
-
-
-class Dispatch:
-    """Actors declared on one broker, and the queues of the enabled adapters."""
-
-    def __init__(self, broker: dramatiq.Broker, adapters: list[str]) -> None:
+    def __init__(self, broker: dramatiq.Broker, adapters: Sequence[str]) -> None:
         self.broker = broker
         self.actors = {
             action: dramatiq.Actor(
@@ -122,20 +97,8 @@ class Dispatch:
         self.deliver_actor = dramatiq.Actor(
             deliver,
             broker=broker,
-            actor_name="deliver",
+            actor_name=DELIVER,
             queue_name=BILLING_QUEUE,
             priority=0,
             options={"time_limit": 60_000},
         )
-
-    def send(self, adapter: str, action: Action, order_id: UUID, token: UUID) -> None:
-        self.send_many(adapter, action, [(order_id, token)])
-
-    def send_many(self, adapter: str, action: Action, steps: Sequence[tuple[UUID, UUID]]) -> None:
-        """One message for a batch of steps, on the adapter's queue."""
-        pairs = [[str(order_id), str(token)] for order_id, token in steps]
-        message = self.actors[action].message(pairs)
-        self.broker.enqueue(message.copy(queue_name=queue_name(adapter)))
-
-    def send_delivery(self, event_id: UUID, token: UUID) -> None:
-        self.deliver_actor.send(str(event_id), str(token))

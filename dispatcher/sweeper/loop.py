@@ -4,6 +4,7 @@ Every tick, and soon after a ``NOTIFY paydispatch_orders`` (sent when an order i
 it claims up to ``batch`` due rows with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` and enqueues
 one message per order. Any number of sweepers may run: a row is claimed by one of them only.
 Messages lost after the claim (a Redis restart, a crash) cost nothing but the lease's length.
+It sends through :class:`dispatcher.steps.Steps` only: no actor, engine or worker is loaded here.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import psycopg
 import structlog
 
 from dispatcher import metrics
-from dispatcher.actors import Dispatch
 from dispatcher.billing.webhook import Outbox
-from dispatcher.dbstats import DbStats
-from dispatcher.engine import Action, action_for
+from dispatcher.steps import Action, Steps, action_for
+from dispatcher.sweeper.dbstats import DbStats
 from orders.errors import TransientError
 from orders.repository import OrderRepository
 
@@ -34,7 +34,7 @@ class Sweeper:
     def __init__(
         self,
         repo: OrderRepository,
-        dispatch: Dispatch,
+        dispatch: Steps,
         adapters: list[str],
         *,
         batch: int = 500,

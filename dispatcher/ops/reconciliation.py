@@ -1,7 +1,7 @@
 """The reconciliation report (issue #16): what it holds, the pure comparison of what paydispatch
 recorded with what a payment system shows, and the report's text, JSON and CSV forms.
 
-No I/O: ``dispatcher.reconcile`` (the ``paydispatch reconcile`` command) reads the database and
+No I/O: ``dispatcher.ops.reconcile`` (the ``paydispatch reconcile`` command) reads the database and
 the payment systems and hands the readings here.
 """
 

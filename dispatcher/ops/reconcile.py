@@ -3,7 +3,7 @@ payment system says (issue #16).
 
 Per site and payment system: the orders paid that day (count, sum per currency), the refunds
 recorded that day (``paydispatch wallet refund``), what the payment system shows paid, and every
-difference (:class:`dispatcher.reconciliation.Kind`). How a payment system is read:
+difference (:class:`dispatcher.ops.reconciliation.Kind`). How a payment system is read:
 
 - one that lists payments (``Capabilities.list_payments``) is asked for every payment created that
   day, page by page; an order paid that day whose payment the list does not show (made on an
@@ -15,7 +15,7 @@ difference (:class:`dispatcher.reconciliation.Kind`). How a payment system is re
 Every call goes through the dispatcher's transport (timeouts, retries, rate limit, breaker), at
 most ``--concurrency`` at once. Exit status: 0 without differences, 1 with differences, 2 when the
 report is incomplete (a payment system or an order's payment could not be read). This module reads;
-:mod:`dispatcher.reconciliation` compares and writes the report.
+:mod:`dispatcher.ops.reconciliation` compares and writes the report.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from uuid import UUID
 
 from adapters.base import MalformedResponse, NotSupported
 from dispatcher import config, services
-from dispatcher.reconciliation import (
+from dispatcher.ops.reconciliation import (
     WRITERS,
     Books,
     Problem,
@@ -50,7 +50,7 @@ from orders.repository import Pool, database_errors, open_pool
 from orders.status import OrderStatus
 
 if TYPE_CHECKING:
-    from dispatcher.transport import Transport
+    from dispatcher.worker.transport import Transport
 
 S = OrderStatus
 
@@ -181,7 +181,7 @@ async def _read_payment_system(
 ) -> tuple[list[Seen] | None, list[Problem]]:
     """What the payment system shows; None (with the problem) when its list could not be read."""
     # The HTTP stack is imported by this command only, not by every `paydispatch` start.
-    from dispatcher.transport import Transport
+    from dispatcher.worker.transport import Transport
 
     transport = Transport(runtime.adapter, runtime.settings, runtime.policy)
     try:
