@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.wallet            # about a minute; stops by itself
 
 For each layout (``hot``: every thread on one wallet; ``spread``: 1000 wallets) it runs
-``Wallets.credit``/``Wallets.debit`` from N threads for a fixed time on a fresh database (half
+``Wallets.credit``/``Wallets.debit`` (through their synchronous face ``SyncWallets``: every call
+runs on the one background event loop) from N threads for a fixed time on a fresh database (half
 the threads credit, half debit, every call with its own idempotency key), then
 ``bench/wallet.pgbench.sql`` under pgbench on the same server: the same statements, in the same
 transaction, without Python. Prints one line per run, and the machine.
@@ -27,10 +28,9 @@ if __package__ in (None, ""):
 import psycopg
 
 from bench import common
-from dispatcher.billing.wallet import EntryKind, Wallets
+from dispatcher.billing.wallet import EntryKind, SyncWallets
 from orders import Money
 from orders.errors import InsufficientFunds
-from orders.repository import open_pool
 
 PGBENCH_SCRIPT = Path(__file__).resolve().parent / "wallet.pgbench.sql"
 START_BALANCE = 10**12  # debits never run dry within a run
@@ -54,8 +54,7 @@ def seed(db_url: str, wallets: int) -> None:
 def run_python(found: Any, *, wallets: int, threads: int, seconds: float) -> dict[str, Any]:
     with common.fresh_database(found, "wallet") as db_url:
         seed(db_url, wallets)
-        pool = open_pool(db_url, min_size=threads, max_size=threads, name="bench-wallet")
-        ledger = Wallets(pool)
+        ledger = SyncWallets(db_url, max_size=threads, name="bench-wallet")
         counts = [0] * threads
         refused = [0] * threads
         stop = threading.Event()
@@ -92,7 +91,7 @@ def run_python(found: Any, *, wallets: int, threads: int, seconds: float) -> dic
         for w in workers:
             w.join()
         elapsed = time.monotonic() - began
-        pool.close()
+        ledger.close()
         with psycopg.connect(db_url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT (SELECT sum(balance) FROM wallets) = (SELECT sum(amount) FROM "

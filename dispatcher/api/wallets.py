@@ -1,4 +1,8 @@
-"""``/v1/wallets/{user_id}``: a site's view of its users' balances, history, and debits."""
+"""``/v1/wallets/{user_id}``: a site's view of its users' balances, history, and debits.
+
+The handlers are async over :class:`~dispatcher.billing.wallet.Wallets` on the API's async pool
+(the one its order repository runs on), so no request holds a thread.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from dispatcher.api.auth import Context, Site
+from dispatcher.api.context import ApiContext
 from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.api.schemas import (
@@ -22,7 +27,7 @@ from dispatcher.api.schemas import (
     WholeNumber,
 )
 from dispatcher.api.strict import no_unknown_query
-from dispatcher.billing.wallet import CURSOR_PATTERN, MAX_PAGE, POINTS, Entry, money
+from dispatcher.billing.wallet import CURSOR_PATTERN, MAX_PAGE, POINTS, Entry, Wallets, money
 from orders.model import LIMITS
 
 router = APIRouter(tags=["wallets"], dependencies=[Depends(no_unknown_query)])
@@ -33,6 +38,11 @@ CURRENCY = r"^([A-Z]{3}|points)$"
 WalletCurrency = Annotated[str, Published({"enum": [*CURRENCIES, POINTS]})]
 # Checked by the ledger (invalid_cursor); every string of the pattern is one it takes.
 EntryCursor = Annotated[str, Published({"pattern": CURSOR_PATTERN})]
+
+
+def wallets(ctx: ApiContext) -> Wallets:
+    """The ledger on the API's async pool (opened on the server's loop at start-up)."""
+    return Wallets(ctx.orders.pool)
 
 
 class BalanceOut(BaseModel):
@@ -92,8 +102,8 @@ class DebitIn(Strict):
     responses=errors(401, 422, 503),
     summary="A user's balances",
 )
-def get_wallet(user_id: UserId, site: Site, ctx: Context) -> WalletOut:
-    balances = ctx.wallets.balances(site, user_id)
+async def get_wallet(user_id: UserId, site: Site, ctx: Context) -> WalletOut:
+    balances = await wallets(ctx).balances(site, user_id)
     return WalletOut(
         user_id=user_id,
         balances=[
@@ -114,7 +124,7 @@ def get_wallet(user_id: UserId, site: Site, ctx: Context) -> WalletOut:
     responses=errors(401, 422, 503),
     summary="A user's ledger entries, newest first",
 )
-def list_entries(
+async def list_entries(
     *,
     user_id: UserId,
     site: Site,
@@ -123,7 +133,7 @@ def list_entries(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[EntryCursor | None, Query(min_length=1, max_length=200)] = None,
 ) -> EntryPageOut:
-    page = ctx.wallets.history(site, user_id, currency=currency, limit=limit, cursor=cursor)
+    page = await wallets(ctx).history(site, user_id, currency=currency, limit=limit, cursor=cursor)
     return EntryPageOut(items=[EntryOut.of(e) for e in page.items], next_cursor=page.next_cursor)
 
 
@@ -143,7 +153,7 @@ def list_entries(
     ),
     summary="Take money from a user's balance (never below zero)",
 )
-def debit(
+async def debit(
     *,
     user_id: UserId,
     body: DebitIn,
@@ -163,7 +173,7 @@ def debit(
     """201 with the entry; 200 for a replay; 409 ``insufficient_funds`` rather than overdraw."""
     if not idempotency_key.strip():
         raise HttpError(422, "invalid_field", "must not be blank", field="Idempotency-Key")
-    entry = ctx.wallets.debit(
+    entry = await wallets(ctx).debit(
         site,
         user_id,
         money(body.amount, body.currency),

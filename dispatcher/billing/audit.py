@@ -14,94 +14,24 @@ Late payments (paid from expired, rejected or cancelled) and refunds are listed 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orders.repository import Pool, database_errors
+from orders.db import AsyncPool, database_errors, query
 
-_BALANCES = """
-SELECT * FROM (
-    SELECT w.site, w.user_id, w.currency, w.balance,
-           (SELECT coalesce(sum(e.amount), 0) FROM wallet_entries e
-            WHERE (e.site, e.user_id, e.currency) = (w.site, w.user_id, w.currency))
-               AS entries_sum,
-           (SELECT e.balance_after FROM wallet_entries e
-            WHERE (e.site, e.user_id, e.currency) = (w.site, w.user_id, w.currency)
-            ORDER BY e.id DESC LIMIT 1) AS last_after
-    FROM wallets w WHERE (%(site)s::text IS NULL OR w.site = %(site)s)
-) x
-WHERE balance <> entries_sum OR balance <> coalesce(last_after, 0)
-ORDER BY site, user_id, currency
-"""
-
-_RUNNING = """
-SELECT id, site, user_id, currency, balance_after, running FROM (
-    SELECT e.*, sum(amount) OVER (PARTITION BY site, user_id, currency ORDER BY id) AS running
-    FROM wallet_entries e WHERE (%(site)s::text IS NULL OR site = %(site)s)
-) x WHERE balance_after <> running ORDER BY id
-"""
-
-_PAID_WITHOUT_ONE_CREDIT = """
-SELECT o.id, o.site, o.user_id, o.amount, o.currency, count(e.id) AS credits,
-       array_agg(DISTINCT e.user_id) FILTER (WHERE e.id IS NOT NULL) AS users,
-       sum(e.amount) AS credited, array_agg(DISTINCT e.currency) FILTER (WHERE e.id IS NOT NULL)
-           AS currencies
-FROM orders o
-LEFT JOIN wallet_entries e ON e.order_id = o.id AND e.kind = 'topup'
-WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
-GROUP BY o.id
-HAVING count(e.id) <> 1 OR sum(e.amount) <> o.amount
-    OR array_agg(DISTINCT e.currency) <> ARRAY[o.currency]
-    OR array_agg(DISTINCT e.user_id) <> ARRAY[o.user_id]
-    OR bool_or(e.site <> o.site)
-ORDER BY o.site, o.id
-"""
-
-_PAID_WITHOUT_ONE_EVENT = """
-SELECT o.id, o.site, count(b.id) AS events
-FROM orders o LEFT JOIN billing_outbox b ON b.order_id = o.id AND b.event_type = 'order.paid'
-WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
-GROUP BY o.id HAVING count(b.id) <> 1
-ORDER BY o.site, o.id
-"""
-
-_CREDITS_WITHOUT_PAID_ORDER = """
-SELECT e.id, e.site, e.user_id, e.kind, e.amount, e.currency, e.order_id, o.status
-FROM wallet_entries e JOIN orders o ON o.id = e.order_id
-WHERE e.amount > 0 AND o.status <> 'paid' AND (%(site)s::text IS NULL OR e.site = %(site)s)
-ORDER BY e.id
-"""
-
-_REFUNDS = """
-SELECT r.order_id, r.site, r.currency, -sum(r.amount) AS refunded,
-       coalesce((SELECT sum(t.amount) FROM wallet_entries t
-                 WHERE t.order_id = r.order_id AND t.kind = 'topup'), 0) AS credited
-FROM wallet_entries r
-WHERE r.kind = 'refund' AND (%(site)s::text IS NULL OR r.site = %(site)s)
-GROUP BY r.order_id, r.site, r.currency
-ORDER BY r.site, r.order_id
-"""
-
-_LATE = """
-SELECT o.id, o.site, o.user_id, o.amount, o.currency, ev.from_status,
-       EXISTS (SELECT 1 FROM wallet_entries e WHERE e.order_id = o.id AND e.kind = 'topup')
-           AS credited
-FROM orders o
-JOIN order_events ev ON ev.order_id = o.id AND ev.to_status = 'paid'
-    AND ev.from_status IN ('expired', 'rejected', 'cancelled')
-WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
-ORDER BY o.site, o.paid_at
-"""
-
-_TOTALS = """
-SELECT (SELECT count(*) FROM wallets WHERE (%(site)s::text IS NULL OR site = %(site)s))
-           AS wallets,
-       (SELECT count(*) FROM wallet_entries WHERE (%(site)s::text IS NULL OR site = %(site)s))
-           AS entries,
-       (SELECT count(*) FROM orders
-        WHERE status = 'paid' AND (%(site)s::text IS NULL OR site = %(site)s)) AS paid_orders
-"""
+# The checks: named queries of orders/db/sql/audit.sql.
+CHECKS = (
+    "audit_totals",
+    "audit_balances",
+    "audit_running",
+    "audit_paid_without_one_credit",
+    "audit_paid_without_one_event",
+    "audit_credits_without_paid_order",
+    "audit_refunds",
+    "audit_late_payments",
+)
+Rows = dict[str, list[dict[str, Any]]]
 
 
 @dataclass
@@ -135,56 +65,73 @@ class AuditReport:
         return out
 
 
-def _rows(pool: Pool, statement: str, site: str | None) -> Iterable[dict[str, Any]]:
-    with database_errors(), pool.connection() as conn:
-        return conn.execute(statement, {"site": site}).fetchall()
-
-
-def audit(
-    pool: Pool, *, site: str | None = None, wallet_hook: bool = True, webhook_hook: bool = False
+async def audit(
+    pool: AsyncPool,
+    *,
+    site: str | None = None,
+    wallet_hook: bool = True,
+    webhook_hook: bool = False,
 ) -> AuditReport:
-    """Run every check (over one site, or all)."""
-    report = AuditReport()
-    totals = list(_rows(pool, _TOTALS, site))
-    report.totals = {k: int(v) for k, v in totals[0].items()} if totals else {}
-    bad = report.discrepancies
-    for r in _rows(pool, _BALANCES, site):
+    """Run every check (over one site, or all); the paid orders' credits only with the wallet
+    hook on, their webhook events only with the webhook hook on."""
+    skip = {
+        "audit_paid_without_one_credit": not wallet_hook,
+        "audit_paid_without_one_event": not webhook_hook,
+    }
+    return report(await _fetch(pool, site, [name for name in CHECKS if not skip.get(name)]))
+
+
+async def _fetch(pool: AsyncPool, site: str | None, names: Sequence[str]) -> Rows:
+    with database_errors():
+        async with pool.connection() as conn:
+            return {
+                name: await (await conn.execute(query(name), {"site": site})).fetchall()
+                for name in names
+            }
+
+
+def report(found: Rows) -> AuditReport:
+    """The report of the checks' rows (``found``: query name -> rows; a check left out has
+    none)."""
+    result = AuditReport()
+    totals = found["audit_totals"]
+    result.totals = {k: int(v) for k, v in totals[0].items()} if totals else {}
+    bad = result.discrepancies
+    for r in found["audit_balances"]:
         bad.append(
             f"balance: wallet {r['site']}/{r['user_id']}/{r['currency']} holds {r['balance']}, "
             f"its entries sum to {r['entries_sum']}, last balance_after {r['last_after']}"
         )
-    for r in _rows(pool, _RUNNING, site):
+    for r in found["audit_running"]:
         bad.append(
             f"entry {r['id']} ({r['site']}/{r['user_id']}/{r['currency']}): balance_after "
             f"{r['balance_after']}, running sum {r['running']}"
         )
-    if wallet_hook:
-        for r in _rows(pool, _PAID_WITHOUT_ONE_CREDIT, site):
-            bad.append(
-                f"paid order {r['id']} ({r['site']}, user {r['user_id']}, {r['amount']} "
-                f"{r['currency']}): {r['credits']} top-up credit(s)"
-                + (f" of {r['credited']} {r['currencies']} to {r['users']}" if r["credits"] else "")
-            )
-    if webhook_hook:
-        for r in _rows(pool, _PAID_WITHOUT_ONE_EVENT, site):
-            bad.append(f"paid order {r['id']} ({r['site']}): {r['events']} webhook event(s)")
-    for r in _rows(pool, _CREDITS_WITHOUT_PAID_ORDER, site):
+    for r in found.get("audit_paid_without_one_credit", []):
+        bad.append(
+            f"paid order {r['id']} ({r['site']}, user {r['user_id']}, {r['amount']} "
+            f"{r['currency']}): {r['credits']} top-up credit(s)"
+            + (f" of {r['credited']} {r['currencies']} to {r['users']}" if r["credits"] else "")
+        )
+    for r in found.get("audit_paid_without_one_event", []):
+        bad.append(f"paid order {r['id']} ({r['site']}): {r['events']} webhook event(s)")
+    for r in found["audit_credits_without_paid_order"]:
         bad.append(
             f"entry {r['id']}: {r['kind']} {r['amount']} {r['currency']} to {r['site']}/"
             f"{r['user_id']} for order {r['order_id']}, which is {r['status']}, not paid"
         )
-    for r in _rows(pool, _REFUNDS, site):
+    for r in found["audit_refunds"]:
         line = (
             f"order {r['order_id']} ({r['site']}): refunded {r['refunded']} of "
             f"{r['credited']} {r['currency']} credited"
         )
-        report.refunds.append(line)
+        result.refunds.append(line)
         if r["refunded"] > r["credited"]:
             bad.append(f"refund exceeds credit: {line}")
-    for r in _rows(pool, _LATE, site):
-        report.late_payments.append(
+    for r in found["audit_late_payments"]:
+        result.late_payments.append(
             f"order {r['id']} ({r['site']}, user {r['user_id']}): {r['amount']} {r['currency']} "
             f"paid after {r['from_status']}; "
             + ("credited" if r["credited"] else "no wallet credit")
         )
-    return report
+    return result

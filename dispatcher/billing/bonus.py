@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
-from dispatcher.billing.sql import query
+from dispatcher.billing.face import Face
 from dispatcher.billing.wallet import POINTS, EntryKind, Points, Wallets
+from orders.db import AsyncConnection, AsyncPool, database_errors, query
 from orders.errors import InvalidInput
 from orders.model import LIMITS, Order, check_text
 from orders.money import Money
-from orders.repository import Connection, Pool, database_errors
 
 
 def share(amount: int, percent: Decimal) -> int:
@@ -36,11 +36,11 @@ class BonusRules:
     def active(self) -> bool:
         return self.cashback_percent > 0 or any(p > 0 for p in self.referral_percents)
 
-    def apply(self, wallets: Wallets, conn: Connection, order: Order) -> None:
+    async def apply(self, wallets: Wallets, conn: AsyncConnection, order: Order) -> None:
         """Credit the bonuses of one paid order, inside the paid transaction."""
         points = share(order.money.amount, self.cashback_percent)
         if points > 0:
-            wallets.credit(
+            await wallets.credit(
                 order.site,
                 order.user_id,
                 Points(points, POINTS),
@@ -52,17 +52,19 @@ class BonusRules:
             )
         if not self.referral_percents:
             return
-        chain = conn.execute(
-            query("referral_chain"),
-            {"site": order.site, "user_id": order.user_id, "levels": len(self.referral_percents)},
-        ).fetchall()
+        params = {
+            "site": order.site,
+            "user_id": order.user_id,
+            "levels": len(self.referral_percents),
+        }
+        chain = await (await conn.execute(query("referral_chain"), params)).fetchall()
         for row in chain:
             level = row["level"]
             percent = self.referral_percents[level - 1]
             amount = share(order.money.amount, percent)
             if amount <= 0:
                 continue
-            wallets.credit(
+            await wallets.credit(
                 order.site,
                 row["user_id"],
                 Money(amount, order.money.currency),
@@ -77,10 +79,10 @@ class BonusRules:
 class Referrals:
     """Who invited whom, per site."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: AsyncPool) -> None:
         self.pool = pool
 
-    def invite(self, site: str, user_id: str, invited_by: str) -> str:
+    async def invite(self, site: str, user_id: str, invited_by: str) -> str:
         """Record that ``invited_by`` invited ``user_id``; returns the inviter on record
         (a user's inviter never changes once set)."""
         for name, value in (("site", site), ("user_id", user_id), ("invited_by", invited_by)):
@@ -89,10 +91,19 @@ class Referrals:
         if user_id == invited_by:
             raise InvalidInput("invited_by", "a user cannot invite themselves")
         params = {"site": site, "user_id": user_id, "invited_by": invited_by}
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("insert_referral"), params).fetchone()
-            if row is None:
-                row = conn.execute(query("get_referral"), params).fetchone()
+        with database_errors():
+            async with self.pool.connection() as conn:
+                row = await (await conn.execute(query("insert_referral"), params)).fetchone()
+                if row is None:
+                    row = await (await conn.execute(query("get_referral"), params)).fetchone()
         assert row is not None
         inviter: str = row["invited_by"]
         return inviter
+
+
+class SyncReferrals(Face):
+    """:class:`Referrals` for synchronous callers (the CLI, tests); see
+    :mod:`dispatcher.billing.face`."""
+
+    def invite(self, site: str, user_id: str, invited_by: str) -> str:
+        return self.run(lambda pool: Referrals(pool).invite(site, user_id, invited_by))

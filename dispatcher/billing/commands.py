@@ -8,31 +8,33 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from dispatcher import config, services
 from dispatcher.billing.audit import audit
-from dispatcher.billing.bonus import Referrals
-from dispatcher.billing.sites import DEFAULT_OVERLAP, SiteWebhook, SiteWebhooks
-from dispatcher.billing.wallet import Entry, EntryKind, Wallets, parse_amount
-from dispatcher.billing.webhook import Outbox
+from dispatcher.billing.bonus import SyncReferrals
+from dispatcher.billing.face import Face
+from dispatcher.billing.sites import DEFAULT_OVERLAP, SiteWebhook, SyncSiteWebhooks
+from dispatcher.billing.wallet import Entry, EntryKind, SyncWallets, parse_amount
+from dispatcher.billing.webhook import SyncOutbox
 from orders.errors import DispatchError, InvalidInput
-from orders.repository import Pool, open_pool
+from orders.repository import OrderRepository
 
 
-@contextmanager
-def _pool() -> Iterator[tuple[config.Settings, Pool]]:
+def _database() -> tuple[config.Settings, str]:
+    """The settings and the database URL (the database started first, if it is ours to start)."""
     settings = config.load()
-    found = services.ensure(settings)
-    pool = open_pool(found.database_url, max_size=2, name="cli")
-    try:
-        yield settings, pool
-    finally:
-        pool.close()
+    return settings, services.ensure(settings).database_url
+
+
+def _wallets() -> SyncWallets:
+    return SyncWallets(_database()[1], max_size=1, name="cli")
+
+
+def _sites() -> SyncSiteWebhooks:
+    return SyncSiteWebhooks(_database()[1], max_size=1, name="cli")
 
 
 def _site(args: argparse.Namespace) -> str:
@@ -68,8 +70,8 @@ def _fail(exc: DispatchError) -> int:
 
 def cmd_balance(args: argparse.Namespace) -> int:
     site = _site(args)
-    with _pool() as (_settings, pool):
-        balances = Wallets(pool).balances(site, args.user)
+    with _wallets() as wallets:
+        balances = wallets.balances(site, args.user)
     if not balances:
         print(f"user {args.user!r} of site {site!r} has no wallet")
         return 1
@@ -80,9 +82,9 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     site = _site(args)
-    with _pool() as (_settings, pool):
+    with _wallets() as wallets:
         try:
-            page = Wallets(pool).history(
+            page = wallets.history(
                 site, args.user, currency=args.currency, limit=args.limit, cursor=args.cursor
             )
         except DispatchError as exc:
@@ -96,8 +98,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_move(args: argparse.Namespace) -> int:
     site = _site(args)
-    with _pool() as (_settings, pool):
-        wallets = Wallets(pool)
+    with _wallets() as wallets:
         try:
             value = parse_amount(args.amount, args.currency)
             if args.action == "credit":
@@ -115,17 +116,16 @@ def cmd_move(args: argparse.Namespace) -> int:
 
 
 def cmd_refund(args: argparse.Namespace) -> int:
-    from orders.repository import OrderRepository
-
-    with _pool() as (_settings, pool):
+    url = _database()[1]
+    with OrderRepository(url, {}) as repo, SyncWallets(url, max_size=1, name="cli") as wallets:
         try:
-            order = OrderRepository(pool, {}).get(UUID(args.order))
+            order = repo.get(UUID(args.order))
             value = (
                 order.money
                 if args.amount is None
                 else parse_amount(args.amount, order.money.currency)
             )
-            entry = Wallets(pool).refund(
+            entry = wallets.refund(
                 order.site, order.user_id, value, order_id=order.id, key=args.key,
                 description=args.reason,
             )  # fmt: skip
@@ -140,9 +140,9 @@ def cmd_refund(args: argparse.Namespace) -> int:
 
 def cmd_refer(args: argparse.Namespace) -> int:
     site = _site(args)
-    with _pool() as (_settings, pool):
+    with SyncReferrals(_database()[1], max_size=1, name="cli") as referrals:
         try:
-            inviter = Referrals(pool).invite(site, args.user, args.invited_by)
+            inviter = referrals.invite(site, args.user, args.invited_by)
         except DispatchError as exc:
             return _fail(exc)
     print(f"{args.user} was invited by {inviter}")
@@ -150,10 +150,13 @@ def cmd_refer(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    with _pool() as (settings, pool):
-        hooks = settings.billing.hooks
-        report = audit(
-            pool, site=args.site, wallet_hook="wallet" in hooks, webhook_hook="webhook" in hooks
+    settings, url = _database()
+    hooks = settings.billing.hooks
+    with Face(url, max_size=1, name="cli") as database:
+        report = database.run(
+            lambda pool: audit(
+                pool, site=args.site, wallet_hook="wallet" in hooks, webhook_hook="webhook" in hooks
+            )
         )
     for line in report.lines():
         print(line)
@@ -161,16 +164,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    with _pool() as (settings, pool):
-        outbox = Outbox(pool, max_age=timedelta(seconds=settings.billing.webhook_max_age))
-        try:
-            ids = [UUID(i) for i in args.event] if args.event else None
-        except ValueError:
-            print("paydispatch: --event takes event ids (UUIDs)")
-            return 2
-        if ids is None and not args.all:
-            print("paydispatch: give --event ID (repeatable) or --all")
-            return 2
+    try:
+        ids = [UUID(i) for i in args.event] if args.event else None
+    except ValueError:
+        print("paydispatch: --event takes event ids (UUIDs)")
+        return 2
+    if ids is None and not args.all:
+        print("paydispatch: give --event ID (repeatable) or --all")
+        return 2
+    settings, url = _database()
+    max_age = timedelta(seconds=settings.billing.webhook_max_age)
+    with SyncOutbox(url, max_age=max_age, max_size=1, name="cli") as outbox:
         replayed = outbox.replay(ids)
     for event_id in replayed:
         print(f"replaying {event_id}")
@@ -194,9 +198,9 @@ def _show_secret(site: str, secret: str, note: str) -> None:
 
 
 def cmd_set_webhook(args: argparse.Namespace) -> int:
-    with _pool() as (_settings, pool):
+    with _sites() as sites:
         try:
-            hook, secret = SiteWebhooks(pool).set(args.site, args.url)
+            hook, secret = sites.set(args.site, args.url)
         except DispatchError as exc:
             return _fail(exc)
     if secret is not None:
@@ -206,9 +210,9 @@ def cmd_set_webhook(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_secret(args: argparse.Namespace) -> int:
-    with _pool() as (_settings, pool):
+    with _sites() as sites:
         try:
-            rotated = SiteWebhooks(pool).rotate(args.site, timedelta(hours=args.overlap))
+            rotated = sites.rotate(args.site, timedelta(hours=args.overlap))
         except DispatchError as exc:
             return _fail(exc)
     if rotated is None:
@@ -226,8 +230,8 @@ def cmd_rotate_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_list_webhooks(args: argparse.Namespace) -> int:
-    with _pool() as (_settings, pool):
-        hooks = SiteWebhooks(pool).list(args.site)
+    with _sites() as sites:
+        hooks = sites.list(args.site)
     for hook in hooks:
         print(_webhook_line(hook))
     if not hooks:
@@ -236,8 +240,8 @@ def cmd_list_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_webhook(args: argparse.Namespace) -> int:
-    with _pool() as (_settings, pool):
-        removed = SiteWebhooks(pool).remove(args.site)
+    with _sites() as sites:
+        removed = sites.remove(args.site)
     if not removed:
         print(f"site {args.site!r} has no webhook")
         return 1

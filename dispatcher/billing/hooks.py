@@ -4,17 +4,21 @@ Configured by ``[billing] hooks`` (``PAYDISPATCH_BILLING_HOOKS``), in order:
 
 * ``wallet`` (default): credit the order to the user's wallet, then the bonus rules;
 * ``webhook``: write the order's event to the outbox, delivered to the site's own webhook later;
-* any other name: a callable ``(conn, order) -> None`` registered under the entry-point group
+* any other name: an ``async def hook(tx, event)`` registered under the entry-point group
   ``paydispatch.billing_hooks``, or a ``module:callable`` path.
 
-All run in the paid transaction: if one raises, the transition is rolled back with everything
-the hooks wrote, and the engine retries the order later. Nothing is ever half-credited.
+Every hook is a :data:`~orders.model.PaidHook`: awaited with the paid transaction's connection
+(a psycopg ``AsyncConnection``) and a :class:`~orders.model.PaidEvent` (the order as written,
+the status it was paid from, who moved it, and whether the payment was ``late``). All run in the
+paid transaction: if one raises, the transition is rolled back with everything the hooks wrote,
+and the engine retries the order later. Nothing is ever half-credited.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Sequence
 from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import Any
@@ -23,21 +27,11 @@ from dispatcher.billing.bonus import BonusRules
 from dispatcher.billing.wallet import EntryKind, Wallets
 from dispatcher.billing.webhook import Outbox
 from dispatcher.config import BillingSettings, ConfigError
-from orders.model import Order
-from orders.repository import Connection, Pool
-from orders.status import LATE_PAYMENT_FROM, OrderStatus
+from orders.db import AsyncConnection
+from orders.model import PaidEvent, PaidHook
 
 ENTRY_POINT_GROUP = "paydispatch.billing_hooks"
-Hook = Callable[[Any, Order], None]
-
-
-def previous_status(conn: Connection, order: Order) -> OrderStatus | None:
-    """The status the order was paid from (its latest event, written in this transaction)."""
-    row = conn.execute(
-        "SELECT from_status FROM order_events WHERE order_id = %s ORDER BY id DESC LIMIT 1",
-        (order.id,),
-    ).fetchone()
-    return None if row is None or row["from_status"] is None else OrderStatus(row["from_status"])
+ASYNC_ONLY = "billing hooks are async def hook(tx, event): ..."
 
 
 class WalletHook:
@@ -47,20 +41,20 @@ class WalletHook:
         self.wallets = wallets
         self.bonus = bonus
 
-    def __call__(self, conn: Connection, order: Order) -> None:
-        late = previous_status(conn, order) in LATE_PAYMENT_FROM
-        self.wallets.credit(
+    async def __call__(self, tx: AsyncConnection, event: PaidEvent) -> None:
+        order = event.order
+        await self.wallets.credit(
             order.site,
             order.user_id,
             order.money,
             kind=EntryKind.TOPUP,
             key=None,
-            description=("late payment: " if late else "") + (order.description or "top-up"),
+            description=("late payment: " if event.late else "") + (order.description or "top-up"),
             order_id=order.id,
-            conn=conn,
+            conn=tx,
         )
         if self.bonus is not None and self.bonus.active:
-            self.bonus.apply(self.wallets, conn, order)
+            await self.bonus.apply(self.wallets, tx, order)
 
 
 class WebhookHook:
@@ -69,24 +63,31 @@ class WebhookHook:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
 
-    def __call__(self, conn: Connection, order: Order) -> None:
-        late = previous_status(conn, order) in LATE_PAYMENT_FROM
-        self.outbox.enqueue(conn, order, late=late)
+    async def __call__(self, tx: AsyncConnection, event: PaidEvent) -> None:
+        await self.outbox.enqueue(tx, event.order, late=event.late)
 
 
 class Chain:
     """Several hooks, run in order in the same transaction."""
 
-    def __init__(self, hooks: Sequence[Hook]) -> None:
+    def __init__(self, hooks: Sequence[PaidHook]) -> None:
         self.hooks = list(hooks)
 
-    def __call__(self, conn: Connection, order: Order) -> None:
+    async def __call__(self, tx: AsyncConnection, event: PaidEvent) -> None:
         for hook in self.hooks:
-            hook(conn, order)
+            await hook(tx, event)
 
 
-def load_python_hook(spec: str) -> Hook:
-    """A hook by entry-point name (group ``paydispatch.billing_hooks``) or ``module:callable``."""
+def _is_async(target: Any) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one."""
+    call = getattr(target, "__call__", None)  # noqa: B004 - the method itself, not callable()
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)
+
+
+def load_python_hook(spec: str) -> PaidHook:
+    """A hook by entry-point name (group ``paydispatch.billing_hooks``) or ``module:callable``;
+    it must be async (a plain function would block the engine's loop, and could not use the
+    paid transaction's async connection)."""
     if ":" in spec:
         module_name, _, attribute = spec.partition(":")
         try:
@@ -106,21 +107,23 @@ def load_python_hook(spec: str) -> Hook:
         target = next(iter(found)).load()
     if not callable(target):
         raise ConfigError(f"PAYDISPATCH_BILLING_HOOKS: {spec!r} is not callable")
-    hook: Hook = target
+    if not _is_async(target):
+        raise ConfigError(f"PAYDISPATCH_BILLING_HOOKS: {spec!r} is not async: {ASYNC_ONLY}")
+    hook: PaidHook = target
     return hook
 
 
-def build(billing: BillingSettings, pool: Pool | None = None) -> Hook | None:
+def build(billing: BillingSettings) -> PaidHook | None:
     """The paid hook the configuration asks for, or None when billing is off (``none``).
 
-    The hooks only use the paid transaction's connection, so ``pool`` is optional."""
-    hooks: list[Hook] = []
+    The hooks only use the paid transaction's connection, so they need no pool."""
+    hooks: list[PaidHook] = []
     for name in billing.hooks:
         if name == "wallet":
             bonus = BonusRules(billing.cashback_percent, billing.referral_percents)
-            hooks.append(WalletHook(Wallets(pool), bonus if bonus.active else None))
+            hooks.append(WalletHook(Wallets(None), bonus if bonus.active else None))
         elif name == "webhook":
-            outbox = Outbox(pool, max_age=timedelta(seconds=billing.webhook_max_age))
+            outbox = Outbox(None, max_age=timedelta(seconds=billing.webhook_max_age))
             hooks.append(WebhookHook(outbox))
         else:
             hooks.append(load_python_hook(name))

@@ -6,6 +6,8 @@ is made here, shown once, and stored server-side (the daemon signs with it, so o
 database holds it, like the rest of what a site trusts us with). ``rotate`` makes a new secret;
 the previous one keeps signing every delivery next to it until the overlap ends, so the site
 can switch at its own pace with no event refused.
+
+:class:`SiteWebhooks` is async; :class:`SyncSiteWebhooks` is its face for the CLI and tests.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from dispatcher.billing.sql import query
+from dispatcher.billing.face import Face
+from orders.db import AsyncPool, database_errors, query
 from orders.errors import InvalidInput
 from orders.model import LIMITS
-from orders.repository import Pool, database_errors
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  # a label, not a secret
 SECRET_BYTES = 32
@@ -70,20 +72,24 @@ class SiteWebhook:
 class SiteWebhooks:
     """Set, rotate, list and remove sites' webhooks."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: AsyncPool) -> None:
         self.pool = pool
 
-    def set(self, site: str, url: str) -> tuple[SiteWebhook, str | None]:
+    async def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        with database_errors():
+            async with self.pool.connection() as conn:
+                return await (await conn.execute(query(name), params)).fetchone()
+
+    async def set(self, site: str, url: str) -> tuple[SiteWebhook, str | None]:
         """Point ``site``'s events at ``url``; returns the new secret when the site had none
         (shown once), else None (the secret is unchanged)."""
         secret = new_secret()
         params = {"site": check_site(site), "url": check_url(url), "secret": secret}
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("set_site_webhook"), params).fetchone()
+        row = await self._one("set_site_webhook", params)
         assert row is not None
         return SiteWebhook.from_row(row), secret if row["created"] else None
 
-    def rotate(
+    async def rotate(
         self, site: str, overlap: timedelta = DEFAULT_OVERLAP
     ) -> tuple[SiteWebhook, str] | None:
         """A new secret for ``site`` (shown once); the current one keeps signing for
@@ -92,20 +98,42 @@ class SiteWebhooks:
             raise InvalidInput("overlap", f"must be between 0 and {MAX_OVERLAP.days} days")
         secret = new_secret()
         params = {"site": check_site(site), "secret": secret, "overlap": overlap}
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("rotate_site_secret"), params).fetchone()
+        row = await self._one("rotate_site_secret", params)
         return None if row is None else (SiteWebhook.from_row(row), secret)
 
-    def list(self, site: str | None = None) -> list[SiteWebhook]:
-        with database_errors(), self.pool.connection() as conn:
-            rows = conn.execute(query("list_site_webhooks"), {"site": site}).fetchall()
+    async def list(self, site: str | None = None) -> list[SiteWebhook]:
+        with database_errors():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(query("list_site_webhooks"), {"site": site})
+                rows = await cursor.fetchall()
         return [SiteWebhook.from_row(row) for row in rows]
 
-    def get(self, site: str) -> SiteWebhook | None:
-        found = self.list(site)
+    async def get(self, site: str) -> SiteWebhook | None:
+        found = await self.list(site)
         return found[0] if found else None
 
-    def remove(self, site: str) -> bool:
+    async def remove(self, site: str) -> bool:
         """Stop sending ``site``'s events (they wait, and park, until a webhook is set)."""
-        with database_errors(), self.pool.connection() as conn:
-            return conn.execute(query("delete_site_webhook"), {"site": site}).fetchone() is not None
+        return await self._one("delete_site_webhook", {"site": site}) is not None
+
+
+class SyncSiteWebhooks(Face):
+    """:class:`SiteWebhooks` for synchronous callers (the CLI, tests); see
+    :mod:`dispatcher.billing.face`."""
+
+    def set(self, site: str, url: str) -> tuple[SiteWebhook, str | None]:
+        return self.run(lambda pool: SiteWebhooks(pool).set(site, url))
+
+    def rotate(
+        self, site: str, overlap: timedelta = DEFAULT_OVERLAP
+    ) -> tuple[SiteWebhook, str] | None:
+        return self.run(lambda pool: SiteWebhooks(pool).rotate(site, overlap))
+
+    def list(self, site: str | None = None) -> list[SiteWebhook]:
+        return self.run(lambda pool: SiteWebhooks(pool).list(site))
+
+    def get(self, site: str) -> SiteWebhook | None:
+        return self.run(lambda pool: SiteWebhooks(pool).get(site))
+
+    def remove(self, site: str) -> bool:
+        return self.run(lambda pool: SiteWebhooks(pool).remove(site))

@@ -9,13 +9,16 @@ Idempotency: a ``key`` is unique per site; the same key with the same user, curr
 and kind returns the first entry, with anything else raises :class:`IdempotencyConflict`.
 Credits for an order are unique per order (and kind and beneficiary): a replay returns the
 existing entry instead of raising, so the paid transition it runs in is never lost.
+
+:class:`Wallets` is async, over the one async pool of :mod:`orders.db`; :class:`SyncWallets` is
+its synchronous face for the CLI, benchmarks and tests (each method runs the async one).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -24,7 +27,8 @@ from uuid import UUID
 
 from psycopg import errors as pg_errors
 
-from dispatcher.billing.sql import query
+from dispatcher.billing.face import Face
+from orders.db import AsyncConnection, AsyncPool, atransaction, database_errors, query
 from orders.errors import (
     IdempotencyConflict,
     InsufficientFunds,
@@ -35,7 +39,6 @@ from orders.errors import (
 )
 from orders.model import LIMITS, check_text
 from orders.money import CURRENCY_EXPONENTS, MAX_AMOUNT, Money
-from orders.repository import Connection, Pool, database_errors, transaction
 
 # The loyalty balance: lower case, so it never collides with an ISO 4217 code (always upper).
 POINTS = "points"
@@ -186,43 +189,43 @@ def _check_positive(value: Money) -> None:
 class Wallets:
     """Balances and entries in PostgreSQL, for the paid hook, the HTTP API and the CLI."""
 
-    def __init__(self, pool: Pool | None) -> None:
+    def __init__(self, pool: AsyncPool | None) -> None:
         self._pool = pool  # None: only calls with ``conn=`` work (the paid hook)
 
     @property
-    def pool(self) -> Pool:
+    def pool(self) -> AsyncPool:
         if self._pool is None:
             raise RuntimeError("these Wallets have no pool: pass conn=")
         return self._pool
 
-    @contextmanager
-    def _connection(self, conn: Connection | None) -> Iterator[Connection]:
+    @asynccontextmanager
+    async def _connection(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
         with database_errors():
             if conn is not None:
                 yield conn
                 return
-            with self.pool.connection() as fresh:
+            async with self.pool.connection() as fresh:
                 yield fresh
 
     # -- read ------------------------------------------------------------------------------
 
-    def balances(self, site: str, user_id: str) -> list[Balance]:
+    async def balances(self, site: str, user_id: str) -> list[Balance]:
         """Every wallet of the user (one per currency, and points), by currency."""
-        with self._connection(None) as conn:
-            rows = conn.execute(query("list_wallets"), {"site": site, "user_id": user_id})
-            return [Balance.from_row(row) for row in rows.fetchall()]
+        async with self._connection(None) as conn:
+            rows = await conn.execute(query("list_wallets"), {"site": site, "user_id": user_id})
+            return [Balance.from_row(row) for row in await rows.fetchall()]
 
-    def balance(self, site: str, user_id: str, currency: str) -> Money:
+    async def balance(self, site: str, user_id: str, currency: str) -> Money:
         """The balance of one wallet; raises :class:`WalletNotFound` when it never existed."""
         _check_currency(currency)
         params = {"site": site, "user_id": user_id, "currency": currency}
-        with self._connection(None) as conn:
-            row = conn.execute(query("get_wallet"), params).fetchone()
+        async with self._connection(None) as conn:
+            row = await (await conn.execute(query("get_wallet"), params)).fetchone()
         if row is None:
             raise WalletNotFound(f"no {currency} wallet for user {user_id!r} of site {site!r}")
         return money(row["balance"], currency)
 
-    def history(
+    async def history(
         self,
         site: str,
         user_id: str,
@@ -243,15 +246,15 @@ class Wallets:
             "before_id": _decode_cursor(cursor) if cursor else None,
             "limit": limit + 1,
         }
-        with self._connection(None) as conn:
-            rows = conn.execute(query("history"), params).fetchall()
+        async with self._connection(None) as conn:
+            rows = await (await conn.execute(query("history"), params)).fetchall()
         items = [Entry.from_row(row) for row in rows[:limit]]
         next_cursor = _encode_cursor(items[-1].id) if len(rows) > limit else None
         return EntryPage(items, next_cursor)
 
     # -- write -----------------------------------------------------------------------------
 
-    def credit(
+    async def credit(
         self,
         site: str,
         user_id: str,
@@ -261,7 +264,7 @@ class Wallets:
         key: str | None,
         description: str,
         order_id: UUID | None = None,
-        conn: Connection | None = None,
+        conn: AsyncConnection | None = None,
     ) -> Entry:
         """Add ``money`` to the wallet (created on first credit).
 
@@ -273,12 +276,12 @@ class Wallets:
             raise InvalidInput("kind", f"{kind} is not a credit")
         if kind is EntryKind.ADJUSTMENT and key is None:
             raise InvalidInput("key", "a manual credit needs an idempotency key")
-        return self._apply(
+        return await self._apply(
             site, user_id, money, +1, kind=kind, key=key, description=description,
             order_id=order_id, conn=conn, create=True,
         )  # fmt: skip
 
-    def debit(
+    async def debit(
         self,
         site: str,
         user_id: str,
@@ -286,18 +289,18 @@ class Wallets:
         *,
         key: str,
         description: str,
-        conn: Connection | None = None,
+        conn: AsyncConnection | None = None,
     ) -> Entry:
         """Take ``money`` from the wallet: :class:`InsufficientFunds` rather than overdraw,
         :class:`WalletNotFound` for a wallet that never existed; idempotent per ``key``."""
         if key is None:
             raise InvalidInput("key", "a debit needs an idempotency key")
-        return self._apply(
+        return await self._apply(
             site, user_id, money, -1, kind=EntryKind.DEBIT, key=key, description=description,
             order_id=None, conn=conn, create=False,
         )  # fmt: skip
 
-    def refund(
+    async def refund(
         self,
         site: str,
         user_id: str,
@@ -306,15 +309,15 @@ class Wallets:
         order_id: UUID,
         key: str,
         description: str,
-        conn: Connection | None = None,
+        conn: AsyncConnection | None = None,
     ) -> Entry:
         """Take back money of a paid order refunded at the payment system (shown by the audit)."""
-        return self._apply(
+        return await self._apply(
             site, user_id, money, -1, kind=EntryKind.REFUND, key=key, description=description,
             order_id=order_id, conn=conn, create=False,
         )  # fmt: skip
 
-    def _apply(
+    async def _apply(
         self,
         site: str,
         user_id: str,
@@ -325,7 +328,7 @@ class Wallets:
         key: str | None,
         description: str,
         order_id: UUID | None,
-        conn: Connection | None,
+        conn: AsyncConnection | None,
         create: bool,
     ) -> Entry:
         # Entries are only stored and rendered as JSON: control characters may stay.
@@ -349,36 +352,36 @@ class Wallets:
             "description": description or "",
         }
         try:
-            with transaction(self._pool, conn) as tx:
-                earlier = self._earlier(tx, params)
+            async with atransaction(self._pool, conn) as tx:
+                earlier = await self._earlier(tx, params)
                 if earlier is not None:
                     return earlier
                 if create:
-                    tx.execute(query("ensure_wallet"), params)
-                row = tx.execute(query("apply_to_wallet"), params).fetchone()
+                    await tx.execute(query("ensure_wallet"), params)
+                row = await (await tx.execute(query("apply_to_wallet"), params)).fetchone()
                 if row is None:
-                    self._refuse(tx, params, value)
+                    await self._refuse(tx, params, value)
                 params["balance_after"] = row["balance"]
-                entry = tx.execute(query("insert_entry"), params).fetchone()
+                entry = await (await tx.execute(query("insert_entry"), params)).fetchone()
                 assert entry is not None
                 return Entry.from_row(entry)
         except pg_errors.UniqueViolation:
             # A concurrent request with the same key (or for the same order) won the race;
             # our savepoint or transaction is rolled back, theirs is the answer.
-            with self._connection(conn) as again:
-                earlier = self._earlier(again, params)
+            async with self._connection(conn) as again:
+                earlier = await self._earlier(again, params)
             if earlier is None:  # pragma: no cover - the winner cannot vanish
                 raise
             return earlier
 
     @staticmethod
-    def _earlier(conn: Connection, params: dict[str, Any]) -> Entry | None:
+    async def _earlier(conn: AsyncConnection, params: dict[str, Any]) -> Entry | None:
         """The entry an earlier identical request wrote; conflict if the request differs."""
         row = None
         if params["key"] is not None:
-            row = conn.execute(query("entry_by_key"), params).fetchone()
+            row = await (await conn.execute(query("entry_by_key"), params)).fetchone()
         elif params["order_id"] is not None:
-            row = conn.execute(query("entry_by_order"), params).fetchone()
+            row = await (await conn.execute(query("entry_by_order"), params)).fetchone()
         if row is None:
             return None
         same = (
@@ -397,8 +400,8 @@ class Wallets:
         return Entry.from_row(row, replayed=True)
 
     @staticmethod
-    def _refuse(conn: Connection, params: dict[str, Any], value: Money) -> NoReturn:
-        wallet = conn.execute(query("get_wallet"), params).fetchone()
+    async def _refuse(conn: AsyncConnection, params: dict[str, Any], value: Money) -> NoReturn:
+        wallet = await (await conn.execute(query("get_wallet"), params)).fetchone()
         if wallet is None:
             raise WalletNotFound(
                 f"no {value.currency} wallet for user {params['user_id']!r} "
@@ -408,4 +411,68 @@ class Wallets:
             f"balance {money(wallet['balance'], value.currency)} is less than {value}",
             balance=wallet["balance"],
             requested=value.amount,
+        )
+
+
+class SyncWallets(Face):
+    """:class:`Wallets` for synchronous callers (the CLI, benchmarks, tests): the same methods,
+    each run on the background loop; see :mod:`dispatcher.billing.face`."""
+
+    def balances(self, site: str, user_id: str) -> list[Balance]:
+        return self.run(lambda pool: Wallets(pool).balances(site, user_id))
+
+    def balance(self, site: str, user_id: str, currency: str) -> Money:
+        return self.run(lambda pool: Wallets(pool).balance(site, user_id, currency))
+
+    def history(
+        self,
+        site: str,
+        user_id: str,
+        *,
+        currency: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> EntryPage:
+        return self.run(
+            lambda pool: Wallets(pool).history(
+                site, user_id, currency=currency, limit=limit, cursor=cursor
+            )
+        )
+
+    def credit(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        kind: EntryKind | str,
+        key: str | None,
+        description: str,
+        order_id: UUID | None = None,
+    ) -> Entry:
+        return self.run(
+            lambda pool: Wallets(pool).credit(
+                site, user_id, money, kind=kind, key=key, description=description, order_id=order_id
+            )
+        )
+
+    def debit(self, site: str, user_id: str, money: Money, *, key: str, description: str) -> Entry:
+        return self.run(
+            lambda pool: Wallets(pool).debit(site, user_id, money, key=key, description=description)
+        )
+
+    def refund(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        order_id: UUID,
+        key: str,
+        description: str,
+    ) -> Entry:
+        return self.run(
+            lambda pool: Wallets(pool).refund(
+                site, user_id, money, order_id=order_id, key=key, description=description
+            )
         )

@@ -10,34 +10,33 @@ each; a worker POSTs the body with ``httpx.AsyncClient`` on its event loop, so a
 slow receiver only holds one coroutine, never a thread or other deliveries. A failed attempt is
 retried with capped exponential backoff and full jitter until ``give_up_at`` (3 days by
 default); then the event is parked and counted, until ``paydispatch hooks replay``.
+
+:class:`Outbox` and :class:`Delivery` are async, over the one async pool of :mod:`orders.db`;
+the sweeper (synchronous) claims through :class:`SyncOutbox`, its face.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import httpx
 import structlog
 
 from dispatcher import logs, metrics
+from dispatcher.billing.face import Face
 from dispatcher.billing.receiver import HEADER, sign
-from dispatcher.billing.sql import query
 from orders.backoff import ceiling
+from orders.db import AsyncConnection, AsyncPool, Pool, atransaction, database_errors, query
 from orders.model import Order
-from orders.repository import Connection, Pool, database_errors
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 EVENT_PAID = "order.paid"
 MAX_ERROR = 500
@@ -90,52 +89,50 @@ class Backoff:
 class Outbox:
     """The ``billing_outbox`` table: enqueue (in the paid transaction), claim, replay, stats."""
 
-    def __init__(self, pool: Pool | None, *, max_age: timedelta = timedelta(days=3)) -> None:
+    def __init__(self, pool: AsyncPool | None, *, max_age: timedelta = timedelta(days=3)) -> None:
         self._pool = pool  # None: only enqueue (the paid hook) works
         self.max_age = max_age
 
     @property
-    def pool(self) -> Pool:
+    def pool(self) -> AsyncPool:
         if self._pool is None:
             raise RuntimeError("this Outbox has no pool")
         return self._pool
 
-    def enqueue(self, conn: Connection, order: Order, *, late: bool = False) -> None:
+    async def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with database_errors():
+            async with self.pool.connection() as conn:
+                return await (await conn.execute(query(name), params)).fetchall()
+
+    async def enqueue(self, conn: AsyncConnection, order: Order, *, late: bool = False) -> None:
         """Write the paid event of ``order``; a second call for the same order adds nothing."""
         event_id = uuid.uuid4()
-        row = conn.execute(
-            query("insert_outbox"),
-            {
-                "id": event_id,
-                "order_id": order.id,
-                "event_type": EVENT_PAID,
-                "body": event_body(event_id, order, late=late),
-                "max_age": self.max_age,
-            },
-        ).fetchone()
+        params = {
+            "id": event_id,
+            "order_id": order.id,
+            "event_type": EVENT_PAID,
+            "body": event_body(event_id, order, late=late),
+            "max_age": self.max_age,
+        }
+        row = await (await conn.execute(query("insert_outbox"), params)).fetchone()
         if row is not None:
-            conn.execute(query("notify_outbox"))  # wakes the sweeper once this commits
+            await conn.execute(query("notify_outbox"))  # wakes the sweeper once this commits
 
-    def claim(self, limit: int, lease: timedelta) -> list[tuple[UUID, UUID]]:
+    async def claim(self, limit: int, lease: timedelta) -> list[tuple[UUID, UUID]]:
         """Lease up to ``limit`` due events: ``(event id, lease token)`` pairs."""
-        token = uuid.uuid4()
-        with database_errors(), self.pool.connection() as conn, conn.transaction():
-            rows = conn.execute(
-                query("claim_outbox"), {"limit": limit, "lease": lease, "token": token}
-            ).fetchall()
+        params = {"limit": limit, "lease": lease, "token": uuid.uuid4()}
+        async with atransaction(self.pool) as conn:
+            rows = await (await conn.execute(query("claim_outbox"), params)).fetchall()
         return [(row["id"], row["lease_token"]) for row in rows]
 
-    def replay(self, ids: list[UUID] | None = None) -> list[UUID]:
+    async def replay(self, ids: list[UUID] | None = None) -> list[UUID]:
         """Give parked events (all, or ``ids``) a new delivery window; returns their ids."""
-        with database_errors(), self.pool.connection() as conn:
-            rows = conn.execute(
-                query("outbox_replay"), {"ids": ids, "max_age": self.max_age}
-            ).fetchall()
+        rows = await self._all("outbox_replay", {"ids": ids, "max_age": self.max_age})
         return [row["id"] for row in rows]
 
-    def update_metrics(self) -> None:
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("outbox_stats")).fetchone()
+    async def update_metrics(self) -> None:
+        rows = await self._all("outbox_stats")
+        row = rows[0] if rows else None
         if row is None:  # pragma: no cover - an aggregate always returns a row
             return
         metrics.BILLING_OUTBOX_BACKLOG.set(row["backlog"])
@@ -143,22 +140,45 @@ class Outbox:
         metrics.BILLING_OUTBOX_PARKED.set(row["parked"])
 
 
+class SyncOutbox(Face):
+    """:class:`Outbox` for synchronous callers: the sweeper's claims and gauges, the CLI's
+    replay, tests; see :mod:`dispatcher.billing.face`."""
+
+    def __init__(
+        self,
+        pool_or_url: Pool | str,
+        *,
+        max_age: timedelta = timedelta(days=3),
+        max_size: int = 2,
+        name: str = "outbox",
+    ) -> None:
+        super().__init__(pool_or_url, max_size=max_size, name=name)
+        self.max_age = max_age
+
+    def claim(self, limit: int, lease: timedelta) -> list[tuple[UUID, UUID]]:
+        return self.run(lambda pool: Outbox(pool, max_age=self.max_age).claim(limit, lease))
+
+    def replay(self, ids: list[UUID] | None = None) -> list[UUID]:
+        return self.run(lambda pool: Outbox(pool, max_age=self.max_age).replay(ids))
+
+    def update_metrics(self) -> None:
+        self.run(lambda pool: Outbox(pool, max_age=self.max_age).update_metrics())
+
+
 class Delivery:
     """Sends claimed events; runs on an event loop (the worker's :class:`EngineHost`)."""
 
     def __init__(
         self,
-        pool: Pool,
+        pool: AsyncPool,
         *,
         timeout: float = 10.0,
         backoff: Backoff | None = None,
-        db_threads: int = 4,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.pool = pool
+        self.pool = pool  # opened on the loop the deliveries run on
         self.timeout = timeout
         self.backoff = backoff or Backoff()
-        self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-billing")
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._redacted: set[str] = set()
@@ -180,15 +200,11 @@ class Delivery:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        self.db_pool.shutdown(wait=True)
 
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.db_pool, partial(fn, *args))
-
-    def _load(self, event_id: UUID) -> dict[str, Any] | None:
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("get_outbox"), {"id": event_id}).fetchone()
+    async def _load(self, event_id: UUID) -> dict[str, Any] | None:
+        with database_errors():
+            async with self.pool.connection() as conn:
+                row = await (await conn.execute(query("get_outbox"), {"id": event_id})).fetchone()
         if row is not None:
             fresh = {row["secret"], row["previous_secret"]} - {None} - self._redacted
             if fresh:  # no log line may ever show a site's secret
@@ -196,13 +212,14 @@ class Delivery:
                 self._redacted |= fresh
         return row
 
-    def _finish(self, name: str, params: dict[str, Any]) -> bool:
-        with database_errors(), self.pool.connection() as conn:
-            return conn.execute(query(name), params).fetchone() is not None
+    async def _finish(self, name: str, params: dict[str, Any]) -> bool:
+        with database_errors():
+            async with self.pool.connection() as conn:
+                return await (await conn.execute(query(name), params)).fetchone() is not None
 
     async def deliver(self, event_id: UUID, token: UUID) -> str:
         """One attempt; returns the outcome (delivered, retry, parked, skipped)."""
-        row = await self._db(self._load, event_id)
+        row = await self._load(event_id)
         if row is None or row["status"] != "pending" or row["lease_token"] != token:
             return "skipped"  # delivered, parked or re-claimed meanwhile
         url: str | None = row["site_url"]
@@ -237,19 +254,19 @@ class Delivery:
             "last_error": error,
         }
         if error is None:
-            await self._db(self._finish, "outbox_delivered", params)
+            await self._finish("outbox_delivered", params)
             outcome = "delivered"
         else:
             attempt = row["attempts"] + 1
             delay = self.backoff.delay(attempt)
             if datetime.now(UTC) + delay >= row["give_up_at"]:
-                await self._db(self._finish, "outbox_park", params)
+                await self._finish("outbox_park", params)
                 metrics.BILLING_PARKED.inc()
                 log.error("webhook event parked", event_id=str(event_id), error=error)
                 outcome = "parked"
             else:
                 params["delay"] = delay
-                await self._db(self._finish, "outbox_retry", params)
+                await self._finish("outbox_retry", params)
                 log.info("webhook delivery failed; will retry", event_id=str(event_id),
                          error=error, attempt=attempt, delay=delay.total_seconds())  # fmt: skip
                 outcome = "retry"

@@ -19,7 +19,7 @@ import psycopg
 import structlog
 
 from dispatcher import metrics
-from dispatcher.billing.webhook import Outbox
+from dispatcher.billing.webhook import SyncOutbox
 from dispatcher.steps import Action, Steps, action_for
 from dispatcher.sweeper.dbstats import DbStats
 from orders.errors import TransientError
@@ -42,7 +42,7 @@ class Sweeper:
         interval: float = 1.0,
         debounce: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        outbox: Outbox | None = None,
+        outbox: SyncOutbox | None = None,
         stats: DbStats | None = None,
         message_size: int = 50,
         stats_interval: float = 5.0,

@@ -32,15 +32,18 @@ import httpx
 import pytest
 
 from dispatcher.api.keys import ApiKeys
+from dispatcher.billing.hooks import WebhookHook
 from dispatcher.billing.receiver import HEADER, sign, signature, verify
-from dispatcher.billing.sites import SiteWebhooks
-from dispatcher.billing.wallet import Wallets
-from dispatcher.billing.webhook import Delivery, Outbox, event_body
+from dispatcher.billing.sites import SyncSiteWebhooks
+from dispatcher.billing.wallet import SyncWallets
+from dispatcher.billing.webhook import Delivery, Outbox, SyncOutbox, event_body
 from dispatcher.services import Services, free_port
 from orders import Money, NewOrder, OrderStatus
 from orders.client import ApiError, Client
+from orders.db import Pool, open_async_pool, open_pool
 from orders.errors import InvalidSignature
-from orders.repository import OrderRepository, Pool, open_pool
+from orders.repository import OrderRepository
+from tests.billing_support import pay
 from tests.conftest import cli
 from tests.dispatch_support import wait_until
 from tests.e2e.test_processes import daemon_env, spawn
@@ -174,10 +177,11 @@ def test_php_client_maps_error_answers_to_the_same_exceptions_as_the_python_clie
 
 
 def test_php_client_reads_balances_and_entries_page_by_page_and_debits_once(
-    php: str, api: Api
+    php: str, api: Api, request: pytest.FixtureRequest
 ) -> None:
     site, key = api.new_key()
-    wallets = Wallets(api.pool)
+    wallets = SyncWallets(api.pool)
+    request.addfinalizer(wallets.close)
     for n, money in enumerate([Money(500, "USD"), Money(250, "USD"), Money(100, "EUR")], 1):
         wallets.credit(
             site, "u-1", money, kind="adjustment", key=f"php-credit-{n}", description="test"
@@ -522,7 +526,6 @@ def test_a_php_endpoint_accepts_a_webhook_as_paydispatch_signs_it_and_refuses_a_
 def deliver_once(api: Api, site: str) -> tuple[str, dict[str, Any]]:
     """Pay an order of ``site`` with the webhook hook writing its event, and make one delivery
     attempt with paydispatch's own Delivery; returns the outcome and the outbox row."""
-    outbox = Outbox(api.pool)
     new = NewOrder(site=site, user_id="buyer", money=Money(1999, "EUR"), adapter="sandbox")
     order_id = api.repo.create(new).order.id
     api.repo.transition(order_id, OrderStatus.NEW, OrderStatus.SUBMITTING, actor="test")
@@ -530,11 +533,9 @@ def deliver_once(api: Api, site: str) -> tuple[str, dict[str, Any]]:
         order_id, OrderStatus.SUBMITTING, OrderStatus.AWAITING_PAYMENT, actor="test",
         psp_id=f"inv-{order_id}", pay_url="https://psp.example/pay/1",
     )  # fmt: skip
-    api.repo.transition(
-        order_id, OrderStatus.AWAITING_PAYMENT, OrderStatus.PAID, actor="test",
-        within=outbox.enqueue,
-    )  # fmt: skip
-    claimed = dict(outbox.claim(100, timedelta(minutes=1)))
+    pay(api.repo, order_id, OrderStatus.AWAITING_PAYMENT, WebhookHook(Outbox(None)))
+    with SyncOutbox(api.pool) as outbox:
+        claimed = dict(outbox.claim(100, timedelta(minutes=1)))
     with api.pool.connection() as conn:
         query = "SELECT id FROM billing_outbox WHERE order_id = %s"
         written = conn.execute(query, (order_id,)).fetchone()
@@ -542,11 +543,13 @@ def deliver_once(api: Api, site: str) -> tuple[str, dict[str, Any]]:
     event_id = written["id"]
 
     async def attempt() -> str:
-        delivery = Delivery(api.pool, timeout=10)
+        pool = await open_async_pool(api.pool.conninfo, max_size=1, name="tests-delivery")
+        delivery = Delivery(pool, timeout=10)
         try:
             return await delivery.deliver(event_id, claimed[event_id])
         finally:
             await delivery.aclose()
+            await pool.close()
 
     outcome = asyncio.run(attempt())
     with api.pool.connection() as conn:
@@ -556,11 +559,12 @@ def deliver_once(api: Api, site: str) -> tuple[str, dict[str, Any]]:
 
 
 def test_paydispatch_delivers_a_paid_event_to_a_php_endpoint_through_a_secret_rotation(
-    php: str, api: Api, tmp_path: Path
+    php: str, api: Api, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     site, _ = api.new_key()
     seen = tmp_path / "seen"
-    sites = SiteWebhooks(api.pool)
+    sites = SyncSiteWebhooks(api.pool)
+    request.addfinalizer(sites.close)
     _, first = sites.set(site, "http://127.0.0.1:9/not-yet")  # its first secret, shown once
     assert first is not None
     rotated = sites.rotate(site)

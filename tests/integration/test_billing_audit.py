@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
 
 from dispatcher.billing import hooks
-from dispatcher.billing.audit import audit
-from dispatcher.billing.wallet import Wallets
+from dispatcher.billing.audit import AuditReport, audit
+from dispatcher.billing.face import Face
+from dispatcher.billing.wallet import SyncWallets
 from dispatcher.config import BillingSettings
 from orders import Money, NewOrder, OrderStatus
-from orders.repository import OrderRepository, Pool
+from orders.db import Pool
+from orders.repository import OrderRepository
+from tests.billing_support import pay
 from tests.conftest import cli
 
 S = OrderStatus
@@ -28,9 +32,19 @@ def paid_order(
     if late:
         repo.transition(order.id, current, S.EXPIRED, actor="test", next_run_at=None)
         current = S.EXPIRED
-    hook = hooks.build(BillingSettings(), pool) if credit else None
-    repo.transition(order.id, current, S.PAID, actor="test", within=hook)
+    pay(repo, order.id, current, hooks.build(BillingSettings()) if credit else None)
     return order.id
+
+
+@pytest.fixture
+def wallets(pool: Pool) -> Iterator[SyncWallets]:
+    with SyncWallets(pool) as face:
+        yield face
+
+
+def run_audit(pool: Pool, site: str) -> AuditReport:
+    with Face(pool) as database:
+        return database.run(lambda async_pool: audit(async_pool, site=site))
 
 
 def test_cli_credit_debit_balance_history(database_url: str, site: str) -> None:
@@ -70,15 +84,13 @@ def test_cli_credit_debit_balance_history(database_url: str, site: str) -> None:
     ],
 )
 def test_cli_refuses_bad_input_and_writes_nothing(
-    database_url: str, pool: Pool, site: str, args: list[str], message: str
+    database_url: str, wallets: SyncWallets, site: str, args: list[str], message: str
 ) -> None:
-    Wallets(pool).credit(
-        site, "alice", Money(100, "USD"), kind="adjustment", key="s", description=""
-    )
+    wallets.credit(site, "alice", Money(100, "USD"), kind="adjustment", key="s", description="")
     result = cli(database_url, "wallet", *args, "--reason", "r", "--key", "bad", site=site)
     assert result.returncode != 0
     assert message in result.stdout
-    assert Wallets(pool).history(site, "alice").items[0].key == "s"
+    assert wallets.history(site, "alice").items[0].key == "s"
 
 
 def test_cli_key_reused_with_another_amount_conflicts(database_url: str, site: str) -> None:
@@ -97,15 +109,14 @@ def test_wallet_commands_need_a_site(database_url: str) -> None:
 
 
 def test_audit_passes_then_catches_a_tampered_balance(
-    repo: OrderRepository, pool: Pool, database_url: str, site: str
+    repo: OrderRepository, pool: Pool, database_url: str, site: str, wallets: SyncWallets
 ) -> None:
     paid_order(repo, pool, site)
     late = paid_order(repo, pool, site, late=True)
-    wallets = Wallets(pool)
     wallets.refund(
         site, "buyer", Money(400, "USD"), order_id=late, key="refund-1", description="partial"
     )
-    clean = audit(pool, site=site)
+    clean = run_audit(pool, site)
     assert clean.ok, clean.discrepancies
     assert len(clean.late_payments) == 1
     assert "paid after expired; credited" in clean.late_payments[0]
@@ -127,15 +138,15 @@ def test_audit_passes_then_catches_a_tampered_balance(
 
 
 def test_audit_catches_paid_orders_without_credit_and_credits_without_paid_order(
-    repo: OrderRepository, pool: Pool, site: str
+    repo: OrderRepository, pool: Pool, site: str, wallets: SyncWallets
 ) -> None:
     uncredited = paid_order(repo, pool, site, credit=False)
     new = NewOrder(site=site, user_id="buyer", money=Money(500, "USD"), adapter="sandbox")
     unpaid = repo.create(new).order
-    Wallets(pool).credit(
+    wallets.credit(
         site, "buyer", Money(500, "USD"), kind="topup", key=None, description="", order_id=unpaid.id
     )
-    report = audit(pool, site=site)
+    report = run_audit(pool, site)
     assert not report.ok
     text = "\n".join(report.discrepancies)
     assert f"paid order {uncredited}" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,14 +17,16 @@ import pytest
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.runner import SandboxHandle
 from dispatcher.billing import hooks
-from dispatcher.billing.bonus import Referrals
-from dispatcher.billing.wallet import POINTS, EntryKind, Points, Wallets
+from dispatcher.billing.bonus import SyncReferrals
+from dispatcher.billing.wallet import POINTS, EntryKind, Points, SyncWallets
 from dispatcher.config import BillingSettings, ConfigError
 from dispatcher.steps import Action
 from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus, StaleOrder
-from orders.model import Order
-from orders.repository import OrderRepository, Pool
+from orders.db import AsyncConnection, Pool
+from orders.model import Order, PaidEvent, PaidHook
+from orders.repository import OrderRepository
+from tests.billing_support import pay, replay_hook
 from tests.dispatch_support import sandbox_runtime
 
 S = OrderStatus
@@ -40,14 +43,31 @@ class Flaky:
         self.failing = True
         self.calls = 0
 
-    def __call__(self, conn: Any, order: Order) -> None:
+    async def __call__(self, tx: AsyncConnection, event: PaidEvent) -> None:
         self.calls += 1
-        conn.execute("SELECT 1")  # it runs on the paid transaction's connection
+        await tx.execute("SELECT 1")  # it runs on the paid transaction's connection
         if self.failing:
-            raise HookFailure(f"site's hook refused order {order.id}")
+            raise HookFailure(f"site's hook refused order {event.order.id}")
 
 
 flaky_hook = Flaky()
+
+
+class Recorder:
+    """A site's own async hook: records each event it is handed and the order's status as its
+    transaction sees it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[PaidEvent, str]] = []
+
+    async def __call__(self, tx: AsyncConnection, event: PaidEvent) -> None:
+        cursor = await tx.execute("SELECT status FROM orders WHERE id = %s", (event.order.id,))
+        row = await cursor.fetchone()
+        assert row is not None
+        self.seen.append((event, row["status"]))
+
+
+recorder = Recorder()
 
 
 @pytest.fixture
@@ -75,41 +95,46 @@ def credits(pool: Pool, order_id: UUID) -> list[dict[str, Any]]:
         ).fetchall()
 
 
-def wallet_hook(pool: Pool, **billing: Any) -> hooks.Hook:
-    hook = hooks.build(BillingSettings(**billing), pool)
+@pytest.fixture
+def wallets(pool: Pool) -> Iterator[SyncWallets]:
+    with SyncWallets(pool) as face:
+        yield face
+
+
+def wallet_hook(**billing: Any) -> PaidHook:
+    hook = hooks.build(BillingSettings(**billing))
     assert hook is not None
     return hook
 
 
 def test_paid_transition_credits_the_wallet_in_the_same_transaction(
-    repo: OrderRepository, pool: Pool, site: str
+    repo: OrderRepository, pool: Pool, site: str, wallets: SyncWallets
 ) -> None:
     order = awaiting(repo, site)
-    hook = wallet_hook(pool)
-    paid = repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
+    hook = wallet_hook()
+    paid = pay(repo, order.id, S.AWAITING_PAYMENT, hook)
     assert paid.status is S.PAID
     rows = credits(pool, order.id)
     assert [(r["kind"], r["amount"], r["currency"], r["user_id"]) for r in rows] == [
         ("topup", 1500, "USD", "buyer")
     ]
-    assert Wallets(pool).balance(site, "buyer", "USD") == Money(1500, "USD")
+    assert wallets.balance(site, "buyer", "USD") == Money(1500, "USD")
 
 
 def test_replayed_paid_transition_credits_once(
-    repo: OrderRepository, pool: Pool, site: str
+    repo: OrderRepository, pool: Pool, site: str, wallets: SyncWallets
 ) -> None:
     order = awaiting(repo, site)
-    hook = wallet_hook(pool)
-    paid = repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
+    hook = wallet_hook()
+    paid = pay(repo, order.id, S.AWAITING_PAYMENT, hook)
     # The compare-and-set refuses a second move from awaiting_payment,
     with pytest.raises(StaleOrder):
-        repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
+        pay(repo, order.id, S.AWAITING_PAYMENT, hook)
     # and the hook itself, replayed in another transaction, returns the existing credit
     # instead of raising (the unique constraint is the second line of defence).
-    with pool.connection() as conn, conn.transaction():
-        hook(conn, paid)
+    replay_hook(repo, hook, paid, S.AWAITING_PAYMENT)
     assert len(credits(pool, order.id)) == 1
-    assert Wallets(pool).balance(site, "buyer", "USD") == Money(1500, "USD")
+    assert wallets.balance(site, "buyer", "USD") == Money(1500, "USD")
 
 
 def test_a_second_credit_for_an_order_is_impossible_in_sql(
@@ -118,7 +143,7 @@ def test_a_second_credit_for_an_order_is_impossible_in_sql(
     import psycopg
 
     order = awaiting(repo, site)
-    repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=wallet_hook(pool))
+    pay(repo, order.id, S.AWAITING_PAYMENT, wallet_hook())
     with pool.connection() as conn, pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(
             "INSERT INTO wallet_entries (site, user_id, currency, amount, balance_after, kind,"
@@ -127,15 +152,17 @@ def test_a_second_credit_for_an_order_is_impossible_in_sql(
         )
 
 
-def test_raced_paid_transitions_credit_once(repo: OrderRepository, pool: Pool, site: str) -> None:
+def test_raced_paid_transitions_credit_once(
+    repo: OrderRepository, pool: Pool, site: str, wallets: SyncWallets
+) -> None:
     orders = [awaiting(repo, site, user=f"u{i}") for i in range(5)]
-    hook = wallet_hook(pool)
+    hook = wallet_hook()
     start = threading.Barrier(8)
 
     def race(order: Order) -> str:
         start.wait()
         try:
-            repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="race", within=hook)
+            pay(repo, order.id, S.AWAITING_PAYMENT, hook, actor="race")
             return "moved"
         except StaleOrder:
             return "stale"
@@ -146,7 +173,7 @@ def test_raced_paid_transitions_credit_once(repo: OrderRepository, pool: Pool, s
             results = list(executor.map(race, [order] * 8))
         assert results.count("moved") == 1
         assert len(credits(pool, order.id)) == 1
-    assert [Wallets(pool).balance(site, f"u{i}", "USD").amount for i in range(5)] == [1500] * 5
+    assert [wallets.balance(site, f"u{i}", "USD").amount for i in range(5)] == [1500] * 5
 
 
 def test_late_payment_is_credited_and_labelled(
@@ -154,29 +181,74 @@ def test_late_payment_is_credited_and_labelled(
 ) -> None:
     order = awaiting(repo, site)
     repo.transition(order.id, S.AWAITING_PAYMENT, S.EXPIRED, actor="test")
-    repo.transition(order.id, S.EXPIRED, S.PAID, actor="test", within=wallet_hook(pool))
+    pay(repo, order.id, S.EXPIRED, wallet_hook())
     (row,) = credits(pool, order.id)
     assert row["amount"] == 1500
     assert row["description"].startswith("late payment")
 
 
+def test_the_webhook_event_of_a_late_payment_says_late(
+    repo: OrderRepository, pool: Pool, site: str
+) -> None:
+    on_time = awaiting(repo, site)
+    late = awaiting(repo, site)
+    repo.transition(late.id, S.AWAITING_PAYMENT, S.EXPIRED, actor="test")
+    hook = wallet_hook(hooks=("webhook",))
+    pay(repo, on_time.id, S.AWAITING_PAYMENT, hook)
+    pay(repo, late.id, S.EXPIRED, hook)
+    with pool.connection() as conn:
+        for order, expected in ((on_time, False), (late, True)):
+            row = conn.execute(
+                "SELECT body FROM billing_outbox WHERE order_id = %s", (order.id,)
+            ).fetchone()
+            assert row is not None
+            assert json.loads(row["body"])["data"]["late"] is expected
+
+
+def test_a_custom_async_hook_is_handed_a_paid_event_late_after_expiry(
+    repo: OrderRepository, site: str
+) -> None:
+    # Given a site's own async hook, configured by path,
+    hook = wallet_hook(hooks=(f"{__name__}:recorder",))
+    recorder.seen.clear()
+    on_time = awaiting(repo, site)
+    late = awaiting(repo, site)
+    repo.transition(late.id, S.AWAITING_PAYMENT, S.EXPIRED, actor="test")
+    # when one order is paid in time and the other after it expired,
+    pay(repo, on_time.id, S.AWAITING_PAYMENT, hook)
+    pay(repo, late.id, S.EXPIRED, hook, actor="notification")
+    # then the hook is handed each paid order, where it was paid from, by whom, and whether late,
+    (first, first_status), (second, second_status) = recorder.seen
+    assert (first.order.id, first.previous, first.actor, first.late) == (
+        on_time.id, S.AWAITING_PAYMENT, "test", False,
+    )  # fmt: skip
+    assert (second.order.id, second.previous, second.actor, second.late) == (
+        late.id, S.EXPIRED, "notification", True,
+    )  # fmt: skip
+    assert second.order.status is S.PAID
+    assert second.order.paid_at is not None
+    # inside the paid transaction (it already sees the order paid), and nothing re-read.
+    assert first_status == second_status == "paid"
+    assert repo.get(late.id).status is S.PAID
+
+
 def test_failing_python_hook_rolls_back_the_paid_transition_and_the_credit(
-    repo: OrderRepository, pool: Pool, site: str, flaky: Flaky
+    repo: OrderRepository, pool: Pool, site: str, flaky: Flaky, wallets: SyncWallets
 ) -> None:
     # Given the wallet hook followed by a site's Python hook that raises,
-    hook = wallet_hook(pool, hooks=("wallet", f"{__name__}:flaky_hook"))
+    hook = wallet_hook(hooks=("wallet", f"{__name__}:flaky_hook"))
     order = awaiting(repo, site)
     # when the order is paid, the transition fails with the hook's error
     with pytest.raises(HookFailure):
-        repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
+        pay(repo, order.id, S.AWAITING_PAYMENT, hook)
     # and nothing of it is left: still awaiting payment, no credit, no event, no wallet.
     assert repo.get(order.id).status is S.AWAITING_PAYMENT
     assert credits(pool, order.id) == []
     assert [e.to_status for e in repo.events(order.id)][-1] is S.AWAITING_PAYMENT
-    assert Wallets(pool).balances(site, "buyer") == []
+    assert wallets.balances(site, "buyer") == []
     # Once the hook accepts, the same move credits exactly once.
     flaky.failing = False
-    repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
+    pay(repo, order.id, S.AWAITING_PAYMENT, hook)
     assert len(credits(pool, order.id)) == 1
     assert flaky.calls == 2
 
@@ -188,7 +260,7 @@ def test_engine_retries_an_order_whose_hook_raised(
     sandbox: SandboxHandle,
     flaky: Flaky,
 ) -> None:
-    hook = wallet_hook(pool, hooks=("wallet", f"{__name__}:flaky_hook"))
+    hook = wallet_hook(hooks=("wallet", f"{__name__}:flaky_hook"))
     engine = Engine(repo, {"sandbox": sandbox_runtime(sandbox.url)}, paid_hook=hook, db_threads=2)
     new = NewOrder(
         site=site,
@@ -234,21 +306,21 @@ def test_engine_retries_an_order_whose_hook_raised(
     asyncio.run(run())
 
 
-def test_cashback_and_referral_bonuses(repo: OrderRepository, pool: Pool, site: str) -> None:
-    referrals = Referrals(pool)
-    referrals.invite(site, "buyer", "level1")
-    referrals.invite(site, "level1", "level2")
-    referrals.invite(site, "level2", "level3")
-    referrals.invite(site, "level3", "buyer")  # a cycle ends the chain, never loops
-    assert referrals.invite(site, "buyer", "someone-else") == "level1"  # set once
+def test_cashback_and_referral_bonuses(
+    repo: OrderRepository, pool: Pool, site: str, wallets: SyncWallets
+) -> None:
+    with SyncReferrals(pool) as referrals:
+        referrals.invite(site, "buyer", "level1")
+        referrals.invite(site, "level1", "level2")
+        referrals.invite(site, "level2", "level3")
+        referrals.invite(site, "level3", "buyer")  # a cycle ends the chain, never loops
+        assert referrals.invite(site, "buyer", "someone-else") == "level1"  # set once
     hook = wallet_hook(
-        pool,
         cashback_percent=Decimal("2.5"),
         referral_percents=(Decimal(10), Decimal(5), Decimal(1), Decimal(1)),
     )
     order = awaiting(repo, site, amount=10_000)
-    repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
-    wallets = Wallets(pool)
+    pay(repo, order.id, S.AWAITING_PAYMENT, hook)
     assert wallets.balance(site, "buyer", "USD") == Money(10_000, "USD")
     assert wallets.balance(site, "buyer", POINTS) == Points(250, POINTS)
     assert wallets.balance(site, "level1", "USD") == Money(1000, "USD")
@@ -263,15 +335,14 @@ def test_cashback_and_referral_bonuses(repo: OrderRepository, pool: Pool, site: 
         ("topup", "buyer"),
     ]
     # A replay of the hook adds no bonus either.
-    with pool.connection() as conn, conn.transaction():
-        hook(conn, repo.get(order.id))
+    replay_hook(repo, hook, repo.get(order.id), S.AWAITING_PAYMENT)
     assert len(credits(pool, order.id)) == 5
     assert EntryKind.CASHBACK in {EntryKind(r["kind"]) for r in credits(pool, order.id)}
 
 
-def test_unknown_hooks_stop_at_start(pool: Pool) -> None:
+def test_unknown_hooks_stop_at_start() -> None:
     with pytest.raises(ConfigError, match="no hook 'nope'"):
-        hooks.build(BillingSettings(hooks=("nope",)), pool)
+        hooks.build(BillingSettings(hooks=("nope",)))
     with pytest.raises(ConfigError, match="cannot load"):
-        hooks.build(BillingSettings(hooks=("tests.nowhere:hook",)), pool)
-    assert hooks.build(BillingSettings(hooks=()), pool) is None
+        hooks.build(BillingSettings(hooks=("tests.nowhere:hook",)))
+    assert hooks.build(BillingSettings(hooks=())) is None

@@ -23,9 +23,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from adapters.sandbox.runner import serve_in_thread
+from dispatcher.billing.hooks import WebhookHook
 from dispatcher.billing.receiver import HEADER, verify
-from dispatcher.billing.sites import SiteWebhooks
-from dispatcher.billing.webhook import Backoff, Delivery, Outbox
+from dispatcher.billing.sites import SyncSiteWebhooks
+from dispatcher.billing.webhook import Backoff, Delivery, Outbox, SyncOutbox
 from dispatcher.services import Services
 from dispatcher.steps import BILLING_QUEUE, Steps, make_broker
 from dispatcher.sweeper import Sweeper
@@ -33,8 +34,10 @@ from dispatcher.worker import actors
 from dispatcher.worker.engine import Engine
 from dispatcher.worker.host import EngineHost
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool, open_async_pool
 from orders.errors import InvalidSignature
-from orders.repository import OrderRepository, Pool
+from orders.repository import OrderRepository
+from tests.billing_support import pay as pay_with
 from tests.conftest import cli
 from tests.dispatch_support import own_namespace, wait_until
 
@@ -94,9 +97,9 @@ def receiver() -> Iterator[Receiver]:
 @dataclass
 class Billing:
     repo: OrderRepository
-    outbox: Outbox
+    outbox: SyncOutbox
     delivery: Delivery
-    sites: SiteWebhooks
+    sites: SyncSiteWebhooks
     secrets: dict[str, str] = field(default_factory=dict)  # site -> its secret
 
     def site_for(self, url: str) -> str:
@@ -123,8 +126,12 @@ def billing(
     dispatch = Steps(broker, ["sandbox"])
     host = EngineHost(Engine(repo, {}, db_threads=1), max_in_flight=50)
     host.start()
+    # The deliveries run on the host's loop, so their pool is opened there.
+    delivery_pool = asyncio.run_coroutine_threadsafe(
+        open_async_pool(database_url, max_size=4, name="tests-delivery"), host.loop
+    ).result(timeout=30)
     delivery = Delivery(
-        pool,
+        delivery_pool,
         timeout=1.0,
         backoff=Backoff(first=timedelta(seconds=0.05), cap=timedelta(seconds=0.3)),
     )
@@ -132,40 +139,38 @@ def billing(
     actors.set_delivery(delivery)
     worker = dramatiq.Worker(broker, queues={BILLING_QUEUE}, worker_threads=2)
     worker.start()
-    outbox = Outbox(pool, max_age=timedelta(minutes=5))
+    outbox = SyncOutbox(pool, max_age=timedelta(minutes=5))
+    sites = SyncSiteWebhooks(pool)
     sweeper = Sweeper(repo, dispatch, [], interval=0.1, lease=timedelta(seconds=30), outbox=outbox)
     stop = threading.Event()
     thread = threading.Thread(target=sweeper.run, args=(stop, database_url), daemon=True)
     thread.start()
     try:
-        yield Billing(repo, outbox, delivery, SiteWebhooks(pool))
+        yield Billing(repo, outbox, delivery, sites)
     finally:
         stop.set()
         thread.join(timeout=10)
         worker.stop(timeout=5000)
         host.drain(timeout=5)
         asyncio.run_coroutine_threadsafe(delivery.aclose(), host.loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(delivery_pool.close(), host.loop).result(timeout=10)
         host.stop()
+        outbox.close()
+        sites.close()
         actors.set_host(None)
         actors.set_delivery(None)
         broker.close()
 
 
-def pay(billing: Billing, site: str, *, outbox: Outbox | None = None) -> UUID:
+def pay(billing: Billing, site: str, *, max_age: timedelta | None = None) -> UUID:
     """An order of ``site`` moved to paid with the webhook hook writing its event."""
     repo = billing.repo
     new = NewOrder(site=site, user_id="buyer", money=Money(1999, "EUR"), adapter="sandbox")
     order = repo.create(new).order
     repo.transition(order.id, S.NEW, S.SUBMITTING, actor="test", next_run_at=None)
     repo.transition(order.id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="test", next_run_at=None)
-    box = outbox or billing.outbox
-    repo.transition(
-        order.id,
-        S.AWAITING_PAYMENT,
-        S.PAID,
-        actor="test",
-        within=box.enqueue,
-    )
+    outbox = Outbox(None, max_age=max_age or billing.outbox.max_age)  # the hook needs no pool
+    pay_with(repo, order.id, S.AWAITING_PAYMENT, WebhookHook(outbox))
     return order.id
 
 
@@ -259,8 +264,7 @@ def test_event_is_parked_when_retries_run_out_and_replay_delivers_it(
 ) -> None:
     parked_before = REGISTRY.get_sample_value("paydispatch_billing_events_parked_total") or 0.0
     receiver.failing = True
-    short = Outbox(pool, max_age=timedelta(seconds=1))
-    order_id = pay(billing, billing.site_for(f"{receiver.url}/flag"), outbox=short)
+    order_id = pay(billing, billing.site_for(f"{receiver.url}/flag"), max_age=timedelta(seconds=1))
     wait_until(lambda: status(pool, order_id) == "parked", timeout=20, what="parked")
     row = outbox_row(pool, order_id)
     assert row["parked_at"] is not None

@@ -25,12 +25,13 @@ from adapters.sandbox import Sandbox
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.runner import SandboxHandle
 from dispatcher import config
-from dispatcher.billing.wallet import EntryKind, Wallets
+from dispatcher.billing.wallet import EntryKind, SyncWallets
 from dispatcher.cli import build_parser
 from dispatcher.ops import reconcile
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool
 from orders.model import Order
-from orders.repository import OrderRepository, Pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import SandboxControl
 
 S = OrderStatus
@@ -118,15 +119,15 @@ def plant_one_of_each(plant: Plant, pool: Pool) -> dict[str, Any]:
 
     refunded_recorded = plant.order()
     plant.record(refunded_recorded, plant.invoice(refunded_recorded, None, "pay", "refund"), S.PAID)
-    wallets = Wallets(pool)
-    wallets.credit(
-        plant.site, "u1", TEN_DOLLARS, kind=EntryKind.TOPUP, key=f"t-{refunded_recorded.id}",
-        description="top-up", order_id=refunded_recorded.id,
-    )  # fmt: skip
-    wallets.refund(
-        plant.site, "u1", TEN_DOLLARS, order_id=refunded_recorded.id,
-        key=f"r-{refunded_recorded.id}", description="refunded at the sandbox",
-    )  # fmt: skip
+    with SyncWallets(pool) as wallets:
+        wallets.credit(
+            plant.site, "u1", TEN_DOLLARS, kind=EntryKind.TOPUP, key=f"t-{refunded_recorded.id}",
+            description="top-up", order_id=refunded_recorded.id,
+        )  # fmt: skip
+        wallets.refund(
+            plant.site, "u1", TEN_DOLLARS, order_id=refunded_recorded.id,
+            key=f"r-{refunded_recorded.id}", description="refunded at the sandbox",
+        )  # fmt: skip
 
     unpaid_there = plant.order()  # paid here, the invoice still pending
     ids["paid_here_not_there"] = plant.record(unpaid_there, plant.invoice(unpaid_there), S.PAID)

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 
-from dispatcher.billing.wallet import POINTS, EntryKind, Points, Wallets, parse_amount
+from dispatcher.billing.wallet import (
+    POINTS,
+    Balance,
+    Entry,
+    EntryKind,
+    EntryPage,
+    Points,
+    SyncWallets,
+    Wallets,
+    parse_amount,
+)
 from orders import IdempotencyConflict, InvalidAmount, InvalidInput, Money, UnknownCurrency
+from orders.db import Pool, open_async_pool
 from orders.errors import InsufficientFunds, WalletNotFound
-from orders.repository import Pool
 
 USD = "USD"
 
 
 @pytest.fixture
-def wallets(pool: Pool) -> Wallets:
-    return Wallets(pool)
+def wallets(pool: Pool) -> Iterator[SyncWallets]:
+    # As many connections as the races below have threads, so the races are real.
+    with SyncWallets(pool, max_size=12) as face:
+        yield face
 
 
 def count_rows(pool: Pool, site: str) -> tuple[int, int]:
@@ -33,7 +46,7 @@ def count_rows(pool: Pool, site: str) -> tuple[int, int]:
     return w["n"], e["n"]
 
 
-def top_up(wallets: Wallets, site: str, user: str, amount: int, currency: str = USD) -> None:
+def top_up(wallets: SyncWallets, site: str, user: str, amount: int, currency: str = USD) -> None:
     wallets.credit(
         site,
         user,
@@ -44,7 +57,7 @@ def top_up(wallets: Wallets, site: str, user: str, amount: int, currency: str = 
     )
 
 
-def test_credit_creates_the_wallet_and_debit_takes_from_it(wallets: Wallets, site: str) -> None:
+def test_credit_creates_the_wallet_and_debit_takes_from_it(wallets: SyncWallets, site: str) -> None:
     entry = wallets.credit(
         site, "u1", Money(1000, USD), kind="adjustment", key="c1", description="goodwill"
     )
@@ -56,7 +69,7 @@ def test_credit_creates_the_wallet_and_debit_takes_from_it(wallets: Wallets, sit
     assert [b.money for b in wallets.balances(site, "u1")] == [Money(750, USD)]
 
 
-def test_balances_are_per_currency_and_per_site(wallets: Wallets, site: str) -> None:
+def test_balances_are_per_currency_and_per_site(wallets: SyncWallets, site: str) -> None:
     top_up(wallets, site, "u1", 500, USD)
     top_up(wallets, site, "u1", 700, "EUR")
     top_up(wallets, site + "-other", "u1", 900, USD)
@@ -71,7 +84,9 @@ def test_balances_are_per_currency_and_per_site(wallets: Wallets, site: str) -> 
     assert wallets.balance(site + "-other", "u1", USD) == Money(900, USD)
 
 
-def test_debit_never_overdraws_and_writes_nothing(wallets: Wallets, pool: Pool, site: str) -> None:
+def test_debit_never_overdraws_and_writes_nothing(
+    wallets: SyncWallets, pool: Pool, site: str
+) -> None:
     top_up(wallets, site, "u1", 100)
     before = count_rows(pool, site)
     with pytest.raises(InsufficientFunds) as caught:
@@ -83,7 +98,7 @@ def test_debit_never_overdraws_and_writes_nothing(wallets: Wallets, pool: Pool, 
 
 
 def test_debit_from_a_wallet_that_does_not_exist_is_refused(
-    wallets: Wallets, pool: Pool, site: str
+    wallets: SyncWallets, pool: Pool, site: str
 ) -> None:
     top_up(wallets, site, "u1", 100, USD)
     with pytest.raises(WalletNotFound):
@@ -107,14 +122,14 @@ def test_debit_from_a_wallet_that_does_not_exist_is_refused(
     ],
 )
 def test_bad_amounts_are_refused_before_anything_is_written(
-    wallets: Wallets, pool: Pool, site: str, make: Callable[[], Money], error: type[Exception]
+    wallets: SyncWallets, pool: Pool, site: str, make: Callable[[], Money], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
         wallets.credit(site, "u1", make(), kind="adjustment", key="k", description="")
     assert count_rows(pool, site) == (0, 0)
 
 
-def test_bad_text_and_kinds_are_refused(wallets: Wallets, pool: Pool, site: str) -> None:
+def test_bad_text_and_kinds_are_refused(wallets: SyncWallets, pool: Pool, site: str) -> None:
     with pytest.raises(InvalidInput, match="user_id"):
         wallets.credit(site, "", Money(1, USD), kind="adjustment", key="k", description="")
     with pytest.raises(InvalidInput, match="key"):
@@ -129,7 +144,7 @@ def test_bad_text_and_kinds_are_refused(wallets: Wallets, pool: Pool, site: str)
 
 
 def test_same_key_replays_and_a_different_amount_conflicts(
-    wallets: Wallets, pool: Pool, site: str
+    wallets: SyncWallets, pool: Pool, site: str
 ) -> None:
     top_up(wallets, site, "u1", 1000)
     first = wallets.debit(site, "u1", Money(300, USD), key="buy-1", description="item")
@@ -151,7 +166,7 @@ def test_same_key_replays_and_a_different_amount_conflicts(
     assert wallets.balance(site, "u1", USD) == Money(700, USD)
 
 
-def test_history_pages_newest_first_with_a_cursor(wallets: Wallets, site: str) -> None:
+def test_history_pages_newest_first_with_a_cursor(wallets: SyncWallets, site: str) -> None:
     for i in range(7):
         wallets.credit(
             site, "u1", Money(i + 1, USD), kind="adjustment", key=f"h{i}", description=""
@@ -175,7 +190,7 @@ def test_history_pages_newest_first_with_a_cursor(wallets: Wallets, site: str) -
     assert everything.next_cursor is None
 
 
-def test_entries_are_append_only(wallets: Wallets, pool: Pool, site: str) -> None:
+def test_entries_are_append_only(wallets: SyncWallets, pool: Pool, site: str) -> None:
     top_up(wallets, site, "u1", 100)
     with pool.connection() as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -187,7 +202,7 @@ def test_entries_are_append_only(wallets: Wallets, pool: Pool, site: str) -> Non
 
 
 def test_concurrent_debits_never_overdraw_and_the_sum_matches(
-    wallets: Wallets, pool: Pool, site: str
+    wallets: SyncWallets, pool: Pool, site: str
 ) -> None:
     # Given one wallet holding 10.00 and 12 threads each trying 10 debits of 0.15 (18.00 asked),
     top_up(wallets, site, "hot", 1000)
@@ -226,7 +241,9 @@ def test_concurrent_debits_never_overdraw_and_the_sum_matches(
     assert row["n"] == ok + 1
 
 
-def test_the_same_debit_raced_from_many_threads_is_taken_once(wallets: Wallets, site: str) -> None:
+def test_the_same_debit_raced_from_many_threads_is_taken_once(
+    wallets: SyncWallets, site: str
+) -> None:
     top_up(wallets, site, "u1", 1000)
     start = threading.Barrier(8)
 
@@ -238,3 +255,46 @@ def test_the_same_debit_raced_from_many_threads_is_taken_once(wallets: Wallets, 
         ids = set(executor.map(spend, range(8)))
     assert len(ids) == 1
     assert wallets.balance(site, "u1", USD) == Money(600, USD)
+
+
+def test_the_sync_face_and_the_async_class_give_the_same_results(
+    wallets: SyncWallets, site: str
+) -> None:
+    # Given a wallet written through the face,
+    top_up(wallets, site, "u1", 1000)
+    wallets.credit(site, "u1", Points(5, POINTS), kind="adjustment", key="p", description="")
+    debit = wallets.debit(site, "u1", Money(300, USD), key="buy", description="item")
+
+    async def through_the_class() -> tuple[list[Balance], Money, EntryPage, Entry]:
+        async_pool = await open_async_pool(wallets.conninfo, max_size=2, name="tests")
+        try:
+            ledger = Wallets(async_pool)
+            again = await ledger.debit(site, "u1", Money(300, USD), key="buy", description="item")
+            with pytest.raises(InsufficientFunds):  # refused as the face refuses it below
+                await ledger.debit(site, "u1", Money(10**6, USD), key="big", description="")
+            return (
+                await ledger.balances(site, "u1"),
+                await ledger.balance(site, "u1", USD),
+                await ledger.history(site, "u1", limit=2),
+                again,
+            )
+        finally:
+            await async_pool.close()
+
+    # the async class reads the same balances, balance and history page,
+    balances, balance, page, again = asyncio.run(through_the_class())
+    assert balances == wallets.balances(site, "u1")
+    assert {b.currency: b.money for b in balances} == {
+        USD: Money(700, USD),
+        POINTS: Points(5, POINTS),
+    }
+    assert balance == wallets.balance(site, "u1", USD) == Money(700, USD)
+    assert page == wallets.history(site, "u1", limit=2)
+    assert len(page.items) == 2
+    assert page.next_cursor is not None
+    # replays the face's debit as the face would, and refuses what the face refuses.
+    assert again.id == debit.id
+    assert again.replayed
+    assert again == wallets.debit(site, "u1", Money(300, USD), key="buy", description="item")
+    with pytest.raises(InsufficientFunds):
+        wallets.debit(site, "u1", Money(10**6, USD), key="big", description="")

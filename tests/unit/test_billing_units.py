@@ -20,13 +20,33 @@ from dispatcher.billing.webhook import Backoff, event_body
 from dispatcher.config import ConfigError, load
 from orders import Money, OrderStatus
 from orders.errors import InvalidAmount, InvalidSignature, UnknownCurrency
-from orders.model import Order
+from orders.model import Order, PaidEvent
 
 SECRET = "whsec-unit-0123456789abcdef"
 
 
-def a_hook(conn: Any, order: Order) -> None:
+async def a_hook(tx: Any, event: PaidEvent) -> None:
     """Loaded by path in a test below."""
+
+
+class AHookObject:
+    async def __call__(self, tx: Any, event: PaidEvent) -> None:
+        """An object whose call is async is a hook too."""
+
+
+a_hook_object = AHookObject()
+
+
+def plain_hook(conn: Any, order: Order) -> None:
+    """The hooks' old form: refused, since it would block the engine's loop."""
+
+
+class PlainHookObject:
+    def __call__(self, conn: Any, order: Order) -> None:
+        """Refused as well."""
+
+
+plain_hook_object = PlainHookObject()
 
 
 # -- signatures ---------------------------------------------------------------------------------
@@ -187,7 +207,18 @@ def test_no_billing_hook_at_all() -> None:
 
 def test_python_hook_by_module_path() -> None:
     assert load_python_hook(f"{__name__}:a_hook") is a_hook
+    assert load_python_hook(f"{__name__}:a_hook_object") is a_hook_object
     with pytest.raises(ConfigError, match="not callable"):
         load_python_hook(f"{__name__}:SECRET")
     with pytest.raises(ConfigError, match="no hook"):
         load_python_hook("not-installed")
+
+
+@pytest.mark.parametrize("name", ["plain_hook", "plain_hook_object"])
+def test_a_plain_function_hook_is_refused_with_the_form_to_use(name: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_python_hook(f"{__name__}:{name}")
+    assert str(refused.value) == (
+        f"PAYDISPATCH_BILLING_HOOKS: '{__name__}:{name}' is not async: "
+        "billing hooks are async def hook(tx, event): ..."
+    )

@@ -1,0 +1,85 @@
+-- The wallet audit's checks (dispatcher/billing/audit.py): each one statement over the whole
+-- database, or one site (%(site)s NULL: all).
+
+-- audit_totals --
+-- What the report's first line counts.
+SELECT (SELECT count(*) FROM wallets WHERE (%(site)s::text IS NULL OR site = %(site)s))
+           AS wallets,
+       (SELECT count(*) FROM wallet_entries WHERE (%(site)s::text IS NULL OR site = %(site)s))
+           AS entries,
+       (SELECT count(*) FROM orders
+        WHERE status = 'paid' AND (%(site)s::text IS NULL OR site = %(site)s)) AS paid_orders
+
+-- audit_balances --
+-- Wallets whose balance differs from the sum of their entries or the last balance_after.
+SELECT * FROM (
+    SELECT w.site, w.user_id, w.currency, w.balance,
+           (SELECT coalesce(sum(e.amount), 0) FROM wallet_entries e
+            WHERE (e.site, e.user_id, e.currency) = (w.site, w.user_id, w.currency))
+               AS entries_sum,
+           (SELECT e.balance_after FROM wallet_entries e
+            WHERE (e.site, e.user_id, e.currency) = (w.site, w.user_id, w.currency)
+            ORDER BY e.id DESC LIMIT 1) AS last_after
+    FROM wallets w WHERE (%(site)s::text IS NULL OR w.site = %(site)s)
+) x
+WHERE balance <> entries_sum OR balance <> coalesce(last_after, 0)
+ORDER BY site, user_id, currency
+
+-- audit_running --
+-- Entries whose balance_after differs from the running sum of their wallet's entries.
+SELECT id, site, user_id, currency, balance_after, running FROM (
+    SELECT e.*, sum(amount) OVER (PARTITION BY site, user_id, currency ORDER BY id) AS running
+    FROM wallet_entries e WHERE (%(site)s::text IS NULL OR site = %(site)s)
+) x WHERE balance_after <> running ORDER BY id
+
+-- audit_paid_without_one_credit --
+-- Paid orders without exactly one top-up credit of their user, amount and currency.
+SELECT o.id, o.site, o.user_id, o.amount, o.currency, count(e.id) AS credits,
+       array_agg(DISTINCT e.user_id) FILTER (WHERE e.id IS NOT NULL) AS users,
+       sum(e.amount) AS credited, array_agg(DISTINCT e.currency) FILTER (WHERE e.id IS NOT NULL)
+           AS currencies
+FROM orders o
+LEFT JOIN wallet_entries e ON e.order_id = o.id AND e.kind = 'topup'
+WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
+GROUP BY o.id
+HAVING count(e.id) <> 1 OR sum(e.amount) <> o.amount
+    OR array_agg(DISTINCT e.currency) <> ARRAY[o.currency]
+    OR array_agg(DISTINCT e.user_id) <> ARRAY[o.user_id]
+    OR bool_or(e.site <> o.site)
+ORDER BY o.site, o.id
+
+-- audit_paid_without_one_event --
+-- Paid orders without exactly one order.paid outbox event.
+SELECT o.id, o.site, count(b.id) AS events
+FROM orders o LEFT JOIN billing_outbox b ON b.order_id = o.id AND b.event_type = 'order.paid'
+WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
+GROUP BY o.id HAVING count(b.id) <> 1
+ORDER BY o.site, o.id
+
+-- audit_credits_without_paid_order --
+-- Credits naming an order that is not paid.
+SELECT e.id, e.site, e.user_id, e.kind, e.amount, e.currency, e.order_id, o.status
+FROM wallet_entries e JOIN orders o ON o.id = e.order_id
+WHERE e.amount > 0 AND o.status <> 'paid' AND (%(site)s::text IS NULL OR e.site = %(site)s)
+ORDER BY e.id
+
+-- audit_refunds --
+-- Refunds per order, with what the order's top-up credited.
+SELECT r.order_id, r.site, r.currency, -sum(r.amount) AS refunded,
+       coalesce((SELECT sum(t.amount) FROM wallet_entries t
+                 WHERE t.order_id = r.order_id AND t.kind = 'topup'), 0) AS credited
+FROM wallet_entries r
+WHERE r.kind = 'refund' AND (%(site)s::text IS NULL OR r.site = %(site)s)
+GROUP BY r.order_id, r.site, r.currency
+ORDER BY r.site, r.order_id
+
+-- audit_late_payments --
+-- Orders paid from expired, rejected or cancelled.
+SELECT o.id, o.site, o.user_id, o.amount, o.currency, ev.from_status,
+       EXISTS (SELECT 1 FROM wallet_entries e WHERE e.order_id = o.id AND e.kind = 'topup')
+           AS credited
+FROM orders o
+JOIN order_events ev ON ev.order_id = o.id AND ev.to_status = 'paid'
+    AND ev.from_status IN ('expired', 'rejected', 'cancelled')
+WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
+ORDER BY o.site, o.paid_at
