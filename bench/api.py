@@ -35,7 +35,7 @@ import psycopg
 
 from bench import common
 from dispatcher.api.keys import ApiKeys
-from orders.repository import open_pool
+from orders.db import open_pool
 
 # What OrderRepository.create runs for POST /v1/orders, as one pgbench transaction; and the
 # bare single-row insert.

@@ -26,7 +26,7 @@ import redis
 from psycopg import conninfo, sql
 
 from dispatcher import config, services
-from orders import schema
+from orders.db import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

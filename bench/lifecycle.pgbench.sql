@@ -1,6 +1,6 @@
 -- One payment order's whole life in SQL, as paydispatch issues it for a sandbox order with the
 -- scenario pay_after:0 (create -> claim -> submit -> claim -> poll sees paid): the statements of
--- orders/sql/queries.sql and of OrderRepository.create/claim/get/transition/release, each in the
+-- orders/db/sql/orders.sql and of OrderRepository.create/claim/get/transition/release, each in the
 -- same transaction shape (psycopg runs autocommit connections: a lone statement is its own
 -- transaction; transitions and creates are one statement each, with their event in a CTE).
 -- One run of this script is one lifecycle, so pgbench's "tps" is lifecycles per second.

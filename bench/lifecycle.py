@@ -42,7 +42,8 @@ from adapters.sandbox import SCENARIO_METADATA_KEY
 from bench import common
 from dispatcher.steps import make_broker
 from orders import Money, NewOrder
-from orders.repository import OrderRepository, open_pool
+from orders.db import open_pool
+from orders.repository import OrderRepository
 
 PGBENCH_SCRIPT = Path(__file__).resolve().parent / "lifecycle.pgbench.sql"
 TARGET_RATIO = 0.30

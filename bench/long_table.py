@@ -53,8 +53,8 @@ from psycopg.types.json import Jsonb
 
 from bench import common
 from dispatcher.sweeper import dbstats
-from orders import archive, schema
-from orders.sql import query
+from orders import archive
+from orders.db import query, schema
 
 GOAL = 1.2
 ACTIVE = 1_000

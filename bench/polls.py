@@ -42,7 +42,8 @@ from adapters.sandbox import SCENARIO_METADATA_KEY
 from bench import common
 from dispatcher.runtime import queue_name
 from orders import Money, NewOrder
-from orders.repository import OrderRepository, open_pool
+from orders.db import open_pool
+from orders.repository import OrderRepository
 
 MIN_DELAY = 0.2  # dispatcher.policy.MIN_DELAY
 LEASE = 120.0  # paydispatch sweeper --lease default

@@ -14,7 +14,7 @@ from dispatcher.api import operator_commands
 from dispatcher.billing import commands as billing_commands
 from dispatcher.ops import orders as ops
 from dispatcher.ops import reconcile
-from orders import schema
+from orders.db import schema
 
 
 def _settings() -> config.Settings:

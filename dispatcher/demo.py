@@ -36,9 +36,10 @@ from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.runner import running_sandbox
 from dispatcher import services
 from dispatcher.config import Settings
-from orders import Money, NewOrder, OrderStatus, schema
+from orders import Money, NewOrder, OrderStatus
+from orders.db import open_pool, schema
 from orders.model import Order
-from orders.repository import OrderRepository, open_pool
+from orders.repository import OrderRepository
 
 S = OrderStatus
 DEADLINE = 60.0  # seconds the orders get to settle

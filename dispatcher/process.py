@@ -37,7 +37,8 @@ from dispatcher.worker import actors
 from dispatcher.worker.engine import Engine
 from dispatcher.worker.host import EngineHost
 from dispatcher.worker.middleware import MessageMetrics
-from orders.repository import OrderRepository, Pool, open_pool
+from orders.db import Pool, open_pool
+from orders.repository import OrderRepository
 
 log = structlog.get_logger(__name__)
 

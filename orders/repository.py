@@ -9,10 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-import select
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -20,12 +18,10 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from orders.db import Connection, Pool, database_errors, query, transaction
 from orders.errors import (
-    DatabaseUnavailable,
     DispatchError,
     IdempotencyConflict,
     InvalidInput,
@@ -35,10 +31,7 @@ from orders.errors import (
     SwitchRefused,
 )
 from orders.model import MAX_SWITCH_DEPTH, NewOrder, Order, OrderEvent, storable_problem
-from orders.sql import query
 from orders.status import ACTIVE, OrderStatus, check_transition
-
-Connection = psycopg.Connection[DictRow]
 
 # Columns a transition may also set, besides status.
 SETTABLE: Final = frozenset(
@@ -65,91 +58,6 @@ class Created:
 class Page:
     items: list[Order]
     next_cursor: str | None
-
-
-@contextmanager
-def database_errors() -> Iterator[None]:
-    """Translate psycopg's connection failures into :class:`DatabaseUnavailable`."""
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
-    except TimeoutError as exc:  # psycopg_pool.PoolTimeout
-        raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
-
-
-@contextmanager
-def transaction(pool: Pool | None, conn: Connection | None = None) -> Iterator[Connection]:
-    """A transaction on a connection of ``pool``, or a savepoint in ``conn``'s (so a failure
-    leaves the caller's transaction intact)."""
-    with database_errors():
-        if conn is not None:
-            with conn.transaction():
-                yield conn
-            return
-        if pool is None:
-            raise RuntimeError("no pool to open a transaction on: pass conn=")
-        with pool.connection() as fresh, fresh.transaction():
-            yield fresh
-
-
-def _may_be_broken(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    """Whether an idle pooled connection needs a round trip to prove it still works.
-
-    An idle autocommit connection has nothing to read. One whose server went away has: the
-    server's ``FATAL`` message (a terminated backend, a shutdown) or the end of the stream (a
-    restart, a crash). So one non-blocking ``poll`` of its socket finds the dead ones without
-    costing every checkout a round trip to the server.
-    """
-    if conn.closed:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
-    except (OSError, ValueError, psycopg.Error):
-        return True
-
-
-def check_connection(pool: Pool, conn: Connection) -> None:
-    """The pools' checkout check: raise for a dead connection, so the pool replaces it.
-
-    Without it, the first requests after a PostgreSQL restart were handed connections the
-    server had closed and answered 503 (issue #12, item 13). A dead one means the server went
-    away, so the other idle ones are most likely dead too: they are all checked (and the dead
-    replaced) at once, because the pool waits a second, then two, between failed checks.
-    """
-    if _may_be_broken(conn):
-        pool.check()
-        ConnectionPool.check_connection(conn)
-
-
-async def check_async_connection(pool: AsyncConnectionPool[Any], conn: Any) -> None:
-    """:func:`check_connection` for the API's async pool."""
-    if _may_be_broken(conn):
-        await pool.check()
-        await AsyncConnectionPool.check_connection(conn)
-
-
-def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "orders") -> Pool:
-    """A connection pool whose connections autocommit and return rows as dicts; a connection
-    the server has closed is replaced at checkout (:func:`check_connection`)."""
-    pool: Pool = ConnectionPool(
-        url,
-        connection_class=psycopg.Connection[DictRow],
-        min_size=min_size,
-        max_size=max_size,
-        kwargs={"autocommit": True, "row_factory": dict_row},
-        name=name,
-        open=False,
-        check=lambda conn: check_connection(pool, conn),
-    )
-    with database_errors():
-        pool.open(wait=True, timeout=30)
-    return pool
-
-
-Pool = ConnectionPool[Connection]
 
 
 # A page's cursor is its last row's (created_at, id) as "<microseconds since 1970>.<id hex>":

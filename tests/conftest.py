@@ -20,7 +20,7 @@ import redis
 from psycopg import conninfo, sql
 
 from dispatcher import config, services
-from orders import schema
+from orders.db import schema
 from tests.namespaces import NAMESPACES, flush_namespace
 
 ROOT = Path(__file__).resolve().parents[1]

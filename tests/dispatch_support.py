@@ -27,7 +27,8 @@ from dispatcher.sweeper import Sweeper
 from dispatcher.worker import actors
 from dispatcher.worker.engine import Engine
 from dispatcher.worker.host import EngineHost
-from orders.repository import OrderRepository, open_pool
+from orders.db import open_pool
+from orders.repository import OrderRepository
 from tests.namespaces import flush_namespace, own_namespace
 
 FAST = DispatchPolicy(

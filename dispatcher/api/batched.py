@@ -23,10 +23,10 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.coalesce import Coalescer
+from orders.db import check_async_connection, database_errors, query
 from orders.errors import OrderNotFound
 from orders.model import NewOrder, Order
-from orders.repository import Created, OrderRepository, check_async_connection, database_errors
-from orders.sql import query
+from orders.repository import Created, OrderRepository
 from orders.status import OrderStatus
 
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]

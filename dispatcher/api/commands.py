@@ -27,7 +27,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def _keys() -> ApiKeys:
     from dispatcher import services
-    from orders.repository import open_pool
+    from orders.db import open_pool
 
     found = services.ensure(_settings())
     return ApiKeys(open_pool(found.database_url, max_size=1, name="keys"))

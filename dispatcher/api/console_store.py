@@ -17,14 +17,14 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from dispatcher.api.operators import query
-from dispatcher.billing.sql import query as billing_query
 from dispatcher.ops import orders as ops
 from dispatcher.settle import Settler
+from orders.db import Connection, database_errors, query
+from orders.db import query as billing_query
+from orders.db import query as orders_query
 from orders.errors import InvalidInput, OrderNotFound
 from orders.model import Order
-from orders.repository import Connection, OrderRepository, database_errors
-from orders.sql import query as orders_query
+from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
 REASON_MAX = 1000

@@ -13,7 +13,8 @@ from dispatcher.api.keys import ApiKeys
 from dispatcher.billing.wallet import Wallets
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import PaidHook, Settler
-from orders.repository import OrderRepository, Pool
+from orders.db import Pool
+from orders.repository import OrderRepository
 
 
 @dataclass

@@ -28,9 +28,8 @@ import psycopg
 import structlog
 
 from dispatcher.billing.sites import check_site
+from orders.db import Pool, database_errors, query
 from orders.errors import InvalidInput
-from orders.repository import Pool, database_errors
-from orders.sql import query
 
 log = structlog.get_logger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from dispatcher import config, services
 from dispatcher.api.operators import Operators
+from orders.db import open_pool
 from orders.errors import DispatchError, InvalidInput
-from orders.repository import open_pool
 
 
 @contextmanager

@@ -27,9 +27,8 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+from orders.db import Pool, database_errors, query
 from orders.errors import InvalidInput
-from orders.repository import Pool, database_errors
-from orders.sql import package_queries
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 PASSWORD_BYTES = 18
@@ -37,10 +36,6 @@ SESSION_TTL = timedelta(hours=8)
 # scrypt's cost: 16 MiB and ~50 ms per check (RFC 7914's interactive-login figures).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
-
-
-def query(name: str) -> str:
-    return package_queries(__package__, "console.sql")[name]
 
 
 def _b64(data: bytes) -> str:

@@ -22,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import config, services
 from dispatcher.settle import Settler
+from orders.db import database_errors, open_pool
 from orders.errors import DispatchError, InvalidTransition
 from orders.model import Order, OrderEvent
-from orders.repository import OrderRepository, database_errors, open_pool
+from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
 S = OrderStatus

@@ -43,10 +43,10 @@ from dispatcher.ops.reconciliation import (
     summarise,
 )
 from dispatcher.runtime import AdapterRuntime, build_adapters
+from orders.db import Pool, database_errors, open_pool
 from orders.errors import DispatchError
 from orders.model import Order
 from orders.money import Money
-from orders.repository import Pool, database_errors, open_pool
 from orders.status import OrderStatus
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ import time
 from psycopg.rows import DictRow
 
 from dispatcher import metrics
-from orders.repository import Connection, OrderRepository, database_errors, transaction
-from orders.sql import query
+from orders.db import Connection, database_errors, query, transaction
+from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
 

@@ -19,7 +19,7 @@ from dispatcher.api.keys import ApiKeys
 from dispatcher.services import Services
 from orders import Money, OrderStatus
 from orders.client import Client
-from orders.repository import open_pool
+from orders.db import open_pool
 from tests.dispatch_support import wait_until
 from tests.e2e.test_processes import daemon_env, spawn
 

@@ -17,7 +17,8 @@ from dispatcher.api.operators import Operators
 from dispatcher.billing.wallet import Wallets
 from dispatcher.services import Services
 from orders import Money, NewOrder, OrderStatus
-from orders.repository import OrderRepository, open_pool
+from orders.db import open_pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import wait_until
 from tests.e2e.test_browser import browser, free_port, needs_browser
 from tests.e2e.test_processes import daemon_env, spawn

@@ -18,7 +18,7 @@ from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
 from dispatcher.services import Services, free_port
-from orders import schema
+from orders.db import schema
 from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,8 +29,9 @@ import pytest
 from adapters.fakes.common import FakeControl, PaymentRef, running_fake
 from dispatcher.services import Services, free_port
 from orders import Money, NewOrder, OrderStatus
+from orders.db import open_pool
 from orders.model import Order
-from orders.repository import OrderRepository, open_pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import own_namespace, wait_until
 
 S = OrderStatus

@@ -22,7 +22,8 @@ from dispatcher.services import Services, free_port
 from dispatcher.steps import Steps, make_broker
 from dispatcher.sweeper import Sweeper
 from orders import Money, NewOrder, OrderStatus
-from orders.repository import OrderRepository, open_pool
+from orders.db import open_pool
+from orders.repository import OrderRepository
 from tests.conftest import cli
 from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.services import Services
-from orders import schema
+from orders.db import schema
 from tests.conftest import ROOT, drop_database, make_database
 
 pytestmark = pytest.mark.timeout(900)

@@ -10,7 +10,8 @@ import pytest
 
 from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
-from orders.repository import OrderRepository, Pool, open_pool
+from orders.db import Pool, open_pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import SandboxControl
 
 ADAPTERS = {"sandbox": timedelta(hours=1), "yookassa": timedelta(hours=1)}

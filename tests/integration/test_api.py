@@ -22,8 +22,9 @@ from dispatcher.api import ApiContext, create_app
 from dispatcher.billing.sites import SiteWebhooks
 from dispatcher.runtime import AdapterRuntime
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool
 from orders.errors import InvalidInput
-from orders.repository import OrderRepository, Pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import FAST
 
 S = OrderStatus

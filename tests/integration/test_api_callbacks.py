@@ -17,8 +17,8 @@ from adapters.base import AdapterSettings, Notification, NotificationResult, Rep
 from adapters.sandbox.adapter import Sandbox
 from adapters.sandbox.protocol import DEFAULT_WEBHOOK_SECRET, signature_header
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool
 from orders.model import Order
-from orders.repository import Pool
 from tests.integration.test_api import Api, api_runtimes, running_api
 
 S = OrderStatus

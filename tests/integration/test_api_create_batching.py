@@ -12,8 +12,9 @@ import psycopg
 
 from dispatcher.api.batched import BatchedOrders
 from orders import IdempotencyConflict, Money, NewOrder
+from orders.db import Pool
 from orders.errors import OrderNotFound
-from orders.repository import Created, OrderRepository, Pool
+from orders.repository import Created, OrderRepository
 from tests.integration.test_api import ORDER, Api, running_api
 
 

@@ -27,9 +27,9 @@ import pytest
 from adapters.sandbox.protocol import DEFAULT_WEBHOOK_SECRET, signature_header
 from dispatcher import config
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool
 from orders.errors import InvalidInput
 from orders.model import MAX_SWITCH_DEPTH, Order
-from orders.repository import Pool
 from tests.integration.test_api import ORDER, Api, api_runtimes, error, running_api, site_orders
 
 S = OrderStatus

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from orders.repository import Pool
+from orders.db import Pool
 from tests.integration.test_api import ORDER, Api, running_api
 
 EXAMPLES = 25  # per operation and mode, so the suite stays quick; raise locally to dig deeper

@@ -14,9 +14,9 @@ from psycopg.rows import dict_row
 
 from orders import Money, NewOrder, OrderStatus
 from orders.archive import Progress, archive, parse_age
+from orders.db import open_pool, query
 from orders.errors import InvalidInput
-from orders.repository import OrderRepository, open_pool
-from orders.sql import query
+from orders.repository import OrderRepository
 from tests.conftest import cli
 from tests.integration.conftest import ADAPTERS
 

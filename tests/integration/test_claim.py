@@ -11,7 +11,8 @@ import pytest
 
 from dispatcher.services import Services
 from orders import Money, NewOrder, OrderStatus, StaleOrder
-from orders.repository import OrderRepository, open_pool
+from orders.db import open_pool
+from orders.repository import OrderRepository
 from tests.conftest import drop_database, make_database
 from tests.integration.conftest import ADAPTERS
 

@@ -10,7 +10,7 @@ import pytest
 
 from orders import InvalidInput, Money, OrderNotFound, OrderStatus
 from orders.client import AsyncClient, Client, Conflict, KeyConflict, Unauthorized
-from orders.repository import Pool
+from orders.db import Pool
 from tests.integration.test_api import Api, make_paid, running_api
 
 

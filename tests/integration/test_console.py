@@ -28,8 +28,9 @@ from dispatcher.billing.hooks import build
 from dispatcher.billing.wallet import Wallets
 from dispatcher.config import BillingSettings
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool
 from orders.errors import InvalidInput, TransientError
-from orders.repository import OrderRepository, Pool
+from orders.repository import OrderRepository
 from tests.conftest import cli
 from tests.integration.test_api import api_runtimes
 

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 
 from dispatcher.services import Services
-from orders import Money, NewOrder, OrderStatus, schema
-from orders.repository import OrderRepository, open_pool
+from orders import Money, NewOrder, OrderStatus
+from orders.db import open_pool, schema
+from orders.repository import OrderRepository
 from tests.conftest import cli, drop_database, make_database
 
 S = OrderStatus

@@ -19,7 +19,8 @@ from adapters.sandbox.runner import SandboxHandle
 from dispatcher.api.keys import ApiKeys
 from dispatcher.services import Services
 from orders import Money, NewOrder
-from orders.repository import OrderRepository, Pool, open_pool
+from orders.db import Pool, open_pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import running_daemon, wait_until
 from tests.integration.test_api import ORDER, running_api
 

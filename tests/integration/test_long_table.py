@@ -14,9 +14,9 @@ from psycopg.rows import dict_row
 
 from dispatcher.sweeper import dbstats
 from dispatcher.sweeper.dbstats import DbStats
-from orders import Money, NewOrder, OrderStatus, schema
-from orders.repository import OrderRepository, Pool, Write
-from orders.sql import query
+from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool, query, schema
+from orders.repository import OrderRepository, Write
 
 S = OrderStatus
 

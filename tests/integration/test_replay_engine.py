@@ -23,8 +23,9 @@ from dispatcher.runtime import AdapterRuntime
 from dispatcher.steps import action_for
 from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool, open_pool
 from orders.model import Order
-from orders.repository import OrderRepository, Pool, open_pool
+from orders.repository import OrderRepository
 from tests.dispatch_support import FAST
 from tests.integration.conftest import ADAPTERS
 from tests.unit import test_paypal as paypal_tests

@@ -25,7 +25,8 @@ from orders import (
     StaleOrder,
     UnknownAdapter,
 )
-from orders.repository import OrderRepository, Pool
+from orders.db import Pool
+from orders.repository import OrderRepository
 
 S = OrderStatus
 T = TypeVar("T")

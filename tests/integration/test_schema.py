@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from dispatcher.services import Services
-from orders import schema
+from orders.db import schema
 from orders.status import TRANSITIONS
 from tests.conftest import cli, drop_database, make_database
 

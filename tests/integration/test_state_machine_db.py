@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders import InvalidTransition, Money, NewOrder, OrderStatus, StaleOrder
-from orders.repository import OrderRepository, Pool
+from orders.db import Pool
+from orders.repository import OrderRepository
 from orders.status import TRANSITIONS
 from tests.integration.conftest import ADAPTERS
 

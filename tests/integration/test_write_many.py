@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orders import Money, NewOrder, Order, OrderNotFound, OrderStatus, StaleOrder
+from orders.db import Pool
 from orders.errors import InvalidTransition
-from orders.repository import SETTABLE, OrderRepository, Pool, Write
+from orders.repository import SETTABLE, OrderRepository, Write
 
 S = OrderStatus
 LEASE = timedelta(minutes=5)

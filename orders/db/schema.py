@@ -17,8 +17,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from orders.sql import migrations_dir, schema_path
-
 # Serialises concurrent `db init` runs (any constant works; this one spells "paydisp").
 _INIT_LOCK = 0x7061796469737030
 
@@ -32,6 +30,18 @@ class Migration:
 
     def sql(self) -> str:
         return self.path.read_text(encoding="utf-8")
+
+
+def schema_path() -> Path:
+    """schema.sql: packaged beside this module in a wheel, at the repository root in a checkout."""
+    packaged = Path(__file__).with_name("schema.sql")
+    if packaged.exists():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "schema.sql"
+
+
+def migrations_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "migrations"
 
 
 def migrations() -> list[Migration]:
