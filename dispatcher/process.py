@@ -26,10 +26,9 @@ import structlog
 
 from adapters.base import Secret
 from dispatcher import logs, services
-from dispatcher.billing.webhook import Delivery, Outbox
+from dispatcher.billing.webhook import Delivery, SyncOutbox
 from dispatcher.config import ConfigError, Settings
 from dispatcher.runtime import AdapterRuntime, build_adapters, expiries
-from dispatcher.settle import PaidHook
 from dispatcher.steps import BILLING_QUEUE, Steps, make_broker
 from dispatcher.sweeper import Sweeper
 from dispatcher.sweeper.dbstats import DbStats
@@ -37,7 +36,8 @@ from dispatcher.worker import actors
 from dispatcher.worker.engine import Engine
 from dispatcher.worker.host import EngineHost
 from dispatcher.worker.middleware import MessageMetrics
-from orders.db import Pool, open_pool
+from orders.db import Pool, open_async_pool, open_pool
+from orders.model import PaidHook
 from orders.repository import OrderRepository
 
 log = structlog.get_logger(__name__)
@@ -117,26 +117,33 @@ def start_metrics(port: int | None, addr: str = "127.0.0.1") -> str:
     return f"http://{addr}:{server.server_port}/metrics"  # the bound port, also for port 0
 
 
-def paid_hook(settings: Settings, pool: Pool | None = None) -> PaidHook | None:
+def paid_hook(settings: Settings) -> PaidHook | None:
     """The billing hook run inside every paid transaction, from the configuration."""
     from dispatcher.billing import hooks
 
-    return hooks.build(settings.billing, pool)
+    return hooks.build(settings.billing)
 
 
-def webhook_delivery(settings: Settings, pool: Pool) -> Delivery | None:
-    """The worker's webhook sender (to each site's own webhook), when the hook is configured."""
+def webhook_delivery(
+    settings: Settings, url: str, loop: asyncio.AbstractEventLoop
+) -> Delivery | None:
+    """The worker's webhook sender (to each site's own webhook), when the hook is configured,
+    with an async pool opened on ``loop``, where the deliveries run (the engine host's): close
+    ``delivery.pool`` there after ``delivery.aclose()``."""
     billing = settings.billing
     if "webhook" not in billing.hooks:
         return None
+    opening = open_async_pool(url, max_size=4, name="worker-billing")
+    pool = asyncio.run_coroutine_threadsafe(opening, loop).result()
     return Delivery(pool, timeout=billing.webhook_timeout)
 
 
-def webhook_outbox(settings: Settings, pool: Pool) -> Outbox | None:
+def webhook_outbox(settings: Settings, pool: Pool) -> SyncOutbox | None:
     """The sweeper's view of the webhook outbox, when the webhook hook is configured."""
     if "webhook" not in settings.billing.hooks:
         return None
-    return Outbox(pool, max_age=timedelta(seconds=settings.billing.webhook_max_age))
+    max_age = timedelta(seconds=settings.billing.webhook_max_age)
+    return SyncOutbox(pool, max_age=max_age, name="sweeper-outbox")
 
 
 def stop_event() -> threading.Event:
@@ -172,13 +179,11 @@ def run_worker(
     broker = make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     broker.add_middleware(MessageMetrics())
     declared = actors.Actors(broker, names)  # the receiving half: this process sends nothing
-    engine = Engine(
-        ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings, ctx.pool), db_threads=db_threads
-    )
+    engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings), db_threads=db_threads)
     host = EngineHost(engine, max_in_flight=in_flight)
     host.start()
     actors.set_host(host)
-    delivery = webhook_delivery(settings, ctx.pool)
+    delivery = webhook_delivery(settings, ctx.services.database_url, host.loop)
     actors.set_delivery(delivery)
     worker_queues = {rt.queue for n, rt in ctx.runtimes.items() if n in names}
     if delivery is not None and queues is None:  # a worker for all queues also delivers
@@ -203,6 +208,7 @@ def run_worker(
     if delivery is not None:
         future = asyncio.run_coroutine_threadsafe(delivery.aclose(), host.loop)
         future.result(timeout=10)
+        asyncio.run_coroutine_threadsafe(delivery.pool.close(), host.loop).result(timeout=10)
         actors.set_delivery(None)
     host.stop()
     actors.set_host(None)
@@ -226,6 +232,7 @@ def run_sweeper(
     metrics_url = start_metrics(metrics_port)
     broker = make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     names = list(ctx.runtimes)
+    outbox = webhook_outbox(settings, ctx.pool)
     sweeper = Sweeper(
         ctx.repo,
         Steps(broker, names),  # the sending half: no actor, engine or worker is loaded
@@ -233,7 +240,7 @@ def run_sweeper(
         batch=batch,
         lease=timedelta(seconds=lease),
         interval=interval,
-        outbox=webhook_outbox(settings, ctx.pool),
+        outbox=outbox,
         stats=DbStats(ctx.repo, interval=stats_interval or settings.stats_interval),
     )
     log.info(
@@ -247,6 +254,8 @@ def run_sweeper(
     )
     sweeper.run(stop, ctx.services.database_url)
     log.info("sweeper stopped")
+    if outbox is not None:
+        outbox.close()
     broker.close()
     ctx.close()
     return 0

@@ -10,7 +10,6 @@ from fastapi import Request
 
 from dispatcher.api.batched import BatchedOrders
 from dispatcher.api.keys import ApiKeys
-from dispatcher.billing.wallet import Wallets
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import PaidHook, Settler
 from orders.db import Pool
@@ -36,7 +35,6 @@ class ApiContext:
     keys: ApiKeys = field(init=False)
     batched: BatchedOrders = field(init=False)
     settler: Settler = field(init=False)
-    wallets: Wallets = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # When each order's status page last pulled its poll forward (monotonic seconds).
     views: dict[UUID, float] = field(default_factory=dict)
@@ -49,7 +47,6 @@ class ApiContext:
         conninfo = self.pool.conninfo
         self.batched = BatchedOrders(self.repo, conninfo() if callable(conninfo) else conninfo)
         self.settler = Settler(self.repo, self.paid_hook)
-        self.wallets = Wallets(self.pool)
 
     @property
     def pool(self) -> Pool:

@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from dispatcher.api.operators import Operators
-from dispatcher.billing.wallet import Wallets
 from dispatcher.services import Services
 from orders import Money, NewOrder, OrderStatus
 from orders.db import open_pool
 from orders.repository import OrderRepository
+from tests.billing_support import balances
 from tests.dispatch_support import wait_until
 from tests.e2e.test_browser import browser, free_port, needs_browser
 from tests.e2e.test_processes import daemon_env, spawn
@@ -121,6 +121,6 @@ def test_an_operator_finds_an_order_by_site_reference_and_resolves_it_in_the_bro
         # as the database does, and the buyer's wallet is credited once.
         event = repo.events(order.id)[-1]
         assert (event.to_status, event.actor) == (S.PAID, "ops:alice")
-        assert [b.money for b in Wallets(pool).balances("shop", "buyer-7")] == [Money(4200, "USD")]
+        assert [b.money for b in balances(pool, "shop", "buyer-7")] == [Money(4200, "USD")]
     finally:
         pool.close()

@@ -19,7 +19,8 @@ from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.runner import serve_in_thread
 from adapters.yookassa import adapter as yookassa_adapter
 from dispatcher.api import ApiContext, create_app
-from dispatcher.billing.sites import SiteWebhooks
+from dispatcher.billing.sites import SyncSiteWebhooks
+from dispatcher.billing.wallet import SyncWallets
 from dispatcher.runtime import AdapterRuntime
 from orders import Money, NewOrder, OrderStatus
 from orders.db import Pool
@@ -222,8 +223,8 @@ def test_a_key_is_made_only_for_a_site_whose_webhook_can_be_set(api: Api, name: 
     could never be delivered."""
     with pytest.raises(InvalidInput):
         api.ctx.keys.create(name)
-    with pytest.raises(InvalidInput):
-        SiteWebhooks(api.ctx.pool).set(name, "https://shop.example/hook")
+    with SyncSiteWebhooks(api.ctx.pool) as sites, pytest.raises(InvalidInput):
+        sites.set(name, "https://shop.example/hook")
 
 
 def test_another_sites_order_is_404_exactly_like_a_missing_one(
@@ -598,10 +599,11 @@ def test_wallet_balances_history_and_debits(
         http.post("/v1/orders", json=ORDER | {"amount": 2000}, headers=auth).json()["id"]
     )
     make_paid(api.repo, order_id)
-    api.ctx.wallets.credit(
-        site, "u1", Money(2000, "USD"), kind="topup", key=None, description="top-up",
-        order_id=order_id,
-    )  # fmt: skip
+    with SyncWallets(api.ctx.pool) as wallets:
+        wallets.credit(
+            site, "u1", Money(2000, "USD"), kind="topup", key=None, description="top-up",
+            order_id=order_id,
+        )  # fmt: skip
     wallet = http.get("/v1/wallets/u1", headers=auth).json()
     assert [(b["currency"], b["amount"], b["formatted"]) for b in wallet["balances"]] == [
         ("USD", 2000, "20.00 USD")

@@ -25,12 +25,12 @@ from dispatcher.api import operators as operators_module
 from dispatcher.api.console_store import ConsoleStore
 from dispatcher.api.operators import Operators, check_password, hash_password
 from dispatcher.billing.hooks import build
-from dispatcher.billing.wallet import Wallets
 from dispatcher.config import BillingSettings
 from orders import Money, NewOrder, OrderStatus
 from orders.db import Pool
 from orders.errors import InvalidInput, TransientError
 from orders.repository import OrderRepository
+from tests.billing_support import balances
 from tests.conftest import cli
 from tests.integration.test_api import api_runtimes
 
@@ -55,7 +55,7 @@ def running_console(pool: Pool, *, console: bool = True) -> Iterator[Console]:
         pool, {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
     )
     ctx = ApiContext(
-        repo=repo, runtimes=runtimes, paid_hook=build(BillingSettings(), pool), console=console
+        repo=repo, runtimes=runtimes, paid_hook=build(BillingSettings()), console=console
     )
     with serve_in_thread(create_app(ctx)) as url:
         ctx.public_url = url
@@ -458,7 +458,7 @@ def test_resolve_to_paid_records_who_why_and_evidence_as_orders_resolve_does_and
         name, "resolve", "bank statement shows the full amount",
     )  # fmt: skip
     # the wallet is credited like any other payment,
-    assert [b.money for b in Wallets(pool).balances(site, "u1")] == [Money(1234, "USD")]
+    assert [b.money for b in balances(pool, site, "u1")] == [Money(1234, "USD")]
     # and the order page shows it.
     page = browser.get(answer.headers["location"])
     assert "The order was resolved." in page.text
@@ -492,7 +492,7 @@ def test_a_resolve_whose_console_record_fails_is_not_made_at_all(
     # then nothing of it stands: not the move, not the credit, not the record.
     assert answer.status_code >= 400
     assert repo.get(order_id).status is S.NEEDS_REVIEW
-    assert Wallets(pool).balances(site, "u1") == []
+    assert balances(pool, site, "u1") == []
     assert actions_of(pool, order_id) == []
 
 
@@ -508,7 +508,7 @@ def test_resolve_to_rejected_credits_nothing(
     )  # fmt: skip
     assert answer.status_code == 303
     assert repo.get(order_id).status is S.REJECTED
-    assert Wallets(pool).balances(site, "u1") == []
+    assert balances(pool, site, "u1") == []
 
 
 @pytest.mark.parametrize(
