@@ -22,11 +22,19 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.coalesce import Coalescer
+from orders.coalesce import Coalescer
 from orders.db import check_async_connection, database_errors, query
 from orders.errors import OrderNotFound
 from orders.model import NewOrder, Order
-from orders.repository import Created, OrderRepository
+
+# The repository's private helpers, until this module gives way to orders.repository.Orders.
+from orders.repository import (
+    Created,
+    OrderRepository,
+    _create_params,
+    _poll_soon_params,
+    _replayed,
+)
 from orders.status import OrderStatus
 
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
@@ -77,8 +85,12 @@ class BatchedOrders:
         default_return_url: str | None = None,
     ) -> Created:
         """Like :meth:`OrderRepository.create`, batched with the creates around it."""
-        params = self.repo.create_params(
-            new, actor=actor, order_id=order_id, default_return_url=default_return_url
+        params = _create_params(
+            self.repo.adapters,
+            new,
+            actor=actor,
+            order_id=order_id,
+            default_return_url=default_return_url,
         )
         self._check_open()
         return await self.creates((new, params))
@@ -91,7 +103,7 @@ class BatchedOrders:
     async def poll_soon(self, order_id: UUID, *, quiet: timedelta) -> bool:
         """:meth:`OrderRepository.poll_soon` for an order awaiting payment, on the loop."""
         pool = self._check_open()
-        params = self.repo.poll_soon_params(order_id, (OrderStatus.AWAITING_PAYMENT,), quiet)
+        params = _poll_soon_params(order_id, (OrderStatus.AWAITING_PAYMENT,), quiet)
         with database_errors():
             async with pool.connection() as conn:
                 cursor = await conn.execute(query("poll_soon"), params)
@@ -147,7 +159,7 @@ class BatchedOrders:
     ) -> Created | Exception:
         existing = await (await conn.execute(query("find_replay"), params)).fetchone()
         try:
-            return self.repo.replayed(new, params, existing)
+            return _replayed(new, params, existing)
         except Exception as exc:  # IdempotencyConflict: this request's own answer
             return exc
 

@@ -65,7 +65,6 @@ from adapters.base import (
     StatusReport,
 )
 from dispatcher import metrics
-from dispatcher.coalesce import Coalescer
 from dispatcher.policy import next_poll, retry_at
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import Decision, PaidHook, Settler
@@ -73,6 +72,7 @@ from dispatcher.steps import Action
 from dispatcher.worker.breaker import BreakerState
 from dispatcher.worker.transport import CircuitOpen, PspUnavailable, Transport
 from orders.backoff import ceiling
+from orders.coalesce import Coalescer
 from orders.errors import (
     InvalidInput,
     OrderNotFound,
@@ -108,7 +108,7 @@ def _held_for_capture(report: StatusReport) -> bool:
 class Engine:
     """Runs steps on one event loop. HTTP stays async; database calls go to a small thread pool,
     coalesced: the reads of all steps that start together are one query, and the writes that end
-    steps together are one statement (see :mod:`dispatcher.coalesce`).
+    steps together are one statement (see :mod:`orders.coalesce`).
     """
 
     def __init__(

@@ -63,10 +63,10 @@ def test_an_operator_finds_an_order_by_site_reference_and_resolves_it_in_the_bro
 
     assert isinstance(browser, WebDriver)
     pool = open_pool(database_url, max_size=2, name="e2e-console")
+    repo = OrderRepository(pool, {"sandbox": timedelta(hours=1)})
     try:
         # Given an operator account and an order of the site "shop" held in needs_review,
         password = Operators(pool).add("alice")
-        repo = OrderRepository(pool, {"sandbox": timedelta(hours=1)})
         new = NewOrder(
             site="shop", user_id="buyer-7", money=Money(4200, "USD"), adapter="sandbox",
             site_ref="INV-2026-0042",
@@ -123,4 +123,5 @@ def test_an_operator_finds_an_order_by_site_reference_and_resolves_it_in_the_bro
         assert (event.to_status, event.actor) == (S.PAID, "ops:alice")
         assert [b.money for b in balances(pool, "shop", "buyer-7")] == [Money(4200, "USD")]
     finally:
+        repo.close()
         pool.close()

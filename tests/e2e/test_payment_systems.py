@@ -152,8 +152,8 @@ def daemon(found_services: Services, own_database_url: str, tmp_path: Path) -> I
         )  # fmt: skip
         try:
             wait_until(lambda: _ready(api), timeout=90, what="the daemon's API")
-            repo = OrderRepository(pool, {name: timedelta(minutes=15) for name in NAMES})
-            yield Daemon(repo, api, controls, log_path)
+            with OrderRepository(pool, {name: timedelta(minutes=15) for name in NAMES}) as repo:
+                yield Daemon(repo, api, controls, log_path)
         finally:
             process.terminate()
             try:

@@ -119,7 +119,8 @@ def api(php: str, found_services: Services, database_url: str) -> Iterator[Api]:
                 return False
 
         wait_until(ready, timeout=60, what="paydispatch api")
-        yield Api(url, database_url, OrderRepository(pool, {"sandbox": timedelta(hours=1)}), pool)
+        with OrderRepository(pool, {"sandbox": timedelta(hours=1)}) as repo:
+            yield Api(url, database_url, repo, pool)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -116,6 +116,7 @@ def test_worker_killed_mid_submit_leaves_one_invoice_and_the_order_paid(
                 proc.kill()
                 proc.wait(timeout=10)
         broker.close()
+        repo.close()
         pool.close()
         control.close()
 
@@ -139,6 +140,7 @@ def test_run_stops_cleanly_on_sigterm(
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+        repo.close()
         pool.close()
 
 

@@ -31,8 +31,9 @@ def pool(database_url: str) -> Iterator[Pool]:
 
 
 @pytest.fixture
-def repo(pool: Pool) -> OrderRepository:
-    return OrderRepository(pool, ADAPTERS)
+def repo(pool: Pool) -> Iterator[OrderRepository]:
+    with OrderRepository(pool, ADAPTERS) as repo:
+        yield repo
 
 
 @pytest.fixture

@@ -69,15 +69,15 @@ def running_api(
 ) -> Iterator[Api]:
     """The real app over ``pool``, served by uvicorn in a thread; its status pages link to it."""
     runtimes = runtimes or api_runtimes()
-    repo = OrderRepository(
+    with OrderRepository(
         pool, {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
-    )
-    ctx = ApiContext(
-        repo=repo, runtimes=runtimes, broker_url=broker_url, body_limit=body_limit, docs=docs
-    )
-    with serve_in_thread(create_app(ctx)) as url:
-        ctx.public_url = url
-        yield Api(url, ctx)
+    ) as repo:
+        ctx = ApiContext(
+            repo=repo, runtimes=runtimes, broker_url=broker_url, body_limit=body_limit, docs=docs
+        )
+        with serve_in_thread(create_app(ctx)) as url:
+            ctx.public_url = url
+            yield Api(url, ctx)
 
 
 @pytest.fixture(scope="module")

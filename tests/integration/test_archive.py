@@ -36,7 +36,8 @@ PATHS = {
 @pytest.fixture
 def repo(own_database_url: str) -> Iterator[OrderRepository]:
     pool = open_pool(own_database_url, max_size=4, name="archive-tests")
-    yield OrderRepository(pool, ADAPTERS)
+    with OrderRepository(pool, ADAPTERS) as repo:
+        yield repo
     pool.close()
 
 

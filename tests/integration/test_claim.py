@@ -26,7 +26,8 @@ def repo(found_services: Services, template_database: str) -> Iterator[OrderRepo
     url = make_database(found_services, template_database)
     pool = open_pool(url, max_size=10, name="claims")
     try:
-        yield OrderRepository(pool, ADAPTERS)
+        with OrderRepository(pool, ADAPTERS) as repo:
+            yield repo
     finally:
         pool.close()
         drop_database(found_services, url)

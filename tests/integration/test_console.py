@@ -51,15 +51,15 @@ class Console:
 def running_console(pool: Pool, *, console: bool = True) -> Iterator[Console]:
     """The real app with the wallet hook, as ``paydispatch api`` builds it."""
     runtimes = api_runtimes()
-    repo = OrderRepository(
+    with OrderRepository(
         pool, {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
-    )
-    ctx = ApiContext(
-        repo=repo, runtimes=runtimes, paid_hook=build(BillingSettings()), console=console
-    )
-    with serve_in_thread(create_app(ctx)) as url:
-        ctx.public_url = url
-        yield Console(url, ctx)
+    ) as repo:
+        ctx = ApiContext(
+            repo=repo, runtimes=runtimes, paid_hook=build(BillingSettings()), console=console
+        )
+        with serve_in_thread(create_app(ctx)) as url:
+            ctx.public_url = url
+            yield Console(url, ctx)
 
 
 @pytest.fixture(scope="module")

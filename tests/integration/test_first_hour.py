@@ -24,7 +24,8 @@ ADAPTERS = {"sandbox": timedelta(hours=1)}
 @pytest.fixture
 def repo(own_database_url: str) -> Iterator[OrderRepository]:
     pool = open_pool(own_database_url, max_size=2, name="tests")
-    yield OrderRepository(pool, ADAPTERS)
+    with OrderRepository(pool, ADAPTERS) as repo:
+        yield repo
     pool.close()
 
 

@@ -56,10 +56,11 @@ def own_pool(own_database_url: str) -> Iterator[Pool]:
 
 
 def test_issue12_item13_pool_replaces_connections_the_server_closed(
-    found_services: Services, own_database_url: str, own_pool: Pool
+    found_services: Services, own_database_url: str, own_pool: Pool, request: pytest.FixtureRequest
 ) -> None:
     # Given a pool whose every connection was opened and used,
     repo = OrderRepository(own_pool, {"sandbox": timedelta(hours=1)})
+    request.addfinalizer(repo.close)
     wait_until(lambda: own_pool.get_stats()["pool_available"] == 4, what="4 idle connections")
     # when the server ends all of their sessions (as a restart does),
     terminate_backends(found_services, own_database_url)

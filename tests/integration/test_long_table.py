@@ -110,9 +110,13 @@ def test_a_failed_transaction_changes_no_count(
     dbstats.fold_counts(repo)
     before = repo.status_counts()
     order_id = make(repo, site)
+
     # Given a status change rolled back with its transaction,
-    with pool.connection() as conn, conn.transaction(force_rollback=True):
-        repo.transition(order_id, S.NEW, S.CANCELLED, actor="t", conn=conn)
+    async def rolled_back() -> None:
+        async with repo.orders.pool.connection() as conn, conn.transaction(force_rollback=True):
+            await repo.orders.transition(order_id, S.NEW, S.CANCELLED, actor="t", conn=conn)
+
+    repo.run(rolled_back)
     # then only the create is counted.
     after = repo.status_counts()
     assert after[("sandbox", S.NEW)] == before.get(("sandbox", S.NEW), 0) + 1

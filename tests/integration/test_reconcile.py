@@ -339,11 +339,16 @@ def polled(sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 def test_a_payment_system_without_a_list_is_reconciled_by_status_calls(
-    database_url: str, plant: Plant, pool: Pool, polled: PolledSandbox
+    database_url: str,
+    plant: Plant,
+    pool: Pool,
+    polled: PolledSandbox,
+    request: pytest.FixtureRequest,
 ) -> None:
     # Given orders of a payment system without a list: one paid on both sides, one paid here
     # only, one expired here but paid there, one expired on both sides
     repo = OrderRepository(pool, {polled.name: timedelta(hours=1)})
+    request.addfinalizer(repo.close)
 
     def order() -> Order:
         new = NewOrder(site=plant.site, user_id="u1", money=TEN_DOLLARS, adapter=polled.name)

@@ -20,12 +20,13 @@ from orders import (
     InvalidTransition,
     Money,
     NewOrder,
+    Order,
     OrderNotFound,
     OrderStatus,
     StaleOrder,
     UnknownAdapter,
 )
-from orders.db import Pool
+from orders.db import AsyncConnection, Pool
 from orders.repository import OrderRepository
 
 S = OrderStatus
@@ -254,11 +255,13 @@ def test_database_trigger_refuses_a_forbidden_move_by_raw_sql(
 def test_a_raising_hook_rolls_the_transition_back(repo: OrderRepository, site: str) -> None:
     order = awaiting(repo, site)
 
-    def hook(conn: Any, paid: Any) -> None:
+    async def hook(tx: AsyncConnection, paid: Order) -> None:
         raise RuntimeError("wallet unavailable")
 
     with pytest.raises(RuntimeError, match="wallet unavailable"):
-        repo.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", within=hook)
+        repo.run(
+            repo.orders.transition(order.id, S.AWAITING_PAYMENT, S.PAID, actor="t", within=hook)
+        )
     after = repo.get(order.id)
     assert after.status is S.AWAITING_PAYMENT
     assert after.paid_at is None

@@ -9,10 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders import InvalidTransition, Money, NewOrder, OrderStatus, StaleOrder
-from orders.db import Pool
 from orders.repository import OrderRepository
 from orders.status import TRANSITIONS
-from tests.integration.conftest import ADAPTERS
 
 S = OrderStatus
 ALLOWED = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
@@ -32,9 +30,8 @@ operations = st.lists(
 )
 @given(operations)
 def test_random_operations_never_leave_the_transition_table(
-    pool: Pool, ops: list[tuple[int, str, OrderStatus]]
+    repo: OrderRepository, ops: list[tuple[int, str, OrderStatus]]
 ) -> None:
-    repo = OrderRepository(pool, ADAPTERS)
     site = f"prop-{uuid.uuid4().hex[:10]}"
     ids = [
         repo.create(

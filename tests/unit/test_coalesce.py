@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.coalesce import Coalescer
+from orders.coalesce import Coalescer
 
 
 class Batches:
