@@ -31,6 +31,11 @@ When the dispatcher calls what (the whole story is in ``docs/adapters.md``):
   where it would give back money already taken (``Capabilities.cancel_refunds``).
 - ``build_token``/``parse_token`` (OAuth client credentials): run by the transport, cached until
   shortly before expiry, refreshed once on a 401; ``apply_token`` puts it on each request.
+- ``build_refund``/``parse_refund`` once per submit of a refund (issue #14), then
+  ``build_refund_status``/``parse_refund_status`` on every poll until the :class:`RefundReport`
+  is final. With ``idempotent_refund`` a refund that may have been sent is re-sent with the same
+  key; without it the dispatcher never re-sends it and reads its status instead (by our id where
+  ``refund_lookup``). Payouts (``build_payout`` ...) follow the same story.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, NoReturn
+from uuid import UUID
 
 from orders.errors import (
     ConfigError,
@@ -128,8 +134,9 @@ class PspRequest:
 
     method: str
     url: str
-    # "create", "status", "cancel", "capture", "lookup", "token": a metrics label, and what
-    # ``parse_status`` is told it reads.
+    # "create", "status", "cancel", "capture", "lookup", "token", "list", "refund",
+    # "refund_status", "payout", "payout_status": a metrics label, and what ``parse_status`` is
+    # told it reads.
     operation: str
     headers: Mapping[str, str] = field(default_factory=dict)
     params: Pairs = field(default_factory=dict)
@@ -208,6 +215,73 @@ class StatusReport:
     follow_up: FollowUp | None = None
     raw_status: str = ""  # the payment system's own word, for logs and order_events
     reason: str = ""  # cancellation or decline details
+    # Reported on their own (issue #14): the total refunded of this payment so far, as the
+    # payment system shows it with the payment (YooKassa ``refunded_amount``); None when it
+    # does not say. ``chargeback``: a dispute took the money back.
+    refunded: Money | None = None
+    chargeback: bool = False
+
+
+class RefundState(StrEnum):
+    """Where a refund stands at the payment system."""
+
+    PENDING = "pending"  # accepted, not final: poll again
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # definite: refused or canceled by the payment system; money did not move
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """A refund of (part of) a paid order, as the dispatcher sends it."""
+
+    id: UUID  # ours; the idempotency key where the payment system takes one
+    order: Order  # the paid order: ``order.psp_id`` names the payment
+    money: Money  # what to give back; the order's currency; never more than is left
+    reason: str = ""
+    psp_refund_id: str | None = None  # the payment system's id, once known (for status reads)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundReport:
+    """One reading of a refund's state."""
+
+    state: RefundState
+    psp_refund_id: str | None = None
+    money: Money | None = None  # the amount the payment system reports for this refund
+    raw_status: str = ""
+    reason: str = ""
+
+
+class PayoutState(StrEnum):
+    """Where a payout stands at the payment system (the meanings of :class:`RefundState`)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRequest:
+    """Money sent out to a user (a wallet withdrawal)."""
+
+    id: UUID  # ours; the idempotency key
+    money: Money
+    # Adapter-specific: YooKassa ``{"payout_token": ...}`` or
+    # ``{"type": "yoo_money", "account_number": ...}``; the sandbox ``{"account": ...}``.
+    destination: Mapping[str, str]
+    description: str = ""
+    psp_payout_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutReport:
+    """One reading of a payout's state."""
+
+    state: PayoutState
+    psp_payout_id: str | None = None
+    money: Money | None = None
+    raw_status: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +326,8 @@ class NotificationResult:
     verified: bool
     report: StatusReport | None = None
     reply: Reply = field(default_factory=Reply)
+    # A notification about a refund: ``ref`` names the order (the payment), this the refund.
+    refund: RefundReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +370,20 @@ class Capabilities:
     # The payment system lists payments by creation time (build_list/parse_list); without it
     # ``paydispatch reconcile`` re-reads each order's status instead.
     list_payments: bool = False
+    # -- Refunds and payouts (issue #14) --------------------------------------------------------
+    # build_refund/parse_refund/build_refund_status/parse_refund_status work.
+    refunds: bool = False
+    # A refund may be less than the payment; several may follow each other.
+    partial_refunds: bool = False
+    # The refund request carries our refund id as an idempotency key: a re-sent request makes
+    # no second refund. Without it the dispatcher never re-sends a refund that may have been
+    # sent; it reads its status by our id where the payment system allows (refund_lookup).
+    idempotent_refund: bool = False
+    # build_refund_status works with only our refund id (psp_refund_id None).
+    refund_lookup: bool = False
+    # build_payout/parse_payout/build_payout_status/parse_payout_status work.
+    payouts: bool = False
+    idempotent_payout: bool = False  # the payout request carries our payout id as its key
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +550,54 @@ class Adapter(abc.ABC):
         skipped: a list with holes would hide the very differences reconciliation looks for.
         """
         raise NotSupported(f"{self.name} cannot list payments")
+
+    # -- Refunds and payouts (issue #14) ------------------------------------------------------
+    # Optional, declared by ``Capabilities.refunds`` and ``Capabilities.payouts``. Operations
+    # ``refund``, ``refund_status``, ``payout``, ``payout_status``. A parse raises
+    # :class:`PspRejected` for a definite refusal (the money did not move: "amount exceeds") and
+    # :class:`MalformedResponse` for an answer it cannot read (transient: the dispatcher then
+    # reads the status, never guesses).
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        """The request giving ``refund.money`` of the payment ``refund.order.psp_id`` back."""
+        raise NotSupported(f"{self.name} cannot refund")
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        """The refund's state from the answer to :meth:`build_refund`."""
+        raise NotSupported(f"{self.name} cannot refund")
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        """The status request of a refund: by ``psp_refund_id``, or by our id where
+        ``Capabilities.refund_lookup``."""
+        raise NotSupported(f"{self.name} cannot refund")
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        """The refund's state from the answer to :meth:`build_refund_status`."""
+        raise NotSupported(f"{self.name} cannot refund")
+
+    def build_payout(self, payout: PayoutRequest, settings: AdapterSettings) -> PspRequest:
+        """The request sending ``payout.money`` to ``payout.destination``."""
+        raise NotSupported(f"{self.name} cannot pay out")
+
+    def parse_payout(
+        self, payout: PayoutRequest, response: PspResponse, settings: AdapterSettings
+    ) -> PayoutReport:
+        """The payout's state from the answer to :meth:`build_payout`."""
+        raise NotSupported(f"{self.name} cannot pay out")
+
+    def build_payout_status(self, payout: PayoutRequest, settings: AdapterSettings) -> PspRequest:
+        """The status request of a payout (by ``psp_payout_id``)."""
+        raise NotSupported(f"{self.name} cannot pay out")
+
+    def parse_payout_status(
+        self, payout: PayoutRequest, response: PspResponse, settings: AdapterSettings
+    ) -> PayoutReport:
+        """The payout's state from the answer to :meth:`build_payout_status`."""
+        raise NotSupported(f"{self.name} cannot pay out")
 
 
 @dataclass(frozen=True, slots=True)
