@@ -41,9 +41,11 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -64,8 +66,15 @@ from adapters.base import (
     NotificationResult,
     NotSupported,
     OrderRef,
+    PayoutReport,
+    PayoutRequest,
+    PayoutState,
+    PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
     Secret,
     StatusReport,
@@ -75,11 +84,13 @@ from adapters.base import (
 from adapters.registry import resolve_settings
 from orders.errors import DispatchError, TransientError
 from orders.model import Order
-from orders.money import Money
+from orders.money import Money, currency_exponent
 from orders.status import OrderStatus
 
 SAMPLE_ORDER_ID = UUID("0b7e9f4c-3d2a-4c1b-9a8e-5f6d7c8b9a01")
 SAMPLE_TIME = datetime(2025, 2, 10, 10, 14, tzinfo=UTC)
+SAMPLE_REFUND_ID = UUID("5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")
+SAMPLE_PAYOUT_ID = UUID("7d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f50")
 OTHER_API_URL = "https://psp.conformance.invalid/moved"
 SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization"})
 MIN_SECRET_LENGTH = 8
@@ -201,7 +212,8 @@ class FixtureSet:
     with ``operation="cancel"``) with ``cancel``; ``captured`` (the answer to a capture, paid)
     when ``build_capture`` builds a request; ``token`` (the token endpoint's answer) when
     ``build_token`` builds a request. ``cancelled_state`` pins the state the cancel answer reads
-    as (by default rejected or expired).
+    as (by default rejected or expired). ``refunds`` and ``payouts`` with the capabilities of
+    the same names.
     """
 
     states: Mapping[CanonicalState, PspResponse]
@@ -218,6 +230,50 @@ class FixtureSet:
     cancelled_state: CanonicalState | None = None
     captured: PspResponse | None = None
     token: PspResponse | None = None
+    # With Capabilities.refunds / Capabilities.payouts (issue #14).
+    refunds: RefundFixtures | None = None
+    payouts: PayoutFixtures | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundFixtures:
+    """Recorded answers about one refund of the kit's order, once paid (issue #14).
+
+    ``states`` holds one answer per :class:`RefundState` (states the payment system never
+    reports go in ``not_reported``), read by ``parse_refund_status`` and, unless ``created``
+    gives the answers to the refund request itself, by ``parse_refund`` too. ``rejected`` is a
+    definite refusal of the refund request ("amount exceeds what is left"), read by
+    ``parse_refund``. ``money`` is the refund the fixtures describe (by default the order's
+    whole amount); the succeeded fixture must report it. ``psp_refund_id`` is the payment
+    system's id the pending and succeeded fixtures give. ``malformed`` adds the adapter's own
+    unreadable answers (an unknown status) to the kit's generic ones.
+    """
+
+    states: Mapping[RefundState, PspResponse]
+    rejected: PspResponse
+    psp_refund_id: str
+    money: Money | None = None
+    created: Mapping[RefundState, PspResponse] = field(default_factory=dict)
+    not_reported: frozenset[RefundState] = frozenset()
+    malformed: Mapping[str, PspResponse] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutFixtures:
+    """Recorded answers about one payout (a withdrawal), as :class:`RefundFixtures` for refunds.
+
+    ``destination`` is where the kit's payout goes (adapter-specific, see
+    :class:`adapters.base.PayoutRequest`); ``money`` its amount (by default the kit order's).
+    """
+
+    states: Mapping[PayoutState, PspResponse]
+    rejected: PspResponse
+    psp_payout_id: str
+    destination: Mapping[str, str]
+    money: Money | None = None
+    created: Mapping[PayoutState, PspResponse] = field(default_factory=dict)
+    not_reported: frozenset[PayoutState] = frozenset()
+    malformed: Mapping[str, PspResponse] = field(default_factory=dict)
 
 
 def _ordered_pairs(value: Any) -> list[tuple[str, str]]:
@@ -327,6 +383,36 @@ def _carries_secret(value: str, secrets: Sequence[str]) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class _MoneyOut:
+    """Refunds or payouts: the kit checks both alike."""
+
+    noun: str  # "refund" or "payout", also the operation name
+    declared: bool
+    idempotent: bool
+    fixtures: RefundFixtures | PayoutFixtures | None
+    first: Any  # the request as first sent (no psp id yet)
+    known: Any  # the request once the payment system's id is known
+    build: Callable[..., PspRequest]
+    parse: Callable[..., Any]
+    build_status: Callable[..., PspRequest]
+    parse_status: Callable[..., Any]
+    states: tuple[str, ...]
+    report_type: type
+
+    @staticmethod
+    def psp_id(fixtures: RefundFixtures | PayoutFixtures) -> str:
+        if isinstance(fixtures, RefundFixtures):
+            return fixtures.psp_refund_id
+        return fixtures.psp_payout_id
+
+    @staticmethod
+    def report_id(report: RefundReport | PayoutReport) -> str | None:
+        if isinstance(report, RefundReport):
+            return report.psp_refund_id
+        return report.psp_payout_id
+
+
 class AdapterConformance:
     """Checks every adapter passes; subclass as ``Test<Name>Conformance`` and set the fields."""
 
@@ -357,6 +443,18 @@ class AdapterConformance:
             )
         if "vector" in metafunc.fixturenames:
             metafunc.parametrize("vector", self.vectors, ids=[v.name for v in self.vectors])
+        if "money_out" in metafunc.fixturenames:
+            metafunc.parametrize("money_out", ["refunds", "payouts"])
+        for name, money_out in (
+            ("money_out_case", self._money_out_cases()),
+            ("money_out_malformed", self._money_out_malformed()),
+        ):
+            if name in metafunc.fixturenames and not money_out:
+                skip = pytest.mark.skip(reason="the adapter declares no refunds or payouts")
+                metafunc.parametrize(name, [pytest.param(None, marks=skip)], ids=["none"])
+            elif name in metafunc.fixturenames:
+                ids = [f"{operation}-{label}" for _, operation, label, _ in money_out]
+                metafunc.parametrize(name, money_out, ids=ids)
 
     def _answered_operations(self) -> list[str]:
         """The operations whose answers the adapter parses, beyond status."""
@@ -443,7 +541,57 @@ class AdapterConformance:
         token = self.token_request(settings)
         if token is not None:
             built["token"] = token
+        built.update(self._money_out_requests(settings))
         return built
+
+    def _money_out_requests(self, settings: AdapterSettings) -> dict[str, PspRequest]:
+        """The refund and payout requests the adapter builds (none raise NotSupported)."""
+        built: dict[str, PspRequest] = {}
+        refund = self.refund_request(psp_refund_id=None)
+        known = self.refund_request()
+        payout = self.payout_request(psp_payout_id=None)
+        known_payout = self.payout_request()
+        calls: dict[str, tuple[Callable[..., Any], object]] = {
+            "refund": (self.adapter.build_refund, refund),
+            "refund_status": (self.adapter.build_refund_status, known),
+            "payout": (self.adapter.build_payout, payout),
+            "payout_status": (self.adapter.build_payout_status, known_payout),
+        }
+        for operation, (build, request) in calls.items():
+            result = _attempt(build, request, settings)
+            if isinstance(result, PspRequest):
+                built[operation] = result
+        return built
+
+    def paid_order(self) -> Order:
+        """The order once paid, as a refund names it."""
+        return replace(self.invoiced_order(), status=OrderStatus.PAID, paid_at=SAMPLE_TIME)
+
+    def refund_request(self, **changes: Any) -> RefundRequest:
+        """The kit's refund: the fixtures' money (or the whole order) of the paid order, with
+        the fixtures' ``psp_refund_id`` (pass ``psp_refund_id=None`` for a first send)."""
+        fixtures = self.fixtures.refunds
+        order = self.paid_order()
+        refund = RefundRequest(
+            id=SAMPLE_REFUND_ID,
+            order=order,
+            money=(fixtures.money if fixtures else None) or order.money,
+            reason="Returned by the buyer",
+            psp_refund_id=fixtures.psp_refund_id if fixtures else None,
+        )
+        return replace(refund, **changes)
+
+    def payout_request(self, **changes: Any) -> PayoutRequest:
+        """The kit's payout: the fixtures' money and destination, the fixtures' id."""
+        fixtures = self.fixtures.payouts
+        payout = PayoutRequest(
+            id=SAMPLE_PAYOUT_ID,
+            money=(fixtures.money if fixtures else None) or self.order.money,
+            destination=fixtures.destination if fixtures else {},
+            description="Withdrawal 42",
+            psp_payout_id=fixtures.psp_payout_id if fixtures else None,
+        )
+        return replace(payout, **changes)
 
     def secrets(self) -> list[str]:
         settings = self.resolved()
@@ -492,6 +640,13 @@ class AdapterConformance:
         )
         assert not caps.cancel_refunds or caps.cancel, (
             "cancel_refunds describes a cancel: declare cancel=True"
+        )
+        for name in ("partial_refunds", "idempotent_refund", "refund_lookup"):
+            assert not getattr(caps, name) or caps.refunds, (
+                f"{name} describes refunds: declare refunds=True"
+            )
+        assert not caps.idempotent_payout or caps.payouts, (
+            "idempotent_payout describes payouts: declare payouts=True"
         )
         keys = [spec.key for spec in adapter.settings_spec]
         assert len(keys) == len(set(keys)), f"settings_spec repeats a key: {keys}"
@@ -991,6 +1146,242 @@ class AdapterConformance:
             "an HTML body with the valid fixture's headers verified: only a genuine body may"
         )
 
+    # -- refunds and payouts (issue #14) -------------------------------------------------------
+
+    def _money_out(self, kind: str) -> _MoneyOut:
+        adapter, caps, fixtures = self.adapter, self.adapter.capabilities, self.fixtures
+        if kind == "refunds":
+            return _MoneyOut(
+                noun="refund",
+                declared=caps.refunds,
+                idempotent=caps.idempotent_refund,
+                fixtures=fixtures.refunds,
+                first=self.refund_request(psp_refund_id=None),
+                known=self.refund_request(),
+                build=adapter.build_refund,
+                parse=adapter.parse_refund,
+                build_status=adapter.build_refund_status,
+                parse_status=adapter.parse_refund_status,
+                states=tuple(RefundState),
+                report_type=RefundReport,
+            )
+        return _MoneyOut(
+            noun="payout",
+            declared=caps.payouts,
+            idempotent=caps.idempotent_payout,
+            fixtures=fixtures.payouts,
+            first=self.payout_request(psp_payout_id=None),
+            known=self.payout_request(),
+            build=adapter.build_payout,
+            parse=adapter.parse_payout,
+            build_status=adapter.build_payout_status,
+            parse_status=adapter.parse_payout_status,
+            states=tuple(PayoutState),
+            report_type=PayoutReport,
+        )
+
+    def _money_out_capable(self, kind: str) -> tuple[_MoneyOut, RefundFixtures | PayoutFixtures]:
+        out = self._money_out(kind)
+        if not out.declared:
+            pytest.skip(f"the adapter declares no {kind}")
+        assert out.fixtures is not None, (
+            f"capabilities.{kind}: FixtureSet.{kind} must hold the payment system's {out.noun} "
+            "answers; found None"
+        )
+        return out, out.fixtures
+
+    def _money_out_cases(self) -> list[tuple[str, str, str, PspResponse]]:
+        """(kind, operation, name, response) of every money-out answer fixture, for ids."""
+        cases: list[tuple[str, str, str, PspResponse]] = []
+        for kind, fixtures in (
+            ("refunds", self.fixtures.refunds),
+            ("payouts", self.fixtures.payouts),
+        ):
+            if fixtures is None:
+                continue
+            noun = kind[:-1]
+            for state, response in fixtures.states.items():
+                cases.append((kind, f"{noun}_status", str(state), response))
+                if not fixtures.created:
+                    cases.append((kind, noun, str(state), response))
+            for state, response in fixtures.created.items():
+                cases.append((kind, noun, str(state), response))
+        return cases
+
+    def _money_out_malformed(self) -> list[tuple[str, str, str, PspResponse]]:
+        cases: list[tuple[str, str, str, PspResponse]] = []
+        for kind, fixtures in (
+            ("refunds", self.fixtures.refunds),
+            ("payouts", self.fixtures.payouts),
+        ):
+            if fixtures is None:
+                continue
+            noun = kind[:-1]
+            bodies = {name: PspResponse(200, body) for name, body in GENERIC_MALFORMED.items()}
+            bodies.update(fixtures.malformed)
+            for operation in (noun, f"{noun}_status"):
+                cases += [(kind, operation, name, r) for name, r in sorted(bodies.items())]
+        return cases
+
+    def _parse_money_out(self, out: _MoneyOut, operation: str, response: PspResponse) -> Any:
+        if operation == out.noun:
+            return out.parse(out.first, response, self.resolved())
+        return out.parse_status(out.known, response, self.resolved())
+
+    def test_money_out_operations_match_capabilities(self, money_out: str) -> None:
+        out = self._money_out(money_out)
+        settings = self.resolved()
+        first = _attempt(out.build, out.first, settings)
+        status = _attempt(out.build_status, out.known, settings)
+        if not out.declared:
+            assert out.fixtures is None, (
+                f"{money_out} fixtures for an adapter without {money_out}: declare "
+                f"{money_out}=True or drop FixtureSet.{money_out}"
+            )
+            for name, result in ((out.noun, first), (f"{out.noun}_status", status)):
+                assert isinstance(result, NotSupported), (
+                    f"{money_out}=False, so build_{name} must raise NotSupported, found {result!r}"
+                )
+            return
+        for name, result in ((out.noun, first), (f"{out.noun}_status", status)):
+            assert isinstance(result, PspRequest), (
+                f"{money_out}=True, so build_{name} must build a request, found {result!r}"
+            )
+            assert result.operation == name, (
+                f"the request from build_{name} must say operation={name!r}, "
+                f"found {result.operation!r}"
+            )
+
+    def test_money_out_request_is_fixed_and_carries_our_key(self, money_out: str) -> None:
+        out, _ = self._money_out_capable(money_out)
+        first = out.build(out.first, self.resolved())
+        second = out.build(out.first, self.resolved())
+        assert canonical_request(first) == canonical_request(second), (
+            f"build_{out.noun} must build the same request every time for the same {out.noun} "
+            f"(a re-send must be the same call); it differs in {_differences(first, second)}"
+        )
+        text = request_payload(first) + " " + " ".join(first.headers.values())
+        if out.idempotent:
+            assert str(out.first.id) in text, (
+                f"idempotent_{out.noun}: the {out.noun} request must carry our id "
+                f"{out.first.id} as its idempotency key (a header or the body); it does not"
+            )
+        if isinstance(out.first, RefundRequest):
+            psp_id = out.first.order.psp_id or "<no psp_id>"
+            assert psp_id in request_payload(first), (
+                f"the refund request must name the payment (order.psp_id {psp_id!r}) outside "
+                f"its headers; found {request_payload(first)!r}"
+            )
+
+    def test_money_out_amount_goes_out_exactly(self, money_out: str) -> None:
+        out, _ = self._money_out_capable(money_out)
+        currency = out.first.money.currency
+        for amount in (out.first.money.amount, 9871, 4005):
+            money = Money(amount, currency)
+            request = out.build(replace(out.first, money=money), self.resolved())
+            payload = request_payload(request)
+            exponent = currency_exponent(currency)
+            major = str(Decimal(amount).scaleb(-exponent)) if exponent else str(amount)
+            words = {str(amount), major}
+            assert any(re.search(rf"(?<![\d.]){re.escape(w)}(?![\d.])", payload) for w in words), (
+                f"a {out.noun} of {money} must carry the amount as {amount} minor units or "
+                f"{major} {currency}; found {payload!r}"
+            )
+
+    def test_money_out_status_request_names_it(self, money_out: str) -> None:
+        out, fixtures = self._money_out_capable(money_out)
+        first = out.build_status(out.known, self.resolved())
+        second = out.build_status(out.known, self.resolved())
+        assert canonical_request(first) == canonical_request(second), (
+            f"build_{out.noun}_status must build the same request every time; it differs in "
+            f"{_differences(first, second)}"
+        )
+        psp_id = out.psp_id(fixtures)
+        payload = request_payload(first)
+        assert psp_id in payload or str(out.known.id) in payload, (
+            f"the {out.noun} status request must name the {out.noun} ({psp_id!r} or our id "
+            f"{out.known.id}) outside its headers; found {payload!r}"
+        )
+        if isinstance(out.first, RefundRequest) and self.adapter.capabilities.refund_lookup:
+            by_ours = out.build_status(out.first, self.resolved())
+            assert str(out.first.id) in request_payload(by_ours), (
+                "refund_lookup: build_refund_status with psp_refund_id=None must ask by our "
+                f"refund id {out.first.id}; found {request_payload(by_ours)!r}"
+            )
+
+    def test_every_money_out_state_has_a_fixture(self, money_out: str) -> None:
+        out, fixtures = self._money_out_capable(money_out)
+        missing = set(out.states) - set(fixtures.states) - set(fixtures.not_reported)
+        assert not missing, (
+            f"add {out.noun} status fixtures for {sorted(missing)} to FixtureSet.{money_out}."
+            "states, or list the states the payment system never reports in not_reported"
+        )
+
+    def test_money_out_fixture_parses_to_its_state(
+        self, money_out_case: tuple[str, str, str, PspResponse]
+    ) -> None:
+        kind, operation, state, response = money_out_case
+        out, fixtures = self._money_out_capable(kind)
+        report = self._parse_money_out(out, operation, response)
+        what = f"the {state} {out.noun} fixture read as a {operation} answer"
+        assert isinstance(report, out.report_type), (
+            f"{what} must give a {out.report_type.__name__}, found {report!r}"
+        )
+        assert isinstance(report, RefundReport | PayoutReport)
+        assert report.state == state, f"{what} must be {state}, found {report!r}"
+        assert report.raw_status, f"{what}: raw_status must carry the payment system's word"
+        found_id = out.report_id(report)
+        expected_id = out.psp_id(fixtures)
+        if state != "failed":
+            assert found_id == expected_id, (
+                f"{what} must name the {out.noun} {expected_id!r} (the dispatcher reads its "
+                f"status by it), found {found_id!r}"
+            )
+        if report.money is not None or state == "succeeded":
+            assert report.money == out.first.money, (
+                f"{what} must report the {out.noun}'s money {out.first.money} (minor units, "
+                f"exact), found {report.money}"
+            )
+
+    def test_money_out_refusal_is_psp_rejected(self, money_out: str) -> None:
+        out, fixtures = self._money_out_capable(money_out)
+        _expect_error(
+            PspRejected,
+            f"the rejected {out.noun} fixture (a definite refusal: the money did not move)",
+            out.parse,
+            out.first,
+            fixtures.rejected,
+            self.resolved(),
+        )
+
+    def test_money_out_malformed_is_malformed_response(
+        self, money_out_malformed: tuple[str, str, str, PspResponse]
+    ) -> None:
+        kind, operation, name, response = money_out_malformed
+        out, _ = self._money_out_capable(kind)
+        _expect_error(
+            MalformedResponse,
+            f"an unreadable {operation} answer ({name}: {response.content[:60]!r}); the "
+            "dispatcher then reads the status, never guesses",
+            self._parse_money_out,
+            out,
+            operation,
+            response,
+        )
+
+    def test_money_out_server_error_is_transient(self, money_out: str) -> None:
+        out, _ = self._money_out_capable(money_out)
+        for code, body in SERVER_ERRORS.values():
+            for operation in (out.noun, f"{out.noun}_status"):
+                _expect_error(
+                    TransientError,
+                    f"a {operation} answered by an HTTP {code} error page must be transient",
+                    self._parse_money_out,
+                    out,
+                    operation,
+                    PspResponse(code, body),
+                )
+
     # -- known signatures ----------------------------------------------------------------------
 
     def test_signature_vector(self, vector: SignatureVector) -> None:
@@ -1037,6 +1428,7 @@ class AdapterConformance:
         if notes is not None:
             for notification in (notes.valid, notes.tampered, notes.stale):
                 yield _attempt(self.adapter.parse_notification, notification, settings)
+        yield from self._exercise_money_out(responses)
         # Every other setting invalid, secrets intact: errors about settings must not dump them.
         spec = self.adapter.settings_spec
         odd = self.resolved(**{s.key: "not-a-valid-value" for s in spec if not s.secret})
@@ -1045,6 +1437,43 @@ class AdapterConformance:
         yield _attempt(self.adapter.build_token, odd)
         if notes is not None:
             yield _attempt(self.adapter.parse_notification, notes.valid, odd)
+
+    def _exercise_money_out(self, responses: Sequence[PspResponse]) -> Iterator[object]:
+        settings, adapter = self.resolved(), self.adapter
+        if adapter.capabilities.refunds and self.fixtures.refunds is not None:
+            refund, known = self.refund_request(psp_refund_id=None), self.refund_request()
+            answers = [*responses, *self._refund_answers().values()]
+            for response in answers:
+                yield _attempt(adapter.parse_refund, refund, response, settings)
+                yield _attempt(adapter.parse_refund_status, known, response, settings)
+        if adapter.capabilities.payouts and self.fixtures.payouts is not None:
+            payout, known_payout = self.payout_request(psp_payout_id=None), self.payout_request()
+            answers = [*responses, *self._payout_answers().values()]
+            for response in answers:
+                yield _attempt(adapter.parse_payout, payout, response, settings)
+                yield _attempt(adapter.parse_payout_status, known_payout, response, settings)
+
+    def _refund_answers(self) -> dict[str, PspResponse]:
+        fixtures = self.fixtures.refunds
+        if fixtures is None:
+            return {}
+        return {
+            **{f"state-{s}": r for s, r in fixtures.states.items()},
+            **{f"created-{s}": r for s, r in fixtures.created.items()},
+            "rejected": fixtures.rejected,
+            **fixtures.malformed,
+        }
+
+    def _payout_answers(self) -> dict[str, PspResponse]:
+        fixtures = self.fixtures.payouts
+        if fixtures is None:
+            return {}
+        return {
+            **{f"state-{s}": r for s, r in fixtures.states.items()},
+            **{f"created-{s}": r for s, r in fixtures.created.items()},
+            "rejected": fixtures.rejected,
+            **fixtures.malformed,
+        }
 
     def _credentials(self, outcomes: Sequence[object]) -> list[tuple[str, str]]:
         """What may never be logged, each with a name for failure messages: secret settings
