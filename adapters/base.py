@@ -220,6 +220,9 @@ class StatusReport:
     # does not say. ``chargeback``: a dispute took the money back.
     refunded: Money | None = None
     chargeback: bool = False
+    # The payment system's id of the money taken, where its refunds name that rather than the
+    # invoice (Stripe's PaymentIntent, PayPal's capture, Robokassa's OpKey); None otherwise.
+    psp_payment_id: str | None = None
 
 
 class RefundState(StrEnum):
@@ -239,6 +242,10 @@ class RefundRequest:
     money: Money  # what to give back; the order's currency; never more than is left
     reason: str = ""
     psp_refund_id: str | None = None  # the payment system's id, once known (for status reads)
+    # StatusReport.psp_payment_id of the paid payment, read before the refund is sent (the
+    # dispatcher reads the payment's status first anyway, to see what is refunded already). An
+    # adapter whose refunds need it raises InvalidInput("psp_payment_id", ...) without it.
+    psp_payment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -569,15 +569,22 @@ class AdapterConformance:
 
     def refund_request(self, **changes: Any) -> RefundRequest:
         """The kit's refund: the fixtures' money (or the whole order) of the paid order, with
-        the fixtures' ``psp_refund_id`` (pass ``psp_refund_id=None`` for a first send)."""
+        the fixtures' ``psp_refund_id`` (pass ``psp_refund_id=None`` for a first send) and the
+        ``psp_payment_id`` the paid fixture reports."""
         fixtures = self.fixtures.refunds
         order = self.paid_order()
+        paid = self.fixtures.states.get(CanonicalState.PAID)
+        payment = None
+        if fixtures is not None and paid is not None:
+            report = _attempt(self.adapter.parse_status, order, paid, self.resolved())
+            payment = report.psp_payment_id if isinstance(report, StatusReport) else None
         refund = RefundRequest(
             id=SAMPLE_REFUND_ID,
             order=order,
             money=(fixtures.money if fixtures else None) or order.money,
             reason="Returned by the buyer",
             psp_refund_id=fixtures.psp_refund_id if fixtures else None,
+            psp_payment_id=payment,
         )
         return replace(refund, **changes)
 
@@ -1267,10 +1274,10 @@ class AdapterConformance:
                 f"{out.first.id} as its idempotency key (a header or the body); it does not"
             )
         if isinstance(out.first, RefundRequest):
-            psp_id = out.first.order.psp_id or "<no psp_id>"
+            psp_id = out.first.psp_payment_id or out.first.order.psp_id or "<no psp_id>"
             assert psp_id in request_payload(first), (
-                f"the refund request must name the payment (order.psp_id {psp_id!r}) outside "
-                f"its headers; found {request_payload(first)!r}"
+                f"the refund request must name the payment ({psp_id!r}: psp_payment_id, else "
+                f"order.psp_id) outside its headers; found {request_payload(first)!r}"
             )
 
     def test_money_out_amount_goes_out_exactly(self, money_out: str) -> None:
