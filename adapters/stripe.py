@@ -96,6 +96,9 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
     SettingSpec,
     StatusReport,
@@ -276,8 +279,11 @@ def _header(response: PspResponse, name: str) -> str:
     return ""
 
 
-def _raise_error(response: PspResponse, *, create: bool) -> NoReturn:
-    """Translate an error answer (HTTP 4xx/5xx) into the error tree; see the module docstring."""
+def _raise_error(response: PspResponse, *, create: bool, subject: str = "a session") -> NoReturn:
+    """Translate an error answer (HTTP 4xx/5xx) into the error tree; see the module docstring.
+
+    ``create`` is true for the calls that make something (a session, a refund: ``subject``),
+    whose refusals are final; any other call's refusal is transient."""
     try:
         body = _object(response)
     except MalformedResponse:
@@ -313,7 +319,7 @@ def _raise_error(response: PspResponse, *, create: bool) -> NoReturn:
     if not create:
         raise StripeRefusedError(message)
     if kind == "idempotency_error":
-        raise OutcomeUnknown(f"{message}; a session may exist under our Idempotency-Key")
+        raise OutcomeUnknown(f"{message}; {subject} may exist under our Idempotency-Key")
     if status == 404:
         raise StripeRefusedError(f"{message}; check PAYDISPATCH_STRIPE_API_URL")
     raise PspRejected(message)
@@ -339,15 +345,31 @@ def _intent(session: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _refund_state(
     session: Mapping[str, Any], money: Money, response: PspResponse
-) -> tuple[CanonicalState, str]:
-    """Paid, refunded or partly refunded, from the expanded PaymentIntent's latest charge."""
+) -> tuple[CanonicalState, str, Money | None]:
+    """Paid, refunded or partly refunded, from the expanded PaymentIntent's latest charge, with
+    the amount refunded so far (None when the charge is not expanded)."""
     charge = _intent(session).get("latest_charge")
-    if not isinstance(charge, Mapping) or not charge.get("amount_refunded"):
-        return CanonicalState.PAID, ""
+    if not isinstance(charge, Mapping):
+        return CanonicalState.PAID, "", None
+    if not charge.get("amount_refunded"):
+        return CanonicalState.PAID, "", Money(0, money.currency)
     refunded = from_stripe_amount(charge["amount_refunded"], session.get("currency"), response)
     if charge.get("refunded") is True or refunded == money:
-        return CanonicalState.REFUNDED, f"refunded {refunded}"
-    return CanonicalState.PAID, f"partly refunded {refunded}"
+        return CanonicalState.REFUNDED, f"refunded {refunded}", refunded
+    return CanonicalState.PAID, f"partly refunded {refunded}", refunded
+
+
+def _intent_id(session: Mapping[str, Any]) -> str | None:
+    """The session's PaymentIntent id (``pi_...``), expanded or not; None before there is one."""
+    intent = session.get("payment_intent")
+    if isinstance(intent, Mapping):
+        intent = intent.get("id")
+    return intent if isinstance(intent, str) and intent else None
+
+
+def _disputed(session: Mapping[str, Any]) -> bool:
+    charge = _intent(session).get("latest_charge")
+    return isinstance(charge, Mapping) and charge.get("disputed") is True
 
 
 def _failure(session: Mapping[str, Any]) -> str:
@@ -372,9 +394,10 @@ def session_report(
         _malformed(response, f"unknown session status {status!r} / {paid!r}")
     money = from_stripe_amount(session.get("amount_total"), session.get("currency"), response)
     raw, reason = f"{status}/{paid}", ""
+    refunded: Money | None = None
     intent_status = _intent(session).get("status")
     if paid == "paid":
-        state, reason = _refund_state(session, money, response)
+        state, reason, refunded = _refund_state(session, money, response)
     elif status == "expired":
         state = CanonicalState.EXPIRED
     elif status == "open":
@@ -387,7 +410,107 @@ def session_report(
     else:
         state = CanonicalState.PENDING
     return StatusReport(
-        state=state, psp_id=session["id"], money=money, raw_status=raw, reason=reason
+        state=state,
+        psp_id=session["id"],
+        money=money,
+        raw_status=raw,
+        reason=reason,
+        refunded=refunded,
+        chargeback=_disputed(session),
+        psp_payment_id=_intent_id(session),
+    )
+
+
+# -- refunds (issue #14) -------------------------------------------------------------------------
+
+# https://docs.stripe.com/api/refunds/object: ``status`` of a Refund.
+REFUND_STATES = {
+    "pending": RefundState.PENDING,
+    "requires_action": RefundState.PENDING,  # the customer must give details (some methods)
+    "succeeded": RefundState.SUCCEEDED,
+    "failed": RefundState.FAILED,
+    "canceled": RefundState.FAILED,
+}
+REFUND_EVENTS = frozenset({"refund.created", "refund.updated", "refund.failed"})
+# Stripe keeps 500 characters of a metadata value.
+METADATA_LIMIT = 500
+
+
+def refund_report(refund: Mapping[str, Any], response: PspResponse) -> RefundReport:
+    """One reading of a Stripe Refund object."""
+    if refund.get("object") != "refund":
+        _malformed(response, "not a refund object")
+    refund_id, status = refund.get("id"), refund.get("status")
+    if not isinstance(refund_id, str) or not refund_id:
+        _malformed(response, "refund without an id")
+    if status not in REFUND_STATES:
+        _malformed(response, f"unknown refund status {status!r}")
+    money = from_stripe_amount(refund.get("amount"), refund.get("currency"), response)
+    reason = refund.get("failure_reason") if status in ("failed", "canceled") else None
+    return RefundReport(
+        state=REFUND_STATES[status],
+        psp_refund_id=refund_id,
+        money=money,
+        raw_status=status,
+        reason=str(reason or ""),
+    )
+
+
+def _metadata(item: Mapping[str, Any], key: str) -> str | None:
+    metadata = item.get("metadata")
+    value = metadata.get(key) if isinstance(metadata, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _check_refund(request: RefundRequest, refund: Mapping[str, Any], response: PspResponse) -> None:
+    """The answer is about our refund: its id once known, else our id in its metadata."""
+    if request.psp_refund_id is not None and refund.get("id") != request.psp_refund_id:
+        _malformed(
+            response, f"answer is about refund {refund.get('id')}, not {request.psp_refund_id}"
+        )
+    ours = _metadata(refund, "refund_id")
+    if ours is not None and ours != str(request.id):
+        _malformed(response, f"refund {refund.get('id')} is another refund's ({ours})")
+
+
+def _refund_answer(request: RefundRequest, response: PspResponse, *, create: bool) -> RefundReport:
+    if response.status_code != 200:
+        _raise_error(response, create=create, subject="a refund")
+    refund = _object(response)
+    report = refund_report(refund, response)
+    _check_refund(request, refund, response)
+    return report
+
+
+def _charge_report(kind: str, item: Mapping[str, Any], response: PspResponse) -> StatusReport:
+    """What a ``charge.refunded`` (a Charge) or ``charge.dispute.created`` (a Dispute) event says
+    about the payment: paid or refunded, the amount refunded so far, a chargeback."""
+    intent = item.get("payment_intent")
+    intent_id = intent if isinstance(intent, str) and intent else None
+    if kind == "charge.dispute.created":
+        if item.get("object") != "dispute":
+            _malformed(response, f"{kind} without a dispute")
+        disputed = from_stripe_amount(item.get("amount"), item.get("currency"), response)
+        return StatusReport(
+            state=CanonicalState.PAID,
+            raw_status=f"dispute {item.get('status')}",
+            reason=f"dispute of {disputed}: {item.get('reason') or 'no reason given'}",
+            chargeback=True,
+            psp_payment_id=intent_id,
+        )
+    if item.get("object") != "charge":
+        _malformed(response, f"{kind} without a charge")
+    money = from_stripe_amount(item.get("amount"), item.get("currency"), response)
+    refunded = from_stripe_amount(item.get("amount_refunded"), item.get("currency"), response)
+    whole = item.get("refunded") is True or refunded == money
+    return StatusReport(
+        state=CanonicalState.REFUNDED if whole else CanonicalState.PAID,
+        money=money,
+        raw_status="charge refunded" if whole else "charge partly refunded",
+        reason=f"refunded {refunded}",
+        refunded=refunded,
+        chargeback=item.get("disputed") is True,
+        psp_payment_id=intent_id,
     )
 
 
@@ -414,6 +537,10 @@ class Stripe(Adapter):
         default_expiry=timedelta(hours=1),
         poll=PollPolicy(first=timedelta(seconds=15), factor=2.0, cap=timedelta(minutes=5)),
         list_payments=True,  # GET /v1/checkout/sessions (reconciliation, issue #16)
+        refunds=True,  # POST /v1/refunds of the session's PaymentIntent (issue #14)
+        partial_refunds=True,
+        idempotent_refund=True,  # Idempotency-Key: pd-refund-<our refund id>
+        refund_lookup=False,  # refunds are read by Stripe's id only (no search by metadata)
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="Stripe API base URL"),
@@ -539,9 +666,23 @@ class Stripe(Adapter):
         kind, data = event.get("type"), event.get("data")
         if event.get("object") != "event" or not isinstance(kind, str):
             _malformed(response, "not a Stripe event")
+        item = data.get("object") if isinstance(data, Mapping) else None
+        if kind in REFUND_EVENTS or kind in ("charge.refunded", "charge.dispute.created"):
+            if not isinstance(item, Mapping):
+                _malformed(response, f"{kind} without an object")
+            # Our refunds carry our order id in their metadata; charges and disputes only when
+            # something put it there: otherwise they name no order and the report carries the
+            # PaymentIntent (psp_payment_id) a refund names.
+            ref = OrderRef(order_id=_metadata(item, "order_id"))
+            if kind in REFUND_EVENTS:
+                refund = refund_report(item, response)
+                return NotificationResult(ref=ref, verified=True, refund=refund)
+            return NotificationResult(
+                ref=ref, verified=True, report=_charge_report(kind, item, response)
+            )
         if kind not in SESSION_EVENTS:
             return NotificationResult(ref=OrderRef(), verified=True)
-        session = data.get("object") if isinstance(data, Mapping) else None
+        session = item
         if not isinstance(session, Mapping) or session.get("object") != "checkout.session":
             _malformed(response, f"{kind} without a checkout.session")
         if not isinstance(session.get("id"), str):
@@ -554,6 +695,54 @@ class Stripe(Adapter):
             order_id=reference if isinstance(reference, str) else None, psp_id=session["id"]
         )
         return NotificationResult(ref=ref, verified=True, report=report)
+
+    # -- Refunds (issue #14) -------------------------------------------------------------------
+    # https://docs.stripe.com/api/refunds/create and .../retrieve: a refund names the
+    # PaymentIntent (a Checkout Session cannot be refunded as such), form-encoded, with an
+    # Idempotency-Key; Stripe's ``reason`` takes only its own three words, so ours travels in
+    # the metadata with our refund and order ids (they come back in refund.* events).
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        intent = refund.psp_payment_id
+        if not intent or not intent.startswith("pi_"):
+            raise InvalidInput(
+                "psp_payment_id", f"a Stripe refund needs the PaymentIntent id, got {intent!r}"
+            )
+        form = [
+            ("payment_intent", intent),
+            ("amount", str(to_stripe_amount(refund.money))),
+            ("metadata[refund_id]", str(refund.id)),
+            ("metadata[order_id]", str(refund.order.id)),
+        ]
+        if refund.reason.strip():
+            form.append(("metadata[reason]", refund.reason.strip()[:METADATA_LIMIT]))
+        return PspRequest(
+            method="POST",
+            url=f"{settings.api_url}/v1/refunds",
+            operation="refund",
+            headers=self._headers(settings, f"pd-refund-{refund.id}"),
+            form=form,
+        )
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        return _refund_answer(refund, response, create=True)
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        if not refund.psp_refund_id:
+            raise InvalidInput("psp_refund_id", f"refund {refund.id} has no Stripe id yet")
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}/v1/refunds/{quote(refund.psp_refund_id, safe='')}",
+            operation="refund_status",
+            headers=self._headers(settings),
+        )
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        return _refund_answer(refund, response, create=False)
 
     # -- Reconciliation (issue #16): the session list -----------------------------------------
     # https://docs.stripe.com/api/checkout/sessions/list and https://docs.stripe.com/api/pagination:

@@ -7,11 +7,16 @@ of them alike::
     POST /_control/pay          {"order_id", "number", "psp_id", "pay_url"}: the buyer pays
     POST /_control/decline      same body: the buyer's payment is declined
     POST /_control/faults       {"accept_then_timeout": N}: the next N creates are recorded,
-                                then answered only after the client has given up
+                                then answered only after the client has given up;
+                                {"refund_accept_then_timeout": N} the same for refunds;
+                                {"refuse_refunds": N}: the next N refunds are refused (the
+                                payment system's definite "no"; nothing is refunded)
     POST /_control/notifications {"enabled": false}: stop (or resume) push notifications
-    GET  /_control/stats        {"invoices": {order_id: n}, "calls": {operation: n}}: invoices
-                                made per order (a replayed idempotent create makes none) and
-                                requests received per operation
+    GET  /_control/stats        {"invoices": {order_id: n}, "calls": {operation: n},
+                                "refunds": {key: n}}: invoices made per order (a replayed
+                                idempotent create makes none), requests received per
+                                operation, and refunds made per idempotency key (per payment
+                                where the payment system takes no key)
     GET  /_control/             this list
 
 The control API is unauthenticated: a fake binds to a loopback address only. The body of pay
@@ -39,9 +44,10 @@ from starlette.routing import BaseRoute, Route
 CONTROL_ROUTES = {
     "POST /_control/pay": "the buyer pays: body {order_id, number, psp_id, pay_url}",
     "POST /_control/decline": "the payment is declined: same body",
-    "POST /_control/faults": "{accept_then_timeout: N}: the next N creates hang after recording",
+    "POST /_control/faults": "{accept_then_timeout: N}: the next N creates hang after recording; "
+    "{refund_accept_then_timeout: N}: the same for refunds; {refuse_refunds: N}: refuse the next N",
     "POST /_control/notifications": "{enabled: bool}: push notifications on or off",
-    "GET /_control/stats": "invoices made per order and requests per operation",
+    "GET /_control/stats": "invoices made per order, requests per operation, refunds per key",
 }
 
 
@@ -82,6 +88,10 @@ class FakeState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     holds: list[asyncio.Event] = field(default_factory=list)
     hold_seconds: float = 60.0
+    # Refunds (issue #14): faults, and refunds made per idempotency key (or per payment).
+    refund_accept_then_timeout: int = 0
+    refuse_refunds: int = 0
+    refunds: Counter[str] = field(default_factory=Counter)
 
     def count(self, operation: str) -> None:
         """A request for ``operation`` arrived (counted whatever its answer)."""
@@ -98,6 +108,27 @@ class FakeState:
         with self.lock:
             if self.accept_then_timeout > 0:
                 self.accept_then_timeout -= 1
+                return True
+            return False
+
+    def refund_made(self, key: str) -> None:
+        """A refund was made under ``key`` (our idempotency key, or the payment's id)."""
+        with self.lock:
+            self.refunds[key] += 1
+
+    def take_refund_timeout_fault(self) -> bool:
+        """True once for each of the next ``refund_accept_then_timeout`` refunds."""
+        with self.lock:
+            if self.refund_accept_then_timeout > 0:
+                self.refund_accept_then_timeout -= 1
+                return True
+            return False
+
+    def take_refusal_fault(self) -> bool:
+        """True once for each of the next ``refuse_refunds`` refunds."""
+        with self.lock:
+            if self.refuse_refunds > 0:
+                self.refuse_refunds -= 1
                 return True
             return False
 
@@ -118,7 +149,11 @@ class FakeState:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"invoices": dict(self.invoices), "calls": dict(self.calls)}
+            return {
+                "invoices": dict(self.invoices),
+                "calls": dict(self.calls),
+                "refunds": dict(self.refunds),
+            }
 
 
 async def _json(request: Request) -> Any:
@@ -156,9 +191,18 @@ def control_routes(
         body = await _json(request)
         if not isinstance(body, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, 400)
+        known = ("accept_then_timeout", "refund_accept_then_timeout", "refuse_refunds")
         with state.lock:
-            state.accept_then_timeout = int(body.get("accept_then_timeout", 0))
-        return JSONResponse({"accept_then_timeout": state.accept_then_timeout})
+            # Each fault named is set; the others keep their count ({} clears the create one).
+            for name in known if any(k in body for k in known) else known[:1]:
+                setattr(state, name, int(body.get(name, 0)))
+            return JSONResponse(
+                {
+                    "accept_then_timeout": state.accept_then_timeout,
+                    "refund_accept_then_timeout": state.refund_accept_then_timeout,
+                    "refuse_refunds": state.refuse_refunds,
+                }
+            )
 
     async def notifications(request: Request) -> Response:
         body = await _json(request)
@@ -218,6 +262,12 @@ class FakeControl:
 
     def accept_then_timeout(self, count: int = 1) -> None:
         self.client.post("/_control/faults", json={"accept_then_timeout": count}).raise_for_status()
+
+    def refund_faults(self, accept_then_timeout: int = 0, refuse: int = 0) -> None:
+        """The next refunds: ``accept_then_timeout`` made then never answered; ``refuse``
+        refused (checked first)."""
+        body = {"refund_accept_then_timeout": accept_then_timeout, "refuse_refunds": refuse}
+        self.client.post("/_control/faults", json=body).raise_for_status()
 
     def notifications(self, enabled: bool) -> None:
         self.client.post("/_control/notifications", json={"enabled": enabled}).raise_for_status()

@@ -5,6 +5,8 @@ Serves what paydispatch's ``stripe`` adapter calls, as https://docs.stripe.com/a
     POST /v1/checkout/sessions               create (form-encoded, nested keys; Idempotency-Key)
     GET  /v1/checkout/sessions/{id}          retrieve (``expand[]=payment_intent[.latest_charge]``)
     POST /v1/checkout/sessions/{id}/expire   expire an open session
+    POST /v1/refunds                         refund (part of) a paid session's PaymentIntent
+    GET  /v1/refunds/{id}                    retrieve a refund
     GET  /c/pay/{id}                         the hosted page, with Pay and Decline buttons
 
 and the control API of :mod:`adapters.fakes.common`. It checks the secret key (401 otherwise),
@@ -19,6 +21,13 @@ when declined (a delayed method that failed), ``.expired`` on expiry.
 
 Control ``pay`` completes the session as paid even when it had expired (a late payment racing
 the expiry); ``decline`` fails an open session's payment.
+
+Refunds (https://docs.stripe.com/api/refunds): a refund names the PaymentIntent of a paid
+session, never more than is left of the charge (``amount_refunded`` counts pending refunds too),
+and is ``pending`` until it is first retrieved, then ``succeeded`` (``refund.updated`` and
+``charge.refunded`` events). The Idempotency-Key makes a replay answer the first refund; the
+control stats count refunds made per key; the faults ``refund_accept_then_timeout`` and
+``refuse_refunds`` of :mod:`adapters.fakes.common` hang or refuse the next refunds.
 """
 
 from __future__ import annotations
@@ -142,6 +151,7 @@ class Session:
 
 def _intent(session: Session, status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
     charge = None
+    intent_id = f"pi_{secrets.token_hex(12)}"
     if status == "succeeded":
         charge = {
             "id": f"ch_{secrets.token_hex(12)}",
@@ -149,12 +159,15 @@ def _intent(session: Session, status: str, error: dict[str, Any] | None = None) 
             "amount": session.amount,
             "amount_refunded": 0,
             "currency": session.currency,
+            "disputed": False,
+            "metadata": {},
             "paid": True,
+            "payment_intent": intent_id,
             "refunded": False,
             "status": "succeeded",
         }
     return {
-        "id": f"pi_{secrets.token_hex(12)}",
+        "id": intent_id,
         "object": "payment_intent",
         "amount": session.amount,
         "amount_received": session.amount if status == "succeeded" else 0,
@@ -165,19 +178,47 @@ def _intent(session: Session, status: str, error: dict[str, Any] | None = None) 
     }
 
 
+@dataclass
+class Refund:
+    """A refund of a session's charge."""
+
+    id: str
+    session: Session
+    amount: int
+    metadata: dict[str, str]
+    created: int
+    status: str = "pending"
+
+    def to_json(self) -> dict[str, Any]:
+        intent = self.session.intent or {}
+        charge = intent.get("latest_charge") or {}
+        return {
+            "id": self.id,
+            "object": "refund",
+            "amount": self.amount,
+            "charge": charge.get("id"),
+            "created": self.created,
+            "currency": self.session.currency,
+            "metadata": self.metadata,
+            "payment_intent": intent.get("id"),
+            "reason": None,
+            "status": self.status,
+        }
+
+
 def signed_headers(body: bytes, secret: str, at: int | None = None) -> dict[str, str]:
     t = int(time.time()) if at is None else at
     signature = adapter_module.sign(secret, t, body)
     return {"Stripe-Signature": f"t={t},v1={signature}", "Content-Type": "application/json"}
 
 
-def event_body(kind: str, session: dict[str, Any]) -> bytes:
+def event_body(kind: str, item: dict[str, Any]) -> bytes:
     event = {
         "id": f"evt_{secrets.token_hex(12)}",
         "object": "event",
         "api_version": adapter_module.DEFAULT_API_VERSION,
         "created": int(time.time()),
-        "data": {"object": session},
+        "data": {"object": item},
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
@@ -193,6 +234,7 @@ class StripeFake:
     notify_url: str | None
     state: FakeState = field(default_factory=FakeState)
     sessions: dict[str, Session] = field(default_factory=dict)
+    refunds: dict[str, Refund] = field(default_factory=dict)
     keys: dict[str, tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     sending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -333,6 +375,86 @@ class StripeFake:
 
         return await self._api(request, "cancel", handle)
 
+    async def refund(self, request: Request) -> Response:
+        async def handle(
+            request: Request, form: dict[str, str], key: str | None, fingerprint: str
+        ) -> tuple[int, dict[str, Any]]:
+            if self.state.take_refusal_fault():
+                raise StripeError(
+                    400, "invalid_request_error", "This refund was refused (a fault of the fake).",
+                    "charge_disputed",
+                )  # fmt: skip
+            session = self._paid_session(form.get("payment_intent") or "")
+            metadata = {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}
+            with self.lock:
+                assert session.intent is not None
+                charge = session.intent["latest_charge"]
+                left = charge["amount"] - charge["amount_refunded"]
+                amount = _integer(form, "amount") if "amount" in form else left
+                if amount > left:
+                    raise StripeError(
+                        400, "invalid_request_error",
+                        f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                        f"({left})", "", "amount",
+                    )  # fmt: skip
+                charge["amount_refunded"] += amount
+                charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+                refund = Refund(
+                    id=f"re_{secrets.token_hex(12)}",
+                    session=session,
+                    amount=amount,
+                    metadata=metadata,
+                    created=int(time.time()),
+                )
+                self.refunds[refund.id] = refund
+                body = refund.to_json()
+                if key:
+                    self.keys[key] = (fingerprint, 200, body)
+            self.state.refund_made(key or refund.id)
+            self._send_item("refund.created", refund.to_json)
+            if self.state.take_refund_timeout_fault():
+                await self.state.hang()  # made and stored: only the answer is lost
+            return 200, body
+
+        return await self._api(request, "refund", handle)
+
+    async def retrieve_refund(self, request: Request) -> Response:
+        async def handle(
+            request: Request, form: dict[str, str], key: str | None, fingerprint: str
+        ) -> tuple[int, dict[str, Any]]:
+            refund_id = request.path_params["refund_id"]
+            with self.lock:
+                refund = self.refunds.get(refund_id)
+                if refund is None:
+                    raise StripeError(
+                        404, "invalid_request_error", f"No such refund: '{refund_id}'",
+                        "resource_missing", "id",
+                    )  # fmt: skip
+                # The bank takes a moment: the first read finds the refund done.
+                done = refund.status == "pending"
+                refund.status = "succeeded"
+                body = refund.to_json()
+            if done:
+                self._send_item("refund.updated", refund.to_json)
+                intent = refund.session.intent or {}
+                self._send_item("charge.refunded", lambda: dict(intent.get("latest_charge") or {}))
+            return 200, body
+
+        return await self._api(request, "refund_status", handle)
+
+    def _paid_session(self, intent_id: str) -> Session:
+        with self.lock:
+            for session in self.sessions.values():
+                if session.intent is not None and session.intent["id"] == intent_id:
+                    if session.payment_status != "paid":
+                        break
+                    return session
+        raise StripeError(
+            400, "invalid_request_error",
+            f"No such payment_intent with a succeeded charge: '{intent_id}'",
+            "resource_missing", "payment_intent",
+        )  # fmt: skip
+
     def _session(self, session_id: str) -> Session:
         with self.lock:
             found = self.sessions.get(session_id)
@@ -416,10 +538,14 @@ class StripeFake:
     # -- events ----------------------------------------------------------------------------
 
     def _send(self, kind: str, session: Session) -> None:
+        self._send_item(kind, session.to_json)
+
+    def _send_item(self, kind: str, item: Any) -> None:
+        """Send the event ``kind`` about ``item()`` (read under the lock)."""
         if not self.state.notifications or not self.notify_url:
             return
         with self.lock:
-            body = event_body(kind, session.to_json())
+            body = event_body(kind, item())
         task = asyncio.get_running_loop().create_task(self._deliver(body))
         self.sending.add(task)
         task.add_done_callback(self.sending.discard)
@@ -458,6 +584,8 @@ def create_app(notify_url: str | None = None) -> Starlette:
         Route("/v1/checkout/sessions", fake.create, methods=["POST"]),
         Route("/v1/checkout/sessions/{session_id}", fake.retrieve, methods=["GET"]),
         Route("/v1/checkout/sessions/{session_id}/expire", fake.expire, methods=["POST"]),
+        Route("/v1/refunds", fake.refund, methods=["POST"]),
+        Route("/v1/refunds/{refund_id}", fake.retrieve_refund, methods=["GET"]),
         Route("/c/pay/{session_id}", fake.page, methods=["GET"]),
         Route("/c/pay/{session_id}/{action:str}", fake.page, methods=["POST"]),
         *control_routes(fake.state, fake.pay, fake.decline),

@@ -26,6 +26,8 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundRequest,
+    RefundState,
     StatusReport,
 )
 from adapters.fakes import stripe as fake
@@ -254,3 +256,126 @@ def test_buyer_pays_on_the_hosted_page_and_returns_to_the_success_url(harness: H
     paid = harness.client.post(f"{invoice.pay_url}/pay")
     assert (paid.status_code, paid.headers["location"]) == (303, order.return_url)
     assert harness.status(replace(order, psp_id=invoice.psp_id)).state is CanonicalState.PAID
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+
+def _paid(harness: Harness, amount: int = 12_345) -> tuple[Order, StatusReport]:
+    """An order paid at the fake, with the status read a refund starts from."""
+    order = new_order(money=Money(amount, "USD"))
+    invoice = harness.create(order)
+    harness.control.pay(PaymentRef(psp_id=invoice.psp_id))
+    paid = replace(order, psp_id=invoice.psp_id)
+    return paid, harness.status(paid)
+
+
+def _refund(order: Order, report: StatusReport, amount: int) -> RefundRequest:
+    return RefundRequest(
+        id=uuid.uuid4(),
+        order=order,
+        money=Money(amount, "USD"),
+        reason="Returned by the buyer",
+        psp_payment_id=report.psp_payment_id,
+    )
+
+
+def test_partial_refunds_are_pending_then_succeeded_and_show_on_the_payment(
+    harness: Harness,
+) -> None:
+    order, paid = _paid(harness)
+    assert paid.refunded == Money(0, "USD")
+    first = _refund(order, paid, 2_345)
+    made = ADAPTER.parse_refund(
+        first, harness.send(ADAPTER.build_refund(first, harness.settings())), harness.settings()
+    )
+    assert (made.state, made.money) == (RefundState.PENDING, Money(2_345, "USD"))
+    known = replace(first, psp_refund_id=made.psp_refund_id)
+    read = ADAPTER.parse_refund_status(
+        known,
+        harness.send(ADAPTER.build_refund_status(known, harness.settings())),
+        harness.settings(),
+    )
+    assert read.state is RefundState.SUCCEEDED
+    second = _refund(order, paid, 10_000)
+    ADAPTER.parse_refund(
+        second, harness.send(ADAPTER.build_refund(second, harness.settings())), harness.settings()
+    )
+    after = harness.status(order)
+    assert (after.state, after.refunded) == (CanonicalState.REFUNDED, Money(12_345, "USD"))
+    assert harness.control.stats()["refunds"] == {
+        f"pd-refund-{first.id}": 1,
+        f"pd-refund-{second.id}": 1,
+    }
+
+
+def test_refund_above_what_is_left_is_refused_and_refunds_nothing(harness: Harness) -> None:
+    order, paid = _paid(harness, 1_000)
+    too_much = _refund(order, paid, 1_001)
+    response = harness.send(ADAPTER.build_refund(too_much, harness.settings()))
+    with pytest.raises(PspRejected, match="greater than unrefunded"):
+        ADAPTER.parse_refund(too_much, response, harness.settings())
+    assert harness.control.stats()["refunds"] == {}
+    assert harness.status(order).refunded == Money(0, "USD")
+
+
+def test_refund_that_timed_out_after_being_made_is_answered_by_the_retry_not_made_twice(
+    harness: Harness,
+) -> None:
+    order, paid = _paid(harness)
+    harness.control.refund_faults(accept_then_timeout=1)
+    refund = _refund(order, paid, 5_000)
+    request = ADAPTER.build_refund(refund, harness.settings())
+    with pytest.raises(httpx.ReadTimeout):
+        harness.send(request, timeout=0.5)
+    again = ADAPTER.parse_refund(refund, harness.send(request), harness.settings())  # same key
+    assert again.money == Money(5_000, "USD")
+    assert harness.control.stats()["refunds"] == {f"pd-refund-{refund.id}": 1}
+    assert harness.status(order).refunded == Money(5_000, "USD")
+
+
+def test_refused_refund_fault_is_a_rejection(harness: Harness) -> None:
+    order, paid = _paid(harness)
+    harness.control.refund_faults(refuse=1)
+    refund = _refund(order, paid, 100)
+    with pytest.raises(PspRejected):
+        ADAPTER.parse_refund(
+            refund,
+            harness.send(ADAPTER.build_refund(refund, harness.settings())),
+            harness.settings(),
+        )
+    assert harness.control.stats()["refunds"] == {}
+
+
+def test_refund_events_verify_and_name_the_order_and_refund(harness: Harness) -> None:
+    order, paid = _paid(harness)
+    refund = _refund(order, paid, 345)
+    made = ADAPTER.parse_refund(
+        refund, harness.send(ADAPTER.build_refund(refund, harness.settings())), harness.settings()
+    )
+    known = replace(refund, psp_refund_id=made.psp_refund_id)
+    harness.send(ADAPTER.build_refund_status(known, harness.settings()))
+    wait_until(lambda: len(harness.received) == 4, timeout=10, what="four events")
+    assert sorted(harness.events()) == [
+        "charge.refunded",
+        "checkout.session.completed",
+        "refund.created",
+        "refund.updated",
+    ]
+    results = [
+        ADAPTER.parse_notification(
+            Notification(
+                headers={k.lower(): v for k, v in headers.items()},
+                body=body,
+                received_at=datetime.now(UTC),
+            ),
+            harness.settings(),
+        )
+        for headers, body in harness.received
+    ]
+    updated = [r for r in results if r.refund is not None and r.refund.raw_status == "succeeded"]
+    assert [r.ref.order_id for r in updated] == [str(order.id)]
+    assert updated[0].refund is not None
+    assert updated[0].refund.psp_refund_id == made.psp_refund_id
+    charge = [r for r in results if r.report is not None and r.report.refunded is not None]
+    assert [r.report.refunded for r in charge if r.report] == [Money(345, "USD")]

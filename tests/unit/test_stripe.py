@@ -22,19 +22,25 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundRequest,
+    RefundState,
     Reply,
+    pairs,
 )
 from adapters.registry import resolve_settings
 from adapters.testing import (
+    SAMPLE_REFUND_ID,
     AdapterConformance,
     FixtureSet,
     NotificationFixtures,
+    RefundFixtures,
     SignatureVector,
     load_response,
     sample_order,
 )
 from orders.errors import InvalidInput, OutcomeUnknown, PermanentError, TransientError
 from orders.money import Money
+from orders.status import OrderStatus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stripe"
 SIGNATURES = json.loads((FIXTURES / "signatures.json").read_text())
@@ -46,6 +52,8 @@ RECEIVED = datetime.fromtimestamp(SIGNATURES["received_at"], UTC)
 ADAPTER = stripe.adapter
 ORDER = sample_order(adapter="stripe", money=Money(2000, "USD"))
 INVOICED = replace(ORDER, psp_id=SESSION_ID)
+INTENT_ID = "pi_3QrQ8nLkdIwHu7ix0Wq1Ab2C"
+REFUND_ID = "re_3QrQ8nLkdIwHu7ix0Rf4Gh5J"
 
 
 def fixture(name: str, status_code: int = 200, **headers: str) -> PspResponse:
@@ -128,6 +136,20 @@ class TestStripeConformance(AdapterConformance):
         },
         cancelled=fixture("status_expired"),
         cancelled_state=CanonicalState.EXPIRED,
+        refunds=RefundFixtures(
+            states={
+                RefundState.PENDING: fixture("refund_pending"),
+                RefundState.SUCCEEDED: fixture("refund_succeeded"),
+                RefundState.FAILED: fixture("refund_failed"),
+            },
+            rejected=fixture("error_refund_already_refunded", 400),
+            psp_refund_id=REFUND_ID,
+            money=Money(500, "USD"),
+            malformed={
+                "unknown-status": fixture("refund_unknown_status"),
+                "another-refund": fixture("refund_other_refund"),
+            },
+        ),
         notifications=NotificationFixtures(
             valid=event("event_checkout_session_completed"),
             tampered=replace(
@@ -598,3 +620,188 @@ def test_webhook_secrets_setting_must_name_a_secret() -> None:
         ADAPTER.parse_notification(
             event("event_checkout_session_completed"), settings(webhook_secrets=" , ")
         )
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+PAID = replace(INVOICED, status=OrderStatus.PAID)
+
+
+def refund_request(**changes: Any) -> RefundRequest:
+    request = RefundRequest(
+        id=SAMPLE_REFUND_ID,
+        order=PAID,
+        money=Money(500, "USD"),
+        reason="Returned by the buyer",
+        psp_payment_id=INTENT_ID,
+    )
+    return replace(request, **changes)
+
+
+def test_paid_status_names_the_payment_intent_a_refund_needs_and_nothing_refunded() -> None:
+    report = status("status_complete_paid")
+    assert report.psp_payment_id == INTENT_ID
+    assert report.refunded == Money(0, "USD")
+    assert report.chargeback is False
+
+
+def test_partly_refunded_status_shows_the_amount_refunded_so_far() -> None:
+    report = status("status_partly_refunded")
+    assert (report.state, report.refunded) == (CanonicalState.PAID, Money(500, "USD"))
+
+
+def test_fully_refunded_status_shows_the_whole_amount_refunded() -> None:
+    report = status("status_refunded")
+    assert report.state is CanonicalState.REFUNDED
+    assert report.refunded == report.money
+
+
+def test_disputed_charge_reports_a_chargeback() -> None:
+    report = status("status_complete_paid_disputed")
+    assert (report.state, report.chargeback) == (CanonicalState.PAID, True)
+
+
+def test_refund_request_follows_the_api_reference() -> None:
+    request = ADAPTER.build_refund(refund_request(), settings())
+    assert (request.method, request.url) == ("POST", "https://api.stripe.com/v1/refunds")
+    assert request.operation == "refund"
+    assert request.headers["Idempotency-Key"] == f"pd-refund-{SAMPLE_REFUND_ID}"
+    assert form_of_pairs(request) == {
+        "payment_intent": INTENT_ID,
+        "amount": "500",
+        "metadata[refund_id]": str(SAMPLE_REFUND_ID),
+        "metadata[order_id]": str(ORDER.id),
+        "metadata[reason]": "Returned by the buyer",
+    }
+
+
+def test_refund_sends_stripes_minor_units() -> None:
+    request = ADAPTER.build_refund(
+        refund_request(money=Money(3, "ISK"), order=replace(PAID, money=Money(5, "ISK"))),
+        settings(),
+    )
+    assert form_of_pairs(request)["amount"] == "300"
+
+
+@pytest.mark.parametrize("payment", [None, "", SESSION_ID])
+def test_refund_without_the_payment_intent_is_refused_before_any_call(payment: Any) -> None:
+    with pytest.raises(InvalidInput, match="psp_payment_id"):
+        ADAPTER.build_refund(refund_request(psp_payment_id=payment), settings())
+
+
+def test_refund_status_reads_the_refund_by_stripes_id() -> None:
+    request = ADAPTER.build_refund_status(refund_request(psp_refund_id=REFUND_ID), settings())
+    assert (request.method, request.url) == (
+        "GET",
+        f"https://api.stripe.com/v1/refunds/{REFUND_ID}",
+    )
+    with pytest.raises(InvalidInput, match="psp_refund_id"):
+        ADAPTER.build_refund_status(refund_request(), settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "state"),
+    [
+        ("refund_pending", RefundState.PENDING),
+        ("refund_succeeded", RefundState.SUCCEEDED),
+        ("refund_failed", RefundState.FAILED),
+        ("refund_canceled", RefundState.FAILED),
+    ],
+)
+def test_refund_answer_reads_as_its_state(name: str, state: RefundState) -> None:
+    report = ADAPTER.parse_refund(refund_request(), fixture(name), settings())
+    assert (report.state, report.psp_refund_id, report.money) == (
+        state,
+        REFUND_ID,
+        Money(500, "USD"),
+    )
+
+
+def test_failed_refund_says_why() -> None:
+    report = ADAPTER.parse_refund_status(
+        refund_request(psp_refund_id=REFUND_ID), fixture("refund_failed"), settings()
+    )
+    assert report.reason == "expired_or_canceled_card"
+
+
+def test_refund_refused_by_stripe_is_a_permanent_rejection() -> None:
+    with pytest.raises(PspRejected, match="charge_already_refunded"):
+        ADAPTER.parse_refund(
+            refund_request(), fixture("error_refund_already_refunded", 400), settings()
+        )
+
+
+def test_idempotency_error_on_a_refund_is_an_unknown_outcome() -> None:
+    with pytest.raises(OutcomeUnknown, match="a refund may exist"):
+        ADAPTER.parse_refund(refund_request(), fixture("error_idempotency", 400), settings())
+
+
+def test_refused_refund_status_read_is_transient() -> None:
+    with pytest.raises(TransientError):
+        ADAPTER.parse_refund_status(
+            refund_request(psp_refund_id=REFUND_ID),
+            fixture("error_resource_missing", 404),
+            settings(),
+        )
+
+
+def test_answer_about_another_refund_is_malformed() -> None:
+    with pytest.raises(MalformedResponse, match="another refund"):
+        ADAPTER.parse_refund(refund_request(), fixture("refund_other_refund"), settings())
+    with pytest.raises(MalformedResponse, match="not re_other"):
+        ADAPTER.parse_refund_status(
+            refund_request(psp_refund_id="re_other"), fixture("refund_succeeded"), settings()
+        )
+
+
+def _event_at(name: str) -> Notification:
+    known = vector(f"{name}.json")
+    at = datetime.fromtimestamp(known["t"] + 4, UTC)
+    return event(name, received=at)
+
+
+def test_refund_event_carries_the_refund_and_names_our_order() -> None:
+    result = ADAPTER.parse_notification(_event_at("event_refund_updated"), settings())
+    assert result.verified
+    assert result.report is None
+    assert result.ref == OrderRef(order_id=str(ORDER.id))
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.psp_refund_id, result.refund.money) == (
+        RefundState.SUCCEEDED,
+        REFUND_ID,
+        Money(500, "USD"),
+    )
+
+
+def test_charge_refunded_event_reports_the_amount_refunded_and_the_payment_intent() -> None:
+    result = ADAPTER.parse_notification(_event_at("event_charge_refunded"), settings())
+    assert result.verified
+    assert result.refund is None
+    assert result.ref == OrderRef()  # the charge carries no metadata of ours
+    assert result.report is not None
+    assert result.report.state is CanonicalState.PAID
+    assert (result.report.refunded, result.report.psp_payment_id) == (
+        Money(500, "USD"),
+        INTENT_ID,
+    )
+
+
+def test_dispute_event_reports_a_chargeback() -> None:
+    result = ADAPTER.parse_notification(_event_at("event_charge_dispute_created"), settings())
+    assert result.verified
+    assert result.report is not None
+    assert result.report.chargeback is True
+    assert result.report.psp_payment_id == INTENT_ID
+    assert "fraudulent" in result.report.reason
+
+
+def test_refund_event_with_a_forged_signature_names_nothing() -> None:
+    body = (FIXTURES / "event_refund_updated.json").read_bytes()
+    result = ADAPTER.parse_notification(
+        signed(body, secret="whsec_forged_not_ours_0000"), settings()
+    )
+    assert (result.verified, result.ref, result.refund) == (False, OrderRef(), None)
+
+
+def form_of_pairs(request: PspRequest) -> dict[str, str]:
+    return dict(pairs(request.form))
