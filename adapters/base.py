@@ -335,6 +335,9 @@ class NotificationResult:
     reply: Reply = field(default_factory=Reply)
     # A notification about a refund: ``ref`` names the order (the payment), this the refund.
     refund: RefundReport | None = None
+    # A notification about a payout: ``ref`` names no order, this the payout. Like ``report``,
+    # both are hints unless ``verified``.
+    payout: PayoutReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

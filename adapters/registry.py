@@ -67,7 +67,9 @@ def resolve_settings(
         value = read_secret(environ, var, error=InvalidSettings)
         if value is None:
             value = str(configured[spec.key]) if spec.key in configured else spec.default
-        if value is None or value == "":
+        # An empty default makes a setting optional (YooKassa's payout gateway, Robokassa's
+        # Password #3): empty means "not configured", and the operation needing it says so.
+        if value is None or (value == "" and spec.default != ""):
             raise InvalidSettings(
                 f"adapter {adapter.name!r} needs setting {spec.key}: set {var} "
                 f"(or {var}_FILE, or {spec.key.lower()} in [adapters.{adapter.name}])"

@@ -1,4 +1,5 @@
-"""YooKassa (API v3): redirect payments, status polls, capture, cancel and unsigned notifications.
+"""YooKassa (API v3): redirect payments, status polls, capture, cancel, refunds, payouts and
+unsigned notifications.
 
 Built from the public API reference (https://yookassa.ru/developers/api) and the official Python
 SDK (github.com/yoomoney/yookassa-sdk-python). Requests use HTTP Basic auth (shop id, secret key)
@@ -9,6 +10,10 @@ YooKassa does not sign its notifications, so every notification is a hint the di
 confirms with a status request. With ``NOTIFY_IP_CHECK`` on (the default), a notification from
 outside YooKassa's published sender networks is answered 403 and names no order, so a forger
 cannot even trigger a poll.
+
+Refunds (``POST /v3/refunds``) use the shop's credentials; payouts (``POST /v3/payouts``) go
+through a separate payout gateway with its own agentId and secret key (``PAYOUT_AGENT_ID``,
+``PAYOUT_SECRET_KEY``, optional: without them the adapter refuses payouts by name).
 """
 
 from __future__ import annotations
@@ -33,10 +38,16 @@ from adapters.base import (
     NotificationResult,
     OrderRef,
     PaymentPage,
+    PayoutReport,
+    PayoutRequest,
+    PayoutState,
     PollPolicy,
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
     SettingSpec,
     StatusReport,
@@ -192,6 +203,14 @@ class YooKassa(Adapter):
         default_expiry=timedelta(hours=1),
         poll=PollPolicy(first=timedelta(seconds=10), factor=2.0, cap=timedelta(minutes=5)),
         list_payments=True,  # GET /v3/payments (reconciliation, issue #16)
+        # POST /v3/refunds with Idempotence-Key; several partial refunds of one payment. A
+        # refund is read back by YooKassa's id only (refund_lookup False): an unsure send is
+        # re-sent with the same key, which answers the refund it made.
+        refunds=True,
+        partial_refunds=True,
+        idempotent_refund=True,
+        payouts=True,  # POST /v3/payouts through the payout gateway (PAYOUT_AGENT_ID)
+        idempotent_payout=True,
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="YooKassa API base URL"),
@@ -208,6 +227,17 @@ class YooKassa(Adapter):
             default="auto",
             help="auto: YooKassa takes the money at once; manual: two-stage payments, the "
             "dispatcher captures after checking the amount (card-like methods only)",
+        ),
+        SettingSpec(
+            "PAYOUT_AGENT_ID",
+            default="",
+            help="agentId of the payout gateway (payouts only; empty: no payouts)",
+        ),
+        SettingSpec(
+            "PAYOUT_SECRET_KEY",
+            secret=True,
+            default="",
+            help="secret key of the payout gateway (payouts only)",
         ),
     )
 
@@ -338,12 +368,18 @@ class YooKassa(Adapter):
         if not isinstance(obj, Mapping):
             response.malformed("notification without an object")
         event = body["event"]
+        refund: RefundReport | None = None
         if event.startswith("payment."):
             payment_id = obj.get("id")
         elif event.startswith("refund."):
+            # The refund object: its payment_id names the order, the rest the refund.
             payment_id = obj.get("payment_id")
+            refund = _refund_report(_checked_object(obj, response, "refund"), response)
+        elif event.startswith("payout."):
+            payout = _payout_report(_checked_object(obj, response, "payout"), response)
+            return NotificationResult(ref=OrderRef(), verified=False, payout=payout)
         else:
-            # Payouts, deals: nothing of ours. Acknowledge so YooKassa stops re-sending.
+            # Deals and the like: nothing of ours. Acknowledge so YooKassa stops re-sending.
             return NotificationResult(ref=OrderRef(), verified=False)
         if not isinstance(payment_id, str) or not payment_id:
             response.malformed(f"{event} notification names no payment")
@@ -351,7 +387,8 @@ class YooKassa(Adapter):
         order_id = metadata.get(META_ORDER_ID) if isinstance(metadata, Mapping) else None
         ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None, psp_id=payment_id)
         # Unsigned, so no report: the dispatcher polls the order and trusts only that answer.
-        return NotificationResult(ref=ref, verified=False)
+        # The refund report is a hint in the same way: it says which refund to read.
+        return NotificationResult(ref=ref, verified=False, refund=refund)
 
     # -- Reconciliation (issue #16): the payment list -----------------------------------------
     # https://yookassa.ru/developers/api#get_payments_list and
@@ -398,6 +435,196 @@ class YooKassa(Adapter):
             payments.append(ListedPayment(_report(payment, response), ref))
         return PaymentPage(tuple(payments), cursor)
 
+    # -- Refunds (issue #14): https://yookassa.ru/developers/api#create_refund, #get_refund ----
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        payment_id = refund.psp_payment_id or refund.order.psp_id
+        if not payment_id:
+            raise InvalidInput("psp_id", f"order {refund.order.id} has no YooKassa payment")
+        description = refund.reason.strip() or f"Refund of order {refund.order.number}"
+        return PspRequest(
+            method="POST",
+            url=f"{settings.api_url}/refunds",
+            operation="refund",
+            headers=self._headers(settings, refund_key(refund)),
+            json={
+                "payment_id": payment_id,
+                "amount": format_amount(refund.money),
+                "description": description[:REFUND_DESCRIPTION_LIMIT],
+            },
+        )
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        """The refund object; an ``invalid_request`` (amount exceeds what is left, a payment
+        that cannot be refunded) is a definite refusal: the money did not move."""
+        obj = _object(response, "refund", create=True)
+        _same_payment(obj, refund, response)
+        return _refund_report(obj, response)
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        if not refund.psp_refund_id:
+            # refund_lookup is False: the dispatcher re-sends with the same key instead.
+            raise InvalidInput("psp_refund_id", f"refund {refund.id} has no YooKassa id yet")
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}/refunds/{refund.psp_refund_id}",
+            operation="refund_status",
+            headers=self._headers(settings, None),
+        )
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        obj = _object(response, "refund", create=False)
+        if refund.psp_refund_id is not None and obj["id"] != refund.psp_refund_id:
+            response.malformed(f"answer is about refund {obj['id']}, not {refund.psp_refund_id}")
+        _same_payment(obj, refund, response)
+        return _refund_report(obj, response)
+
+    # -- Payouts (issue #14): https://yookassa.ru/developers/api#create_payout, #get_payout ----
+
+    def _payout_headers(
+        self, settings: AdapterSettings, idempotence_key: str | None
+    ) -> dict[str, str]:
+        agent, key = settings.get("PAYOUT_AGENT_ID"), settings.get("PAYOUT_SECRET_KEY")
+        if not agent or not key:
+            raise InvalidSettings(
+                "YooKassa payouts need the payout gateway's credentials: set "
+                "PAYDISPATCH_YOOKASSA_PAYOUT_AGENT_ID and PAYDISPATCH_YOOKASSA_PAYOUT_SECRET_KEY"
+            )
+        pair = f"{agent}:{key}".encode()
+        headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        if idempotence_key is not None:
+            headers["Idempotence-Key"] = idempotence_key
+        return headers
+
+    def build_payout(self, payout: PayoutRequest, settings: AdapterSettings) -> PspRequest:
+        body: dict[str, Any] = {"amount": format_amount(payout.money)}
+        destination = dict(payout.destination)
+        if "payout_token" in destination:
+            # A card saved by YooKassa's payout widget; nothing else may go with it.
+            if len(destination) != 1:
+                raise InvalidInput("destination", "payout_token goes alone")
+            body["payout_token"] = destination["payout_token"]
+        elif destination.get("type"):
+            # payout_destination_data: {"type": "yoo_money", "account_number": ...},
+            # {"type": "bank_card", "card": ...} is not a flat mapping and goes by token.
+            body["payout_destination_data"] = destination
+        else:
+            raise InvalidInput(
+                "destination", "YooKassa pays out to a payout_token or a typed destination"
+            )
+        description = payout.description.strip() or f"Payout {payout.id}"
+        body["description"] = description[:DESCRIPTION_LIMIT]
+        body["metadata"] = {META_PAYOUT_ID: str(payout.id)}
+        return PspRequest(
+            method="POST",
+            url=f"{settings.api_url}/payouts",
+            operation="payout",
+            headers=self._payout_headers(settings, payout_key(payout)),
+            json=body,
+        )
+
+    def parse_payout(
+        self, payout: PayoutRequest, response: PspResponse, settings: AdapterSettings
+    ) -> PayoutReport:
+        return _payout_report(_object(response, "payout", create=True), response)
+
+    def build_payout_status(self, payout: PayoutRequest, settings: AdapterSettings) -> PspRequest:
+        if not payout.psp_payout_id:
+            raise InvalidInput("psp_payout_id", f"payout {payout.id} has no YooKassa id yet")
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}/payouts/{payout.psp_payout_id}",
+            operation="payout_status",
+            headers=self._payout_headers(settings, None),
+        )
+
+    def parse_payout_status(
+        self, payout: PayoutRequest, response: PspResponse, settings: AdapterSettings
+    ) -> PayoutReport:
+        obj = _object(response, "payout", create=False)
+        if payout.psp_payout_id is not None and obj["id"] != payout.psp_payout_id:
+            response.malformed(f"answer is about payout {obj['id']}, not {payout.psp_payout_id}")
+        return _payout_report(obj, response)
+
+
+# A refund's description is limited to 250 characters (the refund object's reference).
+REFUND_DESCRIPTION_LIMIT = 250
+# Our payout id in the payout's metadata, for the merchant profile and notifications.
+META_PAYOUT_ID = "paydispatch_payout_id"
+# Refund and payout objects: pending, then succeeded or canceled (with cancellation_details).
+_MONEY_OUT_STATUSES = {"pending": "pending", "succeeded": "succeeded", "canceled": "failed"}
+
+
+def refund_key(refund: RefundRequest) -> str:
+    """The Idempotence-Key of a refund: ours, so a re-send makes no second refund (64 chars
+    at most)."""
+    return f"pd-refund-{refund.id}"
+
+
+def payout_key(payout: PayoutRequest) -> str:
+    return f"pd-payout-{payout.id}"
+
+
+def _object(response: PspResponse, kind: str, *, create: bool) -> Mapping[str, Any]:
+    """A refund or payout object of a 200 answer; errors translated as for payments."""
+    body = response.json_object()
+    if body.get("type") == "error":
+        _raise_error(response, body, create=create)
+    if response.status_code != 200:
+        response.malformed(f"non-200 answer that is not a YooKassa error object ({kind})")
+    return _checked_object(body, response, kind)
+
+
+def _checked_object(obj: Mapping[str, Any], response: PspResponse, kind: str) -> Mapping[str, Any]:
+    obj_id, status = obj.get("id"), obj.get("status")
+    if not isinstance(obj_id, str) or not obj_id:
+        response.malformed(f"{kind} object without an id")
+    if status not in _MONEY_OUT_STATUSES:
+        response.malformed(f"unknown {kind} status {status!r}")
+    return obj
+
+
+def _same_payment(obj: Mapping[str, Any], refund: RefundRequest, response: PspResponse) -> None:
+    expected = refund.psp_payment_id or refund.order.psp_id
+    if obj.get("payment_id") != expected:
+        response.malformed(
+            f"refund {obj['id']} is of payment {obj.get('payment_id')!r}, not {expected}"
+        )
+
+
+def _cancellation(obj: Mapping[str, Any]) -> str:
+    details = obj.get("cancellation_details")
+    if not isinstance(details, Mapping):
+        return "canceled, no details given"
+    party, reason = str(details.get("party") or ""), str(details.get("reason") or "")
+    return ": ".join(p for p in (party, reason) if p) or "canceled, no details given"
+
+
+def _refund_report(obj: Mapping[str, Any], response: PspResponse) -> RefundReport:
+    status = obj["status"]
+    return RefundReport(
+        state=RefundState(_MONEY_OUT_STATUSES[status]),
+        psp_refund_id=obj["id"],
+        money=parse_amount(obj.get("amount"), response),
+        raw_status=status,
+        reason=_cancellation(obj) if status == "canceled" else "",
+    )
+
+
+def _payout_report(obj: Mapping[str, Any], response: PspResponse) -> PayoutReport:
+    status = obj["status"]
+    return PayoutReport(
+        state=PayoutState(_MONEY_OUT_STATUSES[status]),
+        psp_payout_id=obj["id"],
+        money=parse_amount(obj.get("amount"), response),
+        raw_status=status,
+        reason=_cancellation(obj) if status == "canceled" else "",
+    )
+
 
 # Reconciliation (issue #16): payments a list page asks for, YooKassa's most.
 LIST_LIMIT = 100
@@ -423,12 +650,13 @@ def _report(payment: Mapping[str, Any], response: PspResponse) -> StatusReport:
     money = parse_amount(payment.get("amount"), response)
     follow_up: FollowUp | None = None
     reason = ""
+    refunded: Money | None = None
     if status == "pending":
         state = CanonicalState.PENDING
     elif status == "waiting_for_capture":
         state, follow_up = CanonicalState.PENDING, FollowUp.CAPTURE
     elif status == "succeeded":
-        state, reason = _refund_state(payment, money, response)
+        state, reason, refunded = _refund_state(payment, money, response)
     elif status == "canceled":
         state, reason = _cancel_state(payment)
     else:
@@ -440,21 +668,23 @@ def _report(payment: Mapping[str, Any], response: PspResponse) -> StatusReport:
         follow_up=follow_up,
         raw_status=status,
         reason=reason,
+        refunded=refunded,
     )
 
 
 def _refund_state(
     payment: Mapping[str, Any], money: Money, response: PspResponse
-) -> tuple[CanonicalState, str]:
-    """A succeeded payment is refunded once refunded_amount reaches the whole amount."""
+) -> tuple[CanonicalState, str, Money | None]:
+    """A succeeded payment is refunded once refunded_amount reaches the whole amount; the
+    refunded amount itself travels in ``StatusReport.refunded``."""
     if payment.get("refunded_amount") is None:
-        return CanonicalState.PAID, ""
+        return CanonicalState.PAID, "", None
     refunded = parse_amount(payment["refunded_amount"], response, "refunded_amount")
     if refunded.amount == 0:
-        return CanonicalState.PAID, ""
+        return CanonicalState.PAID, "", refunded
     if refunded == money:
-        return CanonicalState.REFUNDED, f"refunded {refunded}"
-    return CanonicalState.PAID, f"partly refunded {refunded}"
+        return CanonicalState.REFUNDED, f"refunded {refunded}", refunded
+    return CanonicalState.PAID, f"partly refunded {refunded}", refunded
 
 
 def _cancel_state(payment: Mapping[str, Any]) -> tuple[CanonicalState, str]:

@@ -21,27 +21,46 @@ from adapters.base import (
     MalformedResponse,
     Notification,
     OrderRef,
+    PayoutReport,
+    PayoutRequest,
+    PayoutState,
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
 )
 from adapters.registry import resolve_settings
 from adapters.testing import (
+    SAMPLE_PAYOUT_ID,
+    SAMPLE_REFUND_ID,
     AdapterConformance,
     FixtureSet,
     NotificationFixtures,
+    PayoutFixtures,
+    RefundFixtures,
     load_response,
     sample_order,
 )
 from orders.errors import DispatchError, InvalidInput, PermanentError, TransientError
 from orders.model import Order
 from orders.money import Money
+from orders.status import OrderStatus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "yookassa"
 PAYMENT_ID = "2f3b588d-000f-5000-8000-1d6e87c7fbde"
 SECRET = "test_Fh8hUAVVBGUGbjmlzba6TB0iyUbos_lueTHE-axOwM0"
-SETTINGS = {"shop_id": "100500", "secret_key": SECRET}
+PAYOUT_SECRET = "live_payout_Zq81mXvB0cT3hYw5rN7kLd2F"
+SETTINGS = {
+    "shop_id": "100500",
+    "secret_key": SECRET,
+    "payout_agent_id": "505050",
+    "payout_secret_key": PAYOUT_SECRET,
+}
+REFUND_ID = "216749f7-0016-50be-b000-078d43a63ae4"
+PAYOUT_ID = "po-285c0ab7-0003-5000-9000-0e1166498fda"
 YOOKASSA_IP = "185.71.76.10"
 ADAPTER = yookassa.adapter
 ORDER = sample_order(adapter="yookassa")
@@ -105,6 +124,33 @@ class TestYooKassaConformance(AdapterConformance):
             stale=notification("notification_payment_waiting_for_capture_stale"),
             expected_ref=OrderRef(order_id=str(ORDER.id), psp_id=PAYMENT_ID),
             expected_reply=Reply(200, b""),
+        ),
+        # Create and status reads answer the same refund / payout object
+        # (https://yookassa.ru/developers/api#create_refund, #get_refund, #create_payout).
+        refunds=RefundFixtures(
+            states={
+                RefundState.PENDING: fixture("refund_pending"),
+                RefundState.SUCCEEDED: fixture("refund_succeeded"),
+                RefundState.FAILED: fixture("refund_canceled"),
+            },
+            rejected=fixture("error_refund_amount_exceeds", 400),
+            psp_refund_id=REFUND_ID,
+            money=Money(4000, "RUB"),
+            malformed={
+                "unknown-status": fixture("refund_unknown_status"),
+                "another-payment": fixture("refund_of_another_payment"),
+            },
+        ),
+        payouts=PayoutFixtures(
+            states={
+                PayoutState.PENDING: fixture("payout_pending"),
+                PayoutState.SUCCEEDED: fixture("payout_succeeded"),
+                PayoutState.FAILED: fixture("payout_canceled"),
+            },
+            rejected=fixture("error_payout_insufficient_balance", 400),
+            psp_payout_id=PAYOUT_ID,
+            destination={"type": "yoo_money", "account_number": "41001614575714"},
+            malformed={"unknown-status": fixture("payout_unknown_status")},
         ),
     )
 
@@ -473,3 +519,175 @@ def test_broken_notification_body_is_malformed(body: bytes) -> None:
     broken = replace(notification("notification_payment_succeeded"), body=body)
     with pytest.raises(MalformedResponse):
         ADAPTER.parse_notification(broken, settings())
+
+
+# -- refunds and payouts (issue #14) ------------------------------------------------------------
+
+PAID = replace(INVOICED, status=OrderStatus.PAID)
+
+
+REFUNDED = Money(4000, "RUB")
+
+
+def refund_of(money: Money = REFUNDED, psp_refund_id: str | None = None) -> RefundRequest:
+    return RefundRequest(
+        id=SAMPLE_REFUND_ID,
+        order=PAID,
+        money=money,
+        reason="Returned by the buyer",
+        psp_refund_id=psp_refund_id,
+    )
+
+
+def payout_of(destination: dict[str, str] | None = None) -> PayoutRequest:
+    return PayoutRequest(
+        id=SAMPLE_PAYOUT_ID,
+        money=Money(10000, "RUB"),
+        destination=destination or {"type": "yoo_money", "account_number": "41001614575714"},
+        description="Withdrawal 42",
+    )
+
+
+def test_refund_request_is_the_reference_body_with_our_key() -> None:
+    request = ADAPTER.build_refund(refund_of(), settings())
+    assert (request.method, request.url) == ("POST", "https://api.yookassa.ru/v3/refunds")
+    assert request.headers["Idempotence-Key"] == f"pd-refund-{SAMPLE_REFUND_ID}"
+    assert len(request.headers["Idempotence-Key"]) <= 64
+    assert request.json == {
+        "payment_id": PAYMENT_ID,
+        "amount": {"value": "40.00", "currency": "RUB"},
+        "description": "Returned by the buyer",
+    }
+
+
+def test_refund_of_an_order_without_a_payment_is_invalid_input() -> None:
+    refund = replace(refund_of(), order=replace(PAID, psp_id=None))
+    with pytest.raises(InvalidInput):
+        ADAPTER.build_refund(refund, settings())
+
+
+def test_refund_status_reads_the_refund_by_yookassas_id() -> None:
+    request = ADAPTER.build_refund_status(refund_of(psp_refund_id=REFUND_ID), settings())
+    assert (request.method, request.url) == (
+        "GET",
+        f"https://api.yookassa.ru/v3/refunds/{REFUND_ID}",
+    )
+    with pytest.raises(InvalidInput):
+        ADAPTER.build_refund_status(refund_of(), settings())
+
+
+def test_canceled_refund_is_failed_with_its_cancellation_details() -> None:
+    report = ADAPTER.parse_refund_status(
+        refund_of(psp_refund_id=REFUND_ID), fixture("refund_canceled"), settings()
+    )
+    assert report == RefundReport(
+        state=RefundState.FAILED,
+        psp_refund_id=REFUND_ID,
+        money=Money(4000, "RUB"),
+        raw_status="canceled",
+        reason="yoo_money: insufficient_funds",
+    )
+
+
+def test_refund_answer_about_another_refund_is_malformed() -> None:
+    with pytest.raises(MalformedResponse):
+        ADAPTER.parse_refund_status(
+            refund_of(psp_refund_id="another-refund"), fixture("refund_succeeded"), settings()
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "status_code", "error"),
+    [
+        ("error_refund_amount_exceeds", 400, PspRejected),
+        ("error_not_found", 404, PspRejected),
+        ("error_invalid_credentials", 401, CredentialsRejected),
+        ("error_internal_server_error", 500, TransientError),
+        ("error_too_many_requests", 429, TransientError),
+    ],
+)
+def test_refund_errors_map_to_what_the_dispatcher_should_do(
+    name: str, status_code: int, error: type[DispatchError]
+) -> None:
+    with pytest.raises(error):
+        ADAPTER.parse_refund(refund_of(), fixture(name, status_code), settings())
+
+
+def test_refused_status_read_of_a_refund_is_never_final() -> None:
+    with pytest.raises(TransientError):
+        ADAPTER.parse_refund_status(
+            refund_of(psp_refund_id=REFUND_ID), fixture("error_not_found", 404), settings()
+        )
+
+
+def test_status_report_carries_refunded_amount() -> None:
+    assert status("status_succeeded_partly_refunded").refunded == Money(4000, "RUB")
+    assert status("status_refunded").refunded == Money(10000, "RUB")
+    assert status("status_succeeded").refunded == Money(0, "RUB")
+    assert status("status_pending").refunded is None
+
+
+def test_refund_notification_names_the_order_and_the_refund() -> None:
+    result = ADAPTER.parse_notification(notification("notification_refund_succeeded"), settings())
+    assert result.ref.psp_id == PAYMENT_ID
+    assert result.verified is False
+    assert result.refund == RefundReport(
+        state=RefundState.SUCCEEDED,
+        psp_refund_id=REFUND_ID,
+        money=Money(10000, "RUB"),
+        raw_status="succeeded",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "state"),
+    [
+        ("notification_payout_succeeded", PayoutState.SUCCEEDED),
+        ("notification_payout_canceled", PayoutState.FAILED),
+    ],
+)
+def test_payout_notification_reports_the_payout(name: str, state: PayoutState) -> None:
+    result = ADAPTER.parse_notification(notification(name), settings())
+    assert result.ref == OrderRef()
+    assert result.verified is False
+    assert isinstance(result.payout, PayoutReport)
+    assert (result.payout.state, result.payout.psp_payout_id) == (state, PAYOUT_ID)
+
+
+def test_payout_uses_the_payout_gateways_credentials_not_the_shops() -> None:
+    request = ADAPTER.build_payout(payout_of(), settings())
+    assert (request.method, request.url) == ("POST", "https://api.yookassa.ru/v3/payouts")
+    expected = base64.b64encode(f"505050:{PAYOUT_SECRET}".encode()).decode()
+    assert request.headers["Authorization"] == f"Basic {expected}"
+    assert request.headers["Idempotence-Key"] == f"pd-payout-{SAMPLE_PAYOUT_ID}"
+    assert request.json == {
+        "amount": {"value": "100.00", "currency": "RUB"},
+        "payout_destination_data": {"type": "yoo_money", "account_number": "41001614575714"},
+        "description": "Withdrawal 42",
+        "metadata": {"paydispatch_payout_id": str(SAMPLE_PAYOUT_ID)},
+    }
+    status_request = ADAPTER.build_payout_status(
+        replace(payout_of(), psp_payout_id=PAYOUT_ID), settings()
+    )
+    assert status_request.url == f"https://api.yookassa.ru/v3/payouts/{PAYOUT_ID}"
+    assert status_request.headers["Authorization"] == f"Basic {expected}"
+
+
+def test_payout_to_a_token_sends_the_token_alone() -> None:
+    request = ADAPTER.build_payout(payout_of({"payout_token": "99091209012"}), settings())
+    assert request.json["payout_token"] == "99091209012"
+    assert "payout_destination_data" not in request.json
+    with pytest.raises(InvalidInput):
+        ADAPTER.build_payout(payout_of({"payout_token": "x", "type": "yoo_money"}), settings())
+    with pytest.raises(InvalidInput):
+        ADAPTER.build_payout(payout_of({"account_number": "41001614575714"}), settings())
+
+
+def test_payouts_without_gateway_credentials_name_the_settings() -> None:
+    plain = resolve_settings(
+        ADAPTER, configured={"shop_id": "100500", "secret_key": SECRET}, environ={}
+    )
+    with pytest.raises(InvalidSettings, match="PAYDISPATCH_YOOKASSA_PAYOUT_AGENT_ID"):
+        ADAPTER.build_payout(payout_of(), plain)
+    # Payments and refunds need no payout gateway.
+    assert ADAPTER.build_refund(refund_of(), plain).operation == "refund"
