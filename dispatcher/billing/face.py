@@ -6,12 +6,15 @@ through a face such as :class:`~dispatcher.billing.wallet.SyncWallets`: each of 
 one call of the async method on the process's background event loop
 (:mod:`orders.db.blocking`), so no statement is written twice and no thread pool sits between
 the two. A face opens its pool there on first use, like the order repository's face
-(:class:`orders.repository.OrderRepository`), and ``close()`` (or ``with``) closes it.
+(:class:`orders.repository.OrderRepository`), and ``close()`` (or ``with``) closes it; one left
+unclosed is closed when it is collected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -19,6 +22,32 @@ from typing import Any, Self, TypeVar
 from orders.db import AsyncPool, Pool, blocking, open_async_pool
 
 T = TypeVar("T")
+
+_closing: set[asyncio.Task[None]] = set()  # pool closes scheduled from the loop's own thread
+
+
+class _Opened:
+    """The pool a face opened and the loop it lives on: apart from the face, so that the face's
+    finalizer can close it."""
+
+    def __init__(self) -> None:
+        self.pool: AsyncPool | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def close(self) -> None:
+        """Close the pool, if open; safe from any thread, at garbage collection and at exit."""
+        pool, loop = self.pool, self.loop
+        self.pool = None
+        if pool is None or loop is None or loop.is_closed() or not loop.is_running():
+            return
+        if blocking.in_loop_thread():  # collected on the loop's own thread: it cannot wait
+            task = loop.create_task(pool.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+            return
+        if blocking.loop() is not loop:  # a forked child: the pool is the parent's
+            return
+        asyncio.run_coroutine_threadsafe(pool.close(), loop).result(timeout=30)
 
 
 class Face:
@@ -32,18 +61,19 @@ class Face:
         self.conninfo: str = conninfo() if callable(conninfo) else conninfo
         self.max_size = max_size
         self.name = name
-        self._pool: AsyncPool | None = None
+        self._opened = _Opened()
         self._lock = threading.Lock()  # callers may be many threads: open the pool once
+        weakref.finalize(self, self._opened.close)
 
     @property
     def pool(self) -> AsyncPool:
         """The face's async pool; it belongs to the background loop, so only use it there."""
         with self._lock:
-            if self._pool is None:
-                self._pool = blocking.call(
-                    open_async_pool(self.conninfo, max_size=self.max_size, name=self.name)
-                )
-            return self._pool
+            opened, loop = self._opened, blocking.loop()
+            if opened.pool is None or opened.loop is not loop:  # first use, or a forked child
+                opening = open_async_pool(self.conninfo, max_size=self.max_size, name=self.name)
+                opened.pool, opened.loop = blocking.call(opening), loop
+            return opened.pool
 
     def run(self, call: Callable[[AsyncPool], Coroutine[Any, Any, T]]) -> T:
         """``call(pool)`` run on the background loop; its result, or its exception."""
@@ -51,9 +81,7 @@ class Face:
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            blocking.call(pool.close())
+            self._opened.close()
 
     def __enter__(self) -> Self:
         return self

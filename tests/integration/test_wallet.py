@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -298,3 +299,14 @@ def test_the_sync_face_and_the_async_class_give_the_same_results(
     assert again == wallets.debit(site, "u1", Money(300, USD), key="buy", description="item")
     with pytest.raises(InsufficientFunds):
         wallets.debit(site, "u1", Money(10**6, USD), key="big", description="")
+
+
+def test_a_face_left_unclosed_is_closed_when_collected(pool: Pool, site: str) -> None:
+    # Given a face that was used, then dropped without close(),
+    face = SyncWallets(pool)
+    assert face.balances(site, "nobody") == []
+    opened = face.pool
+    del face
+    # when it is collected, its pool is closed, with no warning (they are errors here).
+    gc.collect()
+    assert opened.closed
