@@ -129,6 +129,7 @@ def run_e2e(
             concurrency=str(setting.concurrency),
         )
         pool = open_pool(db_url, max_size=creators + 1, name="bench-create")
+        repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
         try:
             _sweeper, workers = common.spawn_daemon(
                 children,
@@ -139,7 +140,6 @@ def run_e2e(
                 sweeper_args=["--batch", str(setting.batch), "--interval", str(setting.interval)],
             )
             time.sleep(0.5)  # let dramatiq's consumers connect
-            repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
             new_orders = _orders(n, f"e2e{int(time.time())}")
             named = {c.pid: c.name for c in children.items} | {sandbox.pid: "sandbox"}
             meter = common.CpuMeter(named)
@@ -177,6 +177,7 @@ def run_e2e(
             if spy is not None:
                 result["profile"] = common.stop_profile(children, *spy)
         finally:
+            repo.close()
             pool.close()
             children.stop_all(grace=20)
     span, p50, p95, worst = (float(v) if v is not None else None for v in (row or (None,) * 4))

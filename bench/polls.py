@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
             )  # fmt: skip
             pool = open_pool(db_url, max_size=args.creators + 1, name="bench-polls")
             conn = psycopg.connect(db_url, autocommit=True)
+            repo = OrderRepository(pool, {"sandbox": timedelta(hours=2)})
             try:
-                repo = OrderRepository(pool, {"sandbox": timedelta(hours=2)})
                 t0 = time.monotonic()
                 _create_all(repo, args.orders, args.creators, f"polls{int(time.time())}")
                 print(f"created {args.orders} orders in {time.monotonic() - t0:.1f}s")
@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
                 result["cpu_lines"] = meter.describe()
             finally:
                 conn.close()
+                repo.close()
                 pool.close()
                 children.stop_all(grace=15)
         control.close()

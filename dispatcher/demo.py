@@ -37,7 +37,7 @@ from adapters.sandbox.runner import running_sandbox
 from dispatcher import services
 from dispatcher.config import Settings
 from orders import Money, NewOrder, OrderStatus
-from orders.db import open_pool, schema
+from orders.db import open_pool, query, schema
 from orders.model import Order
 from orders.repository import OrderRepository
 
@@ -243,8 +243,8 @@ def _drive(
 ) -> int:
     pool = open_pool(database_url, max_size=4, name="demo")
     buyers = None if adapter == "sandbox" else Buyers(FakeControl(psp_url))
+    repo = OrderRepository(pool, {adapter: timedelta(minutes=15)})
     try:
-        repo = OrderRepository(pool, {adapter: timedelta(minutes=15)})
         expected: dict[UUID, Plan] = {}
         currencies = CURRENCIES.get(adapter, ["USD", "EUR", "RUB"])
         for i, plan in enumerate(plans(n, rng)):
@@ -303,6 +303,7 @@ def _drive(
     finally:
         if buyers is not None:
             buyers.control.close()
+        repo.close()
         pool.close()
 
 
@@ -334,11 +335,7 @@ def _summary(
     print(f"  {adapter} invoices: {invoices}, most for one order: {most}")
     paid_ids = [oid for oid, plan in expected.items() if plan.expected is S.PAID]
     with repo.pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT order_id, count(*) AS n FROM wallet_entries "
-            "WHERE kind = 'topup' AND order_id = ANY(%s) GROUP BY order_id",
-            (paid_ids,),
-        ).fetchall()
+        rows = conn.execute(query("demo_topups_per_order"), {"ids": paid_ids}).fetchall()
     credits = {row["order_id"]: row["n"] for row in rows}
     credited_once = sum(1 for oid in paid_ids if credits.get(oid) == 1)
     print(f"  wallets credited exactly once: {credited_once} of {len(paid_ids)} paid orders")

@@ -51,6 +51,7 @@ class Context:
     repo: OrderRepository
 
     def close(self) -> None:
+        self.repo.close()
         self.pool.close()
 
 

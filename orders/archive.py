@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from orders.db import query
 from orders.errors import InvalidInput
 from orders.status import TERMINAL
 
@@ -46,26 +47,6 @@ MIN_AGE = timedelta(days=1)
 DEFAULT_BATCH = 1000
 _AGE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-
-WINDOW_SQL = """
-SELECT number, created_at >= %(cutoff)s AS too_new FROM orders
-WHERE number > %(after)s ORDER BY number LIMIT %(batch)s
-"""
-
-# The orders of one window that may leave, locked: a row that changed meanwhile is read again
-# by FOR UPDATE and left if it no longer qualifies; a row another transaction holds is skipped.
-CANDIDATES_SQL = """
-SELECT o.id FROM orders o
-WHERE o.number > %(after)s AND o.number <= %(last)s
-  AND o.status = ANY(%(finished)s::text[])
-  AND o.next_run_at IS NULL
-  AND o.updated_at < %(cutoff)s
-  AND NOT EXISTS (SELECT 1 FROM wallet_entries w WHERE w.order_id = o.id)
-  AND NOT EXISTS (SELECT 1 FROM billing_outbox b WHERE b.order_id = o.id)
-  AND NOT EXISTS (SELECT 1 FROM operator_actions a WHERE a.order_id = o.id)
-  AND NOT EXISTS (SELECT 1 FROM orders r WHERE r.replaces = o.id)
-FOR UPDATE OF o SKIP LOCKED
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +71,7 @@ def parse_age(text: str) -> timedelta:
 
 
 def _columns(conn: psycopg.Connection[Any], table: str) -> sql.Composed:
-    rows = conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%(t)s)"
-        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        {"t": table},
-    ).fetchall()
+    rows = conn.execute(query("archive_columns"), {"table": table}).fetchall()
     return sql.SQL(", ").join(sql.Identifier(row[0]) for row in rows)
 
 
@@ -102,23 +79,10 @@ def _move(conn: psycopg.Connection[Any], table: str, into: str, key: str, ids: l
     """Copy the rows of ``table`` whose ``key`` is one of ``ids`` into ``into``, then delete
     them; the number moved. Columns go by name, so the archive's own columns keep defaults."""
     columns = _columns(conn, table)
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {into} ({cols}) SELECT {cols} FROM {table} WHERE {key} = ANY(%s)"
-        ).format(
-            into=sql.Identifier(into),
-            cols=columns,
-            table=sql.Identifier(table),
-            key=sql.Identifier(key),
-        ),
-        (ids,),
-    )
-    deleted = conn.execute(
-        sql.SQL("DELETE FROM {table} WHERE {key} = ANY(%s)").format(
-            table=sql.Identifier(table), key=sql.Identifier(key)
-        ),
-        (ids,),
-    )
+    names = {"table": sql.Identifier(table), "key": sql.Identifier(key)}
+    copy = sql.SQL(query("archive_copy")).format(into=sql.Identifier(into), cols=columns, **names)
+    conn.execute(copy, {"ids": ids})
+    deleted = conn.execute(sql.SQL(query("archive_delete")).format(**names), {"ids": ids})
     return deleted.rowcount
 
 
@@ -141,13 +105,14 @@ def archive(
     if not conn.autocommit:
         raise ValueError("archive() needs an autocommit connection: each batch commits")
     cur = conn.cursor(row_factory=dict_row)
-    row = cur.execute("SELECT now() - %(age)s AS cutoff", {"age": older_than}).fetchone()
+    row = cur.execute(query("archive_cutoff"), {"age": older_than}).fetchone()
     cutoff = row["cutoff"] if row else None
     finished = sorted(str(s) for s in TERMINAL)
     progress = Progress()
     while True:
         window = cur.execute(
-            WINDOW_SQL, {"after": progress.last_number, "batch": batch, "cutoff": cutoff}
+            query("archive_window"),
+            {"after": progress.last_number, "batch": batch, "cutoff": cutoff},
         ).fetchall()
         old = [r["number"] for r in window if not r["too_new"]]
         if not old:
@@ -155,7 +120,10 @@ def archive(
         last = old[-1]  # a too-new order ends the walk: every later one is newer still
         params = {"after": progress.last_number, "last": last, "cutoff": cutoff}
         with conn.transaction():
-            ids = [r["id"] for r in cur.execute(CANDIDATES_SQL, {**params, "finished": finished})]
+            ids = [
+                r["id"]
+                for r in cur.execute(query("archive_candidates"), {**params, "finished": finished})
+            ]
             events = moved = 0
             if ids:
                 events = _move(conn, "order_events", "order_events_archive", "order_id", ids)

@@ -92,9 +92,9 @@ class ConsoleStore:
     def overview(self, *, grace_minutes: int = 5, limit: int = 50) -> Overview:
         counts = self.repo.status_counts()
         with database_errors(), self.pool.connection() as conn:
-            due = conn.execute(ops.DUE_SQL).fetchone() or {}
-            outbox = conn.execute(ops.OUTBOX_SQL).fetchone() or {}
-            stuck = conn.execute(ops.STUCK_SQL, {"grace": grace_minutes, "limit": limit})
+            due = conn.execute(query("ops_due_counts")).fetchone() or {}
+            outbox = conn.execute(query("ops_outbox_counts")).fetchone() or {}
+            stuck = conn.execute(query("ops_stuck"), {"grace": grace_minutes, "limit": limit})
             stuck_orders = [Order.from_row(row) for row in stuck.fetchall()]
             parked = conn.execute(query("parked_webhooks"), {"limit": limit}).fetchall()
             actions = conn.execute(query("recent_actions"), {"limit": 20}).fetchall()

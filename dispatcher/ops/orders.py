@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import config, services
 from dispatcher.settle import Settler
-from orders.db import database_errors, open_pool
+from orders.db import database_errors, open_pool, query
 from orders.errors import DispatchError, InvalidTransition
 from orders.model import Order, OrderEvent
 from orders.repository import OrderRepository
@@ -30,49 +30,7 @@ from orders.status import OrderStatus
 
 S = OrderStatus
 
-STUCK_SQL = """
-SELECT * FROM orders
-WHERE (status IN ('new', 'submitting', 'awaiting_payment')
-       AND (expires_at < now() - make_interval(mins => %(grace)s)
-            OR next_run_at < now() - make_interval(mins => %(grace)s)))
-   OR status = 'needs_review'
-ORDER BY coalesce(next_run_at, expires_at)
-LIMIT %(limit)s
-"""
-
-POLL_NOW_SQL = """
-UPDATE orders SET next_run_at = now(), updated_at = now()
-WHERE id = %(id)s AND next_run_at IS NOT NULL AND lease_token IS NULL
-RETURNING id
-"""
-
-OUTBOX_SQL = """
-SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-       count(*) FILTER (WHERE status = 'parked') AS parked,
-       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)
-           AS oldest_pending_seconds
-FROM billing_outbox WHERE status <> 'delivered'
-"""
-
 BREAKER_NAMES = {0: "closed", 1: "half-open", 2: "open"}
-
-# Due work is of two kinds: active orders (new, submitting, awaiting payment) whose next step is
-# due, and finished orders (expired, rejected, cancelled) watched for a late payment. Only the
-# first kind can be late for a buyer; the second is routine, and a crowd of it after a restart
-# is no sign of trouble.
-DUE_SQL = """
-SELECT count(*) FILTER (WHERE next_run_at <= now()) AS due,
-       coalesce(extract(epoch FROM now() - min(next_run_at) FILTER (WHERE next_run_at <= now())), 0)
-           AS oldest_due_seconds,
-       count(*) FILTER (WHERE next_run_at <= now() AND status IN ('new', 'submitting',
-           'awaiting_payment')) AS due_active,
-       coalesce(extract(epoch FROM now() - min(next_run_at) FILTER (WHERE next_run_at <= now()
-           AND status IN ('new', 'submitting', 'awaiting_payment'))), 0) AS oldest_active_seconds,
-       count(*) FILTER (WHERE next_run_at <= now() AND status IN ('expired', 'rejected',
-           'cancelled')) AS due_late_watch,
-       count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_until > now()) AS leased
-FROM orders WHERE next_run_at IS NOT NULL
-"""
 
 
 @contextmanager
@@ -81,7 +39,8 @@ def _repo() -> Iterator[OrderRepository]:
     found = services.ensure(settings)
     pool = open_pool(found.database_url, max_size=2, name="ops")
     try:
-        yield OrderRepository(pool, {})
+        with OrderRepository(pool, {}, max_size=2) as repo:
+            yield repo
     finally:
         pool.close()
 
@@ -156,8 +115,8 @@ def breaker_states(targets: Sequence[str]) -> dict[str, dict[str, str]]:
 def cmd_status(args: argparse.Namespace) -> int:
     with _repo() as repo, database_errors(), repo.pool.connection() as conn:
         counts = repo.status_counts()
-        due = conn.execute(DUE_SQL).fetchone() or {}
-        outbox = conn.execute(OUTBOX_SQL).fetchone() or {}
+        due = conn.execute(query("ops_due_counts")).fetchone() or {}
+        outbox = conn.execute(query("ops_outbox_counts")).fetchone() or {}
     targets = [t.strip() for t in (args.metrics or "").split(",") if t.strip()]
     adapters = sorted({a for a, _ in counts})
     data: dict[str, Any] = {
@@ -245,7 +204,8 @@ def _show(repo: OrderRepository, args: argparse.Namespace) -> int:
 
 def _stuck(repo: OrderRepository, args: argparse.Namespace) -> int:
     with database_errors(), repo.pool.connection() as conn:
-        rows = conn.execute(STUCK_SQL, {"grace": args.grace, "limit": args.limit}).fetchall()
+        params = {"grace": args.grace, "limit": args.limit}
+        rows = conn.execute(query("ops_stuck"), params).fetchall()
     orders = [Order.from_row(r) for r in rows]
     if args.json:
         print(json.dumps([order_json(o) for o in orders], indent=2))
@@ -258,7 +218,7 @@ def _stuck(repo: OrderRepository, args: argparse.Namespace) -> int:
 
 def _poll(repo: OrderRepository, args: argparse.Namespace) -> int:
     with database_errors(), repo.pool.connection() as conn:
-        row = conn.execute(POLL_NOW_SQL, {"id": args.order_id}).fetchone()
+        row = conn.execute(query("ops_poll_now"), {"id": args.order_id}).fetchone()
     if row is None:
         order = repo.get(args.order_id)
         print(

@@ -43,7 +43,7 @@ from dispatcher.ops.reconciliation import (
     summarise,
 )
 from dispatcher.runtime import AdapterRuntime, build_adapters
-from orders.db import Pool, database_errors, open_pool
+from orders.db import Pool, database_errors, open_pool, query
 from orders.errors import DispatchError
 from orders.model import Order
 from orders.money import Money
@@ -60,46 +60,6 @@ PROGRESS_EVERY = 50  # status re-reads between two progress lines
 
 
 # -- reading the books and the payment systems ----------------------------------------------
-
-PAID_SQL = """
-SELECT * FROM orders
-WHERE adapter = %(adapter)s AND status = 'paid' AND paid_at >= %(since)s AND paid_at < %(until)s
-  AND (%(site)s::text IS NULL OR site = %(site)s)
-ORDER BY paid_at, id
-"""
-# Orders of the day that ended unpaid: re-read where the payment system has no list.
-UNPAID_SQL = """
-SELECT * FROM orders
-WHERE adapter = %(adapter)s AND status IN ('rejected', 'expired', 'cancelled')
-  AND psp_id IS NOT NULL AND created_at >= %(since)s AND created_at < %(until)s
-  AND (%(site)s::text IS NULL OR site = %(site)s)
-ORDER BY created_at, id
-"""
-REVIEW_SQL = """
-SELECT * FROM orders
-WHERE adapter = %(adapter)s AND status = 'needs_review' AND created_at < %(until)s
-  AND (%(site)s::text IS NULL OR site = %(site)s)
-ORDER BY created_at, id
-"""
-# Every site's: a payment must be recognised as another site's order, not reported as nobody's.
-NAMED_SQL = """
-SELECT * FROM orders
-WHERE adapter = %(adapter)s AND (psp_id = ANY(%(psp_ids)s) OR id = ANY(%(ids)s))
-"""
-REFUNDED_SQL = """
-SELECT order_id, -sum(amount) AS refunded FROM wallet_entries
-WHERE kind = 'refund' AND order_id = ANY(%(ids)s)
-GROUP BY order_id
-"""
-DAY_REFUNDS_SQL = """
-SELECT e.site, e.currency, count(*) AS refunds, -sum(e.amount) AS refunded
-FROM wallet_entries e JOIN orders o ON o.id = e.order_id
-WHERE e.kind = 'refund' AND o.adapter = %(adapter)s
-  AND e.created_at >= %(since)s AND e.created_at < %(until)s
-  AND (%(site)s::text IS NULL OR e.site = %(site)s)
-GROUP BY e.site, e.currency
-ORDER BY e.site, e.currency
-"""
 
 
 def _orders(pool: Pool, sql: str, params: Mapping[str, Any]) -> list[Order]:
@@ -203,7 +163,7 @@ async def _read_payment_system(
 def _refunds(pool: Pool, params: Mapping[str, Any]) -> list[tuple[str, Money, int]]:
     """Refunds recorded on the day: (site, sum, count) per site and currency."""
     with database_errors(), pool.connection() as conn:
-        rows = conn.execute(DAY_REFUNDS_SQL, params).fetchall()
+        rows = conn.execute(query("reconcile_day_refunds"), params).fetchall()
     return [(r["site"], Money(int(r["refunded"]), r["currency"]), int(r["refunds"])) for r in rows]
 
 
@@ -211,10 +171,12 @@ def _books(pool: Pool, name: str, paid_today: list[Order], seen: Sequence[Seen])
     """The orders the readings concern, and the refunds recorded for the paid ones."""
     psp_ids = [s.report.psp_id for s in seen if s.report.psp_id]
     ids = [s.order_id for s in seen if s.order_id is not None]
-    known = _orders(pool, NAMED_SQL, {"adapter": name, "psp_ids": psp_ids, "ids": ids})
+    known = _orders(
+        pool, query("reconcile_named"), {"adapter": name, "psp_ids": psp_ids, "ids": ids}
+    )
     paid_ids = [o.id for o in [*paid_today, *known] if o.status is S.PAID]
     with database_errors(), pool.connection() as conn:
-        rows = conn.execute(REFUNDED_SQL, {"ids": paid_ids}).fetchall()
+        rows = conn.execute(query("reconcile_refunded"), {"ids": paid_ids}).fetchall()
     return Books(paid_today, known, {r["order_id"]: int(r["refunded"]) for r in rows})
 
 
@@ -230,11 +192,11 @@ def reconcile_adapter(
     """Read one payment system's day and add its summaries, differences and problems."""
     name = runtime.name
     params = {"adapter": name, "since": report.since, "until": report.until, "site": site}
-    paid_today = _orders(pool, PAID_SQL, params)
-    review = _orders(pool, REVIEW_SQL, params)
+    paid_today = _orders(pool, query("reconcile_paid"), params)
+    review = _orders(pool, query("reconcile_review"), params)
     refunds = _refunds(pool, params)
     listing = runtime.adapter.capabilities.list_payments
-    unpaid_today = [] if listing else _orders(pool, UNPAID_SQL, params)
+    unpaid_today = [] if listing else _orders(pool, query("reconcile_unpaid"), params)
     seen, problems = asyncio.run(
         _read_payment_system(
             runtime,

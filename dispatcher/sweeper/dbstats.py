@@ -38,13 +38,7 @@ def recount(conn: Connection) -> None:
     Runs in the caller's transaction and locks out writes to ``orders`` until it ends, so the
     counts and the table agree when it commits.
     """
-    conn.execute("LOCK TABLE orders IN SHARE MODE")
-    conn.execute("DELETE FROM order_count_deltas")
-    conn.execute("DELETE FROM order_counts")
-    conn.execute(
-        "INSERT INTO order_counts (adapter, status, n)"
-        " SELECT adapter, status, count(*) FROM orders GROUP BY adapter, status"
-    )
+    conn.execute(query("recount_orders"))
 
 
 class DbStats:

@@ -22,6 +22,7 @@ from dispatcher import metrics
 from dispatcher.billing.webhook import SyncOutbox
 from dispatcher.steps import Action, Steps, action_for
 from dispatcher.sweeper.dbstats import DbStats
+from orders.db import query
 from orders.errors import TransientError
 from orders.repository import OrderRepository
 
@@ -105,7 +106,7 @@ class Sweeper:
             try:
                 if listener is None or listener.closed:
                     listener = psycopg.connect(database_url, autocommit=True)
-                    listener.execute(f"LISTEN {CHANNEL}")
+                    listener.execute(query("listen_orders"))
                 sent = self.tick()
                 if sent >= self.batch:
                     continue  # more is due right now

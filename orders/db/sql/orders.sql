@@ -261,3 +261,16 @@ WITH o AS (
     SELECT id, NULL, 'new', %(actor)s, jsonb_build_object('replaces', replaces) FROM o
 )
 SELECT o.*, pg_notify('paydispatch_orders', o.adapter) IS NULL AS notified FROM o
+
+-- recount_orders --
+-- Count the orders table again (dispatcher/sweeper/dbstats.py's recount): in the caller's
+-- transaction, with writes to orders locked out until it ends, so counts and table agree.
+LOCK TABLE orders IN SHARE MODE;
+DELETE FROM order_count_deltas;
+DELETE FROM order_counts;
+INSERT INTO order_counts (adapter, status, n)
+SELECT adapter, status, count(*) FROM orders GROUP BY adapter, status
+
+-- listen_orders --
+-- The sweeper's wake-up: every create and poll_soon notifies this channel.
+LISTEN paydispatch_orders
