@@ -87,9 +87,11 @@ nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, ClassVar, NoReturn
 from uuid import UUID
@@ -102,6 +104,7 @@ from adapters.base import (
     CredentialsRejected,
     FollowUp,
     Invoice,
+    MalformedResponse,
     Notification,
     NotificationResult,
     OrderRef,
@@ -109,6 +112,9 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
     Secret,
     SettingSpec,
@@ -332,6 +338,7 @@ def _report(body: Mapping[str, Any], response: PspResponse) -> StatusReport:
         money = parse_amount(capture.get("amount"), response, "captures[0].amount")
     else:
         response.malformed(f"unknown order status {status!r}")
+    capture_id = capture.get("id") if capture is not None else None
     return StatusReport(
         state=state,
         psp_id=body["id"],
@@ -339,7 +346,39 @@ def _report(body: Mapping[str, Any], response: PspResponse) -> StatusReport:
         follow_up=follow_up,
         raw_status=raw_status,
         reason=reason,
+        refunded=_refunded(unit, capture, money, response),
+        psp_payment_id=capture_id if isinstance(capture_id, str) and capture_id else None,
     )
+
+
+def _refunded(
+    unit: Mapping[str, Any] | None,
+    capture: Mapping[str, Any] | None,
+    money: Money | None,
+    response: PspResponse,
+) -> Money | None:
+    """What the order shows refunded: the completed ``payments.refunds``, or the whole capture
+    when it reads REFUNDED without them; None before a capture."""
+    if capture is None or money is None:
+        return None
+    payments = unit.get("payments") if unit is not None else None
+    refunds = payments.get("refunds") if isinstance(payments, Mapping) else None
+    if isinstance(refunds, list) and refunds:
+        total = 0
+        for item in refunds:
+            if not isinstance(item, Mapping):
+                response.malformed("payments.refunds holds a non-object")
+            if item.get("status") == "COMPLETED":
+                amount = parse_amount(item.get("amount"), response, "refunds[].amount")
+                if amount.currency != money.currency:
+                    response.malformed(
+                        f"a refund in {amount.currency} of a {money.currency} capture"
+                    )
+                total += amount.amount
+        return Money(total, money.currency)
+    if capture.get("status") == "REFUNDED":
+        return money
+    return Money(0, money.currency)
 
 
 def _capture_state(  # noqa: RET503 (ends in response.malformed, which raises)
@@ -395,6 +434,55 @@ def _capture_refused(order: Order, response: PspResponse) -> StatusReport | None
     return None
 
 
+# -- refunds (issue #14) -------------------------------------------------------------------------
+# payments_payment_v2.json: the refund's ``status``.
+REFUND_STATES = {
+    "PENDING": RefundState.PENDING,
+    "COMPLETED": RefundState.SUCCEEDED,
+    "FAILED": RefundState.FAILED,
+    "CANCELLED": RefundState.FAILED,
+}
+# note_to_payer takes 255 characters.
+NOTE_LIMIT = 255
+REFUND_EVENTS = frozenset({"PAYMENT.CAPTURE.REFUNDED", "PAYMENT.CAPTURE.REVERSED"})
+
+
+def refund_report(refund: Mapping[str, Any], response: PspResponse) -> RefundReport:
+    """One reading of a PayPal refund object (``/v2/payments/refunds/{id}``)."""
+    refund_id, status = refund.get("id"), refund.get("status")
+    if not isinstance(refund_id, str) or not ORDER_ID.fullmatch(refund_id):
+        response.malformed(f"refund without a PayPal refund id: {refund_id!r}")
+    if status not in REFUND_STATES:
+        response.malformed(f"unknown refund status {status!r}")
+    details = refund.get("status_details")
+    why = str(details.get("reason") or "") if isinstance(details, Mapping) else ""
+    money = parse_amount(refund.get("amount"), response) if "amount" in refund else None
+    return RefundReport(
+        state=REFUND_STATES[status],
+        psp_refund_id=refund_id,
+        money=money,
+        raw_status=status,
+        reason=why,
+    )
+
+
+def _refund_answer(request: RefundRequest, response: PspResponse, *, create: bool) -> RefundReport:
+    """The refund of a 200/201 answer; errors translated (a refusal of a refund is final)."""
+    if response.status_code >= 400:
+        _raise_error(response, create=create)
+    if response.status_code not in {200, 201}:
+        response.malformed("unexpected HTTP status for a refund")
+    body = response.json_object()
+    report = refund_report(body, response)
+    if request.psp_refund_id is not None and report.psp_refund_id != request.psp_refund_id:
+        response.malformed(
+            f"answer is about refund {report.psp_refund_id}, not {request.psp_refund_id}"
+        )
+    if "custom_id" in body and body["custom_id"] != str(request.order.id):
+        response.malformed(f"refund {report.psp_refund_id} belongs to another order")
+    return report
+
+
 def _uuid_text(value: Any) -> str | None:
     """``value`` when it is one of our order ids (a UUID), else None (another system's)."""
     if not isinstance(value, str):
@@ -419,6 +507,10 @@ class PayPal(Adapter):
         # PayPal's default: 3 hours from creation to send the buyer to the approve link.
         default_expiry=timedelta(hours=3),
         poll=PollPolicy(first=timedelta(seconds=10), factor=2.0, cap=timedelta(minutes=5)),
+        refunds=True,  # POST /v2/payments/captures/{capture_id}/refund (issue #14)
+        partial_refunds=True,
+        idempotent_refund=True,  # PayPal-Request-Id, kept 45 days for refunds
+        refund_lookup=False,  # a refund is read by PayPal's id only
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec(
@@ -606,8 +698,64 @@ class PayPal(Adapter):
             custom_id = resource.get("custom_id")
         psp_id = psp_id if isinstance(psp_id, str) and ORDER_ID.fullmatch(psp_id) else None
         ref = OrderRef(order_id=_uuid_text(custom_id), psp_id=psp_id)
+        # A refund or reversal event carries the refund: unverified too, so it only names the
+        # refund (psp_refund_id) for the dispatcher to read with build_refund_status.
+        refund: RefundReport | None = None
+        if event in REFUND_EVENTS:
+            with contextlib.suppress(MalformedResponse):  # a hint: an odd one names no refund
+                refund = refund_report(resource, response)
+        if refund is not None and event == "PAYMENT.CAPTURE.REVERSED":
+            refund = replace(refund, reason="reversed by PayPal (a dispute or chargeback)")
         # Unverified, so no report: the dispatcher polls the order and trusts only that answer.
-        return NotificationResult(ref=ref, verified=False, reply=Reply(200, b""))
+        return NotificationResult(ref=ref, verified=False, reply=Reply(200, b""), refund=refund)
+
+    # -- refunds (issue #14) -------------------------------------------------------------------
+    # payments_payment_v2.json: POST /v2/payments/captures/{capture_id}/refund (201, the refund
+    # with Prefer: return=representation) and GET /v2/payments/refunds/{refund_id}. The capture
+    # id is what the paid order's status read reports as psp_payment_id.
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        capture = refund.psp_payment_id
+        if not capture or not ORDER_ID.fullmatch(capture):
+            raise InvalidInput(
+                "psp_payment_id", f"a PayPal refund needs the capture id, got {capture!r}"
+            )
+        body: dict[str, Any] = {
+            "amount": format_amount(refund.money),
+            "custom_id": str(refund.order.id),
+        }
+        if refund.reason.strip():
+            body["note_to_payer"] = refund.reason.strip()[:NOTE_LIMIT]
+        return PspRequest(
+            method="POST",
+            url=f"{settings.api_url}/v2/payments/captures/{capture}/refund",
+            operation="refund",
+            headers={
+                "PayPal-Request-Id": f"pd-refund-{refund.id}",
+                "Prefer": "return=representation",
+            },
+            json=body,
+        )
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        return _refund_answer(refund, response, create=True)
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        psp_refund_id = refund.psp_refund_id
+        if not psp_refund_id or not ORDER_ID.fullmatch(psp_refund_id):
+            raise InvalidInput("psp_refund_id", f"refund {refund.id} has no PayPal id yet")
+        return PspRequest(
+            method="GET",
+            url=f"{settings.api_url}/v2/payments/refunds/{psp_refund_id}",
+            operation="refund_status",
+        )
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        return _refund_answer(refund, response, create=False)
 
 
 adapter = PayPal()

@@ -6,6 +6,8 @@ Serves what paydispatch's PayPal adapter uses, as developer.paypal.com documents
     POST /v2/checkout/orders       create, PayPal-Request-Id idempotency, Prefer header
     GET  /v2/checkout/orders/{id}  the order
     POST /v2/checkout/orders/{id}/capture   capture an APPROVED order (its own request ids)
+    POST /v2/payments/captures/{id}/refund  refund (part of) a capture, PayPal-Request-Id
+    GET  /v2/payments/refunds/{id}          a refund
     POST /v1/notifications/verify-webhook-signature   is this transmission one we sent?
     GET  /checkoutnow?token={id}   the buyer's page (the payer-action / approve link)
 
@@ -21,9 +23,16 @@ sent back to the approve link would. A capture request id is answered, as PayPal
 with the answer it first had, also after the buyer approved again: a new attempt needs a new id.
 Orders never expire here by themselves: the dispatcher's deadline decides.
 
-Webhooks (``CHECKOUT.ORDER.APPROVED``, ``PAYMENT.CAPTURE.COMPLETED``/``DECLINED``) go to
-``notify_url`` with PayPal's transmission headers. PayPal signs with RSA and a certificate at
-``PAYPAL-CERT-URL``; without a cryptography library this fake signs each transmission with a
+Refunds (payments_payment_v2.json) complete at once, as card refunds at PayPal usually do;
+never past what is left of the capture (422 ``REFUND_AMOUNT_EXCEEDED``,
+``CAPTURE_FULLY_REFUNDED``), in the capture's currency; the capture turns
+``PARTIALLY_REFUNDED`` or ``REFUNDED`` and the order lists its refunds. A PayPal-Request-Id
+replay answers the first refund (PayPal keeps refund keys 45 days); the control stats count
+refunds per request id, and the refund faults of :mod:`adapters.fakes.common` apply.
+
+Webhooks (``CHECKOUT.ORDER.APPROVED``, ``PAYMENT.CAPTURE.COMPLETED``/``DECLINED``/``REFUNDED``)
+go to ``notify_url`` with PayPal's transmission headers. PayPal signs with RSA and a certificate
+at ``PAYPAL-CERT-URL``; without a cryptography library this fake signs each transmission with a
 random value it remembers, so its verify-webhook-signature endpoint answers ``SUCCESS`` exactly
 for what it sent (unaltered) and ``FAILURE`` for anything else, as PayPal's does.
 """
@@ -140,6 +149,7 @@ class FakeOrder:
     create_time: str
     update_time: str
     captures: list[dict[str, Any]] = field(default_factory=list)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
     will_decline: bool = False
 
     def links(self, base: str) -> list[dict[str, str]]:
@@ -163,6 +173,8 @@ class FakeOrder:
                 unit[key] = getattr(self, key)
         if self.captures:
             unit["payments"] = {"captures": [dict(c) for c in self.captures]}
+            if self.refunds:
+                unit["payments"]["refunds"] = [dict(r) for r in self.refunds]
         return unit
 
     def representation(self, base: str) -> dict[str, Any]:
@@ -289,6 +301,8 @@ class PayPalFake:
         self.orders: dict[str, FakeOrder] = {}
         self.by_request_id: dict[str, str] = {}  # create's PayPal-Request-Id -> order id
         self.captures_by_key: dict[str, tuple[str, int, dict[str, Any]]] = {}
+        self.refunds_by_key: dict[str, dict[str, Any]] = {}  # PayPal-Request-Id -> refund
+        self.refunds: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, float] = {}  # access token -> monotonic expiry
         self.transmissions: dict[str, tuple[str, bytes]] = {}  # id -> (signature, body)
         self.lock = threading.Lock()
@@ -511,6 +525,123 @@ class PayPalFake:
             self._notify("PAYMENT.CAPTURE.DECLINED", "capture", summary, resource, base)
         return answer
 
+    # -- refunds -----------------------------------------------------------------------------
+
+    def _captured(self, capture_id: str) -> tuple[FakeOrder, dict[str, Any]] | None:
+        with self.lock:
+            for order in self.orders.values():
+                for capture in order.captures:
+                    if capture["id"] == capture_id:
+                        return order, capture
+        return None
+
+    async def refund(self, request: Request) -> Response:  # noqa: PLR0911 - one per refusal
+        self.state.count("refund")
+        if not self._authorized(request):
+            return _error("AUTHENTICATION_FAILURE")
+        found = self._captured(request.path_params["capture_id"])
+        if found is None:
+            return _not_found()
+        order, capture = found
+        key = request.headers.get("paypal-request-id")
+        with self.lock:
+            replay = self.refunds_by_key.get(key or "")
+        if replay is not None:
+            return JSONResponse(replay, 201)  # the first answer; no second refund
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _error("INVALID_REQUEST", "MALFORMED_REQUEST_JSON", "not JSON")
+        if self.state.take_refusal_fault():
+            return _refused("REFUND_NOT_ALLOWED", "Full refund refused (a fault of the fake).")
+        with self.lock:
+            refused, refund = self._make_refund(order, capture, body, self._base(request))
+            if refund is not None and key is not None:
+                self.refunds_by_key[key] = refund
+        if refused is not None:
+            return refused
+        assert refund is not None
+        self.state.refund_made(key or refund["id"])
+        summary = f"A {refund['amount']['value']} {refund['amount']['currency_code']} capture "
+        self._notify(
+            "PAYMENT.CAPTURE.REFUNDED",
+            "refund",
+            summary + "payment was refunded",
+            refund,
+            self.base,
+        )
+        if self.state.take_refund_timeout_fault():
+            await self.state.hang()  # made and stored: only the answer is lost
+        return JSONResponse(refund, 201)
+
+    def _make_refund(
+        self, order: FakeOrder, capture: dict[str, Any], body: dict[str, Any], base: str
+    ) -> tuple[Response | None, dict[str, Any] | None]:
+        """The refund of ``capture`` the body asks for (under the lock), or PayPal's refusal."""
+        if capture["status"] not in {"COMPLETED", "PARTIALLY_REFUNDED"}:
+            if capture["status"] == "REFUNDED":
+                why = "The capture has already been fully refunded."
+                return _refused("CAPTURE_FULLY_REFUNDED", why), None
+            return _refused("REFUND_NOT_ALLOWED", "Refund is not allowed for this capture."), None
+        currency = capture["amount"]["currency_code"]
+        refunded = sum(
+            (Decimal(r["amount"]["value"]) for r in order.refunds if r["status"] == "COMPLETED"),
+            Decimal(0),
+        )
+        left = Decimal(capture["amount"]["value"]) - refunded
+        try:
+            rest = {"currency_code": currency, "value": str(left)}
+            amount = _amount(body) if "amount" in body else rest
+        except _Refusal as refusal:
+            return refusal.response, None
+        if amount["currency_code"] != currency:
+            why = "The refund must be in the capture's currency."
+            return _refused("REFUND_CAPTURE_CURRENCY_MISMATCH", why), None
+        if Decimal(amount["value"]) > left:
+            return _refused(
+                "REFUND_AMOUNT_EXCEEDED",
+                "The refund amount must be less than or equal to the capture amount that has "
+                "not yet been refunded.",
+            ), None
+        refund_id = _paypal_id()
+        now = _now()
+        refund: dict[str, Any] = {
+            "id": refund_id,
+            "amount": amount,
+            "status": "COMPLETED",
+            "create_time": now,
+            "update_time": now,
+            "links": [
+                {"href": f"{base}/v2/payments/refunds/{refund_id}", "rel": "self", "method": "GET"},
+                {
+                    "href": f"{base}/v2/payments/captures/{capture['id']}",
+                    "rel": "up",
+                    "method": "GET",
+                },
+            ],
+        }
+        for name in ("custom_id", "invoice_id", "note_to_payer"):
+            if isinstance(body.get(name), str):
+                refund[name] = body[name]
+        order.refunds.append(refund)
+        self.refunds[refund_id] = refund
+        whole = Decimal(amount["value"]) == left
+        capture["status"] = "REFUNDED" if whole else "PARTIALLY_REFUNDED"
+        capture["update_time"] = order.update_time = now
+        return None, refund
+
+    async def get_refund(self, request: Request) -> Response:
+        self.state.count("refund_status")
+        if not self._authorized(request):
+            return _error("AUTHENTICATION_FAILURE")
+        with self.lock:
+            refund = self.refunds.get(request.path_params["refund_id"])
+        if refund is None:
+            return _not_found()
+        return JSONResponse(refund)
+
     # -- the buyer ---------------------------------------------------------------------------
 
     def _approve(self, order: FakeOrder, *, will_decline: bool, base: str) -> None:
@@ -663,6 +794,11 @@ class PayPalFake:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _refused(issue: str, description: str) -> Response:
+    """PayPal's 422 for a refund it will not make (payments_payment_v2.json's issues)."""
+    return _error("UNPROCESSABLE_ENTITY", issue, description)
+
+
 def _not_found() -> Response:
     return _error(
         "RESOURCE_NOT_FOUND",
@@ -690,6 +826,8 @@ def create_app(notify_url: str | None = None, *, token_lifetime: int = TOKEN_LIF
         Route("/v2/checkout/orders", fake.create_order, methods=["POST"]),
         Route("/v2/checkout/orders/{order_id}", fake.get_order, methods=["GET"]),
         Route("/v2/checkout/orders/{order_id}/capture", fake.capture, methods=["POST"]),
+        Route("/v2/payments/captures/{capture_id}/refund", fake.refund, methods=["POST"]),
+        Route("/v2/payments/refunds/{refund_id}", fake.get_refund, methods=["GET"]),
         Route(
             "/v1/notifications/verify-webhook-signature", fake.verify_signature, methods=["POST"]
         ),

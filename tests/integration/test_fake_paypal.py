@@ -28,8 +28,13 @@ from adapters.base import (
     CredentialsRejected,
     FollowUp,
     Notification,
+    PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
+    StatusReport,
     Token,
     pairs,
 )
@@ -348,3 +353,108 @@ def test_buyer_page_approves_and_returns_to_the_shop(
     assert approved.status_code == 303
     assert approved.headers["location"].startswith(f"{order.return_url}?token={order.psp_id}")
     assert session.status(order).follow_up is FollowUp.CAPTURE
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+
+def _paid(session: Session, control: FakeControl) -> tuple[Order, StatusReport]:
+    order = session.submit(new_order())
+    control.pay(ref(order))
+    session.capture(order)
+    paid = replace(order, status=OrderStatus.PAID)
+    return paid, session.status(paid)
+
+
+def _refund(order: Order, report: StatusReport, amount: int) -> RefundRequest:
+    return RefundRequest(
+        id=uuid4(),
+        order=order,
+        money=Money(amount, "USD"),
+        reason="Returned by the buyer",
+        psp_payment_id=report.psp_payment_id,
+    )
+
+
+def _send_refund(session: Session, refund: RefundRequest, timeout: float = 10.0) -> RefundReport:
+    response = session.call(ADAPTER.build_refund(refund, session.settings), timeout)
+    return ADAPTER.parse_refund(refund, response, session.settings)
+
+
+def test_partial_refunds_complete_and_show_on_the_order(
+    client: httpx.Client, settings: AdapterSettings, control: FakeControl, inbox: tuple[Inbox, str]
+) -> None:
+    session = Session(client, settings)
+    order, paid = _paid(session, control)
+    assert (paid.psp_payment_id, paid.refunded) == (paid.psp_payment_id, Money(0, "USD"))
+    first = _refund(order, paid, 2_345)
+    made = _send_refund(session, first)
+    assert (made.state, made.money) == (RefundState.SUCCEEDED, Money(2_345, "USD"))
+    known = replace(first, psp_refund_id=made.psp_refund_id)
+    response = session.call(ADAPTER.build_refund_status(known, settings))
+    assert ADAPTER.parse_refund_status(known, response, settings).state is RefundState.SUCCEEDED
+    partly = session.status(order)
+    assert (partly.state, partly.refunded) == (CanonicalState.PAID, Money(2_345, "USD"))
+    second = _refund(order, paid, 10_000)
+    rest = _send_refund(session, second)
+    whole = session.status(order)
+    assert (whole.state, whole.refunded) == (CanonicalState.REFUNDED, Money(12_345, "USD"))
+    assert control.stats()["refunds"] == {
+        f"pd-refund-{first.id}": 1,
+        f"pd-refund-{second.id}": 1,
+    }
+    box = inbox[0]
+    wait_until(
+        lambda: box.event_types().count("PAYMENT.CAPTURE.REFUNDED") == 2,
+        timeout=10,
+        what="two refund webhooks",
+    )
+    hints = [
+        ADAPTER.parse_notification(Notification(headers=h, body=b), settings)
+        for h, b in box.events()
+        if json.loads(b)["event_type"] == "PAYMENT.CAPTURE.REFUNDED"
+    ]
+    assert {h.refund.psp_refund_id for h in hints if h.refund} == {
+        made.psp_refund_id,
+        rest.psp_refund_id,
+    }
+    assert all(h.ref.order_id == str(order.id) and not h.verified for h in hints)
+
+
+def test_refund_above_what_is_left_is_refused_and_refunds_nothing(
+    client: httpx.Client, settings: AdapterSettings, control: FakeControl
+) -> None:
+    session = Session(client, settings)
+    order, paid = _paid(session, control)
+    with pytest.raises(PspRejected, match="REFUND_AMOUNT_EXCEEDED"):
+        _send_refund(session, _refund(order, paid, 12_346))
+    _send_refund(session, _refund(order, paid, 12_345))
+    with pytest.raises(PspRejected, match="CAPTURE_FULLY_REFUNDED"):
+        _send_refund(session, _refund(order, paid, 1))
+    assert sum(control.stats()["refunds"].values()) == 1
+
+
+def test_refund_accepted_then_timed_out_is_answered_by_its_request_id_once(
+    client: httpx.Client, settings: AdapterSettings, control: FakeControl
+) -> None:
+    session = Session(client, settings)
+    order, paid = _paid(session, control)
+    control.refund_faults(accept_then_timeout=1)
+    refund = _refund(order, paid, 5_000)
+    with pytest.raises(httpx.ReadTimeout):
+        _send_refund(session, refund, timeout=0.5)
+    again = _send_refund(session, refund)  # the transport's retry, same PayPal-Request-Id
+    assert again.money == Money(5_000, "USD")
+    assert control.stats()["refunds"] == {f"pd-refund-{refund.id}": 1}
+    assert session.status(order).refunded == Money(5_000, "USD")
+
+
+def test_refused_refund_fault_is_a_rejection(
+    client: httpx.Client, settings: AdapterSettings, control: FakeControl
+) -> None:
+    session = Session(client, settings)
+    order, paid = _paid(session, control)
+    control.refund_faults(refuse=1)
+    with pytest.raises(PspRejected, match="REFUND_NOT_ALLOWED"):
+        _send_refund(session, _refund(order, paid, 100))
+    assert control.stats()["refunds"] == {}

@@ -24,15 +24,19 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundRequest,
+    RefundState,
     Reply,
     Secret,
     StatusReport,
 )
 from adapters.registry import resolve_settings
 from adapters.testing import (
+    SAMPLE_REFUND_ID,
     AdapterConformance,
     FixtureSet,
     NotificationFixtures,
+    RefundFixtures,
     load_response,
     sample_order,
 )
@@ -115,6 +119,21 @@ class TestPaypalConformance(AdapterConformance):
         },
         captured=fixture("capture_completed", 201),
         token=fixture("token"),
+        refunds=RefundFixtures(
+            states={
+                RefundState.PENDING: fixture("refund_pending"),
+                RefundState.SUCCEEDED: fixture("refund_completed"),
+                RefundState.FAILED: fixture("refund_failed"),
+            },
+            created={RefundState.SUCCEEDED: fixture("refund_completed", 201)},
+            rejected=fixture("error_refund_amount_exceeded", 422),
+            psp_refund_id="1JU08902781691411",
+            money=Money(4000, "USD"),
+            malformed={
+                "unknown-status": fixture("refund_unknown_status"),
+                "another-order": fixture("refund_other_refund"),
+            },
+        ),
         notifications=NotificationFixtures(
             valid=notification("notification_payment_capture_completed"),
             tampered=notification("notification_payment_capture_completed_tampered"),
@@ -687,3 +706,174 @@ def test_requests_carry_no_credentials_outside_headers() -> None:
         payload = json.dumps([request.url, request.json, list(request.form or [])])
         assert SECRET not in payload
         assert CLIENT_ID not in payload
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+CAPTURE_ID = "3C679366HH908993F"
+REFUND_ID = "1JU08902781691411"
+PAID = replace(INVOICED, status=OrderStatus.PAID)
+
+
+def refund_request(**changes: Any) -> RefundRequest:
+    request = RefundRequest(
+        id=SAMPLE_REFUND_ID,
+        order=PAID,
+        money=Money(4000, "USD"),
+        reason="Returned by the buyer",
+        psp_payment_id=CAPTURE_ID,
+    )
+    return replace(request, **changes)
+
+
+def read(name: str, status_code: int = 200) -> StatusReport:
+    return ADAPTER.parse_status(INVOICED, fixture(name, status_code), settings())
+
+
+def test_completed_order_names_its_capture_for_refunds_and_nothing_refunded() -> None:
+    report = read("status_completed")
+    assert (report.psp_payment_id, report.refunded) == (CAPTURE_ID, Money(0, "USD"))
+
+
+def test_partly_refunded_order_shows_the_completed_refunds() -> None:
+    report = read("status_completed_partially_refunded")
+    assert (report.state, report.refunded) == (CanonicalState.PAID, Money(4000, "USD"))
+
+
+def test_refunded_order_shows_the_amount_refunded() -> None:
+    report = read("status_completed_refunded")
+    assert report.state is CanonicalState.REFUNDED
+    assert report.refunded == Money(10000, "USD")
+
+
+def test_order_before_capture_names_no_payment_and_no_refund() -> None:
+    report = read("status_approved")
+    assert (report.psp_payment_id, report.refunded) == (None, None)
+
+
+def test_refund_request_follows_the_payments_reference() -> None:
+    request = ADAPTER.build_refund(refund_request(), settings())
+    assert (request.method, request.url, request.operation) == (
+        "POST",
+        f"https://api-m.paypal.com/v2/payments/captures/{CAPTURE_ID}/refund",
+        "refund",
+    )
+    assert request.headers == {
+        "PayPal-Request-Id": f"pd-refund-{SAMPLE_REFUND_ID}",
+        "Prefer": "return=representation",
+    }
+    assert request.json == {
+        "amount": {"currency_code": "USD", "value": "40.00"},
+        "custom_id": str(ORDER.id),
+        "note_to_payer": "Returned by the buyer",
+    }
+
+
+def test_refund_without_a_reason_sends_no_note() -> None:
+    request = ADAPTER.build_refund(refund_request(reason="  "), settings())
+    assert "note_to_payer" not in request.json
+
+
+@pytest.mark.parametrize("payment", [None, "", "not/a/capture"])
+def test_refund_without_the_capture_id_is_refused_before_any_call(payment: Any) -> None:
+    with pytest.raises(InvalidInput, match="psp_payment_id"):
+        ADAPTER.build_refund(refund_request(psp_payment_id=payment), settings())
+
+
+def test_refund_status_reads_the_refund() -> None:
+    request = ADAPTER.build_refund_status(refund_request(psp_refund_id=REFUND_ID), settings())
+    assert (request.method, request.url) == (
+        "GET",
+        f"https://api-m.paypal.com/v2/payments/refunds/{REFUND_ID}",
+    )
+    with pytest.raises(InvalidInput, match="psp_refund_id"):
+        ADAPTER.build_refund_status(refund_request(), settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "state"),
+    [
+        ("refund_pending", RefundState.PENDING),
+        ("refund_completed", RefundState.SUCCEEDED),
+        ("refund_failed", RefundState.FAILED),
+        ("refund_cancelled", RefundState.FAILED),
+    ],
+)
+def test_refund_statuses(name: str, state: RefundState) -> None:
+    report = ADAPTER.parse_refund(refund_request(), fixture(name, 201), settings())
+    assert (report.state, report.psp_refund_id, report.money) == (
+        state,
+        REFUND_ID,
+        Money(4000, "USD"),
+    )
+
+
+def test_pending_refund_says_why() -> None:
+    report = ADAPTER.parse_refund(refund_request(), fixture("refund_pending", 201), settings())
+    assert report.reason == "ECHECK"
+
+
+@pytest.mark.parametrize("name", ["error_refund_amount_exceeded", "error_capture_fully_refunded"])
+def test_refused_refund_is_a_permanent_rejection(name: str) -> None:
+    with pytest.raises(PspRejected, match=r"REFUND_AMOUNT_EXCEEDED|CAPTURE_FULLY_REFUNDED"):
+        ADAPTER.parse_refund(refund_request(), fixture(name, 422), settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "code"), [("error_resource_not_found", 404), ("error_resource_conflict", 409)]
+)
+def test_refund_errors_that_say_nothing_final_are_transient(name: str, code: int) -> None:
+    with pytest.raises(TransientError):
+        ADAPTER.parse_refund(refund_request(), fixture(name, code), settings())
+
+
+def test_refused_refund_status_read_is_transient() -> None:
+    with pytest.raises(TransientError):
+        ADAPTER.parse_refund_status(
+            refund_request(psp_refund_id=REFUND_ID),
+            fixture("error_invalid_request", 400),
+            settings(),
+        )
+
+
+def test_refund_answer_about_another_refund_is_malformed() -> None:
+    with pytest.raises(MalformedResponse, match="another order"):
+        ADAPTER.parse_refund(refund_request(), fixture("refund_other_refund", 201), settings())
+    with pytest.raises(MalformedResponse, match="not 1JU"):
+        ADAPTER.parse_refund_status(
+            refund_request(psp_refund_id=REFUND_ID), fixture("refund_other_refund"), settings()
+        )
+
+
+def test_refund_notification_names_the_refund_but_is_only_a_hint() -> None:
+    result = ADAPTER.parse_notification(
+        notification("notification_payment_capture_refunded"), settings()
+    )
+    assert (result.verified, result.report) == (False, None)
+    assert result.ref == OrderRef(order_id=str(ORDER.id))
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.psp_refund_id, result.refund.money) == (
+        RefundState.SUCCEEDED,
+        REFUND_ID,
+        Money(4000, "USD"),
+    )
+
+
+def test_reversal_notification_names_the_reversal_as_a_chargeback_hint() -> None:
+    result = ADAPTER.parse_notification(
+        notification("notification_payment_capture_reversed"), settings()
+    )
+    assert not result.verified
+    assert result.refund is not None
+    assert result.refund.psp_refund_id == "4NK90415TJ7209425"
+    assert "reversed" in result.refund.reason
+
+
+def test_refund_notification_with_an_unreadable_refund_still_names_the_order() -> None:
+    body = fixture_body("notification_payment_capture_refunded")
+    body["resource"]["status"] = "SOMETHING_NEW"
+    result = ADAPTER.parse_notification(
+        Notification(headers={}, body=json.dumps(body).encode()), settings()
+    )
+    assert result.refund is None
+    assert result.ref == OrderRef(order_id=str(ORDER.id))
