@@ -2,6 +2,9 @@
 
 Automatic outcomes: an order whose ``metadata["sandbox_scenario"]`` is set (``"pay_after:2"``,
 ``"decline_after:1"``, ``"never"``, ``"pay_late:3"``) sends it as the create body's ``scenario``.
+
+Refunds and payouts (issue #14) carry our id twice: in the ``Idempotency-Key`` (a re-send makes
+nothing new) and as the body's ``reference`` (a status read can find them by it alone).
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from adapters.base import (
     NotificationResult,
     OrderRef,
     PaymentPage,
+    PayoutReport,
+    PayoutRequest,
     PollPolicy,
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
     Reply,
     SettingSpec,
     StatusReport,
@@ -41,10 +48,13 @@ from adapters.sandbox.protocol import (
     DEFAULT_API_URL,
     DEFAULT_WEBHOOK_SECRET,
     IDEMPOTENCY_HEADER,
+    PAYOUT_EVENT_TYPE,
+    REFUND_EVENT_TYPE,
     WEBHOOK_EVENT_TYPE,
     InvoiceStatus,
     SignatureHeader,
 )
+from adapters.sandbox.transfers import created, payout_report, refund_report, status_read
 from orders.errors import InvalidInput, OutcomeUnknown
 from orders.model import Order
 from orders.money import Money
@@ -65,7 +75,14 @@ _STATES: Mapping[InvoiceStatus, CanonicalState] = {
 }
 # Definite answers to a create request: the same request can never succeed.
 _REJECTIONS = frozenset(
-    {"invalid_body", "invalid_field", "invalid_json", "unsupported_currency", "already_expired"}
+    {
+        "invalid_body",
+        "invalid_field",
+        "invalid_json",
+        "unsupported_currency",
+        "already_expired",
+        "refused",  # the refuse fault
+    }
 )
 
 
@@ -119,8 +136,17 @@ def _report(body: Mapping[str, Any]) -> StatusReport:
         money = Money(amount, currency)
     except InvalidInput as exc:
         raise MalformedResponse(f"invoice reports unusable money: {exc}") from None
+    refunded = body.get("refunded")
+    if refunded is not None and (
+        isinstance(refunded, bool) or not isinstance(refunded, int) or refunded < 0
+    ):
+        raise MalformedResponse("invoice's 'refunded' is not a whole number of minor units")
     return StatusReport(
-        state=_STATES[status], psp_id=invoice_id, money=money, raw_status=status.value
+        state=_STATES[status],
+        psp_id=invoice_id,
+        money=money,
+        raw_status=status.value,
+        refunded=None if refunded is None else Money(refunded, currency),
     )
 
 
@@ -138,6 +164,13 @@ class Sandbox(Adapter):
         default_expiry=timedelta(minutes=15),
         poll=PollPolicy(first=timedelta(seconds=1), factor=2.0, cap=timedelta(seconds=10)),
         list_payments=True,  # GET /api/v1/invoices (reconciliation, issue #16)
+        # Refunds and payouts (issue #14): keyed by our id, found by it as their reference.
+        refunds=True,
+        partial_refunds=True,
+        idempotent_refund=True,
+        refund_lookup=True,
+        payouts=True,
+        idempotent_payout=True,
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="base URL of the sandbox server"),
@@ -168,7 +201,11 @@ class Sandbox(Adapter):
 
     @classmethod
     def _invoices_url(cls, settings: AdapterSettings, *path: str) -> str:
-        base = f"{cls._url_setting(settings, 'API_URL')}{API_PREFIX}/invoices"
+        return cls._api_url(settings, "invoices", *path)
+
+    @classmethod
+    def _api_url(cls, settings: AdapterSettings, collection: str, *path: str) -> str:
+        base = f"{cls._url_setting(settings, 'API_URL')}{API_PREFIX}/{collection}"
         return "/".join((base, *(quote(part, safe="") for part in path)))
 
     @staticmethod
@@ -293,6 +330,8 @@ class Sandbox(Adapter):
             payload = json.loads(notification.body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
             raise MalformedResponse("sandbox notification body is not JSON") from None
+        if isinstance(payload, Mapping) and payload.get("type") == PAYOUT_EVENT_TYPE:
+            return self._payout_notification(notification, payload, settings)
         invoice = payload.get("invoice") if isinstance(payload, Mapping) else None
         if not isinstance(invoice, Mapping):
             raise MalformedResponse("sandbox notification has no 'invoice' object")
@@ -306,14 +345,33 @@ class Sandbox(Adapter):
             raise MalformedResponse("sandbox notification names no invoice or order")
         reply = Reply(200, b"ok")
         if not self._signature_valid(notification, settings) or (
-            payload.get("type") != WEBHOOK_EVENT_TYPE
+            payload.get("type") not in {WEBHOOK_EVENT_TYPE, REFUND_EVENT_TYPE}
         ):
             return NotificationResult(ref=ref, verified=False, reply=reply)
         try:
             report = _report(invoice)
+            refund: RefundReport | None = None
+            if payload.get("type") == REFUND_EVENT_TYPE:
+                record = payload.get("refund")
+                if not isinstance(record, Mapping):
+                    raise MalformedResponse("refund notification without its 'refund'")
+                refund = refund_report(record, None)
         except MalformedResponse:
             return NotificationResult(ref=ref, verified=False, reply=reply)
-        return NotificationResult(ref=ref, verified=True, report=report, reply=reply)
+        return NotificationResult(ref=ref, verified=True, report=report, reply=reply, refund=refund)
+
+    def _payout_notification(
+        self, notification: Notification, payload: Mapping[str, Any], settings: AdapterSettings
+    ) -> NotificationResult:
+        """A payout names no order: its report alone, trusted only with a valid signature."""
+        record = payload.get("payout")
+        if not isinstance(record, Mapping):
+            raise MalformedResponse("sandbox payout notification has no 'payout' object")
+        payout = payout_report(record, None)
+        verified = self._signature_valid(notification, settings)
+        return NotificationResult(
+            ref=OrderRef(), verified=verified, reply=Reply(200, b"ok"), payout=payout
+        )
 
     @staticmethod
     def _signature_valid(notification: Notification, settings: AdapterSettings) -> bool:
@@ -368,3 +426,99 @@ class Sandbox(Adapter):
             ref = OrderRef(order_id=order_id if isinstance(order_id, str) else None)
             payments.append(ListedPayment(_report(item), ref))
         return PaymentPage(tuple(payments), cursor)
+
+    # -- Refunds and payouts (issue #14) ------------------------------------------------------
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        invoice_id = refund.psp_payment_id or self._psp_id(refund.order)
+        headers = self._headers(settings) | {IDEMPOTENCY_HEADER: f"pd-refund-{refund.id}"}
+        return PspRequest(
+            method="POST",
+            url=self._api_url(settings, "refunds"),
+            operation="refund",
+            headers=headers,
+            json={
+                "invoice_id": invoice_id,
+                "amount": refund.money.amount,
+                "currency": refund.money.currency,
+                "reference": str(refund.id),
+                "reason": refund.reason,
+            },
+        )
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        record = created(response, "refund", f"pd-refund-{refund.id}")
+        return refund_report(record, str(refund.id))
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        """By the sandbox's id once known, else by our id (the refund's ``reference``)."""
+        if refund.psp_refund_id:
+            url, params = self._api_url(settings, "refunds", refund.psp_refund_id), {}
+        else:
+            url, params = self._api_url(settings, "refunds"), {"reference": str(refund.id)}
+        return PspRequest(
+            method="GET",
+            url=url,
+            operation="refund_status",
+            headers=self._headers(settings),
+            params=params,
+        )
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        report = refund_report(status_read(response, "refund", str(refund.id)), str(refund.id))
+        if refund.psp_refund_id and report.psp_refund_id != refund.psp_refund_id:
+            raise MalformedResponse(f"sandbox answered for refund {report.psp_refund_id!r}")
+        return report
+
+    def build_payout(self, payout: PayoutRequest, settings: AdapterSettings) -> PspRequest:
+        account = payout.destination.get("account")
+        if not account:
+            raise InvalidInput("destination", "the sandbox pays out to {'account': ...}")
+        body: dict[str, Any] = {
+            "amount": payout.money.amount,
+            "currency": payout.money.currency,
+            "account": account,
+            "reference": str(payout.id),
+            "description": payout.description,
+        }
+        if settings.get("NOTIFY_URL") != NO_NOTIFY_URL:
+            body["notify_url"] = self._url_setting(settings, "NOTIFY_URL")
+        headers = self._headers(settings) | {IDEMPOTENCY_HEADER: f"pd-payout-{payout.id}"}
+        return PspRequest(
+            method="POST",
+            url=self._api_url(settings, "payouts"),
+            operation="payout",
+            headers=headers,
+            json=body,
+        )
+
+    def parse_payout(
+        self, payout: PayoutRequest, response: PspResponse, settings: AdapterSettings
+    ) -> PayoutReport:
+        record = created(response, "payout", f"pd-payout-{payout.id}")
+        return payout_report(record, str(payout.id))
+
+    def build_payout_status(self, payout: PayoutRequest, settings: AdapterSettings) -> PspRequest:
+        if payout.psp_payout_id:
+            url, params = self._api_url(settings, "payouts", payout.psp_payout_id), {}
+        else:
+            url, params = self._api_url(settings, "payouts"), {"reference": str(payout.id)}
+        return PspRequest(
+            method="GET",
+            url=url,
+            operation="payout_status",
+            headers=self._headers(settings),
+            params=params,
+        )
+
+    def parse_payout_status(
+        self, payout: PayoutRequest, response: PspResponse, settings: AdapterSettings
+    ) -> PayoutReport:
+        report = payout_report(status_read(response, "payout", str(payout.id)), str(payout.id))
+        if payout.psp_payout_id and report.psp_payout_id != payout.psp_payout_id:
+            raise MalformedResponse(f"sandbox answered for payout {report.psp_payout_id!r}")
+        return report

@@ -26,3 +26,7 @@ class SandboxConfig:
     # How long a ``reorder`` webhook fault waits for a second webhook to swap with.
     reorder_window: float = 1.0
     seed: int | None = None  # for the fault dice, so runs with rates are reproducible
+    # Refunds and payouts (issue #14): seconds until a pending one succeeds by itself; None:
+    # it stays pending until the control API (or, for a payout, its page) settles it.
+    refund_settle_seconds: float | None = 1.0
+    payout_settle_seconds: float | None = None

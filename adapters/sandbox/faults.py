@@ -23,6 +23,10 @@ class Operation(StrEnum):
     CANCEL = "cancel"
     LOOKUP = "lookup"
     LIST = "list"  # the payment list reconciliation reads (issue #16)
+    REFUND = "refund"  # refunds and payouts (issue #14)
+    REFUND_STATUS = "refund_status"
+    PAYOUT = "payout"
+    PAYOUT_STATUS = "payout_status"
 
 
 class FaultKind(StrEnum):
@@ -33,6 +37,7 @@ class FaultKind(StrEnum):
     ACCEPT_THEN_TIMEOUT = "accept_then_timeout"  # the operation happens, then held like TIMEOUT
     MALFORMED = "malformed"  # the operation happens; 200 with an HTML page or truncated JSON
     AMOUNT_MISMATCH = "amount_mismatch"  # the reported amount is off by ``delta`` minor units
+    REFUSE = "refuse"  # nothing happens; 422 ``refused``: a definite no
 
 
 class MalformedStyle(StrEnum):
@@ -66,6 +71,11 @@ FAULT_KIND_HELP: Mapping[FaultKind, tuple[str, tuple[str, ...]]] = {
     FaultKind.AMOUNT_MISMATCH: (
         "the operation happens; every reported amount is off by `delta` minor units",
         ("delta",),
+    ),
+    FaultKind.REFUSE: (
+        "nothing happens; 422 with the error code `refused`: a definite no (a refund or payout "
+        "the payment system declines)",
+        (),
     ),
 }
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from html import escape
 
-from adapters.sandbox.protocol import InvoiceStatus
+from adapters.sandbox.money_out import TransferRecord
+from adapters.sandbox.protocol import InvoiceStatus, TransferStatus
 from adapters.sandbox.store import InvoiceRecord
 from orders.errors import InvalidInput
 from orders.money import Money
@@ -76,3 +77,28 @@ def refusal_page(record: InvoiceRecord, status: InvoiceStatus) -> str:
 
 def not_found_page(invoice_id: str) -> str:
     return _page("Sandbox payment", f"<p>No invoice {escape(invoice_id)}.</p>")
+
+
+def payout_page(record: TransferRecord) -> str:
+    """A payout with Complete and Fail buttons while it is pending, its status otherwise."""
+    r = record.request
+    try:
+        amount = str(Money(r.amount, r.currency))
+    except InvalidInput:
+        amount = f"{r.amount} {r.currency} (minor units)"
+    details = (
+        f"<p class=amount id=amount>{escape(amount)}</p>"
+        f"<p>To account <code id=account>{escape(r.account or '')}</code>: "
+        f"{escape(r.description)}</p>"
+        f"<p>Payout <code>{escape(record.id)}</code>, "
+        f"status <strong id=status>{escape(record.status.value)}</strong></p>"
+    )
+    if record.status is TransferStatus.PENDING:
+        base = f"/payouts/{escape(record.id)}"
+        details += (
+            f'<form method=post action="{base}/complete" id=complete-form>'
+            "<button type=submit id=complete>Complete</button></form>"
+            f'<form method=post action="{base}/fail" id=fail-form>'
+            "<button type=submit id=fail>Fail</button></form>"
+        )
+    return _page("Sandbox payout", details)

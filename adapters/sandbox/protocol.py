@@ -24,6 +24,9 @@ DEFAULT_WEBHOOK_SECRET = "sandbox-webhook-secret"  # noqa: S105
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_HEADER = "Sandbox-Signature"
 WEBHOOK_EVENT_TYPE = "invoice.updated"
+# Refunds and payouts (issue #14): a refund's webhook carries the refund and its invoice.
+REFUND_EVENT_TYPE = "refund.updated"
+PAYOUT_EVENT_TYPE = "payout.updated"
 
 CURRENCIES: frozenset[str] = frozenset({"USD", "EUR", "GBP", "RUB", "JPY"})
 
@@ -37,6 +40,14 @@ class InvoiceStatus(StrEnum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     REFUNDED = "refunded"
+
+
+class TransferStatus(StrEnum):
+    """A refund's or a payout's status as the sandbox reports it."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class ScenarioKind(StrEnum):

@@ -1,7 +1,9 @@
 """The sandbox payment system's HTTP face: merchant API, pay pages, control API (Starlette).
 
     /api/v1/invoices ...          merchant API, ``Authorization: Bearer <api key>``, faults apply
+    /api/v1/refunds, /payouts ... refunds and payouts (issue #14), the same way
     /pay/{id} ...                 the pay page a person or a browser clicks
+    /payouts/{id} ...             the payout page that completes or fails a payout
     /_control/ ...                unauthenticated local tool: faults, late payments, stats, reset
     /healthz                      liveness
 
@@ -42,7 +44,8 @@ from adapters.sandbox.faults import (
     OperationFaults,
     WebhookFaults,
 )
-from adapters.sandbox.protocol import API_PREFIX, IDEMPOTENCY_HEADER
+from adapters.sandbox.money_out import TransferBook, TransferRequest
+from adapters.sandbox.protocol import API_PREFIX, IDEMPOTENCY_HEADER, TransferStatus
 from adapters.sandbox.service import SandboxService
 from adapters.sandbox.store import InvoiceRequest, Move, SandboxApiError
 
@@ -104,6 +107,17 @@ def _query_time(value: str | None) -> datetime | None:
 
 # The control API pays even past the deadline or after a refusal: a late payment.
 _CONTROL_MOVES = {"pay": Move.LATE_PAY, "decline": Move.DECLINE, "refund": Move.REFUND}
+# How the control API (and the payout page) settles a pending refund or payout.
+_SETTLE_OUTCOMES = {"succeed": TransferStatus.SUCCEEDED, "fail": TransferStatus.FAILED}
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "")
+    if not key.strip() or len(key) > 255:
+        raise SandboxApiError(
+            400, "missing_idempotency_key", f"send an {IDEMPOTENCY_HEADER} header (1-255)"
+        )
+    return key
 
 
 class _Routes:
@@ -157,6 +171,8 @@ class _Routes:
         elif fault.kind is FaultKind.TIMEOUT:
             await self.service.hold(fault.seconds)
             return _error(504, "timeout", "injected fault: held until the client gave up")
+        elif fault.kind is FaultKind.REFUSE:
+            return _error(422, "refused", "injected fault: the payment system refuses")
         return None
 
     async def _after(self, fault: Fault, result: _Result) -> Response:
@@ -177,11 +193,7 @@ class _Routes:
 
     async def create_invoice(self, request: Request) -> Response:
         async def handle() -> _Result:
-            key = request.headers.get(IDEMPOTENCY_HEADER, "")
-            if not key.strip() or len(key) > 255:
-                raise SandboxApiError(
-                    400, "missing_idempotency_key", f"send an {IDEMPOTENCY_HEADER} header (1-255)"
-                )
+            key = _idempotency_key(request)
             invoice_request = InvoiceRequest.parse(
                 await _json_body(request), self.service.config.currencies
             )
@@ -249,6 +261,87 @@ class _Routes:
 
         return await self._api(request, Operation.CANCEL, handle)
 
+    # -- refunds and payouts (issue #14) ------------------------------------------------------
+
+    async def create_refund(self, request: Request) -> Response:
+        async def handle() -> _Result:
+            key = _idempotency_key(request)
+            body = TransferRequest.parse_refund(await _json_body(request))
+            outcome = self.service.create_refund(key, body)
+            return _Result(201 if outcome.changed else 200, outcome.record.to_json())
+
+        return await self._api(request, Operation.REFUND, handle)
+
+    async def create_payout(self, request: Request) -> Response:
+        async def handle() -> _Result:
+            key = _idempotency_key(request)
+            body = TransferRequest.parse_payout(
+                await _json_body(request), self.service.config.currencies
+            )
+            base = self.service.config.public_url or str(request.base_url)
+            outcome = self.service.create_payout(key, body, base)
+            return _Result(201 if outcome.changed else 200, outcome.record.to_json())
+
+        return await self._api(request, Operation.PAYOUT, handle)
+
+    async def get_refund(self, request: Request) -> Response:
+        return await self._get_transfer(request, self.service.refunds, Operation.REFUND_STATUS)
+
+    async def get_payout(self, request: Request) -> Response:
+        return await self._get_transfer(request, self.service.payouts, Operation.PAYOUT_STATUS)
+
+    async def find_refunds(self, request: Request) -> Response:
+        return await self._find_transfers(request, self.service.refunds, Operation.REFUND_STATUS)
+
+    async def find_payouts(self, request: Request) -> Response:
+        return await self._find_transfers(request, self.service.payouts, Operation.PAYOUT_STATUS)
+
+    async def _get_transfer(
+        self, request: Request, book: TransferBook, operation: Operation
+    ) -> Response:
+        async def handle() -> _Result:
+            return _Result(200, book.get(request.path_params["record_id"]).to_json())
+
+        return await self._api(request, operation, handle)
+
+    async def _find_transfers(
+        self, request: Request, book: TransferBook, operation: Operation
+    ) -> Response:
+        """``?reference=<the merchant's id>``: the records made for it, oldest first."""
+
+        async def handle() -> _Result:
+            reference = request.query_params.get("reference", "")
+            if not reference:
+                raise SandboxApiError(400, "invalid_field", "reference: give ?reference=<id>")
+            return _Result(200, {"items": [r.to_json() for r in book.find(reference)]})
+
+        return await self._api(request, operation, handle)
+
+    async def payout_page(self, request: Request) -> Response:
+        payout_id = request.path_params["record_id"]
+        try:
+            record = self.service.payouts.get(payout_id)
+        except SandboxApiError:
+            return HTMLResponse(pages.not_found_page(payout_id), 404)
+        return HTMLResponse(pages.payout_page(record))
+
+    async def complete_payout(self, request: Request) -> Response:
+        return self._settle_on_page(request, TransferStatus.SUCCEEDED)
+
+    async def fail_payout(self, request: Request) -> Response:
+        return self._settle_on_page(request, TransferStatus.FAILED)
+
+    def _settle_on_page(self, request: Request, status: TransferStatus) -> Response:
+        payout_id = request.path_params["record_id"]
+        reason = None if status is TransferStatus.SUCCEEDED else "failed on the payout page"
+        try:
+            record = self.service.settle(self.service.payouts, payout_id, status, reason).record
+        except SandboxApiError as exc:
+            if exc.status_code == 404:
+                return HTMLResponse(pages.not_found_page(payout_id), 404)
+            return HTMLResponse(pages.payout_page(self.service.payouts.get(payout_id)), 409)
+        return HTMLResponse(pages.payout_page(record))
+
     # -- pay page -----------------------------------------------------------------------------
 
     async def pay_page(self, request: Request) -> Response:
@@ -285,7 +378,11 @@ class _Routes:
 
     async def control_index(self, request: Request) -> Response:
         """This listing: every control route, fault kind and webhook switch."""
-        choices = {"action": list(_CONTROL_MOVES), "operation": [o.value for o in Operation]}
+        choices = {
+            "action": list(_CONTROL_MOVES),
+            "outcome": list(_SETTLE_OUTCOMES),
+            "operation": [o.value for o in Operation],
+        }
         hang = self.service.config.hang_seconds
         return JSONResponse(control_index(request.app.routes, choices, hang))
 
@@ -301,6 +398,39 @@ class _Routes:
         except SandboxApiError as exc:
             return JSONResponse(exc.to_json(), exc.status_code)
         return JSONResponse(outcome.record.to_json(self.service.now()))
+
+    async def control_refund(self, request: Request) -> Response:
+        """Settle a pending refund: `outcome` succeed or fail ({"reason": ...} optional), as the
+        payment system would; a succeeded refund counts against its invoice."""
+        return await self._control_settle(request, self.service.refunds)
+
+    async def control_payout(self, request: Request) -> Response:
+        """Settle a pending payout: `outcome` succeed or fail ({"reason": ...} optional), as
+        the payout page's buttons do."""
+        return await self._control_settle(request, self.service.payouts)
+
+    async def _control_settle(self, request: Request, book: TransferBook) -> Response:
+        status = _SETTLE_OUTCOMES.get(request.path_params["outcome"])
+        if status is None:
+            known = ", ".join(_SETTLE_OUTCOMES)
+            return _error(404, "not_found", f"unknown outcome; use one of {known}")
+        reason = None
+        raw = await request.body()
+        try:
+            if raw.strip():
+                body = json.loads(raw)
+                reason = body.get("reason") if isinstance(body, dict) else None
+            reason = (
+                str(reason or "failed by the control API")
+                if status is TransferStatus.FAILED
+                else None
+            )
+            outcome = self.service.settle(book, request.path_params["record_id"], status, reason)
+        except ValueError:
+            return _error(400, "invalid_json", "the body is not valid JSON")
+        except SandboxApiError as exc:
+            return JSONResponse(exc.to_json(), exc.status_code)
+        return JSONResponse(outcome.record.to_json())
 
     async def get_faults(self, request: Request) -> Response:
         """The faults pending: each operation's queue, rate and choices, and webhook faults."""
@@ -339,11 +469,13 @@ class _Routes:
         return JSONResponse(self.service.faults.describe())
 
     async def stats(self, request: Request) -> Response:
-        """Invoices by status, calls per operation, faults served, webhooks sent."""
+        """Invoices, refunds and payouts (per idempotency key and per reference) by status,
+        calls per operation, faults served, webhooks sent."""
         return JSONResponse(self.service.stats())
 
     async def reset(self, request: Request) -> Response:
-        """Forget every invoice, counter and fault: back to the configured fault plan."""
+        """Forget every invoice, refund, payout, counter and fault: back to the configured
+        fault plan."""
         self.service.reset()
         return JSONResponse({"reset": True})
 
@@ -371,6 +503,15 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
                 routes.cancel_invoice,
                 methods=["POST"],
             ),
+            Route(f"{API_PREFIX}/refunds", routes.create_refund, methods=["POST"]),
+            Route(f"{API_PREFIX}/refunds", routes.find_refunds, methods=["GET"]),
+            Route(f"{API_PREFIX}/refunds/{{record_id}}", routes.get_refund, methods=["GET"]),
+            Route(f"{API_PREFIX}/payouts", routes.create_payout, methods=["POST"]),
+            Route(f"{API_PREFIX}/payouts", routes.find_payouts, methods=["GET"]),
+            Route(f"{API_PREFIX}/payouts/{{record_id}}", routes.get_payout, methods=["GET"]),
+            Route("/payouts/{record_id}", routes.payout_page, methods=["GET"]),
+            Route("/payouts/{record_id}/complete", routes.complete_payout, methods=["POST"]),
+            Route("/payouts/{record_id}/fail", routes.fail_payout, methods=["POST"]),
             Route("/pay/{invoice_id}", routes.pay_page, methods=["GET"]),
             Route("/pay/{invoice_id}/pay", routes.pay, methods=["POST"]),
             Route("/pay/{invoice_id}/decline", routes.decline, methods=["POST"]),
@@ -378,6 +519,16 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             Route(
                 "/_control/invoices/{invoice_id}/{action:str}",
                 routes.control_move,
+                methods=["POST"],
+            ),
+            Route(
+                "/_control/refunds/{record_id}/{outcome:str}",
+                routes.control_refund,
+                methods=["POST"],
+            ),
+            Route(
+                "/_control/payouts/{record_id}/{outcome:str}",
+                routes.control_payout,
                 methods=["POST"],
             ),
             Route("/_control/faults", routes.get_faults, methods=["GET"]),

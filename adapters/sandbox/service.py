@@ -15,7 +15,14 @@ from typing import Any
 
 from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.faults import FaultInjector, Operation
-from adapters.sandbox.protocol import ScenarioKind
+from adapters.sandbox.money_out import TransferBook, TransferOutcome, TransferRequest
+from adapters.sandbox.protocol import (
+    PAYOUT_EVENT_TYPE,
+    REFUND_EVENT_TYPE,
+    InvoiceStatus,
+    ScenarioKind,
+    TransferStatus,
+)
 from adapters.sandbox.store import (
     InvoiceRecord,
     InvoiceRequest,
@@ -25,13 +32,15 @@ from adapters.sandbox.store import (
     SandboxApiError,
 )
 from adapters.sandbox.timeline import Timeline
-from adapters.sandbox.webhooks import WebhookSender, build_webhook
+from adapters.sandbox.webhooks import WebhookSender, build_event, build_webhook
 
 
 class SandboxService:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.store = InvoiceStore()
+        self.refunds = TransferBook("refund", "rf")
+        self.payouts = TransferBook("payout", "po")
         self.faults = FaultInjector(config.faults, config.seed)
         self.calls: Counter[Operation] = Counter()
         self.timeline = Timeline()
@@ -101,6 +110,96 @@ class SandboxService:
         with contextlib.suppress(SandboxApiError):
             self.move(invoice_id, move)
 
+    # -- refunds and payouts (issue #14) ---------------------------------------------------------
+
+    def create_refund(self, key: str, request: TransferRequest) -> TransferOutcome:
+        """A refund of a paid invoice; never more than its pending and succeeded refunds leave.
+
+        404 for an unknown invoice, 409 ``not_refundable`` unless it is paid, 422
+        ``currency_mismatch`` or ``amount_exceeds`` (with what is left).
+        """
+        now = self.now()
+
+        def admit(held: int) -> None:
+            invoice = self.store.get(request.invoice_id or "")
+            status = invoice.status_at(now)
+            if status is not InvoiceStatus.PAID:
+                raise SandboxApiError(
+                    409, "not_refundable", f"invoice {invoice.id} is {status}, not paid"
+                )
+            if request.currency != invoice.request.currency:
+                raise SandboxApiError(
+                    422,
+                    "currency_mismatch",
+                    f"the invoice is in {invoice.request.currency}, not {request.currency}",
+                )
+            left = invoice.request.amount - held
+            if request.amount > left:
+                raise SandboxApiError(
+                    422,
+                    "amount_exceeds",
+                    f"refund of {request.amount} exceeds the {left} left of invoice {invoice.id}",
+                )
+
+        outcome = self.refunds.create(key, request, now, admit)
+        if outcome.changed:
+            self._schedule_settle(
+                self.refunds, outcome.record.id, self.config.refund_settle_seconds
+            )
+        return outcome
+
+    def create_payout(
+        self, key: str, request: TransferRequest, page_url_base: str
+    ) -> TransferOutcome:
+        outcome = self.payouts.create(key, request, self.now(), page_url_base=page_url_base)
+        if outcome.changed:
+            self._schedule_settle(
+                self.payouts, outcome.record.id, self.config.payout_settle_seconds
+            )
+        return outcome
+
+    def settle(
+        self, book: TransferBook, record_id: str, status: TransferStatus, reason: str | None = None
+    ) -> TransferOutcome:
+        """Settle a refund or payout; a succeeded refund counts against its invoice. Either way
+        a changed record is notified (a refund at its invoice's notify_url)."""
+        outcome = book.settle(record_id, status, self.now(), reason)
+        if not outcome.changed:
+            return outcome
+        record = outcome.record
+        if book is self.refunds:
+            invoice_id = record.request.invoice_id or ""
+            if status is TransferStatus.SUCCEEDED:
+                invoice = self.store.add_refunded(invoice_id, record.request.amount, self.now())
+                current = invoice.record
+            else:
+                current = self.store.get(invoice_id)
+            url = current.request.notify_url
+            if url is not None:
+                event = build_event(
+                    url,
+                    REFUND_EVENT_TYPE,
+                    refund=record.to_json(),
+                    invoice=current.to_json(self.now()),
+                )
+                self.webhooks.send(event)
+        elif record.request.notify_url is not None:
+            self.webhooks.send(
+                build_event(record.request.notify_url, PAYOUT_EVENT_TYPE, payout=record.to_json())
+            )
+        return outcome
+
+    def _schedule_settle(self, book: TransferBook, record_id: str, seconds: float | None) -> None:
+        if seconds is None:
+            return
+
+        def succeed() -> None:
+            # Settled by hand (or reset) meanwhile: nothing left to do.
+            with contextlib.suppress(SandboxApiError):
+                self.settle(book, record_id, TransferStatus.SUCCEEDED)
+
+        self.timeline.at(self.now().timestamp() + seconds, succeed)
+
     async def hold(self, seconds: float | None) -> None:
         """Hold a request like a hung server; released early when the server shuts down."""
         with contextlib.suppress(TimeoutError):
@@ -114,6 +213,8 @@ class SandboxService:
     def reset(self) -> None:
         """Forget every invoice, counter and fault; back to the configured fault plan."""
         self.store = InvoiceStore()
+        self.refunds = TransferBook("refund", "rf")
+        self.payouts = TransferBook("payout", "po")
         self.faults = FaultInjector(self.config.faults, self.config.seed)
         self.calls.clear()
         self.timeline.clear()
@@ -123,11 +224,15 @@ class SandboxService:
         served = self.faults.served_counts()
         return {
             **self.store.stats(),
+            **self.refunds.stats(),
+            **self.payouts.stats(),
             "calls": {op.value: self.calls[op] for op in Operation},
             "create_calls": self.calls[Operation.CREATE],
             "status_calls": self.calls[Operation.STATUS],
             "cancel_calls": self.calls[Operation.CANCEL],
             "lookup_calls": self.calls[Operation.LOOKUP],
+            "refund_calls": self.calls[Operation.REFUND],
+            "payout_calls": self.calls[Operation.PAYOUT],
             "faults_served": served,
             "faults_served_total": sum(sum(kinds.values()) for kinds in served.values()),
             "webhooks": dict(self.webhooks.counts),

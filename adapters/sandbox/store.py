@@ -63,7 +63,7 @@ class InvoiceRequest:
         """Validate a decoded JSON body: 400 for a malformed field, 422 for an unsupported one."""
         if not isinstance(body, Mapping):
             raise SandboxApiError(400, "invalid_body", "the body must be a JSON object")
-        order_id = _required(body, "order_id", limit=128)
+        order_id = required_text(body, "order_id", limit=128)
         number = body.get("number")
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
             raise SandboxApiError(400, "invalid_field", "number: must be a positive integer")
@@ -72,21 +72,21 @@ class InvoiceRequest:
             raise SandboxApiError(
                 400, "invalid_field", "amount: must be a positive integer (minor units)"
             )
-        currency = _required(body, "currency", limit=3)
+        currency = required_text(body, "currency", limit=3)
         if currency not in currencies:
             known = ", ".join(sorted(currencies))
             raise SandboxApiError(
                 422, "unsupported_currency", f"currency {currency!r}: use one of {known}"
             )
-        description = _optional(body, "description", limit=1000) or ""
-        expires_text = _required(body, "expires_at", limit=64)
+        description = optional_text(body, "description", limit=1000) or ""
+        expires_text = required_text(body, "expires_at", limit=64)
         try:
             expires_at = datetime.fromisoformat(expires_text)
         except ValueError:
             raise SandboxApiError(400, "invalid_field", "expires_at: must be ISO 8601") from None
         if expires_at.tzinfo is None:
             raise SandboxApiError(400, "invalid_field", "expires_at: must carry a UTC offset")
-        scenario_text = _optional(body, "scenario", limit=64)
+        scenario_text = optional_text(body, "scenario", limit=64)
         try:
             scenario = None if scenario_text is None else Scenario.parse(scenario_text)
         except ValueError as exc:
@@ -97,8 +97,8 @@ class InvoiceRequest:
             amount=amount,
             currency=currency,
             description=description,
-            return_url=_url(body, "return_url"),
-            notify_url=_url(body, "notify_url"),
+            return_url=optional_url(body, "return_url"),
+            notify_url=optional_url(body, "notify_url"),
             expires_at=expires_at,
             scenario=scenario,
         )
@@ -119,7 +119,7 @@ class InvoiceRequest:
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
-def _required(body: Mapping[str, Any], name: str, *, limit: int) -> str:
+def required_text(body: Mapping[str, Any], name: str, *, limit: int) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
         raise SandboxApiError(400, "invalid_field", f"{name}: must be a non-empty string")
@@ -128,7 +128,7 @@ def _required(body: Mapping[str, Any], name: str, *, limit: int) -> str:
     return value
 
 
-def _optional(body: Mapping[str, Any], name: str, *, limit: int) -> str | None:
+def optional_text(body: Mapping[str, Any], name: str, *, limit: int) -> str | None:
     value = body.get(name)
     if value is None:
         return None
@@ -139,8 +139,8 @@ def _optional(body: Mapping[str, Any], name: str, *, limit: int) -> str | None:
     return value
 
 
-def _url(body: Mapping[str, Any], name: str) -> str | None:
-    value = _optional(body, name, limit=2048)
+def optional_url(body: Mapping[str, Any], name: str) -> str | None:
+    value = optional_text(body, name, limit=2048)
     if value is None:
         return None
     parts = urlsplit(value)
@@ -161,6 +161,7 @@ class InvoiceRecord:
     created_at: datetime
     status: InvoiceStatus = S.PENDING
     paid_at: datetime | None = None
+    refunded: int = 0  # minor units given back by succeeded refunds (issue #14)
 
     def status_at(self, now: datetime) -> InvoiceStatus:
         """A pending invoice past its deadline reads as expired (lazily)."""
@@ -183,6 +184,7 @@ class InvoiceRecord:
             "return_url": r.return_url,
             "created_at": self.created_at.isoformat(),
             "paid_at": None if self.paid_at is None else self.paid_at.isoformat(),
+            "refunded": self.refunded,
         }
 
 
@@ -317,7 +319,9 @@ class InvoiceStore:
                 return Outcome(record, changed=False)
             if current in rule.allowed:
                 paid_at = now if rule.target is S.PAID else record.paid_at
-                updated = replace(record, status=rule.target, paid_at=paid_at)
+                # A refund move is the payment system giving back all of it at once.
+                refunded = record.request.amount if move is Move.REFUND else record.refunded
+                updated = replace(record, status=rule.target, paid_at=paid_at, refunded=refunded)
                 self._by_id[invoice_id] = updated
                 return Outcome(updated, changed=True)
             if current in rule.settled:
@@ -326,6 +330,19 @@ class InvoiceStore:
         error = SandboxApiError(409, code, f"cannot {move} an invoice that is {current}")
         error.invoice = record.to_json(now)
         raise error
+
+    def add_refunded(self, invoice_id: str, amount: int, now: datetime) -> Outcome:
+        """Count a succeeded refund against its invoice: ``refunded`` grows, and a paid invoice
+        refunded in full becomes ``refunded``."""
+        with self._lock:
+            record = self._by_id.get(invoice_id)
+            if record is None:
+                raise SandboxApiError(404, "not_found", f"no invoice {invoice_id!r}")
+            refunded = min(record.refunded + amount, record.request.amount)
+            status = S.REFUNDED if refunded == record.request.amount else record.status
+            updated = replace(record, refunded=refunded, status=status)
+            self._by_id[invoice_id] = updated
+            return Outcome(updated, changed=updated != record)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

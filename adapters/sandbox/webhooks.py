@@ -34,8 +34,14 @@ class Webhook:
 
 
 def build_webhook(url: str, invoice: Mapping[str, Any]) -> Webhook:
+    return build_event(url, WEBHOOK_EVENT_TYPE, invoice=invoice)
+
+
+def build_event(url: str, event_type: str, **objects: Mapping[str, Any]) -> Webhook:
+    """A webhook of ``event_type`` carrying ``objects`` (``invoice=...``, ``refund=...``)."""
     event_id = f"evt_{uuid.uuid4().hex}"
-    payload = {"event_id": event_id, "type": WEBHOOK_EVENT_TYPE, "invoice": dict(invoice)}
+    payload: dict[str, Any] = {"event_id": event_id, "type": event_type}
+    payload |= {name: dict(value) for name, value in objects.items()}
     body = json.dumps(payload, separators=(",", ":")).encode()
     return Webhook(url, body, event_id)
 

@@ -567,7 +567,8 @@ def test_fault_rate_applies_to_every_call_at_rate_one(client: httpx.Client) -> N
 
 def test_bad_fault_requests_are_refused(client: httpx.Client) -> None:
     assert client.post("/_control/faults/create", json={"queue": ["meteor"]}).status_code == 400
-    assert client.post("/_control/faults/refund", json={"queue": []}).status_code == 400
+    # "refund" became an operation (issue #14); an unknown one is still refused
+    assert client.post("/_control/faults/teleport", json={"queue": []}).status_code == 400
     assert client.post("/_control/faults/create", json={"rate": 0.5}).status_code == 400
 
 

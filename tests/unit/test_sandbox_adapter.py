@@ -18,8 +18,12 @@ from adapters.base import (
     MalformedResponse,
     Notification,
     OrderRef,
+    PayoutRequest,
+    PayoutState,
     PspRejected,
     PspResponse,
+    RefundRequest,
+    RefundState,
     Reply,
 )
 from adapters.registry import resolve_settings
@@ -27,13 +31,17 @@ from adapters.sandbox import SCENARIO_METADATA_KEY, Sandbox, adapter
 from adapters.sandbox.protocol import Scenario, ScenarioKind, SignatureHeader, signature_header
 from adapters.testing import (
     SAMPLE_ORDER_ID,
+    SAMPLE_PAYOUT_ID,
+    SAMPLE_REFUND_ID,
     SAMPLE_TIME,
     AdapterConformance,
     FixtureSet,
     NotificationFixtures,
+    PayoutFixtures,
+    RefundFixtures,
     sample_order,
 )
-from orders.errors import OutcomeUnknown
+from orders.errors import InvalidInput, OutcomeUnknown, TransientError
 from orders.model import Order
 from orders.money import Money
 from orders.status import OrderStatus
@@ -539,6 +547,44 @@ def _kit_notifications() -> NotificationFixtures:
     )
 
 
+def _error(code: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": code}}
+
+
+def _kit_refund(status: str, reason: str | None = None, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "rf_kit",
+        "object": "refund",
+        "status": status,
+        "amount": 2500,
+        "currency": "RUB",
+        "reference": str(SAMPLE_REFUND_ID),
+        "invoice_id": "inv_kit",
+        "reason": "Returned by the buyer",
+        "created_at": NOW.isoformat(),
+        "settled_at": None,
+        "failure_reason": reason,
+    }
+    return body | changes
+
+
+def _kit_payout(status: str, reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "po_kit",
+        "object": "payout",
+        "status": status,
+        "amount": 10000,
+        "currency": "RUB",
+        "reference": str(SAMPLE_PAYOUT_ID),
+        "account": "acct-42",
+        "description": "Withdrawal 42",
+        "page_url": "http://127.0.0.1:8765/payouts/po_kit",
+        "created_at": NOW.isoformat(),
+        "settled_at": None,
+        "failure_reason": reason,
+    }
+
+
 class TestSandboxConformance(AdapterConformance):
     adapter = adapter
     settings: ClassVar[Mapping[str, str]] = {
@@ -565,4 +611,189 @@ class TestSandboxConformance(AdapterConformance):
         lookup_found=response(200, {"items": [_kit_invoice()]}),
         lookup_missing=response(200, {"items": [_kit_invoice(order_id=str(ORDER_ID))]}),
         cancelled=response(200, _kit_invoice(status="cancelled")),
+        refunds=RefundFixtures(
+            states={
+                RefundState.PENDING: response(200, _kit_refund("pending")),
+                RefundState.SUCCEEDED: response(200, _kit_refund("succeeded")),
+                RefundState.FAILED: response(200, _kit_refund("failed", "declined by the bank")),
+            },
+            # A new refund answers 201 and starts pending.
+            created={RefundState.PENDING: response(201, _kit_refund("pending"))},
+            rejected=response(422, _error("amount_exceeds")),
+            psp_refund_id="rf_kit",
+            money=Money(2500, "RUB"),
+            malformed={
+                "unknown-status": response(200, _kit_refund("processing")),
+                "not-ours": response(200, _kit_refund("pending", reference="another")),
+                "lookup-without-list": response(200, {"items": "rf_kit"}),
+            },
+        ),
+        payouts=PayoutFixtures(
+            states={
+                PayoutState.PENDING: response(200, _kit_payout("pending")),
+                PayoutState.SUCCEEDED: response(200, _kit_payout("succeeded")),
+                PayoutState.FAILED: response(200, _kit_payout("failed", "failed on the page")),
+            },
+            created={PayoutState.PENDING: response(201, _kit_payout("pending"))},
+            rejected=response(422, _error("refused")),
+            psp_payout_id="po_kit",
+            destination={"account": "acct-42"},
+            malformed={"unknown-status": response(200, _kit_payout("sent"))},
+        ),
     )
+
+
+# -- refunds and payouts (issue #14) ------------------------------------------------------------
+
+REFUND_ID = UUID("5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")
+PAYOUT_ID = UUID("7d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f50")
+PAID_ORDER = make_order(status=OrderStatus.PAID, paid_at=NOW)
+
+
+def refund_of(amount: int = 500, psp_refund_id: str | None = None) -> RefundRequest:
+    return RefundRequest(
+        id=REFUND_ID,
+        order=PAID_ORDER,
+        money=Money(amount, "EUR"),
+        reason="damaged",
+        psp_refund_id=psp_refund_id,
+    )
+
+
+def payout_of(**destination: str) -> PayoutRequest:
+    return PayoutRequest(
+        id=PAYOUT_ID,
+        money=Money(1000, "EUR"),
+        destination=destination or {"account": "acct-7"},
+        description="Withdrawal",
+    )
+
+
+def refund_json(status: str = "pending", **changes: Any) -> dict[str, Any]:
+    body = _kit_refund(status, reference=str(REFUND_ID), currency="EUR", amount=500, id="rf_1")
+    return body | changes
+
+
+def test_refund_request_names_the_invoice_and_carries_our_id_twice() -> None:
+    request = adapter.build_refund(refund_of(), SETTINGS)
+    assert (request.method, request.url) == ("POST", "http://sandbox.test:9000/api/v1/refunds")
+    assert request.headers["Idempotency-Key"] == f"pd-refund-{REFUND_ID}"
+    assert request.json == {
+        "invoice_id": "inv_abc",
+        "amount": 500,
+        "currency": "EUR",
+        "reference": str(REFUND_ID),
+        "reason": "damaged",
+    }
+
+
+def test_refund_status_asks_by_our_reference_until_the_sandbox_id_is_known() -> None:
+    by_ours = adapter.build_refund_status(refund_of(), SETTINGS)
+    assert (by_ours.url, dict(by_ours.params)) == (
+        "http://sandbox.test:9000/api/v1/refunds",
+        {"reference": str(REFUND_ID)},
+    )
+    by_id = adapter.build_refund_status(refund_of(psp_refund_id="rf_1"), SETTINGS)
+    assert by_id.url == "http://sandbox.test:9000/api/v1/refunds/rf_1"
+
+
+def test_refund_lookup_finding_nothing_is_transient_never_failed() -> None:
+    with pytest.raises(TransientError) as caught:
+        adapter.parse_refund_status(refund_of(), response(200, {"items": []}), SETTINGS)
+    assert not isinstance(caught.value, MalformedResponse | PspRejected)
+
+
+def test_refund_lookup_finding_two_records_is_outcome_unknown() -> None:
+    twice = {"items": [refund_json(), refund_json(id="rf_2")]}
+    with pytest.raises(OutcomeUnknown):
+        adapter.parse_refund_status(refund_of(), response(200, twice), SETTINGS)
+
+
+def test_refund_lookup_reads_our_record() -> None:
+    found = {"items": [refund_json("succeeded")]}
+    report = adapter.parse_refund_status(refund_of(), response(200, found), SETTINGS)
+    assert (report.state, report.psp_refund_id, report.money) == (
+        RefundState.SUCCEEDED,
+        "rf_1",
+        Money(500, "EUR"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("status_code", "code"),
+    [
+        (404, "not_found"),
+        (409, "not_refundable"),
+        (422, "amount_exceeds"),
+        (422, "currency_mismatch"),
+        (422, "refused"),
+    ],
+)
+def test_refund_refusals_are_rejections(status_code: int, code: str) -> None:
+    with pytest.raises(PspRejected, match=code):
+        adapter.parse_refund(refund_of(), response(status_code, _error(code)), SETTINGS)
+
+
+def test_refund_under_a_reused_key_is_outcome_unknown() -> None:
+    with pytest.raises(OutcomeUnknown):
+        adapter.parse_refund(refund_of(), response(422, _error("idempotency_key_reused")), SETTINGS)
+
+
+def test_status_reports_what_the_invoice_has_refunded() -> None:
+    report = adapter.parse_status(
+        make_order(), response(200, invoice_json(status="paid", refunded=700)), SETTINGS
+    )
+    assert (report.state, report.refunded) == (CanonicalState.PAID, Money(700, "EUR"))
+    assert (
+        adapter.parse_status(make_order(), response(200, invoice_json()), SETTINGS).refunded is None
+    )
+    with pytest.raises(MalformedResponse):
+        adapter.parse_status(make_order(), response(200, invoice_json(refunded="7")), SETTINGS)
+
+
+def test_signed_refund_notification_reports_the_payment_and_the_refund() -> None:
+    body = json.dumps(
+        {
+            "event_id": "evt_1",
+            "type": "refund.updated",
+            "refund": refund_json("succeeded"),
+            "invoice": invoice_json(status="paid", refunded=500),
+        }
+    ).encode()
+    result = adapter.parse_notification(notification(body), SETTINGS)
+    assert result.verified
+    assert result.ref.psp_id == "inv_abc"
+    assert result.report is not None
+    assert result.report.refunded == Money(500, "EUR")
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.psp_refund_id) == (RefundState.SUCCEEDED, "rf_1")
+    forged = adapter.parse_notification(notification(body, secret="wrong-secret-1"), SETTINGS)
+    assert not forged.verified
+
+
+def test_signed_payout_notification_names_no_order_and_reports_the_payout() -> None:
+    payout = _kit_payout("failed", "failed on the page") | {"reference": str(PAYOUT_ID)}
+    body = json.dumps({"event_id": "evt_2", "type": "payout.updated", "payout": payout}).encode()
+    result = adapter.parse_notification(notification(body), SETTINGS)
+    assert (result.verified, result.ref) == (True, OrderRef())
+    assert result.payout is not None
+    assert (result.payout.state, result.payout.reason) == (PayoutState.FAILED, "failed on the page")
+    stale = notification(body, signed_at=NOW - timedelta(hours=1))
+    assert not adapter.parse_notification(stale, SETTINGS).verified
+
+
+def test_payout_goes_to_the_account_with_our_key_and_notify_url() -> None:
+    settings = make_settings(NOTIFY_URL="https://pd.example/v1/callbacks/sandbox")
+    request = adapter.build_payout(payout_of(), settings)
+    assert request.url == "http://sandbox.test:9000/api/v1/payouts"
+    assert request.headers["Idempotency-Key"] == f"pd-payout-{PAYOUT_ID}"
+    assert request.json == {
+        "amount": 1000,
+        "currency": "EUR",
+        "account": "acct-7",
+        "reference": str(PAYOUT_ID),
+        "description": "Withdrawal",
+        "notify_url": "https://pd.example/v1/callbacks/sandbox",
+    }
+    with pytest.raises(InvalidInput):
+        adapter.build_payout(payout_of(payout_token="tok"), SETTINGS)
