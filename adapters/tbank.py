@@ -116,6 +116,9 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
     SettingSpec,
     StatusReport,
@@ -153,6 +156,9 @@ INVALID_REQUEST = frozenset(
 )
 # Refusals of GetState, Confirm and Cancel: not found, wrong state, cannot change the status.
 REFUSED = frozenset({"4", "7", "8", "63", "100", "255", "324", "325", "914", "1076", "3002"})
+# ... and of a refund's Cancel besides those (100 is also "an amount above what is left"):
+# no refund to a foreign card (79), no such order (335).
+REFUND_REFUSED = frozenset({"79", "335"})
 
 PENDING = frozenset(
     {"NEW", "FORM_SHOWED", "AUTHORIZING", "3DS_CHECKING", "3DS_CHECKED", "PAY_CHECKING"}
@@ -162,6 +168,16 @@ REFUNDING = {
     "REFUNDING": "refund in progress",
     "ASYNC_REFUNDING": "refund in progress",  # SBP (QR) payments refund asynchronously
     "PARTIAL_REFUNDED": "partly refunded",
+}
+# What a Cancel of a paid payment (a refund, issue #14) answers, and GetState shows after it.
+REFUND_STATES = {
+    "REFUNDED": RefundState.SUCCEEDED,
+    "PARTIAL_REFUNDED": RefundState.SUCCEEDED,
+    "REFUNDING": RefundState.PENDING,
+    "ASYNC_REFUNDING": RefundState.PENDING,  # SBP refunds finish later
+    # A hold released instead (the payment was never confirmed): the money went back too.
+    "REVERSED": RefundState.SUCCEEDED,
+    "PARTIAL_REVERSED": RefundState.SUCCEEDED,
 }
 REJECTED = {
     "REJECTED": "declined by the bank",
@@ -262,6 +278,9 @@ def _raise_error(response: PspResponse, body: Mapping[str, Any], operation: str)
             raise InvoiceMayExist(text)
         if code in INVALID_REQUEST:
             raise PspRejected(text)
+    elif operation == "refund" and code in INVALID_REQUEST | REFUSED | REFUND_REFUSED:
+        # A refused Cancel moved no money (wrong state, amount above what is left): final.
+        raise PspRejected(text)
     elif code in INVALID_REQUEST | REFUSED | DUPLICATE_ORDER | ORDER_NOT_FOUND:
         raise TBankRefused(text)
     response.malformed(f"unknown T-Bank error: {text}")
@@ -330,6 +349,10 @@ class TBank(Adapter):
         currencies=frozenset({CURRENCY}),
         default_expiry=timedelta(hours=1),
         poll=PollPolicy(first=timedelta(seconds=10), factor=2.0, cap=timedelta(minutes=5)),
+        refunds=True,  # Cancel of a CONFIRMED payment, with Amount (issue #14)
+        partial_refunds=True,
+        idempotent_refund=True,  # ExternalRequestId: a repeat answers, never refunds again
+        refund_lookup=False,  # T-Bank keeps no refund to read: the status read is GetState
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="T-Bank MAPI base URL (…/v2)"),
@@ -474,6 +497,83 @@ class TBank(Adapter):
                     return Invoice(psp_id=psp_id, pay_url=None)
         return Invoice(psp_id=found[-1][0], pay_url=None)
 
+    # -- refunds (issue #14) -------------------------------------------------------------------
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        if refund.money.currency != CURRENCY:
+            raise InvalidInput("currency", "T-Bank refunds roubles only")
+        params = {
+            "PaymentId": self._payment(refund.order),
+            "Amount": refund.money.amount,
+            # T-Bank answers a repeated ExternalRequestId with the payment's state instead of
+            # cancelling again (the Cancel method's reference).
+            "ExternalRequestId": str(refund.id),
+        }
+        return self._request(settings, "Cancel", "refund", params)
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        body = _answer(response, "refund")
+        self._check_payment(refund.order, body, response)
+        external = body.get("ExternalRequestId")
+        if external not in {None, "", str(refund.id)}:
+            response.malformed(f"answer is about ExternalRequestId {external!r}, not {refund.id}")
+        status = _status(body, response)
+        if status not in REFUND_STATES:
+            response.malformed(f"a refund answered with payment status {status!r}")
+        money: Money | None = None
+        if "OriginalAmount" in body and "NewAmount" in body:
+            before = parse_amount(body["OriginalAmount"], response, "OriginalAmount")
+            after = parse_amount(body["NewAmount"], response, "NewAmount")
+            money = Money(before.amount - after.amount, CURRENCY)
+        return RefundReport(
+            state=REFUND_STATES[status],
+            psp_refund_id=str(refund.id),
+            money=money,
+            raw_status=status,
+        )
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        # T-Bank has no refund object: the payment's state tells how its refunds stand. Never
+        # a second Cancel, which would refund again where ExternalRequestId is not honoured (SBP).
+        return self._request(
+            settings, "GetState", "refund_status", {"PaymentId": self._payment(refund.order)}
+        )
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        """The payment's state as the state of a refund T-Bank accepted: refunded or partly
+        refunded is done, still refunding pending, and CONFIRMED again (an asynchronous SBP
+        refund that did not go through) failed."""
+        body = _answer(response, "refund_status")
+        self._check_payment(refund.order, body, response)
+        status = _status(body, response)
+        if status == "CONFIRMED":
+            return RefundReport(
+                RefundState.FAILED,
+                psp_refund_id=refund.psp_refund_id,
+                raw_status=status,
+                reason="the payment is confirmed again: the refund did not go through",
+            )
+        if status not in REFUND_STATES:
+            response.malformed(f"payment status {status!r} says nothing about a refund")
+        state = REFUND_STATES[status]
+        # A Cancel refunds exactly its Amount or nothing: a refund done is the one asked for.
+        money = refund.money if state is RefundState.SUCCEEDED else None
+        return RefundReport(
+            state, psp_refund_id=refund.psp_refund_id, money=money, raw_status=status
+        )
+
+    @staticmethod
+    def _check_payment(order: Order, body: Mapping[str, Any], response: PspResponse) -> None:
+        psp_id = _payment_id(body.get("PaymentId"), response)
+        if order.psp_id is not None and psp_id != order.psp_id:
+            response.malformed(f"answer is about payment {psp_id}, not {order.psp_id}")
+        if body.get("OrderId") not in {None, str(order.id)}:
+            response.malformed(f"answer is about OrderId {body.get('OrderId')!r}")
+
     def can_cancel(self, order: Order, report: StatusReport | None) -> bool:
         """Only a two-stage hold waiting for capture: any other cancel may refund a payment.
 
@@ -511,7 +611,14 @@ class TBank(Adapter):
             # Genuine but not a payment status we read (card binding, receipt, a new status):
             # acknowledged so T-Bank stops resending; the dispatcher polls the order it names.
             return NotificationResult(ref=ref, verified=True, reply=ok)
-        return NotificationResult(ref=ref, verified=True, report=state, reply=ok)
+        # REFUNDED / PARTIAL_REFUNDED: a refund went through. T-Bank's notification does not
+        # say which one (no ExternalRequestId), so the refund report carries none of ours.
+        refund = (
+            RefundReport(RefundState.SUCCEEDED, raw_status=state.raw_status)
+            if state.raw_status in ("REFUNDED", "PARTIAL_REFUNDED")
+            else None
+        )
+        return NotificationResult(ref=ref, verified=True, report=state, reply=ok, refund=refund)
 
 
 def report(
@@ -547,6 +654,9 @@ def report(
         follow_up=follow_up,
         raw_status=status,
         reason=reason,
+        # GetState shows how much of a PARTIAL_REFUNDED payment went back nowhere; all of it
+        # once REFUNDED.
+        refunded=money if status == "REFUNDED" else None,
     )
 
 

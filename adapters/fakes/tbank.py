@@ -9,7 +9,10 @@ error codes and the operation notifications), with its own signing code::
     POST /v2/GetState      the payment's Status and Amount
     POST /v2/Confirm       AUTHORIZED -> CONFIRMED (two-stage payments), at most the held amount
     POST /v2/Cancel        NEW/FORM_SHOWED -> CANCELED, AUTHORIZED -> REVERSED,
-                           CONFIRMED -> REFUNDED (T-Bank's Cancel of a paid payment is a refund)
+                           CONFIRMED -> REFUNDED (T-Bank's Cancel of a paid payment is a refund);
+                           with ``Amount`` less than what is left CONFIRMED/PARTIAL_REFUNDED ->
+                           PARTIAL_REFUNDED; never more than is left (330); a repeated
+                           ``ExternalRequestId`` answers the payment's state and refunds nothing
     POST /v2/CheckOrder    the payments of an OrderId (error 335 when there is none)
     GET  /new/{code}       the PaymentURL: a pay page (FORM_SHOWED) with Pay and Decline buttons
     /_control/...          the control API of :mod:`adapters.fakes.common`
@@ -28,6 +31,10 @@ a cancel (a late payment): one-stage payments go AUTHORIZED then CONFIRMED, two-
 Each change is notified as T-Bank does (a signed JSON POST expecting the body ``OK``) to the
 NotificationURL of the Init, else to ``notify_url`` (the terminal's setting), when notifications
 are on; control actions deliver before they answer, Confirm and Cancel right after.
+
+Refunds (issue #14) are counted in the control stats per ``ExternalRequestId`` (per PaymentId
+without one); the refund faults of :mod:`adapters.fakes.common` hang (after refunding) or refuse
+(error 100) the next refunds.
 """
 
 from __future__ import annotations
@@ -59,11 +66,13 @@ PREFIX = "/v2"
 MAX_DUE = timedelta(days=90)
 NOTIFY_TIMEOUT = 10.0
 LIVE = frozenset({"NEW", "FORM_SHOWED"})
+REFUNDS = frozenset({"REFUNDED", "PARTIAL_REFUNDED"})
 
 ERRORS = {
     "1": "Параметры не сопоставлены",
     "2": "Отсутствуют обязательные параметры",
     "8": "Неверный статус транзакции",
+    "100": "Не получилось отменить платеж. Укажите сумму не больше, чем зарезервировано",  # noqa: RUF001 - T-Bank's own words
     "12": "Неверный параметр RedirectDueDate",
     "20": "Ошибка повторного идентификатора заказа",
     "204": "Неверный токен. Проверьте пару TerminalKey/SecretKey",
@@ -99,6 +108,7 @@ class Payment:
     due: datetime | None
     notification_url: str | None
     status: str = "NEW"
+    refunded: int = 0  # kopecks given back by refunds
 
     def expire(self, now: datetime) -> None:
         if self.status in LIVE and self.due is not None and now >= self.due:
@@ -120,6 +130,8 @@ class TBankState(FakeState):
     # (PaymentId, Status, HTTP status or 0, answer body or error)
     deliveries: list[tuple[str, str, int, str]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # ExternalRequestId of a Cancel -> the PaymentId it cancelled (a repeat changes nothing).
+    external_ids: dict[str, str] = field(default_factory=dict)
 
 
 class Refused(Exception):
@@ -305,28 +317,61 @@ class _Fake:
         )
 
     async def cancel(self, request: Request) -> Response:
-        moves = {"NEW": "CANCELED", "FORM_SHOWED": "CANCELED"}
-        moves |= {"AUTHORIZED": "REVERSED", "CONFIRMED": "REFUNDED"}
         try:
-            payment = self._payment(await self._call(request, "cancel"))
-            if payment.status not in moves:
-                raise Refused("8", f"the payment is {payment.status}")
+            body = await self._call(request, "cancel")
+            payment = self._payment(body)
+            external = body.get("ExternalRequestId") or None
+            with self.state.lock:
+                repeat = external is not None and external in self.state.external_ids
+            refunding = not repeat and payment.status in {"CONFIRMED", "PARTIAL_REFUNDED"}
+            if refunding and self.state.take_refusal_fault():
+                raise Refused("100", "refused (a fault of the fake)")
+            with self.state.lock:
+                original = payment.amount - payment.refunded
+                if not repeat:
+                    self._cancel(payment, body)
+                    if external is not None:
+                        self.state.external_ids[external] = payment.payment_id
         except Refused as exc:
             return _error(exc.code, exc.details)
-        original = payment.amount
-        payment.status = moves[payment.status]
+        if refunding:
+            self.state.refund_made(str(external or payment.payment_id))
+        answer = {
+            "OrderId": payment.order_id,
+            "Status": payment.status,
+            "OriginalAmount": original,
+            "NewAmount": payment.amount - payment.refunded,
+            "PaymentId": payment.payment_id,
+            "Message": "OK",
+            "Details": "None",
+        }
+        if external is not None:
+            answer["ExternalRequestId"] = external
+        if repeat:
+            # "the current state of the payment operation", nothing cancelled again
+            return _ok({**answer, "OriginalAmount": answer["NewAmount"]})
         self._later(payment, payment.status)
-        return _ok(
-            {
-                "OrderId": payment.order_id,
-                "Status": payment.status,
-                "OriginalAmount": original,
-                "NewAmount": 0,
-                "PaymentId": payment.payment_id,
-                "Message": "OK",
-                "Details": "None",
-            }
-        )
+        if payment.status in REFUNDS and self.state.take_refund_timeout_fault():
+            await self.state.hang()  # refunded and recorded; the answer comes too late
+        return _ok(answer)
+
+    def _cancel(self, payment: Payment, body: dict[str, Any]) -> None:
+        """Move ``payment`` as the Cancel in ``body`` asks (under the state's lock, so it calls
+        nothing that takes it)."""
+        moves = {"NEW": "CANCELED", "FORM_SHOWED": "CANCELED", "AUTHORIZED": "REVERSED"}
+        if payment.status in moves:  # nothing taken yet: the whole payment, Amount ignored
+            payment.status = moves[payment.status]
+            return
+        if payment.status not in {"CONFIRMED", "PARTIAL_REFUNDED"}:
+            raise Refused("8", f"the payment is {payment.status}")
+        left = payment.amount - payment.refunded
+        amount = body.get("Amount", left)
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise Refused("251")
+        if amount > left:
+            raise Refused("330", f"{amount} asked, {left} left")
+        payment.refunded += amount
+        payment.status = "REFUNDED" if payment.refunded == payment.amount else "PARTIAL_REFUNDED"
 
     async def check_order(self, request: Request) -> Response:
         try:

@@ -23,8 +23,12 @@ from adapters.base import (
     FollowUp,
     InvoiceMayExist,
     Notification,
+    PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     StatusReport,
 )
 from adapters.fakes import tbank as fake
@@ -253,3 +257,85 @@ def test_pay_page_shows_the_form_and_its_pay_button_pays(harness: Harness) -> No
 
     assert "CONFIRMED" in clicked.text
     assert harness.status(order, settings) is CanonicalState.PAID
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+
+def _paid(harness: Harness, settings: AdapterSettings) -> Order:
+    order = harness.create(new_order(), settings)
+    harness.control.pay(ref(order))
+    return order
+
+
+def _refund(order: Order, kopecks: int) -> RefundRequest:
+    return RefundRequest(id=uuid.uuid4(), order=order, money=Money(kopecks, "RUB"))
+
+
+def _send_refund(
+    harness: Harness, refund: RefundRequest, settings: AdapterSettings, timeout: float = 10.0
+) -> RefundReport:
+    response = harness.send(ADAPTER.build_refund(refund, settings), timeout)
+    return ADAPTER.parse_refund(refund, response, settings)
+
+
+def test_partial_refunds_then_the_rest_refund_the_payment(harness: Harness) -> None:
+    settings = harness.settings()
+    order = _paid(harness, settings)
+    first = _refund(order, 2_345)
+    made = _send_refund(harness, first, settings)
+    assert (made.state, made.money, made.raw_status) == (
+        RefundState.SUCCEEDED,
+        Money(2_345, "RUB"),
+        "PARTIAL_REFUNDED",
+    )
+    known = replace(first, psp_refund_id=made.psp_refund_id)
+    read = harness.send(ADAPTER.build_refund_status(known, settings))
+    assert ADAPTER.parse_refund_status(known, read, settings).state is RefundState.SUCCEEDED
+    assert harness.report(order, settings).state is CanonicalState.PAID  # partly refunded
+    rest = _send_refund(harness, _refund(order, 10_000), settings)
+    assert (rest.raw_status, rest.money) == ("REFUNDED", Money(10_000, "RUB"))
+    refunded = harness.report(order, settings)
+    assert (refunded.state, refunded.refunded) == (CanonicalState.REFUNDED, Money(12_345, "RUB"))
+    assert sorted(harness.control.stats()["refunds"].values()) == [1, 1]
+    wait_until(lambda: len(harness.received) >= 4, timeout=10, what="the refund notifications")
+    refunds = [
+        ADAPTER.parse_notification(Notification(headers={}, body=body), settings).refund
+        for body in harness.received
+    ]
+    assert sorted(r.raw_status for r in refunds if r) == ["PARTIAL_REFUNDED", "REFUNDED"]
+
+
+def test_refund_above_what_is_left_is_refused_and_refunds_nothing(harness: Harness) -> None:
+    settings = harness.settings()
+    order = _paid(harness, settings)
+    with pytest.raises(PspRejected, match="error 330"):
+        _send_refund(harness, _refund(order, 12_346), settings)
+    assert harness.control.stats()["refunds"] == {}
+    assert harness.status(order, settings) is CanonicalState.PAID
+
+
+def test_refund_timed_out_after_refunding_is_answered_by_its_external_request_id_once(
+    harness: Harness,
+) -> None:
+    settings = harness.settings()
+    order = _paid(harness, settings)
+    harness.control.refund_faults(accept_then_timeout=1)
+    refund = _refund(order, 5_000)
+    with pytest.raises(httpx.ReadTimeout):
+        _send_refund(harness, refund, settings, timeout=0.5)
+    again = _send_refund(harness, refund, settings)  # the same ExternalRequestId
+    assert (again.state, again.raw_status) == (RefundState.SUCCEEDED, "PARTIAL_REFUNDED")
+    assert harness.control.stats()["refunds"] == {str(refund.id): 1}
+    # Only 5000 of 12345 went back: a further 7345 is still possible, 7346 is not.
+    with pytest.raises(PspRejected):
+        _send_refund(harness, _refund(order, 7_346), settings)
+
+
+def test_refused_refund_fault_is_a_rejection(harness: Harness) -> None:
+    settings = harness.settings()
+    order = _paid(harness, settings)
+    harness.control.refund_faults(refuse=1)
+    with pytest.raises(PspRejected, match="error 100"):
+        _send_refund(harness, _refund(order, 100), settings)
+    assert harness.control.stats()["refunds"] == {}

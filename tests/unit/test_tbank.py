@@ -26,20 +26,25 @@ from adapters.base import (
     PspRejected,
     PspRequest,
     PspResponse,
+    RefundRequest,
+    RefundState,
     Reply,
     StatusReport,
 )
 from adapters.registry import resolve_settings
 from adapters.testing import (
+    SAMPLE_REFUND_ID,
     AdapterConformance,
     FixtureSet,
     NotificationFixtures,
+    RefundFixtures,
     SignatureVector,
     load_response,
     sample_order,
 )
 from orders.errors import InvalidInput, TransientError
 from orders.money import Money
+from orders.status import OrderStatus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tbank"
 TERMINAL = "1321054611234DEMO"
@@ -123,6 +128,26 @@ class TestTBankConformance(AdapterConformance):
         cancelled=fixture("cancel_reversed"),
         cancelled_state=CanonicalState.REJECTED,
         captured=fixture("confirm_confirmed"),
+        refunds=RefundFixtures(
+            # Status reads are GetState of the payment; the Cancel answers come first.
+            states={
+                RefundState.PENDING: fixture("getstate_async_refunding"),
+                RefundState.SUCCEEDED: fixture("getstate_partial_refunded"),
+                RefundState.FAILED: fixture("getstate_confirmed"),
+            },
+            created={
+                RefundState.PENDING: fixture("cancel_async_refunding"),
+                RefundState.SUCCEEDED: fixture("cancel_partial_refunded"),
+            },
+            rejected=fixture("cancel_error_amount"),
+            psp_refund_id=str(SAMPLE_REFUND_ID),
+            money=Money(4000, "RUB"),
+            malformed={
+                "unknown-status": fixture("getstate_unknown_status"),
+                "another-payment": fixture("getstate_other_payment"),
+                "unknown-error-code": fixture("init_error_unknown_code"),
+            },
+        ),
         notifications=NotificationFixtures(
             valid=notification("notification_confirmed"),
             tampered=notification("notification_confirmed_tampered"),
@@ -132,6 +157,18 @@ class TestTBankConformance(AdapterConformance):
             expected_reply=OK,
         ),
     )
+
+    def test_money_out_status_request_names_it(self, money_out: str) -> None:
+        """T-Bank keeps no refund of its own to read: a refund's status is its payment's
+        (GetState), never a second Cancel (which T-Bank does not deduplicate for SBP). So the
+        request names the payment, fixed for a fixed refund; the kit's other checks stand."""
+        if money_out != "refunds":
+            super().test_money_out_status_request_names_it(money_out)
+            return
+        known = replace(refund_request(), psp_refund_id=str(SAMPLE_REFUND_ID))
+        first = ADAPTER.build_refund_status(known, settings())
+        assert first == ADAPTER.build_refund_status(known, settings())
+        assert first.json["PaymentId"] == PAYMENT_ID
 
 
 # -- the token ----------------------------------------------------------------------------------
@@ -551,3 +588,122 @@ def test_notification_token_signs_numbers_as_written() -> None:
     expected = sha256("10000" + PASSWORD + "trueT")
     assert tbank.notification_token_valid(body.replace(b"%s", expected.encode()), PASSWORD)
     assert not tbank.notification_token_valid(body.replace(b"%s", b"0" * 64), PASSWORD)
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+PAID = replace(INVOICED, status=OrderStatus.PAID)
+
+
+def refund_request(**changes: Any) -> RefundRequest:
+    request = RefundRequest(
+        id=SAMPLE_REFUND_ID, order=PAID, money=Money(4000, "RUB"), reason="Returned by the buyer"
+    )
+    return replace(request, **changes)
+
+
+def test_refund_is_a_signed_cancel_with_amount_and_our_id_as_external_request_id() -> None:
+    request = ADAPTER.build_refund(refund_request(), settings())
+    assert (request.method, request.url, request.operation) == (
+        "POST",
+        "https://securepay.tinkoff.ru/v2/Cancel",
+        "refund",
+    )
+    body = dict(request.json)
+    assert body.pop("Token") == tbank.token(body, PASSWORD)
+    assert body == {
+        "TerminalKey": TERMINAL,
+        "PaymentId": PAYMENT_ID,
+        "Amount": 4000,
+        "ExternalRequestId": str(SAMPLE_REFUND_ID),
+    }
+
+
+def test_refund_in_another_currency_or_without_payment_is_refused_before_any_call() -> None:
+    with pytest.raises(InvalidInput, match="currency"):
+        ADAPTER.build_refund(refund_request(money=Money(4000, "USD")), settings())
+    with pytest.raises(InvalidInput, match="psp_id"):
+        ADAPTER.build_refund(refund_request(order=ORDER), settings())
+
+
+def test_refund_status_reads_the_payment_never_a_second_cancel() -> None:
+    request = ADAPTER.build_refund_status(
+        refund_request(psp_refund_id=str(SAMPLE_REFUND_ID)), settings()
+    )
+    assert request.url.endswith("/GetState")
+    assert request.operation == "refund_status"
+    assert request.json["PaymentId"] == PAYMENT_ID
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "refunded"),
+    [
+        ("cancel_partial_refunded", RefundState.SUCCEEDED, 4000),
+        ("cancel_refunded", RefundState.SUCCEEDED, 4000),
+        ("cancel_async_refunding", RefundState.PENDING, 4000),
+        ("cancel_reversed", RefundState.SUCCEEDED, 10000),
+    ],
+)
+def test_cancel_answer_reads_as_the_refund_with_the_amount_it_moved(
+    name: str, state: RefundState, refunded: int
+) -> None:
+    report = ADAPTER.parse_refund(refund_request(), fixture(name), settings())
+    assert (report.state, report.money) == (state, Money(refunded, "RUB"))
+    assert report.psp_refund_id == str(SAMPLE_REFUND_ID)
+
+
+@pytest.mark.parametrize("name", ["cancel_unexpected_status", "cancel_other_request"])
+def test_cancel_answer_that_is_no_refund_of_ours_is_malformed(name: str) -> None:
+    with pytest.raises(MalformedResponse):
+        ADAPTER.parse_refund(refund_request(), fixture(name), settings())
+
+
+def test_refused_cancel_is_a_rejection_but_an_overloaded_bank_is_transient() -> None:
+    with pytest.raises(PspRejected, match="error 100"):
+        ADAPTER.parse_refund(refund_request(), fixture("cancel_error_amount"), settings())
+    busy = PspResponse(200, json.dumps({"Success": False, "ErrorCode": "9999"}).encode())
+    with pytest.raises(TransientError):
+        ADAPTER.parse_refund(refund_request(), busy, settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "state"),
+    [
+        ("getstate_partial_refunded", RefundState.SUCCEEDED),
+        ("getstate_refunded", RefundState.SUCCEEDED),
+        ("getstate_async_refunding", RefundState.PENDING),
+        ("getstate_confirmed", RefundState.FAILED),
+    ],
+)
+def test_payment_state_reads_as_the_accepted_refunds_state(name: str, state: RefundState) -> None:
+    known = refund_request(psp_refund_id=str(SAMPLE_REFUND_ID))
+    assert ADAPTER.parse_refund_status(known, fixture(name), settings()).state is state
+
+
+def test_refund_status_of_a_payment_never_paid_is_malformed() -> None:
+    with pytest.raises(MalformedResponse):
+        ADAPTER.parse_refund_status(refund_request(), fixture("getstate_new"), settings())
+
+
+def test_refunded_status_shows_the_whole_amount_refunded() -> None:
+    report = ADAPTER.parse_status(INVOICED, fixture("getstate_refunded"), settings())
+    assert report.refunded == Money(10000, "RUB")
+    partly = ADAPTER.parse_status(INVOICED, fixture("getstate_partial_refunded"), settings())
+    assert (partly.state, partly.refunded) == (CanonicalState.PAID, None)
+
+
+def test_refund_notification_is_verified_and_carries_a_refund() -> None:
+    result = ADAPTER.parse_notification(notification("notification_partial_refunded"), settings())
+    assert result.verified
+    assert result.reply == OK
+    assert result.ref == OrderRef(order_id=str(ORDER.id), psp_id=PAYMENT_ID)
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.raw_status) == (
+        RefundState.SUCCEEDED,
+        "PARTIAL_REFUNDED",
+    )
+
+
+def test_payment_notification_carries_no_refund() -> None:
+    result = ADAPTER.parse_notification(notification("notification_confirmed"), settings())
+    assert result.refund is None
