@@ -321,8 +321,27 @@ def _differences(first: PspRequest, second: PspRequest) -> str:
     return "; ".join(found)
 
 
+# A compact JWS (header.payload.signature, base64url): Robokassa's refund bodies.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]*")
+
+
+def _jws_payload(content: str) -> str:
+    """The decoded payload of a body that is a compact JWS, else ''."""
+    match = _COMPACT_JWS.fullmatch(content.strip())
+    if match is None:
+        return ""
+    segment = match.group(1)
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)).decode(
+            "utf-8", "replace"
+        )
+    except (binascii.Error, ValueError):
+        return ""
+
+
 def request_payload(request: PspRequest) -> str:
-    """Everything of a request except its headers, as text to search."""
+    """Everything of a request except its headers, as text to search; a body that is a compact
+    JWS is searched in its decoded payload too."""
     content = "" if request.content is None else request.content.decode("utf-8", "replace")
     return " ".join(
         (
@@ -330,6 +349,7 @@ def request_payload(request: PspRequest) -> str:
             json.dumps(_ordered_pairs(request.params)),
             json.dumps(request.json, sort_keys=True, default=str),
             content,
+            _jws_payload(content),
             json.dumps(_ordered_pairs(request.form)),
         )
     )
@@ -1289,7 +1309,9 @@ class AdapterConformance:
             payload = request_payload(request)
             exponent = currency_exponent(currency)
             major = str(Decimal(amount).scaleb(-exponent)) if exponent else str(amount)
-            words = {str(amount), major}
+            # A JSON number drops trailing zeros: 12.5 for 12.50.
+            bare = format(Decimal(major).normalize(), "f")
+            words = {str(amount), major, bare}
             assert any(re.search(rf"(?<![\d.]){re.escape(w)}(?![\d.])", payload) for w in words), (
                 f"a {out.noun} of {money} must carry the amount as {amount} minor units or "
                 f"{major} {currency}; found {payload!r}"
