@@ -26,9 +26,11 @@ only to the "no such payment" fixture, that cancel and capture answers read as s
 ``can_cancel`` never cancels money already taken, that an access token parses to a
 :class:`Secret` fetched with credentials in headers only, that notifications are never verified
 unless signed and genuine (a replayable signature may verify a stale one, never a tampered one),
-that the author's known-signature vectors match, and that secrets stay out of reprs, exceptions
-and logs (structlog and stdlib). Request headers may carry credentials (``Authorization``); the
-transport owns them and the kit checks they are never logged.
+that the author's known-signature vectors match, that refunds and payouts (with those
+capabilities, :class:`RefundFixtures` and :class:`PayoutFixtures`) are built the same each time
+with our id as the key and the exact amount and read as their states, and that secrets stay out
+of reprs, exceptions and logs (structlog and stdlib). Request headers may carry credentials
+(``Authorization``); the transport owns them and the kit checks they are never logged.
 
 Every failure says what was expected and what was found; ``docs/adapters.md`` walks an author
 from an empty module to a passing kit. :mod:`adapters.replay` serves the same fixtures over HTTP
