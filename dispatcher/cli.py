@@ -94,7 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         threads=args.threads,
         in_flight=args.in_flight,
         metrics_port=args.metrics_port,
-        db_threads=args.db_threads,
+        db_connections=args.db_connections,
     )
 
 
@@ -176,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-flight", type=int, default=500, help="steps in flight at once in this process"
     )
     worker.add_argument(
-        "--db-threads", type=int, default=4, help="threads for the engine's database calls"
+        "--db-connections",
+        type=int,
+        default=8,
+        help="connections of the engine's async database pool",
     )
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     worker.set_defaults(func=cmd_worker)

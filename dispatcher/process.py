@@ -168,7 +168,7 @@ def run_worker(
     in_flight: int = 500,
     drain_timeout: float = 30.0,
     metrics_port: int | None = None,
-    db_threads: int = 4,
+    db_connections: int = 8,
 ) -> int:
     stop = stop_event()
     ctx = bootstrap(settings, pool_size=16, name="worker")
@@ -180,8 +180,18 @@ def run_worker(
     broker = make_broker(ctx.services.broker_url, namespace=settings.broker_namespace)
     broker.add_middleware(MessageMetrics())
     declared = actors.Actors(broker, names)  # the receiving half: this process sends nothing
-    engine = Engine(ctx.repo, ctx.runtimes, paid_hook=paid_hook(settings), db_threads=db_threads)
-    host = EngineHost(engine, max_in_flight=in_flight)
+    hook = paid_hook(settings)
+    # The engine's pool, on the host's loop: the coalesced batches hold at most three
+    # connections (one read, two writes); the rest serve paid moves with a hook, each a
+    # transaction of its own. 8 by default: the 8 database threads the engine had before.
+    host = EngineHost.open(
+        ctx.services.database_url,
+        expiries(ctx.runtimes),
+        lambda orders: Engine(orders, ctx.runtimes, paid_hook=hook),
+        pool_size=db_connections,
+        max_in_flight=in_flight,
+        name="worker-engine",
+    )
     host.start()
     actors.set_host(host)
     delivery = webhook_delivery(settings, ctx.services.database_url, host.loop)

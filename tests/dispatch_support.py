@@ -84,12 +84,20 @@ def running_daemon(
 ) -> Iterator[Daemon]:
     pool = open_pool(database_url, max_size=12, name="daemon")
     runtime = sandbox_runtime(sandbox_url, policy)
-    repo = OrderRepository(pool, {"sandbox": timedelta(minutes=15)})
+    lifetimes = {"sandbox": timedelta(minutes=15)}
+    repo = OrderRepository(pool, lifetimes)
     namespace = own_namespace()
     broker = make_broker(broker_url, namespace=namespace)
     actors.Actors(broker, ["sandbox"])
     dispatch = Steps(broker, ["sandbox"])
-    host = EngineHost(Engine(repo, {"sandbox": runtime}, db_threads=6), max_in_flight=200)
+    host = EngineHost.open(
+        database_url,
+        lifetimes,
+        lambda orders: Engine(orders, {"sandbox": runtime}),
+        pool_size=6,
+        max_in_flight=200,
+        name="daemon-engine",
+    )
     host.start()
     actors.set_host(host)
     worker = dramatiq.Worker(broker, queues={runtime.queue}, worker_threads=4, worker_timeout=100)

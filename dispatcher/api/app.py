@@ -15,6 +15,7 @@ from dispatcher.api.context import ApiContext
 from dispatcher.api.lane import CreateLane
 from dispatcher.api.middleware import BodyLimit
 from dispatcher.api.openapi import publish_adapters
+from orders.repository import Orders
 
 DESCRIPTION = """Payment orders for sites, status pages for buyers, callbacks for payment
 systems. Site endpoints take `Authorization: Bearer <key>` (`paydispatch keys create SITE`).
@@ -43,6 +44,7 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.batched.open()
+        ctx.orders = Orders(ctx.batched._check_open(), ctx.repo.adapters)  # the server's loop
         ctx.keys.listen(ctx.batched.conninfo)  # revoked keys leave the cache at once
         try:
             yield

@@ -1,11 +1,13 @@
 """``POST /v1/callbacks/{adapter}``: push notifications from payment systems.
 
-The raw request goes to the adapter's parser. A verified notification with a report is applied
-like a poll's answer; anything else (unsigned, stale, for an order the report does not match)
-only makes the order due for a poll at once (invariant 6). So is a verified notification of a
-payment system whose signatures can be replayed (``replayable_notifications``: no timestamp, so
-an old genuine one could be sent again). The reply is exactly the one the adapter says its
-payment system expects, whether the notification was verified or not.
+The raw request goes to the adapter's parser. A verified notification with a report is decided
+and written like a poll's answer (:func:`dispatcher.settle.decide`, then
+:func:`dispatcher.settle.apply` on the server's loop); anything else (unsigned, stale, for an
+order the report does not match) only makes the order due for a poll at once (invariant 6). So
+is a verified notification of a payment system whose signatures can be replayed
+(``replayable_notifications``: no timestamp, so an old genuine one could be sent again). The
+reply is exactly the one the adapter says its payment system expects, whether the notification
+was verified or not.
 
 Hints cost a payment-system call each, so an unsigned one names its order only by the payment
 system's own id (never by our guessable order number, nor by our id alone), and hints are
@@ -19,7 +21,6 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from anyio import to_thread
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -35,6 +36,7 @@ from dispatcher.api.context import ApiContext
 from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.settle import apply, decide
 from orders.errors import InvalidInput, StaleOrder
 from orders.model import Order
 from orders.repository import check_ref
@@ -58,23 +60,25 @@ _ANY_BODY: dict[str, Any] = {
 }
 
 
-def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bool) -> Order | None:
+async def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bool) -> Order | None:
     """The order ``ref`` names. Anyone can send an unsigned notification, so it may name an
     order only by the payment system's id; a signature proves the sender, who may use ours."""
     if not signed:
-        return ctx.repo.find_by_ref(adapter, psp_id=ref.psp_id) if ref.psp_id else None
+        return await ctx.orders.find_by_ref(adapter, psp_id=ref.psp_id) if ref.psp_id else None
     order_id: UUID | None = None
     if ref.order_id:
         try:
             order_id = UUID(ref.order_id)
         except ValueError:
             order_id = None
-    return ctx.repo.find_by_ref(adapter, order_id=order_id, psp_id=ref.psp_id, number=ref.number)
+    return await ctx.orders.find_by_ref(
+        adapter, order_id=order_id, psp_id=ref.psp_id, number=ref.number
+    )
 
 
-def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> str:
+async def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> str:
     """Apply or hint; returns what was done, for the log."""
-    order = _order_for(ctx, rt.name, result.ref, signed=result.verified)
+    order = await _order_for(ctx, rt.name, result.ref, signed=result.verified)
     if order is None:
         return "unknown order"
     report = result.report
@@ -87,24 +91,26 @@ def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> s
     )
     if trusted and report is not None:
         for _ in range(3):
+            now = datetime.now(UTC)
+            decision = decide(order, report, now=now, late_watch=rt.policy.late_window)
+            if decision is None:
+                break
             try:
-                moved = ctx.settler.apply(
+                moved = await apply(
+                    ctx.orders,
                     order,
-                    report,
+                    decision,
                     actor=f"callback:{rt.name}",
-                    now=datetime.now(UTC),
-                    late_watch=rt.policy.late_window,
+                    hook=ctx.paid_hook,
                     use_lease=False,
                 )
             except StaleOrder:
-                order = ctx.repo.get(order.id)  # a worker moved it meanwhile: decide again
+                order = await ctx.orders.get(order.id)  # a worker moved it meanwhile: decide again
                 continue
-            if moved is not None:
-                return f"applied: {order.status} -> {moved.status}"
-            break
+            return f"applied: {order.status} -> {moved.status}"
         if order.status not in ACTIVE:
             return "nothing to change"
-    pulled = ctx.repo.poll_soon(order.id, statuses=HINTED, quiet=HINT_QUIET)
+    pulled = await ctx.orders.poll_soon(order.id, statuses=HINTED, quiet=HINT_QUIET)
     return "poll scheduled" if pulled else "poll already due or running"
 
 
@@ -142,7 +148,7 @@ async def callback(adapter: str, request: Request, ctx: Context) -> Response:
     except InvalidInput as exc:
         log.warning("notification names no possible order", adapter=adapter, error=str(exc))
         raise HttpError(400, "malformed_notification", str(exc)) from None
-    outcome = await to_thread.run_sync(handle, ctx, rt, result)
+    outcome = await handle(ctx, rt, result)
     log.info(
         "notification",
         adapter=adapter,

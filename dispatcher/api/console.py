@@ -297,7 +297,7 @@ def resolve(ctx: Context, session: MaybeSession, form: Form, order_id: str) -> R
         return _refused(404, "Not found", "That is not an order id.")
     try:
         moved = ConsoleStore(ctx.repo).resolve(
-            ctx.settler, found, form.get("to", ""), by=session.operator,
+            ctx.paid_hook, found, form.get("to", ""), by=session.operator,
             reason=form.get("reason", ""), evidence=form.get("evidence", ""),
         )  # fmt: skip
     except OrderNotFound:

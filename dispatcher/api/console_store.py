@@ -18,12 +18,11 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from dispatcher.ops import orders as ops
-from dispatcher.settle import Settler
-from orders.db import Connection, database_errors, query
+from orders.db import AsyncConnection, Connection, database_errors, query
 from orders.db import query as billing_query
 from orders.db import query as orders_query
 from orders.errors import InvalidInput, OrderNotFound
-from orders.model import Order
+from orders.model import Order, PaidHook
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
@@ -139,7 +138,7 @@ class ConsoleStore:
 
     def resolve(
         self,
-        settler: Settler,
+        hook: PaidHook | None,
         order_id: UUID,
         to: str,
         *,
@@ -157,15 +156,16 @@ class ConsoleStore:
         evidence = _text("evidence", evidence, EVIDENCE_MAX)
         order = self.repo.get(order_id)
 
-        def record(conn: Any, moved: Order) -> None:  # in the resolve's own transaction
-            self._record(
-                conn, by, "resolve", order_id=order.id, target=str(order.id), reason=reason,
+        async def record(tx: AsyncConnection, moved: Order) -> None:  # in the resolve's own
+            await self._arecord(  # transaction
+                tx, by, "resolve", order_id=order.id, target=str(order.id), reason=reason,
                 detail={"from": str(order.status), "to": str(moved.status), "evidence": evidence},
             )  # fmt: skip
 
         return ops.resolve(
-            settler, order, target, by=by, reason=reason, evidence=evidence, also=record
-        )
+            self.repo, order, target, by=by, reason=reason, evidence=evidence, hook=hook,
+            also=record,
+        )  # fmt: skip
 
     def replay(self, event_id: UUID, *, by: str, reason: str, max_age: Any) -> UUID | None:
         """Queue a parked webhook event for delivery again, recording who and why in the same
@@ -199,12 +199,46 @@ class ConsoleStore:
     ) -> None:
         conn.execute(
             query("insert_action"),
-            {
-                "operator": by,
-                "action": action,
-                "order_id": order_id,
-                "target": target,
-                "reason": reason,
-                "detail": Jsonb(dict(detail)),
-            },
+            ConsoleStore._action(
+                by, action, order_id=order_id, target=target, reason=reason, detail=detail
+            ),
         )
+
+    @staticmethod
+    async def _arecord(
+        tx: AsyncConnection,
+        by: str,
+        action: str,
+        *,
+        order_id: UUID | None,
+        target: str,
+        reason: str,
+        detail: Mapping[str, Any],
+    ) -> None:
+        """:meth:`_record` in an async transaction (a resolve's, run by ``settle.apply``)."""
+        await tx.execute(
+            query("insert_action"),
+            ConsoleStore._action(
+                by, action, order_id=order_id, target=target, reason=reason, detail=detail
+            ),
+        )
+
+    @staticmethod
+    def _action(
+        by: str,
+        action: str,
+        *,
+        order_id: UUID | None,
+        target: str,
+        reason: str,
+        detail: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The parameters of ``insert_action``: one row of ``operator_actions``."""
+        return {
+            "operator": by,
+            "action": action,
+            "order_id": order_id,
+            "target": target,
+            "reason": reason,
+            "detail": Jsonb(dict(detail)),
+        }

@@ -11,9 +11,9 @@ from fastapi import Request
 from dispatcher.api.batched import BatchedOrders
 from dispatcher.api.keys import ApiKeys
 from dispatcher.runtime import AdapterRuntime
-from dispatcher.settle import PaidHook, Settler
 from orders.db import Pool
-from orders.repository import OrderRepository
+from orders.model import PaidHook
+from orders.repository import OrderRepository, Orders
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ApiContext:
     view_debounce: float = 2.0
     keys: ApiKeys = field(init=False)
     batched: BatchedOrders = field(init=False)
-    settler: Settler = field(init=False)
+    orders: Orders = field(init=False)  # the async repository, opened in the app's lifespan
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # When each order's status page last pulled its poll forward (monotonic seconds).
     views: dict[UUID, float] = field(default_factory=dict)
@@ -46,7 +46,6 @@ class ApiContext:
         self.keys = ApiKeys(self.pool)
         conninfo = self.pool.conninfo
         self.batched = BatchedOrders(self.repo, conninfo() if callable(conninfo) else conninfo)
-        self.settler = Settler(self.repo, self.paid_hook)
 
     @property
     def pool(self) -> Pool:

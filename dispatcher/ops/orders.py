@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +20,10 @@ from uuid import UUID
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher import config, services
-from dispatcher.settle import Settler
+from dispatcher import config, services, settle
 from orders.db import database_errors, open_pool, query
 from orders.errors import DispatchError, InvalidTransition
-from orders.model import Order, OrderEvent
+from orders.model import Order, OrderEvent, PaidHook
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
@@ -230,22 +229,24 @@ def _poll(repo: OrderRepository, args: argparse.Namespace) -> int:
 
 
 def resolve(
-    settler: Settler,
+    repo: OrderRepository,
     order: Order,
     to: OrderStatus,
     *,
     by: str,
     reason: str,
     evidence: str,
-    also: Callable[[Any, Order], None] | None = None,
+    hook: PaidHook | None,
+    also: settle.Also | None = None,
 ) -> Order:
     """Settle a ``needs_review`` order by hand: the one way a person does it, from
     ``orders resolve`` or the web console, so both record who, why and the evidence alike.
 
     Raises :class:`InvalidTransition` unless the order is in needs_review and ``to`` is paid
     or rejected, and :class:`StaleOrder` if it moved meanwhile. A move to paid runs the
-    billing hook in the same transaction, like any other payment; so does ``also`` (the
-    console's own record of the action).
+    billing ``hook`` in the same transaction, like any other payment; so does ``also`` (the
+    console's own record of the action). Written by :func:`dispatcher.settle.apply` on the
+    repository's own loop (``repo.run``): the caller is synchronous.
     """
     if order.status is not S.NEEDS_REVIEW or to not in (S.PAID, S.REJECTED):
         raise InvalidTransition(order.status, to, "only needs_review orders are resolved")
@@ -255,7 +256,12 @@ def resolve(
         "evidence": evidence,
         "at": datetime.now(UTC).isoformat(),
     }
-    return settler.move(order, to, actor=f"ops:{by}", detail=detail, use_lease=False, also=also)
+    decision = settle.Decision(to, detail)
+    return repo.run(
+        settle.apply(
+            repo.orders, order, decision, actor=f"ops:{by}", hook=hook, use_lease=False, also=also
+        )
+    )
 
 
 def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
@@ -265,9 +271,14 @@ def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
     if order.status is not S.NEEDS_REVIEW:
         print(f"order {order.id} is {order.status}; only needs_review orders are resolved")
         return 1
-    settler = Settler(repo, paid_hook(config.load()))
     moved = resolve(
-        settler, order, S(args.to), by=args.by, reason=args.reason, evidence=args.evidence
+        repo,
+        order,
+        S(args.to),
+        by=args.by,
+        reason=args.reason,
+        evidence=args.evidence,
+        hook=paid_hook(config.load()),
     )
     print(f"order {moved.id} resolved: {order.status} -> {moved.status} by {args.by}")
     return 0

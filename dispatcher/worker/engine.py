@@ -44,12 +44,9 @@ it was: no attempt is spent, nothing is failed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -64,15 +61,14 @@ from adapters.base import (
     NotSupported,
     StatusReport,
 )
-from dispatcher import metrics
+from dispatcher import metrics, settle
 from dispatcher.policy import next_poll, retry_at
 from dispatcher.runtime import AdapterRuntime
-from dispatcher.settle import Decision, PaidHook, Settler
+from dispatcher.settle import Decision
 from dispatcher.steps import Action
 from dispatcher.worker.breaker import BreakerState
 from dispatcher.worker.transport import CircuitOpen, PspUnavailable, Transport
 from orders.backoff import ceiling
-from orders.coalesce import Coalescer
 from orders.errors import (
     InvalidInput,
     OrderNotFound,
@@ -81,13 +77,12 @@ from orders.errors import (
     StaleOrder,
     TransientError,
 )
-from orders.model import Order
-from orders.repository import OrderRepository, Write
+from orders.model import Order, PaidHook
+from orders.repository import Orders, Write
 from orders.status import LATE_PAYMENT_FROM, OrderStatus
 
 log = structlog.get_logger(__name__)
 S = OrderStatus
-T = TypeVar("T")
 MAX_ERROR = 500
 LATE_INTERVAL_CAP = timedelta(hours=1)
 # No invoice is made for an order this close to its deadline (or past it): it expires instead.
@@ -106,32 +101,33 @@ def _held_for_capture(report: StatusReport) -> bool:
 
 
 class Engine:
-    """Runs steps on one event loop. HTTP stays async; database calls go to a small thread pool,
-    coalesced: the reads of all steps that start together are one query, and the writes that end
-    steps together are one statement (see :mod:`orders.coalesce`).
+    """Runs steps on one event loop, over the async repository opened on that loop.
+
+    HTTP and the database both stay on the loop. The repository coalesces: the reads of all
+    steps that start together are one query, and the writes that end steps together are one
+    statement (:meth:`orders.repository.Orders.write`). Every move is written by
+    :func:`dispatcher.settle.apply`, so a move to paid runs the billing hook in its own
+    transaction, as a notification's or a person's does.
     """
 
     def __init__(
         self,
-        repo: OrderRepository,
+        orders: Orders,
         runtimes: Mapping[str, AdapterRuntime],
         *,
         paid_hook: PaidHook | None = None,
         clock: Callable[[], datetime] = utcnow,
-        db_threads: int = 8,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """``http_transport`` replaces the wire to every payment system (``httpx.MockTransport``
-        or a replay of recorded answers), so an adapter runs in the engine without a server."""
-        self.repo = repo
+        or a replay of recorded answers), so an adapter runs in the engine without a server.
+        ``orders`` must belong to the loop the steps run on; its pool is its opener's to close."""
+        self.orders = orders
         self.runtimes = dict(runtimes)
-        self.settler = Settler(repo, paid_hook)
+        self.paid_hook = paid_hook
         self.clock = clock
-        self.db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="paydispatch-db")
         self.transports: dict[str, Transport] = {}
         self.http_transport = http_transport
-        self.reads: Coalescer[UUID, Order] = Coalescer(self._get_many)
-        self.writes: Coalescer[Write, Order] = Coalescer(self._write_many)
 
     def transport(self, name: str) -> Transport:
         if name not in self.transports:  # created on the loop that uses it
@@ -145,17 +141,6 @@ class Engine:
         for transport in self.transports.values():
             await transport.aclose()
         self.transports.clear()
-        self.db_pool.shutdown(wait=True)
-
-    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.db_pool, partial(fn, *args, **kwargs))
-
-    async def _get_many(self, order_ids: list[UUID]) -> list[Order | OrderNotFound]:
-        return await self.db(self.repo.get_many, order_ids)
-
-    async def _write_many(self, writes: list[Write]) -> list[Order | Exception]:
-        return await self.db(self.repo.write_many, writes)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -164,7 +149,7 @@ class Engine:
         structlog.contextvars.bind_contextvars(order_id=str(order_id), action=str(action))
         try:
             try:
-                order = await self.reads(order_id)
+                order = await self.orders.get(order_id)
             except OrderNotFound:
                 log.warning("step for an unknown order dropped")
                 return
@@ -277,7 +262,7 @@ class Engine:
             report = await self._capture_or_cancel(rt, order, report)
         now = self.clock()
         watch = {"late_watch": rt.policy.late_window, "first_watch": rt.policy.late_interval}
-        decision = self.settler.decide(order, report, now=now, **watch)
+        decision = settle.decide(order, report, now=now, **watch)
         if decision is not None:
             await self._apply(order, decision)
             return
@@ -285,12 +270,12 @@ class Engine:
             cancelled = await self._cancel_at_psp(rt, order, report)
             if cancelled is not None and cancelled.state in _MONEY_MOVED:
                 # Paid between the final read and the cancel: the cancel's answer says so.
-                decision = self.settler.decide(order, cancelled, now=now, **watch)
+                decision = settle.decide(order, cancelled, now=now, **watch)
                 if decision is not None:
                     await self._apply(order, decision)
                     return
             detail = {"psp_status": report.raw_status, "final_check": True}
-            await self._apply(order, Settler.leave(order, S.EXPIRED, detail, now=now, **watch))
+            await self._apply(order, settle.leave(order, S.EXPIRED, detail, now=now, **watch))
             return
         await self._release(
             order,
@@ -348,7 +333,7 @@ class Engine:
         now = self.clock()
         mismatch = report.money is not None and report.money != order.money
         if report.state is CanonicalState.PAID or (held and mismatch):
-            decision = self.settler.decide(order, report, now=now, late_watch=rt.policy.late_window)
+            decision = settle.decide(order, report, now=now, late_watch=rt.policy.late_window)
             if decision is not None:
                 await self._apply(order, decision)
             else:  # a late payment of another amount: logged; a person decides
@@ -393,7 +378,7 @@ class Engine:
                 "trial call; check the adapter's credential settings",
                 error=str(exc),
             )
-        order = await self.reads(started.id)
+        order = await self.orders.get(started.id)
         if order.lease_token != started.lease_token:  # ended, or claimed again meanwhile
             return
         later = self.clock() + timedelta(seconds=rt.policy.breaker_reset)
@@ -411,7 +396,7 @@ class Engine:
         self, rt: AdapterRuntime, order: Order, action: Action, exc: Exception
     ) -> None:
         started = order
-        order = await self.reads(order.id)  # the step may have moved it
+        order = await self.orders.get(order.id)  # the step may have moved it
         if order.lease_token != started.lease_token:  # ended, or claimed again meanwhile
             return
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
@@ -520,42 +505,21 @@ class Engine:
         keep_lease: bool = False,
         **changes: Any,
     ) -> Order:
-        """One compare-and-set transition, written together with other steps' (one statement).
-
-        Paid orders with a billing hook are the exception: the hook runs in the transaction
-        that marks the order paid, so that one is written on its own. A step that ends here
-        ended well unless it says otherwise: its consecutive errors go back to 0.
-        """
+        """One compare-and-set transition on the step's lease (:func:`dispatcher.settle.apply`):
+        written together with other steps' in one statement, except ``paid`` with a billing
+        hook, whose transaction (update, event, hook) is its own. A step that ends here ended
+        well unless it says otherwise: its consecutive errors go back to 0."""
         changes.setdefault("errors", 0)
-        if to is S.PAID and self.settler.paid_hook is not None:
-            return await self.db(
-                self.settler.move,
-                order,
-                to,
-                actor="worker",
-                detail=detail,
-                keep_lease=keep_lease,
-                **changes,
-            )
-        write = Write.move(
-            order.id,
-            order.status,
-            to,
-            actor="worker",
-            detail=detail,
-            lease_token=order.lease_token,
-            keep_lease=keep_lease,
-            **changes,
+        decision = Decision(to, dict(detail or {}), changes)
+        return await settle.apply(
+            self.orders, order, decision, actor="worker", hook=self.paid_hook, keep_lease=keep_lease
         )
-        moved = await self.writes(write)
-        self.settler.record(order, moved, "worker")
-        return moved
 
     async def _apply(self, order: Order, decision: Decision) -> Order:
         return await self._move(order, decision.to, detail=decision.detail, **decision.changes)
 
     async def _release(self, order: Order, *, next_run_at: datetime | None, **changes: Any) -> None:
-        """Give the lease back, due again at ``next_run_at`` (batched like transitions); the
+        """Give the lease back, due again at ``next_run_at`` (coalesced like transitions); the
         consecutive errors go back to 0 unless given."""
         changes.setdefault("errors", 0)
-        await self.writes(Write.release(order, next_run_at=next_run_at, **changes))
+        await self.orders.write(Write.release(order, next_run_at=next_run_at, **changes))

@@ -4,13 +4,18 @@ An actor hands its step to the loop and returns at once, so a handful of worker 
 hundreds of slow polls in flight. Admission blocks when ``max_in_flight`` steps are running:
 that is the back-pressure on the queue. The message is acknowledged before the step ends; a
 crash loses nothing, because the order's lease brings it back to the sweeper.
+
+The engine's async repository lives on this loop (an :class:`Orders` belongs to the loop its
+pool was opened on): :meth:`EngineHost.open` opens the pool there before the loop's thread
+starts, and :meth:`EngineHost.stop` closes it after the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +24,8 @@ import structlog
 from dispatcher import metrics
 from dispatcher.steps import Action
 from dispatcher.worker.engine import Engine
+from orders.db import AsyncPool, open_async_pool
+from orders.repository import Orders
 
 log = structlog.get_logger(__name__)
 
@@ -33,9 +40,19 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class EngineHost:
-    def __init__(self, engine: Engine, max_in_flight: int = 500) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_in_flight: int = 500,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        pool: AsyncPool | None = None,
+    ) -> None:
+        """``loop``: the loop ``engine``'s repository was opened on (a new one if None);
+        ``pool``: that repository's pool, closed by :meth:`stop` after the engine."""
         self.engine = engine
-        self.loop = new_event_loop()
+        self.loop = loop or new_event_loop()
+        self.pool = pool
         self.slots = threading.BoundedSemaphore(max_in_flight)
         self.max_in_flight = max_in_flight
         self._thread = threading.Thread(target=self._run, name="paydispatch-engine", daemon=True)
@@ -43,6 +60,23 @@ class EngineHost:
         self._in_flight = 0
         self._accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def open(
+        cls,
+        database_url: str,
+        adapters: Mapping[str, timedelta],
+        build: Callable[[Orders], Engine],
+        *,
+        pool_size: int = 8,
+        max_in_flight: int = 500,
+        name: str = "engine",
+    ) -> EngineHost:
+        """A host whose engine is ``build(orders)``, over a pool of ``pool_size`` connections
+        opened on the host's loop (before its thread runs it; call :meth:`start` next)."""
+        loop = new_event_loop()
+        pool = loop.run_until_complete(open_async_pool(database_url, max_size=pool_size, name=name))
+        return cls(build(Orders(pool, adapters)), max_in_flight, loop=loop, pool=pool)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -119,7 +153,7 @@ class EngineHost:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def stop(self) -> None:
-        future = asyncio.run_coroutine_threadsafe(self.engine.aclose(), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._close(), self.loop)
         try:
             future.result(timeout=10)
         except TimeoutError:
@@ -128,3 +162,8 @@ class EngineHost:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self.loop.close()
+
+    async def _close(self) -> None:
+        await self.engine.aclose()
+        if self.pool is not None:
+            await self.pool.close()

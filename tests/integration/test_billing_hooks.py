@@ -23,9 +23,9 @@ from dispatcher.config import BillingSettings, ConfigError
 from dispatcher.steps import Action
 from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus, StaleOrder
-from orders.db import AsyncConnection, Pool
+from orders.db import AsyncConnection, Pool, open_async_pool
 from orders.model import Order, PaidEvent, PaidHook
-from orders.repository import OrderRepository
+from orders.repository import OrderRepository, Orders
 from tests.billing_support import pay, replay_hook
 from tests.dispatch_support import sandbox_runtime
 
@@ -261,7 +261,7 @@ def test_engine_retries_an_order_whose_hook_raised(
     flaky: Flaky,
 ) -> None:
     hook = wallet_hook(hooks=("wallet", f"{__name__}:flaky_hook"))
-    engine = Engine(repo, {"sandbox": sandbox_runtime(sandbox.url)}, paid_hook=hook, db_threads=2)
+    runtimes = {"sandbox": sandbox_runtime(sandbox.url)}
     new = NewOrder(
         site=site,
         user_id="buyer",
@@ -271,7 +271,7 @@ def test_engine_retries_an_order_whose_hook_raised(
     )
     order_id = repo.create(new).order.id
 
-    async def step(action: Action) -> Order:
+    async def step(engine: Engine, action: Action) -> Order:
         with pool.connection() as conn:  # make it due now, then claim it like the sweeper
             conn.execute("UPDATE orders SET next_run_at = now() WHERE id = %s", (order_id,))
         claimed = [o for o in repo.claim(1000, timedelta(seconds=30)) if o.id == order_id]
@@ -280,11 +280,11 @@ def test_engine_retries_an_order_whose_hook_raised(
         await engine.run(order_id, claimed[0].lease_token, action)
         return repo.get(order_id)
 
-    async def scenario() -> None:
-        assert (await step(Action.SUBMIT)).status is S.AWAITING_PAYMENT
+    async def scenario(engine: Engine) -> None:
+        assert (await step(engine, Action.SUBMIT)).status is S.AWAITING_PAYMENT
         # The payment system says paid, but the hook raises: the order stays where it was,
         # with the error recorded and a retry scheduled; nothing was credited.
-        failed = await step(Action.POLL)
+        failed = await step(engine, Action.POLL)
         assert failed.status is S.AWAITING_PAYMENT
         assert failed.last_error is not None
         assert "HookFailure" in failed.last_error
@@ -293,15 +293,19 @@ def test_engine_retries_an_order_whose_hook_raised(
         assert credits(pool, order_id) == []
         # The retry, with the hook accepting now, pays and credits once.
         flaky.failing = False
-        paid = await step(Action.POLL)
+        paid = await step(engine, Action.POLL)
         assert paid.status is S.PAID
         assert [(r["kind"], r["amount"]) for r in credits(pool, order_id)] == [("topup", 2500)]
 
     async def run() -> None:
+        # The engine's repository lives on this loop, over a pool opened here.
+        engine_pool = await open_async_pool(repo.conninfo, max_size=2, name="tests-engine")
+        engine = Engine(Orders(engine_pool, repo.adapters), runtimes, paid_hook=hook)
         try:
-            await scenario()
+            await scenario(engine)
         finally:
             await engine.aclose()
+            await engine_pool.close()
 
     asyncio.run(run())
 

@@ -124,7 +124,10 @@ def billing(
     broker = make_broker(found_services.broker_url, namespace=own_namespace())
     actors.Actors(broker, ["sandbox"])
     dispatch = Steps(broker, ["sandbox"])
-    host = EngineHost(Engine(repo, {}, db_threads=1), max_in_flight=50)
+    host = EngineHost.open(
+        database_url, repo.adapters, lambda orders: Engine(orders, {}), pool_size=1,
+        max_in_flight=50, name="tests-engine",
+    )  # fmt: skip
     host.start()
     # The deliveries run on the host's loop, so their pool is opened there.
     delivery_pool = asyncio.run_coroutine_threadsafe(

@@ -476,14 +476,14 @@ def test_a_resolve_whose_console_record_fails_is_not_made_at_all(
     # Given an order in review, and a console record that cannot be written,
     order_id = make(repo, site)
     to_review(repo, order_id)
-    written = ConsoleStore._record
+    written = ConsoleStore._arecord  # a resolve's record, in the paid transaction
 
-    def failing(conn: Any, by: str, action: str, **kw: Any) -> None:
-        written(conn, by, action, **kw)
+    async def failing(tx: Any, by: str, action: str, **kw: Any) -> None:
+        await written(tx, by, action, **kw)
         if action == "resolve":
             raise TransientError("the database went away after the record")
 
-    monkeypatch.setattr(ConsoleStore, "_record", staticmethod(failing))
+    monkeypatch.setattr(ConsoleStore, "_arecord", staticmethod(failing))
     # when the operator resolves it to paid,
     answer = browser.post(
         f"/console/orders/{order_id}/resolve",

@@ -23,9 +23,9 @@ from dispatcher.runtime import AdapterRuntime
 from dispatcher.steps import action_for
 from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus
-from orders.db import Pool, open_pool
+from orders.db import Pool, open_async_pool, open_pool
 from orders.model import Order
-from orders.repository import OrderRepository
+from orders.repository import OrderRepository, Orders
 from tests.dispatch_support import FAST
 from tests.integration.conftest import ADAPTERS
 from tests.unit import test_paypal as paypal_tests
@@ -107,11 +107,14 @@ def engine_run(
     def run(scenario: Callable[[Engine], Coroutine[Any, Any, None]]) -> None:
         async def main() -> None:
             runtimes = {runtime.name: runtime}
-            engine = Engine(repo, runtimes, db_threads=2, **engine_options)
+            # The engine's repository lives on this loop, over a pool opened here.
+            pool = await open_async_pool(repo.conninfo, max_size=2, name="replay-engine")
+            engine = Engine(Orders(pool, repo.adapters), runtimes, **engine_options)
             try:
                 await scenario(engine)
             finally:
                 await engine.aclose()
+                await pool.close()
 
         asyncio.run(main())
 

@@ -1,7 +1,8 @@
 """Fakes for driving the real Engine without PostgreSQL, a network or real time.
 
 The engine, the transport, the adapters and the state machine are the real ones; only the
-repository (a dict that enforces the transition table, the compare-and-set and the lease), the
+async repository (a dict that enforces the transition table, the compare-and-set and the lease,
+with ``Orders.get`` and ``Orders.write``), the
 wire (``httpx.MockTransport`` answering by method and path) and the clock are replaced. The
 sweeper's part, claiming a due order with a new lease at its ``next_run_at``, is done by
 :func:`drive`, which moves the fake clock instead of waiting.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,13 +38,12 @@ from adapters.base import (
 from adapters.testing import SAMPLE_TIME, sample_order
 from dispatcher.policy import DispatchPolicy
 from dispatcher.runtime import AdapterRuntime
-from dispatcher.settle import PaidHook
 from dispatcher.steps import Action, action_for
 from dispatcher.worker.engine import Engine
 from orders.errors import OrderNotFound, StaleOrder
-from orders.model import Order
+from orders.model import Order, PaidHook
 from orders.money import Money
-from orders.repository import OrderRepository, Write
+from orders.repository import Orders, Write
 from orders.status import OrderStatus, check_transition
 from tests.dispatch_support import FAST
 
@@ -74,20 +74,44 @@ class FakeClock:
         self.now = max(self.now, moment)
 
 
-class FakeRepository:
-    """The repository calls the engine makes, on a dict, with the real state machine."""
+class FakeOrders:
+    """The async repository's calls the engine and ``settle.apply`` make (``get`` and
+    ``write``), on a dict, with the real state machine."""
 
     def __init__(self, *orders: Order, clock: Callable[[], datetime] = lambda: NOW) -> None:
         self.orders = {order.id: order for order in orders}
         self.moves: list[Move] = []
-        self.actors: list[str] = []  # who wrote each move made through transition()
+        self.actors: list[str] = []  # who wrote each move
+        self.withins = 0  # writes run in a transaction of their own, with ``within``
         self.clock = clock
 
-    def get_many(self, order_ids: Sequence[uuid.UUID]) -> list[Order | OrderNotFound]:
-        return [self.orders.get(i) or OrderNotFound(str(i)) for i in order_ids]
+    async def get(self, order_id: uuid.UUID, *, site: str | None = None) -> Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise OrderNotFound(str(order_id))
+        return order
 
-    def write_many(self, writes: Sequence[Write]) -> list[Order | Exception]:
-        return [self._write(write) for write in writes]
+    async def write(
+        self,
+        write: Write,
+        *,
+        within: Callable[[Any, Order], Awaitable[None]] | None = None,
+        conn: Any = None,
+    ) -> Order:
+        """One write, as ``Orders.write``: ``within`` (the billing hook) runs after the update
+        in the same transaction, and if it raises nothing is kept."""
+        before = (dict(self.orders), list(self.moves), list(self.actors))
+        moved = self._write(write)
+        if isinstance(moved, Exception):
+            raise moved
+        if within is not None:
+            self.withins += 1
+            try:
+                await within(None, moved)
+            except Exception:
+                self.orders, self.moves, self.actors = before
+                raise
+        return moved
 
     def _write(self, write: Write) -> Order | Exception:
         current = self.orders.get(write.order_id)
@@ -104,49 +128,11 @@ class FakeRepository:
             if write.to is S.PAID:
                 changes["paid_at"] = self.clock()
             self.moves.append((current.status, write.to, dict(write.detail)))
+            self.actors.append(write.actor)
         if not write.keep_lease:
             changes.update(lease_token=None, lease_until=None)
         moved = replace(current, **changes)
         self.orders[moved.id] = moved
-        return moved
-
-    def transition(
-        self,
-        order_id: uuid.UUID,
-        expected: OrderStatus,
-        to: OrderStatus,
-        *,
-        actor: str,
-        detail: Mapping[str, Any] | None = None,
-        lease_token: uuid.UUID | None = None,
-        keep_lease: bool = False,
-        within: Callable[[Any, Order], None] | None = None,
-        **changes: Any,
-    ) -> Order:
-        """One move on its own, as ``OrderRepository.transition``: ``within`` (the billing hook)
-        runs after the update, and if it raises nothing is kept."""
-        before = (dict(self.orders), list(self.moves))
-        write = Write.move(
-            order_id,
-            expected,
-            to,
-            actor=actor,
-            detail=detail,
-            lease_token=lease_token,
-            keep_lease=keep_lease,
-            **changes,
-        )
-        moved = self._write(write)
-        if isinstance(moved, Exception):
-            raise moved
-        self.actors.append(actor)
-        if within is not None:
-            try:
-                within(None, moved)
-            except Exception:
-                self.orders, self.moves = before
-                self.actors.pop()
-                raise
         return moved
 
     def statuses(self) -> list[tuple[OrderStatus, OrderStatus]]:
@@ -207,18 +193,17 @@ def leased(**changes: Any) -> Order:
 
 
 def engine_for(
-    repo: FakeRepository,
+    repo: FakeOrders,
     runtime: AdapterRuntime,
     wire: Wire,
     clock: Callable[[], datetime],
     paid_hook: PaidHook | None = None,
 ) -> Engine:
     return Engine(
-        cast(OrderRepository, repo),
+        cast(Orders, repo),
         {runtime.name: runtime},
         paid_hook=paid_hook,
         clock=clock,
-        db_threads=1,
         http_transport=httpx.MockTransport(wire),
     )
 
@@ -229,12 +214,12 @@ def run_step(
     order: Order,
     action: Action,
     *,
-    repo: FakeRepository | None = None,
+    repo: FakeOrders | None = None,
     now: datetime = NOW,
     paid_hook: PaidHook | None = None,
-) -> tuple[Order, FakeRepository, Engine]:
+) -> tuple[Order, FakeOrders, Engine]:
     """One engine step for ``order``; the order as written afterwards."""
-    repo = repo or FakeRepository(order, clock=lambda: now)
+    repo = repo or FakeOrders(order, clock=lambda: now)
     repo.orders.setdefault(order.id, order)
 
     async def go() -> Engine:
@@ -264,10 +249,10 @@ def drive(
     order: Order,
     *,
     clock: FakeClock,
-    repo: FakeRepository | None = None,
+    repo: FakeOrders | None = None,
     until: Callable[[Order], bool] = lambda order: False,
     max_steps: int = 200,
-) -> tuple[list[Look], FakeRepository]:
+) -> tuple[list[Look], FakeOrders]:
     """Run the order's steps as the sweeper would schedule them, on one engine.
 
     Each round sets the clock to the order's ``next_run_at`` (never backwards), claims it with
@@ -275,7 +260,7 @@ def drive(
     do (no ``next_run_at`` or no action), when ``until`` holds, or after ``max_steps`` (which
     fails the test: a step that schedules nothing new would otherwise loop forever).
     """
-    repo = repo or FakeRepository(order, clock=clock)
+    repo = repo or FakeOrders(order, clock=clock)
     repo.orders.setdefault(order.id, order)
     looks: list[Look] = []
 

@@ -25,14 +25,14 @@ from dispatcher.steps import Action
 from dispatcher.worker.breaker import BreakerState
 from dispatcher.worker.engine import Engine
 from orders.model import Order
-from orders.repository import OrderRepository
+from orders.repository import Orders
 from orders.status import OrderStatus
 from tests.unit.engine_fakes import (
     LEASE,
     NOW,
     PAYMENT_ID,
     POLICY,
-    FakeRepository,
+    FakeOrders,
     Wire,
     counter,
     leased,
@@ -69,15 +69,14 @@ def test_a_poll_refused_for_our_credentials_changes_nothing_and_stops_further_ca
     wire.on("GET", f"/v3/payments/{PAYMENT_ID}", yk("error_forbidden", 403))
     first = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, polls=3)
     second = replace(first, id=uuid.uuid4(), number=43)
-    repo = FakeRepository(first, second)
+    repo = FakeOrders(first, second)
     runtime = yookassa_runtime()
 
     async def go() -> None:
         engine = Engine(
-            cast(OrderRepository, repo),
+            cast(Orders, repo),
             {"yookassa": runtime},
             clock=lambda: NOW,
-            db_threads=1,
             http_transport=httpx.MockTransport(wire),
         )
         try:
@@ -97,15 +96,14 @@ def test_orders_kept_off_the_wire_by_refused_credentials_spend_no_attempt() -> N
     wire.on("POST", "/v3/payments", yk("error_invalid_credentials", 401))
     first = leased(status=S.NEW, attempts=0)
     second = replace(first, id=uuid.uuid4(), number=43, attempts=5)
-    repo = FakeRepository(first, second)
+    repo = FakeOrders(first, second)
     runtime = yookassa_runtime()
 
     async def go() -> None:
         engine = Engine(
-            cast(OrderRepository, repo),
+            cast(Orders, repo),
             {"yookassa": runtime},
             clock=lambda: NOW,
-            db_threads=1,
             http_transport=httpx.MockTransport(wire),
         )
         try:
@@ -189,14 +187,13 @@ def test_after_a_maybe_sent_create_a_refused_connection_never_leads_to_a_blind_c
         raise httpx.ConnectError("connection refused", request=request)
 
     order = replace(leased(status=S.SUBMITTING, attempts=1), adapter="nokeys")
-    repo = FakeRepository(order)
+    repo = FakeOrders(order)
 
     async def go() -> None:
         engine = Engine(
-            cast(OrderRepository, repo),
+            cast(Orders, repo),
             {"nokeys": nokeys_runtime()},
             clock=lambda: NOW,
-            db_threads=1,
             http_transport=httpx.MockTransport(refuse),
         )
         try:
@@ -212,7 +209,7 @@ def test_after_a_maybe_sent_create_a_refused_connection_never_leads_to_a_blind_c
     assert repo.moves == []
 
 
-def _relet(repo: FakeRepository, order: Order) -> FakeRepository:
+def _relet(repo: FakeOrders, order: Order) -> FakeOrders:
     """The repository after the sweeper claimed ``order`` again."""
     repo.orders[order.id] = replace(repo.orders[order.id], lease_token=LEASE)
     return repo

@@ -29,7 +29,7 @@ from dispatcher.policy import RETRY_GRACE
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.steps import Action, action_for
 from dispatcher.worker import engine as engine_module
-from orders.model import Order
+from orders.model import PaidEvent
 from orders.status import LATE_PAYMENT_FROM, TRANSITIONS, OrderStatus
 from tests.unit.engine_fakes import (
     LEASE,
@@ -39,7 +39,7 @@ from tests.unit.engine_fakes import (
     Answer,
     Cancels,
     FakeClock,
-    FakeRepository,
+    FakeOrders,
     NoKeys,
     NoLookup,
     Wire,
@@ -320,7 +320,7 @@ BY_THE_SITE_OR_BUYER = (
 )
 BY_A_PERSON = (
     "a person settles it: `paydispatch orders resolve` or the console "
-    "(dispatcher.ops.orders.resolve); Settler.decide leaves needs_review alone"
+    "(dispatcher.ops.orders.resolve); settle.decide leaves needs_review alone"
 )
 NOT_BY_ENGINE: dict[tuple[OrderStatus, OrderStatus], str] = {
     (S.NEW, S.CANCELLED): BY_THE_SITE_OR_BUYER,
@@ -380,20 +380,44 @@ def test_the_engine_makes_the_move(row: Row) -> None:
 def test_a_paid_step_runs_the_billing_hook_once_with_the_paid_order() -> None:
     wire = Wire()
     wire.on(*STATUS, yk("status_succeeded"))
-    credited: list[Order] = []
+    credited: list[PaidEvent] = []
     order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON)
 
-    after, repo, _ = run_step(
-        yookassa_runtime(), wire, order, A.POLL, paid_hook=lambda conn, paid: credited.append(paid)
-    )
+    async def credit(tx: Any, event: PaidEvent) -> None:
+        credited.append(event)
 
-    assert [(o.id, o.status) for o in credited] == [(order.id, S.PAID)]
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, A.POLL, paid_hook=credit)
+
+    assert [(e.order.id, e.order.status, e.previous, e.actor) for e in credited] == [
+        (order.id, S.PAID, S.AWAITING_PAYMENT, "worker")
+    ]
+    assert credited[0].late is False
     assert (after.status, after.lease_token, after.next_run_at) == (S.PAID, None, None)
     assert repo.actors == ["worker"]
+    assert repo.withins == 1  # the hook ran in the paid move's own transaction
+
+
+def test_a_late_paid_step_hands_the_billing_hook_a_late_event() -> None:
+    # Given an expired order under the late watch, whose payment arrives late,
+    wire = Wire()
+    wire.on(*STATUS, yk("status_succeeded"))
+    credited: list[PaidEvent] = []
+    order = leased(status=S.EXPIRED, psp_id=PAYMENT_ID, expires_at=GONE)
+
+    async def credit(tx: Any, event: PaidEvent) -> None:
+        credited.append(event)
+
+    # when the watch sees it paid,
+    after, repo, _ = run_step(yookassa_runtime(), wire, order, A.WATCH, paid_hook=credit)
+
+    # then the hook learns from the event that it was late, without reading anything back.
+    assert [(e.previous, e.late, e.order.status) for e in credited] == [(S.EXPIRED, True, S.PAID)]
+    assert after.status is S.PAID
+    assert repo.withins == 1
 
 
 def test_a_failing_billing_hook_keeps_the_order_awaiting_payment_and_retries_it() -> None:
-    def refuse(conn: Any, paid: Order) -> None:
+    async def refuse(tx: Any, event: PaidEvent) -> None:
         raise RuntimeError("wallet table locked")
 
     wire = Wire()
@@ -811,7 +835,7 @@ def test_an_open_breaker_never_gives_up_an_order_on_its_last_attempt(
     wire.on(*CREATE, httpx.ConnectError)
     first = leased(status=S.NEW)
     last_try = replace(first, id=uuid.uuid4(), number=43, status=start, attempts=attempts)
-    repo = FakeRepository(first, last_try)
+    repo = FakeOrders(first, last_try)
     # when the second order, one attempt from giving up, meets the open breaker,
     engine = engine_for(repo, yookassa_runtime(policy), wire, lambda: NOW)
 
@@ -838,7 +862,7 @@ def test_a_message_with_a_lease_that_moved_on_is_dropped_without_a_call() -> Non
     order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON)
     stale = replace(order, lease_token=uuid.uuid4())  # the message's token, not the row's
 
-    after, repo, _ = run_step(yookassa_runtime(), wire, stale, A.POLL, repo=FakeRepository(order))
+    after, repo, _ = run_step(yookassa_runtime(), wire, stale, A.POLL, repo=FakeOrders(order))
 
     assert (wire.calls, repo.moves, after) == ([], [], order)
 
@@ -847,7 +871,7 @@ class Reclaimed(Wire):
     """A wire during whose call the sweeper claims the order again (the step outlived its
     lease): the step's own write must then miss."""
 
-    def __init__(self, repo: FakeRepository, order_id: uuid.UUID) -> None:
+    def __init__(self, repo: FakeOrders, order_id: uuid.UUID) -> None:
         super().__init__()
         self.repo, self.order_id = repo, order_id
 
@@ -869,7 +893,7 @@ class Reclaimed(Wire):
 )
 def test_a_step_that_outlived_its_lease_writes_nothing(answer: httpx.Response) -> None:
     order = leased(status=S.AWAITING_PAYMENT, psp_id=PAYMENT_ID, expires_at=SOON, polls=4)
-    repo = FakeRepository(order)
+    repo = FakeOrders(order)
     wire = Reclaimed(repo, order.id)
     wire.on(*STATUS, answer)
 

@@ -33,13 +33,13 @@ from dispatcher.worker.breaker import BreakerState
 from dispatcher.worker.engine import Engine
 from dispatcher.worker.outage import OutageLog
 from dispatcher.worker.transport import Transport
-from orders.repository import OrderRepository
+from orders.repository import Orders
 from orders.status import OrderStatus
 from tests.unit.test_engine_steps import (
     LEASE,
     NOW,
     PAYMENT_ID,
-    FakeRepository,
+    FakeOrders,
     counter,
     leased,
     yookassa_runtime,
@@ -61,7 +61,7 @@ def _refuse(request: httpx.Request) -> httpx.Response:
 
 def _run_steps(
     runtime: AdapterRuntime,
-    repo: FakeRepository,
+    repo: FakeOrders,
     action: Action,
     wire: httpx.MockTransport,
 ) -> None:
@@ -70,10 +70,9 @@ def _run_steps(
 
     async def go() -> None:
         engine = Engine(
-            cast(OrderRepository, repo),
+            cast(Orders, repo),
             {runtime.name: runtime},
             clock=lambda: NOW,
-            db_threads=1,
             http_transport=wire,
         )
         engine.transports[runtime.name] = Transport(
@@ -87,10 +86,10 @@ def _run_steps(
     asyncio.run(go())
 
 
-def _watched_orders(count: int) -> FakeRepository:
+def _watched_orders(count: int) -> FakeOrders:
     first = leased(status=S.EXPIRED, psp_id=PAYMENT_ID, polls=2)
     orders = [replace(first, id=uuid.uuid4(), number=1000 + n) for n in range(count)]
-    return FakeRepository(*orders)
+    return FakeOrders(*orders)
 
 
 def _at(level: str, logs: list[dict[str, Any]]) -> list[dict[str, Any]]:

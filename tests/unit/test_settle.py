@@ -1,31 +1,37 @@
-"""The Settler's decision for every payment state x order status, and how a decision is applied.
+"""The decision for every payment state x order status, and how a decision is applied.
 
-``Settler.decide`` and ``Settler.leave`` are pure: these tests give them an order in each status
+``settle.decide`` and ``settle.leave`` are pure: these tests give them an order in each status
 and a report of each canonical state (with our amount, another amount, another currency, or
 none) and pin where the order goes. The expected table is written out here, not derived from
-``orders.status``, so a change of either shows up as a failing cell.
+``orders.status``, so a change of either shows up as a failing cell. ``settle.apply`` is run
+against a fake async repository that records each write and whether it ran in a transaction of
+its own (``within``); the real transaction is tested in ``tests/integration/test_settle_apply.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 
 from adapters.base import CanonicalState, StatusReport
-from dispatcher import metrics
-from dispatcher.settle import Decision, Settler
-from orders.model import Order
+from dispatcher import metrics, settle
+from dispatcher.settle import Decision
+from orders.errors import StaleOrder
+from orders.model import Order, PaidEvent
 from orders.money import Money
-from orders.repository import OrderRepository
+from orders.repository import Orders
 from orders.status import LATE_PAYMENT_FROM, OrderStatus
-from tests.unit.engine_fakes import NOW, PAYMENT_ID, FakeRepository, counter, leased
+from tests.unit.engine_fakes import NOW, PAYMENT_ID, FakeOrders, counter, leased
 
 S = OrderStatus
 C = CanonicalState
+T = TypeVar("T")
 OURS = Money(10000, "RUB")  # the sample order's amount
 LATE_WATCH = timedelta(hours=24)
 FIRST_WATCH = timedelta(seconds=60)
@@ -70,7 +76,7 @@ def report(state: CanonicalState, money: Money | None = OURS, *, reason: str = "
 
 
 def decide(order: Order, seen: StatusReport) -> Decision | None:
-    return Settler.decide(order, seen, now=NOW, late_watch=LATE_WATCH, first_watch=FIRST_WATCH)
+    return settle.decide(order, seen, now=NOW, late_watch=LATE_WATCH, first_watch=FIRST_WATCH)
 
 
 def test_the_expected_table_names_only_statuses_and_states_that_exist() -> None:
@@ -168,7 +174,7 @@ def test_leave_watches_until_the_window_after_the_later_of_deadline_and_now(
     order = replace(order_in(S.AWAITING_PAYMENT), expires_at=deadline)
     detail = {"psp_status": "final", "final_check": True}
 
-    decision = Settler.leave(
+    decision = settle.leave(
         order, S.EXPIRED, detail, now=NOW, late_watch=late_watch, first_watch=FIRST_WATCH
     )
 
@@ -179,76 +185,180 @@ def test_leave_watches_until_the_window_after_the_later_of_deadline_and_now(
 # -- applying a decision -------------------------------------------------------------------------
 
 
-def settler_on(order: Order, hook: Any = None) -> tuple[Settler, FakeRepository]:
-    repo = FakeRepository(order)
-    return Settler(cast(OrderRepository, repo), hook), repo
+class Hook:
+    """A billing hook that records the events it is handed (or refuses them)."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.events: list[PaidEvent] = []
+        self.refuse = refuse
+
+    async def __call__(self, tx: Any, event: PaidEvent) -> None:
+        self.events.append(event)
+        if self.refuse:
+            raise RuntimeError("wallet unavailable")
 
 
-def test_apply_writes_nothing_when_the_report_changes_nothing() -> None:
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def apply(repo: FakeOrders, order: Order, decision: Decision, **options: Any) -> Order:
+    options.setdefault("actor", "worker")
+    options.setdefault("hook", None)
+    return run(settle.apply(cast(Orders, repo), order, decision, **options))
+
+
+def test_a_report_that_changes_nothing_is_no_decision_so_nothing_is_written() -> None:
     order = order_in(S.AWAITING_PAYMENT)
-    settler, repo = settler_on(order)
 
-    moved = settler.apply(
-        order, report(C.PENDING), actor="callback:x", now=NOW, late_watch=LATE_WATCH
-    )
-
-    assert moved is None
-    assert repo.moves == []
-    assert repo.orders[order.id] == order
+    assert decide(order, report(C.PENDING)) is None
 
 
 def test_apply_without_the_lease_moves_an_order_leased_by_a_worker() -> None:
     # A verified notification has no lease: it moves the order whoever holds it (the
     # worker's own write then misses its compare-and-set).
     order = order_in(S.AWAITING_PAYMENT)
-    settler, repo = settler_on(replace(order, lease_token=uuid.uuid4()))  # a worker's
+    repo = FakeOrders(replace(order, lease_token=uuid.uuid4()))  # a worker's
+    decision = decide(order, report(C.REJECTED))
+    assert decision is not None
 
-    moved = settler.apply(
-        order,
-        report(C.REJECTED),
-        actor="callback:x",
-        now=NOW,
-        late_watch=LATE_WATCH,
-        use_lease=False,
-    )
+    moved = apply(repo, order, decision, actor="callback:x", use_lease=False)
 
-    assert moved is not None
     assert (moved.status, moved.polls, moved.next_run_at) == (S.REJECTED, 0, NOW + FIRST_WATCH)
     assert repo.actors == ["callback:x"]
+    assert repo.withins == 0  # coalesced with the writes around it
 
 
-def test_a_paid_decision_runs_the_billing_hook_with_the_paid_order() -> None:
-    order = order_in(S.EXPIRED)
-    credited: list[Order] = []
-    settler, repo = settler_on(order, lambda conn, paid: credited.append(paid))
+def test_apply_on_the_lease_misses_when_the_lease_moved_on_and_counts_nothing() -> None:
+    order = order_in(S.AWAITING_PAYMENT)
+    repo = FakeOrders(replace(order, lease_token=uuid.uuid4()))  # claimed again meanwhile
+    decision = decide(order, report(C.PAID))
+    assert decision is not None
+    hook = Hook()
+    moved_before = counter(metrics.TRANSITIONS, "yookassa", "awaiting_payment", "paid")
+
+    with pytest.raises(StaleOrder):
+        apply(repo, order, decision, hook=hook)
+
+    assert (repo.moves, hook.events) == ([], [])
+    assert counter(metrics.TRANSITIONS, "yookassa", "awaiting_payment", "paid") == moved_before
+
+
+@pytest.mark.parametrize("status", [S.AWAITING_PAYMENT, *sorted(LATE_PAYMENT_FROM)])
+def test_a_paid_decision_runs_the_hook_once_in_its_transaction_with_a_paid_event(
+    status: OrderStatus,
+) -> None:
+    order = order_in(status)
+    repo = FakeOrders(order)
+    hook = Hook()
+    decision = decide(order, report(C.PAID))
+    assert decision is not None
     late = counter(metrics.LATE_PAYMENTS, "yookassa")
 
-    moved = settler.apply(order, report(C.PAID), actor="worker", now=NOW, late_watch=LATE_WATCH)
+    moved = apply(repo, order, decision, actor="worker", hook=hook)
 
-    assert moved is not None
-    assert [o.status for o in credited] == [S.PAID]
-    assert repo.moves == [(S.EXPIRED, S.PAID, {"psp_status": "psp-paid", "late": True})]
-    assert counter(metrics.LATE_PAYMENTS, "yookassa") == late + 1
+    assert repo.withins == 1  # one transaction of its own: the update, its event, the hook
+    assert hook.events == [PaidEvent(moved, previous=status, actor="worker")]
+    assert hook.events[0].late is (status in LATE_PAYMENT_FROM)
+    assert moved.status is S.PAID
+    assert repo.moves == [
+        (status, S.PAID, {"psp_status": "psp-paid", "late": status in LATE_PAYMENT_FROM})
+    ]
+    assert counter(metrics.LATE_PAYMENTS, "yookassa") == late + (status in LATE_PAYMENT_FROM)
+
+
+def test_a_paid_decision_without_a_hook_is_coalesced() -> None:
+    order = order_in(S.AWAITING_PAYMENT)
+    repo = FakeOrders(order)
+    decision = decide(order, report(C.PAID))
+    assert decision is not None
+
+    moved = apply(repo, order, decision, hook=None)
+
+    assert (moved.status, repo.withins) == (S.PAID, 0)
+
+
+@pytest.mark.parametrize("state", [C.REJECTED, C.EXPIRED, C.REFUNDED])
+def test_only_a_move_to_paid_runs_the_hook(state: CanonicalState) -> None:
+    order = order_in(S.AWAITING_PAYMENT)
+    repo = FakeOrders(order)
+    hook = Hook()
+    decision = decide(order, report(state))
+    assert decision is not None
+
+    moved = apply(repo, order, decision, hook=hook)
+
+    assert moved.status is decision.to
+    assert (hook.events, repo.withins) == ([], 0)
 
 
 def test_a_failing_billing_hook_leaves_the_order_unpaid() -> None:
     order = order_in(S.AWAITING_PAYMENT)
+    repo = FakeOrders(order)
+    hook = Hook(refuse=True)
+    decision = decide(order, report(C.PAID))
+    assert decision is not None
+    paid = counter(metrics.TRANSITIONS, "yookassa", "awaiting_payment", "paid")
 
-    def refuse(conn: Any, paid: Order) -> None:
-        raise RuntimeError("wallet unavailable")
+    with pytest.raises(RuntimeError, match="wallet unavailable"):
+        apply(repo, order, decision, hook=hook)
 
-    settler, repo = settler_on(order, refuse)
+    assert len(hook.events) == 1
+    assert repo.orders[order.id] == order
+    assert repo.moves == []
+    assert counter(metrics.TRANSITIONS, "yookassa", "awaiting_payment", "paid") == paid
+
+
+def test_also_runs_after_the_hook_in_the_same_transaction() -> None:
+    order = order_in(S.NEEDS_REVIEW)
+    repo = FakeOrders(order)
+    calls: list[str] = []
+
+    async def hook(tx: Any, event: PaidEvent) -> None:
+        calls.append(f"hook:{event.previous}")
+
+    async def also(tx: Any, moved: Order) -> None:
+        calls.append(f"also:{moved.status}")
+
+    moved = apply(
+        repo, order, Decision(S.PAID, {}), actor="ops:alice", hook=hook, use_lease=False, also=also
+    )
+
+    assert moved.status is S.PAID
+    assert calls == ["hook:needs_review", "also:paid"]
+    assert repo.withins == 1
+
+
+def test_also_without_a_paid_move_still_runs_in_the_move_s_transaction() -> None:
+    order = order_in(S.NEEDS_REVIEW)
+    repo = FakeOrders(order)
+    hook = Hook()
+    recorded: list[OrderStatus] = []
+
+    async def also(tx: Any, moved: Order) -> None:
+        recorded.append(moved.status)
+        raise RuntimeError("the console's record failed")
 
     with pytest.raises(RuntimeError):
-        settler.apply(order, report(C.PAID), actor="worker", now=NOW, late_watch=LATE_WATCH)
-    assert repo.orders[order.id].status is S.AWAITING_PAYMENT
-    assert repo.moves == []
+        apply(repo, order, Decision(S.REJECTED, {}), hook=hook, use_lease=False, also=also)
+
+    assert (recorded, hook.events, repo.withins) == ([S.REJECTED], [], 1)
+    assert repo.orders[order.id] == order  # the move went with the record
+
+
+def test_keep_lease_keeps_the_step_s_lease_after_the_move() -> None:
+    order = order_in(S.NEW)
+    repo = FakeOrders(order)
+
+    moved = apply(repo, order, Decision(S.SUBMITTING, {}), keep_lease=True)
+
+    assert (moved.status, moved.lease_token) == (S.SUBMITTING, order.lease_token)
 
 
 def test_only_a_paid_move_from_a_given_up_status_counts_as_a_late_payment() -> None:
     late = counter(metrics.LATE_PAYMENTS, "yookassa")
     for status in [S.AWAITING_PAYMENT, S.NEEDS_REVIEW, S.EXPIRED, S.REJECTED, S.CANCELLED]:
         order = order_in(status)
-        Settler.record(order, replace(order, status=S.PAID, paid_at=NOW), "worker")
+        settle.record(order, replace(order, status=S.PAID, paid_at=NOW), "worker")
 
     assert counter(metrics.LATE_PAYMENTS, "yookassa") == late + 3
