@@ -103,13 +103,16 @@ gives the same URL, and nothing exists at Robokassa until the buyer opens it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import ClassVar
+from decimal import Decimal
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
 
 from adapters.base import (
@@ -125,8 +128,12 @@ from adapters.base import (
     NotSupported,
     OrderRef,
     PollPolicy,
+    PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     Reply,
     SettingSpec,
     StatusReport,
@@ -137,6 +144,16 @@ from orders.money import Money
 from orders.settings import flag
 
 DEFAULT_API_URL = "https://auth.robokassa.ru/Merchant"
+# The refund API lives on another host (https://docs.robokassa.ru/ru/refund-api).
+DEFAULT_REFUND_API_URL = "https://services.robokassa.ru/RefundService"
+REFUND_CREATE_PATH = "/Refund/Create"
+REFUND_STATE_PATH = "/Refund/GetState"
+# Refund/GetState's ``label``.
+REFUND_LABELS = {
+    "processing": RefundState.PENDING,
+    "finished": RefundState.SUCCEEDED,
+    "canceled": RefundState.FAILED,
+}
 PAY_PATH = "/Index.aspx"
 OPSTATE_PATH = "/WebService/Service.asmx/OpStateExt"
 CURRENCY = "RUB"
@@ -355,7 +372,57 @@ def parse_opstate(
         money=money,
         raw_status=str(state_code),
         reason=meaning if state is not CanonicalState.PAID else "",
+        # The operation's key, which a refund names (Refund/Create's OpKey).
+        psp_payment_id=_text(root, "Info", "OpKey") or None,
     )
+
+
+# -- refunds (issue #14) -------------------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def refund_jwt(payload: str, password3: str) -> str:
+    """The Refund API's request body: a JWT (HS256) over ``payload`` (JSON text) signed with
+    Password #3 as the HMAC key."""
+    header = _b64url(b'{"alg":"HS256","typ":"JWT"}')
+    body = _b64url(payload.encode("utf-8"))
+    mac = hmac.new(password3.encode("utf-8"), f"{header}.{body}".encode("ascii"), "sha256")
+    return f"{header}.{body}.{_b64url(mac.digest())}"
+
+
+def _refund_body(response: PspResponse) -> Mapping[str, Any]:
+    """The JSON object of a Refund API answer, its numbers kept exact (Decimal)."""
+    code = response.status_code
+    if code in {401, 403}:
+        raise CredentialsRejected(
+            f"Robokassa refund API HTTP {code}: check PAYDISPATCH_ROBOKASSA_PASSWORD3 and that "
+            "the refund API is enabled for the shop"
+        )
+    if code == 429 or code >= 500:
+        raise RobokassaUnavailableError(f"Robokassa refund API HTTP {code}")
+    if code != 200:
+        response.malformed("non-200 answer from the refund API")
+    try:
+        body = json.loads(response.content, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        response.malformed(f"refund API answer is not JSON: {response.content[:80]!r}")
+    if not isinstance(body, Mapping):
+        response.malformed("refund API answer is not a JSON object")
+    return body
+
+
+def _refund_amount(value: Any, response: PspResponse) -> Money | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        response.malformed(f"refund amount is not a number: {value!r}")
+    try:
+        return Money.parse(Decimal(value), CURRENCY)
+    except InvalidInput as exc:
+        response.malformed(f"refund amount {value!r}: {exc.message}")
 
 
 def _callback_fields(notification: Notification) -> dict[str, str]:
@@ -395,6 +462,10 @@ class Robokassa(Adapter):
         currencies=frozenset({CURRENCY}),
         default_expiry=timedelta(hours=1),
         poll=PollPolicy(first=timedelta(seconds=15), factor=2.0, cap=timedelta(minutes=5)),
+        refunds=True,  # the Refund API: Refund/Create and Refund/GetState (issue #14)
+        partial_refunds=True,  # RefundSum
+        idempotent_refund=False,  # Refund/Create takes no key of ours
+        refund_lookup=False,  # Refund/GetState knows only Robokassa's requestId
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
         SettingSpec("API_URL", default=DEFAULT_API_URL, help="Robokassa's Merchant base URL"),
@@ -414,6 +485,18 @@ class Robokassa(Adapter):
             "TEST",
             default="false",
             help="true: IsTest=1 on pay URLs; use the shop's test passwords then",
+        ),
+        SettingSpec(
+            "PASSWORD3",
+            secret=True,
+            default="",
+            help="Password #3: signs refund requests (the refund API); empty: no refunds",
+        ),
+        SettingSpec(
+            "REFUND_API_URL",
+            default="",
+            help=f"the refund API's base URL; empty: {DEFAULT_REFUND_API_URL} (or "
+            "{API_URL}/RefundService when API_URL is not Robokassa's)",
         ),
     )
 
@@ -473,6 +556,84 @@ class Robokassa(Adapter):
         operation: str = "status",
     ) -> StatusReport:
         return parse_opstate(response, order.psp_id or str(order.number), order.money)
+
+    # -- refunds (issue #14) -------------------------------------------------------------------
+
+    @staticmethod
+    def _refund_url(settings: AdapterSettings, path: str) -> str:
+        """The refund API lives on its own host; unless ``REFUND_API_URL`` says where, it is
+        Robokassa's while ``API_URL`` is, else under ``API_URL`` (a fake or proxy serving both)."""
+        base = settings.get("REFUND_API_URL").strip().rstrip("/")
+        if not base:
+            moved = settings.api_url != DEFAULT_API_URL
+            base = f"{settings.api_url}/RefundService" if moved else DEFAULT_REFUND_API_URL
+        return base + path
+
+    def build_refund(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        password3 = settings.get("PASSWORD3")
+        if not password3:
+            raise InvalidSettings(
+                "PAYDISPATCH_ROBOKASSA_PASSWORD3 is empty: Robokassa's refund API needs it"
+            )
+        op_key = refund.psp_payment_id
+        if not op_key:
+            raise InvalidInput(
+                "psp_payment_id", "a Robokassa refund needs the payment's OpKey (OpStateExt)"
+            )
+        # RefundSum always: without it Robokassa refunds whatever is left, which a repeated
+        # request must never do. Written by hand so the amount stays exact (no float).
+        payload = f'{{"OpKey":{json.dumps(op_key)},"RefundSum":{format_out_sum(refund.money)}}}'
+        return PspRequest(
+            method="POST",
+            url=self._refund_url(settings, REFUND_CREATE_PATH),
+            operation="refund",
+            headers={"Content-Type": "text/plain"},
+            content=refund_jwt(payload, password3).encode("ascii"),
+        )
+
+    def parse_refund(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        body = _refund_body(response)
+        success, request_id = body.get("success"), body.get("requestId")
+        if success is False:
+            # NotEnoughOperationFunds, OperationNotFound, AlreadyRefunded...: nothing was made.
+            raise PspRejected(f"Robokassa refused the refund: {body.get('message') or 'no reason'}")
+        if success is not True:
+            response.malformed("refund answer without success true/false")
+        if not isinstance(request_id, str) or not request_id:
+            response.malformed("accepted refund without a requestId")
+        # Accepted, not done: Refund/GetState tells when it is (the answer names no amount).
+        return RefundReport(RefundState.PENDING, psp_refund_id=request_id, raw_status="created")
+
+    def build_refund_status(self, refund: RefundRequest, settings: AdapterSettings) -> PspRequest:
+        if not refund.psp_refund_id:
+            raise InvalidInput("psp_refund_id", f"refund {refund.id} has no Robokassa requestId")
+        return PspRequest(
+            method="GET",
+            url=self._refund_url(settings, REFUND_STATE_PATH),
+            operation="refund_status",
+            params=[("id", refund.psp_refund_id)],
+        )
+
+    def parse_refund_status(
+        self, refund: RefundRequest, response: PspResponse, settings: AdapterSettings
+    ) -> RefundReport:
+        body = _refund_body(response)
+        label = body.get("label")
+        if label is None and body.get("message"):
+            raise RobokassaRefusedError(f"Refund/GetState: {body['message']}")
+        if label not in REFUND_LABELS:
+            response.malformed(f"unknown refund label {label!r}")
+        request_id = body.get("requestId")
+        if request_id is not None and request_id != refund.psp_refund_id:
+            response.malformed(f"answer is about refund {request_id!r}, not {refund.psp_refund_id}")
+        return RefundReport(
+            REFUND_LABELS[label],
+            psp_refund_id=refund.psp_refund_id,
+            money=_refund_amount(body.get("amount"), response),
+            raw_status=str(label),
+        )
 
     def parse_notification(
         self, notification: Notification, settings: AdapterSettings

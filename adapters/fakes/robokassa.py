@@ -11,6 +11,9 @@ https://docs.robokassa.ru/ru/xml-interfaces) and the official SDK (github.com/ro
     POST /Merchant/_buyer/{InvId}/decline
     GET|POST /Merchant/WebService/Service.asmx/OpStateExt
                                         the operation's state, signed with Password #2
+    POST /RefundService/Refund/Create   a refund of a paid operation: a JWT (HS256, Password #3)
+                                        over {OpKey, RefundSum}; {success, message, requestId}
+    GET  /RefundService/Refund/GetState?id=  {requestId, amount, label}
     /_control/...                       the control API of :mod:`adapters.fakes.common`
 
 Robokassa has no create call: nothing exists there until the buyer opens the pay URL, so an
@@ -24,6 +27,13 @@ A pay reference the fake has not seen is registered from its ``pay_url``, whose 
 checked like the pay page would. The fee is the shop's: OpStateExt's ``IncSum`` is what the
 buyer paid (the invoice's ``OutSum``), its ``OutSum`` what the shop was credited, less the fee.
 
+Refunds (https://docs.robokassa.ru/ru/refund-api) are ``processing`` until first read, then
+``finished``; never more than is left of the operation (``success: false``,
+``NotEnoughOperationFunds``); a JWT with another signature is refused with HTTP 401 (the
+fake's choice: the reference does not say). Robokassa takes no key of ours, so the control stats
+count refunds per OpKey; the refund faults of :mod:`adapters.fakes.common` hang (after
+refunding) or refuse the next refunds. OpStateExt does not show refunds, as Robokassa's does not.
+
 Errors take Robokassa's forms: OpStateExt answers HTTP 200 with its ``Result/Code`` (1 bad
 signature, 2 unknown shop, 3 no operation); a request missing a parameter gets ASP.NET's HTTP
 500 text; a pay URL with a wrong signature or shop gets an HTML error page (HTTP 400 here).
@@ -31,8 +41,12 @@ signature, 2 unknown shop, 3 no operation); a request missing a parameter gets A
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -44,7 +58,13 @@ from xml.sax.saxutils import escape as xml_escape
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from adapters.fakes.common import FakeState, PaymentRef, control_routes, fake_app
@@ -54,6 +74,8 @@ NAME = "robokassa"
 LOGIN = "paydispatch-fake-shop"
 PASSWORD1 = "fake-robokassa-password-1-3b9f0c2e71d4a6"
 PASSWORD2 = "fake-robokassa-password-2-a84d6e1f05c79b"
+PASSWORD3 = "fake-robokassa-password-3-5c7e9a1b3d2f48"
+REFUNDS = "/RefundService/Refund"
 HASH = "sha256"
 PREFIX = "/Merchant"
 NAMESPACE = "http://merchant.roboxchange.com/WebService/"
@@ -95,6 +117,11 @@ class Operation:
     shp: dict[str, str]
     state: int = INITIATED
     state_date: datetime = field(default_factory=lambda: datetime.now(UTC))
+    refunded: Decimal = Decimal(0)
+
+    @property
+    def op_key(self) -> str:
+        return f"fake-op-{self.inv_id}"
 
     @property
     def order_id(self) -> str | None:
@@ -109,6 +136,8 @@ class RobokassaState(FakeState):
     operations: dict[str, Operation] = field(default_factory=dict)
     # (InvId, HTTP status, body) of every Result URL callback sent, for tests.
     deliveries: list[tuple[str, int, str]] = field(default_factory=list)
+    # requestId -> [OpKey, amount, label]
+    refund_requests: dict[str, list[str]] = field(default_factory=dict)
 
 
 class PayUrlError(ValueError):
@@ -181,7 +210,7 @@ def _opstate_xml(result: int, description: str, operation: Operation | None = No
             f"<IncSum>{inc_sum}</IncSum><IncAccount>553691******1234</IncAccount>"
             "<PaymentMethod><Code>BankCard</Code><Description>Bank card</Description>"
             f"</PaymentMethod><OutCurrLabel>RUB</OutCurrLabel><OutSum>{out_sum}</OutSum>"
-            f"<OpKey>fake-op-{operation.inv_id}</OpKey></Info>",
+            f"<OpKey>{operation.op_key}</OpKey></Info>",
             "<UserField>"
             + "".join(
                 f"<Field><Name>{xml_escape(k)}</Name><Value>{xml_escape(v)}</Value></Field>"
@@ -322,6 +351,73 @@ class _Fake:
         return _opstate_xml(0, "", operation)
 
 
+def _jwt_payload(token: str) -> dict[str, object] | None:
+    """The payload of an HS256 JWT signed with Password #3; None when it is not one."""
+    try:
+        header, payload, signature = token.strip().split(".")
+        mac = hmac.new(PASSWORD3.encode(), f"{header}.{payload}".encode("ascii"), "sha256")
+        expected = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+        if not hmac.compare_digest(expected, signature):
+            return None
+        decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error, UnicodeError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+class _Refunds:
+    """Robokassa's refund API over the fake's operations."""
+
+    def __init__(self, state: RobokassaState) -> None:
+        self.state = state
+
+    async def create(self, request: Request) -> Response:
+        self.state.count("refund")
+        payload = _jwt_payload((await request.body()).decode("utf-8", "replace"))
+        if payload is None:
+            return PlainTextResponse("Unauthorized: the JWT is not signed with Password #3", 401)
+        if self.state.take_refusal_fault():
+            return _refund_answer(False, "RefundIsRestricted")
+        op_key, wanted = payload.get("OpKey"), payload.get("RefundSum")
+        with self.state.lock:
+            operation = next(
+                (o for o in self.state.operations.values() if o.op_key == op_key), None
+            )
+            if operation is None or operation.state != PAID:
+                return _refund_answer(False, "OperationNotFound")
+            left = operation.out_sum - operation.refunded
+            try:
+                amount = left if wanted is None else Decimal(str(wanted))
+            except InvalidOperation:
+                return _refund_answer(False, "InvalidRefundSum")
+            if not amount.is_finite() or amount <= 0 or amount > left:
+                return _refund_answer(False, "NotEnoughOperationFunds")
+            operation.refunded += amount
+            request_id = str(uuid.uuid4())
+            self.state.refund_requests[request_id] = [operation.op_key, str(amount), "processing"]
+        self.state.refund_made(operation.op_key)
+        if self.state.take_refund_timeout_fault():
+            await self.state.hang()  # refunded and recorded; the answer comes too late
+        return _refund_answer(True, None, request_id)
+
+    async def get_state(self, request: Request) -> Response:
+        self.state.count("refund_status")
+        request_id = request.query_params.get("id", "")
+        with self.state.lock:
+            found = self.state.refund_requests.get(request_id)
+            if found is None:
+                return JSONResponse({"message": "RequestNotFound"})
+            answer = {"requestId": request_id, "amount": found[1], "label": found[2]}
+            found[2] = "finished"  # the bank takes a moment: done by the next read
+        # The amount as Robokassa writes it: a JSON number.
+        body = json.dumps(answer).replace(f'"{answer["amount"]}"', answer["amount"])
+        return Response(body, media_type="application/json")
+
+
+def _refund_answer(success: bool, message: str | None, request_id: str | None = None) -> Response:
+    return JSONResponse({"success": success, "message": message, "requestId": request_id})
+
+
 def create_app(notify_url: str | None = None) -> Starlette:
     """The fake, with the control API of adapters/fakes/common.py (control_routes, fake_app).
 
@@ -330,7 +426,10 @@ def create_app(notify_url: str | None = None) -> Starlette:
     """
     state = RobokassaState(notify_url=notify_url)
     fake = _Fake(state)
+    refunds = _Refunds(state)
     routes = [
+        Route(f"{REFUNDS}/Create", refunds.create, methods=["POST"]),
+        Route(f"{REFUNDS}/GetState", refunds.get_state, methods=["GET"]),
         Route(f"{PREFIX}/Index.aspx", fake.index, methods=["GET", "POST"]),
         Route(f"{PREFIX}/_buyer/{{inv_id}}/done", fake.done, methods=["GET"]),
         Route(f"{PREFIX}/_buyer/{{inv_id}}/pay", fake.buyer_pays, methods=["POST"]),
@@ -345,9 +444,11 @@ def create_app(notify_url: str | None = None) -> Starlette:
 
 def adapter_settings(api_url: str) -> dict[str, str]:
     """The adapter's settings pointing at this fake (served at ``api_url``) with its credentials."""
-    base = api_url.rstrip("/")
+    base = api_url.rstrip("/").removesuffix(PREFIX)
     return {
-        "API_URL": base if base.endswith(PREFIX) else base + PREFIX,
+        "API_URL": base + PREFIX,
+        "REFUND_API_URL": base + "/RefundService",
+        "PASSWORD3": PASSWORD3,
         "MERCHANT_LOGIN": LOGIN,
         "PASSWORD1": PASSWORD1,
         "PASSWORD2": PASSWORD2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -20,8 +21,12 @@ from adapters.base import (
     CredentialsRejected,
     Notification,
     NotificationResult,
+    PspRejected,
     PspRequest,
     PspResponse,
+    RefundReport,
+    RefundRequest,
+    RefundState,
     StatusReport,
     pairs,
 )
@@ -201,3 +206,114 @@ def test_forged_callback_does_not_verify(served: Served) -> None:
 def test_control_pay_of_an_unknown_payment_is_404(served: Served) -> None:
     answer = served.control.client.post("/_control/pay", json={"psp_id": "999999"})
     assert answer.status_code == 404
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+
+def call(request: PspRequest, timeout: float = 10.0) -> PspResponse:
+    """What the transport does with a request that may carry a body."""
+    answer = httpx.request(
+        request.method,
+        request.url,
+        params=pairs(request.params),
+        content=request.content,
+        headers=dict(request.headers),
+        timeout=timeout,
+    )
+    return PspResponse(answer.status_code, answer.content, dict(answer.headers))
+
+
+def _paid(served: Served, number: int) -> tuple[Order, StatusReport]:
+    order = served.invoiced(replace(ORDER, id=uuid.uuid4(), number=number))
+    served.control.pay(ref(order))
+    report = served.poll(order)
+    assert report.state is CanonicalState.PAID
+    return order, report
+
+
+def _refund(order: Order, report: StatusReport, kopecks: int) -> RefundRequest:
+    return RefundRequest(
+        id=uuid.uuid4(),
+        order=order,
+        money=Money(kopecks, "RUB"),
+        psp_payment_id=report.psp_payment_id,
+    )
+
+
+def _send(served: Served, refund: RefundRequest, timeout: float = 10.0) -> RefundReport:
+    response = call(ADAPTER.build_refund(refund, served.settings), timeout)
+    return ADAPTER.parse_refund(refund, response, served.settings)
+
+
+def _read(served: Served, refund: RefundRequest) -> RefundReport:
+    response = call(ADAPTER.build_refund_status(refund, served.settings))
+    return ADAPTER.parse_refund_status(refund, response, served.settings)
+
+
+def test_partial_refunds_are_processing_then_finished(served: Served) -> None:
+    order, paid = _paid(served, 7101)
+    assert paid.psp_payment_id == "fake-op-7101"
+    first = _refund(order, paid, 2_301)
+    made = _send(served, first)
+    assert made.state is RefundState.PENDING
+    known = replace(first, psp_refund_id=made.psp_refund_id)
+    assert (_read(served, known).state, _read(served, known).state) == (
+        RefundState.PENDING,
+        RefundState.SUCCEEDED,
+    )
+    assert _read(served, known).money == Money(2_301, "RUB")
+    _send(served, _refund(order, paid, 10_000))
+    assert served.control.stats()["refunds"] == {"fake-op-7101": 2}
+
+
+def test_refund_above_what_is_left_is_refused_and_refunds_nothing(served: Served) -> None:
+    order, paid = _paid(served, 7102)
+    with pytest.raises(PspRejected, match="NotEnoughOperationFunds"):
+        _send(served, _refund(order, paid, 12_302))
+    assert served.control.stats()["refunds"] == {}
+
+
+def test_refund_of_an_unpaid_operation_is_refused(served: Served) -> None:
+    order = served.invoiced(replace(ORDER, id=uuid.uuid4(), number=7103))
+    httpx.get(order.pay_url or "", timeout=10)
+    refund = RefundRequest(
+        id=uuid.uuid4(), order=order, money=Money(100, "RUB"), psp_payment_id="fake-op-7103"
+    )
+    with pytest.raises(PspRejected, match="OperationNotFound"):
+        _send(served, refund)
+
+
+def test_refund_signed_with_another_password3_is_credentials_rejected(served: Served) -> None:
+    order, paid = _paid(served, 7104)
+    refund = _refund(order, paid, 100)
+    wrong = resolve_settings(
+        ADAPTER,
+        configured={**fake.adapter_settings(served.url), "PASSWORD3": "not-the-fake-password-3"},
+        environ={},
+    )
+    response = call(ADAPTER.build_refund(refund, wrong))
+    with pytest.raises(CredentialsRejected, match="PASSWORD3"):
+        ADAPTER.parse_refund(refund, response, wrong)
+    assert served.control.stats()["refunds"] == {}
+
+
+def test_refund_timed_out_after_refunding_is_counted_once_and_never_resent(
+    served: Served,
+) -> None:
+    # Robokassa takes no key: a refund whose answer was lost is never sent again (the
+    # dispatcher asks a person); the fake's count shows the one refund it made.
+    order, paid = _paid(served, 7105)
+    served.state.hold_seconds = 3.0
+    served.control.refund_faults(accept_then_timeout=1)
+    with pytest.raises(httpx.ReadTimeout):
+        _send(served, _refund(order, paid, 1_000), timeout=0.5)
+    assert served.control.stats()["refunds"] == {"fake-op-7105": 1}
+
+
+def test_refused_refund_fault_is_a_rejection(served: Served) -> None:
+    order, paid = _paid(served, 7106)
+    served.control.refund_faults(refuse=1)
+    with pytest.raises(PspRejected, match="RefundIsRestricted"):
+        _send(served, _refund(order, paid, 100))
+    assert served.control.stats()["refunds"] == {}

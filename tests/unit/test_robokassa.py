@@ -26,27 +26,39 @@ from adapters.base import (
     Notification,
     NotSupported,
     OrderRef,
+    PspRejected,
     PspResponse,
+    RefundRequest,
+    RefundState,
     Reply,
     StatusReport,
 )
 from adapters.registry import resolve_settings
 from adapters.testing import (
+    SAMPLE_REFUND_ID,
     AdapterConformance,
     FixtureSet,
     NotificationFixtures,
+    RefundFixtures,
     SignatureVector,
     load_response,
     sample_order,
 )
 from orders.errors import InvalidInput, TransientError
 from orders.money import Money
+from orders.status import OrderStatus
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "robokassa"
 LOGIN = "conformance-shop"
 PASSWORD1 = "kit-robokassa-password-one-4f1c"
 PASSWORD2 = "kit-robokassa-password-two-9d2e"
-SETTINGS = {"merchant_login": LOGIN, "password1": PASSWORD1, "password2": PASSWORD2}
+PASSWORD3 = "kit-robokassa-password-three-7b3a"
+SETTINGS = {
+    "merchant_login": LOGIN,
+    "password1": PASSWORD1,
+    "password2": PASSWORD2,
+    "password3": PASSWORD3,
+}
 ADAPTER = robokassa.adapter
 ORDER = sample_order(adapter="robokassa")
 INVOICED = replace(ORDER, psp_id="42")
@@ -65,6 +77,21 @@ def settings(**overrides: str) -> AdapterSettings:
 
 def xml(name: str, status_code: int = 200) -> PspResponse:
     return load_response(FIXTURES / f"{name}.xml", status_code)
+
+
+def json_fixture(name: str, status_code: int = 200) -> PspResponse:
+    return load_response(FIXTURES / f"{name}.json", status_code)
+
+
+REQUEST_ID = "d2b5c1f0-7a3e-4c8b-9f1d-2e6a4b8c0d13"
+OP_KEY = "0F7A21C6-5D0B-4E0E-9A54-1C2B3D4E5F60"
+# The refund request's JWT for 40.00 RUB of OP_KEY with PASSWORD3, computed with coreutils
+# base64 and `openssl dgst -sha256 -hmac`, not with the adapter's code.
+REFUND_JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+    "eyJPcEtleSI6IjBGN0EyMUM2LTVEMEItNEUwRS05QTU0LTFDMkIzRDRFNUY2MCIsIlJlZnVuZFN1bSI6NDAuMDB9."
+    "RQzWOEepVSGCgyRNuPDej5hq5m3kQ6IfyalEZFJCPT0"
+)
 
 
 def status(name: str, status_code: int = 200) -> StatusReport:
@@ -139,6 +166,21 @@ class TestRobokassaConformance(AdapterConformance):
             "paid-out-sum-not-a-number": xml("opstate_paid_outsum_not_a_number"),
             "doctype-with-entities": xml("opstate_entity_expansion"),
         },
+        refunds=RefundFixtures(
+            states={
+                RefundState.PENDING: json_fixture("refund_state_processing"),
+                RefundState.SUCCEEDED: json_fixture("refund_state_finished"),
+                RefundState.FAILED: json_fixture("refund_state_canceled"),
+            },
+            created={RefundState.PENDING: json_fixture("refund_create_accepted")},
+            rejected=json_fixture("refund_create_refused"),
+            psp_refund_id=REQUEST_ID,
+            money=Money(4000, "RUB"),
+            malformed={
+                "unknown-label": json_fixture("refund_state_unknown_label"),
+                "another-request": json_fixture("refund_state_other_request"),
+            },
+        ),
         notifications=NotificationFixtures(
             valid=form_notification("result_url_paid"),
             tampered=form_notification("result_url_tampered_out_sum"),
@@ -147,8 +189,29 @@ class TestRobokassaConformance(AdapterConformance):
             expected_reply=Reply(200, b"OK42", "text/plain"),
         ),
     )
+
+    def test_requests_start_at_the_configured_api_url(self) -> None:
+        """Robokassa's refund API has a host of its own (services.robokassa.ru): with the
+        default API_URL refunds go there; a moved API_URL (a fake) moves every request."""
+        settings = self.resolved(API_URL=self.other_api_url)
+        for operation, built in self.built_requests(settings).items():
+            url = built.pay_url if isinstance(built, Invoice) else built.url
+            assert url is not None
+            assert url.startswith(self.other_api_url), (operation, url)
+        default = self.resolved()
+        for operation, built in self.built_requests(default).items():
+            url = built.pay_url if isinstance(built, Invoice) else built.url
+            assert url is not None
+            home = robokassa.DEFAULT_REFUND_API_URL if "refund" in operation else default.api_url
+            assert url.startswith(home), (operation, url)
+
     vectors = (
         *(vector(algorithm, DOCS_EXAMPLE) for algorithm in robokassa.HASHES),
+        SignatureVector(
+            "refund JWT (HS256 with Password #3), by openssl",
+            lambda: robokassa.refund_jwt(f'{{"OpKey":"{OP_KEY}","RefundSum":40.00}}', PASSWORD3),
+            REFUND_JWT,
+        ),
         # The testing-mode page's PHP example: Test1999, 100.00, InvId 678678, "password_1".
         SignatureVector(
             "testing-mode example",
@@ -510,3 +573,97 @@ def test_robokassa_has_no_cancel_and_no_lookup() -> None:
         ADAPTER.build_cancel(INVOICED, settings())
     with pytest.raises(NotSupported):
         ADAPTER.build_lookup(ORDER, settings())
+
+
+# -- refunds (issue #14) --------------------------------------------------------------------------
+
+
+def refund_request(**changes: object) -> RefundRequest:
+    request = RefundRequest(
+        id=SAMPLE_REFUND_ID,
+        order=replace(INVOICED, status=OrderStatus.PAID),
+        money=Money(4000, "RUB"),
+        psp_payment_id=OP_KEY,
+    )
+    return replace(request, **changes)  # type: ignore[arg-type]
+
+
+def test_paid_status_names_the_operation_key_a_refund_needs() -> None:
+    assert status("opstate_state_100").psp_payment_id == OP_KEY
+
+
+def test_refund_request_is_the_jwt_robokassa_documents() -> None:
+    request = ADAPTER.build_refund(refund_request(), settings())
+    assert (request.method, request.url, request.operation) == (
+        "POST",
+        "https://services.robokassa.ru/RefundService/Refund/Create",
+        "refund",
+    )
+    assert request.content == REFUND_JWT.encode()
+
+
+def test_refund_api_url_is_a_setting_of_its_own() -> None:
+    moved = settings(refund_api_url="https://refunds.example/RefundService/")
+    request = ADAPTER.build_refund(refund_request(), moved)
+    assert request.url == "https://refunds.example/RefundService/Refund/Create"
+    status_request = ADAPTER.build_refund_status(refund_request(psp_refund_id=REQUEST_ID), moved)
+    assert status_request.url == "https://refunds.example/RefundService/Refund/GetState"
+    assert list(status_request.params) == [("id", REQUEST_ID)]
+
+
+def test_refund_without_password3_or_op_key_is_refused_before_any_call() -> None:
+    with pytest.raises(InvalidSettings, match="PASSWORD3"):
+        ADAPTER.build_refund(refund_request(), settings(password3=""))
+    with pytest.raises(InvalidInput, match="psp_payment_id"):
+        ADAPTER.build_refund(refund_request(psp_payment_id=None), settings())
+    with pytest.raises(InvalidInput, match="currency"):
+        ADAPTER.build_refund(refund_request(money=Money(4000, "USD")), settings())
+
+
+def test_accepted_refund_is_pending_under_robokassas_request_id() -> None:
+    report = ADAPTER.parse_refund(
+        refund_request(), json_fixture("refund_create_accepted"), settings()
+    )
+    assert (report.state, report.psp_refund_id) == (RefundState.PENDING, REQUEST_ID)
+
+
+def test_refused_refund_is_a_rejection_naming_robokassas_reason() -> None:
+    with pytest.raises(PspRejected, match="NotEnoughOperationFunds"):
+        ADAPTER.parse_refund(refund_request(), json_fixture("refund_create_refused"), settings())
+
+
+def test_accepted_refund_without_request_id_is_malformed() -> None:
+    with pytest.raises(MalformedResponse, match="requestId"):
+        ADAPTER.parse_refund(
+            refund_request(), json_fixture("refund_create_without_request_id"), settings()
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "state"),
+    [
+        ("refund_state_processing", RefundState.PENDING),
+        ("refund_state_finished", RefundState.SUCCEEDED),
+        ("refund_state_canceled", RefundState.FAILED),
+    ],
+)
+def test_refund_labels(name: str, state: RefundState) -> None:
+    known = refund_request(psp_refund_id=REQUEST_ID)
+    report = ADAPTER.parse_refund_status(known, json_fixture(name), settings())
+    assert (report.state, report.money, report.raw_status) == (
+        state,
+        Money(4000, "RUB"),
+        name.rsplit("_", 1)[1],
+    )
+
+
+def test_refund_state_lookup_refused_is_transient() -> None:
+    known = refund_request(psp_refund_id=REQUEST_ID)
+    with pytest.raises(TransientError, match="RequestNotFound"):
+        ADAPTER.parse_refund_status(known, json_fixture("refund_state_not_found"), settings())
+
+
+@pytest.mark.parametrize(("code", "error"), [(401, CredentialsRejected), (503, TransientError)])
+def test_refund_api_http_errors(code: int, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        ADAPTER.parse_refund(refund_request(), PspResponse(code, b""), settings())
