@@ -213,10 +213,10 @@ def test_control_pay_of_an_unknown_payment_is_404(served: Served) -> None:
 
 def call(request: PspRequest, timeout: float = 10.0) -> PspResponse:
     """What the transport does with a request that may carry a body."""
+    query = urlencode(pairs(request.params))
     answer = httpx.request(
         request.method,
-        request.url,
-        params=pairs(request.params),
+        f"{request.url}?{query}" if query else request.url,
         content=request.content,
         headers=dict(request.headers),
         timeout=timeout,
