@@ -80,6 +80,17 @@ PayPal order (``resource.id``), a ``PAYMENT.CAPTURE.*`` event names it through
 one of ours, and the dispatcher polls that order at once. Other events are acknowledged and name
 nothing.
 
+**Refunds** (issue #14; ``openapi/payments_payment_v2.json`` of the same repository):
+``POST /v2/payments/captures/{capture_id}/refund`` with ``PayPal-Request-Id: pd-refund-<refund
+id>`` (PayPal keeps refund request ids 45 days), ``Prefer: return=representation``, the amount,
+our order id as ``custom_id`` and the reason as ``note_to_payer``; ``GET
+/v2/payments/refunds/{id}``. The capture id is ``RefundRequest.psp_payment_id``, which a status
+read of the completed order reports, with ``refunded`` (its completed ``payments.refunds``).
+``PENDING`` is pending, ``COMPLETED`` succeeded, ``FAILED`` and ``CANCELLED`` failed; a 400 or
+422 refusal (``REFUND_AMOUNT_EXCEEDED``, ``CAPTURE_FULLY_REFUNDED``, ...) is final, any other
+error follows the rules above. ``PAYMENT.CAPTURE.REFUNDED``/``REVERSED`` webhooks, hints like the
+rest, carry the refund they are about.
+
 **Settings:** ``CLIENT_ID``, ``CLIENT_SECRET`` (the REST app's credentials) and ``API_URL``
 (default ``https://api-m.paypal.com``; the sandbox is ``https://api-m.sandbox.paypal.com``).
 """

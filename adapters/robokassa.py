@@ -97,6 +97,17 @@ passwords from the technical settings, so set PASSWORD1/PASSWORD2 to those), ``A
 (default ``https://auth.robokassa.ru/Merchant``: pay URLs are ``{API_URL}/Index.aspx``,
 status calls ``{API_URL}/WebService/Service.asmx/OpStateExt``).
 
+**Refunds** (issue #14; https://docs.robokassa.ru/ru/refund-api): ``POST
+{REFUND_API_URL}/Refund/Create`` whose body is a JWT (HS256, signed with Password #3) over
+``{"OpKey", "RefundSum"}``: the ``OpKey`` is OpStateExt's ``Info/OpKey`` (reported as
+``psp_payment_id``), the sum always given, in roubles, exact. ``success: false`` is a final
+refusal; an accepted one is pending under Robokassa's ``requestId``, read with ``GET
+Refund/GetState?id=`` (``processing``, ``finished``, ``canceled``). Robokassa takes no key of
+ours and finds refunds only by its ``requestId``: a refund whose answer was lost is never re-sent
+(no ``idempotent_refund``, no ``refund_lookup``). Settings ``PASSWORD3`` (empty: no refunds) and
+``REFUND_API_URL`` (empty: ``https://services.robokassa.ru/RefundService``, or
+``{API_URL}/RefundService`` when API_URL is moved, as for a fake).
+
 Robokassa has no cancel call and needs no lookup: building the pay URL again for the same order
 gives the same URL, and nothing exists at Robokassa until the buyer opens it.
 """

@@ -66,6 +66,17 @@ constant time, ``t`` within 300 s of receipt either way. A notification that fai
 ``.async_payment_failed`` or ``.expired`` carries a report; other event types are acknowledged
 (200) with none.
 
+**Refunds** (issue #14; https://docs.stripe.com/api/refunds, create and retrieve, and the
+``refund.*``, ``charge.refunded`` and ``charge.dispute.created`` event types): a refund names the
+session's PaymentIntent (``RefundRequest.psp_payment_id``, which a status read reports), never the
+session; ``POST /v1/refunds`` form-encoded with ``payment_intent``, ``amount`` in Stripe's minor
+units, our refund and order ids (and reason) in ``metadata``, and ``Idempotency-Key:
+pd-refund-<refund id>``; ``GET /v1/refunds/{id}`` reads it. ``pending`` and ``requires_action``
+are pending, ``succeeded`` succeeded, ``failed`` and ``canceled`` failed. Refusals follow the
+create's rules (``invalid_request_error`` final, ``idempotency_error`` unknown). A status read
+reports ``refunded`` (the charge's ``amount_refunded``) and ``chargeback`` (``disputed``).
+Refunds cannot be looked up by our id (no ``refund_lookup``).
+
 Settings: ``SECRET_KEY``, ``WEBHOOK_SECRETS``, ``API_URL`` (default ``https://api.stripe.com``),
 ``API_VERSION`` (the ``Stripe-Version`` header; default the version the official SDK pins).
 """

@@ -79,6 +79,17 @@ makes T-Bank resend for a day. A valid ``Token`` names the order (``OrderId``) a
 can be replayed (``replayable_notifications``): the dispatcher polls on it. A missing or wrong
 token (or another terminal) is answered 403 without ``OK`` and names nothing.
 
+**Refunds** (issue #14; the Cancel method's reference: a Cancel of CONFIRMED is a refund, of
+the whole payment or of ``Amount``, CONFIRMED -> PARTIAL_REFUNDED / REFUNDED): ``Cancel`` with
+``PaymentId``, ``Amount`` and our refund id as ``ExternalRequestId`` (T-Bank answers a repeated
+one with the payment's state instead of refunding again). The answer's ``REFUNDED`` and
+``PARTIAL_REFUNDED`` are succeeded, ``REFUNDING``/``ASYNC_REFUNDING`` pending, the money is
+``OriginalAmount - NewAmount``; a refusal (wrong state, an amount above what is left: error 100)
+is final. T-Bank has no refund object: a refund's status is ``GetState`` of its payment, never a
+second Cancel. ``idempotent_refund`` is not declared: the reference says ``ExternalRequestId``
+does not work for SBP operations, so a refund whose answer was lost is never re-sent. Signed
+``REFUNDED``/``PARTIAL_REFUNDED`` notifications carry a succeeded refund (not which one).
+
 **Settings**: ``TERMINAL_KEY``, ``PASSWORD`` (secret), ``API_URL`` (default
 ``https://securepay.tinkoff.ru/v2``; T-Bank's test environment is
 ``https://rest-api-test.tinkoff.ru/v2``), ``TWO_STAGE`` (default false: ``PayType`` O; true:
@@ -351,7 +362,9 @@ class TBank(Adapter):
         poll=PollPolicy(first=timedelta(seconds=10), factor=2.0, cap=timedelta(minutes=5)),
         refunds=True,  # Cancel of a CONFIRMED payment, with Amount (issue #14)
         partial_refunds=True,
-        idempotent_refund=True,  # ExternalRequestId: a repeat answers, never refunds again
+        # ExternalRequestId makes a repeated card refund answer instead of refunding again, but
+        # the reference says it "does not work for SBP operations": so never re-sent.
+        idempotent_refund=False,
         refund_lookup=False,  # T-Bank keeps no refund to read: the status read is GetState
     )
     settings_spec: ClassVar[tuple[SettingSpec, ...]] = (
