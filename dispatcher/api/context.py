@@ -8,10 +8,9 @@ from uuid import UUID
 
 from fastapi import Request
 
-from dispatcher.api.batched import BatchedOrders
 from dispatcher.api.keys import ApiKeys
 from dispatcher.runtime import AdapterRuntime
-from orders.db import Pool
+from orders.db import Pool, open_async_pool
 from orders.model import PaidHook
 from orders.repository import OrderRepository, Orders
 
@@ -20,6 +19,8 @@ from orders.repository import OrderRepository, Orders
 class ApiContext:
     """Everything a request needs; built once per process (see ``server.context_from``)."""
 
+    # The synchronous face: for the operators' pages (FastAPI's thread pool) and tests. The
+    # routes sites and buyers call use ``orders``.
     repo: OrderRepository
     runtimes: Mapping[str, AdapterRuntime]
     public_url: str = "http://127.0.0.1:8000"
@@ -32,20 +33,16 @@ class ApiContext:
     webhook_max_age: float = 3 * 24 * 3600.0
     # Buyers' status pages pull an order's next poll forward at most this often (seconds).
     view_debounce: float = 2.0
+    pool_size: int = 10  # connections of the async pool ``orders`` runs on
     keys: ApiKeys = field(init=False)
-    batched: BatchedOrders = field(init=False)
     orders: Orders = field(init=False)  # the async repository, opened in the app's lifespan
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # When each order's status page last pulled its poll forward (monotonic seconds).
     views: dict[UUID, float] = field(default_factory=dict)
-    # Creates answered by the fast lane rather than the FastAPI route (dispatcher.api.lane).
-    lane_creates: int = 0
 
     def __post_init__(self) -> None:
         self.public_url = self.public_url.rstrip("/")
         self.keys = ApiKeys(self.pool)
-        conninfo = self.pool.conninfo
-        self.batched = BatchedOrders(self.repo, conninfo() if callable(conninfo) else conninfo)
 
     @property
     def pool(self) -> Pool:
@@ -53,6 +50,18 @@ class ApiContext:
 
     def status_page(self, order_id: object) -> str:
         return f"{self.public_url}/pay/{order_id}"
+
+    async def open(self) -> None:
+        """Open :attr:`orders` on the running loop (the server's, in the app's lifespan): an
+        ``Orders`` belongs to the loop its pool was opened on."""
+        pool = await open_async_pool(self.repo.conninfo, max_size=self.pool_size, name="api")
+        self.orders = Orders(pool, self.repo.adapters)
+
+    async def aclose(self) -> None:
+        """Close what :meth:`open` opened (the app's shutdown)."""
+        if hasattr(self, "orders"):
+            await self.orders.pool.close()
+            del self.orders
 
     def close(self) -> None:
         for fn in self.on_close:

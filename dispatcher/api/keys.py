@@ -28,7 +28,7 @@ import psycopg
 import structlog
 
 from dispatcher.billing.sites import check_site
-from orders.db import Pool, database_errors, query
+from orders.db import AsyncPool, Pool, database_errors, query
 from orders.errors import InvalidInput
 
 log = structlog.get_logger(__name__)
@@ -78,7 +78,8 @@ class ApiKey:
 
 
 class ApiKeys:
-    """Create, list, revoke and verify keys."""
+    """Create, list and revoke keys (synchronous, over ``pool``: the CLI's commands), and
+    verify them (async, on the API's loop)."""
 
     def __init__(self, pool: Pool, *, ttl: float = 30.0) -> None:
         self.pool = pool
@@ -197,8 +198,9 @@ class ApiKeys:
             return hit[0]
         return None
 
-    def verify(self, key: str) -> str | None:
-        """The site a valid, unrevoked key belongs to; None for anything else."""
+    async def verify(self, key: str, pool: AsyncPool) -> str | None:
+        """The site a valid, unrevoked key belongs to; None for anything else. On ``pool``, the
+        API's async pool (the management commands above are synchronous, for the CLI)."""
         cached = self.cached_site(key)
         if cached is not None:
             return cached
@@ -208,15 +210,17 @@ class ApiKeys:
         digest = _hash(key)
         generation = self._generation
         now = time.monotonic()
-        with database_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("find_api_key"), {"prefix": prefix}).fetchone()
-            if row is None or row["revoked_at"] is not None:
-                return None
-            if not hmac.compare_digest(row["key_hash"], digest):
-                return None
-            if now - self._touched.get(row["id"], -TOUCH_EVERY) >= TOUCH_EVERY:
-                conn.execute(query("touch_api_key"), {"id": row["id"]})
-                self._touched[row["id"]] = now
+        with database_errors():
+            async with pool.connection() as conn:
+                cursor = await conn.execute(query("find_api_key"), {"prefix": prefix})
+                row = await cursor.fetchone()
+                if row is None or row["revoked_at"] is not None:
+                    return None
+                if not hmac.compare_digest(row["key_hash"], digest):
+                    return None
+                if now - self._touched.get(row["id"], -TOUCH_EVERY) >= TOUCH_EVERY:
+                    await conn.execute(query("touch_api_key"), {"id": row["id"]})
+                    self._touched[row["id"]] = now
         site: str = row["site"]
         with self._lock:
             # A revoke announced while this read was under way may predate it: cache nothing.

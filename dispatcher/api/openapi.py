@@ -7,7 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dispatcher.api.schemas import JSON_WITHOUT_NUL, METADATA_SCHEMA
+from fastapi.encoders import jsonable_encoder
+from fastapi.openapi.models import Schema
+from pydantic import BaseModel
+
+from dispatcher.api.schemas import JSON_WITHOUT_NUL, METADATA_SCHEMA, OrderCreate
 from dispatcher.runtime import AdapterRuntime
 
 CALLBACKS = "/v1/callbacks/{adapter}"
@@ -22,6 +26,20 @@ _NOTIFICATION_BODY: dict[str, Any] = {
         "application/x-www-form-urlencoded": {"schema": {"type": "object", "minProperties": 1}},
     },
 }
+
+
+# The bodies of routes that read their request themselves (``dispatcher.api.body``): FastAPI
+# publishes the models of declared parameters only, so these are added as it would add them.
+READ_BY_THEIR_ROUTES: tuple[type[BaseModel], ...] = (OrderCreate,)
+
+
+def publish_bodies(schema: dict[str, Any]) -> None:
+    """Add the models of :data:`READ_BY_THEIR_ROUTES` to ``schema``'s components, in place."""
+    models = schema["components"]["schemas"]
+    for model in READ_BY_THEIR_ROUTES:
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        # What FastAPI does with the document it builds: read it as OpenAPI's model.
+        models[model.__name__] = jsonable_encoder(Schema(**found), by_alias=True, exclude_none=True)
 
 
 def publish_adapters(schema: dict[str, Any], runtimes: Mapping[str, AdapterRuntime]) -> None:

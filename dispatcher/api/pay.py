@@ -95,7 +95,7 @@ async def _hurry(ctx: ApiContext, order: Order) -> None:
         ctx.views.clear()
     ctx.views[order.id] = now
     try:
-        await ctx.batched.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
+        await ctx.orders.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
     except DispatchError as exc:  # the page still shows what it knows
         log.warning("could not pull the poll forward", order_id=str(order.id), error=str(exc))
 
@@ -112,17 +112,11 @@ def _alternatives(ctx: ApiContext, order: Order) -> list[str]:
     return found
 
 
-def _order(ctx: ApiContext, order_id: str) -> Order | None:
-    try:
-        return ctx.repo.get(UUID(order_id))
-    except (ValueError, OrderNotFound):
-        return None
-
-
 async def _read(ctx: ApiContext, order_id: str) -> Order | None:
-    """:func:`_order` for the pages buyers keep polling: on the loop, batched with other reads."""
+    """The order a page's path names (None for no such order); the reads that arrive together
+    (buyers' pages keep polling) are one query."""
     try:
-        return await ctx.batched.get(UUID(order_id))
+        return await ctx.orders.get(UUID(order_id))
     except (ValueError, OrderNotFound):
         return None
 
@@ -175,7 +169,7 @@ async def status_page(
 )
 async def status_json(order_id: UUID, ctx: Context, response: Response) -> PayStatus:
     try:
-        order = await ctx.batched.get(order_id)
+        order = await ctx.orders.get(order_id)
     except OrderNotFound:
         raise HttpError(404, "order_not_found", "no such order") from None
     await _hurry(ctx, order)
@@ -200,27 +194,27 @@ def _back(order_id: UUID | str) -> RedirectResponse:
 
 
 @router.post("/pay/{order_id}/cancel", include_in_schema=False)
-def cancel(order_id: str, ctx: Context) -> Response:
-    order = _order(ctx, order_id)
+async def cancel(order_id: str, ctx: Context) -> Response:
+    order = await _read(ctx, order_id)
     if order is None:
         return _html(pages.not_found_page(), 404)
     # Paid or moving meanwhile: the page shows where it is.
     with contextlib.suppress(InvalidTransition, StaleOrder):
-        ctx.repo.cancel(order.id, actor="buyer", reason="cancelled on the status page")
+        await ctx.orders.cancel(order.id, actor="buyer", reason="cancelled on the status page")
     return _back(order.id)
 
 
 @router.post("/pay/{order_id}/switch", include_in_schema=False)
-def switch(
+async def switch(
     order_id: str, ctx: Context, form: Annotated[dict[str, str], Depends(_form)]
 ) -> Response:
     """Cancel this order and make the same one at another payment system, once.
 
-    The cancel and the create are one transaction (``OrderRepository.switch``): an order is
+    The cancel and the create are one transaction (``Orders.switch``): an order is
     replaced at most once and a chain of switches is bounded, a switch of an order already
     replaced goes to its replacement, and an order cancelled otherwise stays cancelled.
     """
-    order = _order(ctx, order_id)
+    order = await _read(ctx, order_id)
     if order is None:
         return _html(pages.not_found_page(), 404)
     adapter = form.get("adapter", "")
@@ -242,7 +236,7 @@ def switch(
 
     new_id = uuid.uuid4()
     try:
-        made = ctx.repo.switch(
+        made = await ctx.orders.switch(
             order.id, same_order_at, new_id=new_id, default_return_url=ctx.status_page(new_id)
         )
     except (SwitchRefused, InvalidInput) as exc:  # InvalidInput: an order older than its rules

@@ -20,11 +20,14 @@ log = structlog.get_logger(__name__)
 STARTUP_FAILURE = 3  # uvicorn's exit code when the server could not start (port taken)
 
 
-def context_from(settings: Settings, *, pool_size: int = 20) -> ApiContext:
-    """Resolve services and adapters once (a bad setting stops the process here)."""
+def context_from(settings: Settings, *, pool_size: int = 10) -> ApiContext:
+    """Resolve services and adapters once (a bad setting stops the process here).
+
+    ``pool_size``: the async pool the routes run on; the synchronous one serves only the
+    operators' pages and ``/readyz`` (FastAPI's thread pool), so it stays small."""
     from dispatcher.process import bootstrap, paid_hook
 
-    boot = bootstrap(settings, pool_size=pool_size, name="api")
+    boot = bootstrap(settings, pool_size=4, name="api")
     ctx = ApiContext(
         repo=boot.repo,
         runtimes=boot.runtimes,
@@ -35,6 +38,7 @@ def context_from(settings: Settings, *, pool_size: int = 20) -> ApiContext:
         docs=settings.api_docs,
         console=settings.console,
         webhook_max_age=settings.billing.webhook_max_age,
+        pool_size=pool_size,
     )
     ctx.on_close.append(boot.close)
     return ctx

@@ -30,9 +30,14 @@ async def no_unknown_query(request: Request) -> None:
     """A router dependency: 422 ``unknown_field`` naming the first parameter the route lacks
     (``invalid_field`` for one given twice)."""
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
+    if isinstance(route, APIRoute):
+        refuse_unknown_query(request, _known(route))
+
+
+def refuse_unknown_query(request: Request, known: frozenset[str] = frozenset()) -> None:
+    """:func:`no_unknown_query` for a route that reads its request itself (no parameters)."""
+    if not request.scope["query_string"]:
         return
-    known = _known(route)
     seen: set[str] = set()
     for name, _ in request.query_params.multi_items():
         if name not in known:

@@ -4,7 +4,7 @@ idempotency, pagination, the status page, health, and every error path of bad in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,8 +66,10 @@ def running_api(
     broker_url: str | None = None,
     body_limit: int = 64 * 1024,
     docs: bool = True,
+    middleware: Sequence[type[Any]] = (),
 ) -> Iterator[Api]:
-    """The real app over ``pool``, served by uvicorn in a thread; its status pages link to it."""
+    """The real app over ``pool``, served by uvicorn in a thread; its status pages link to it.
+    ``middleware`` is added to the app, as a deployment would add its own."""
     runtimes = runtimes or api_runtimes()
     with OrderRepository(
         pool, {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
@@ -75,7 +77,10 @@ def running_api(
         ctx = ApiContext(
             repo=repo, runtimes=runtimes, broker_url=broker_url, body_limit=body_limit, docs=docs
         )
-        with serve_in_thread(create_app(ctx)) as url:
+        app = create_app(ctx)
+        for cls in middleware:
+            app.add_middleware(cls)
+        with serve_in_thread(app) as url:
             ctx.public_url = url
             yield Api(url, ctx)
 
@@ -94,9 +99,8 @@ def http(api: Api) -> Iterator[httpx.Client]:
 
 @pytest.fixture(params=["cold", "warm"])
 def auth(request: pytest.FixtureRequest, api: Api, http: httpx.Client, site: str) -> dict[str, str]:
-    """A new key of ``site``: "cold" (first use: the FastAPI route verifies it) or "warm"
-    (verified once already, so POST /v1/orders goes through the fast lane, which hands every
-    request it cannot serve back to the route)."""
+    """A new key of ``site``: "cold" (first use: checked against the database) or "warm"
+    (verified once already: answered from the key cache)."""
     headers = api.site_key(site)
     if request.param == "warm":
         assert http.get("/v1/adapters", headers=headers).status_code == 200

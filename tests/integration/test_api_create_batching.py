@@ -1,20 +1,21 @@
-"""POST /v1/orders' batched creates: many requests, one statement, each with its own answer."""
+"""POST /v1/orders: one create path behind the app's middleware; batched creates (many
+requests, one statement, each with its own answer)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import psycopg
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dispatcher.api.batched import BatchedOrders
 from orders import IdempotencyConflict, Money, NewOrder
-from orders.db import Pool
+from orders.db import Pool, open_async_pool
 from orders.errors import OrderNotFound
-from orders.repository import Created, OrderRepository
+from orders.repository import Created, OrderRepository, Orders
 from tests.integration.test_api import ORDER, Api, running_api
 
 
@@ -33,14 +34,14 @@ def run_batch(repo: OrderRepository, orders: list[NewOrder]) -> tuple[list[Any],
     """Create ``orders`` concurrently on one loop; the outcomes and how many statements ran."""
 
     async def go() -> tuple[list[Any], int]:
-        creator = BatchedOrders(repo, str(repo.pool.conninfo))
-        await creator.open()
+        pool = await open_async_pool(repo.conninfo, max_size=3, name="test-creates")
+        creator = Orders(pool, repo.adapters)
         try:
             results = await asyncio.gather(
                 *(creator.create(o, actor="site:test") for o in orders), return_exceptions=True
             )
         finally:
-            await creator.close()
+            await pool.close()
         return list(results), creator.creates.batches
 
     return asyncio.run(go())
@@ -81,13 +82,13 @@ def test_reads_that_arrive_together_are_one_statement_each_with_its_own_answer(
     missing = uuid.uuid4()
 
     async def go() -> tuple[list[Any], int]:
-        batched = BatchedOrders(repo, str(repo.pool.conninfo))
-        await batched.open()
+        pool = await open_async_pool(repo.conninfo, max_size=3, name="test-reads")
+        batched = Orders(pool, repo.adapters)
         try:
             ids = [made[0].id, missing, made[2].id, made[1].id, made[0].id]
             results = await asyncio.gather(*(batched.get(i) for i in ids), return_exceptions=True)
         finally:
-            await batched.close()
+            await pool.close()
         return list(results), batched.reads.batches
 
     results, batches = asyncio.run(go())
@@ -125,22 +126,63 @@ def test_expiry_and_metadata_survive_the_batch_encoding(repo: OrderRepository, s
     assert order.expires_at - order.created_at == timedelta(seconds=90)  # one transaction
 
 
-def test_the_lane_and_the_route_answer_a_create_alike(pool: Pool, site: str) -> None:
+def test_a_create_is_answered_alike_with_a_new_and_a_verified_key(pool: Pool, site: str) -> None:
+    # One create path: a key checked against the database and one from the key cache are
+    # answered the same way (the fast lane that answered only the second is gone).
     with running_api(pool) as api, httpx.Client(base_url=api.url, timeout=10) as http:
         headers = api_key(api, site)
-        before = api.ctx.lane_creates
         cold = http.post("/v1/orders", json=ORDER, headers=headers | {"Idempotency-Key": "c"})
-        assert api.ctx.lane_creates == before  # a key not seen yet: the route verified it
         warm = http.post("/v1/orders", json=ORDER, headers=headers | {"Idempotency-Key": "w"})
-        assert api.ctx.lane_creates == before + 1
         replay = http.post("/v1/orders", json=ORDER, headers=headers | {"Idempotency-Key": "c"})
-        assert api.ctx.lane_creates == before + 2
     assert (cold.status_code, warm.status_code, replay.status_code) == (201, 201, 200)
     assert cold.json().keys() == warm.json().keys()
     assert replay.json() == cold.json()
     for response in (cold, warm, replay):
         assert response.headers["content-type"] == "application/json"
         assert response.headers["location"] == f"/v1/orders/{response.json()['id']}"
+
+
+class Stamp:
+    """A middleware a deployment might add: it records each request and stamps each answer."""
+
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        Stamp.seen.append((scope["method"], scope["path"]))
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-stamp", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+def test_middleware_added_to_the_app_runs_for_every_create(pool: Pool, site: str) -> None:
+    # Given an app with a middleware added after it was built,
+    Stamp.seen.clear()
+    with (
+        running_api(pool, middleware=[Stamp]) as api,
+        httpx.Client(base_url=api.url, timeout=10) as http,
+    ):
+        headers = api_key(api, site)
+        # when a site creates orders, with a key new to the process and a cached one,
+        made = [
+            http.post("/v1/orders", json=ORDER, headers=headers | {"Idempotency-Key": k})
+            for k in ("m1", "m2", "m1")
+        ]
+        refused = http.post("/v1/orders", json=ORDER | {"amount": 0}, headers=headers)
+    # then the middleware saw every one of them and every answer carries its stamp.
+    assert [r.status_code for r in made] == [201, 201, 200]
+    assert refused.status_code == 422
+    assert Stamp.seen.count(("POST", "/v1/orders")) == 4
+    assert all(r.headers["x-stamp"] == "1" for r in [*made, refused])
 
 
 def api_key(api: Api, site: str) -> dict[str, str]:

@@ -269,11 +269,11 @@ def test_issue12_item3_a_value_the_database_refuses_deep_in_a_route_is_400_not_5
     every check into a query, the answer is the client's 400 with the stable body."""
 
     # Given a lookup that sends an integer past bigint to the database,
-    def overflowing(adapter: str, **ref: Any) -> None:
-        with api.ctx.pool.connection() as conn:
-            conn.execute("SELECT %s::bigint", (2**63,))
+    async def overflowing(adapter: str, **ref: Any) -> None:
+        async with api.ctx.orders.pool.connection() as conn:
+            await conn.execute("SELECT %s::bigint", (2**63,))
 
-    monkeypatch.setattr(api.repo, "find_by_ref", overflowing)
+    monkeypatch.setattr(api.ctx.orders, "find_by_ref", overflowing)
     # when a notification reaches it,
     response = http.post("/v1/callbacks/sandbox", content=_invoice(id="inv_x"))
     # then the answer is 400 bad_request, not a 500.

@@ -3,6 +3,7 @@ database (10), key revocation (5, with tests/e2e/test_processes.py), per-site we
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,7 +20,7 @@ from adapters.sandbox.runner import SandboxHandle
 from dispatcher.api.keys import ApiKeys
 from dispatcher.services import Services
 from orders import Money, NewOrder
-from orders.db import Pool, open_pool
+from orders.db import Pool, open_async_pool, open_pool
 from orders.repository import OrderRepository
 from tests.dispatch_support import running_daemon, wait_until
 from tests.integration.test_api import ORDER, running_api
@@ -139,6 +140,19 @@ def test_issue12_item10_tests_name_no_other_redis_database() -> None:
     assert offenders == []
 
 
+def verify(keys: ApiKeys, url: str, key: str) -> str | None:
+    """``keys.verify`` as the API runs it: on a loop, over an async pool."""
+
+    async def go() -> str | None:
+        pool = await open_async_pool(url, max_size=1, name="test-keys")
+        try:
+            return await keys.verify(key, pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def listening_keys(own_database_url: str, own_pool: Pool) -> Iterator[ApiKeys]:
     keys = ApiKeys(own_pool)
@@ -153,7 +167,7 @@ def test_issue12_item5_revoke_elsewhere_empties_this_process_cache(
 ) -> None:
     # Given a key this process verified and caches,
     record, key = listening_keys.create("shop")
-    assert listening_keys.verify(key) == "shop"
+    assert verify(listening_keys, own_database_url, key) == "shop"
     assert listening_keys.cached_site(key) == "shop"
     # when another process revokes it,
     other = open_pool(own_database_url, max_size=1, name="other-process")
@@ -163,18 +177,18 @@ def test_issue12_item5_revoke_elsewhere_empties_this_process_cache(
         other.close()
     # then this process stops taking it without waiting for its cache to age.
     wait_until(lambda: listening_keys.cached_site(key) is None, timeout=10, what="the notice")
-    assert listening_keys.verify(key) is None
+    assert verify(listening_keys, own_database_url, key) is None
 
 
 def test_issue12_item5_cache_is_not_trusted_while_the_listener_is_down(
     found_services: Services, own_database_url: str, listening_keys: ApiKeys
 ) -> None:
     _, key = listening_keys.create("shop")
-    assert listening_keys.verify(key) == "shop"
+    assert verify(listening_keys, own_database_url, key) == "shop"
     # When the listener's session ends (a notice could be missed until it is back),
     terminate_backends(found_services, own_database_url)
     # the cache is emptied and not used until the listener listens again.
     wait_until(lambda: listening_keys.cached_site(key) is None, timeout=10, what="no cache")
     wait_until(lambda: listening_keys.listening, timeout=30, what="the listener back")
-    assert listening_keys.verify(key) == "shop"
+    assert verify(listening_keys, own_database_url, key) == "shop"
     assert listening_keys.cached_site(key) == "shop"

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from dispatcher.api.errors import from_domain
 from dispatcher.api.keys import split_key
 from dispatcher.api.middleware import BodyLimit
 from dispatcher.api.pages import status_page
-from dispatcher.api.schemas import PayStatus
+from dispatcher.api.schemas import OrderOut, PayStatus
 from orders import errors
+from orders.model import Order
+from orders.money import Money
+from orders.status import OrderStatus
 
 
 def run_limit(body_chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -82,3 +87,33 @@ def test_domain_errors_keep_their_stable_codes() -> None:
     for exc, status, code in cases:
         mapped = from_domain(exc)
         assert (mapped.status_code, mapped.code) == (status, code)
+
+
+def _order(**changes: Any) -> Order:
+    at = datetime(2026, 12, 1, 17, 30, 0, 123456, tzinfo=UTC)
+    base: dict[str, Any] = {
+        "id": UUID("11111111-2222-4333-8444-555555555555"), "number": 7, "site": "shop",
+        "site_ref": None, "user_id": "u1", "money": Money(1999, "USD"), "adapter": "sandbox",
+        "description": "", "return_url": None, "metadata": {}, "status": OrderStatus.NEW,
+        "psp_id": None, "pay_url": None, "attempts": 0, "polls": 0, "next_run_at": at,
+        "lease_until": None, "lease_token": None, "expires_at": at, "last_error": None,
+        "idempotency_key": None, "created_at": at, "updated_at": at, "paid_at": None,
+        "replaces": None, "switch_depth": 0, "errors": 0,
+    }  # fmt: skip
+    return Order(**(base | changes))
+
+
+def test_a_created_order_renders_as_the_model_renders_it() -> None:
+    # The create renders its answer without building OrderOut: byte for byte the same JSON.
+    at = datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for order in [
+        _order(),
+        _order(
+            site_ref="A-1", description="Gold «pack» \u2028", return_url="https://shop.example/",
+            metadata={"cart": [1, 2.5, None, True, "é"], "deep": {"x": {"y": [{}]}}, "n": 2**70},
+            status=OrderStatus.PAID, psp_id="inv-1", pay_url="https://psp.example/pay",
+            paid_at=at, last_error="timeout", money=Money(500, "JPY"),
+        ),
+    ]:  # fmt: skip
+        expected = OrderOut.of(order, "http://api.example").model_dump_json().encode()
+        assert OrderOut.json_of(order, "http://api.example") == expected
