@@ -23,7 +23,8 @@ DispatchError
 │   ├── TBankUnavailable        adapters.tbank
 │   ├── TBankRefused            adapters.tbank
 │   ├── YooKassaUnavailableError    adapters.yookassa
-│   └── YooKassaRefusedError    adapters.yookassa
+│   ├── YooKassaRefusedError    adapters.yookassa
+│   └── NoSuchTransfer          adapters.sandbox.transfers: no refund or payout by that reference yet
 ├── PermanentError              stop: repeating the same call cannot succeed
 │   ├── InvalidInput            bad input, nothing was written (also a ValueError)
 │   │   ├── InvalidAmount
