@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from dispatcher.api.auth import Context
 from dispatcher.api.context import ApiContext
 from dispatcher.api.schemas import Health
+from orders.db import query
 
 router = APIRouter(tags=["ops"])
 TIMEOUT = 2.0
@@ -21,7 +22,7 @@ TIMEOUT = 2.0
 def check_database(ctx: ApiContext) -> str:
     try:
         with ctx.pool.connection(timeout=TIMEOUT) as conn:
-            conn.execute("SELECT 1")
+            conn.execute(query("ping"))
     except Exception as exc:  # any failure is the answer
         return f"error: {type(exc).__name__}"
     return "ok"

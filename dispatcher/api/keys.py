@@ -171,7 +171,7 @@ class ApiKeys:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(query("listen_api_keys"))  # CHANNEL
                     # Notices sent before LISTEN are lost: start from an empty cache.
                     self._forget(None)
                     self._listening = True
