@@ -26,6 +26,10 @@ DEFAULT_CONFIG = Path("/etc/paydispatch/paydispatch.toml")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+# What billing does with a refund the balance cannot cover (docs/billing.md).
+REFUND_OVERDRAFT_POLICIES = ("refuse", "allow")
+
+
 @dataclass(frozen=True, slots=True)
 class BillingSettings:
     """What happens when an order is paid (``[billing]``, ``PAYDISPATCH_BILLING_*``)."""
@@ -37,6 +41,9 @@ class BillingSettings:
     # The webhook's URL and secret are per site, in the database (`paydispatch sites`).
     webhook_timeout: float = 10.0
     webhook_max_age: float = 3 * 24 * 3600.0  # seconds of retries before an event is parked
+    # A refund the user's balance cannot cover (issue #14): "refuse" it at request time (and
+    # hold its amount until it is final), or "allow" the balance to go negative, flagged.
+    refund_overdraft: str = "refuse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +199,15 @@ def load_billing(environ: Mapping[str, str], data: Mapping[str, Any]) -> Billing
         key: seconds(f"PAYDISPATCH_BILLING_{key.upper()}", get(key, default))
         for key, default in (("webhook_timeout", 10.0), ("webhook_max_age", 3 * 24 * 3600.0))
     }
+    overdraft = str(get("refund_overdraft", "refuse")).strip().lower()
+    if overdraft not in REFUND_OVERDRAFT_POLICIES:
+        raise ConfigError(
+            f"PAYDISPATCH_BILLING_REFUND_OVERDRAFT: {overdraft!r} is not one of "
+            + ", ".join(REFUND_OVERDRAFT_POLICIES)
+        )
     return BillingSettings(
         hooks=hooks,
+        refund_overdraft=overdraft,
         cashback_percent=cashback,
         referral_percents=referrals,
         webhook_timeout=durations["webhook_timeout"],
