@@ -36,6 +36,7 @@ DispatchError
 │   ├── SwitchRefused           the buyer's switch to another payment system cannot be made
 │   ├── IdempotencyConflict     same key, different request
 │   ├── OrderNotFound
+│   ├── RefundRefused           not paid, more than is left, or no refunds there; nothing sent
 │   ├── InsufficientFunds       a debit larger than the balance; nothing was written
 │   ├── WalletNotFound          no wallet for that site, user and currency
 │   ├── InvalidSignature        a billing webhook whose signature does not verify
@@ -141,6 +142,12 @@ class IdempotencyConflict(PermanentError):
 
 class OrderNotFound(PermanentError):
     """No such order (or not visible to this site)."""
+
+
+class RefundRefused(PermanentError):
+    """A refund that cannot be made, and why: the order is not paid, the amount is more than
+    is left to refund (the database's ``CHECK (refund_reserved <= amount)`` refused it), or the
+    order's payment system cannot refund. Nothing was written or sent."""
 
 
 class StaleOrder(DispatchError):

@@ -8,6 +8,7 @@ import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 from uuid import UUID
@@ -195,6 +196,10 @@ class Order:
     replaces: UUID | None = None
     switch_depth: int = 0
     errors: int = 0  # consecutive failed steps (the engine's retry backoff)
+    # Kept by the database from the order's refunds (issue #14), in minor units: what succeeded,
+    # and what is taken (requested, being sent, pending, in review, succeeded): never > amount.
+    refunded_amount: int = 0
+    refund_reserved: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Order:
@@ -226,6 +231,8 @@ class Order:
             replaces=row.get("replaces"),
             switch_depth=row.get("switch_depth") or 0,
             errors=row.get("errors") or 0,
+            refunded_amount=row.get("refunded_amount") or 0,
+            refund_reserved=row.get("refund_reserved") or 0,
         )
 
     @property
@@ -280,3 +287,131 @@ class PaidEvent:
 # A paid hook: runs in the paid transaction on its connection (a psycopg AsyncConnection); if it
 # raises, the move to paid and everything the hooks wrote are rolled back.
 PaidHook = Callable[[Any, PaidEvent], Awaitable[None]]
+
+
+# -- Money going out (issue #14): refunds and payouts, rows of ``transfers`` ----------------------
+
+
+class TransferKind(StrEnum):
+    """What a transfer gives out: a refund of (part of) a paid order, or a payout of a wallet's
+    balance (a withdrawal)."""
+
+    REFUND = "refund"
+    PAYOUT = "payout"
+
+
+class TransferStatus(StrEnum):
+    """Where a transfer stands; the schema's ``transfer_transitions`` holds the same moves."""
+
+    REQUESTED = "requested"  # written, never sent
+    SUBMITTING = "submitting"  # being sent, or sent and its answer lost: may have been sent
+    PENDING = "pending"  # the payment system took it; read its status until final
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a definite no: nothing was given out
+    CANCELLED = "cancelled"  # withdrawn before it was ever sent
+    NEEDS_REVIEW = "needs_review"  # may have been sent, and nothing can tell: a person decides
+
+
+_T = TransferStatus
+TRANSFER_TRANSITIONS: Mapping[TransferStatus, frozenset[TransferStatus]] = MappingProxyType(
+    {
+        _T.REQUESTED: frozenset({_T.SUBMITTING, _T.CANCELLED}),
+        _T.SUBMITTING: frozenset({_T.PENDING, _T.SUCCEEDED, _T.FAILED, _T.NEEDS_REVIEW}),
+        _T.PENDING: frozenset({_T.SUCCEEDED, _T.FAILED}),
+        # A person's decision, after reading the payment system's dashboard.
+        _T.NEEDS_REVIEW: frozenset({_T.SUCCEEDED, _T.FAILED}),
+        _T.SUCCEEDED: frozenset(),
+        _T.FAILED: frozenset(),
+        _T.CANCELLED: frozenset(),
+    }
+)
+# Statuses the dispatcher still works on (claimed by the sweeper).
+TRANSFER_ACTIVE: frozenset[TransferStatus] = frozenset({_T.REQUESTED, _T.SUBMITTING, _T.PENDING})
+# The final statuses: the transfer hook runs in the transaction that reaches one of them.
+TRANSFER_FINAL: frozenset[TransferStatus] = frozenset({_T.SUCCEEDED, _T.FAILED, _T.CANCELLED})
+# The statuses whose amount counts against what is left to refund of an order.
+REFUND_RESERVING: frozenset[TransferStatus] = frozenset(
+    {_T.REQUESTED, _T.SUBMITTING, _T.PENDING, _T.NEEDS_REVIEW, _T.SUCCEEDED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One row of ``transfers``: a refund (``order_id`` set) or a payout (``withdrawal_id``)."""
+
+    id: UUID
+    kind: TransferKind
+    site: str
+    adapter: str
+    user_id: str
+    money: Money
+    status: TransferStatus
+    order_id: UUID | None
+    withdrawal_id: UUID | None
+    origin: str  # site | psp | operator | user
+    reason: str
+    requested_by: str
+    idempotency_key: str | None
+    request_hash: str | None
+    psp_transfer_id: str | None
+    destination: Mapping[str, Any] | None
+    attempts: int
+    errors: int
+    last_error: str | None
+    next_run_at: datetime | None
+    lease_until: datetime | None
+    lease_token: UUID | None
+    created_at: datetime
+    updated_at: datetime
+    settled_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Transfer:
+        return cls(
+            id=row["id"],
+            kind=TransferKind(row["kind"]),
+            site=row["site"],
+            adapter=row["adapter"],
+            user_id=row["user_id"],
+            money=Money(row["amount"], row["currency"]),
+            status=TransferStatus(row["status"]),
+            order_id=row["order_id"],
+            withdrawal_id=row["withdrawal_id"],
+            origin=row["origin"],
+            reason=row["reason"],
+            requested_by=row["requested_by"],
+            idempotency_key=row["idempotency_key"],
+            request_hash=row["request_hash"],
+            psp_transfer_id=row["psp_transfer_id"],
+            destination=row["destination"],
+            attempts=row["attempts"],
+            errors=row["errors"],
+            last_error=row["last_error"],
+            next_run_at=row["next_run_at"],
+            lease_until=row["lease_until"],
+            lease_token=row["lease_token"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            settled_at=row["settled_at"],
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.status in TRANSFER_FINAL
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEvent:
+    """What the transfer hooks (billing, withdrawals) are handed, inside the transaction that
+    moves a transfer to ``succeeded``, ``failed`` or ``cancelled``, or inserts a refund the
+    payment system reported on its own (then ``previous`` is ``succeeded`` too)."""
+
+    transfer: Transfer  # as written
+    previous: TransferStatus
+    actor: str  # "worker", "notification", "operator:<name>", ...
+
+
+# A transfer hook: runs in that transaction on its connection (a psycopg AsyncConnection); if it
+# raises, the move and everything the hooks wrote are rolled back. Each hook ignores the kinds it
+# does not handle.
+TransferHook = Callable[[Any, TransferEvent], Awaitable[None]]
