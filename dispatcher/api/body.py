@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import request_response
 from starlette.types import Receive, Scope
 
 M = TypeVar("M")
@@ -134,10 +135,17 @@ class RequestRoute(APIRoute):
     FastAPI publishes it from its declaration (``response_model``, ``responses``,
     ``openapi_extra``) and calls the endpoint as it is: no dependencies to solve, no body to
     read, no returned model to validate and encode; the endpoint does what it needs of that
-    itself. Declared ``dependencies`` would not run, so it takes none.
+    itself. On the app's own router it is served as Starlette serves a plain route (FastAPI's
+    wrapper adds the exit stacks of dependencies with ``yield``, which it has none of); its
+    errors go to the app's exception handlers either way. Declared ``dependencies`` would not
+    run, so it takes none.
     """
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
         if self.dependencies:
-            raise TypeError(f"{self.path}: a RequestRoute runs no dependencies")
+            raise TypeError(f"{path}: a RequestRoute runs no dependencies")
+        self.app = request_response(endpoint)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return self.endpoint

@@ -99,12 +99,13 @@ async def create_order(request: Request) -> Response:
     if body is None or invalid:
         raise RequestValidationError(invalid + wrong)
     created = await create_for_site(ctx, site, body, key)
-    return Response(
+    response = Response(
         OrderOut.json_of(created.order, ctx.public_url),
         201 if created.created else 200,
-        {"Location": f"/v1/orders/{created.order.id}"},
         media_type="application/json",
     )
+    response.raw_headers.append((b"location", f"/v1/orders/{created.order.id}".encode()))
+    return response
 
 
 def add_create(router: APIRouter) -> None:
