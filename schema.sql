@@ -234,10 +234,16 @@ CREATE TABLE wallets (
     site       text NOT NULL CHECK (length(site) BETWEEN 1 AND 64),
     user_id    text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 128),
     currency   text NOT NULL CHECK (currency ~ '^[A-Z]{3}$' OR currency = 'points'),
-    balance    bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    balance    bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (site, user_id, currency)
+    -- Issue #14: what holds keep out of the balance (a withdrawal, a refund being sent), and
+    -- the flag of a balance a refund took below zero (policy `allow`; migration 0010).
+    held       bigint NOT NULL DEFAULT 0 CHECK (held >= 0),
+    overdrawn  boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (site, user_id, currency),
+    CONSTRAINT wallets_balance_check CHECK (balance >= 0 OR overdrawn),
+    CONSTRAINT wallets_overdrawn_check CHECK (NOT overdrawn OR balance < 0)
 );
 
 -- The ledger: append-only (a trigger refuses UPDATE and DELETE). Each row carries the balance
@@ -247,23 +253,39 @@ CREATE TABLE wallet_entries (
     site            text NOT NULL,
     user_id         text NOT NULL,
     currency        text NOT NULL,
-    amount          bigint NOT NULL CHECK (amount <> 0),
-    balance_after   bigint NOT NULL CHECK (balance_after >= 0),
-    kind            text NOT NULL CHECK (kind IN (
-                        'topup', 'adjustment', 'debit', 'cashback', 'referral', 'refund')),
+    amount          bigint NOT NULL,
+    balance_after   bigint NOT NULL,
+    kind            text NOT NULL,
     order_id        uuid REFERENCES orders (id),
     idempotency_key text CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     description     text NOT NULL DEFAULT '' CHECK (length(description) <= 1000),
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- The change of the wallet's hold and what it left (issue #14): a hold moves balance into
+    -- held, a release moves it back, a settlement (withdrawal, fee, held refund) takes it out.
+    held_amount     bigint NOT NULL DEFAULT 0,
+    held_after      bigint NOT NULL DEFAULT 0 CHECK (held_after >= 0),
     CONSTRAINT wallet_entries_wallet_fkey FOREIGN KEY (site, user_id, currency)
         REFERENCES wallets (site, user_id, currency),
     CONSTRAINT wallet_entries_idempotency_key_key UNIQUE (site, idempotency_key),
+    CONSTRAINT wallet_entries_amount_check CHECK (amount <> 0 OR held_amount <> 0),
+    -- Only money of a paid order given back may leave a balance negative (policy `allow`).
+    CONSTRAINT wallet_entries_balance_after_check CHECK (
+        balance_after >= 0 OR kind IN ('refund', 'bonus_reversal') OR amount > 0),
+    CONSTRAINT wallet_entries_kind_check CHECK (kind IN (
+        'topup', 'adjustment', 'debit', 'cashback', 'referral', 'refund',
+        'hold', 'release', 'withdrawal', 'fee', 'bonus_reversal')),
     CONSTRAINT wallet_entries_sign_check CHECK (
-        (kind IN ('topup', 'cashback', 'referral') AND amount > 0)
-        OR (kind IN ('debit', 'refund') AND amount < 0)
-        OR kind = 'adjustment'),
+        (kind IN ('topup', 'cashback', 'referral') AND amount > 0 AND held_amount = 0)
+        OR (kind IN ('debit', 'bonus_reversal') AND amount < 0 AND held_amount = 0)
+        OR (kind = 'refund' AND ((amount < 0 AND held_amount = 0)
+                                 OR (amount = 0 AND held_amount < 0)))
+        OR (kind = 'hold' AND amount < 0 AND held_amount = -amount)
+        OR (kind = 'release' AND amount > 0 AND held_amount = -amount)
+        OR (kind IN ('withdrawal', 'fee') AND amount = 0 AND held_amount < 0)
+        OR (kind = 'adjustment' AND held_amount = 0)),
     CONSTRAINT wallet_entries_order_check CHECK (
-        (kind IN ('topup', 'cashback', 'referral', 'refund')) = (order_id IS NOT NULL))
+        (kind IN ('topup', 'cashback', 'referral', 'refund', 'bonus_reversal'))
+        = (order_id IS NOT NULL))
 );
 -- Invariant 3: a second top-up credit for the same order cannot exist.
 CREATE UNIQUE INDEX wallet_entries_topup_once_idx ON wallet_entries (order_id)
@@ -318,10 +340,16 @@ CREATE TABLE billing_outbox (
     created_at      timestamptz NOT NULL DEFAULT now(),
     delivered_at    timestamptz,
     parked_at       timestamptz,
-    CONSTRAINT billing_outbox_event_key UNIQUE (order_id, event_type),
+    -- A refund's event names its transfer (issue #14): one event of a type per transfer.
+    transfer_id     uuid,
     CONSTRAINT billing_outbox_pending_check CHECK ((status = 'pending') = (next_attempt_at IS NOT NULL))
 );
 -- Due deliveries and the backlog metrics: only undelivered rows are in these indexes.
+-- One event of a type per order (order.paid), and one per transfer (refund).
+CREATE UNIQUE INDEX billing_outbox_event_key ON billing_outbox (order_id, event_type)
+    WHERE transfer_id IS NULL;
+CREATE UNIQUE INDEX billing_outbox_transfer_event_key ON billing_outbox (transfer_id, event_type)
+    WHERE transfer_id IS NOT NULL;
 CREATE INDEX billing_outbox_due_idx ON billing_outbox (next_attempt_at)
     WHERE status = 'pending';
 CREATE INDEX billing_outbox_parked_idx ON billing_outbox (parked_at) WHERE status = 'parked';
@@ -403,3 +431,4 @@ INSERT INTO schema_version (version, description) VALUES (5, 'order switches');
 INSERT INTO schema_version (version, description) VALUES (6, 'site webhooks, key revocation notices');
 INSERT INTO schema_version (version, description) VALUES (7, 'operators and their console');
 INSERT INTO schema_version (version, description) VALUES (8, 'order counts, archive');
+INSERT INTO schema_version (version, description) VALUES (10, 'wallet holds, refund billing');

@@ -81,6 +81,18 @@ BILLING_DELIVERIES = Counter(
     "Billing webhook delivery attempts by outcome (delivered, retry, parked, skipped)",
     ["outcome"],
 )
+# Refund billing (issue #14): entries that left a wallet below zero, and bonus reversals that
+# could take back less than their share (policy refuse). Counted when written; a transaction
+# rolled back and retried counts again.
+WALLET_OVERDRAFTS = Counter(
+    "paydispatch_wallet_overdrafts",
+    "Refund entries that left a wallet's balance below zero (flagged overdrawn)",
+    ["kind"],
+)
+BONUS_REVERSAL_SHORTFALLS = Counter(
+    "paydispatch_bonus_reversal_shortfalls",
+    "Bonus reversals of a refund that took back less than their share (the balance was spent)",
+)
 
 # dramatiq's own view, per queue (adapter) and actor (operation), from MessageMetrics below.
 DRAMATIQ_MESSAGES = Counter(

@@ -2,14 +2,19 @@
 
 Checks, each one SQL statement over the whole database (or one site):
 
-1. every wallet's balance equals the sum of its entries, and the last entry's ``balance_after``;
-2. every entry's ``balance_after`` equals the running sum of the wallet's entries up to it;
+1. every wallet's balance (and held) equals the sum of its entries' amounts (held amounts), and
+   the last entry's ``balance_after`` (``held_after``);
+2. every entry's ``balance_after`` and ``held_after`` equal the running sums up to it;
 3. every paid order has exactly one ``topup`` credit (when the wallet hook is on) and one outbox
    event (when the webhook hook is on), of the order's user, amount and currency;
 4. no credit names an order that is not paid;
-5. refunds never exceed the order's top-up.
+5. refunds never exceed the order's top-up;
+6. (wallet hook on) every succeeded refund transfer has exactly one ``refund`` entry of its
+   amount, no other refund transfer has one, and no final one left its request's hold open;
+7. no bonus reversal takes back more than the bonus granted.
 
-Late payments (paid from expired, rejected or cancelled) and refunds are listed in the report.
+Late payments (paid from expired, rejected or cancelled), refunds, and wallets that are
+overdrawn or hold money are listed in the report.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ CHECKS = (
     "audit_credits_without_paid_order",
     "audit_refunds",
     "audit_late_payments",
+    "audit_refund_transfers",
+    "audit_bonus_reversals",
+    "audit_overdrawn",
 )
 Rows = dict[str, list[dict[str, Any]]]
 
@@ -42,6 +50,7 @@ class AuditReport:
     discrepancies: list[str] = field(default_factory=list)
     late_payments: list[str] = field(default_factory=list)
     refunds: list[str] = field(default_factory=list)
+    wallets: list[str] = field(default_factory=list)  # overdrawn, or holding money
 
     @property
     def ok(self) -> bool:
@@ -56,6 +65,8 @@ class AuditReport:
             *(f"  {line}" for line in self.late_payments),
             f"refunds: {len(self.refunds)}",
             *(f"  {line}" for line in self.refunds),
+            f"overdrawn or holding: {len(self.wallets)}",
+            *(f"  {line}" for line in self.wallets),
         ]
         if self.ok:
             out.append("OK: every balance matches its entries; every paid order is credited once")
@@ -77,6 +88,7 @@ async def audit(
     skip = {
         "audit_paid_without_one_credit": not wallet_hook,
         "audit_paid_without_one_event": not webhook_hook,
+        "audit_refund_transfers": not wallet_hook,
     }
     return report(await _fetch(pool, site, [name for name in CHECKS if not skip.get(name)]))
 
@@ -100,12 +112,15 @@ def report(found: Rows) -> AuditReport:
     for r in found["audit_balances"]:
         bad.append(
             f"balance: wallet {r['site']}/{r['user_id']}/{r['currency']} holds {r['balance']}, "
-            f"its entries sum to {r['entries_sum']}, last balance_after {r['last_after']}"
+            f"its entries sum to {r['entries_sum']}, last balance_after {r['last_after']}; "
+            f"held {r['held']}, its entries' held sum to {r['held_sum']}, last held_after "
+            f"{r['last_held_after']}"
         )
     for r in found["audit_running"]:
         bad.append(
             f"entry {r['id']} ({r['site']}/{r['user_id']}/{r['currency']}): balance_after "
-            f"{r['balance_after']}, running sum {r['running']}"
+            f"{r['balance_after']}, running sum {r['running']}; held_after {r['held_after']}, "
+            f"running sum {r['held_running']}"
         )
     for r in found.get("audit_paid_without_one_credit", []):
         bad.append(
@@ -128,6 +143,7 @@ def report(found: Rows) -> AuditReport:
         result.refunds.append(line)
         if r["refunded"] > r["credited"]:
             bad.append(f"refund exceeds credit: {line}")
+    _money_going_out(found, result)
     for r in found["audit_late_payments"]:
         result.late_payments.append(
             f"order {r['id']} ({r['site']}, user {r['user_id']}): {r['amount']} {r['currency']} "
@@ -135,3 +151,29 @@ def report(found: Rows) -> AuditReport:
             + ("credited" if r["credited"] else "no wallet credit")
         )
     return result
+
+
+def _money_going_out(found: Rows, result: AuditReport) -> None:
+    """The checks of refunds, bonus reversals and holds (issue #14)."""
+    for r in found.get("audit_refund_transfers", []):
+        what = f"refund {r['id']} ({r['site']}, order {r['order_id']}, {r['status']})"
+        if r["status"] == "succeeded" and r["billed"] != r["amount"]:
+            result.discrepancies.append(
+                f"{what}: {r['amount']} {r['currency']} refunded, {r['billed']} billed"
+            )
+        elif r["status"] != "succeeded" and r["billed"]:
+            result.discrepancies.append(
+                f"{what}: not succeeded, yet {r['billed']} {r['currency']} billed"
+            )
+        elif r["status"] in ("failed", "cancelled") and r["held"] and not r["closed"]:
+            result.discrepancies.append(f"{what}: its hold was never released")
+    for r in found.get("audit_bonus_reversals", []):
+        result.discrepancies.append(
+            f"order {r['order_id']} ({r['site']}): bonus reversals took back {r['reversed']} "
+            f"{r['currency']} from {r['user_id']}, who was granted {r['granted']}"
+        )
+    for r in found.get("audit_overdrawn", []):
+        result.wallets.append(
+            f"wallet {r['site']}/{r['user_id']}/{r['currency']}: balance {r['balance']}, "
+            f"held {r['held']}" + (", overdrawn" if r["overdrawn"] else "")
+        )

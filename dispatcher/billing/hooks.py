@@ -12,6 +12,15 @@ Every hook is a :data:`~orders.model.PaidHook`: awaited with the paid transactio
 the status it was paid from, who moved it, and whether the payment was ``late``). All run in the
 paid transaction: if one raises, the transition is rolled back with everything the hooks wrote,
 and the engine retries the order later. Nothing is ever half-credited.
+
+Refunds (issue #14) have their own hook, a :data:`~orders.model.TransferHook` built by
+:func:`build_transfer_hook` from the same names: ``wallet`` reverses the credit
+(:class:`~dispatcher.billing.refunds.RefundWalletHook`), ``webhook`` writes the ``refund`` event
+(:class:`~dispatcher.billing.refunds.RefundWebhookHook`), and a Python hook takes part when it
+has an ``on_refund`` attribute: ``async def on_refund(tx, event)``, handed a
+:class:`~orders.model.TransferEvent` of kind refund in the transaction that makes the refund
+succeeded, failed or cancelled (or records one the payment system reported). A hook without
+``on_refund`` only sees payments.
 """
 
 from __future__ import annotations
@@ -24,11 +33,17 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from dispatcher.billing.bonus import BonusRules
+from dispatcher.billing.refunds import (
+    RefundHold,
+    RefundOverdraft,
+    RefundWalletHook,
+    RefundWebhookHook,
+)
 from dispatcher.billing.wallet import EntryKind, Wallets
 from dispatcher.billing.webhook import Outbox
 from dispatcher.config import BillingSettings, ConfigError
 from orders.db import AsyncConnection
-from orders.model import PaidEvent, PaidHook
+from orders.model import PaidEvent, PaidHook, TransferEvent, TransferHook, TransferKind
 
 ENTRY_POINT_GROUP = "paydispatch.billing_hooks"
 ASYNC_ONLY = "billing hooks are async def hook(tx, event): ..."
@@ -130,3 +145,60 @@ def build(billing: BillingSettings) -> PaidHook | None:
     if not hooks:
         return None
     return hooks[0] if len(hooks) == 1 else Chain(hooks)
+
+
+class TransferChain:
+    """Several transfer hooks, run in order in the same transaction."""
+
+    def __init__(self, hooks: Sequence[TransferHook]) -> None:
+        self.hooks = list(hooks)
+
+    async def __call__(self, tx: AsyncConnection, event: TransferEvent) -> None:
+        for hook in self.hooks:
+            await hook(tx, event)
+
+
+class OnRefund:
+    """A Python billing hook's ``on_refund``, handed refunds only."""
+
+    def __init__(self, on_refund: TransferHook) -> None:
+        self.on_refund = on_refund
+
+    async def __call__(self, tx: AsyncConnection, event: TransferEvent) -> None:
+        if event.transfer.kind is TransferKind.REFUND:
+            await self.on_refund(tx, event)
+
+
+def build_transfer_hook(billing: BillingSettings) -> TransferHook | None:
+    """The refund hook the configuration asks for (see the module's docstring), or None when
+    no billing hook handles refunds. Payouts are not billing's: withdrawals chain their own."""
+    hooks: list[TransferHook] = []
+    for name in billing.hooks:
+        if name == "wallet":
+            hooks.append(RefundWalletHook(Wallets(None), RefundOverdraft(billing.refund_overdraft)))
+        elif name == "webhook":
+            outbox = Outbox(None, max_age=timedelta(seconds=billing.webhook_max_age))
+            hooks.append(RefundWebhookHook(outbox))
+        else:
+            on_refund = getattr(load_python_hook(name), "on_refund", None)
+            if on_refund is None:
+                continue
+            if not _is_async(on_refund):
+                raise ConfigError(
+                    f"PAYDISPATCH_BILLING_HOOKS: {name!r}.on_refund is not async: "
+                    "async def on_refund(tx, event): ..."
+                )
+            hooks.append(OnRefund(on_refund))
+    if not hooks:
+        return None
+    return hooks[0] if len(hooks) == 1 else TransferChain(hooks)
+
+
+def build_refund_hold(billing: BillingSettings) -> RefundHold | None:
+    """The request-time check of a refund (policy ``refuse`` with the wallet hook on), or None:
+    call it in the request's transaction with the refund just written."""
+    if "wallet" not in billing.hooks:
+        return None
+    if RefundOverdraft(billing.refund_overdraft) is not RefundOverdraft.REFUSE:
+        return None
+    return RefundHold(Wallets(None))

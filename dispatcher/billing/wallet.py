@@ -5,6 +5,14 @@ wallet row is updated under its row lock with ``balance + amount >= 0`` as the c
 one ``wallet_entries`` row records the change and the balance it left. A debit that would
 overdraw matches no row, so the balance can never go below zero, whatever runs concurrently.
 
+Holds (issue #14) move money from the balance into ``held``: a withdrawal's amount and fee, or a
+refund's amount while it is sent. Settling a hold takes it out for good, releasing it gives it
+back; each is one entry that carries the change of the balance (``amount``) and of the hold
+(``held_amount``) and what it left of both, so the audit replays both. The one exception to
+"never below zero": money of a paid order given back (``refund``, ``bonus_reversal``) with
+``overdraft=True`` (the ``allow`` policy, or a refund the payment system made on its own), which
+flags the wallet ``overdrawn`` while it is negative (see :mod:`dispatcher.billing.refunds`).
+
 Idempotency: a ``key`` is unique per site; the same key with the same user, currency, amount
 and kind returns the first entry, with anything else raises :class:`IdempotencyConflict`.
 Credits for an order are unique per order (and kind and beneficiary): a replay returns the
@@ -88,22 +96,42 @@ class EntryKind(StrEnum):
     CASHBACK = "cashback"  # points for a top-up (bonus rule)
     REFERRAL = "referral"  # an inviter's share of a top-up (bonus rule)
     REFUND = "refund"  # money of a paid order given back at the payment system
+    HOLD = "hold"  # balance set aside (a withdrawal, a refund being sent)
+    RELEASE = "release"  # a hold given back to the balance
+    WITHDRAWAL = "withdrawal"  # a hold paid out to the user
+    FEE = "fee"  # a hold kept as the withdrawal's fee
+    BONUS_REVERSAL = "bonus_reversal"  # cashback or referral bonus of a refunded order taken back
 
 
 CREDIT_KINDS = frozenset(
     {EntryKind.TOPUP, EntryKind.ADJUSTMENT, EntryKind.CASHBACK, EntryKind.REFERRAL}
 )
-ORDER_KINDS = frozenset({EntryKind.TOPUP, EntryKind.CASHBACK, EntryKind.REFERRAL, EntryKind.REFUND})
+ORDER_KINDS = frozenset(
+    {
+        EntryKind.TOPUP,
+        EntryKind.CASHBACK,
+        EntryKind.REFERRAL,
+        EntryKind.REFUND,
+        EntryKind.BONUS_REVERSAL,
+    }
+)
+# What settle_hold may call a hold that goes out for good.
+SETTLE_KINDS = frozenset({EntryKind.WITHDRAWAL, EntryKind.FEE, EntryKind.REFUND})
+# The only kinds that may leave a balance below zero (the schema's balance_after check).
+OVERDRAFT_KINDS = frozenset({EntryKind.REFUND, EntryKind.BONUS_REVERSAL})
 
 
 @dataclass(frozen=True, slots=True)
 class Balance:
-    """One wallet: a user's balance in one currency (or points)."""
+    """One wallet: a user's balance in one currency (or points), what holds keep out of it,
+    and whether a refund left it below zero."""
 
     site: str
     user_id: str
     money: Money
     updated_at: datetime
+    held: Money
+    overdrawn: bool
 
     @property
     def currency(self) -> str:
@@ -112,13 +140,19 @@ class Balance:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Balance:
         return cls(
-            row["site"], row["user_id"], money(row["balance"], row["currency"]), row["updated_at"]
+            row["site"],
+            row["user_id"],
+            money(row["balance"], row["currency"]),
+            row["updated_at"],
+            held=money(row["held"], row["currency"]),
+            overdrawn=row["overdrawn"],
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One ledger row. ``money`` is signed: negative for debits and refunds."""
+    """One ledger row. ``money`` is the signed change of the balance (negative for debits and
+    refunds), ``held`` the signed change of the hold (zero but for holds and settlements)."""
 
     id: int
     site: str
@@ -130,6 +164,8 @@ class Entry:
     key: str | None
     description: str
     created_at: datetime
+    held: Money
+    held_after: Money
     replayed: bool = False  # True when an earlier identical request wrote it
 
     @classmethod
@@ -145,6 +181,8 @@ class Entry:
             key=row["idempotency_key"],
             description=row["description"],
             created_at=row["created_at"],
+            held=money(row["held_amount"], row["currency"]),
+            held_after=money(row["held_after"], row["currency"]),
             replayed=replayed,
         )
 
@@ -309,13 +347,96 @@ class Wallets:
         order_id: UUID,
         key: str,
         description: str,
+        kind: EntryKind | str = EntryKind.REFUND,
+        overdraft: bool = False,
         conn: AsyncConnection | None = None,
     ) -> Entry:
-        """Take back money of a paid order refunded at the payment system (shown by the audit)."""
+        """Take back money of a paid order refunded at the payment system (shown by the audit),
+        or a bonus of it (``kind="bonus_reversal"``).
+
+        ``overdraft``: the balance may go below zero, and the wallet is flagged ``overdrawn``
+        (the ``allow`` policy, or money the payment system already gave back); else
+        :class:`InsufficientFunds` rather than overdraw."""
+        kind = EntryKind(kind)
+        if kind not in OVERDRAFT_KINDS:
+            raise InvalidInput("kind", f"{kind} is not money of an order given back")
         return await self._apply(
-            site, user_id, money, -1, kind=EntryKind.REFUND, key=key, description=description,
+            site, user_id, money, -1, kind=kind, key=key, description=description,
+            order_id=order_id, conn=conn, create=overdraft, overdraft=overdraft,
+        )  # fmt: skip
+
+    async def hold(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        key: str,
+        description: str,
+        conn: AsyncConnection | None = None,
+    ) -> Entry:
+        """Move ``money`` from the balance into the wallet's hold, where nothing can spend it:
+        :class:`InsufficientFunds` rather than overdraw; exactly once per ``key``."""
+        if key is None:
+            raise InvalidInput("key", "a hold needs an idempotency key")
+        return await self._apply(
+            site, user_id, money, -1, held_sign=+1, kind=EntryKind.HOLD, key=key,
+            description=description, order_id=None, conn=conn, create=False,
+        )  # fmt: skip
+
+    async def settle_hold(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        key: str,
+        description: str,
+        kind: EntryKind | str = EntryKind.WITHDRAWAL,
+        order_id: UUID | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> Entry:
+        """Take ``money`` out of the hold for good (``withdrawal``, ``fee``, or a held
+        ``refund``, which names its order); :class:`InsufficientFunds` when less is held;
+        exactly once per ``key``."""
+        kind = EntryKind(kind)
+        if kind not in SETTLE_KINDS:
+            raise InvalidInput("kind", f"{kind} does not settle a hold")
+        if key is None:
+            raise InvalidInput("key", "settling a hold needs an idempotency key")
+        return await self._apply(
+            site, user_id, money, 0, held_sign=-1, kind=kind, key=key, description=description,
             order_id=order_id, conn=conn, create=False,
         )  # fmt: skip
+
+    async def release_hold(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        key: str,
+        description: str,
+        conn: AsyncConnection | None = None,
+    ) -> Entry:
+        """Give ``money`` of the hold back to the balance; :class:`InsufficientFunds` when less
+        is held; exactly once per ``key``."""
+        if key is None:
+            raise InvalidInput("key", "releasing a hold needs an idempotency key")
+        return await self._apply(
+            site, user_id, money, +1, held_sign=-1, kind=EntryKind.RELEASE, key=key,
+            description=description, order_id=None, conn=conn, create=False,
+        )  # fmt: skip
+
+    async def entry(
+        self, site: str, key: str, *, conn: AsyncConnection | None = None
+    ) -> Entry | None:
+        """The entry written under ``key``, if any."""
+        async with self._connection(conn) as c:
+            row = await (
+                await c.execute(query("entry_by_key"), {"site": site, "key": key})
+            ).fetchone()
+        return None if row is None else Entry.from_row(row)
 
     async def _apply(
         self,
@@ -324,12 +445,14 @@ class Wallets:
         value: Money,
         sign: int,
         *,
+        held_sign: int = 0,
         kind: EntryKind,
         key: str | None,
         description: str,
         order_id: UUID | None,
         conn: AsyncConnection | None,
         create: bool,
+        overdraft: bool = False,
     ) -> Entry:
         # Entries are only stored and rendered as JSON: control characters may stay.
         check_text("site", site, limit=LIMITS["site"], controls=True)
@@ -340,12 +463,13 @@ class Wallets:
         if (kind in ORDER_KINDS) != (order_id is not None):
             need = "need an order" if kind in ORDER_KINDS else "take no order"
             raise InvalidInput("order_id", f"{kind} entries {need}")
-        amount = sign * value.amount
         params: dict[str, Any] = {
             "site": site,
             "user_id": user_id,
             "currency": value.currency,
-            "amount": amount,
+            "amount": sign * value.amount,
+            "held": held_sign * value.amount,
+            "overdraft": overdraft and kind in OVERDRAFT_KINDS,
             "kind": str(kind),
             "order_id": order_id,
             "key": key,
@@ -362,6 +486,7 @@ class Wallets:
                 if row is None:
                     await self._refuse(tx, params, value)
                 params["balance_after"] = row["balance"]
+                params["held_after"] = row["held"]
                 entry = await (await tx.execute(query("insert_entry"), params)).fetchone()
                 assert entry is not None
                 return Entry.from_row(entry)
@@ -388,6 +513,7 @@ class Wallets:
             row["user_id"] == params["user_id"]
             and row["currency"] == params["currency"]
             and row["amount"] == params["amount"]
+            and row["held_amount"] == params["held"]
             and row["kind"] == params["kind"]
             and row["order_id"] == params["order_id"]
         )
@@ -395,7 +521,8 @@ class Wallets:
             what = f"key {params['key']!r}" if params["key"] else f"order {params['order_id']}"
             raise IdempotencyConflict(
                 f"{what} already used for entry {row['id']} "
-                f"({row['kind']} {row['amount']} {row['currency']} for user {row['user_id']!r})"
+                f"({row['kind']} {row['amount'] or row['held_amount']} {row['currency']} "
+                f"for user {row['user_id']!r})"
             )
         return Entry.from_row(row, replayed=True)
 
@@ -406,6 +533,12 @@ class Wallets:
             raise WalletNotFound(
                 f"no {value.currency} wallet for user {params['user_id']!r} "
                 f"of site {params['site']!r}"
+            )
+        if params["held"] < 0:
+            raise InsufficientFunds(
+                f"held {money(wallet['held'], value.currency)} is less than {value}",
+                balance=wallet["held"],
+                requested=value.amount,
             )
         raise InsufficientFunds(
             f"balance {money(wallet['balance'], value.currency)} is less than {value}",
@@ -470,9 +603,47 @@ class SyncWallets(Face):
         order_id: UUID,
         key: str,
         description: str,
+        kind: EntryKind | str = EntryKind.REFUND,
+        overdraft: bool = False,
     ) -> Entry:
         return self.run(
             lambda pool: Wallets(pool).refund(
-                site, user_id, money, order_id=order_id, key=key, description=description
+                site, user_id, money, order_id=order_id, key=key, description=description,
+                kind=kind, overdraft=overdraft,
+            )
+        )  # fmt: skip
+
+    def hold(self, site: str, user_id: str, money: Money, *, key: str, description: str) -> Entry:
+        return self.run(
+            lambda pool: Wallets(pool).hold(site, user_id, money, key=key, description=description)
+        )
+
+    def settle_hold(
+        self,
+        site: str,
+        user_id: str,
+        money: Money,
+        *,
+        key: str,
+        description: str,
+        kind: EntryKind | str = EntryKind.WITHDRAWAL,
+        order_id: UUID | None = None,
+    ) -> Entry:
+        return self.run(
+            lambda pool: Wallets(pool).settle_hold(
+                site, user_id, money, key=key, description=description, kind=kind,
+                order_id=order_id,
+            )
+        )  # fmt: skip
+
+    def release_hold(
+        self, site: str, user_id: str, money: Money, *, key: str, description: str
+    ) -> Entry:
+        return self.run(
+            lambda pool: Wallets(pool).release_hold(
+                site, user_id, money, key=key, description=description
             )
         )
+
+    def entry(self, site: str, key: str) -> Entry | None:
+        return self.run(lambda pool: Wallets(pool).entry(site, key))

@@ -34,11 +34,12 @@ from dispatcher.billing.face import Face
 from dispatcher.billing.receiver import HEADER, sign
 from orders.backoff import ceiling
 from orders.db import AsyncConnection, AsyncPool, Pool, atransaction, database_errors, query
-from orders.model import Order
+from orders.model import Order, Transfer
 
 log = structlog.get_logger(__name__)
 
 EVENT_PAID = "order.paid"
+EVENT_REFUND = "refund"  # a refund of an order succeeded (issue #14): one per refund transfer
 MAX_ERROR = 500
 
 
@@ -61,6 +62,29 @@ def event_body(event_id: UUID, order: Order, *, late: bool) -> str:
             "metadata": dict(order.metadata),
             "paid_at": None if order.paid_at is None else order.paid_at.isoformat(),
             "late": late,
+        },
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def refund_body(event_id: UUID, transfer: Transfer) -> str:
+    """The JSON a site receives for a succeeded refund; keys sorted, so the bytes are stable."""
+    body = {
+        "id": str(event_id),
+        "type": EVENT_REFUND,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": {
+            "refund_id": str(transfer.id),
+            "order_id": str(transfer.order_id),
+            "site": transfer.site,
+            "user_id": transfer.user_id,
+            "amount": transfer.money.amount,
+            "currency": transfer.money.currency,
+            "amount_decimal": str(transfer.money.to_decimal()),
+            "adapter": transfer.adapter,
+            "origin": transfer.origin,
+            "reason": transfer.reason,
+            "settled_at": None if transfer.settled_at is None else transfer.settled_at.isoformat(),
         },
     }
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -117,6 +141,23 @@ class Outbox:
         row = await (await conn.execute(query("insert_outbox"), params)).fetchone()
         if row is not None:
             await conn.execute(query("notify_outbox"))  # wakes the sweeper once this commits
+
+    async def enqueue_refund(self, conn: AsyncConnection, transfer: Transfer) -> bool:
+        """Write the ``refund`` event of a succeeded refund transfer; a second call for the same
+        transfer adds nothing (returns False)."""
+        event_id = uuid.uuid4()
+        params = {
+            "id": event_id,
+            "order_id": transfer.order_id,
+            "transfer_id": transfer.id,
+            "event_type": EVENT_REFUND,
+            "body": refund_body(event_id, transfer),
+            "max_age": self.max_age,
+        }
+        row = await (await conn.execute(query("insert_transfer_outbox"), params)).fetchone()
+        if row is not None:
+            await conn.execute(query("notify_outbox"))  # wakes the sweeper once this commits
+        return row is not None
 
     async def claim(self, limit: int, lease: timedelta) -> list[tuple[UUID, UUID]]:
         """Lease up to ``limit`` due events: ``(event id, lease token)`` pairs."""

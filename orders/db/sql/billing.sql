@@ -5,11 +5,15 @@ INSERT INTO wallets (site, user_id, currency) VALUES (%(site)s, %(user_id)s, %(c
 ON CONFLICT DO NOTHING
 
 -- apply_to_wallet --
--- Locks the wallet row; a debit that would overdraw matches no row and changes nothing.
-UPDATE wallets SET balance = balance + %(amount)s, updated_at = now()
+-- Locks the wallet row. A change that would overdraw (unless %(overdraft)s: money of a paid
+-- order given back under the allow policy) or take more from the hold than it has matches no
+-- row and changes nothing. A wallet is flagged overdrawn exactly while it is negative.
+UPDATE wallets SET balance = balance + %(amount)s, held = held + %(held)s,
+                   overdrawn = balance + %(amount)s < 0, updated_at = now()
 WHERE site = %(site)s AND user_id = %(user_id)s AND currency = %(currency)s
-  AND balance + %(amount)s >= 0
-RETURNING balance
+  AND (%(amount)s >= 0 OR balance + %(amount)s >= 0 OR %(overdraft)s)
+  AND held + %(held)s >= 0
+RETURNING balance, held, overdrawn
 
 -- get_wallet --
 SELECT * FROM wallets
@@ -20,10 +24,11 @@ SELECT * FROM wallets WHERE site = %(site)s AND user_id = %(user_id)s ORDER BY c
 
 -- insert_entry --
 INSERT INTO wallet_entries (
-    site, user_id, currency, amount, balance_after, kind, order_id, idempotency_key, description
+    site, user_id, currency, amount, balance_after, held_amount, held_after, kind, order_id,
+    idempotency_key, description
 ) VALUES (
-    %(site)s, %(user_id)s, %(currency)s, %(amount)s, %(balance_after)s, %(kind)s, %(order_id)s,
-    %(key)s, %(description)s
+    %(site)s, %(user_id)s, %(currency)s, %(amount)s, %(balance_after)s, %(held)s,
+    %(held_after)s, %(kind)s, %(order_id)s, %(key)s, %(description)s
 )
 RETURNING *
 
@@ -67,7 +72,7 @@ SELECT * FROM referrals WHERE site = %(site)s AND user_id = %(user_id)s
 -- No URL yet: each attempt goes to the site's webhook of the moment (get_outbox).
 INSERT INTO billing_outbox (id, order_id, event_type, body, next_attempt_at, give_up_at)
 VALUES (%(id)s, %(order_id)s, %(event_type)s, %(body)s, now(), now() + %(max_age)s)
-ON CONFLICT (order_id, event_type) DO NOTHING
+ON CONFLICT (order_id, event_type) WHERE transfer_id IS NULL DO NOTHING
 RETURNING id
 
 -- notify_outbox --
@@ -157,3 +162,28 @@ ORDER BY site
 
 -- delete_site_webhook --
 DELETE FROM site_webhooks WHERE site = %(site)s RETURNING site
+
+-- lock_wallet --
+-- The wallet row under its lock, for a change decided on its balance.
+SELECT * FROM wallets
+WHERE site = %(site)s AND user_id = %(user_id)s AND currency = %(currency)s
+FOR UPDATE
+
+-- order_refund_entries --
+-- What a refunded order's ledger says: its top-up, its bonuses, what refunds took back
+-- (from the balance or from a hold) and what bonus reversals took back, per user and currency.
+SELECT kind, user_id, currency, sum(amount) AS amount, sum(held_amount) AS held_amount
+FROM wallet_entries
+WHERE order_id = %(order_id)s
+  AND kind IN ('topup', 'cashback', 'referral', 'refund', 'bonus_reversal')
+GROUP BY kind, user_id, currency
+ORDER BY kind, user_id, currency
+
+-- insert_transfer_outbox --
+-- One event of a type per transfer (a refund's); no URL yet, like insert_outbox.
+INSERT INTO billing_outbox (id, order_id, transfer_id, event_type, body, next_attempt_at,
+                            give_up_at)
+VALUES (%(id)s, %(order_id)s, %(transfer_id)s, %(event_type)s, %(body)s, now(),
+        now() + %(max_age)s)
+ON CONFLICT (transfer_id, event_type) WHERE transfer_id IS NOT NULL DO NOTHING
+RETURNING id
