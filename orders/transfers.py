@@ -1,36 +1,158 @@
 """Money going out (issue #14): refunds and payouts, the rows of ``transfers``.
 
-:class:`Transfers` is the repository, async, on the same pool as :class:`orders.repository.Orders`;
-:class:`SyncTransfers` is its thin synchronous face (through an
-:class:`~orders.repository.OrderRepository`'s background loop).
+A refund and a payout are the same dispatched work: sent to a payment system with our id as the
+idempotency key, read until final, retried through faults under a lease, never sent twice. So
+they are rows of one table, claimed and run like orders, and every move is one compare-and-set
+``UPDATE ... WHERE id = ? AND status = ?`` with its event rows, in one statement.
+
+Refunds never exceed what was paid, and the DATABASE holds that promise: a trigger on
+``transfers`` keeps ``orders.refund_reserved`` (the refunds that may still give money back, and
+those that did) and ``orders.refunded_amount`` (those that did), and ``CHECK (refund_reserved <=
+amount)`` on the order refuses the insert that would take more. The update of the order's row
+serialises concurrent refunds of one order; the refused one becomes :class:`RefundRefused`.
+
+:class:`Transfers` is the repository, async, on the same kind of pool as
+:class:`orders.repository.Orders`; :class:`SyncTransfers` is its thin synchronous face, on an
+:class:`~orders.repository.OrderRepository`'s background loop.
+
+The transfer hook (billing for refunds, withdrawals for payouts) runs in the transaction that
+moves a transfer to ``succeeded``, ``failed`` or ``cancelled``, and in the one that inserts a
+refund the payment system reported: if it raises, nothing is committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import Any
+import builtins
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID
 
-from adapters.base import RefundReport
-from orders.db import AsyncConnection, AsyncPool
-from orders.model import Order, Transfer, TransferHook, TransferKind, TransferStatus
+import psycopg
+from psycopg.types.json import Jsonb
+
+from orders.db import AsyncConnection, AsyncPool, atransaction, database_errors, query
+from orders.errors import (
+    IdempotencyConflict,
+    InvalidAmount,
+    InvalidInput,
+    InvalidTransition,
+    OrderNotFound,
+    RefundRefused,
+    StaleOrder,
+)
+from orders.model import (
+    LIMITS,
+    TRANSFER_FINAL,
+    TRANSFER_TRANSITIONS,
+    Order,
+    Transfer,
+    TransferEvent,
+    TransferHook,
+    TransferKind,
+    TransferStatus,
+    check_text,
+)
 from orders.money import Money
+from orders.status import OrderStatus
+
+if TYPE_CHECKING:
+    from adapters.base import Capabilities, RefundReport
+    from orders.repository import OrderRepository
+
+T = TypeVar("T")
+
+ORIGINS: Final = frozenset({"site", "psp", "operator", "user"})
+# Columns a write may also set, besides the status and the lease.
+SETTABLE: Final = frozenset({"psp_transfer_id", "attempts", "errors", "last_error"})
+MAX_PAGE: Final = 500
+REASON_LIMIT: Final = 1000
+ACTOR_LIMIT: Final = 200
+
+CURSOR_PATTERN: Final = r"^[0-9]{1,16}\.[0-9a-f]{32}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The constraints whose violation means "no such refund can be made" (the schema names them).
+_REFUSING: Final = {
+    "orders_refund_reserved_check": "more than is left to refund",
+    "transfers_refund_paid_check": "the order is not paid",
+    "transfers_refund_currency_check": "not the currency the order was paid in",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPage:
+    items: builtins.list[Transfer]
+    next_cursor: str | None
+
+
+def check_transfer_transition(from_status: TransferStatus, to_status: TransferStatus) -> None:
+    """Raise :class:`InvalidTransition` unless a transfer may move so (the schema's
+    ``transfer_transitions`` holds the same moves)."""
+    if to_status not in TRANSFER_TRANSITIONS[from_status]:
+        allowed = ", ".join(sorted(TRANSFER_TRANSITIONS[from_status])) or "nothing (final)"
+        raise InvalidTransition(
+            from_status, to_status, f"a transfer: from {from_status} only to {allowed}"
+        )
+
+
+def _refund_hash(order_id: UUID, money: Money | None, reason: str) -> str:
+    """Hash of a refund request, to tell an honest replay from a reused key. The amount as
+    asked (None: all that is left), so a replay still matches after the first took it all."""
+    body = {
+        "order_id": str(order_id),
+        "amount": None if money is None else money.amount,
+        "currency": None if money is None else money.currency,
+        "reason": reason,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _encode_cursor(transfer: Transfer) -> str:
+    micros = (transfer.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{transfer.id.hex}"
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    if _CURSOR.fullmatch(cursor) is None:
+        raise InvalidInput("cursor", "is not a cursor this API returned")
+    micros, _, hex_id = cursor.partition(".")
+    return _EPOCH + timedelta(microseconds=int(micros)), UUID(hex=hex_id)
+
+
+def _refused(exc: psycopg.errors.CheckViolation, what: str) -> RefundRefused | None:
+    """The :class:`RefundRefused` a refused insert means, or None for another violation."""
+    reason = _REFUSING.get(exc.diag.constraint_name or "")
+    return None if reason is None else RefundRefused(f"{what}: {reason}")
 
 
 class Transfers:
-    """Transfers in PostgreSQL, on an async pool (the work is being written; names are final)."""
+    """Transfers in PostgreSQL, on an async pool: THE repository of money going out.
+
+    ``capabilities`` (adapter name -> its :class:`~adapters.base.Capabilities`) lets a refund
+    of an order whose payment system cannot refund be refused before anything is written; an
+    adapter it does not name is not checked. ``hook`` is the transfer hook (see the module).
+    """
 
     def __init__(
         self,
         pool: AsyncPool,
         *,
-        refunds: Mapping[str, bool] | None = None,
+        capabilities: Mapping[str, Capabilities] | None = None,
         hook: TransferHook | None = None,
     ) -> None:
         self.pool = pool
-        self.refunds = dict(refunds or {})
+        self.capabilities = dict(capabilities or {})
         self.hook = hook
+
+    # -- requests ----------------------------------------------------------------------------
 
     async def request_refund(
         self,
@@ -44,7 +166,156 @@ class Transfers:
         origin: str = "site",
         conn: AsyncConnection | None = None,
     ) -> tuple[Transfer, bool]:
-        raise NotImplementedError
+        """Ask for a refund of ``money`` of a paid order (None: all that is left); the bool
+        says whether this call created it.
+
+        The same ``idempotency_key`` with the same request returns the earlier refund, with
+        another request raises :class:`IdempotencyConflict`. :class:`RefundRefused`: the order
+        is not paid, the amount is more than is left (the database's CHECK), or the order's
+        payment system cannot refund (or not part of a payment). ``conn``: inside the caller's
+        transaction (a savepoint), so a hold it writes next commits with the refund or not at all.
+        """
+        check_text("reason", reason, limit=REASON_LIMIT, required=False)
+        check_text("requested_by", requested_by, limit=ACTOR_LIMIT)
+        check_text(
+            "idempotency_key", idempotency_key, limit=LIMITS["idempotency_key"], required=False
+        )
+        if idempotency_key is not None and not idempotency_key.strip():
+            raise InvalidInput("idempotency_key", "must not be blank when given")
+        if origin not in ORIGINS:
+            raise InvalidInput("origin", f"must be one of {sorted(ORIGINS)}")
+        if money is not None:
+            if not isinstance(money, Money):
+                raise InvalidAmount("amount", "must be Money")
+            if money.amount <= 0:
+                raise InvalidAmount("amount", f"must be positive, got {money.amount}")
+        request_hash = _refund_hash(order_id, money, reason)
+        async with atransaction(self.pool, conn) as tx:
+            lock = "transfer_lock_order" if money is None else "transfer_get_order"
+            row = await (await tx.execute(query(lock), {"id": order_id, "site": site})).fetchone()
+            if row is None:
+                raise OrderNotFound(f"order {order_id} not found")
+            order = Order.from_row(row)
+            if idempotency_key is not None:
+                earlier = await self._find_key(tx, order.site, TransferKind.REFUND, idempotency_key)
+                if earlier is not None:
+                    return self._replayed(earlier, order_id, request_hash), False
+            amount = self._refund_amount(order, money)
+            params = self._params(
+                kind=TransferKind.REFUND,
+                site=order.site,
+                adapter=order.adapter,
+                user_id=order.user_id,
+                money=Money(amount, order.money.currency),
+                order_id=order.id,
+                origin=origin,
+                reason=reason,
+                requested_by=requested_by,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                actor=requested_by,
+            )
+            try:
+                async with tx.transaction():
+                    cursor = await tx.execute(query("transfer_insert"), params)
+                    inserted = await cursor.fetchone()
+            except psycopg.errors.CheckViolation as exc:
+                refused = _refused(
+                    exc, f"a refund of {Money(amount, order.money.currency)} of order {order.id}"
+                )
+                if refused is None:
+                    raise
+                raise refused from None
+            if inserted is not None:
+                return Transfer.from_row(inserted), True
+            assert idempotency_key is not None  # only the key can conflict on a fresh id
+            earlier = await self._find_key(tx, order.site, TransferKind.REFUND, idempotency_key)
+            if earlier is None:  # pragma: no cover - the conflicting row was rolled back
+                raise IdempotencyConflict("Idempotency-Key is being used by another request")
+            return self._replayed(earlier, order_id, request_hash), False
+
+    def _refund_amount(self, order: Order, money: Money | None) -> int:
+        """The amount to refund, or :class:`RefundRefused` before anything is written."""
+        what = f"order {order.id}"
+        if order.status is not OrderStatus.PAID:
+            raise RefundRefused(f"{what} is {order.status}, not paid: nothing to refund")
+        caps = self.capabilities.get(order.adapter)
+        if caps is not None and not caps.refunds:
+            raise RefundRefused(f"payment system {order.adapter} cannot refund")
+        left = order.money.amount - order.refund_reserved
+        if money is not None and money.currency != order.money.currency:
+            raise RefundRefused(f"{what} was paid in {order.money.currency}, not {money.currency}")
+        amount = left if money is None else money.amount
+        if money is None and left <= 0:
+            raise RefundRefused(f"nothing is left to refund of {what}")
+        if (
+            caps is not None
+            and not caps.partial_refunds
+            and (amount != order.money.amount or order.refund_reserved)
+        ):
+            raise RefundRefused(
+                f"payment system {order.adapter} cannot refund part of a payment: only all of it"
+            )
+        return amount
+
+    @staticmethod
+    def _replayed(earlier: Transfer, order_id: UUID, request_hash: str) -> Transfer:
+        if earlier.order_id != order_id or earlier.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"Idempotency-Key already used for refund {earlier.id} with a different request"
+            )
+        return earlier
+
+    @staticmethod
+    async def _find_key(
+        tx: AsyncConnection, site: str, kind: TransferKind, key: str
+    ) -> Transfer | None:
+        params = {"site": site, "kind": kind.value, "idempotency_key": key}
+        row = await (await tx.execute(query("transfer_find_key"), params)).fetchone()
+        return None if row is None else Transfer.from_row(row)
+
+    @staticmethod
+    def _params(
+        *,
+        kind: TransferKind,
+        site: str,
+        adapter: str,
+        user_id: str,
+        money: Money,
+        origin: str,
+        reason: str,
+        requested_by: str,
+        actor: str,
+        order_id: UUID | None = None,
+        withdrawal_id: UUID | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        psp_transfer_id: str | None = None,
+        destination: Mapping[str, Any] | None = None,
+        status: TransferStatus = TransferStatus.REQUESTED,
+        detail: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4(),
+            "kind": kind.value,
+            "site": site,
+            "adapter": adapter,
+            "user_id": user_id,
+            "amount": money.amount,
+            "currency": money.currency,
+            "status": status.value,
+            "order_id": order_id,
+            "withdrawal_id": withdrawal_id,
+            "origin": origin,
+            "reason": reason,
+            "requested_by": requested_by,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+            "psp_transfer_id": psp_transfer_id,
+            "destination": None if destination is None else Jsonb(dict(destination)),
+            "actor": actor[:ACTOR_LIMIT],
+            "detail": json.dumps(dict(detail or {})),
+        }
 
     async def request_payout(
         self,
@@ -58,15 +329,131 @@ class Transfers:
         requested_by: str,
         conn: AsyncConnection | None = None,
     ) -> Transfer:
-        raise NotImplementedError
+        """A payout of ``money`` to ``destination`` for a withdrawal, requested (due now).
+
+        One per withdrawal: its key is the withdrawal's id, so asking twice returns the first.
+        ``conn``: inside the withdrawal's transaction."""
+        check_text("requested_by", requested_by, limit=ACTOR_LIMIT)
+        if not isinstance(money, Money) or money.amount <= 0:
+            raise InvalidAmount("amount", "must be positive Money")
+        caps = self.capabilities.get(adapter)
+        if caps is not None and not caps.payouts:
+            raise InvalidInput("adapter", f"payment system {adapter} cannot pay out")
+        key = f"withdrawal-{withdrawal_id}"
+        params = self._params(
+            kind=TransferKind.PAYOUT,
+            site=site,
+            adapter=adapter,
+            user_id=user_id,
+            money=money,
+            origin="user",
+            reason="withdrawal",
+            requested_by=requested_by,
+            actor=requested_by,
+            withdrawal_id=withdrawal_id,
+            idempotency_key=key,
+            destination=destination,
+        )
+        async with atransaction(self.pool, conn) as tx:
+            row = await (await tx.execute(query("transfer_insert"), params)).fetchone()
+            if row is not None:
+                return Transfer.from_row(row)
+            earlier = await self._find_key(tx, site, TransferKind.PAYOUT, key)
+            if earlier is None:  # pragma: no cover - the conflicting row was rolled back
+                raise IdempotencyConflict(f"the payout of withdrawal {withdrawal_id} is being made")
+            return earlier
 
     async def record_reported_refund(
-        self, order: Order, report: RefundReport, *, actor: str
+        self, order: Order, report: RefundReport, *, actor: str, reason: str = ""
     ) -> Transfer | None:
-        raise NotImplementedError
+        """Record a refund the payment system reports on its own (a notification, a status read
+        showing more refunded, a chargeback), as ``succeeded`` with origin ``psp``, and run the
+        hook in the same transaction. Once per ``report.psp_refund_id``: None when known.
+
+        A report that may be about one of our own refunds whose id is not known yet (one still
+        being sent or read) is not recorded: that refund is made due now, and its own reading
+        settles it; a later report of an amount nobody accounts for is recorded then. A report
+        without an amount refunds all that is left. More than is left: :class:`RefundRefused`
+        (the payment system and we disagree: a person looks).
+        """
+        if not report.psp_refund_id:
+            raise InvalidInput(
+                "psp_refund_id", "a reported refund must name the payment system's id"
+            )
+        async with atransaction(self.pool) as tx:
+            row = await (
+                await tx.execute(query("transfer_lock_order"), {"id": order.id, "site": None})
+            ).fetchone()
+            if row is None:
+                raise OrderNotFound(f"order {order.id} not found")
+            current = Order.from_row(row)
+            known = await (
+                await tx.execute(
+                    query("transfer_find_psp"),
+                    {
+                        "adapter": current.adapter,
+                        "kind": "refund",
+                        "psp_transfer_id": report.psp_refund_id,
+                    },
+                )
+            ).fetchone()
+            if known is not None:
+                return None
+            open_rows = await (
+                await tx.execute(query("transfer_open_refunds"), {"order_id": current.id})
+            ).fetchall()
+            if open_rows:
+                await tx.execute(query("transfer_wake"), {"ids": [r["id"] for r in open_rows]})
+                return None
+            money = report.money or Money(
+                current.money.amount - current.refund_reserved, current.money.currency
+            )
+            if money.amount <= 0:
+                raise RefundRefused(f"nothing is left to refund of order {current.id}")
+            params = self._params(
+                kind=TransferKind.REFUND,
+                site=current.site,
+                adapter=current.adapter,
+                user_id=current.user_id,
+                money=money,
+                order_id=current.id,
+                origin="psp",
+                reason=reason or report.reason or "reported by the payment system",
+                requested_by=actor,
+                actor=actor,
+                psp_transfer_id=report.psp_refund_id,
+                status=TransferStatus.SUCCEEDED,
+                detail={"reported": True, "raw_status": report.raw_status},
+            )
+            try:
+                async with tx.transaction():
+                    inserted = await (await tx.execute(query("transfer_insert"), params)).fetchone()
+            except psycopg.errors.CheckViolation as exc:
+                refused = _refused(exc, f"the reported refund {report.psp_refund_id} of {money}")
+                if refused is None:
+                    raise
+                raise refused from None
+            if inserted is None:  # pragma: no cover - the order's lock serialises reports
+                return None
+            transfer = Transfer.from_row(inserted)
+            if self.hook is not None:
+                await self.hook(tx, TransferEvent(transfer, TransferStatus.SUCCEEDED, actor))
+            return transfer
+
+    # -- reads -------------------------------------------------------------------------------
 
     async def get(self, transfer_id: UUID, *, site: str | None = None) -> Transfer:
-        raise NotImplementedError
+        """The transfer, if it exists and (with ``site``) belongs to that site; else
+        :class:`OrderNotFound` (the API's 404)."""
+        with database_errors():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(
+                    query("transfer_get"), {"id": transfer_id, "site": site}
+                )
+                row = await cursor.fetchone()
+        if row is None:
+            raise OrderNotFound(f"transfer {transfer_id} not found")
+        return Transfer.from_row(row)
 
     async def list(
         self,
@@ -77,14 +464,53 @@ class Transfers:
         status: TransferStatus | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> tuple[list[Transfer], str | None]:
-        raise NotImplementedError
+    ) -> TransferPage:
+        """Transfers newest first; pass ``next_cursor`` back for the following page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}, got {limit}")
+        after_created, after_id = _decode_cursor(cursor) if cursor else (None, None)
+        params = {
+            "site": site,
+            "order_id": order_id,
+            "kind": None if kind is None else TransferKind(kind).value,
+            "status": None if status is None else TransferStatus(status).value,
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": limit + 1,
+        }
+        with database_errors():
+            async with self.pool.connection() as conn:
+                rows = await (await conn.execute(query("transfer_list"), params)).fetchall()
+        items = [Transfer.from_row(row) for row in rows[:limit]]
+        return TransferPage(items, _encode_cursor(items[-1]) if len(rows) > limit else None)
+
+    async def events(self, transfer_id: UUID) -> builtins.list[dict[str, Any]]:
+        """The transfer's status changes, oldest first (rows of ``transfer_events``)."""
+        with database_errors():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(query("transfer_events"), {"id": transfer_id})
+                return [dict(row) for row in await cursor.fetchall()]
+
+    # -- moves -------------------------------------------------------------------------------
 
     async def cancel(self, transfer_id: UUID, *, site: str | None = None, actor: str) -> Transfer:
-        raise NotImplementedError
+        """Cancel a transfer that was never sent (``requested``), whoever holds its lease: a
+        worker about to send it finds it moved and sends nothing. Any other status raises
+        :class:`InvalidTransition`."""
+        transfer = await self.get(transfer_id, site=site)
+        if transfer.status is not TransferStatus.REQUESTED:
+            check_transfer_transition(transfer.status, TransferStatus.CANCELLED)
+        return await self.write(transfer, TransferStatus.CANCELLED, actor=actor, use_lease=False)
 
-    async def claim(self, limit: int, lease: timedelta) -> list[Transfer]:
-        raise NotImplementedError
+    async def claim(
+        self, limit: int, lease: timedelta, *, adapters: builtins.list[str] | None = None
+    ) -> builtins.list[Transfer]:
+        """Lease up to ``limit`` due transfers; each returned one carries one ``lease_token``."""
+        params = {"limit": limit, "lease": lease, "token": uuid.uuid4(), "adapters": adapters}
+        with database_errors():
+            async with self.pool.connection() as conn:
+                rows = await (await conn.execute(query("transfer_claim"), params)).fetchall()
+        return [Transfer.from_row(row) for row in rows]
 
     async def write(
         self,
@@ -95,7 +521,183 @@ class Transfers:
         detail: Mapping[str, Any] | None = None,
         keep_lease: bool = False,
         next_run_at: datetime | None = None,
+        use_lease: bool = True,
         conn: AsyncConnection | None = None,
         **changes: Any,
     ) -> Transfer:
-        raise NotImplementedError
+        """Move ``transfer`` (as read) to ``to``, or with ``to`` None give its lease back; one
+        compare-and-set on its status and, with ``use_lease``, its lease token, plus its events.
+
+        ``next_run_at`` is when it is due again (None: not due; a final status or
+        ``needs_review`` is never due). Reaching ``succeeded``, ``failed`` or ``cancelled`` runs
+        the hook in the same transaction; if it raises, nothing is committed. A write that
+        matches nothing raises :class:`StaleOrder` (the transfer moved, or the lease is gone).
+        """
+        unknown = set(changes) - SETTABLE
+        if unknown:
+            raise TypeError(f"a transfer write cannot set {sorted(unknown)}")
+        if to is not None:
+            check_transfer_transition(transfer.status, to)
+            if to not in (
+                TransferStatus.REQUESTED,
+                TransferStatus.SUBMITTING,
+                TransferStatus.PENDING,
+            ):
+                next_run_at = None
+        params = {
+            "id": transfer.id,
+            "expected": transfer.status.value,
+            "to": None if to is None else to.value,
+            "token": transfer.lease_token if use_lease else None,
+            "keep": keep_lease,
+            "next_run_at": next_run_at,
+            "actor": actor[:ACTOR_LIMIT],
+            "detail": json.dumps(dict(detail or {})),
+            "changes": json.dumps(dict(changes)),
+        }
+        if use_lease and transfer.lease_token is None:
+            raise StaleOrder(f"transfer {transfer.id}: no lease to write under")
+        async with atransaction(self.pool, conn) as tx:
+            row = await (await tx.execute(query("transfer_write"), params)).fetchone()
+            if row is None:
+                raise StaleOrder(
+                    f"transfer {transfer.id} is no longer {transfer.status}"
+                    + (" under this lease" if use_lease else "")
+                )
+            written = Transfer.from_row(row)
+            if to in TRANSFER_FINAL and self.hook is not None:
+                await self.hook(tx, TransferEvent(written, transfer.status, actor))
+            return written
+
+
+class SyncTransfers:
+    """The synchronous face of :class:`Transfers`, for the CLI, the sweeper and tests: each
+    method runs the same coroutine on ``repo``'s background loop, over its pool."""
+
+    def __init__(
+        self,
+        repo: OrderRepository,
+        *,
+        capabilities: Mapping[str, Capabilities] | None = None,
+        hook: TransferHook | None = None,
+    ) -> None:
+        self.repo = repo
+        self.capabilities = dict(capabilities or {})
+        self.hook = hook
+
+    def _call(self, work: Callable[[Transfers], Awaitable[T]]) -> T:
+        async def go() -> T:
+            transfers = Transfers(
+                self.repo.orders.pool, capabilities=self.capabilities, hook=self.hook
+            )
+            return await work(transfers)
+
+        return self.repo.run(go)
+
+    def request_refund(
+        self,
+        order_id: UUID,
+        money: Money | None,
+        *,
+        site: str | None,
+        idempotency_key: str | None,
+        reason: str,
+        requested_by: str,
+        origin: str = "site",
+    ) -> tuple[Transfer, bool]:
+        return self._call(
+            lambda t: t.request_refund(
+                order_id,
+                money,
+                site=site,
+                idempotency_key=idempotency_key,
+                reason=reason,
+                requested_by=requested_by,
+                origin=origin,
+            )
+        )
+
+    def request_payout(
+        self,
+        *,
+        site: str,
+        user_id: str,
+        adapter: str,
+        money: Money,
+        destination: Mapping[str, Any],
+        withdrawal_id: UUID,
+        requested_by: str,
+    ) -> Transfer:
+        return self._call(
+            lambda t: t.request_payout(
+                site=site,
+                user_id=user_id,
+                adapter=adapter,
+                money=money,
+                destination=destination,
+                withdrawal_id=withdrawal_id,
+                requested_by=requested_by,
+            )
+        )
+
+    def record_reported_refund(
+        self, order: Order, report: RefundReport, *, actor: str, reason: str = ""
+    ) -> Transfer | None:
+        return self._call(
+            lambda t: t.record_reported_refund(order, report, actor=actor, reason=reason)
+        )
+
+    def get(self, transfer_id: UUID, *, site: str | None = None) -> Transfer:
+        return self._call(lambda t: t.get(transfer_id, site=site))
+
+    def list(
+        self,
+        *,
+        site: str | None = None,
+        order_id: UUID | None = None,
+        kind: TransferKind | None = None,
+        status: TransferStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TransferPage:
+        return self._call(
+            lambda t: t.list(
+                site=site, order_id=order_id, kind=kind, status=status, limit=limit, cursor=cursor
+            )
+        )
+
+    def events(self, transfer_id: UUID) -> builtins.list[dict[str, Any]]:
+        return self._call(lambda t: t.events(transfer_id))
+
+    def cancel(self, transfer_id: UUID, *, site: str | None = None, actor: str) -> Transfer:
+        return self._call(lambda t: t.cancel(transfer_id, site=site, actor=actor))
+
+    def claim(
+        self, limit: int, lease: timedelta, *, adapters: builtins.list[str] | None = None
+    ) -> builtins.list[Transfer]:
+        return self._call(lambda t: t.claim(limit, lease, adapters=adapters))
+
+    def write(
+        self,
+        transfer: Transfer,
+        to: TransferStatus | None,
+        *,
+        actor: str = "worker",
+        detail: Mapping[str, Any] | None = None,
+        keep_lease: bool = False,
+        next_run_at: datetime | None = None,
+        use_lease: bool = True,
+        **changes: Any,
+    ) -> Transfer:
+        return self._call(
+            lambda t: t.write(
+                transfer,
+                to,
+                actor=actor,
+                detail=detail,
+                keep_lease=keep_lease,
+                next_run_at=next_run_at,
+                use_lease=use_lease,
+                **changes,
+            )
+        )

@@ -21,6 +21,7 @@ WHERE o.number > %(after)s AND o.number <= %(last)s
   AND NOT EXISTS (SELECT 1 FROM wallet_entries w WHERE w.order_id = o.id)
   AND NOT EXISTS (SELECT 1 FROM billing_outbox b WHERE b.order_id = o.id)
   AND NOT EXISTS (SELECT 1 FROM operator_actions a WHERE a.order_id = o.id)
+  AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.order_id = o.id)
   AND NOT EXISTS (SELECT 1 FROM orders r WHERE r.replaces = o.id)
 FOR UPDATE OF o SKIP LOCKED
 
