@@ -47,6 +47,22 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawalSettings:
+    """Wallet withdrawals (``[withdrawals]``, ``PAYDISPATCH_WITHDRAWALS_*``; docs/billing.md).
+
+    Amounts are major units of the withdrawal's currency (``"100"`` is 100.00 RUB, 100 JPY)."""
+
+    minimum: Decimal = Decimal(0)  # the smallest amount a user may withdraw (0: any)
+    fee_fixed: Decimal = Decimal(0)  # added to every withdrawal's fee
+    fee_percent: Decimal = Decimal(0)  # of the amount; the fee is rounded up to a minor unit
+    # Per user and currency: withdrawals of the last 24 hours that did not fail and were not
+    # cancelled may add up to this (amounts without fees); None: no limit.
+    daily_limit: Decimal | None = None
+    approval: bool = False  # each withdrawal waits for `paydispatch withdrawals approve`
+    adapter: str | None = None  # the payment system that pays out; None: withdrawals refused
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon reads from its environment, resolved once at start."""
 
@@ -67,6 +83,7 @@ class Settings:
     log_format: str = "console"
     config_file: Path | None = None
     billing: BillingSettings = field(default_factory=BillingSettings)
+    withdrawals: WithdrawalSettings = field(default_factory=WithdrawalSettings)
     # The HTTP API: where buyers reach it (status pages, return URLs), where it listens, and the
     # largest request body it reads.
     public_url: str = "http://127.0.0.1:8000"
@@ -139,6 +156,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         config_file=path,
         billing=load_billing(environ, data),
+        withdrawals=load_withdrawals(environ, data),
         stats_interval=seconds(
             "PAYDISPATCH_STATS_INTERVAL",
             environ.get("PAYDISPATCH_STATS_INTERVAL", data.get("stats_interval", 15.0)),
@@ -212,6 +230,38 @@ def load_billing(environ: Mapping[str, str], data: Mapping[str, Any]) -> Billing
         referral_percents=referrals,
         webhook_timeout=durations["webhook_timeout"],
         webhook_max_age=durations["webhook_max_age"],
+    )
+
+
+def _major(name: str, raw: object) -> Decimal:
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation:
+        raise ConfigError(f"{name}: {raw!r} is not a decimal amount") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"{name}: must be an amount of 0 or more, got {raw!r}")
+    return value
+
+
+def load_withdrawals(environ: Mapping[str, str], data: Mapping[str, Any]) -> WithdrawalSettings:
+    """The ``[withdrawals]`` table, each key overridable as ``PAYDISPATCH_WITHDRAWALS_<KEY>``."""
+    table = data.get("withdrawals", {})
+    if not isinstance(table, dict):
+        raise ConfigError("[withdrawals] must be a table")
+
+    def get(key: str, default: object) -> object:
+        value = environ.get(f"PAYDISPATCH_WITHDRAWALS_{key.upper()}")
+        return value if value is not None else table.get(key, default)
+
+    limit = str(get("daily_limit", "")).strip()
+    adapter = str(get("adapter", "")).strip()
+    return WithdrawalSettings(
+        minimum=_major("PAYDISPATCH_WITHDRAWALS_MIN", get("min", 0)),
+        fee_fixed=_major("PAYDISPATCH_WITHDRAWALS_FEE_FIXED", get("fee_fixed", 0)),
+        fee_percent=_percent("PAYDISPATCH_WITHDRAWALS_FEE_PERCENT", get("fee_percent", 0)),
+        daily_limit=_major("PAYDISPATCH_WITHDRAWALS_DAILY_LIMIT", limit) if limit else None,
+        approval=flag("PAYDISPATCH_WITHDRAWALS_APPROVAL", get("approval", False)),
+        adapter=adapter or None,
     )
 
 

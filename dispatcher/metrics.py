@@ -94,6 +94,27 @@ BONUS_REVERSAL_SHORTFALLS = Counter(
     "Bonus reversals of a refund that took back less than their share (the balance was spent)",
 )
 
+# Wallet withdrawals (issue #14). The counter counts in the process where a withdrawal reaches
+# the status: the API or CLI (requested, approved, refused, cancelled before approval) and the
+# worker (succeeded, failed, cancelled payouts, from the payout hook). The gauges are read
+# from the database by the sweeper (dbstats).
+WITHDRAWALS = Counter(
+    "paydispatch_withdrawals",
+    "Withdrawals by the status they reached (requested, approved, succeeded, failed, "
+    "cancelled) and requests refused (refused)",
+    ["status"],
+)
+WITHDRAWALS_HELD = Gauge(
+    "paydispatch_withdrawals_held",
+    "Minor units open withdrawals hold in wallets (amount + fee), by currency",
+    ["currency"],
+)
+WITHDRAWALS_OLDEST_AGE = Gauge(
+    "paydispatch_withdrawals_oldest_age_seconds",
+    "How long the oldest open withdrawal of each status has stood in it",
+    ["status"],
+)
+
 # dramatiq's own view, per queue (adapter) and actor (operation), from MessageMetrics below.
 DRAMATIQ_MESSAGES = Counter(
     "paydispatch_dramatiq_messages",

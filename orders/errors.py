@@ -37,6 +37,9 @@ DispatchError
 │   ├── IdempotencyConflict     same key, different request
 │   ├── OrderNotFound
 │   ├── RefundRefused           not paid, more than is left, or no refunds there; nothing sent
+│   ├── WithdrawalRefused       dispatcher.billing.withdrawals: minimum, daily limit, funds, no payout adapter
+│   ├── WithdrawalNotFound      dispatcher.billing.withdrawals
+│   ├── WithdrawalConflict      dispatcher.billing.withdrawals: cancel once sent, approve once cancelled
 │   ├── InsufficientFunds       a debit larger than the balance; nothing was written
 │   ├── WalletNotFound          no wallet for that site, user and currency
 │   ├── InvalidSignature        a billing webhook whose signature does not verify

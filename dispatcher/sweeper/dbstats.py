@@ -47,6 +47,7 @@ class DbStats:
         self.interval = interval
         self.refreshed = 0.0
         self._seen: set[tuple[str, str]] = set()
+        self._held_seen: set[str] = set()
 
     def maybe_refresh(self) -> bool:
         if time.monotonic() - self.refreshed < self.interval:
@@ -71,8 +72,24 @@ class DbStats:
         with database_errors(), self.repo.pool.connection() as conn:
             row: DictRow | None = conn.execute(query("due_stats")).fetchone()
             overdue = conn.execute(query("overdue_counts")).fetchall()
+            withdrawals = conn.execute(query("withdrawal_stats")).fetchall()
         metrics.OLDEST_DUE_AGE.set(float(row["oldest_due"]) if row else 0.0)
+        self._withdrawals(withdrawals)
         late = {r["adapter"]: r["n"] for r in overdue}
         for adapter in adapters | set(late):
             metrics.OVERDUE_ORDERS.labels(adapter).set(late.get(adapter, 0))
         self.refreshed = time.monotonic()
+
+    def _withdrawals(self, rows: list[DictRow]) -> None:
+        """What open withdrawals hold per currency, and the oldest of each open status (issue
+        #14); a currency or status with none open reads 0 rather than its last value."""
+        held: dict[str, int] = dict.fromkeys(self._held_seen, 0)
+        oldest = dict.fromkeys(("awaiting_approval", "approved", "sent"), 0.0)
+        for r in rows:
+            held[r["currency"]] = held.get(r["currency"], 0) + r["held"]
+            oldest[r["status"]] = max(oldest.get(r["status"], 0.0), float(r["oldest_age"]))
+        for currency, amount in held.items():
+            metrics.WITHDRAWALS_HELD.labels(currency).set(amount)
+        for status, age in oldest.items():
+            metrics.WITHDRAWALS_OLDEST_AGE.labels(status).set(age)
+        self._held_seen = set(held)
