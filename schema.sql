@@ -493,6 +493,7 @@ CREATE TABLE transfer_transitions (
 );
 INSERT INTO transfer_transitions (from_status, to_status) VALUES
     ('requested', 'submitting'), ('requested', 'cancelled'),
+    ('submitting', 'requested'),
     ('submitting', 'pending'), ('submitting', 'succeeded'), ('submitting', 'failed'),
     ('submitting', 'needs_review'),
     ('pending', 'succeeded'), ('pending', 'failed'),

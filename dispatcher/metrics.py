@@ -58,6 +58,25 @@ OVERDUE_ORDERS = Gauge(
     ["adapter"],
 )
 NEEDS_REVIEW = Gauge("paydispatch_needs_review_orders", "Orders waiting for a person", ["adapter"])
+
+# Money going out (issue #14). Counted where a transfer reaches the status: the worker (its
+# steps), the API and CLI (cancelled), the callbacks (refunds the payment system reported).
+REFUNDS = Counter(
+    "paydispatch_refunds",
+    "Refunds by the status they reached (succeeded, failed, cancelled, needs_review) and who "
+    "asked (origin: site, operator, user, psp)",
+    ["adapter", "origin", "status"],
+)
+PAYOUTS = Counter(
+    "paydispatch_payouts",
+    "Payouts by the status they reached (succeeded, failed, cancelled, needs_review)",
+    ["adapter", "status"],
+)
+CHARGEBACKS = Counter(
+    "paydispatch_chargebacks",
+    "Chargebacks the payment system reported (money taken back by the payer's bank)",
+    ["adapter"],
+)
 SWEEPER_LAST_TICK = Gauge(
     "paydispatch_sweeper_last_tick_timestamp_seconds", "Unix time of the sweeper's last sweep"
 )

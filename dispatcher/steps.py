@@ -6,9 +6,9 @@ aiohttp nor the worker stack (issue #13, item 2). :class:`Steps` is the sending 
 each ``dramatiq.Message`` itself, with the actor names, queues and arguments that
 :mod:`dispatcher.worker.actors` declares on the worker's broker (the receiving half).
 
-Messages carry the order id, the lease token and the action; dramatiq's own retries are off,
-because the order table and its leases are the retry mechanism (a lost message only delays an
-order until its lease ends).
+Messages carry the order id (a refund's or payout's id for ``transfer``), the lease token and
+the action; dramatiq's own retries are off, because the order and transfer tables and their
+leases are the retry mechanism (a lost message only delays an order until its lease ends).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class Action(StrEnum):
     POLL = "poll"
     FINALIZE = "finalize"  # the deadline passed: one last status check, then expired
     WATCH = "watch"  # after expired/rejected/cancelled: look for a late payment
+    # A refund or payout (issue #14): one action; the step looks at the transfer's status. Its
+    # messages carry [transfer_id, lease_token] pairs on the adapter's queue.
+    TRANSFER = "transfer"
 
 
 def action_for(order: Order, now: datetime) -> Action | None:

@@ -316,7 +316,10 @@ _T = TransferStatus
 TRANSFER_TRANSITIONS: Mapping[TransferStatus, frozenset[TransferStatus]] = MappingProxyType(
     {
         _T.REQUESTED: frozenset({_T.SUBMITTING, _T.CANCELLED}),
-        _T.SUBMITTING: frozenset({_T.PENDING, _T.SUCCEEDED, _T.FAILED, _T.NEEDS_REVIEW}),
+        # Back to requested only when nothing surely reached the payment system.
+        _T.SUBMITTING: frozenset(
+            {_T.REQUESTED, _T.PENDING, _T.SUCCEEDED, _T.FAILED, _T.NEEDS_REVIEW}
+        ),
         _T.PENDING: frozenset({_T.SUCCEEDED, _T.FAILED}),
         # A person's decision, after reading the payment system's dashboard.
         _T.NEEDS_REVIEW: frozenset({_T.SUCCEEDED, _T.FAILED}),

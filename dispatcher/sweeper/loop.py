@@ -1,5 +1,8 @@
 """The sweeper: claims due orders in batches and sends each to its adapter's queue.
 
+After the orders, each tick claims the due refunds and payouts (``transfers``, issue #14) the
+same way and sends them as ``transfer`` steps on their adapter's queue.
+
 Every tick, and soon after a ``NOTIFY paydispatch_orders`` (sent when an order is created),
 it claims up to ``batch`` due rows with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` and enqueues
 one message per order. Any number of sweepers may run: a row is claimed by one of them only.
@@ -25,6 +28,7 @@ from dispatcher.sweeper.dbstats import DbStats
 from orders.db import query
 from orders.errors import TransientError
 from orders.repository import OrderRepository
+from orders.transfers import SyncTransfers
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +51,10 @@ class Sweeper:
         stats: DbStats | None = None,
         message_size: int = 50,
         stats_interval: float = 5.0,
+        transfers: SyncTransfers | None = None,
     ) -> None:
         self.repo = repo
+        self.transfers = transfers or SyncTransfers(repo)  # refunds and payouts
         self.dispatch = dispatch
         self.adapters = adapters
         self.batch = batch
@@ -80,6 +86,7 @@ class Sweeper:
                 self.dispatch.send_many(adapter, action, steps[start : start + self.message_size])
             metrics.CLAIMED.labels(adapter).inc(len(steps))
             sent += len(steps)
+        sent += self.sweep_transfers()
         if self.outbox is not None:
             sent += self.sweep_outbox()
         self.last_tick = time.time()
@@ -87,6 +94,19 @@ class Sweeper:
         if self.stats is not None:
             self.stats.maybe_refresh()
         return sent
+
+    def sweep_transfers(self) -> int:
+        """Claim due refunds and payouts and send one ``transfer`` step each (batched)."""
+        claimed = self.transfers.claim(self.batch, self.lease, adapters=self.adapters)
+        groups: dict[str, list[tuple[UUID, UUID]]] = {}
+        for transfer in claimed:
+            if transfer.lease_token is not None:
+                groups.setdefault(transfer.adapter, []).append((transfer.id, transfer.lease_token))
+        for adapter, steps in groups.items():
+            for start in range(0, len(steps), self.message_size):
+                batch = steps[start : start + self.message_size]
+                self.dispatch.send_many(adapter, Action.TRANSFER, batch)
+        return len(claimed)
 
     def sweep_outbox(self) -> int:
         """Claim due billing webhook events and send one ``deliver`` message each."""

@@ -51,11 +51,17 @@ def watch(steps: list[list[str]]) -> None:
     _admit_all(steps, Action.WATCH)
 
 
+def transfer(steps: list[list[str]]) -> None:
+    """Refunds and payouts: [transfer_id, lease_token] pairs (issue #14)."""
+    _admit_all(steps, Action.TRANSFER)
+
+
 _FUNCTIONS = {
     Action.SUBMIT: submit,
     Action.POLL: poll,
     Action.FINALIZE: finalize,
     Action.WATCH: watch,
+    Action.TRANSFER: transfer,
 }
 
 

@@ -67,6 +67,7 @@ from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import Decision
 from dispatcher.steps import Action
 from dispatcher.worker.breaker import BreakerState
+from dispatcher.worker.transfers import TransferSteps
 from dispatcher.worker.transport import CircuitOpen, PspUnavailable, Transport
 from orders.backoff import ceiling
 from orders.errors import (
@@ -77,9 +78,10 @@ from orders.errors import (
     StaleOrder,
     TransientError,
 )
-from orders.model import Order, PaidHook
+from orders.model import Order, PaidHook, TransferHook
 from orders.repository import Orders, Write
 from orders.status import LATE_PAYMENT_FROM, OrderStatus
+from orders.transfers import Transfers
 
 log = structlog.get_logger(__name__)
 S = OrderStatus
@@ -118,16 +120,35 @@ class Engine:
         paid_hook: PaidHook | None = None,
         clock: Callable[[], datetime] = utcnow,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        transfer_hook: TransferHook | None = None,
+        transfers: Transfers | None = None,
     ) -> None:
         """``http_transport`` replaces the wire to every payment system (``httpx.MockTransport``
         or a replay of recorded answers), so an adapter runs in the engine without a server.
-        ``orders`` must belong to the loop the steps run on; its pool is its opener's to close."""
+        ``orders`` must belong to the loop the steps run on; its pool is its opener's to close.
+        Refunds and payouts (:mod:`dispatcher.worker.transfers`) run on ``transfers`` (by
+        default over ``orders``' pool, with ``transfer_hook``) through the same transports."""
         self.orders = orders
         self.runtimes = dict(runtimes)
         self.paid_hook = paid_hook
         self.clock = clock
         self.transports: dict[str, Transport] = {}
         self.http_transport = http_transport
+        self.transfer_hook = transfer_hook
+        self._transfers = transfers
+        self._transfer_steps: TransferSteps | None = None
+
+    @property
+    def transfer_steps(self) -> TransferSteps:
+        """The steps of refunds and payouts, made on first use (on the engine's loop)."""
+        if self._transfer_steps is None:
+            transfers = self._transfers or Transfers(
+                self.orders.pool,
+                capabilities={n: rt.adapter.capabilities for n, rt in self.runtimes.items()},
+                hook=self.transfer_hook,
+            )
+            self._transfer_steps = TransferSteps(self, transfers, clock=self.clock)
+        return self._transfer_steps
 
     def transport(self, name: str) -> Transport:
         if name not in self.transports:  # created on the loop that uses it
@@ -145,7 +166,11 @@ class Engine:
     # -- entry point ---------------------------------------------------------------------
 
     async def run(self, order_id: UUID, token: UUID, action: Action) -> None:
-        """One step for one order. Never raises for anything an order or a PSP can do."""
+        """One step for one order (or, for ``transfer``, one refund or payout). Never raises for
+        anything an order or a PSP can do."""
+        if action is Action.TRANSFER:
+            await self.transfer_steps.run(order_id, token)
+            return
         structlog.contextvars.bind_contextvars(order_id=str(order_id), action=str(action))
         try:
             try:
