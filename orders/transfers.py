@@ -397,7 +397,9 @@ class Transfers:
                     },
                 )
             ).fetchone()
-            if known is not None:
+            if known is not None:  # ours (its own read settles it) or recorded already
+                if known["next_run_at"] is not None:
+                    await tx.execute(query("transfer_wake"), {"ids": [known["id"]]})
                 return None
             open_rows = await (
                 await tx.execute(query("transfer_open_refunds"), {"order_id": current.id})
@@ -439,6 +441,14 @@ class Transfers:
             if self.hook is not None:
                 await self.hook(tx, TransferEvent(transfer, TransferStatus.SUCCEEDED, actor))
             return transfer
+
+    async def wake_refunds(self, order_id: UUID) -> int:
+        """Make an order's refunds that are still being sent or read due now (a notification
+        hinted that one of them moved); returns how many. Leased ones are left to their step."""
+        with database_errors():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(query("transfer_wake_order"), {"order_id": order_id})
+                return cursor.rowcount
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -66,6 +66,12 @@ UPDATE transfers SET next_run_at = now()
 WHERE id = ANY(%(ids)s::uuid[]) AND next_run_at IS NOT NULL
   AND (lease_until IS NULL OR lease_until < now())
 
+-- transfer_wake_order --
+-- An order's refunds still being sent or read, due now (a notification hinted at them).
+UPDATE transfers SET next_run_at = now()
+WHERE order_id = %(order_id)s AND kind = 'refund' AND next_run_at IS NOT NULL
+  AND next_run_at > now() AND (lease_until IS NULL OR lease_until < now())
+
 -- transfer_get --
 SELECT * FROM transfers WHERE id = %(id)s AND (%(site)s::text IS NULL OR site = %(site)s)
 
