@@ -9,10 +9,12 @@ from uuid import UUID
 from fastapi import Request
 
 from dispatcher.api.keys import ApiKeys
+from dispatcher.refunds import RefundCheck
 from dispatcher.runtime import AdapterRuntime
 from orders.db import Pool, open_async_pool
-from orders.model import PaidHook
+from orders.model import PaidHook, TransferHook
 from orders.repository import OrderRepository, Orders
+from orders.transfers import Transfers
 
 
 @dataclass
@@ -26,6 +28,10 @@ class ApiContext:
     public_url: str = "http://127.0.0.1:8000"
     broker_url: str | None = None
     paid_hook: PaidHook | None = None
+    # Runs where a transfer the API writes reaches a final state (a refund the payment system
+    # reports on its own, in the callbacks): billing's reversal, withdrawals' settling.
+    transfer_hook: TransferHook | None = None
+    refund_hold: RefundCheck | None = None  # billing's check of a new refund (refuse policy)
     body_limit: int = 64 * 1024
     docs: bool = True  # serve the browsable /docs (settings.api_docs)
     console: bool = True  # serve the operators' console under /console/ (settings.console)
@@ -36,6 +42,7 @@ class ApiContext:
     pool_size: int = 10  # connections of the async pool ``orders`` runs on
     keys: ApiKeys = field(init=False)
     orders: Orders = field(init=False)  # the async repository, opened in the app's lifespan
+    transfers: Transfers = field(init=False)  # refunds, on the same pool
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # When each order's status page last pulled its poll forward (monotonic seconds).
     views: dict[UUID, float] = field(default_factory=dict)
@@ -56,12 +63,16 @@ class ApiContext:
         ``Orders`` belongs to the loop its pool was opened on."""
         pool = await open_async_pool(self.repo.conninfo, max_size=self.pool_size, name="api")
         self.orders = Orders(pool, self.repo.adapters)
+        capabilities = {name: rt.adapter.capabilities for name, rt in self.runtimes.items()}
+        self.transfers = Transfers(pool, capabilities=capabilities, hook=self.transfer_hook)
 
     async def aclose(self) -> None:
         """Close what :meth:`open` opened (the app's shutdown)."""
         if hasattr(self, "orders"):
             await self.orders.pool.close()
             del self.orders
+        if hasattr(self, "transfers"):
+            del self.transfers
 
     def close(self) -> None:
         for fn in self.on_close:

@@ -102,6 +102,8 @@ def from_domain(exc: domain.DispatchError) -> HttpError:  # noqa: PLR0911 - one 
         return HttpError(409, "idempotency_conflict", str(exc))
     if isinstance(exc, domain.OrderNotFound):
         return HttpError(404, "order_not_found", "no such order")
+    if isinstance(exc, domain.RefundRefused):
+        return HttpError(409, "refund_refused", str(exc))
     if isinstance(exc, domain.InvalidTransition):
         return HttpError(409, "invalid_transition", str(exc))
     if isinstance(exc, domain.StaleOrder):

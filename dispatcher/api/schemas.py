@@ -30,6 +30,8 @@ from orders.model import (
     RETURN_URL_PATTERN,
     Order,
     OrderEvent,
+    Transfer,
+    TransferStatus,
     text_problem,
 )
 from orders.money import CURRENCY_EXPONENTS
@@ -199,6 +201,19 @@ class OrderCreate(Strict):
     )
 
 
+RefundStatus = Literal["none", "partially_refunded", "refunded"]
+
+
+def refund_status(order: Order) -> RefundStatus:
+    """Where an order stands with its refunds, from what its succeeded refunds gave back: a
+    derived view, not an order status (a paid order stays ``paid``: docs/api.md says why)."""
+    if order.refunded_amount <= 0:
+        return "none"
+    if order.refunded_amount >= order.money.amount:
+        return "refunded"
+    return "partially_refunded"
+
+
 class OrderEventOut(BaseModel):
     from_status: OrderStatus | None
     to_status: OrderStatus
@@ -237,6 +252,12 @@ class OrderOut(BaseModel):
     updated_at: datetime
     paid_at: datetime | None
     last_error: str | None
+    refunded_amount: int = Field(
+        description="What its succeeded refunds gave back, in minor units like `amount`"
+    )
+    refund_status: RefundStatus = Field(
+        description="Derived from its refunds: the order's `status` stays `paid` (docs/api.md)"
+    )
     events: list[OrderEventOut] | None = Field(
         default=None, description="Status changes, oldest first (GET /v1/orders/{id} only)"
     )
@@ -275,6 +296,8 @@ def _order_fields(order: Order, public_url: str, events: list[OrderEvent] | None
         "updated_at": order.updated_at,
         "paid_at": order.paid_at,
         "last_error": order.last_error,
+        "refunded_amount": order.refunded_amount,
+        "refund_status": refund_status(order),
         "events": None if events is None else [OrderEventOut.of(e) for e in events],
     }
 
@@ -290,6 +313,83 @@ _ORDER_JSON: TypeAdapter[dict[str, Any]] = TypeAdapter(
 class OrderPage(BaseModel):
     items: list[OrderOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page")
+
+
+# A refund's amount as people write it, in major units ("12.50"): a positive decimal number.
+# Whether it has more decimals than the order's currency allows is checked against the order.
+REFUND_AMOUNT_PATTERN = r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)$"
+
+
+def _refund_amount(value: str) -> str:
+    if re.fullmatch(REFUND_AMOUNT_PATTERN, value) is None:
+        raise ValueError('must be a positive decimal number of major units, e.g. "12.50"')
+    return value
+
+
+RefundAmount = Annotated[
+    str, AfterValidator(_refund_amount), Published({"pattern": REFUND_AMOUNT_PATTERN})
+]
+
+
+class RefundCreate(Strict):
+    """A refund of (part of) a paid order. The amount is in major units, as a decimal string
+    with at most the currency's decimals; without it, everything not refunded yet."""
+
+    amount: RefundAmount | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        examples=["12.50"],
+        description="Major units of the order's currency; default: all that is left",
+    )
+    reason: NonBlank = Field(
+        min_length=1,
+        max_length=LIMITS["description"],
+        examples=["returned by the buyer"],
+        description="Why; recorded with the refund and in the order's events",
+    )
+
+
+class RefundOut(BaseModel):
+    id: UUID
+    order_id: UUID
+    amount: int = Field(description="In minor units, like the order's amount")
+    currency: str
+    status: TransferStatus = Field(
+        description="requested, submitting, pending: under way; succeeded or failed: final; "
+        "needs_review: may have been sent, a person decides"
+    )
+    origin: str = Field(description="Who asked: site, operator, or psp (the payment system)")
+    reason: str
+    requested_by: str
+    psp_refund_id: str | None = Field(description="The payment system's id, once known")
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    settled_at: datetime | None
+
+    @classmethod
+    def of(cls, refund: Transfer) -> RefundOut:
+        assert refund.order_id is not None  # a refund always names its order
+        return cls(
+            id=refund.id,
+            order_id=refund.order_id,
+            amount=refund.money.amount,
+            currency=refund.money.currency,
+            status=refund.status,
+            origin=refund.origin,
+            reason=refund.reason,
+            requested_by=refund.requested_by,
+            psp_refund_id=refund.psp_transfer_id,
+            last_error=refund.last_error,
+            created_at=refund.created_at,
+            updated_at=refund.updated_at,
+            settled_at=refund.settled_at,
+        )
+
+
+class RefundList(BaseModel):
+    items: list[RefundOut] = Field(description="The order's refunds, oldest first")
 
 
 class AdapterOut(BaseModel):

@@ -27,6 +27,8 @@ OPERATIONS = [
     "GET /v1/orders",
     "GET /v1/orders/{order_id}",
     "DELETE /v1/orders/{order_id}",
+    "POST /v1/orders/{order_id}/refunds",
+    "GET /v1/orders/{order_id}/refunds",
     "GET /v1/adapters",
     "GET /pay/{order_id}",
     "GET /pay/{order_id}/status",
@@ -75,7 +77,7 @@ def test_the_published_schema_names_every_endpoint_of_the_design(api: Api) -> No
         "/v1/orders", "/v1/orders/{order_id}", "/v1/adapters", "/pay/{order_id}",
         "/pay/{order_id}/status", "/v1/callbacks/{adapter}", "/v1/wallets/{user_id}",
         "/v1/wallets/{user_id}/entries", "/v1/wallets/{user_id}/debit", "/healthz", "/readyz",
-        "/metrics",
+        "/metrics", "/v1/orders/{order_id}/refunds",
     } <= set(paths)  # fmt: skip
     assert set(paths["/v1/orders/{order_id}"]) == {"get", "delete"}
 
