@@ -42,6 +42,7 @@ from orders.errors import (
     PermanentError,
     TransientError,
 )
+from orders.model import TransferStatus
 from orders.money import Money
 from orders.status import OrderStatus
 
@@ -160,6 +161,10 @@ class OrderInfo:
     paid_at: datetime | None
     last_error: str | None
     events: tuple[OrderEventInfo, ...] = ()
+    # What its succeeded refunds gave back (minor units), and so "none", "partially_refunded"
+    # or "refunded": derived from the refunds, the order's status stays "paid".
+    refunded_amount: int = 0
+    refund_status: str = "none"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> OrderInfo:
@@ -193,6 +198,8 @@ class OrderInfo:
             paid_at=_maybe_time(data["paid_at"]),
             last_error=data["last_error"],
             events=events,
+            refunded_amount=data.get("refunded_amount", 0),
+            refund_status=data.get("refund_status", "none"),
         )
 
 
@@ -200,6 +207,48 @@ class OrderInfo:
 class CreatedOrder:
     order: OrderInfo
     created: bool  # False: an earlier request with the same key or site_ref made it
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundInfo:
+    """A refund of (part of) an order, as the API shows it to its site."""
+
+    id: UUID
+    order_id: UUID
+    money: Money
+    status: TransferStatus  # requested, submitting, pending; succeeded, failed; needs_review
+    origin: str  # site, operator or psp
+    reason: str
+    requested_by: str
+    psp_refund_id: str | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    settled_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RefundInfo:
+        return cls(
+            id=UUID(data["id"]),
+            order_id=UUID(data["order_id"]),
+            money=Money(data["amount"], data["currency"]),
+            status=TransferStatus(data["status"]),
+            origin=data["origin"],
+            reason=data["reason"],
+            requested_by=data["requested_by"],
+            psp_refund_id=data["psp_refund_id"],
+            last_error=data["last_error"],
+            created_at=_time(data["created_at"]),
+            updated_at=_time(data["updated_at"]),
+            settled_at=_maybe_time(data["settled_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRefund:
+    refund: RefundInfo
+    created: bool  # False: an earlier request with the same key made it
     idempotency_key: str
 
 
@@ -305,6 +354,19 @@ def _create_call(
     if expires_in is not None:
         body["expires_in"] = int(expires_in.total_seconds())
     return _Call("POST", "/v1/orders", json=body, headers={"Idempotency-Key": key})
+
+
+def _refund_call(order_id: UUID | str, money: Money | None, reason: str, key: str) -> _Call:
+    body: dict[str, Any] = {"reason": reason}
+    if money is not None:
+        # Major units with the currency's decimals, as the API takes them ("12.50").
+        body["amount"] = f"{money.to_decimal():.{money.exponent}f}"
+    return _Call("POST", f"/v1/orders/{order_id}/refunds", json=body,
+                 headers={"Idempotency-Key": key})  # fmt: skip
+
+
+def _refunds(data: Mapping[str, Any]) -> list[RefundInfo]:
+    return [RefundInfo.from_json(r) for r in data["items"]]
 
 
 def _adapters(data: Mapping[str, Any]) -> list[AdapterInfo]:
@@ -506,6 +568,30 @@ class Client(_Base):
     def cancel_order(self, order_id: UUID | str) -> OrderInfo:
         return OrderInfo.from_json(self._send(_Call("DELETE", f"/v1/orders/{order_id}")).json())
 
+    def create_refund(
+        self,
+        order_id: UUID | str,
+        *,
+        reason: str,
+        money: Money | None = None,
+        idempotency_key: str | None = None,
+    ) -> CreatedRefund:
+        """Refund ``money`` of a paid order (None: all that is left); the worker sends it.
+
+        Every retry of this call sends the same ``idempotency_key`` (a new random one unless
+        given), so an answer lost on the way back never makes a second refund. Raises
+        :class:`Conflict` ``refund_refused`` (not paid, nothing left, or its payment system
+        cannot refund: ``message`` says which).
+        """
+        key = idempotency_key or f"pdc-{uuid.uuid4()}"
+        response = self._send(_refund_call(order_id, money, reason, key))
+        refund = RefundInfo.from_json(response.json())
+        return CreatedRefund(refund, response.status_code == 201, key)
+
+    def list_refunds(self, order_id: UUID | str) -> list[RefundInfo]:
+        """The order's refunds, oldest first."""
+        return _refunds(self._send(_Call("GET", f"/v1/orders/{order_id}/refunds")).json())
+
     def adapters(self) -> list[AdapterInfo]:
         return _adapters(self._send(_Call("GET", "/v1/adapters")).json())
 
@@ -638,6 +724,24 @@ class AsyncClient(_Base):
         response = await self._send(_Call("DELETE", f"/v1/orders/{order_id}"))
         return OrderInfo.from_json(response.json())
 
+    async def create_refund(
+        self,
+        order_id: UUID | str,
+        *,
+        reason: str,
+        money: Money | None = None,
+        idempotency_key: str | None = None,
+    ) -> CreatedRefund:
+        """As :meth:`Client.create_refund`: one idempotency key for every retry of this call."""
+        key = idempotency_key or f"pdc-{uuid.uuid4()}"
+        response = await self._send(_refund_call(order_id, money, reason, key))
+        refund = RefundInfo.from_json(response.json())
+        return CreatedRefund(refund, response.status_code == 201, key)
+
+    async def list_refunds(self, order_id: UUID | str) -> list[RefundInfo]:
+        response = await self._send(_Call("GET", f"/v1/orders/{order_id}/refunds"))
+        return _refunds(response.json())
+
     async def adapters(self) -> list[AdapterInfo]:
         return _adapters((await self._send(_Call("GET", "/v1/adapters"))).json())
 
@@ -675,6 +779,7 @@ __all__ = [
     "Client",
     "Conflict",
     "CreatedOrder",
+    "CreatedRefund",
     "EntryList",
     "InvalidRequest",
     "KeyConflict",
@@ -682,6 +787,7 @@ __all__ = [
     "OrderEventInfo",
     "OrderInfo",
     "OrderList",
+    "RefundInfo",
     "Unauthorized",
     "Unavailable",
     "WalletBalance",

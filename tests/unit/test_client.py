@@ -23,6 +23,7 @@ from orders.client import (
     Unavailable,
 )
 from orders.errors import TransientError
+from orders.model import TransferStatus
 
 ORDER_JSON: dict[str, Any] = {
     "id": "7b0b8a5e-5d3c-4d7e-9a51-0c1b2f3e4d5a",
@@ -187,3 +188,97 @@ def test_the_async_client_reuses_the_key_too() -> None:
 def test_money_must_be_given_one_way() -> None:
     with client(lambda r: httpx.Response(201, json=ORDER_JSON)) as pd, pytest.raises(TypeError):
         pd.create_order(user_id="42", adapter="sandbox", amount=5)
+
+
+REFUND_JSON: dict[str, Any] = {
+    "id": "0d7c2a9e-1f3b-4c5d-8e6f-7a8b9c0d1e2f",
+    "order_id": ORDER_JSON["id"],
+    "amount": 1250,
+    "currency": "USD",
+    "status": "requested",
+    "origin": "site",
+    "reason": "returned",
+    "requested_by": "site:shop",
+    "psp_refund_id": None,
+    "last_error": None,
+    "created_at": "2030-01-02T00:00:00Z",
+    "updated_at": "2030-01-02T00:00:00Z",
+    "settled_at": None,
+}
+
+
+def test_a_refund_whose_answer_was_lost_is_retried_with_the_same_key() -> None:
+    # Given an API that times out once, then makes the refund,
+    seen: list[httpx.Request] = []
+    handler = failing_then([httpx.ReadTimeout("lost")], httpx.Response(201, json=REFUND_JSON), seen)
+    with client(handler) as pd:
+        # when the site refunds 12.50 USD of an order,
+        made = pd.create_refund(ORDER_JSON["id"], reason="returned", money=Money(1250, "USD"))
+    # then both tries carried one key and the amount in major units, as the API takes it.
+    assert [r.headers["idempotency-key"] for r in seen] == [made.idempotency_key] * 2
+    assert seen[0].url.path == f"/v1/orders/{ORDER_JSON['id']}/refunds"
+    assert json.loads(seen[0].content) == {"amount": "12.50", "reason": "returned"}
+    assert made.created is True
+    assert made.refund.money == Money(1250, "USD")
+    assert made.refund.status is TransferStatus.REQUESTED
+    assert str(made.refund.order_id) == ORDER_JSON["id"]
+
+
+def test_a_refund_of_everything_left_sends_no_amount_and_a_replay_says_so() -> None:
+    seen: list[httpx.Request] = []
+    with client(failing_then([], httpx.Response(200, json=REFUND_JSON), seen)) as pd:
+        made = pd.create_refund(ORDER_JSON["id"], reason="all", idempotency_key="r-1")
+        pd.create_refund(ORDER_JSON["id"], reason="all", money=Money(5, "JPY"))
+    assert json.loads(seen[0].content) == {"reason": "all"}
+    assert seen[0].headers["idempotency-key"] == "r-1"
+    assert json.loads(seen[1].content)["amount"] == "5"  # JPY has no decimals
+    assert seen[1].headers["idempotency-key"] != "r-1"
+    assert made.created is False
+
+
+def test_a_refused_refund_is_a_conflict_with_its_reason() -> None:
+    handler = failing_then([], err(409, "refund_refused"), [])
+    with client(handler) as pd, pytest.raises(Conflict) as caught:
+        pd.create_refund(ORDER_JSON["id"], reason="r")
+    assert caught.value.code == "refund_refused"
+    assert not isinstance(caught.value, KeyConflict)
+
+
+def test_refunds_are_listed_and_an_order_shows_its_refund_status() -> None:
+    refunded = ORDER_JSON | {"status": "paid", "refunded_amount": 1250,
+                             "refund_status": "partially_refunded"}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/refunds"):
+            return httpx.Response(200, json={"items": [REFUND_JSON]})
+        return httpx.Response(200, json=refunded)
+
+    with client(handler) as pd:
+        assert [r.money for r in pd.list_refunds(ORDER_JSON["id"])] == [Money(1250, "USD")]
+        order = pd.get_order(ORDER_JSON["id"])
+    assert (order.refunded_amount, order.refund_status) == (1250, "partially_refunded")
+
+
+def test_the_async_client_refunds_with_one_key_too() -> None:
+    seen: list[httpx.Request] = []
+    create = failing_then([httpx.ConnectError("down")], httpx.Response(201, json=REFUND_JSON), seen)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"items": [REFUND_JSON]})
+        return create(request)
+
+    async def main() -> None:
+        async with AsyncClient(
+            "http://api.test", "pd_key", backoff=0.0, max_backoff=0.0,
+            transport=httpx.MockTransport(handler),
+        ) as pd:  # fmt: skip
+            made = await pd.create_refund(
+                ORDER_JSON["id"], reason="r", money=Money(1250, "USD"), idempotency_key="k-9"
+            )
+            assert made.refund.money == Money(1250, "USD")
+            listed = await pd.list_refunds(ORDER_JSON["id"])
+            assert [r.id for r in listed] == [made.refund.id]
+
+    asyncio.run(main())
+    assert [r.headers["idempotency-key"] for r in seen] == ["k-9", "k-9"]
