@@ -1,20 +1,34 @@
-"""The ``paydispatch`` command."""
+"""The ``paydispatch`` command.
+
+Each command imports what it runs when it runs: ``paydispatch worker`` loads the worker's
+modules, ``paydispatch sweeper`` the sweeper's, and ``paydispatch orders list`` neither, nor the
+API's. The families of commands that live beside their concern (ops, billing, the API's keys
+and operators, reconcile) are registered only when one of their commands is asked for, or all
+of them for ``--help``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 import psycopg
 
 from dispatcher import config, logs, services
-from dispatcher.api import commands as api_commands
-from dispatcher.api import operator_commands
-from dispatcher.billing import commands as billing_commands
-from dispatcher.ops import orders as ops
-from dispatcher.ops import reconcile
+from dispatcher.compose import Root
 from orders.db import schema
+
+# The module of each family of commands and the top-level commands its ``register`` adds.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "dispatcher.ops.orders": ("status", "orders"),
+    "dispatcher.billing.commands": ("wallet", "hooks", "sites"),
+    "dispatcher.api.commands": ("api", "keys"),
+    "dispatcher.api.operator_commands": ("operators",),  # issue #16: the console's accounts
+    "dispatcher.ops.reconcile": ("reconcile",),  # issue #16
+    "dispatcher.billing.withdrawal_commands": ("withdrawals",),  # issue #14
+}
 
 
 def _settings() -> config.Settings:
@@ -26,7 +40,7 @@ def _settings() -> config.Settings:
 
 def _services(settings: config.Settings) -> services.Services:
     try:
-        return services.ensure(settings)
+        return Root(settings).services
     except services.ServiceError as exc:
         raise SystemExit(f"paydispatch: {exc}") from None
 
@@ -85,10 +99,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dispatcher import process
+    from dispatcher.worker.main import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    return process.run_worker(
+    return run_worker(
         _settings(),
         queues=queues,
         threads=args.threads,
@@ -99,9 +113,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sweeper(args: argparse.Namespace) -> int:
-    from dispatcher import process
+    from dispatcher.sweeper.main import run_sweeper
 
-    return process.run_sweeper(
+    return run_sweeper(
         _settings(),
         batch=args.batch,
         interval=args.interval,
@@ -112,9 +126,9 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dispatcher import process
+    from dispatcher.supervisor import run_all
 
-    return process.run_all(
+    return run_all(
         _settings(),
         workers=args.workers,
         metrics_base=args.metrics_base,
@@ -130,7 +144,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; with ``command``, only the family of commands it belongs to is
+    imported and registered besides the built-in ones (all of them without)."""
     parser = argparse.ArgumentParser(
         prog="paydispatch",
         description="paydispatch: a payment dispatcher daemon and its operations tools.",
@@ -213,16 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.set_defaults(func=cmd_sandbox)
-    ops.register(sub)
-    billing_commands.register(sub)
-    api_commands.register(sub)
-    operator_commands.register(sub)  # issue #16: the console's accounts
-    reconcile.register(sub)  # issue #16
+    family = next((m for m, names in FAMILIES.items() if command in names), None)
+    for module in FAMILIES:
+        # an unknown command (or none): every family, so the usage lists every command
+        if module == family or (family is None and command not in sub.choices):
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     logs.configure(_settings().log_format)
     try:
         code: int = args.func(args)

@@ -35,6 +35,7 @@ from adapters.fakes.common import FakeControl, PaymentRef, running_fake
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from adapters.sandbox.runner import running_sandbox
 from dispatcher import services
+from dispatcher.compose import Root
 from dispatcher.config import Settings
 from orders import Money, NewOrder, OrderStatus
 from orders.db import open_pool, query, schema
@@ -118,7 +119,7 @@ def run(settings: Settings, *, orders: int = 30, adapter: str = "sandbox") -> in
     if adapter not in ADAPTERS:
         print(f"unknown adapter {adapter!r}: choose one of {', '.join(ADAPTERS)}")
         return 2
-    found = services.ensure(settings)
+    found = Root(settings, name="demo").services
     print(f"services: {found.describe()}")
     with psycopg.connect(found.database_url, autocommit=True) as conn:
         for line in schema.init(conn) or ["schema up to date"]:

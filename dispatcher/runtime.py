@@ -1,4 +1,8 @@
-"""What a dispatcher process knows about each enabled payment system, resolved once at start."""
+"""What a dispatcher process knows about each enabled payment system, resolved once at start.
+
+Nothing of the broker: the API and the CLI build runtimes and load no dramatiq (each adapter's
+queue is :func:`dispatcher.steps.queue_name` of its name, for the processes that use queues).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from adapters import registry
 from adapters.base import Adapter, AdapterSettings, InvalidSettings
 from dispatcher.config import ConfigError, Settings
 from dispatcher.policy import DispatchPolicy, load_policy
-from dispatcher.steps import queue_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +25,6 @@ class AdapterRuntime:
     @property
     def name(self) -> str:
         return self.adapter.name
-
-    @property
-    def queue(self) -> str:
-        return queue_name(self.adapter.name)
 
 
 def build_adapters(

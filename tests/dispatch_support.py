@@ -22,7 +22,7 @@ from adapters.base import PollPolicy
 from adapters.sandbox import adapter as sandbox_adapter
 from dispatcher.policy import DispatchPolicy
 from dispatcher.runtime import AdapterRuntime
-from dispatcher.steps import Steps, make_broker
+from dispatcher.steps import Steps, make_broker, queue_name
 from dispatcher.sweeper import Sweeper
 from dispatcher.worker import actors
 from dispatcher.worker.engine import Engine
@@ -100,7 +100,8 @@ def running_daemon(
     )
     host.start()
     actors.set_host(host)
-    worker = dramatiq.Worker(broker, queues={runtime.queue}, worker_threads=4, worker_timeout=100)
+    queues = {queue_name(runtime.name)}
+    worker = dramatiq.Worker(broker, queues=queues, worker_threads=4, worker_timeout=100)
     worker.start()
     sweeper = Sweeper(repo, dispatch, ["sandbox"], batch=100, lease=lease, interval=0.1)
     stop = threading.Event()

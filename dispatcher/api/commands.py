@@ -26,11 +26,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def _keys() -> ApiKeys:
-    from dispatcher import services
-    from orders.db import open_pool
+    from dispatcher.compose import Root
 
-    found = services.ensure(_settings())
-    return ApiKeys(open_pool(found.database_url, max_size=1, name="keys"))
+    return ApiKeys(Root(_settings(), name="keys").pool(1))
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

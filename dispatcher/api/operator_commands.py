@@ -10,20 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dispatcher import config, services
+from dispatcher import config
 from dispatcher.api.operators import Operators
-from orders.db import open_pool
+from dispatcher.compose import Root
 from orders.errors import DispatchError, InvalidInput
 
 
 @contextmanager
 def _operators() -> Iterator[Operators]:
-    found = services.ensure(config.load())
-    pool = open_pool(found.database_url, max_size=1, name="cli")
-    try:
-        yield Operators(pool)
-    finally:
-        pool.close()
+    with Root(config.load(), name="cli") as root:
+        yield Operators(root.pool(1))
 
 
 def cmd_operators(args: argparse.Namespace) -> int:

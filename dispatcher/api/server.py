@@ -12,8 +12,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from dispatcher import config
+from dispatcher.api import base_url
 from dispatcher.api.app import create_app
 from dispatcher.api.context import ApiContext
+from dispatcher.compose import Root
 from dispatcher.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,33 +27,26 @@ def context_from(settings: Settings, *, pool_size: int = 10) -> ApiContext:
 
     ``pool_size``: the async pool the routes run on; the synchronous one serves only the
     operators' pages and ``/readyz`` (FastAPI's thread pool), so it stays small."""
-    from dispatcher.process import bootstrap, paid_hook
-
-    boot = bootstrap(settings, pool_size=4, name="api")
+    root = Root(settings, name="api")
     ctx = ApiContext(
-        repo=boot.repo,
-        runtimes=boot.runtimes,
+        repo=root.repository(pool_size=4),
+        runtimes=root.runtimes,
         public_url=settings.public_url,
-        broker_url=boot.services.broker_url,
-        paid_hook=paid_hook(settings),
+        broker_url=root.services.broker_url,
+        paid_hook=root.paid_hook(),
         body_limit=settings.api_body_limit,
         docs=settings.api_docs,
         console=settings.console,
         webhook_max_age=settings.billing.webhook_max_age,
         pool_size=pool_size,
     )
-    ctx.on_close.append(boot.close)
+    ctx.on_close.append(root.close)
     return ctx
 
 
 def app_from_environment() -> FastAPI:
     """The uvicorn factory each worker process calls (``--workers``)."""
     return create_app(context_from(config.load()), close_on_shutdown=True)
-
-
-def base_url(host: str, port: int) -> str:
-    """The URL of ``host:port`` (an IPv6 address in brackets)."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def log_listening(settings: Settings, url: str, *, workers: int = 1) -> None:

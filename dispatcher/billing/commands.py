@@ -12,13 +12,14 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from dispatcher import config, services
+from dispatcher import config
 from dispatcher.billing.audit import audit
 from dispatcher.billing.bonus import SyncReferrals
 from dispatcher.billing.face import Face
 from dispatcher.billing.sites import DEFAULT_OVERLAP, SiteWebhook, SyncSiteWebhooks
 from dispatcher.billing.wallet import Entry, EntryKind, SyncWallets, parse_amount
 from dispatcher.billing.webhook import SyncOutbox
+from dispatcher.compose import Root
 from orders.errors import DispatchError, InvalidInput
 from orders.repository import OrderRepository
 
@@ -26,7 +27,7 @@ from orders.repository import OrderRepository
 def _database() -> tuple[config.Settings, str]:
     """The settings and the database URL (the database started first, if it is ours to start)."""
     settings = config.load()
-    return settings, services.ensure(settings).database_url
+    return settings, Root(settings).services.database_url
 
 
 def _wallets() -> SyncWallets:

@@ -20,8 +20,9 @@ from uuid import UUID
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher import config, services, settle
-from orders.db import database_errors, open_pool, query
+from dispatcher import config, settle
+from dispatcher.compose import Root
+from orders.db import database_errors, query
 from orders.errors import DispatchError, InvalidTransition
 from orders.model import Order, OrderEvent, PaidHook
 from orders.repository import OrderRepository
@@ -34,14 +35,8 @@ BREAKER_NAMES = {0: "closed", 1: "half-open", 2: "open"}
 
 @contextmanager
 def _repo() -> Iterator[OrderRepository]:
-    settings = config.load()
-    found = services.ensure(settings)
-    pool = open_pool(found.database_url, max_size=2, name="ops")
-    try:
-        with OrderRepository(pool, {}, max_size=2) as repo:
-            yield repo
-    finally:
-        pool.close()
+    with Root(config.load(), name="ops") as root:
+        yield root.repository(pool_size=2, adapters=False)
 
 
 def order_json(order: Order) -> dict[str, Any]:
@@ -265,8 +260,6 @@ def resolve(
 
 
 def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
-    from dispatcher.process import paid_hook
-
     order = repo.get(args.order_id)
     if order.status is not S.NEEDS_REVIEW:
         print(f"order {order.id} is {order.status}; only needs_review orders are resolved")
@@ -278,7 +271,7 @@ def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
         by=args.by,
         reason=args.reason,
         evidence=args.evidence,
-        hook=paid_hook(config.load()),
+        hook=Root(config.load()).paid_hook(),
     )
     print(f"order {moved.id} resolved: {order.status} -> {moved.status} by {args.by}")
     return 0

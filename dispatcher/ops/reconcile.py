@@ -31,6 +31,7 @@ from uuid import UUID
 
 from adapters.base import MalformedResponse, NotSupported
 from dispatcher import config, services
+from dispatcher.compose import Root
 from dispatcher.ops.reconciliation import (
     WRITERS,
     Books,
@@ -42,8 +43,8 @@ from dispatcher.ops.reconciliation import (
     owner,
     summarise,
 )
-from dispatcher.runtime import AdapterRuntime, build_adapters
-from orders.db import Pool, database_errors, open_pool, query
+from dispatcher.runtime import AdapterRuntime
+from orders.db import Pool, database_errors, query
 from orders.errors import DispatchError
 from orders.model import Order
 from orders.money import Money
@@ -251,20 +252,16 @@ def run(
         settings = replace(settings, enabled_adapters=(adapter,))
     if not settings.enabled_adapters:
         raise config.ConfigError("no payment system enabled: set PAYDISPATCH_ADAPTERS or --adapter")
-    runtimes = build_adapters(settings)
-    pool = open_pool(services.ensure(settings).database_url, max_size=2, name="reconcile")
-    try:
-        for runtime in runtimes.values():
+    with Root(settings, name="reconcile") as root:
+        for runtime in root.adapters(check=False).values():
             reconcile_adapter(
-                pool,
+                root.pool(2),
                 runtime,
                 report,
                 site=site,
                 concurrency=concurrency,
                 progress=progress or _quiet,
             )
-    finally:
-        pool.close()
     return report
 
 

@@ -18,7 +18,8 @@ from adapters import registry
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.runner import serve_in_thread
 from adapters.yookassa import adapter as yookassa_adapter
-from dispatcher.api import ApiContext, create_app
+from dispatcher.api.app import create_app
+from dispatcher.api.context import ApiContext
 from dispatcher.billing.sites import SyncSiteWebhooks
 from dispatcher.billing.wallet import SyncWallets
 from dispatcher.runtime import AdapterRuntime

@@ -19,10 +19,11 @@ import pytest
 
 from adapters.sandbox.runner import serve_in_thread
 from dispatcher import config
-from dispatcher.api import ApiContext, create_app
 from dispatcher.api import console as console_module
 from dispatcher.api import operators as operators_module
+from dispatcher.api.app import create_app
 from dispatcher.api.console_store import ConsoleStore
+from dispatcher.api.context import ApiContext
 from dispatcher.api.operators import Operators, check_password, hash_password
 from dispatcher.billing.hooks import build
 from dispatcher.config import BillingSettings

@@ -10,8 +10,8 @@ import pytest
 from adapters import registry
 from adapters.sandbox import adapter as sandbox_adapter
 from adapters.sandbox.protocol import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET
+from dispatcher.compose import check_adapters
 from dispatcher.config import ConfigError, Settings, load
-from dispatcher.process import check_adapters
 from dispatcher.runtime import AdapterRuntime
 from tests.dispatch_support import FAST
 

@@ -1,0 +1,61 @@
+"""``paydispatch sweeper``: claim due orders (and billing events) and send their steps.
+
+The process's pieces come from :class:`dispatcher.compose.Root`: the repository, the step
+sender, the webhook outbox; nothing of the worker or the API is imported. It stops cleanly on
+SIGTERM or SIGINT, after the tick in progress.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import structlog
+
+from dispatcher.compose import Root
+from dispatcher.config import Settings
+from dispatcher.steps import queue_name
+from dispatcher.supervisor import stop_event
+from dispatcher.sweeper.dbstats import DbStats
+from dispatcher.sweeper.loop import Sweeper
+
+log = structlog.get_logger(__name__)
+
+
+def run_sweeper(
+    settings: Settings,
+    *,
+    batch: int = 500,
+    interval: float = 1.0,
+    lease: float = 120.0,
+    metrics_port: int | None = None,
+    stats_interval: float | None = None,
+) -> int:
+    stop = stop_event()
+    root = Root(settings, name="sweeper")
+    repo = root.repository(pool_size=4)
+    metrics_url = root.metrics(metrics_port)
+    names = list(root.runtimes)
+    sweeper = Sweeper(
+        repo,
+        root.steps(names),  # the sending half: no actor, engine or worker is loaded
+        names,
+        batch=batch,
+        lease=timedelta(seconds=lease),
+        interval=interval,
+        outbox=root.outbox(),
+        stats=DbStats(repo, interval=stats_interval or settings.stats_interval),
+    )
+    log.info(
+        "sweeper started",
+        adapters=names,
+        queues=sorted(queue_name(n) for n in names),
+        metrics=metrics_url,
+        batch=batch,
+        interval=interval,
+        pid=os.getpid(),
+    )
+    sweeper.run(stop, root.services.database_url)
+    log.info("sweeper stopped")
+    root.close()
+    return 0
