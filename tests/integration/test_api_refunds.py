@@ -17,8 +17,12 @@ import pytest
 from adapters import registry
 from adapters.base import Capabilities
 from adapters.sandbox import Sandbox
+from dispatcher.billing.hooks import build_refund_hold
+from dispatcher.billing.wallet import SyncWallets
+from dispatcher.config import BillingSettings
 from dispatcher.runtime import AdapterRuntime
 from orders import Money, NewOrder
+from orders.client import Client, Conflict
 from orders.db import Pool
 from orders.errors import RefundRefused
 from orders.model import Transfer, TransferStatus
@@ -322,3 +326,56 @@ def test_the_schema_publishes_the_refund_endpoints(api: Api, http: httpx.Client)
     assert {"200", "201", "404", "409", "422"} <= set(paths["post"]["responses"])
     order = document["components"]["schemas"]["OrderOut"]["properties"]
     assert order["refund_status"]["enum"] == ["none", "partially_refunded", "refunded"]
+
+
+def test_the_refuse_policy_holds_the_refund_and_refuses_what_the_balance_cannot_cover(
+    api: Api, http: httpx.Client, auth: dict[str, str], site: str
+) -> None:
+    # Given billing's own check (policy refuse) and a user who spent 15.00 of a 19.99 top-up
+    hold = build_refund_hold(BillingSettings(hooks=("wallet",), refund_overdraft="refuse"))
+    assert hold is not None
+    order_id = paid_order(api, site, Money(1999, "USD"))
+    with SyncWallets(api.ctx.pool) as wallets:
+        wallets.credit(
+            site, "u1", Money(1999, "USD"), kind="topup", key=None, description="top-up",
+            order_id=order_id,
+        )  # fmt: skip
+        wallets.debit(site, "u1", Money(1500, "USD"), key=f"spent-{order_id}", description="")
+        api.ctx.refund_hold = hold
+        try:
+            # When the site refunds more than is left in the wallet, it is refused
+            over = refund(http, auth, order_id, {"amount": "5.00", "reason": "too much"})
+            # and what the wallet covers is held until the refund is final
+            fits = refund(http, auth, order_id, {"amount": "4.99", "reason": "fits"})
+        finally:
+            api.ctx.refund_hold = None
+        (balance,) = wallets.balances(site, "u1")
+    assert over.status_code == 409, over.text
+    assert error(over)["code"] == "refund_refused"
+    assert fits.status_code == 201, fits.text
+    assert (balance.money, balance.held) == (Money(0, "USD"), Money(499, "USD"))
+    listed = http.get(f"/v1/orders/{order_id}/refunds", headers=auth).json()["items"]
+    assert [r["amount"] for r in listed] == [499]
+
+
+def test_the_python_client_refunds_and_reads_the_refund_status(
+    api: Api, auth: dict[str, str], site: str
+) -> None:
+    order_id = paid_order(api, site, Money(1000, "JPY"))
+    key = auth["Authorization"].removeprefix("Bearer ")
+    with Client(api.url, key) as pd:
+        made = pd.create_refund(order_id, reason="one of two", money=Money.parse("400", "JPY"))
+        again = pd.create_refund(
+            order_id, reason="one of two", money=Money(400, "JPY"),
+            idempotency_key=made.idempotency_key,
+        )  # fmt: skip
+        settle(api, str(made.refund.id))
+        with pytest.raises(Conflict) as refused:
+            pd.create_refund(order_id, reason="too much", money=Money(601, "JPY"))
+        order = pd.get_order(order_id)
+        listed = pd.list_refunds(order_id)
+    assert (made.created, again.created, again.refund.id) == (True, False, made.refund.id)
+    assert made.refund.money == Money(400, "JPY")
+    assert refused.value.code == "refund_refused"
+    assert (order.refunded_amount, order.refund_status) == (400, "partially_refunded")
+    assert [(r.id, r.status) for r in listed] == [(made.refund.id, TransferStatus.SUCCEEDED)]
