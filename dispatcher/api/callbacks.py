@@ -12,6 +12,13 @@ was verified or not.
 Hints cost a payment-system call each, so an unsigned one names its order only by the payment
 system's own id (never by our guessable order number, nor by our id alone), and hints are
 debounced per order: a flood makes at most one poll per order every ``HINT_QUIET``.
+
+Money going back (issue #14): a verified notification of a succeeded refund, of a payment whose
+refunded total is above what the order's refunds account for, or of a chargeback, is recorded
+once as a refund the payment system reported (:meth:`Transfers.record_reported_refund`, which
+runs the transfer hook: billing reverses the credit in the same transaction). One that may be
+about our own refunds, and every unverified one, only makes the order's refunds still being sent
+or read due now: their own status read decides.
 """
 
 from __future__ import annotations
@@ -30,15 +37,19 @@ from adapters.base import (
     NotificationResult,
     NotSupported,
     OrderRef,
+    RefundReport,
+    RefundState,
 )
+from dispatcher import metrics
 from dispatcher.api.auth import Context
 from dispatcher.api.context import ApiContext
 from dispatcher.api.errors import HttpError
 from dispatcher.api.responses import errors
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import apply, decide
-from orders.errors import InvalidInput, StaleOrder
+from orders.errors import InvalidInput, RefundRefused, StaleOrder
 from orders.model import Order
+from orders.money import Money
 from orders.repository import check_ref
 from orders.status import ACTIVE, OrderStatus
 
@@ -76,11 +87,83 @@ async def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bo
     )
 
 
+def _unaccounted(order: Order, refunded: Money | None, *, chargeback: bool) -> RefundReport | None:
+    """The part of a payment's refunded total (all of it for a chargeback) that the order's
+    refunds do not account for, as a report of one refund; None when they account for it."""
+    total = refunded.amount if refunded is not None else order.money.amount
+    unaccounted = total - order.refund_reserved
+    if unaccounted <= 0:
+        return None
+    what = "chargeback" if chargeback else "refunded"
+    return RefundReport(
+        RefundState.SUCCEEDED,
+        # Once per payment and total: the same report twice records it once.
+        psp_refund_id=f"{order.psp_id}:{what}:{total}",
+        money=Money(unaccounted, order.money.currency),
+        raw_status=what,
+    )
+
+
+async def money_back(
+    ctx: ApiContext, rt: AdapterRuntime, order: Order, result: NotificationResult
+) -> str | None:
+    """Record a refund or chargeback the notification reports; None when it reports none."""
+    report, refund = result.report, result.refund
+    chargeback = report is not None and report.chargeback
+    refunded = None if report is None else report.refunded
+    if refund is None and not (order.status is S.PAID and (chargeback or refunded is not None)):
+        return None
+    if not result.verified or rt.adapter.capabilities.replayable_notifications:
+        return await _hint(ctx, order, "refund hint")
+    reason = ""
+    if refund is None:
+        reason = "chargeback" if chargeback else "refunded at the payment system"
+        refund = _unaccounted(order, refunded, chargeback=chargeback)
+        if refund is None:
+            return "refunds accounted for"
+    if refund.state is not RefundState.SUCCEEDED:  # ours, maybe: its own read settles it
+        return await _hint(ctx, order, f"refund {refund.state}")
+    return await _record(ctx, rt, order, refund, reason=reason, chargeback=chargeback)
+
+
+async def _hint(ctx: ApiContext, order: Order, what: str) -> str:
+    woken = await ctx.transfers.wake_refunds(order.id)
+    return f"{what}: {woken} refund(s) read again"
+
+
+async def _record(
+    ctx: ApiContext,
+    rt: AdapterRuntime,
+    order: Order,
+    refund: RefundReport,
+    *,
+    reason: str,
+    chargeback: bool,
+) -> str:
+    try:
+        recorded = await ctx.transfers.record_reported_refund(
+            order, refund, actor=f"callback:{rt.name}", reason=reason
+        )
+    except RefundRefused as exc:  # the payment system and we disagree: a person looks
+        log.error("reported refund not recorded", order_id=str(order.id), error=str(exc))
+        return f"reported refund refused: {exc}"
+    if recorded is None:
+        return "refund known"
+    metrics.REFUNDS.labels(rt.name, "psp", "succeeded").inc()
+    if chargeback:
+        metrics.CHARGEBACKS.labels(rt.name).inc()
+        log.error("chargeback", order_id=str(order.id), amount=str(recorded.money))
+    return f"refund recorded: {recorded.money}"
+
+
 async def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult) -> str:
     """Apply or hint; returns what was done, for the log."""
     order = await _order_for(ctx, rt.name, result.ref, signed=result.verified)
     if order is None:
         return "unknown order"
+    refunded = await money_back(ctx, rt, order, result)
+    if refunded is not None and (result.refund is not None or order.status is S.PAID):
+        return refunded
     report = result.report
     trusted = (
         result.verified
