@@ -4,11 +4,11 @@ operators' CLI (``paydispatch orders refund``), so both write it and check it al
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from orders.db import atransaction
-from orders.model import Transfer, TransferKind
+from orders.model import Order, Transfer, TransferKind
 from orders.money import Money
 from orders.transfers import MAX_PAGE, Transfers
 
@@ -17,6 +17,18 @@ from orders.transfers import MAX_PAGE, Transfers
 # holds the refund's amount in the user's wallet, or raises RefundRefused. What it returns (the
 # hold's ledger entry) is not used here.
 RefundCheck = Callable[[Any, Transfer], Awaitable[object]]
+
+RefundStatus = Literal["none", "partially_refunded", "refunded"]
+
+
+def refund_status(order: Order) -> RefundStatus:
+    """Where an order stands with its refunds, from what its succeeded refunds gave back: a
+    derived view, not an order status (a paid order stays ``paid``: docs/api.md says why)."""
+    if order.refunded_amount <= 0:
+        return "none"
+    if order.refunded_amount >= order.money.amount:
+        return "refunded"
+    return "partially_refunded"
 
 
 async def request_refund(

@@ -23,6 +23,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 from typing_extensions import TypedDict
 
+from dispatcher.refunds import RefundStatus, refund_status
 from orders.model import (
     LIMITS,
     MAX_EXPIRY,
@@ -199,19 +200,6 @@ class OrderCreate(Strict):
     ) = Field(
         default=None, description="Seconds until the order expires; default: the payment system's"
     )
-
-
-RefundStatus = Literal["none", "partially_refunded", "refunded"]
-
-
-def refund_status(order: Order) -> RefundStatus:
-    """Where an order stands with its refunds, from what its succeeded refunds gave back: a
-    derived view, not an order status (a paid order stays ``paid``: docs/api.md says why)."""
-    if order.refunded_amount <= 0:
-        return "none"
-    if order.refunded_amount >= order.money.amount:
-        return "refunded"
-    return "partially_refunded"
 
 
 class OrderEventOut(BaseModel):
