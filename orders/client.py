@@ -259,6 +259,54 @@ class OrderList:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawalInfo:
+    """A wallet withdrawal (issue #14): ``money`` goes to the user, ``fee`` is kept; both were
+    held from the balance when it was requested."""
+
+    id: UUID
+    user_id: str
+    money: Money
+    fee: Money
+    # awaiting_approval, approved, sent; succeeded, failed, cancelled
+    status: str
+    adapter: str
+    destination: dict[str, Any]
+    transfer_id: UUID | None
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WithdrawalInfo:
+        return cls(
+            id=UUID(data["id"]),
+            user_id=data["user_id"],
+            money=Money(data["amount"], data["currency"]),
+            fee=Money(data["fee"], data["currency"]),
+            status=data["status"],
+            adapter=data["adapter"],
+            destination=dict(data["destination"]),
+            transfer_id=UUID(data["transfer_id"]) if data["transfer_id"] else None,
+            reason=data["reason"],
+            created_at=_time(data["created_at"]),
+            updated_at=_time(data["updated_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedWithdrawal:
+    withdrawal: WithdrawalInfo
+    created: bool  # False: an earlier request with the same key made it
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalList:
+    items: list[WithdrawalInfo]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AdapterInfo:
     name: str
     currencies: frozenset[str]  # empty: any
@@ -325,6 +373,16 @@ class _Call:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _withdrawal_call(user_id: str, money: Money, destination: Mapping[str, str], key: str) -> _Call:
+    body = {"amount": money.amount, "currency": money.currency, "destination": dict(destination)}
+    return _Call("POST", f"/v1/wallets/{user_id}/withdrawals", json=body,
+                 headers={"Idempotency-Key": key})  # fmt: skip
+
+
+def _withdrawals(data: Mapping[str, Any]) -> WithdrawalList:
+    return WithdrawalList([WithdrawalInfo.from_json(w) for w in data["items"]], data["next_cursor"])
 
 
 def _create_call(
@@ -619,6 +677,44 @@ class Client(_Base):
         response = self._send(call)
         return WalletEntry.from_json(response.json(), replayed=response.status_code == 200)
 
+    def create_withdrawal(
+        self,
+        user_id: str,
+        money: Money,
+        *,
+        destination: Mapping[str, str],
+        idempotency_key: str | None = None,
+    ) -> CreatedWithdrawal:
+        """Withdraw ``money`` from the user's balance to ``destination`` (in the payment
+        system's terms); it and the fee are held at once and paid out.
+
+        Every retry of this call sends the same ``idempotency_key`` (a new random one unless
+        given), so a lost answer never makes a second withdrawal. Raises :class:`Conflict`
+        ``withdrawal_refused`` (below the minimum, over the daily limit, insufficient funds, no
+        payout adapter: ``message`` says which)."""
+        key = idempotency_key or f"pdc-{uuid.uuid4()}"
+        response = self._send(_withdrawal_call(user_id, money, destination, key))
+        withdrawal = WithdrawalInfo.from_json(response.json())
+        return CreatedWithdrawal(withdrawal, response.status_code == 201, key)
+
+    def list_withdrawals(
+        self, user_id: str, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> WithdrawalList:
+        """The user's withdrawals, newest first."""
+        params = _params(status=status, limit=limit, cursor=cursor)
+        call = _Call("GET", f"/v1/wallets/{user_id}/withdrawals", params=params)
+        return _withdrawals(self._send(call).json())
+
+    def get_withdrawal(self, user_id: str, withdrawal_id: UUID | str) -> WithdrawalInfo:
+        call = _Call("GET", f"/v1/wallets/{user_id}/withdrawals/{withdrawal_id}")
+        return WithdrawalInfo.from_json(self._send(call).json())
+
+    def cancel_withdrawal(self, user_id: str, withdrawal_id: UUID | str) -> WithdrawalInfo:
+        """Cancel a withdrawal whose payout was not sent (its hold goes back to the balance);
+        :class:`Conflict` ``withdrawal_conflict`` once it was sent."""
+        call = _Call("POST", f"/v1/wallets/{user_id}/withdrawals/{withdrawal_id}/cancel")
+        return WithdrawalInfo.from_json(self._send(call).json())
+
 
 class AsyncClient(_Base):
     """The asyncio client; the same methods as :class:`Client`, awaited."""
@@ -770,6 +866,35 @@ class AsyncClient(_Base):
         response = await self._send(call)
         return WalletEntry.from_json(response.json(), replayed=response.status_code == 200)
 
+    async def create_withdrawal(
+        self,
+        user_id: str,
+        money: Money,
+        *,
+        destination: Mapping[str, str],
+        idempotency_key: str | None = None,
+    ) -> CreatedWithdrawal:
+        """As :meth:`Client.create_withdrawal`: one idempotency key for every retry."""
+        key = idempotency_key or f"pdc-{uuid.uuid4()}"
+        response = await self._send(_withdrawal_call(user_id, money, destination, key))
+        withdrawal = WithdrawalInfo.from_json(response.json())
+        return CreatedWithdrawal(withdrawal, response.status_code == 201, key)
+
+    async def list_withdrawals(
+        self, user_id: str, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> WithdrawalList:
+        params = _params(status=status, limit=limit, cursor=cursor)
+        call = _Call("GET", f"/v1/wallets/{user_id}/withdrawals", params=params)
+        return _withdrawals((await self._send(call)).json())
+
+    async def get_withdrawal(self, user_id: str, withdrawal_id: UUID | str) -> WithdrawalInfo:
+        call = _Call("GET", f"/v1/wallets/{user_id}/withdrawals/{withdrawal_id}")
+        return WithdrawalInfo.from_json((await self._send(call)).json())
+
+    async def cancel_withdrawal(self, user_id: str, withdrawal_id: UUID | str) -> WithdrawalInfo:
+        call = _Call("POST", f"/v1/wallets/{user_id}/withdrawals/{withdrawal_id}/cancel")
+        return WithdrawalInfo.from_json((await self._send(call)).json())
+
 
 __all__ = [
     "AdapterInfo",
@@ -780,6 +905,7 @@ __all__ = [
     "Conflict",
     "CreatedOrder",
     "CreatedRefund",
+    "CreatedWithdrawal",
     "EntryList",
     "InvalidRequest",
     "KeyConflict",
@@ -792,5 +918,7 @@ __all__ = [
     "Unavailable",
     "WalletBalance",
     "WalletEntry",
+    "WithdrawalInfo",
+    "WithdrawalList",
     "error_from",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from dispatcher.api import callbacks, console, errors, health, orders, pay, refunds, wallets
+from dispatcher.api import withdrawals as withdrawal_routes
 from dispatcher.api.context import ApiContext
 from dispatcher.api.middleware import BodyLimit
 from dispatcher.api.openapi import publish_adapters, publish_bodies
@@ -55,7 +56,7 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     errors.install(app)
     orders.add_create(app.router)
-    for module in (orders, refunds, pay, callbacks, wallets, health):
+    for module in (orders, refunds, pay, callbacks, wallets, withdrawal_routes, health):
         app.include_router(module.router)
     if ctx.console:  # the operators' console (issue #16); PAYDISPATCH_CONSOLE=off
         app.include_router(console.router)

@@ -9,6 +9,8 @@ from uuid import UUID
 from fastapi import Request
 
 from dispatcher.api.keys import ApiKeys
+from dispatcher.billing.withdrawals import Withdrawals
+from dispatcher.config import WithdrawalSettings
 from dispatcher.refunds import RefundCheck
 from dispatcher.runtime import AdapterRuntime
 from orders.db import Pool, open_async_pool
@@ -43,6 +45,8 @@ class ApiContext:
     keys: ApiKeys = field(init=False)
     orders: Orders = field(init=False)  # the async repository, opened in the app's lifespan
     transfers: Transfers = field(init=False)  # refunds, on the same pool
+    withdrawal_settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
+    withdrawals: Withdrawals = field(init=False)  # issue #14, on the same pool
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # When each order's status page last pulled its poll forward (monotonic seconds).
     views: dict[UUID, float] = field(default_factory=dict)
@@ -65,6 +69,7 @@ class ApiContext:
         self.orders = Orders(pool, self.repo.adapters)
         capabilities = {name: rt.adapter.capabilities for name, rt in self.runtimes.items()}
         self.transfers = Transfers(pool, capabilities=capabilities, hook=self.transfer_hook)
+        self.withdrawals = Withdrawals(pool, self.withdrawal_settings, capabilities=capabilities)
 
     async def aclose(self) -> None:
         """Close what :meth:`open` opened (the app's shutdown)."""

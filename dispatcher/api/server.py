@@ -38,6 +38,7 @@ def context_from(settings: Settings, *, pool_size: int = 10) -> ApiContext:
         docs=settings.api_docs,
         console=settings.console,
         webhook_max_age=settings.billing.webhook_max_age,
+        withdrawal_settings=settings.withdrawals,
         pool_size=pool_size,
     )
     ctx.on_close.append(root.close)
