@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from dispatcher.billing.webhook import Delivery, SyncOutbox
     from dispatcher.steps import Steps
-    from orders.model import PaidHook
+    from orders.model import PaidHook, TransferHook
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +121,16 @@ class Root:
         from dispatcher.billing import hooks  # the hooks load billing's modules: on demand
 
         return hooks.build(self.settings.billing)
+
+    def transfer_hook(self) -> TransferHook:
+        """The hook run where a refund or payout reaches a final state, and where a refund the
+        payment system reported is recorded (issue #14): billing's refund hooks, then the
+        withdrawals' payout hook; each ignores the kinds it does not handle."""
+        from dispatcher.billing import hooks
+        from dispatcher.billing.withdrawals import payout_hook
+
+        refund = hooks.build_transfer_hook(self.settings.billing)
+        return payout_hook if refund is None else hooks.TransferChain([refund, payout_hook])
 
     def outbox(self) -> SyncOutbox | None:
         """The sweeper's view of the webhook outbox, when the webhook hook is configured."""

@@ -49,13 +49,14 @@ def run_worker(
     broker.add_middleware(MessageMetrics())
     declared = actors.Actors(broker, names)  # the receiving half: this process sends nothing
     hook = root.paid_hook()
+    transfer_hook = root.transfer_hook()  # refunds and payouts (issue #14)
     # The engine's pool, on the host's loop: the coalesced batches hold at most three
     # connections (one read, two writes); the rest serve paid moves with a hook, each a
     # transaction of its own. 8 by default: the 8 database threads the engine had before.
     host = EngineHost.open(
         database_url,
         expiries(runtimes),
-        lambda orders: Engine(orders, runtimes, paid_hook=hook),
+        lambda orders: Engine(orders, runtimes, paid_hook=hook, transfer_hook=transfer_hook),
         pool_size=db_connections,
         max_in_flight=in_flight,
         name="worker-engine",
