@@ -1,8 +1,10 @@
-"""Operator commands: ``paydispatch status``, ``paydispatch orders list|show|stuck|poll|resolve``.
+"""Operator commands: ``paydispatch status``,
+``paydispatch orders list|show|stuck|poll|resolve|refund|refunds``.
 
 Every listing takes ``--json`` for scripts. ``resolve`` is how a person settles an order in
 ``needs_review``: it records who, why and the evidence in ``order_events``, and a resolution to
-``paid`` runs the billing hook like any other payment.
+``paid`` runs the billing hook like any other payment. ``refund`` requests a refund of a paid
+order as an operator (``--by`` recorded as who asked), the way a site's API request does.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import config, settle
 from dispatcher.compose import Root
+from dispatcher.refunds import order_refunds, refund_status, request_refund
 from orders.db import database_errors, query
 from orders.errors import DispatchError, InvalidTransition
-from orders.model import Order, OrderEvent, PaidHook
+from orders.model import Order, OrderEvent, PaidHook, Transfer
+from orders.money import Money
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
+from orders.transfers import Transfers
 
 S = OrderStatus
 
@@ -58,6 +63,8 @@ def order_json(order: Order) -> dict[str, Any]:
         "last_error": order.last_error,
         "created_at": _iso(order.created_at),
         "paid_at": _iso(order.paid_at),
+        "refunded_amount": order.refunded_amount,
+        "refund_status": refund_status(order),
     }
 
 
@@ -277,12 +284,87 @@ def _resolve(repo: OrderRepository, args: argparse.Namespace) -> int:
     return 0
 
 
+def refund_json(refund: Transfer) -> dict[str, Any]:
+    return {
+        "id": str(refund.id),
+        "order_id": str(refund.order_id),
+        "amount": refund.money.amount,
+        "currency": refund.money.currency,
+        "status": str(refund.status),
+        "origin": refund.origin,
+        "reason": refund.reason,
+        "requested_by": refund.requested_by,
+        "psp_refund_id": refund.psp_transfer_id,
+        "attempts": refund.attempts,
+        "last_error": refund.last_error,
+        "created_at": _iso(refund.created_at),
+        "settled_at": _iso(refund.settled_at),
+    }
+
+
+def _refund(repo: OrderRepository, args: argparse.Namespace) -> int:
+    """Request a refund as an operator: written like a site's (``dispatcher.refunds``, with
+    billing's check), then sent by the worker. ``--by`` is recorded as who asked."""
+    from dispatcher.billing.hooks import build_refund_hold  # loads billing: on demand
+
+    settings = config.load()
+    order = repo.get(args.order_id)
+    money = None if args.amount is None else Money.parse(args.amount, order.money.currency)
+    if money is not None and money.amount <= 0:
+        print(f"paydispatch: the amount must be positive, got {args.amount}", file=sys.stderr)
+        return 2
+    # What each payment system can do (nothing is sent from here: their settings unchecked).
+    runtimes = Root(settings, name="ops").adapters(check=False)
+    capabilities = {name: rt.adapter.capabilities for name, rt in runtimes.items()}
+    transfers = Transfers(repo.orders.pool, capabilities=capabilities)
+    refund, created = repo.run(
+        request_refund(
+            transfers,
+            order.id,
+            money,
+            site=None,
+            idempotency_key=args.key,
+            reason=args.reason,
+            requested_by=args.by,
+            origin="operator",
+            check=build_refund_hold(settings.billing),
+        )
+    )
+    if args.json:
+        print(json.dumps(refund_json(refund) | {"created": created}, indent=2))
+        return 0
+    said = "requested" if created else "was requested already (the same --key)"
+    print(
+        f"refund {refund.id} of {refund.money} for order {order.id} {said} by "
+        f"{refund.requested_by}: {refund.status}; the worker sends it"
+    )
+    return 0
+
+
+def _refunds(repo: OrderRepository, args: argparse.Namespace) -> int:
+    order = repo.get(args.order_id)
+    refunds = repo.run(order_refunds(Transfers(repo.orders.pool), order.id, site=None))
+    if args.json:
+        print(json.dumps([refund_json(r) for r in refunds], indent=2))
+        return 0
+    if not refunds:
+        print(f"order {order.id} has no refunds")
+        return 0
+    print(f"{'id':<36}  {'status':<12} {'amount':>14}  {'by':<20} reason")
+    for r in refunds:
+        print(f"{r.id!s:<36}  {r.status!s:<12} {r.money!s:>14}  {r.requested_by:<20} {r.reason}")
+    print(f"refunded: {Money(order.refunded_amount, order.money.currency)} of {order.money}")
+    return 0
+
+
 _ORDER_ACTIONS = {
     "list": _list,
     "show": _show,
     "stuck": _stuck,
     "poll": _poll,
     "resolve": _resolve,
+    "refund": _refund,
+    "refunds": _refunds,
 }
 
 
@@ -319,7 +401,17 @@ def register(sub: Any) -> None:
     resolve.add_argument("--by", required=True, help="who decides (recorded)")
     resolve.add_argument("--reason", required=True, help="why (recorded)")
     resolve.add_argument("--evidence", default="", help="what was checked (recorded)")
-    for parser in (listing, show, stuck):
+    refund = actions.add_parser("refund", help="refund a paid order, in full or in part")
+    refund.add_argument("order_id", type=UUID)
+    refund.add_argument(
+        "--amount", help="major units of the order's currency, e.g. 12.50 (default: all left)"
+    )
+    refund.add_argument("--by", required=True, help="who asks (recorded)")
+    refund.add_argument("--reason", required=True, help="why (recorded)")
+    refund.add_argument("--key", help="an idempotency key: the same one never refunds twice")
+    refunds = actions.add_parser("refunds", help="an order's refunds")
+    refunds.add_argument("order_id", type=UUID)
+    for parser in (listing, show, stuck, refund, refunds):
         parser.add_argument("--json", action="store_true")
-    for parser in (listing, show, stuck, poll, resolve):
+    for parser in (listing, show, stuck, poll, resolve, refund, refunds):
         parser.set_defaults(func=cmd_orders)

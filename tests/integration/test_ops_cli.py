@@ -1,4 +1,5 @@
-"""The operator CLI against a real database: status, orders list|show|stuck|poll|resolve."""
+"""The operator CLI against a real database: status, orders list|show|stuck|poll|resolve,
+and refunds (orders refund|refunds)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from uuid import UUID
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from dispatcher.billing.wallet import SyncWallets
 from dispatcher.services import free_port
 from orders import Money, NewOrder, OrderStatus
 from orders.repository import OrderRepository
@@ -152,3 +154,91 @@ def test_status_shows_the_outbox_and_the_breakers_of_each_worker(database_url: s
     assert data["outbox"] == {"pending": 0, "parked": 0, "oldest_pending_seconds": 0.0}
     assert "yookassa open" in text
     assert "billing outbox: 0 pending" in text
+
+
+def paid(repo: OrderRepository, site: str) -> UUID:
+    """A paid order of 12.34 USD whose credit is in the user's wallet (as the paid hook does)."""
+    order_id = make(repo, site)
+    repo.transition(order_id, S.NEW, S.SUBMITTING, actor="t")
+    repo.transition(order_id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="t", psp_id=f"p-{order_id}")
+    repo.transition(order_id, S.AWAITING_PAYMENT, S.PAID, actor="t")
+    with SyncWallets(repo.pool) as wallets:
+        wallets.credit(
+            site, "u1", Money(1234, "USD"), kind="topup", key=None, description="top-up",
+            order_id=order_id,
+        )  # fmt: skip
+    return order_id
+
+
+def test_refund_records_who_asked_and_why_and_lists_the_refunds(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    order_id = paid(repo, site)
+    made = as_json(
+        cli(
+            database_url, "orders", "refund", str(order_id), "--amount", "2.50", "--by", "carol",
+            "--reason", "ticket 7: broken item", "--json",
+        )
+    )  # fmt: skip
+    assert (made["amount"], made["currency"], made["status"]) == (250, "USD", "requested")
+    assert (made["requested_by"], made["origin"]) == ("carol", "operator")
+    assert made["reason"] == "ticket 7: broken item"
+    assert made["created"] is True
+    # Without --amount: all that is left
+    rest = as_json(
+        cli(database_url, "orders", "refund", str(order_id), "--by", "carol", "--reason", "all",
+            "--json")
+    )  # fmt: skip
+    assert rest["amount"] == 1234 - 250
+    listed = as_json(cli(database_url, "orders", "refunds", str(order_id), "--json"))
+    assert [(r["id"], r["amount"]) for r in listed] == [(made["id"], 250), (rest["id"], 984)]
+    plain = cli(database_url, "orders", "refunds", str(order_id))
+    assert plain.returncode == 0, plain.stderr
+    assert "carol" in plain.stdout
+    assert "2.50 USD" in plain.stdout
+    # The order's history names who asked
+    shown = as_json(cli(database_url, "orders", "show", str(order_id), "--json"))
+    assert any("carol" in e["actor"] for e in shown["events"]), shown["events"]
+    # Requested, not given back yet: the order shows nothing refunded
+    refunded = (shown["status"], shown["refunded_amount"], shown["refund_status"])
+    assert refunded == ("paid", 0, "none")
+    assert repo.get(order_id).status is S.PAID
+
+
+def test_refund_with_a_key_is_made_once(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    order_id = paid(repo, site)
+    args = ("orders", "refund", str(order_id), "--amount", "1", "--by", "dave", "--reason", "r",
+            "--key", "ticket-8", "--json")  # fmt: skip
+    first = as_json(cli(database_url, *args))
+    again = as_json(cli(database_url, *args))
+    assert again["id"] == first["id"]
+    assert (first["created"], again["created"]) == (True, False)
+    assert len(as_json(cli(database_url, "orders", "refunds", str(order_id), "--json"))) == 1
+
+
+def test_refund_refuses_an_unpaid_order_too_much_and_a_bad_amount(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    unpaid = make(repo, site)
+    refused = cli(database_url, "orders", "refund", str(unpaid), "--by", "erin", "--reason", "r")
+    assert refused.returncode == 1
+    assert "paid" in refused.stderr
+    order_id = paid(repo, site)
+    for amount in ("12.35", "1.005", "abc", "0"):
+        result = cli(
+            database_url, "orders", "refund", str(order_id), "--amount", amount, "--by", "erin",
+            "--reason", "r",
+        )  # fmt: skip
+        assert result.returncode != 0, (amount, result.stdout)
+        assert "Traceback" not in result.stderr
+    assert as_json(cli(database_url, "orders", "refunds", str(order_id), "--json")) == []
+
+
+def test_refund_needs_by_and_reason(database_url: str, repo: OrderRepository, site: str) -> None:
+    order_id = paid(repo, site)
+    for missing in (("--reason", "r"), ("--by", "frank")):
+        result = cli(database_url, "orders", "refund", str(order_id), *missing)
+        assert result.returncode == 2  # argparse: a required option is missing
+    assert as_json(cli(database_url, "orders", "refunds", str(order_id), "--json")) == []
