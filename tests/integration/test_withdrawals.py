@@ -15,6 +15,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from adapters.base import Capabilities
 from adapters.sandbox import Sandbox
@@ -32,10 +33,12 @@ from dispatcher.billing.withdrawals import (
     payout_hook,
 )
 from dispatcher.config import WithdrawalSettings
+from dispatcher.sweeper.dbstats import DbStats
 from orders.db import Pool, atransaction
 from orders.errors import IdempotencyConflict, InsufficientFunds, InvalidInput
 from orders.model import Transfer, TransferEvent, TransferStatus
 from orders.money import Money
+from orders.repository import OrderRepository
 from orders.transfers import Transfers
 
 RUB = "RUB"
@@ -567,3 +570,40 @@ def test_the_list_pages_newest_first(
     with pytest.raises(InvalidInput):
         withdrawals.list(site=site, cursor="nope")
     assert asyncio.iscoroutinefunction(payout_hook)
+
+
+def test_the_sweepers_gauges_show_what_open_withdrawals_hold(
+    pool: Pool, repo: OrderRepository, wallets: SyncWallets, site: str
+) -> None:
+    # Given EUR withdrawals (a currency no other test here withdraws): one open, one cancelled,
+    wallets.credit(
+        site, "u1", Money(10_000, "EUR"), kind=EntryKind.ADJUSTMENT, key=f"top-{uuid4()}",
+        description="test top-up",
+    )  # fmt: skip
+    with face(pool, dataclasses.replace(SETTINGS, approval=True)) as eur:
+        kept = eur.request(
+            site, "u1", Money(1000, "EUR"), destination=DEST, idempotency_key="e1",
+            requested_by="test",
+        )  # fmt: skip
+        gone = eur.request(
+            site, "u1", Money(2000, "EUR"), destination=DEST, idempotency_key="e2",
+            requested_by="test",
+        )  # fmt: skip
+        eur.cancel(gone.id, by="test")
+    # when the sweeper refreshes its database gauges,
+    stats = DbStats(repo)
+    stats.refresh()
+    # then the held gauge counts the open one's amount and fee, and its age is read.
+    assert sample("paydispatch_withdrawals_held", currency="EUR") == kept.held.amount
+    assert (
+        sample("paydispatch_withdrawals_oldest_age_seconds", status="awaiting_approval") or -1
+    ) >= 0
+    # Cancelled too, it holds nothing: the gauge reads 0 rather than its last value.
+    with face(pool) as eur:
+        eur.cancel(kept.id, by="test")
+    stats.refresh()
+    assert sample("paydispatch_withdrawals_held", currency="EUR") == 0
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
