@@ -169,8 +169,14 @@ class TransferSteps:
                 await self._final(transfer, TS.FAILED, reason=str(exc))
             return
         if not resumed:
+            # The lease kept, and due again when it ends (as claimed): a worker that dies in
+            # the send leaves it submitting, and the sweeper must bring it back.
             transfer = await self.transfers.write(
-                transfer, TS.SUBMITTING, keep_lease=True, attempts=transfer.attempts + 1
+                transfer,
+                TS.SUBMITTING,
+                keep_lease=True,
+                next_run_at=transfer.next_run_at,
+                attempts=transfer.attempts + 1,
             )
         else:  # one more attempt, the lease kept (due again when it ends, as claimed)
             transfer = await self.transfers.write(
