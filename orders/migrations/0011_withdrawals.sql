@@ -47,11 +47,18 @@ ALTER TABLE transfers ADD CONSTRAINT transfers_withdrawal_id_fkey
     FOREIGN KEY (withdrawal_id) REFERENCES withdrawals (id);
 
 -- A payout the worker begins to send can no longer be cancelled: its withdrawal is `sent`.
+-- One handed back unsent (submitting -> requested: nothing left, e.g. its breaker was open)
+-- makes its withdrawal `approved`, cancellable, again.
 CREATE FUNCTION transfers_withdrawal_sent() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE withdrawals SET status = 'sent', updated_at = now()
-    WHERE id = NEW.withdrawal_id AND status = 'approved';
+    IF NEW.status = 'submitting' THEN
+        UPDATE withdrawals SET status = 'sent', updated_at = now()
+        WHERE id = NEW.withdrawal_id AND status = 'approved';
+    ELSE
+        UPDATE withdrawals SET status = 'approved', updated_at = now()
+        WHERE id = NEW.withdrawal_id AND status = 'sent';
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -59,7 +66,9 @@ $$;
 CREATE TRIGGER transfers_withdrawal_sent
     AFTER UPDATE OF status ON transfers
     FOR EACH ROW
-    WHEN (NEW.kind = 'payout' AND OLD.status = 'requested' AND NEW.status = 'submitting')
+    WHEN (NEW.kind = 'payout' AND (
+        (OLD.status = 'requested' AND NEW.status = 'submitting')
+        OR (OLD.status = 'submitting' AND NEW.status = 'requested')))
     EXECUTE FUNCTION transfers_withdrawal_sent();
 
 INSERT INTO schema_version (version, description) VALUES (11, 'withdrawals');

@@ -607,3 +607,20 @@ def test_the_sweepers_gauges_show_what_open_withdrawals_hold(
 
 def sample(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
+
+
+def test_a_payout_handed_back_unsent_makes_its_withdrawal_cancellable_again(
+    pool: Pool, wallets: SyncWallets, withdrawals: SyncWithdrawals, site: str
+) -> None:
+    # Given a payout the worker began to send (its withdrawal `sent`),
+    top_up(wallets, site, "u1", 10_000)
+    w = request(withdrawals, site, "u1", 1000)
+    assert w.transfer_id is not None
+    move(pool, w.transfer_id, TransferStatus.SUBMITTING)
+    assert withdrawals.get(w.id).status is WithdrawalStatus.SENT
+    # when it is handed back without being sent (submitting -> requested),
+    move(pool, w.transfer_id, TransferStatus.REQUESTED)
+    # then the withdrawal is approved again, and cancelling it releases the hold.
+    assert withdrawals.get(w.id).status is WithdrawalStatus.APPROVED
+    assert withdrawals.cancel(w.id, by="alice").status is WithdrawalStatus.CANCELLED
+    assert wallet(pool, site, "u1") == (10_000, 0)
