@@ -30,6 +30,7 @@ from orders.repository import OrderRepository
 if TYPE_CHECKING:
     import dramatiq
 
+    from dispatcher.billing.refunds import RefundHold
     from dispatcher.billing.webhook import Delivery, SyncOutbox
     from dispatcher.steps import Steps
     from orders.model import PaidHook, TransferHook
@@ -131,6 +132,14 @@ class Root:
 
         refund = hooks.build_transfer_hook(self.settings.billing)
         return payout_hook if refund is None else hooks.TransferChain([refund, payout_hook])
+
+    def refund_hold(self) -> RefundHold | None:
+        """Billing's check of a new refund, run in the transaction that requests it (the API's
+        and the CLI's, ``dispatcher.refunds``): with the ``refuse`` overdraft policy it holds the
+        refund's amount in the wallet or refuses the refund; None under ``allow``."""
+        from dispatcher.billing import hooks
+
+        return hooks.build_refund_hold(self.settings.billing)
 
     def outbox(self) -> SyncOutbox | None:
         """The sweeper's view of the webhook outbox, when the webhook hook is configured."""

@@ -35,6 +35,7 @@ def context_from(settings: Settings, *, pool_size: int = 10) -> ApiContext:
         broker_url=root.services.broker_url,
         paid_hook=root.paid_hook(),
         transfer_hook=root.transfer_hook(),
+        refund_hold=root.refund_hold(),
         body_limit=settings.api_body_limit,
         docs=settings.api_docs,
         console=settings.console,

@@ -305,16 +305,15 @@ def refund_json(refund: Transfer) -> dict[str, Any]:
 def _refund(repo: OrderRepository, args: argparse.Namespace) -> int:
     """Request a refund as an operator: written like a site's (``dispatcher.refunds``, with
     billing's check), then sent by the worker. ``--by`` is recorded as who asked."""
-    from dispatcher.billing.hooks import build_refund_hold  # loads billing: on demand
-
     settings = config.load()
     order = repo.get(args.order_id)
     money = None if args.amount is None else Money.parse(args.amount, order.money.currency)
     if money is not None and money.amount <= 0:
         print(f"paydispatch: the amount must be positive, got {args.amount}", file=sys.stderr)
         return 2
+    root = Root(settings, name="ops")
     # What each payment system can do (nothing is sent from here: their settings unchecked).
-    runtimes = Root(settings, name="ops").adapters(check=False)
+    runtimes = root.adapters(check=False)
     capabilities = {name: rt.adapter.capabilities for name, rt in runtimes.items()}
     transfers = Transfers(repo.orders.pool, capabilities=capabilities)
     refund, created = repo.run(
@@ -327,7 +326,7 @@ def _refund(repo: OrderRepository, args: argparse.Namespace) -> int:
             reason=args.reason,
             requested_by=args.by,
             origin="operator",
-            check=build_refund_hold(settings.billing),
+            check=root.refund_hold(),
         )
     )
     if args.json:

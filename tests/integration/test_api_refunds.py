@@ -17,8 +17,11 @@ import pytest
 from adapters import registry
 from adapters.base import Capabilities
 from adapters.sandbox import Sandbox
+from dispatcher import config
 from dispatcher.billing.hooks import build_refund_hold
+from dispatcher.billing.refunds import RefundHold
 from dispatcher.billing.wallet import SyncWallets
+from dispatcher.compose import Root
 from dispatcher.config import BillingSettings
 from dispatcher.runtime import AdapterRuntime
 from orders import Money, NewOrder
@@ -379,3 +382,19 @@ def test_the_python_client_refunds_and_reads_the_refund_status(
     assert refused.value.code == "refund_refused"
     assert (order.refunded_amount, order.refund_status) == (400, "partially_refunded")
     assert [(r.id, r.status) for r in listed] == [(made.refund.id, TransferStatus.SUCCEEDED)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({}, RefundHold),  # the default: refuse what the balance cannot cover
+        ({"PAYDISPATCH_BILLING_REFUND_OVERDRAFT": "allow"}, type(None)),
+        ({"PAYDISPATCH_BILLING_HOOKS": "none"}, type(None)),  # no wallet: nothing to hold
+    ],
+)
+def test_the_api_and_the_cli_get_billings_refund_check_from_the_configuration(
+    case: tuple[dict[str, str], type],
+) -> None:
+    environ, kind = case
+    with Root(config.load(environ)) as root:
+        assert type(root.refund_hold()) is kind
