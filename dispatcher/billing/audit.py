@@ -11,7 +11,9 @@ Checks, each one SQL statement over the whole database (or one site):
 5. refunds never exceed the order's top-up;
 6. (wallet hook on) every succeeded refund transfer has exactly one ``refund`` entry of its
    amount, no other refund transfer has one, and no final one left its request's hold open;
-7. no bonus reversal takes back more than the bonus granted.
+7. no bonus reversal takes back more than the bonus granted;
+8. every withdrawal's hold is its amount + fee, settled as both once it succeeded, released
+   whole once it failed or was cancelled, neither while it is open.
 
 Late payments (paid from expired, rejected or cancelled), refunds, and wallets that are
 overdrawn or hold money are listed in the report.
@@ -38,6 +40,7 @@ CHECKS = (
     "audit_refund_transfers",
     "audit_bonus_reversals",
     "audit_overdrawn",
+    "audit_withdrawals",  # orders/db/sql/withdrawals.sql
 )
 Rows = dict[str, list[dict[str, Any]]]
 
@@ -171,6 +174,12 @@ def _money_going_out(found: Rows, result: AuditReport) -> None:
         result.discrepancies.append(
             f"order {r['order_id']} ({r['site']}): bonus reversals took back {r['reversed']} "
             f"{r['currency']} from {r['user_id']}, who was granted {r['granted']}"
+        )
+    for r in found.get("audit_withdrawals", []):
+        result.discrepancies.append(
+            f"withdrawal {r['id']} ({r['site']}/{r['user_id']}, {r['status']}, {r['amount']} + fee "
+            f"{r['fee']} {r['currency']}): held {r['held']}, paid out {r['paid']}, fee "
+            f"{r['fee_paid']}, released {r['released']}"
         )
     for r in found.get("audit_overdrawn", []):
         result.wallets.append(

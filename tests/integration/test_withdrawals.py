@@ -624,3 +624,30 @@ def test_a_payout_handed_back_unsent_makes_its_withdrawal_cancellable_again(
     assert withdrawals.get(w.id).status is WithdrawalStatus.APPROVED
     assert withdrawals.cancel(w.id, by="alice").status is WithdrawalStatus.CANCELLED
     assert wallet(pool, site, "u1") == (10_000, 0)
+
+
+def test_the_audit_names_a_withdrawal_whose_hold_the_ledger_does_not_show(
+    pool: Pool, wallets: SyncWallets, withdrawals: SyncWithdrawals, site: str
+) -> None:
+    # Given a clean ledger with withdrawals in every state,
+    top_up(wallets, site, "u1", 10_000)
+    ok = request(withdrawals, site, "u1", 1000)
+    audit_ok(pool, site)
+    # when a withdrawal is written behind the ledger's back (no hold) and one is marked
+    # succeeded without its settlement,
+    with pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO withdrawals (site, user_id, currency, amount, fee, adapter, destination,"
+            " status, request_hash, requested_by) VALUES (%s, 'u1', 'RUB', 500, 0, 'sandbox',"
+            " '{}', 'awaiting_approval', 'x', 'test')",
+            (site,),
+        )
+        conn.execute("UPDATE withdrawals SET status = 'succeeded' WHERE id = %s", (ok.id,))
+    # then the audit names both.
+    with Face(pool, max_size=1) as database:
+        report = database.run(lambda apool: audit(apool, site=site))
+    assert not report.ok
+    found = [line for line in report.discrepancies if line.startswith("withdrawal ")]
+    assert len(found) == 2
+    assert any(f"withdrawal {ok.id}" in line and "paid out 0" in line for line in found)
+    assert any("held 0" in line for line in found)

@@ -73,3 +73,32 @@ SELECT status, currency, sum(amount + fee)::bigint AS held,
 FROM withdrawals
 WHERE status IN ('awaiting_approval', 'approved', 'sent')
 GROUP BY status, currency
+
+-- audit_withdrawals --
+-- The audit (dispatcher/billing/audit.py): every withdrawal's ledger entries, by their keys.
+-- Its hold is amount + fee; once it succeeded that hold went out as the amount and the fee,
+-- once it failed or was cancelled it came back whole, and while open neither. Rows only for
+-- withdrawals whose entries say otherwise.
+SELECT w.id, w.site, w.user_id, w.currency, w.status, w.amount, w.fee,
+       e.held, e.paid, e.fee_paid, e.released
+FROM withdrawals w
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(x.held_amount) FILTER (WHERE x.kind = 'hold'), 0) AS held,
+           coalesce(-sum(x.held_amount) FILTER (WHERE x.kind = 'withdrawal'), 0) AS paid,
+           coalesce(-sum(x.held_amount) FILTER (WHERE x.kind = 'fee'), 0) AS fee_paid,
+           coalesce(-sum(x.held_amount) FILTER (WHERE x.kind = 'release'), 0) AS released
+    FROM wallet_entries x
+    WHERE x.site = w.site AND x.idempotency_key IN (
+        'withdrawal:' || w.id, 'withdrawal:' || w.id || ':payout',
+        'withdrawal:' || w.id || ':fee', 'withdrawal:' || w.id || ':release')
+) e
+WHERE (%(site)s::text IS NULL OR w.site = %(site)s)
+  AND NOT (
+      e.held = w.amount + w.fee
+      AND CASE
+          WHEN w.status = 'succeeded'
+              THEN e.paid = w.amount AND e.fee_paid = w.fee AND e.released = 0
+          WHEN w.status IN ('failed', 'cancelled')
+              THEN e.paid = 0 AND e.fee_paid = 0 AND e.released = w.amount + w.fee
+          ELSE e.paid = 0 AND e.fee_paid = 0 AND e.released = 0
+      END)
