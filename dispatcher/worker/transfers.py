@@ -161,7 +161,8 @@ class TransferSteps:
             await self._review(transfer, "may have been sent; no idempotency key and no lookup")
             return
         try:
-            request = await self._request(rt, transfer)
+            sends = not resumed or self._idempotent(rt, transfer)  # else only a read by our id
+            request = await self._request(rt, transfer, read_payment=sends)
         except (InvalidInput, OrderNotFound) as exc:  # nothing can be sent for it
             if resumed:
                 await self._review(transfer, f"cannot be built again: {exc}")
@@ -201,8 +202,10 @@ class TransferSteps:
         await self._settle(rt, transfer, report)
 
     async def _request(
-        self, rt: AdapterRuntime, transfer: Transfer
+        self, rt: AdapterRuntime, transfer: Transfer, *, read_payment: bool = True
     ) -> RefundRequest | PayoutRequest:
+        """The adapter's request for ``transfer``; a refund's reads its payment's status first
+        (``read_payment``: before a send, not before each read of a pending refund)."""
         if transfer.kind is TransferKind.PAYOUT:
             return PayoutRequest(
                 id=transfer.id,
@@ -214,7 +217,7 @@ class TransferSteps:
         assert transfer.order_id is not None
         order = await self.engine.orders.get(transfer.order_id)
         psp_payment_id = None
-        if order.psp_id is not None:
+        if read_payment and order.psp_id is not None:
             # The payment's own id where the payment system's refunds name it (and a read of
             # what is refunded already); a failure here sent nothing.
             status = rt.adapter.build_status(order, rt.settings)
@@ -244,7 +247,7 @@ class TransferSteps:
         return rt.adapter.parse_payout_status(request, response, rt.settings)
 
     async def _read(self, rt: AdapterRuntime, transfer: Transfer) -> None:
-        request = await self._request(rt, transfer)
+        request = await self._request(rt, transfer, read_payment=False)
         await self._settle(rt, transfer, await self._status(rt, transfer, request))
 
     # -- ends ------------------------------------------------------------------------------
