@@ -265,15 +265,17 @@ class TransferSteps:
             changes["last_error"] = (report.reason or report.raw_status or "failed")[:MAX_ERROR]
             await self._final(transfer, TS.FAILED, detail=detail, **changes)
         else:
-            reads = transfer.attempts if transfer.status is TS.PENDING else 0
-            later = next_poll(rt.policy.poll, reads, self.clock(), self.clock() + _FAR)
-            if transfer.status is TS.PENDING:
-                changes["attempts"] = transfer.attempts + 1
-                await self.transfers.write(transfer, None, next_run_at=later, **changes)
-            else:
-                await self.transfers.write(
-                    transfer, TS.PENDING, detail=detail, next_run_at=later, attempts=0, **changes
-                )
+            # ``attempts`` counts the sends and then the reads: the reads back off from there.
+            pending = transfer.status is TS.PENDING
+            later = next_poll(rt.policy.poll, transfer.attempts, self.clock(), self.clock() + _FAR)
+            changes["attempts"] = transfer.attempts + 1 if pending else transfer.attempts
+            await self.transfers.write(
+                transfer,
+                None if pending else TS.PENDING,
+                detail=None if pending else detail,
+                next_run_at=later,
+                **changes,
+            )
 
     async def _final(
         self,
