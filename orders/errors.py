@@ -24,7 +24,7 @@ DispatchError
 │   ├── TBankRefused            adapters.tbank
 │   ├── YooKassaUnavailableError    adapters.yookassa
 │   ├── YooKassaRefusedError    adapters.yookassa
-│   └── NoSuchTransfer          adapters.sandbox.transfers: no refund or payout by that reference yet
+│   └── NoSuchTransfer          adapters.sandbox.transfers: no refund or payout by that id yet
 ├── PermanentError              stop: repeating the same call cannot succeed
 │   ├── InvalidInput            bad input, nothing was written (also a ValueError)
 │   │   ├── InvalidAmount
@@ -37,9 +37,9 @@ DispatchError
 │   ├── IdempotencyConflict     same key, different request
 │   ├── OrderNotFound
 │   ├── RefundRefused           not paid, more than is left, or no refunds there; nothing sent
-│   ├── WithdrawalRefused       dispatcher.billing.withdrawals: minimum, daily limit, funds, no payout adapter
+│   ├── WithdrawalRefused       dispatcher.billing.withdrawals: minimum, limit, funds, adapter
 │   ├── WithdrawalNotFound      dispatcher.billing.withdrawals
-│   ├── WithdrawalConflict      dispatcher.billing.withdrawals: cancel once sent, approve once cancelled
+│   ├── WithdrawalConflict      dispatcher.billing.withdrawals: cancel once sent, approve cancelled
 │   ├── InsufficientFunds       a debit larger than the balance; nothing was written
 │   ├── WalletNotFound          no wallet for that site, user and currency
 │   ├── InvalidSignature        a billing webhook whose signature does not verify

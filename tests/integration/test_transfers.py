@@ -164,7 +164,8 @@ def test_parallel_refund_requests_on_the_async_repository_get_refund_refused(
     results = asyncio.run(go())
     made = [r for r in results if isinstance(r, tuple)]
     refused = [r for r in results if isinstance(r, RefundRefused)]
-    assert len(made) == 4 and len(refused) == 6, results
+    assert len(made) == 4, results
+    assert len(refused) == 6, results
     assert totals(repo, order_id) == (1000, 0)
 
 
