@@ -267,6 +267,10 @@ def test_refunds_and_payouts_survive_lost_answers_a_killed_worker_and_a_flushed_
         assert flush_namespace(broker_url, namespace) > 0
 
         # and a second worker takes over when the lost messages' leases run out,
+        # its reads meeting errors and garbage on the way,
+        control.faults("status", queue=["http_500"])
+        control.faults("refund_status", queue=["http_500", "malformed"])
+        control.faults("payout_status", queue=[{"kind": "malformed", "style": "truncated"}])
         second = spawn(env, "worker", "--threads", "2")
 
         def payouts_pending() -> bool:
@@ -293,6 +297,13 @@ def test_refunds_and_payouts_survive_lost_answers_a_killed_worker_and_a_flushed_
         assert stats["payouts_per_reference"] == {str(t): 1 for t in payout_ids}
         assert stats["max_payouts_per_reference"] == 1
         assert stats["payout_calls"] >= 4
+        assert stats["faults_served"] == {
+            "refund": {"refuse": 1, "accept_then_timeout": 1},
+            "payout": {"accept_then_timeout": 1},
+            "status": {"http_500": 1},
+            "refund_status": {"http_500": 1, "malformed": 1},
+            "payout_status": {"malformed": 1},
+        }
         statuses = [done[t].status for t in transfer_ids[5:] if t is not None]
         assert statuses == [TS.SUCCEEDED, TS.FAILED, TS.SUCCEEDED]
 
