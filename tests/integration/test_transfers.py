@@ -99,38 +99,45 @@ def test_the_check_holds_even_for_sql_that_skips_python(repo: OrderRepository) -
 
 
 def test_parallel_refunds_from_threads_never_exceed_the_paid_amount(
-    repo: OrderRepository,
+    own_database_url: str, repo: OrderRepository
 ) -> None:
-    # Given an order of 1000 and 12 threads each asking for 300 at the same moment,
+    # Given an order of 1000 and 12 threads, each with its own loop and connection, asking for
+    # 300 at the same moment,
     order_id = paid_order(repo)
     n = 12
     barrier = threading.Barrier(n)
     outcomes: list[str] = []
     lock = threading.Lock()
 
-    def ask() -> None:
-        with psycopg.connect(repo.conninfo, autocommit=True) as conn:
-            barrier.wait(timeout=10)
-            try:
-                with conn.transaction():
-                    conn.execute(
-                        "INSERT INTO transfers (kind, site, adapter, user_id, amount, currency,"
-                        " order_id, origin, requested_by) VALUES ('refund', 'shop', 'sandbox',"
-                        " 'u1', 300, 'USD', %s, 'site', 'thread')",
-                        (order_id,),
-                    )
-                result = "ok"
-            except psycopg.errors.CheckViolation:
-                result = "refused"
+    async def ask() -> str:
+        pool = await open_async_pool(own_database_url, max_size=1, name="test-thread")
+        try:
+            await asyncio.to_thread(barrier.wait, 10)
+            await Transfers(pool).request_refund(
+                order_id,
+                Money(300, "USD"),
+                site="shop",
+                idempotency_key=None,
+                reason="r",
+                requested_by="thread",
+            )
+        except RefundRefused:
+            return "refused"
+        finally:
+            await pool.close()
+        return "ok"
+
+    def run() -> None:
+        result = asyncio.run(ask())
         with lock:
             outcomes.append(result)
 
-    threads = [threading.Thread(target=ask) for _ in range(n)]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
-    # then exactly three are taken, and the rest refused by the database.
+        t.join(timeout=60)
+    # then exactly three are taken, and the rest get RefundRefused from the database's CHECK.
     assert sorted(outcomes) == ["ok"] * 3 + ["refused"] * (n - 3)
     assert totals(repo, order_id) == (900, 0)
 
