@@ -25,18 +25,10 @@ from dispatcher import metrics
 from dispatcher.steps import Action
 from dispatcher.worker.engine import Engine
 from orders.db import AsyncPool, open_async_pool
+from orders.db.blocking import new_event_loop
 from orders.repository import Orders
 
 log = structlog.get_logger(__name__)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed (a third less CPU per step), asyncio's otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class EngineHost:
