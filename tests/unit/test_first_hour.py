@@ -26,13 +26,15 @@ from structlog.testing import capture_logs
 
 from adapters.sandbox.faults import WEBHOOK_FAULT_HELP, FaultKind, Operation, WebhookFaults
 from adapters.sandbox.server import create_app
-from dispatcher import metrics
+from dispatcher import demo, metrics
+from dispatcher import demo_money_out as out
 from dispatcher.runtime import AdapterRuntime
 from dispatcher.steps import Action
 from dispatcher.worker.breaker import BreakerState
 from dispatcher.worker.engine import Engine
 from dispatcher.worker.outage import OutageLog
 from dispatcher.worker.transport import Transport
+from orders.money import Money
 from orders.repository import Orders
 from orders.status import OrderStatus
 from tests.unit.test_engine_steps import (
@@ -357,3 +359,56 @@ def test_pip_warnings_and_errors_are_shown_as_they_come() -> None:
     progress.feed("ERROR: No matching distribution found for nothing-such\n")
 
     assert out.getvalue().endswith("\n    ERROR: No matching distribution found for nothing-such\n")
+
+
+# -- the demo's money going out (issue #14): README.md quotes what it prints ------------------
+
+
+def _readme_demo_section() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("## The demo")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def usd(minor: int) -> Money:
+    return Money(minor, "USD")
+
+
+def test_readme_quotes_the_demos_money_out_lines_as_the_demo_prints_them() -> None:
+    printed = [
+        out.header_line(),
+        out.refund_line(
+            69,
+            usd(16601),
+            usd(49804),
+            status="succeeded",
+            seconds=1.7,
+            refund_status="partially_refunded",
+        ),
+        out.wallet_line("user-4", usd(95561), usd(78960), usd(0)),
+        out.withdrawal_line("user-5", usd(64979), usd(680), "succeeded", 1.5),
+        out.payout_completed_line("sandbox"),
+        out.wallet_line("user-5", usd(129959), usd(64300), usd(0)),
+        out.psp_line("sandbox", 1, 1),
+        out.audit_line("demo-530278", True, {"wallets": 12, "entries": 26}),
+        "demo succeeded",
+    ]
+    assert "```text\n" + "\n".join(printed) + "\n```" in _readme_demo_section()
+    # The example adds up: the wallets lost the refund, and the withdrawal with its fee (1 % of
+    # the amount rounded up to a cent, + 0.30: the demo's settings).
+    assert 95561 - 16601 == 78960
+    assert 64979 + 680 + 64300 == 129959
+    assert out.WITHDRAWAL_ENV["PAYDISPATCH_WITHDRAWALS_FEE_FIXED"] == "0.30"
+    assert out.WITHDRAWAL_ENV["PAYDISPATCH_WITHDRAWALS_FEE_PERCENT"] == "1"
+
+
+def test_readme_quotes_the_demos_lines_for_a_fake_without_payouts() -> None:
+    printed = [out.skipped_line("withdrawal", "stripe"), out.psp_line("stripe", 1, None)]
+    assert "```text\n" + "\n".join(printed) + "\n```" in _readme_demo_section()
+
+
+def test_the_demo_refunds_with_every_fake_and_withdraws_only_where_the_adapter_pays_out() -> None:
+    assert all(out.refunds(adapter) for adapter in demo.ADAPTERS)
+    assert [a for a in demo.ADAPTERS if out.pays_out(a)] == ["sandbox"]
+    assert out.daemon_env("sandbox")["PAYDISPATCH_WITHDRAWALS_ADAPTER"] == "sandbox"
+    assert "PAYDISPATCH_WITHDRAWALS_ADAPTER" not in out.daemon_env("stripe")
