@@ -6,7 +6,9 @@ worker), creates a batch of orders — most paid, some declined, some left to ex
 after its deadline — shows a live count per status, and exits 0 only if every order ended where
 it should, no order got two invoices, and every paid order credited its wallet exactly once.
 The sandbox scripts the outcomes itself (``metadata.sandbox_scenario``); a fake is driven by the
-demo through its control API, as a buyer would pay or be declined.
+demo through its control API, as a buyer would pay or be declined. Then money goes back out
+(:mod:`dispatcher.demo_money_out`): one partial refund and one withdrawal through the API, each
+followed until final, and exit 0 only if they too hold the invariants.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A payment system that is down is one warning per adapter per interval, not a line per order;
 the sandbox's control API lists its routes and fault switches at ``/_control/`` and in
-docs/sandbox.md; the first ``./run`` shows how its install is getting on.
+docs/sandbox.md; the first ``./run`` shows how its install is getting on. And README.md's
+demo section quotes the demo's money-going-out lines exactly as the demo prints them (issue #14).
 """
 
 from __future__ import annotations
