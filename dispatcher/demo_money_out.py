@@ -154,7 +154,6 @@ class MoneyOut:
         public_url: str,
         daemon: subprocess.Popen[bytes],
     ) -> None:
-        self.repo = repo
         self.site = site
         self.adapter = adapter
         self.psp_url = psp_url
@@ -213,7 +212,7 @@ class MoneyOut:
 
         def status() -> str:
             items = self._get(f"/v1/orders/{order.id}/refunds")["items"]
-            return str(next(r["status"] for r in items if r["id"] == refund_id))
+            return str(next((r["status"] for r in items if r["id"] == refund_id), "missing"))
 
         final = self._until_final(status)
         shown = self._get(f"/v1/orders/{order.id}")
@@ -333,7 +332,6 @@ class MoneyOut:
                 control.close()
         if refund_count is not None or payout_count is not None:
             print(psp_line(self.adapter, refund_count, payout_count))
-        outcome.ok &= refund_count in (None, 1) and payout_count in (None, 1)
         if refunds(self.adapter):
             outcome.ok &= refund_count == 1
         if pays_out(self.adapter):
