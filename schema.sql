@@ -496,7 +496,7 @@ INSERT INTO transfer_transitions (from_status, to_status) VALUES
     ('submitting', 'requested'),
     ('submitting', 'pending'), ('submitting', 'succeeded'), ('submitting', 'failed'),
     ('submitting', 'needs_review'),
-    ('pending', 'succeeded'), ('pending', 'failed'),
+    ('pending', 'succeeded'), ('pending', 'failed'), ('pending', 'needs_review'),
     ('needs_review', 'succeeded'), ('needs_review', 'failed');
 
 CREATE FUNCTION transfers_check_transition() RETURNS trigger

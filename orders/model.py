@@ -320,7 +320,8 @@ TRANSFER_TRANSITIONS: Mapping[TransferStatus, frozenset[TransferStatus]] = Mappi
         _T.SUBMITTING: frozenset(
             {_T.REQUESTED, _T.PENDING, _T.SUCCEEDED, _T.FAILED, _T.NEEDS_REVIEW}
         ),
-        _T.PENDING: frozenset({_T.SUCCEEDED, _T.FAILED}),
+        # To a person when the payment system reports another amount than ours.
+        _T.PENDING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.NEEDS_REVIEW}),
         # A person's decision, after reading the payment system's dashboard.
         _T.NEEDS_REVIEW: frozenset({_T.SUCCEEDED, _T.FAILED}),
         _T.SUCCEEDED: frozenset(),

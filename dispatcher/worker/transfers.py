@@ -253,7 +253,16 @@ class TransferSteps:
     # -- ends ------------------------------------------------------------------------------
 
     async def _settle(self, rt: AdapterRuntime, transfer: Transfer, report: Report) -> None:
-        """Write what a report says: final, or pending (read again with backoff)."""
+        """Write what a report says: final, or pending (read again with backoff).
+
+        A report of another amount than ours goes to a person, never to ``succeeded``: the
+        wallet would be reversed by our amount while another left (as orders do on a mismatch).
+        """
+        mismatch = report.money is not None and report.money != transfer.money
+        if mismatch and report.state not in _FAILED:
+            reported = f"payment system reported {report.money}, {transfer.kind} is "
+            await self._review(transfer, reported + str(transfer.money))
+            return
         psp_id = report.psp_refund_id if isinstance(report, RefundReport) else report.psp_payout_id
         changes: dict[str, Any] = {"errors": 0, "last_error": None}
         if psp_id:

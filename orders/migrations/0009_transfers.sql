@@ -10,10 +10,11 @@ ALTER TABLE orders
         CHECK (refund_reserved <= amount AND refund_reserved >= refunded_amount);
 ALTER TABLE order_events ADD COLUMN transfer_id uuid;
 
--- The archive's tables are LIKE the live ones (NOT NULL, no defaults).
+-- The archive's tables are LIKE the live ones (NOT NULL, no defaults). PostgreSQL 18 names a
+-- NOT NULL constraint and LIKE copies the live table's name: so do these.
 ALTER TABLE orders_archive
-    ADD COLUMN refunded_amount bigint NOT NULL DEFAULT 0,
-    ADD COLUMN refund_reserved bigint NOT NULL DEFAULT 0;
+    ADD COLUMN refunded_amount bigint CONSTRAINT orders_refunded_amount_not_null NOT NULL DEFAULT 0,
+    ADD COLUMN refund_reserved bigint CONSTRAINT orders_refund_reserved_not_null NOT NULL DEFAULT 0;
 ALTER TABLE orders_archive
     ALTER COLUMN refunded_amount DROP DEFAULT,
     ALTER COLUMN refund_reserved DROP DEFAULT;
@@ -92,7 +93,7 @@ INSERT INTO transfer_transitions (from_status, to_status) VALUES
     ('submitting', 'requested'),
     ('submitting', 'pending'), ('submitting', 'succeeded'), ('submitting', 'failed'),
     ('submitting', 'needs_review'),
-    ('pending', 'succeeded'), ('pending', 'failed'),
+    ('pending', 'succeeded'), ('pending', 'failed'), ('pending', 'needs_review'),
     ('needs_review', 'succeeded'), ('needs_review', 'failed');
 
 CREATE FUNCTION transfers_check_transition() RETURNS trigger

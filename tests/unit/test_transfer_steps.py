@@ -119,6 +119,7 @@ class FakeAdapter:
 
     capabilities: Capabilities
     name: str = "fake"
+    reported: Money | None = None  # the amount the refund's status read reports
 
     def build_status(self, order: Order, settings: Any) -> PspRequest:
         return PspRequest("GET", "https://psp.test/payment", "status")
@@ -140,7 +141,9 @@ class FakeAdapter:
     def parse_refund_status(
         self, refund: RefundRequest, response: PspResponse, settings: Any
     ) -> RefundReport:
-        return RefundReport(RefundState.SUCCEEDED, psp_refund_id="re-1", raw_status="succeeded")
+        return RefundReport(
+            RefundState.SUCCEEDED, psp_refund_id="re-1", money=self.reported, raw_status="succeeded"
+        )
 
 
 @dataclass
@@ -176,10 +179,15 @@ class FakeEngine:
 
 
 def run_steps(
-    capabilities: Capabilities, transfer: Transfer, answers: dict[str, list[Any]], steps: int
+    capabilities: Capabilities,
+    transfer: Transfer,
+    answers: dict[str, list[Any]],
+    steps: int,
+    *,
+    reported: Money | None = None,
 ) -> tuple[FakeTransfers, FakeTransport]:
     """Run ``steps`` steps, each on a fresh lease as the sweeper would give."""
-    adapter = FakeAdapter(capabilities)
+    adapter = FakeAdapter(capabilities, reported=reported)
     runtime = AdapterRuntime(cast(Any, adapter), cast(Any, None), POLICY)
     wire = FakeTransport(answers)
     repo = FakeTransfers(transfer)
@@ -220,6 +228,25 @@ def test_a_refund_is_sent_then_read_until_it_succeeds() -> None:
         (TS.PENDING, TS.SUCCEEDED),
     ]
     assert wire.sent.count("refund") == 1
+
+
+@pytest.mark.parametrize("reported", [Money(3999, "RUB"), Money(4000, "EUR")])
+def test_a_refund_reported_with_another_amount_goes_to_a_person_not_succeeded(
+    reported: Money,
+) -> None:
+    repo, wire = run_steps(caps(idempotent_refund=True), a_refund(), {}, steps=5, reported=reported)
+    transfer = next(iter(repo.rows.values()))
+    assert transfer.status is TS.NEEDS_REVIEW
+    assert repo.moves[-1] == (TS.PENDING, TS.NEEDS_REVIEW)
+    assert str(reported) in (transfer.last_error or "")
+    assert wire.sent.count("refund") == 1
+
+
+def test_a_refund_reported_with_its_own_amount_succeeds() -> None:
+    repo, _ = run_steps(
+        caps(idempotent_refund=True), a_refund(), {}, steps=5, reported=Money(4000, "RUB")
+    )
+    assert next(iter(repo.rows.values())).status is TS.SUCCEEDED
 
 
 def test_idempotent_refund_whose_answer_was_lost_is_resent_with_the_same_key() -> None:
