@@ -35,7 +35,6 @@ from orders.coalesce import Coalescer
 from orders.db import (
     AsyncConnection,
     AsyncPool,
-    Connection,
     Pool,
     atransaction,
     blocking,
@@ -43,7 +42,6 @@ from orders.db import (
     open_async_pool,
     open_pool,
     query,
-    transaction,
 )
 from orders.errors import (
     DispatchError,
@@ -976,39 +974,23 @@ class OrderRepository:
         lease_token: UUID | None = None,
         keep_lease: bool = False,
         next_run_at: datetime | _Keep | None = KEEP,
-        conn: Connection | None = None,
-        within: Callable[[Connection, Order], None] | None = None,
         **changes: Any,
     ) -> Order:
-        """:meth:`Orders.transition`.
-
-        ``conn`` and ``within`` take a SYNCHRONOUS connection and hook: a bridge for the settle
-        code's ``Settler.move`` until it writes through :meth:`Orders.write` (then they go; new
-        code composes transactions on :attr:`orders`). It runs the same ``write_many``
-        statement, in :func:`~orders.db.transaction` on :attr:`pool` (a savepoint in ``conn``'s).
-        """
-        write = Write.move(
-            order_id,
-            expected,
-            to,
-            actor=actor,
-            detail=detail,
-            lease_token=lease_token,
-            keep_lease=keep_lease,
-            next_run_at=next_run_at,
-            **changes,
+        """:meth:`Orders.transition`. A transaction of one's own (``conn``, ``within``) is
+        composed on :attr:`orders` and run with :meth:`run`."""
+        return self._call(
+            lambda o: o.transition(
+                order_id,
+                expected,
+                to,
+                actor=actor,
+                detail=detail,
+                lease_token=lease_token,
+                keep_lease=keep_lease,
+                next_run_at=next_run_at,
+                **changes,
+            )
         )
-        if within is None and conn is None:
-            return self._call(lambda o: o.write(write))
-        with transaction(None if conn is not None else self.pool, conn) as tx:
-            rows = tx.execute(query("write_many"), _write_params([write])).fetchall()
-            if not rows:
-                current = tx.execute(query("get_order"), {"id": order_id, "site": None}).fetchone()
-                raise write.missed(current)
-            result = Order.from_row(rows[0])
-            if within is not None:
-                within(tx, result)
-        return result
 
     def cancel(
         self, order_id: UUID, *, site: str | None = None, actor: str = "site", reason: str = ""
