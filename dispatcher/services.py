@@ -25,6 +25,7 @@ import redis
 from psycopg import conninfo, sql
 
 from dispatcher.config import Settings
+from orders.db import query
 from orders.errors import PermanentError
 
 DATABASE_NAME = "paydispatch"
@@ -244,11 +245,10 @@ def _ensure_postgres(home: Path) -> str:
         raise ServiceError(f"embedded PostgreSQL did not start in {pgdata}: {exc}\n{tail}") from exc
     admin_url: str = server.get_uri()
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-        ).fetchone()
+        exists = conn.execute(query("embedded_database_exists"), {"name": DATABASE_NAME}).fetchone()
         if exists is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+            create = sql.SQL(query("create_database")).format(sql.Identifier(DATABASE_NAME))
+            conn.execute(create)
     return conninfo.make_conninfo(admin_url, dbname=DATABASE_NAME)
 
 

@@ -16,8 +16,6 @@ PACKAGES = ("orders", "dispatcher")
 
 # Files that still hold SQL of their own, each with why. Only ever shorter.
 PENDING = {
-    # The embedded PostgreSQL's bootstrap: creates the database, before any schema exists.
-    "dispatcher/services.py",
     # The schema's own tooling: catalog queries, the advisory lock, DDL built from identifiers.
     "orders/db/schema.py",
 }
