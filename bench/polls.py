@@ -40,7 +40,7 @@ import redis
 
 from adapters.sandbox import SCENARIO_METADATA_KEY
 from bench import common
-from dispatcher.runtime import queue_name
+from dispatcher.steps import queue_name
 from orders import Money, NewOrder
 from orders.db import open_pool
 from orders.repository import OrderRepository
