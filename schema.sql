@@ -55,6 +55,11 @@ CREATE TABLE orders (
     -- The CHECK is the database's promise that refunds never exceed what was paid.
     refunded_amount bigint NOT NULL DEFAULT 0 CHECK (refunded_amount >= 0),
     refund_reserved bigint NOT NULL DEFAULT 0,
+    -- Issue #14 (migration 0012): when a "refund check" (the worker reads the payment's status
+    -- for refunds made at the payment system) is due, NULL for none; and the last one, so hints
+    -- cost at most one status read per order per quiet interval.
+    refund_check_at timestamptz,
+    refund_checked_at timestamptz,
     CONSTRAINT orders_refund_reserved_check
         CHECK (refund_reserved <= amount AND refund_reserved >= refunded_amount),
     CONSTRAINT orders_number_key UNIQUE (number),
@@ -72,6 +77,8 @@ CREATE TABLE orders (
 -- whether the table holds a thousand finished orders or a hundred million.
 CREATE INDEX orders_due_idx ON orders (next_run_at) WHERE next_run_at IS NOT NULL;
 -- Active orders by deadline: the sweeper's count of orders past it reads only these.
+-- Due refund checks only (migration 0012): the sweeper's claim reads this small index.
+CREATE INDEX orders_refund_check_idx ON orders (refund_check_at) WHERE refund_check_at IS NOT NULL;
 CREATE INDEX orders_active_expires_idx ON orders (expires_at)
     WHERE status IN ('new', 'submitting', 'awaiting_payment');
 -- A long table would be vacuumed only once a fifth of it changed (the default scale factor):
@@ -671,3 +678,4 @@ INSERT INTO schema_version (version, description) VALUES (8, 'order counts, arch
 INSERT INTO schema_version (version, description) VALUES (9, 'transfers: refunds and payouts');
 INSERT INTO schema_version (version, description) VALUES (10, 'wallet holds, refund billing');
 INSERT INTO schema_version (version, description) VALUES (11, 'withdrawals');
+INSERT INTO schema_version (version, description) VALUES (12, 'refund checks');

@@ -42,6 +42,10 @@ class Action(StrEnum):
     # A refund or payout (issue #14): one action; the step looks at the transfer's status. Its
     # messages carry [transfer_id, lease_token] pairs on the adapter's queue.
     TRANSFER = "transfer"
+    # A paid order's refund check (issue #14): its payment's status read for refunds made at
+    # the payment system. Its messages carry [order_id, token] pairs; the token is not checked
+    # (the check's due time is its lease, and recording is keyed: a second check records nothing).
+    REFUND_CHECK = "refund_check"
 
 
 def action_for(order: Order, now: datetime) -> Action | None:

@@ -133,6 +133,33 @@ def _refused(exc: psycopg.errors.CheckViolation, what: str) -> RefundRefused | N
     return None if reason is None else RefundRefused(f"{what}: {reason}")
 
 
+def unaccounted_refund(
+    order: Order, refunded: Money | None, *, chargeback: bool
+) -> RefundReport | None:
+    """The part of a payment's refunded total (all of it for a chargeback without a total) that
+    the order's refunds do not account for (``refund_reserved``: the succeeded ones and those
+    that may still give money back), as a report of one refund; None when they account for it.
+
+    Its id is the payment's id, the kind and the total: the same state seen twice (two
+    notifications, two status reads) is recorded once.
+    """
+    from adapters.base import RefundReport, RefundState  # adapters load with the daemon only
+
+    if refunded is None and not chargeback:
+        return None
+    total = refunded.amount if refunded is not None else order.money.amount
+    unaccounted = total - order.refund_reserved
+    if unaccounted <= 0:
+        return None
+    what = "chargeback" if chargeback else "refunded"
+    return RefundReport(
+        RefundState.SUCCEEDED,
+        psp_refund_id=f"{order.psp_id}:{what}:{total}",
+        money=Money(unaccounted, order.money.currency),
+        raw_status=what,
+    )
+
+
 class Transfers:
     """Transfers in PostgreSQL, on an async pool: THE repository of money going out.
 
@@ -450,6 +477,37 @@ class Transfers:
                 cursor = await conn.execute(query("transfer_wake_order"), {"order_id": order_id})
                 return cursor.rowcount
 
+    # -- refund checks (a hint that a paid order's payment was refunded) -------------------
+
+    async def mark_refund_check(self, order_id: UUID, *, quiet: timedelta) -> bool:
+        """Make a paid order's refund check due: at once, or when ``quiet`` after its last check
+        ends. False when one is due or running already, or the order is not paid. Nothing is
+        reserved or recorded: only the worker's own read of the payment decides."""
+        with database_errors():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(
+                    query("refund_check_mark"), {"id": order_id, "quiet": quiet}
+                )
+                return cursor.rowcount > 0
+
+    async def claim_refund_checks(
+        self, limit: int, lease: timedelta, *, adapters: builtins.list[str] | None = None
+    ) -> builtins.list[tuple[UUID, str]]:
+        """Lease up to ``limit`` due refund checks: (order id, adapter) pairs. The lease is the
+        check's due time moved on, so a check whose worker died comes back when it ends."""
+        params = {"limit": limit, "lease": lease, "adapters": adapters}
+        with database_errors():
+            async with self.pool.connection() as conn:
+                rows = await (await conn.execute(query("refund_check_claim"), params)).fetchall()
+        return [(row["id"], row["adapter"]) for row in rows]
+
+    async def refund_checked(self, order_id: UUID) -> None:
+        """The order's refund check ended: not due again until another hint (and the quiet
+        interval after this one)."""
+        with database_errors():
+            async with self.pool.connection() as conn:
+                await conn.execute(query("refund_check_done"), {"id": order_id})
+
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, transfer_id: UUID, *, site: str | None = None) -> Transfer:
@@ -656,6 +714,14 @@ class SyncTransfers:
         return self._call(
             lambda t: t.record_reported_refund(order, report, actor=actor, reason=reason)
         )
+
+    def mark_refund_check(self, order_id: UUID, *, quiet: timedelta) -> bool:
+        return self._call(lambda t: t.mark_refund_check(order_id, quiet=quiet))
+
+    def claim_refund_checks(
+        self, limit: int, lease: timedelta, *, adapters: builtins.list[str] | None = None
+    ) -> builtins.list[tuple[UUID, str]]:
+        return self._call(lambda t: t.claim_refund_checks(limit, lease, adapters=adapters))
 
     def get(self, transfer_id: UUID, *, site: str | None = None) -> Transfer:
         return self._call(lambda t: t.get(transfer_id, site=site))

@@ -18,7 +18,11 @@ refunded total is above what the order's refunds account for, or of a chargeback
 once as a refund the payment system reported (:meth:`Transfers.record_reported_refund`, which
 runs the transfer hook: billing reverses the credit in the same transaction). One that may be
 about our own refunds, and every unverified one, only makes the order's refunds still being sent
-or read due now: their own status read decides.
+or read due now: their own status read decides. An unverified one naming a paid order (a refund
+hint, or a payment hint: YooKassa's are never signed) also makes the order's "refund check" due
+(:meth:`Transfers.mark_refund_check`): the worker reads the payment's status itself and records
+what our refunds do not account for. Its content is never trusted: a forged hint costs at most
+one status read per order every ``REFUND_CHECK_QUIET``, and reserves nothing.
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ from dispatcher.runtime import AdapterRuntime
 from dispatcher.settle import apply, decide
 from orders.errors import InvalidInput, RefundRefused, StaleOrder
 from orders.model import Order
-from orders.money import Money
 from orders.repository import check_ref
 from orders.status import ACTIVE, OrderStatus
+from orders.transfers import unaccounted_refund
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["callbacks"])
@@ -61,6 +65,8 @@ S = OrderStatus
 HINTED = (S.AWAITING_PAYMENT, S.REJECTED, S.EXPIRED, S.CANCELLED)
 # A hint pulls an order forward only when the dispatcher has not looked at it this recently.
 HINT_QUIET = timedelta(seconds=2)
+# A hint makes a paid order's refund check (one status read) due at most this often.
+REFUND_CHECK_QUIET = timedelta(seconds=30)
 
 _ANY_BODY: dict[str, Any] = {
     "requestBody": {
@@ -87,23 +93,6 @@ async def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bo
     )
 
 
-def _unaccounted(order: Order, refunded: Money | None, *, chargeback: bool) -> RefundReport | None:
-    """The part of a payment's refunded total (all of it for a chargeback) that the order's
-    refunds do not account for, as a report of one refund; None when they account for it."""
-    total = refunded.amount if refunded is not None else order.money.amount
-    unaccounted = total - order.refund_reserved
-    if unaccounted <= 0:
-        return None
-    what = "chargeback" if chargeback else "refunded"
-    return RefundReport(
-        RefundState.SUCCEEDED,
-        # Once per payment and total: the same report twice records it once.
-        psp_refund_id=f"{order.psp_id}:{what}:{total}",
-        money=Money(unaccounted, order.money.currency),
-        raw_status=what,
-    )
-
-
 async def money_back(
     ctx: ApiContext, rt: AdapterRuntime, order: Order, result: NotificationResult
 ) -> str | None:
@@ -111,14 +100,17 @@ async def money_back(
     report, refund = result.report, result.refund
     chargeback = report is not None and report.chargeback
     refunded = None if report is None else report.refunded
+    if not result.verified or rt.adapter.capabilities.replayable_notifications:
+        # Never its word: our own reads decide (the order's refunds', and the payment's).
+        if refund is None and order.status is not S.PAID:
+            return None
+        return await _hint(ctx, order, "refund hint", check=True)
     if refund is None and not (order.status is S.PAID and (chargeback or refunded is not None)):
         return None
-    if not result.verified or rt.adapter.capabilities.replayable_notifications:
-        return await _hint(ctx, order, "refund hint")
     reason = ""
     if refund is None:
         reason = "chargeback" if chargeback else "refunded at the payment system"
-        refund = _unaccounted(order, refunded, chargeback=chargeback)
+        refund = unaccounted_refund(order, refunded, chargeback=chargeback)
         if refund is None:
             return "refunds accounted for"
     if refund.state is not RefundState.SUCCEEDED:  # ours, maybe: its own read settles it
@@ -126,9 +118,13 @@ async def money_back(
     return await _record(ctx, rt, order, refund, reason=reason, chargeback=chargeback)
 
 
-async def _hint(ctx: ApiContext, order: Order, what: str) -> str:
+async def _hint(ctx: ApiContext, order: Order, what: str, *, check: bool = False) -> str:
     woken = await ctx.transfers.wake_refunds(order.id)
-    return f"{what}: {woken} refund(s) read again"
+    outcome = f"{what}: {woken} refund(s) read again"
+    if check and order.status is S.PAID:
+        due = await ctx.transfers.mark_refund_check(order.id, quiet=REFUND_CHECK_QUIET)
+        outcome += "; the payment's refunds to be read" if due else "; refund check already due"
+    return outcome
 
 
 async def _record(

@@ -1,7 +1,9 @@
 """The sweeper: claims due orders in batches and sends each to its adapter's queue.
 
 After the orders, each tick claims the due refunds and payouts (``transfers``, issue #14) the
-same way and sends them as ``transfer`` steps on their adapter's queue.
+same way and sends them as ``transfer`` steps on their adapter's queue, then the due refund
+checks of paid orders (a hint nobody signed said a payment was refunded) as ``refund_check``
+steps.
 
 Every tick, and soon after a ``NOTIFY paydispatch_orders`` (sent when an order is created),
 it claims up to ``batch`` due rows with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` and enqueues
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -106,6 +109,19 @@ class Sweeper:
             for start in range(0, len(steps), self.message_size):
                 batch = steps[start : start + self.message_size]
                 self.dispatch.send_many(adapter, Action.TRANSFER, batch)
+        return len(claimed) + self.sweep_refund_checks()
+
+    def sweep_refund_checks(self) -> int:
+        """Claim due refund checks and send one ``refund_check`` step each (batched). The
+        token is fresh and unchecked: the check's due time is its lease."""
+        claimed = self.transfers.claim_refund_checks(self.batch, self.lease, adapters=self.adapters)
+        groups: dict[str, list[tuple[UUID, UUID]]] = {}
+        for order_id, adapter in claimed:
+            groups.setdefault(adapter, []).append((order_id, uuid.uuid4()))
+        for adapter, steps in groups.items():
+            for start in range(0, len(steps), self.message_size):
+                batch = steps[start : start + self.message_size]
+                self.dispatch.send_many(adapter, Action.REFUND_CHECK, batch)
         return len(claimed)
 
     def sweep_outbox(self) -> int:

@@ -56,12 +56,18 @@ def transfer(steps: list[list[str]]) -> None:
     _admit_all(steps, Action.TRANSFER)
 
 
+def refund_check(steps: list[list[str]]) -> None:
+    """Paid orders' refund checks: [order_id, token] pairs (issue #14)."""
+    _admit_all(steps, Action.REFUND_CHECK)
+
+
 _FUNCTIONS = {
     Action.SUBMIT: submit,
     Action.POLL: poll,
     Action.FINALIZE: finalize,
     Action.WATCH: watch,
     Action.TRANSFER: transfer,
+    Action.REFUND_CHECK: refund_check,
 }
 
 

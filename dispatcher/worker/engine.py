@@ -171,6 +171,9 @@ class Engine:
         if action is Action.TRANSFER:
             await self.transfer_steps.run(order_id, token)
             return
+        if action is Action.REFUND_CHECK:
+            await self.transfer_steps.check_refunds(order_id)
+            return
         structlog.contextvars.bind_contextvars(order_id=str(order_id), action=str(action))
         try:
             try:

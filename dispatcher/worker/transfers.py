@@ -20,6 +20,12 @@ no transaction open, and ends with one compare-and-set write (:meth:`Transfers.w
 A refund first reads its payment's status (the adapter may need the payment system's payment id,
 and the read shows what is refunded already). Every final state is counted in
 ``paydispatch_refunds_total{adapter,origin,status}`` (payouts in ``paydispatch_payouts_total``).
+
+A refund check (:meth:`TransferSteps.check_refunds`, the ``refund_check`` step) reads a paid
+order's payment status, with our own credentials, after a hint nobody signed: what it shows
+refunded beyond what the order's refunds account for is recorded once as a refund the payment
+system reported (origin ``psp``), a chargeback counted and alerted. The hint's content is never
+used, so a forged one costs one status read and records nothing.
 """
 
 from __future__ import annotations
@@ -50,11 +56,13 @@ from orders.errors import (
     OrderNotFound,
     OutcomeUnknown,
     PermanentError,
+    RefundRefused,
     StaleOrder,
     TransientError,
 )
-from orders.model import Transfer, TransferKind, TransferStatus
-from orders.transfers import Transfers
+from orders.model import Order, Transfer, TransferKind, TransferStatus
+from orders.status import OrderStatus
+from orders.transfers import Transfers, unaccounted_refund
 
 if TYPE_CHECKING:
     from dispatcher.worker.engine import Engine
@@ -139,6 +147,73 @@ class TransferSteps:
             await self._read(rt, transfer)
         else:
             await self.transfers.write(transfer, None, next_run_at=None)
+
+    # -- refund checks -----------------------------------------------------------------------
+
+    async def check_refunds(self, order_id: UUID) -> None:
+        """One refund check of a paid order. Never raises: a failed read leaves the check due,
+        and the sweeper brings it back when its lease ends; anything else ends it (the next
+        hint makes another)."""
+        structlog.contextvars.bind_contextvars(order_id=str(order_id), action="refund_check")
+        try:
+            try:
+                order = await self.engine.orders.get(order_id)
+            except OrderNotFound:
+                log.warning("refund check for an unknown order dropped")
+                return
+            rt = self.engine.runtimes.get(order.adapter)
+            if rt is None:
+                log.error("adapter not enabled in this worker", adapter=order.adapter)
+                return
+            structlog.contextvars.bind_contextvars(adapter=order.adapter)
+            try:
+                await self._check_refunds(rt, order)
+            except (TransientError, OutcomeUnknown) as exc:
+                if isinstance(exc, CredentialsRejected):
+                    self.engine.transport(rt.name).breaker.trip()
+                    metrics.CREDENTIALS_REJECTED.labels(rt.name).inc()
+                kind = "unknown" if isinstance(exc, OutcomeUnknown) else "transient"
+                metrics.STEP_ERRORS.labels(rt.name, "refund_check", kind).inc()
+                log.warning("refund check failed; read again when its lease ends", error=str(exc))
+            except Exception as exc:
+                metrics.STEP_ERRORS.labels(rt.name, "refund_check", "permanent").inc()
+                log.error("refund check ended unread", error=str(exc), exc_info=exc)
+                await self.transfers.refund_checked(order.id)
+        except Exception:
+            log.exception("refund check crashed; its lease will bring it back")
+        finally:
+            structlog.contextvars.unbind_contextvars("order_id", "action", "adapter")
+
+    async def _check_refunds(self, rt: AdapterRuntime, order: Order) -> None:
+        if order.status is not OrderStatus.PAID or order.psp_id is None:
+            await self.transfers.refund_checked(order.id)
+            return
+        request = rt.adapter.build_status(order, rt.settings)
+        response = await self.engine.transport(rt.name).send(request)
+        report = rt.adapter.parse_status(order, response, rt.settings, "status")
+        if report.psp_id not in (None, order.psp_id):
+            log.error("refund check read another payment", psp_id=report.psp_id)
+            await self.transfers.refund_checked(order.id)
+            return
+        # What our refunds account for now (one may have settled during the read).
+        current = await self.engine.orders.get(order.id)
+        refund = unaccounted_refund(current, report.refunded, chargeback=report.chargeback)
+        if refund is not None:
+            reason = "chargeback" if report.chargeback else "refunded at the payment system"
+            try:
+                recorded = await self.transfers.record_reported_refund(
+                    current, refund, actor=f"refund_check:{rt.name}", reason=reason
+                )
+            except RefundRefused as exc:  # the payment system and we disagree: a person looks
+                log.error("reported refund not recorded", error=str(exc))
+            else:
+                if recorded is not None:
+                    metrics.REFUNDS.labels(rt.name, "psp", "succeeded").inc()
+                    if report.chargeback:
+                        metrics.CHARGEBACKS.labels(rt.name).inc()
+                        log.error("chargeback", amount=str(recorded.money))
+                    log.info("refund at the payment system recorded", amount=str(recorded.money))
+        await self.transfers.refund_checked(order.id)
 
     # -- submit ----------------------------------------------------------------------------
 

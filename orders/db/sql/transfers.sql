@@ -145,3 +145,35 @@ WITH moved AS (
     FROM moved WHERE %(to)s::text IS NOT NULL AND kind = 'refund'
 )
 SELECT * FROM moved
+
+-- refund_check_mark --
+-- An unverified hint that a paid order's payment was refunded: its refund check is due, at once
+-- or when the quiet interval after the last check ends. A check already due or running is left
+-- alone, so a flood of hints costs at most one status read per order per interval.
+UPDATE orders
+SET refund_check_at = greatest(now(), coalesce(refund_checked_at + %(quiet)s, now()))
+WHERE id = %(id)s AND status = 'paid' AND refund_check_at IS NULL
+RETURNING refund_check_at
+
+-- refund_check_claim --
+-- The transfers' claim for refund checks: a batch of due orders, each moved on by the lease (a
+-- check whose worker died comes back when it ends).
+WITH due AS (
+    SELECT id FROM orders
+    WHERE refund_check_at IS NOT NULL AND refund_check_at <= now()
+      AND (%(adapters)s::text[] IS NULL OR adapter = ANY(%(adapters)s::text[]))
+    ORDER BY refund_check_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o
+SET refund_check_at = now() + %(lease)s
+FROM due
+WHERE o.id = due.id
+RETURNING o.id, o.adapter
+
+-- refund_check_done --
+-- A refund check ended (recorded, nothing to record, or nothing can be read): not due again
+-- until another hint, and that one not before the quiet interval.
+UPDATE orders SET refund_check_at = NULL, refund_checked_at = now()
+WHERE id = %(id)s
