@@ -1,4 +1,4 @@
-"""The ASGI app: routers, the one error shape, the body limit."""
+"""The ASGI app: routers, the one error shape, the body limit, the middleware stack."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi._body_limit import AppBodyLimitMiddleware
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
+from starlette._utils import is_async_callable
+from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.routing import Match
+from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from dispatcher.api import callbacks, console, errors, health, orders, pay, refunds, wallets
 from dispatcher.api import withdrawals as withdrawal_routes
+from dispatcher.api.body import RequestRoute
 from dispatcher.api.context import ApiContext
 from dispatcher.api.middleware import BodyLimit
 from dispatcher.api.openapi import publish_adapters, publish_bodies
@@ -17,6 +28,86 @@ from dispatcher.api.openapi import publish_adapters, publish_bodies
 DESCRIPTION = """Payment orders for sites, status pages for buyers, callbacks for payment
 systems. Site endpoints take `Authorization: Bearer <key>` (`paydispatch keys create SITE`).
 Every error is `{"error": {"code", "message", "field"}}` with a stable `code`."""
+
+
+class App(FastAPI):
+    """FastAPI with the layers it would wrap every request in for nothing left out.
+
+    Each layer is a coroutine frame every suspension of a request resumes through, and the
+    create suspends a few times (issue #13: some 15 % of its API CPU went to them). Kept:
+    Starlette's ServerErrorMiddleware, every user middleware (``add_middleware``) and
+    ExceptionMiddleware with the app's handlers, in FastAPI's order. Left out: the telemetry
+    layer when telemetry is off (it only records into the request's telemetry, which is then
+    never set up) and FastAPI's body-limit layer when ``max_body_size`` is None (it passes the
+    request straight on; ``BodyLimit`` is the limit here). A :class:`RequestRoute` on the app's
+    own router is served right inside ExceptionMiddleware, before routing and without the exit
+    stack it does not use; every other route goes through FastAPI's AsyncExitStackMiddleware
+    and the router as before.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        error_handler = None
+        handlers: dict[Any, ExceptionHandler] = {}
+        for key, value in self.exception_handlers.items():
+            if key in (500, Exception):
+                error_handler = value
+            else:
+                handlers[key] = value
+        outer = [Middleware(ServerErrorMiddleware, handler=error_handler, debug=self.debug)]
+        if any(self._telemetry[signal] for signal in ("tracing", "metrics", "logs")):
+            outer.append(Middleware(ExceptionTelemetryMiddleware))
+        if self.max_body_size is not None:
+            outer.append(Middleware(AppBodyLimitMiddleware, max_body_size=self.max_body_size))
+        middleware = [
+            *outer,
+            *self.user_middleware,
+            Middleware(ExceptionMiddleware, handlers=handlers, debug=self.debug),
+        ]
+        app: ASGIApp = _RequestRoutesFirst(self, AsyncExitStackMiddleware(self.router))
+        for cls, args, kwargs in reversed(middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+class _RequestRoutesFirst:
+    """Serves the app's own :class:`RequestRoute` routes as the router would have (the same
+    scope: ``router``, ``route``, ``endpoint``, ``path_params``), the rest through ``rest``.
+
+    Only a route that matches FULL is served here; a method it does not take (405) or a path
+    it does not have goes to the router. Its endpoint's errors propagate to
+    ExceptionMiddleware, the app's handlers, as Starlette's ``request_response`` would hand
+    them on from the route. A RequestRoute is matched before the routes added ahead of it:
+    none of those may take the same path and method (checked when the stack is built).
+    """
+
+    def __init__(self, fastapi: FastAPI, rest: ASGIApp) -> None:
+        self.router = fastapi.router
+        self.rest = rest
+        self.routes = [
+            r
+            for r in self.router.routes
+            if isinstance(r, RequestRoute) and is_async_callable(r.endpoint)
+        ]
+        for route in self.routes:
+            for earlier in self.router.routes[: self.router.routes.index(route)]:
+                if getattr(earlier, "path", None) == route.path and (
+                    getattr(earlier, "methods", None) or set()
+                ) & (route.methods or set()):
+                    raise TypeError(f"{route.path}: taken by a route added before it")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.setdefault("router", self.router)
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    request = Request(scope, receive, send)
+                    response = await route.endpoint(request)
+                    await response(scope, receive, send)
+                    return
+        await self.rest(scope, receive, send)
 
 
 def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
@@ -34,7 +125,7 @@ def create_app(ctx: ApiContext, *, close_on_shutdown: bool = False) -> FastAPI:
             if close_on_shutdown:
                 ctx.close()
 
-    app = FastAPI(
+    app = App(
         title="paydispatch",
         version="1",
         description=DESCRIPTION,
