@@ -281,7 +281,7 @@ def register(sub: Any) -> None:
         move.add_argument("--key", required=True, help="idempotency key: a repeat does nothing")
         move.set_defaults(func=cmd_move, action=name)
 
-    refund = actions.add_parser("refund", help="record by hand a refund paydispatch has no record of (not one listed by `orders refunds`)")
+    refund = actions.add_parser("refund", help="record by hand a refund not in `orders refunds`")
     refund.add_argument("order", help="order id")
     refund.add_argument("--amount", help="major units (default: the whole order)")
     refund.add_argument("--reason", required=True)
