@@ -24,6 +24,10 @@ from typing import Any
 import aiohttp
 import httpx
 
+# An answer as it came off the wire: status, raw header pairs in wire order, body (still encoded
+# as its Content-Encoding says).
+Exchanged = tuple[int, list[tuple[bytes, bytes]], bytes]
+
 
 @contextmanager
 def _mapped(request: httpx.Request) -> Iterator[None]:
@@ -77,6 +81,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        status, raw, content = await self.exchange(request)
+        return httpx.Response(
+            status,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw],
+            stream=httpx.ByteStream(content),
+            extensions={"http_version": b"HTTP/1.1"},
+            request=request,
+        )
+
+    async def exchange(self, request: httpx.Request) -> Exchanged:
+        """Send ``request`` as httpx built it and read the whole answer, without wrapping it
+        in an ``httpx.Response`` (the PSP transport reads status, headers and body directly)."""
         timeout = _timeout(request.extensions.get("timeout", {}))
         body = await request.aread()
         session = self._get_session()
@@ -92,15 +108,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,
             ) as response:
                 content = await response.read()
-                raw = response.raw_headers
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-                return httpx.Response(
-                    response.status,
-                    headers=headers,
-                    stream=httpx.ByteStream(content),
-                    extensions={"http_version": b"HTTP/1.1"},
-                    request=request,
-                )
+                return response.status, list(response.raw_headers), content
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:

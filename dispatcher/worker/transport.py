@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from urllib.parse import urlencode
@@ -44,7 +44,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from adapters.base import Adapter, AdapterSettings, PspRequest, PspResponse, Token, pairs
 from dispatcher import metrics
 from dispatcher.policy import DispatchPolicy
-from dispatcher.worker.aiohttp_transport import AiohttpTransport
+from dispatcher.worker.aiohttp_transport import AiohttpTransport, Exchanged
 from dispatcher.worker.breaker import CircuitBreaker, CircuitOpen
 from dispatcher.worker.outage import OutageLog
 from orders.backoff import retry_after_wait
@@ -86,8 +86,8 @@ class RateLimiter:
                 await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -127,13 +127,10 @@ class _Wait:
         )
 
 
-def _client(
-    policy: DispatchPolicy, http_transport: httpx.AsyncBaseTransport | None
-) -> httpx.AsyncClient:
+def _client(policy: DispatchPolicy, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(policy.timeout, connect=min(policy.timeout, 5.0)),
-        # aiohttp's pool under httpx's API: see dispatcher/worker/aiohttp_transport.py for why.
-        transport=http_transport or AiohttpTransport(max_connections=policy.concurrency),
+        transport=transport,
         follow_redirects=False,
         trust_env=False,  # a payment API is reached directly, whatever the environment says
     )
@@ -147,6 +144,30 @@ def _headers_and_content(request: PspRequest) -> tuple[dict[str, str], bytes | N
     if not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = FORM_CONTENT_TYPE
     return headers, urlencode(pairs(request.form)).encode("ascii")
+
+
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An answer's headers as ``dict(httpx.Headers(raw))`` gives them: names lower-cased, the
+    values of a repeated name joined with ", ", decoded as httpx guesses (ASCII, else UTF-8,
+    else Latin-1)."""
+    encoding = _encoding(raw)
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode(encoding).lower(), value.decode(encoding)
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _encoding(raw: list[tuple[bytes, bytes]]) -> str:
+    for candidate in ("ascii", "utf-8"):
+        try:
+            for name, value in raw:
+                name.decode(candidate)
+                value.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+        return candidate
+    return "iso-8859-1"
 
 
 class Transport:
@@ -172,6 +193,14 @@ class Transport:
         self.adapter = adapter
         self.settings = settings
         self.policy = policy
+        # aiohttp's pool under httpx's API (dispatcher/worker/aiohttp_transport.py says why).
+        # On that wire a request built by httpx is sent by the wire itself, past httpx's send
+        # (auth, redirects, cookies, event hooks: none of which a payment API gets from us),
+        # which cost a poll a third of its CPU (docs/benchmarks.md). Any other wire (a
+        # ``MockTransport``, a replay) is driven through the client.
+        self._wire: AiohttpTransport | None = None
+        if http_transport is None:
+            self._wire = http_transport = AiohttpTransport(max_connections=policy.concurrency)
         self.client = _client(policy, http_transport)
         self.clock = clock
         self._token: Token | None = None
@@ -238,18 +267,16 @@ class Transport:
         once_only = (
             request.operation == "create" and not self.adapter.capabilities.idempotent_create
         )
-        retrying = AsyncRetrying(
-            # Without an idempotency key a second create could make a second invoice: retry
-            # only what surely never reached the payment system.
-            retry=retry_if_exception(_surely_not_sent if once_only else _is_retryable),
-            stop=stop_after_attempt(self.policy.retries + 1),
-            wait=_Wait(),
-            reraise=True,
-        )
+        # Without an idempotency key a second create could make a second invoice: retry only
+        # what surely never reached the payment system.
+        retryable = _surely_not_sent if once_only else _is_retryable
         try:
-            async for attempt in retrying:
-                with attempt:
-                    response = await self._send_once(request)
+            try:
+                response = await self._send_once(request)
+            except PspUnavailable as exc:
+                if not retryable(exc):
+                    raise
+                response = await self._retry(request, retryable, exc)
         except PspUnavailable as exc:
             self.breaker.record_failure()
             self.outage.failed(str(exc))
@@ -258,6 +285,44 @@ class Transport:
         self.outage.recovered()
         return response
 
+    async def _retry(
+        self,
+        request: PspRequest,
+        retryable: Callable[[BaseException], bool],
+        first: PspUnavailable,
+    ) -> PspResponse:
+        """The tries after a first one that failed with ``first``, under tenacity.
+
+        The first try is made outside tenacity (most calls need no retry, and setting up its
+        retry state cost a poll a tenth of its CPU); tenacity's own first attempt here gives
+        back ``first`` without sending, so the count of tries and every wait are what they
+        would have been had tenacity made that try."""
+        failed = [first]
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            stop=stop_after_attempt(self.policy.retries + 1),
+            wait=_Wait(),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if failed:
+                    raise failed.pop()
+                return await self._send_once(request)
+        raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
+
+    async def _exchange(self, request: httpx.Request) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (as ``dict(response.headers)``) and decoded body of the answer."""
+        if self._wire is None or request.url.userinfo:  # the client's wire, or its URL auth
+            response = await self.client.send(request)
+            self.client.cookies.clear()  # a payment API is stateless: no cookie is sent back
+            return response.status_code, dict(response.headers), response.content
+        status, raw, body = await self._wire.exchange(request)
+        headers = _header_dict(raw)
+        if "content-encoding" in headers:  # decoded by httpx, as through the client
+            return await _decoded(request, (status, raw, body))
+        return status, headers, body
+
     async def _send_once(self, request: PspRequest) -> PspResponse:
         async with self.slots:
             await self.limiter.acquire()
@@ -265,7 +330,7 @@ class Transport:
             outcome = "error"
             try:
                 headers, content = _headers_and_content(request)
-                response = await self.client.request(
+                built = self.client.build_request(
                     request.method,
                     request.url,
                     headers=headers,
@@ -273,6 +338,7 @@ class Transport:
                     json=request.json,
                     content=content,
                 )
+                code, answer_headers, body = await self._exchange(built)
             except httpx.TimeoutException as exc:
                 outcome = "timeout"
                 # A connect timeout means nothing reached the payment system.
@@ -293,15 +359,22 @@ class Transport:
                 metrics.PSP_DURATION.labels(self.adapter.name, request.operation).observe(elapsed)
                 if outcome != "error":
                     metrics.PSP_REQUESTS.labels(self.adapter.name, request.operation, outcome).inc()
-            code = response.status_code
             kind = "ok" if code < 400 else "429" if code == 429 else f"{code // 100}xx"
             metrics.PSP_REQUESTS.labels(self.adapter.name, request.operation, kind).inc()
             if code == 429 or code >= 500:
                 raise PspUnavailable(
                     f"{self.adapter.name} {request.operation}: HTTP {code}",
                     maybe_sent=code != 429,
-                    retry_after=_retry_after(response),
+                    retry_after=_retry_after(answer_headers),
                 )
-            return PspResponse(
-                status_code=code, content=response.content, headers=dict(response.headers)
-            )
+            return PspResponse(status_code=code, content=body, headers=answer_headers)
+
+
+async def _decoded(
+    request: httpx.Request, exchanged: Exchanged
+) -> tuple[int, dict[str, str], bytes]:
+    """An answer with a Content-Encoding, decoded by httpx's own decoders."""
+    status, raw, body = exchanged
+    response = httpx.Response(status, headers=raw, stream=httpx.ByteStream(body), request=request)
+    await response.aread()
+    return status, dict(response.headers), response.content

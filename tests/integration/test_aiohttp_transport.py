@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.base import PspRequest
+from adapters.base import PspRequest, PspResponse
 from adapters.sandbox.adapter import Sandbox
 from adapters.testing import sample_order
 from dispatcher.worker.aiohttp_transport import AiohttpTransport
@@ -447,5 +447,105 @@ def test_against_a_slow_server_a_create_without_keys_is_sent_exactly_once(
             # with the same key where there is one).
             assert caught.value.maybe_sent
             assert len(server.requests) == creates
+
+    run(go())
+
+
+# The PSP transport sends on aiohttp itself, past httpx's send (auth, redirects, cookies, hooks);
+# what reaches the payment system and what the adapter reads must not change for it.
+WIRE_REQUESTS = [
+    PspRequest(
+        "POST",
+        "/v1/invoices",
+        "create",
+        headers={"Idempotency-Key": "pd-42", "Authorization": "Bearer k"},
+        json={"amount": 1999, "note": "Zoë's order", "items": [1, 2]},
+    ),
+    PspRequest("GET", "/v1/invoices/inv 1", "status", params=[("expand", "a"), ("expand", "b c")]),
+    PspRequest("POST", "/v1/refunds", "refund", form=[("amount", "5"), ("reason", "a&b é")]),
+    PspRequest(
+        "POST", "/v1/raw", "capture", headers={"Content-Type": "text/plain"}, content=b"raw"
+    ),
+    PspRequest("GET", "/v1/gzip", "status"),
+    PspRequest("GET", "/v1/busy", "status"),
+]
+
+
+async def _echo(
+    server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    while (request := await server.read_request(reader)) is not None:
+        path = request.line.split(b" ")[1]
+        headers = [("Content-Type", "application/json"), ("X-Dup", "a"), ("X-Dup", "b")]
+        body = json.dumps({"path": path.decode(), "body": request.body.decode()}).encode()
+        status = "200 OK"
+        if path == b"/v1/gzip":
+            headers.append(("Content-Encoding", "gzip"))
+            body = gzip.compress(body)
+        elif path == b"/v1/busy":
+            status = "429 Too Many Requests"
+            headers.append(("Retry-After", "0"))
+        writer.write(response_bytes(status, headers, body))
+        await writer.drain()
+
+
+async def _send_all(transport: Transport, base: str) -> list[object]:
+    answers: list[object] = []
+    try:
+        for request in WIRE_REQUESTS:
+            try:
+                answers.append(await transport.send(replace(request, url=base + request.url)))
+            except PspUnavailable as exc:
+                answers.append((str(exc), exc.maybe_sent, exc.retry_after))
+    finally:
+        await transport.aclose()
+    return answers
+
+
+def test_the_psp_transport_on_aiohttp_sends_and_reads_what_it_would_through_httpx() -> None:
+    policy = replace(FAST, retries=0)
+    runtime = sandbox_runtime("http://127.0.0.1:9", policy)
+
+    async def go() -> None:
+        # Given the same requests sent on the transport's own aiohttp wire and, through the
+        # httpx client, on an AiohttpTransport given as its wire,
+        async with LoopbackServer(_echo) as direct, LoopbackServer(_echo) as through:
+            mine = Transport(runtime.adapter, runtime.settings, policy)
+            assert mine._wire is not None  # the wire is driven without the client's send
+            given = Transport(
+                runtime.adapter, runtime.settings, policy, http_transport=AiohttpTransport()
+            )
+            assert given._wire is None
+            answers = await _send_all(mine, direct.url)
+            expected = await _send_all(given, through.url)
+            sent, wanted = direct.requests, through.requests
+        # then every request arrives byte for byte as httpx would have sent it,
+        assert len(sent) == len(wanted) == len(WIRE_REQUESTS)
+        for got, want in zip(sent, wanted, strict=True):
+            assert got.line == want.line
+            assert got.body == want.body
+            ports = {f"127.0.0.1:{direct.port}".encode(), f"127.0.0.1:{through.port}".encode()}
+            hosts = [(n, b"HOST") if v in ports else (n, v) for n, v in got.header_set()]
+            want_hosts = [(n, b"HOST") if v in ports else (n, v) for n, v in want.header_set()]
+            assert hosts == want_hosts
+        # and every answer reads the same: status, body (gzip decoded), repeated headers
+        # joined, a 429 with its Retry-After.
+        assert len(answers) == len(expected)
+        for answer, want_answer in zip(answers, expected, strict=True):
+            if isinstance(answer, PspResponse):
+                assert isinstance(want_answer, PspResponse)
+                assert answer.status_code == want_answer.status_code == 200
+                assert answer.content == want_answer.content
+                assert json.loads(answer.content)["path"].startswith("/v1/")
+                drop = {"content-length"}  # of the gzip body: the same on both, but ports differ
+                assert {k: v for k, v in answer.headers.items() if k not in drop} == {
+                    k: v for k, v in want_answer.headers.items() if k not in drop
+                }
+                assert answer.headers["x-dup"] == "a, b"
+            else:
+                message, maybe_sent, retry_after = answer  # type: ignore[misc]
+                assert (maybe_sent, retry_after) == want_answer[1:]  # type: ignore[index]
+                assert message.endswith("HTTP 429")
+                assert retry_after == 0.0
 
     run(go())
