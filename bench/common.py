@@ -280,6 +280,22 @@ def _reaped_children_cpu(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
 
 
+def rss_mib(pid: int) -> tuple[float, float] | None:
+    """A process's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    found = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) / 1024
+    if len(found) < 2:
+        return None
+    return found["VmRSS"], found["VmHWM"]
+
+
 def _proc_cpu(pid: int) -> tuple[str, float] | None:
     found = _proc_stat(pid)
     return None if found is None else (found[0], found[2])
@@ -301,6 +317,7 @@ class CpuMeter:
         self.started = 0.0
         self.result: dict[str, float] = {}
         self.per_process: dict[str, list[float]] = {}  # each process's CPU-s, by group
+        self.rss: dict[str, tuple[float, float]] = {}  # named children: (now, peak) MiB at stop
         self.wall = 0.0
 
     def _group(self, pid: int, comm: str) -> str | None:
@@ -344,6 +361,11 @@ class CpuMeter:
             totals[group] = totals.get(group, 0.0) + used
             self.per_process.setdefault(group, []).append(used)
         self.result = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+        self.rss = {}
+        for pid, name in self.named.items():
+            memory = rss_mib(pid) if pid != os.getpid() and pid in after else None
+            if memory is not None and name not in self.rss:  # a group's first process: its own
+                self.rss[name] = memory
         return self.result
 
     def describe(self) -> list[str]:

@@ -7,7 +7,9 @@ In one run, on the embedded services (or PAYDISPATCH_DATABASE_URL / PAYDISPATCH_
 a. end-to-end orders/s: N orders created through ``OrderRepository.create`` with the sandbox
    scenario ``pay_after:0``, taken to ``paid`` by the real daemon (``paydispatch sweeper`` and
    ``paydispatch worker`` processes) against ``paydispatch sandbox`` in its own process; timed
-   from the first create to the last ``paid_at``. Each setting gets a fresh database.
+   from the first create to the last ``paid_at``. Each setting gets a fresh database. The orders
+   are created all at once, or with ``--arrival N`` at a steady N orders/s (a site's buyers,
+   not a burst); CPU per order is reported for each process.
 b. the PostgreSQL limit for the same lifecycle: ``bench/lifecycle.pgbench.sql`` under pgbench
    on the same server, fresh database (one script run = one lifecycle, so tps = lifecycles/s).
 c. raw dramatiq: M no-op messages through a RedisBroker on the same Redis, consumed by a
@@ -84,6 +86,33 @@ def parse_settings(text: str, base: Setting) -> list[Setting]:
     return found
 
 
+def _create_paced(
+    repo: OrderRepository, new_orders: list[NewOrder], creators: int, rate: float, start: float
+) -> None:
+    """Create order i at ``start + i / rate`` (``creators`` threads take the next one each):
+    a steady arrival, as a site's buyers make, not a burst."""
+    lock = threading.Lock()
+    following = iter(enumerate(new_orders))
+
+    def creating() -> None:
+        while True:
+            with lock:
+                item = next(following, None)
+            if item is None:
+                return
+            i, new = item
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            repo.create(new)
+
+    threads = [threading.Thread(target=creating) for _ in range(creators)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 # -- a. end to end ----------------------------------------------------------------------------
 
 
@@ -114,9 +143,11 @@ def run_e2e(
     creators: int,
     timeout: float,
     profile: bool = False,
+    arrival: float | None = None,
 ) -> dict[str, Any]:
+    """``arrival``: orders created at that steady rate (orders/s); None: all at once."""
     children = common.Children()
-    result: dict[str, Any] = {"setting": asdict(setting), "orders": n}
+    result: dict[str, Any] = {"setting": asdict(setting), "orders": n, "arrival": arrival}
     with common.fresh_database(found, "e2e") as db_url:
         common.flush_redis(broker_url)
         httpx.post(f"{sandbox_url}/_control/reset", timeout=10).raise_for_status()
@@ -146,8 +177,11 @@ def run_e2e(
             spy = common.start_profile(children, workers[0]) if profile else None
             meter.start()
             started = time.monotonic()
-            with ThreadPoolExecutor(creators) as creating:
-                list(creating.map(repo.create, new_orders))
+            if arrival:
+                _create_paced(repo, new_orders, creators, arrival, started)
+            else:
+                with ThreadPoolExecutor(creators) as creating:
+                    list(creating.map(repo.create, new_orders))
             created = time.monotonic()
             paid = 0
             with psycopg.connect(db_url, autocommit=True) as conn:
@@ -194,6 +228,10 @@ def run_e2e(
             "time_to_paid_p50": p50,
             "time_to_paid_p95": p95,
             "time_to_paid_max": worst,
+            "cpu_ms_per_order": {
+                k: round(1000 * v / paid, 3) for k, v in meter.result.items() if paid
+            },
+            "rss_mib": {k: [round(v, 1) for v in m] for k, m in meter.rss.items()},
             "sandbox_create_calls": stats.get("create_calls"),
             "sandbox_status_calls": stats.get("status_calls"),
             "cpu_seconds": {k: round(v, 2) for k, v in meter.result.items()},
@@ -310,6 +348,10 @@ def _print_e2e(res: dict[str, Any]) -> None:
         f"{k} {v:.1f}s ({100 * v / res['cpu_wall']:.0f}%)" for k, v in res["cpu_seconds"].items()
     )
     print(f"    CPU over {res['cpu_wall']}s: {parts}")
+    per_order = ", ".join(f"{k} {v:.2f}" for k, v in res["cpu_ms_per_order"].items())
+    print(f"    CPU ms per order: {per_order}")
+    if res.get("arrival"):
+        print(f"    arrival: {res['arrival']:g} orders/s, created at {res['create_rate']}/s")
     for line in res.get("profile", []):
         print(f"    {line}")
     if res["paid"] < res["orders"]:
@@ -332,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat scri
     )
     parser.add_argument("--in-flight", type=int, default=500, help="worker --in-flight")
     parser.add_argument("--creators", type=int, default=4, help="threads calling create")
+    parser.add_argument(
+        "--arrival",
+        type=float,
+        help="orders/s: create the orders at this steady rate instead of all at once",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="per end-to-end run, s")
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument("--pgbench-threads", type=int, default=2)
@@ -363,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat scri
     results: dict[str, Any] = {"machine": info, "argv": sys.argv, "e2e": []}
 
     if "e2e" not in skip:
-        print(f"\na. end to end, {args.orders} orders, scenario pay_after:0")
+        arrival = f"arriving at {args.arrival:g}/s" if args.arrival else "created at once"
+        print(f"\na. end to end, {args.orders} orders {arrival}, scenario pay_after:0")
         sandbox_children = common.Children()
         try:
             sandbox, sandbox_url = common.start_sandbox(sandbox_children)
@@ -371,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat scri
                 res = run_e2e(
                     found, sandbox, sandbox_url, broker_url, setting,
                     n=args.orders, creators=args.creators, timeout=args.timeout,
-                    profile=args.profile,
+                    profile=args.profile, arrival=args.arrival,
                 )  # fmt: skip
                 results["e2e"].append(res)
                 _print_e2e(res)

@@ -14,8 +14,9 @@ Once every order is awaiting payment and the first polls are under way, it sampl
 ``--duration`` seconds, every second: status calls the sandbox served (polls/s achieved), the
 overdue orders nobody has claimed yet and how late they are (``now() - next_run_at``), the
 orders claimed but not finished, and the broker queue's length. It reports whether the load is
-kept on schedule — p95 lateness under a second at the end of the run, and not growing — and
-which process used the CPU. Any lateness lengthens each cycle, so the polls/s achieved is below
+kept on schedule — p95 lateness under a second in every minute, and not growing — with the
+lateness minute by minute, which process used the CPU (and how much per poll), and each
+process's resident memory. Any lateness lengthens each cycle, so the polls/s achieved is below
 the demand by about the mean lateness over the cycle length.
 """
 
@@ -159,11 +160,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
                     row = conn.execute(
                         "SELECT count(*) FROM orders WHERE status = 'awaiting_payment'"
                     ).fetchone()
-                    if row and row[0] >= args.orders:
+                    if row and row[0] >= args.orders * args.awaiting_share:
                         break
                     if time.monotonic() - t0 > args.setup_timeout:
                         raise RuntimeError(f"only {row} orders awaiting after setup timeout")
                     time.sleep(0.2)
+                result["awaiting_at_start"] = row[0] if row else 0
                 submitted = time.monotonic() - t0
                 print(f"all awaiting payment after {submitted:.1f}s; warming up {args.warmup}s")
                 result["submit_seconds"] = round(submitted, 1)
@@ -179,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
                 result["cpu_seconds"] = {k: round(v, 2) for k, v in meter.result.items()}
                 result["cpu_wall"] = round(meter.wall, 2)
                 result["cpu_lines"] = meter.describe()
+                result["rss_mib"] = {k: [round(v, 1) for v in m] for k, m in meter.rss.items()}
             finally:
                 conn.close()
                 repo.close()
@@ -238,6 +241,26 @@ def _sample(
     return samples
 
 
+def _per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each minute of the run: polls/s, lateness p95 (mean and worst of its samples), max."""
+    minutes: dict[int, list[dict[str, Any]]] = {}
+    for sample in samples:
+        minutes.setdefault(int(sample["t"] // 60), []).append(sample)
+    rows = []
+    for minute, part in sorted(minutes.items()):
+        rows.append(
+            {
+                "minute": minute + 1,
+                "samples": len(part),
+                "polls_per_second": round(statistics.fmean(s["polls_per_second"] for s in part)),
+                "late_p95_mean": round(statistics.fmean(s["late_p95"] for s in part), 2),
+                "late_p95_worst": max(s["late_p95"] for s in part),
+                "late_max": max(s["late_max"] for s in part),
+            }
+        )
+    return rows
+
+
 def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     samples = result["samples"]
     span = samples[-1]["t"] if samples else 0
@@ -258,8 +281,15 @@ def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "claimed_mean": round(statistics.fmean(s["claimed"] for s in samples)) if samples else 0,
         "queue_mean": round(statistics.fmean(s["queue"] for s in samples)) if samples else 0,
     }
+    minutes = _per_minute(samples)
+    summary["per_minute"] = minutes
     growing = summary["late_p95_last_third"] > max(1.0, 1.5 * summary["late_p95_first_third"])
     on_schedule = not growing and summary["late_p95_last_third"] < 1.0
+    on_schedule = on_schedule and all(m["late_p95_mean"] < 1.0 for m in minutes)
+    polls = achieved * result["cpu_wall"]
+    summary["cpu_ms_per_poll"] = {
+        k: round(1000 * v / polls, 3) for k, v in result["cpu_seconds"].items() if polls
+    }
     summary["lag_growing"] = growing
     summary["on_schedule"] = on_schedule
     result["summary"] = summary
@@ -271,13 +301,27 @@ def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         f"p95 ~{summary['unclaimed_overdue_p95_mean']}s; claimed (in the broker or a worker) "
         f"~{summary['claimed_mean']}, of which in the broker queue ~{summary['queue_mean']}"
     )
+    print(" minute  polls/s  late p95 (mean, worst of its samples)  late max")
+    for m in minutes:
+        print(
+            f"{m['minute']:7d} {m['polls_per_second']:8d} {m['late_p95_mean']:10.2f} "
+            f"{m['late_p95_worst']:6.2f} {m['late_max']:31.2f}"
+        )
     print(
-        "load kept on schedule: "
+        "load kept on schedule (p95 lateness under 1 s in every minute, not growing): "
         + ("YES" if on_schedule else "NO")
         + ("; lag is GROWING over the run" if growing else "")
     )
     for line in result["cpu_lines"]:
         print(line)
+    print(
+        "CPU ms per poll: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in summary["cpu_ms_per_poll"].items())
+    )
+    print(
+        "resident memory (now, peak) MiB: "
+        + ", ".join(f"{k} {now:.0f}/{peak:.0f}" for k, (now, peak) in result["rss_mib"].items())
+    )
     for line in result.get("profile", []):
         print(f"  {line}")
     return result
@@ -299,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="sweeper batch")
     parser.add_argument("--creators", type=int, default=4)
     parser.add_argument("--setup-timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--awaiting-share",
+        type=float,
+        default=1.0,
+        help="start measuring once this share of the orders awaits payment (default: all)",
+    )
     parser.add_argument("--redis-db", type=int, default=7, help="Redis database (flushed)")
     parser.add_argument("--profile", action="store_true", help="py-spy the first worker")
     parser.add_argument("--json", type=Path, help="write the results here")
