@@ -24,7 +24,7 @@ from adapters.base import Secret
 from dispatcher import logs, services
 from dispatcher.config import ConfigError, Settings
 from dispatcher.runtime import AdapterRuntime, build_adapters, expiries
-from orders.db import AsyncPool, Pool, open_async_pool, open_pool
+from orders.db import AsyncPool, Pool, open_async_pool, open_pool, use_prepared_statements
 from orders.repository import OrderRepository
 
 if TYPE_CHECKING:
@@ -61,11 +61,20 @@ class Root:
     def services(self) -> services.Services:
         """The database and the broker: the configured ones, or embedded ones started now.
 
-        Their passwords are registered with the log redactor, so no line ever prints them."""
+        Their passwords are registered with the log redactor, so no line ever prints them. The
+        pools this process opens from now on prepare statements as ``database_prepare`` says."""
         found = services.ensure(self.settings)
-        for url in (found.database_url, found.broker_url):
-            logs.REDACTOR.add_url_password(url)
+        for url in (found.database_url, found.broker_url, self.settings.listen_database_url):
+            if url:
+                logs.REDACTOR.add_url_password(url)
+        use_prepared_statements(self.settings.database_prepare)
         return found
+
+    @property
+    def listen_url(self) -> str:
+        """Where the sessions that ``LISTEN`` connect: PostgreSQL itself, even when the pools go
+        through a pooler in transaction mode (``PAYDISPATCH_LISTEN_DATABASE_URL``)."""
+        return self.settings.listen_database_url or self.services.database_url
 
     @property
     def runtimes(self) -> dict[str, AdapterRuntime]:

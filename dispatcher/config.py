@@ -69,6 +69,11 @@ class Settings:
     database_url: str | None  # None: start the embedded PostgreSQL
     broker_url: str | None  # None: start the embedded Redis
     home: Path  # where embedded services keep their data
+    # Behind PgBouncer in transaction mode: psycopg's prepared statements off (before 1.21), and
+    # the sessions that LISTEN (the sweeper's wake-ups, the API's key revocations) straight to
+    # PostgreSQL, since a pooler in transaction mode does not carry notifications.
+    database_prepare: bool = True
+    listen_database_url: str | None = None  # None: database_url
     # Nothing is enabled unless configured; a development setup (PAYDISPATCH_DEV) gets the
     # sandbox by default (issue #12, item 2).
     enabled_adapters: tuple[str, ...] = ()
@@ -148,6 +153,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         database_url=read_secret(environ, "PAYDISPATCH_DATABASE_URL") or data.get("database_url"),
         broker_url=read_secret(environ, "PAYDISPATCH_BROKER_URL") or data.get("broker_url"),
         home=home,
+        database_prepare=flag(
+            "PAYDISPATCH_DATABASE_PREPARE",
+            environ.get("PAYDISPATCH_DATABASE_PREPARE") or data.get("database_prepare", True),
+        ),
+        listen_database_url=read_secret(environ, "PAYDISPATCH_LISTEN_DATABASE_URL")
+        or data.get("listen_database_url"),
         enabled_adapters=enabled,
         adapters_configured=configured,
         dev=dev,

@@ -42,6 +42,8 @@ class ApiContext:
     # Buyers' status pages pull an order's next poll forward at most this often (seconds).
     view_debounce: float = 2.0
     pool_size: int = 10  # connections of the async pool ``orders`` runs on
+    # Where the key revocation listener connects (not through a pooler); None: the repository's.
+    listen_url: str | None = None
     keys: ApiKeys = field(init=False)
     orders: Orders = field(init=False)  # the async repository, opened in the app's lifespan
     transfers: Transfers = field(init=False)  # refunds, on the same pool

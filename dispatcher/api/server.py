@@ -42,6 +42,7 @@ def context_from(settings: Settings, *, pool_size: int = 10) -> ApiContext:
         webhook_max_age=settings.billing.webhook_max_age,
         withdrawal_settings=settings.withdrawals,
         pool_size=pool_size,
+        listen_url=root.listen_url,
     )
     ctx.on_close.append(root.close)
     return ctx

@@ -55,7 +55,7 @@ def run_sweeper(
         interval=interval,
         pid=os.getpid(),
     )
-    sweeper.run(stop, root.services.database_url)
+    sweeper.run(stop, root.listen_url)
     log.info("sweeper stopped")
     root.close()
     return 0

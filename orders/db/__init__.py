@@ -42,6 +42,7 @@ __all__ = [
     "queries",
     "query",
     "transaction",
+    "use_prepared_statements",
 ]
 
 Connection = psycopg.Connection[DictRow]
@@ -135,6 +136,22 @@ async def check_async_connection(pool: AsyncConnectionPool[Any], conn: Any) -> N
         await AsyncConnectionPool.check_connection(conn)
 
 
+# What every pooled connection is opened with. psycopg prepares a statement on its connection
+# after ``prepare_threshold`` runs (its default, 5); None: never, which PgBouncer in transaction
+# mode needs before 1.21 (or without max_prepared_statements): a statement prepared on one
+# server connection is missing on the next one the pooler hands out.
+_CONNECTION: dict[str, Any] = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": 5}
+
+
+def use_prepared_statements(on: bool) -> None:
+    """Whether the pools opened from now on let psycopg prepare the statements it runs often.
+
+    Set once by a process's composition root from ``PAYDISPATCH_DATABASE_PREPARE``, before it
+    opens a pool (like ``structlog.configure``); every pool of the process then agrees.
+    """
+    _CONNECTION["prepare_threshold"] = 5 if on else None
+
+
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "orders") -> Pool:
     """A connection pool whose connections autocommit and return rows as dicts; a connection
     the server has closed is replaced at checkout (:func:`check_connection`)."""
@@ -143,7 +160,7 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "o
         connection_class=psycopg.Connection[DictRow],
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, "row_factory": dict_row},
+        kwargs=dict(_CONNECTION),
         name=name,
         open=False,
         check=lambda conn: check_connection(pool, conn),
@@ -163,7 +180,7 @@ async def open_async_pool(
         connection_class=psycopg.AsyncConnection[DictRow],
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, "row_factory": dict_row},
+        kwargs=dict(_CONNECTION),
         name=name,
         open=False,
         check=lambda conn: check_async_connection(pool, conn),
