@@ -7,7 +7,10 @@ steps.
 
 Every tick, and soon after a ``NOTIFY paydispatch_orders`` (sent when an order is created),
 it claims up to ``batch`` due rows with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` and enqueues
-one message per order. Any number of sweepers may run: a row is claimed by one of them only.
+one message per ``message_size`` steps of an adapter and action. It claims for an adapter only
+while fewer than ``max_queued`` messages wait in its queue (:mod:`dispatcher.sweeper.backlog`):
+work the workers cannot start soon waits in the table, not in the broker past its lease.
+Any number of sweepers may run: a row is claimed by one of them only.
 Messages lost after the claim (a Redis restart, a crash) cost nothing but the lease's length.
 It sends through :class:`dispatcher.steps.Steps` only: no actor, engine or worker is loaded here.
 """
@@ -27,6 +30,7 @@ import structlog
 from dispatcher import metrics
 from dispatcher.billing.webhook import SyncOutbox
 from dispatcher.steps import Action, Steps, action_for
+from dispatcher.sweeper.backlog import Backlog, broker_backlog
 from dispatcher.sweeper.dbstats import DbStats
 from orders.db import query
 from orders.errors import TransientError
@@ -55,7 +59,12 @@ class Sweeper:
         message_size: int = 50,
         stats_interval: float = 5.0,
         transfers: SyncTransfers | None = None,
+        backlog: Backlog | None = None,
+        max_queued: int = 20,
     ) -> None:
+        """``backlog`` tells how many messages wait in an adapter's queue (by default, read
+        from ``dispatch``'s broker): no order of an adapter is claimed while ``max_queued`` or
+        more do (:mod:`dispatcher.sweeper.backlog`)."""
         self.repo = repo
         self.transfers = transfers or SyncTransfers(repo)  # refunds and payouts
         self.dispatch = dispatch
@@ -71,10 +80,16 @@ class Sweeper:
         self.message_size = message_size  # steps per broker message
         self.stats_interval = stats_interval
         self._last_stats = 0.0
+        broker = getattr(dispatch, "broker", None)
+        if backlog is None and broker is not None:
+            backlog = broker_backlog(broker)
+        self.backlog = backlog
+        self.max_queued = max_queued
 
     def tick(self) -> int:
         """Claim one batch and send it; returns how many orders were sent."""
-        claimed = self.repo.claim(self.batch, self.lease, adapters=self.adapters)
+        adapters, limit = self._room()
+        claimed = self.repo.claim(limit, self.lease, adapters=adapters) if adapters else []
         now = self.clock()
         sent = 0
         groups: dict[tuple[str, Action], list[tuple[UUID, UUID]]] = {}
@@ -97,6 +112,25 @@ class Sweeper:
         if self.stats is not None:
             self.stats.maybe_refresh()
         return sent
+
+    def _room(self) -> tuple[list[str], int]:
+        """The adapters whose queues have room for more steps, and how many to claim."""
+        if self.backlog is None:
+            return self.adapters, self.batch
+        open_, room = [], 0
+        for adapter in self.adapters:
+            waiting = self.backlog(adapter)
+            if waiting is None:
+                open_.append(adapter)
+                room = self.batch
+            elif waiting < self.max_queued:
+                open_.append(adapter)
+                room = max(room, (self.max_queued - waiting) * self.message_size)
+        if len(open_) < len(self.adapters):
+            log.debug(
+                "queues full; their orders wait", full=sorted(set(self.adapters) - set(open_))
+            )
+        return open_, min(self.batch, room)
 
     def sweep_transfers(self) -> int:
         """Claim due refunds and payouts and send one ``transfer`` step each (batched)."""
