@@ -60,6 +60,10 @@ CREATE TABLE orders (
     -- cost at most one status read per order per quiet interval.
     refund_check_at timestamptz,
     refund_checked_at timestamptz,
+    -- Issue #14 (migration 0013): the payment system's id of the money taken (Stripe's
+    -- PaymentIntent, PayPal's capture, Robokassa's OpKey), stored when the order becomes paid;
+    -- refunds and chargebacks reported by that id are matched to the order with it.
+    psp_payment_id  text,
     CONSTRAINT orders_refund_reserved_check
         CHECK (refund_reserved <= amount AND refund_reserved >= refunded_amount),
     CONSTRAINT orders_number_key UNIQUE (number),
@@ -79,6 +83,10 @@ CREATE INDEX orders_due_idx ON orders (next_run_at) WHERE next_run_at IS NOT NUL
 -- Active orders by deadline: the sweeper's count of orders past it reads only these.
 -- Due refund checks only (migration 0012): the sweeper's claim reads this small index.
 CREATE INDEX orders_refund_check_idx ON orders (refund_check_at) WHERE refund_check_at IS NOT NULL;
+-- A payment system's payment id names one order (only orders that have one are in the index, so a
+-- create costs nothing more).
+CREATE UNIQUE INDEX orders_psp_payment_id_idx ON orders (adapter, psp_payment_id)
+    WHERE psp_payment_id IS NOT NULL;
 CREATE INDEX orders_active_expires_idx ON orders (expires_at)
     WHERE status IN ('new', 'submitting', 'awaiting_payment');
 -- A long table would be vacuumed only once a fifth of it changed (the default scale factor):
@@ -679,3 +687,4 @@ INSERT INTO schema_version (version, description) VALUES (9, 'transfers: refunds
 INSERT INTO schema_version (version, description) VALUES (10, 'wallet holds, refund billing');
 INSERT INTO schema_version (version, description) VALUES (11, 'withdrawals');
 INSERT INTO schema_version (version, description) VALUES (12, 'refund checks');
+INSERT INTO schema_version (version, description) VALUES (13, 'payment ids');

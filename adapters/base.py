@@ -304,11 +304,14 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class OrderRef:
-    """How a notification names its order: by our id, our number, or the payment system's id."""
+    """How a notification names its order: by our id, our number, or the payment system's id
+    (of the invoice, ``psp_id``, or of the money taken, ``psp_payment_id``: a paid order's
+    :attr:`StatusReport.psp_payment_id`, which names it once stored)."""
 
     order_id: str | None = None
     number: int | None = None
     psp_id: str | None = None
+    psp_payment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

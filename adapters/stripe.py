@@ -67,7 +67,7 @@ constant time, ``t`` within 300 s of receipt either way. A notification that fai
 (200) with none.
 
 **Refunds** (issue #14; https://docs.stripe.com/api/refunds, create and retrieve, and the
-``refund.*``, ``charge.refunded`` and ``charge.dispute.created`` event types): a refund names the
+``refund.*``, ``charge.refunded`` and ``charge.dispute.*`` event types): a refund names the
 session's PaymentIntent (``RefundRequest.psp_payment_id``, which a status read reports), never the
 session; ``POST /v1/refunds`` form-encoded with ``payment_intent``, ``amount`` in Stripe's minor
 units, our refund and order ids (and reason) in ``metadata``, and ``Idempotency-Key:
@@ -75,7 +75,12 @@ pd-refund-<refund id>``; ``GET /v1/refunds/{id}`` reads it. ``pending`` and ``re
 are pending, ``succeeded`` succeeded, ``failed`` and ``canceled`` failed. Refusals follow the
 create's rules (``invalid_request_error`` final, ``idempotency_error`` unknown). A status read
 reports ``refunded`` (the charge's ``amount_refunded``) and ``chargeback`` (``disputed``).
-Refunds cannot be looked up by our id (no ``refund_lookup``).
+Refunds cannot be looked up by our id (no ``refund_lookup``). Refund, Charge and Dispute events
+name their order by the PaymentIntent (``OrderRef.psp_payment_id``: the dispatcher stores it when
+the order is paid), so a refund or dispute made in Stripe's Dashboard finds its order too.
+``charge.refunded`` reports the refunded total; ``charge.dispute.created`` and
+``.funds_withdrawn`` a chargeback, except for an inquiry (a ``warning_*`` status: no funds are
+withdrawn); the other ``charge.dispute.*`` events change nothing.
 
 Settings: ``SECRET_KEY``, ``WEBHOOK_SECRETS``, ``API_URL`` (default ``https://api.stripe.com``),
 ``API_VERSION`` (the ``Stripe-Version`` header; default the version the official SDK pins).
@@ -443,6 +448,13 @@ REFUND_STATES = {
     "canceled": RefundState.FAILED,
 }
 REFUND_EVENTS = frozenset({"refund.created", "refund.updated", "refund.failed"})
+# Events that report money taken back from a paid payment (https://docs.stripe.com/api/events/types):
+# the charge's refunded total, and a dispute's chargeback, reported when it is opened and when
+# its funds are withdrawn (one key for both: recorded once). The other charge.dispute.* events
+# (updated, closed, funds_reinstated) name the order and change nothing.
+CHARGE_EVENTS = frozenset(
+    {"charge.refunded", "charge.dispute.created", "charge.dispute.funds_withdrawn"}
+)
 # Stripe keeps 500 characters of a metadata value.
 METADATA_LIMIT = 500
 
@@ -493,12 +505,33 @@ def _refund_answer(request: RefundRequest, response: PspResponse, *, create: boo
     return report
 
 
-def _charge_report(kind: str, item: Mapping[str, Any], response: PspResponse) -> StatusReport:
-    """What a ``charge.refunded`` (a Charge) or ``charge.dispute.created`` (a Dispute) event says
-    about the payment: paid or refunded, the amount refunded so far, a chargeback."""
+def _intent_of(item: Mapping[str, Any]) -> str | None:
+    """The PaymentIntent id a Refund, Charge or Dispute names (``payment_intent``, an id or,
+    expanded, an object); None when it names none."""
     intent = item.get("payment_intent")
-    intent_id = intent if isinstance(intent, str) and intent else None
-    if kind == "charge.dispute.created":
+    if isinstance(intent, Mapping):
+        intent = intent.get("id")
+    return intent if isinstance(intent, str) and intent.startswith("pi_") else None
+
+
+def _inquiry(item: Mapping[str, Any]) -> bool:
+    """A dispute that is an inquiry (``warning_needs_response``, ``warning_under_review``,
+    ``warning_closed``; https://docs.stripe.com/disputes/how-disputes-work): the issuer asks
+    questions and no funds are withdrawn, so nothing is taken back."""
+    status = item.get("status")
+    return (
+        item.get("object") == "dispute"
+        and isinstance(status, str)
+        and status.startswith("warning_")
+    )
+
+
+def _charge_report(kind: str, item: Mapping[str, Any], response: PspResponse) -> StatusReport:
+    """What a ``charge.refunded`` (a Charge) or ``charge.dispute.created``/``.funds_withdrawn``
+    (a Dispute) event says about the payment: paid or refunded, the amount refunded so far, a
+    chargeback."""
+    intent_id = _intent_of(item)
+    if kind.startswith("charge.dispute."):
         if item.get("object") != "dispute":
             _malformed(response, f"{kind} without a dispute")
         disputed = from_stripe_amount(item.get("amount"), item.get("currency"), response)
@@ -678,16 +711,19 @@ class Stripe(Adapter):
         if event.get("object") != "event" or not isinstance(kind, str):
             _malformed(response, "not a Stripe event")
         item = data.get("object") if isinstance(data, Mapping) else None
-        if kind in REFUND_EVENTS or kind in ("charge.refunded", "charge.dispute.created"):
+        if kind in REFUND_EVENTS or kind == "charge.refunded" or kind.startswith("charge.dispute."):
             if not isinstance(item, Mapping):
                 _malformed(response, f"{kind} without an object")
-            # Our refunds carry our order id in their metadata; charges and disputes only when
-            # something put it there: otherwise they name no order and the report carries the
-            # PaymentIntent (psp_payment_id) a refund names.
-            ref = OrderRef(order_id=_metadata(item, "order_id"))
+            # Our refunds carry our order id in their metadata; charges, disputes and refunds
+            # made in Stripe's Dashboard do not: they name the order by its PaymentIntent (its
+            # psp_payment_id, stored when it was paid), which every Refund, Charge and Dispute
+            # object carries.
+            ref = OrderRef(order_id=_metadata(item, "order_id"), psp_payment_id=_intent_of(item))
             if kind in REFUND_EVENTS:
                 refund = refund_report(item, response)
                 return NotificationResult(ref=ref, verified=True, refund=refund)
+            if kind not in CHARGE_EVENTS or _inquiry(item):
+                return NotificationResult(ref=ref, verified=True)
             return NotificationResult(
                 ref=ref, verified=True, report=_charge_report(kind, item, response)
             )

@@ -86,7 +86,10 @@ def decide(
         detail["reason"] = report.reason
     if target is S.PAID:
         detail["late"] = order.status in LATE_PAYMENT_FROM
-        return Decision(S.PAID, detail)
+        # The payment's own id, where the payment system names one: its refunds and chargebacks
+        # may be reported by that id alone (Stripe's charge.* events).
+        payment = {"psp_payment_id": report.psp_payment_id} if report.psp_payment_id else {}
+        return Decision(S.PAID, detail, payment)
     if target is S.NEEDS_REVIEW:
         detail["reason"] = "refunded before paid was seen"
         return Decision(S.NEEDS_REVIEW, detail)

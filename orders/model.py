@@ -200,6 +200,10 @@ class Order:
     # and what is taken (requested, being sent, pending, in review, succeeded): never > amount.
     refunded_amount: int = 0
     refund_reserved: int = 0
+    # The payment system's id of the money taken (StatusReport.psp_payment_id: Stripe's
+    # PaymentIntent, PayPal's capture), stored when the order became paid; None where the payment
+    # system names none, or the order was paid by a person's resolution.
+    psp_payment_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Order:
@@ -233,6 +237,7 @@ class Order:
             errors=row.get("errors") or 0,
             refunded_amount=row.get("refunded_amount") or 0,
             refund_reserved=row.get("refund_reserved") or 0,
+            psp_payment_id=row.get("psp_payment_id"),
         )
 
     @property

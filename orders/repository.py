@@ -59,7 +59,17 @@ T = TypeVar("T")
 
 # Columns a transition may also set, besides status.
 SETTABLE: Final = frozenset(
-    {"psp_id", "pay_url", "attempts", "polls", "errors", "expires_at", "last_error", "next_run_at"}
+    {
+        "psp_id",
+        "pay_url",
+        "attempts",
+        "polls",
+        "errors",
+        "expires_at",
+        "last_error",
+        "next_run_at",
+        "psp_payment_id",
+    }
 )
 MAX_PAGE = 500
 DEFAULT_EXPIRY = timedelta(hours=1)
@@ -668,17 +678,26 @@ class Orders:
         order_id: UUID | None = None,
         psp_id: str | None = None,
         number: int | None = None,
+        psp_payment_id: str | None = None,
     ) -> Order | None:
-        """The adapter's order named by our id, the payment system's id or our number.
+        """The adapter's order named by our id, the payment system's id, its id of the money
+        taken (``psp_payment_id``, stored when the order was paid) or our number.
 
         Raises :class:`InvalidInput` for a reference no order can have: a notification is
         unauthenticated input, and an id PostgreSQL cannot hold (a NUL, a lone surrogate, an
         integer past bigint) would otherwise fail the query as a server error.
         """
         check_ref(psp_id=psp_id, number=number)
-        if order_id is None and psp_id is None and number is None:
+        check_ref(psp_id=psp_payment_id)
+        if order_id is None and psp_id is None and number is None and psp_payment_id is None:
             return None
-        params = {"adapter": adapter, "id": order_id, "psp_id": psp_id, "number": number}
+        params = {
+            "adapter": adapter,
+            "id": order_id,
+            "psp_id": psp_id,
+            "number": number,
+            "psp_payment_id": psp_payment_id,
+        }
         with database_errors():
             async with self.pool.connection() as conn:
                 row = await (await conn.execute(query("find_by_ref"), params)).fetchone()
@@ -1015,10 +1034,17 @@ class OrderRepository:
         order_id: UUID | None = None,
         psp_id: str | None = None,
         number: int | None = None,
+        psp_payment_id: str | None = None,
     ) -> Order | None:
         """:meth:`Orders.find_by_ref`."""
         return self._call(
-            lambda o: o.find_by_ref(adapter, order_id=order_id, psp_id=psp_id, number=number)
+            lambda o: o.find_by_ref(
+                adapter,
+                order_id=order_id,
+                psp_id=psp_id,
+                number=number,
+                psp_payment_id=psp_payment_id,
+            )
         )
 
     def switch(

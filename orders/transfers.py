@@ -77,6 +77,7 @@ ACTOR_LIMIT: Final = 200
 CURSOR_PATTERN: Final = r"^[0-9]{1,16}\.[0-9a-f]{32}$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NOW: Final = timedelta(0)
 
 # The constraints whose violation means "no such refund can be made" (the schema names them).
 _REFUSING: Final = {
@@ -158,6 +159,19 @@ def unaccounted_refund(
         money=Money(unaccounted, order.money.currency),
         raw_status=what,
     )
+
+
+def _by_total(order: Order, psp_refund_id: str) -> bool:
+    """Whether ``psp_refund_id`` is a key :func:`unaccounted_refund` makes (a refunded total),
+    rather than the id of one refund."""
+    return psp_refund_id.startswith((f"{order.psp_id}:refunded:", f"{order.psp_id}:chargeback:"))
+
+
+async def _covered_by_total(tx: AsyncConnection, order: Order) -> bool:
+    """Whether the order has refunds recorded from its payment's refunded total: a refund named
+    by its own id may be one of them, and only the payment's total can tell."""
+    params = {"order_id": order.id, "payment": order.psp_id or ""}
+    return await (await tx.execute(query("transfer_by_total"), params)).fetchone() is not None
 
 
 class Transfers:
@@ -434,6 +448,13 @@ class Transfers:
             if open_rows:
                 await tx.execute(query("transfer_wake"), {"ids": [r["id"] for r in open_rows]})
                 return None
+            if not _by_total(current, report.psp_refund_id) and await _covered_by_total(
+                tx, current
+            ):
+                # The payment's refunded total was recorded already and may include this refund:
+                # the order's refund check reads the total and records what is not accounted for.
+                await tx.execute(query("refund_check_mark"), {"id": current.id, "quiet": _NOW})
+                return None
             money = report.money or Money(
                 current.money.amount - current.refund_reserved, current.money.currency
             )
@@ -468,6 +489,132 @@ class Transfers:
             if self.hook is not None:
                 await self.hook(tx, TransferEvent(transfer, TransferStatus.SUCCEEDED, actor))
             return transfer
+
+    async def record_refund(
+        self,
+        order_id: UUID,
+        money: Money | None,
+        *,
+        psp_refund_id: str,
+        reason: str,
+        requested_by: str,
+        site: str | None = None,
+    ) -> tuple[Transfer, bool]:
+        """Record a refund made at the payment system outside paydispatch (in its dashboard, by
+        its support), as ``succeeded`` with origin ``operator``, and run the hook in the same
+        transaction (billing reverses the wallet as for any refund). ``money`` None: all that is
+        left. The bool says whether this call recorded it.
+
+        Once per ``psp_refund_id``, whoever records it first (this, a notification, or our own
+        refund that learned its id): the same id for the same order (and amount, if given)
+        returns the refund recorded, for another raises :class:`IdempotencyConflict`.
+        :class:`RefundRefused`, nothing written: the order is not paid; more than is left (the
+        database's CHECK); a refund of ours may be this one (sent, its id not known yet); or
+        refunds were recorded from the payment's refunded total, which may include this one: then
+        the order's refund check is made due (the worker reads the total and records what the
+        refunds do not account for) and that is committed, nothing else.
+        """
+        check_text("reason", reason, limit=REASON_LIMIT)
+        check_text("requested_by", requested_by, limit=ACTOR_LIMIT)
+        check_text("psp_refund_id", psp_refund_id, limit=LIMITS["idempotency_key"])
+        if not psp_refund_id.strip():
+            raise InvalidInput("psp_refund_id", "must name the payment system's refund")
+        if money is not None and (not isinstance(money, Money) or money.amount <= 0):
+            raise InvalidAmount("amount", "must be positive Money")
+        deferred: RefundRefused | None = None
+        async with atransaction(self.pool) as tx:
+            row = await (
+                await tx.execute(query("transfer_lock_order"), {"id": order_id, "site": site})
+            ).fetchone()
+            if row is None:
+                raise OrderNotFound(f"order {order_id} not found")
+            order = Order.from_row(row)
+            earlier = await self._recorded_already(tx, order, psp_refund_id, money)
+            if earlier is not None:
+                return earlier, False
+            what = f"refund {psp_refund_id} of order {order.id}"
+            if order.status is not OrderStatus.PAID:
+                raise RefundRefused(f"order {order.id} is {order.status}, not paid: no refund")
+            if money is not None and money.currency != order.money.currency:
+                raise RefundRefused(
+                    f"order {order.id} was paid in {order.money.currency}, not {money.currency}"
+                )
+            open_rows = await (
+                await tx.execute(query("transfer_open_refunds"), {"order_id": order.id})
+            ).fetchall()
+            if open_rows:
+                ids = ", ".join(str(r["id"]) for r in open_rows)
+                raise RefundRefused(
+                    f"{what}: refunds of ours are being sent and their ids are not known yet "
+                    f"({ids}); the refund may be one of them: record it once they are final"
+                )
+            if not await _covered_by_total(tx, order):
+                left = order.money.amount - order.refund_reserved
+                amount = left if money is None else money.amount
+                if amount <= 0:
+                    raise RefundRefused(f"{what}: nothing is left to refund")
+                params = self._params(
+                    kind=TransferKind.REFUND,
+                    site=order.site,
+                    adapter=order.adapter,
+                    user_id=order.user_id,
+                    money=Money(amount, order.money.currency),
+                    order_id=order.id,
+                    origin="operator",
+                    reason=reason,
+                    requested_by=requested_by,
+                    actor=f"operator:{requested_by}",
+                    psp_transfer_id=psp_refund_id,
+                    status=TransferStatus.SUCCEEDED,
+                    detail={"recorded": True},
+                )
+                return await self._insert_succeeded(tx, params, what), True
+            await tx.execute(query("refund_check_mark"), {"id": order.id, "quiet": _NOW})
+            deferred = RefundRefused(
+                f"{what}: the order has refunds recorded from the payment's refunded total, "
+                "which may include this one; nothing recorded: a refund check is due instead "
+                "(a worker reads the payment and records what its refunds do not account for)"
+            )
+        raise deferred
+
+    @staticmethod
+    async def _recorded_already(
+        tx: AsyncConnection, order: Order, psp_refund_id: str, money: Money | None
+    ) -> Transfer | None:
+        """The refund recorded under the payment system's ``psp_refund_id``, if it is this
+        order's (of ``money``, if given); :class:`IdempotencyConflict` if it is another's."""
+        params = {"adapter": order.adapter, "kind": "refund", "psp_transfer_id": psp_refund_id}
+        row = await (await tx.execute(query("transfer_find_psp"), params)).fetchone()
+        if row is None:
+            return None
+        earlier = Transfer.from_row(row)
+        if earlier.order_id == order.id and money in (None, earlier.money):
+            return earlier
+        raise IdempotencyConflict(
+            f"{order.adapter} refund {psp_refund_id} is recorded already: refund {earlier.id} "
+            f"of {earlier.money} of order {earlier.order_id} (origin {earlier.origin})"
+        )
+
+    async def _insert_succeeded(
+        self, tx: AsyncConnection, params: dict[str, Any], what: str
+    ) -> Transfer:
+        """Insert a refund that already gave the money back and run the hook, in ``tx``;
+        :class:`RefundRefused` when the database's CHECK refuses it."""
+        try:
+            async with tx.transaction():
+                inserted = await (await tx.execute(query("transfer_insert"), params)).fetchone()
+        except psycopg.errors.CheckViolation as exc:
+            amount = Money(params["amount"], params["currency"])
+            refused = _refused(exc, f"{what} ({amount})")
+            if refused is None:
+                raise
+            raise refused from None
+        assert inserted is not None  # the order's lock serialises records of its refunds
+        transfer = Transfer.from_row(inserted)
+        if self.hook is not None:
+            event = TransferEvent(transfer, TransferStatus.SUCCEEDED, params["actor"])
+            await self.hook(tx, event)
+        return transfer
 
     async def wake_refunds(self, order_id: UUID) -> int:
         """Make an order's refunds that are still being sent or read due now (a notification
@@ -713,6 +860,27 @@ class SyncTransfers:
     ) -> Transfer | None:
         return self._call(
             lambda t: t.record_reported_refund(order, report, actor=actor, reason=reason)
+        )
+
+    def record_refund(
+        self,
+        order_id: UUID,
+        money: Money | None,
+        *,
+        psp_refund_id: str,
+        reason: str,
+        requested_by: str,
+        site: str | None = None,
+    ) -> tuple[Transfer, bool]:
+        return self._call(
+            lambda t: t.record_refund(
+                order_id,
+                money,
+                psp_refund_id=psp_refund_id,
+                reason=reason,
+                requested_by=requested_by,
+                site=site,
+            )
         )
 
     def mark_refund_check(self, order_id: UUID, *, quiet: timedelta) -> bool:

@@ -79,9 +79,14 @@ _ANY_BODY: dict[str, Any] = {
 
 async def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bool) -> Order | None:
     """The order ``ref`` names. Anyone can send an unsigned notification, so it may name an
-    order only by the payment system's id; a signature proves the sender, who may use ours."""
+    order only by the payment system's ids (of the invoice, or of a paid order's payment); a
+    signature proves the sender, who may use ours."""
     if not signed:
-        return await ctx.orders.find_by_ref(adapter, psp_id=ref.psp_id) if ref.psp_id else None
+        if ref.psp_id is None and ref.psp_payment_id is None:
+            return None
+        return await ctx.orders.find_by_ref(
+            adapter, psp_id=ref.psp_id, psp_payment_id=ref.psp_payment_id
+        )
     order_id: UUID | None = None
     if ref.order_id:
         try:
@@ -89,7 +94,11 @@ async def _order_for(ctx: ApiContext, adapter: str, ref: OrderRef, *, signed: bo
         except ValueError:
             order_id = None
     return await ctx.orders.find_by_ref(
-        adapter, order_id=order_id, psp_id=ref.psp_id, number=ref.number
+        adapter,
+        order_id=order_id,
+        psp_id=ref.psp_id,
+        number=ref.number,
+        psp_payment_id=ref.psp_payment_id,
     )
 
 
@@ -100,7 +109,13 @@ async def money_back(
     report, refund = result.report, result.refund
     chargeback = report is not None and report.chargeback
     refunded = None if report is None else report.refunded
-    if not result.verified or rt.adapter.capabilities.replayable_notifications:
+    payment = result.ref.psp_payment_id or (report.psp_payment_id if report else None)
+    other_payment = bool(payment and order.psp_payment_id and payment != order.psp_payment_id)
+    if (
+        not result.verified
+        or rt.adapter.capabilities.replayable_notifications
+        or other_payment  # not the payment that paid this order: our own read decides
+    ):
         # Never its word: our own reads decide (the order's refunds', and the payment's).
         if refund is None and order.status is not S.PAID:
             return None
@@ -224,6 +239,7 @@ async def callback(adapter: str, request: Request, ctx: Context) -> Response:
     ref = result.ref
     try:
         check_ref(psp_id=ref.psp_id, number=ref.number, text=ref.order_id or "")
+        check_ref(psp_id=ref.psp_payment_id)
     except InvalidInput as exc:
         log.warning("notification names no possible order", adapter=adapter, error=str(exc))
         raise HttpError(400, "malformed_notification", str(exc)) from None

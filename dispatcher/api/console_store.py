@@ -123,7 +123,7 @@ class ConsoleStore:
         with contextlib.suppress(ValueError, OrderNotFound):  # not a UUID, or not ours
             own = self.repo.get(UUID(text))
             found[own.id] = own
-        refs: list[dict[str, Any]] = [{"psp_id": text}]
+        refs: list[dict[str, Any]] = [{"psp_id": text}, {"psp_payment_id": text}]
         if text.isdigit() and len(text) < 19:
             refs.append({"number": int(text)})
         for adapter in adapters:

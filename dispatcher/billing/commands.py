@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -21,7 +22,6 @@ from dispatcher.billing.wallet import Entry, EntryKind, SyncWallets, parse_amoun
 from dispatcher.billing.webhook import SyncOutbox
 from dispatcher.compose import Root
 from orders.errors import DispatchError, InvalidInput
-from orders.repository import OrderRepository
 
 
 def _database() -> tuple[config.Settings, str]:
@@ -116,27 +116,19 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0
 
 
+RETIRED_REFUND = (
+    "paydispatch: `wallet refund` is retired: it wrote a ledger entry no refund knew of, so a "
+    "refund the payment system also reported was taken back twice. Record a refund made at the "
+    "payment system with\n  paydispatch orders refund ORDER_ID --record --psp-refund-id ID "
+    "[--amount 5.00] --by NAME --reason WHY\n(counted against what is left to refund and "
+    "reversed in the wallet once, whoever records it first), or send one with `orders refund`."
+)
+
+
 def cmd_refund(args: argparse.Namespace) -> int:
-    url = _database()[1]
-    with OrderRepository(url, {}) as repo, SyncWallets(url, max_size=1, name="cli") as wallets:
-        try:
-            order = repo.get(UUID(args.order))
-            value = (
-                order.money
-                if args.amount is None
-                else parse_amount(args.amount, order.money.currency)
-            )
-            entry = wallets.refund(
-                order.site, order.user_id, value, order_id=order.id, key=args.key,
-                description=args.reason,
-            )  # fmt: skip
-        except ValueError as exc:
-            print(f"paydispatch: {exc}")
-            return 2
-        except DispatchError as exc:
-            return _fail(exc)
-    print(_entry_line(entry))
-    return 0
+    """``wallet refund``, retired: says what to use instead and changes nothing."""
+    print(RETIRED_REFUND, file=sys.stderr)
+    return 2
 
 
 def cmd_refer(args: argparse.Namespace) -> int:
@@ -281,11 +273,10 @@ def register(sub: Any) -> None:
         move.add_argument("--key", required=True, help="idempotency key: a repeat does nothing")
         move.set_defaults(func=cmd_move, action=name)
 
-    refund = actions.add_parser("refund", help="record by hand a refund not in `orders refunds`")
-    refund.add_argument("order", help="order id")
-    refund.add_argument("--amount", help="major units (default: the whole order)")
-    refund.add_argument("--reason", required=True)
-    refund.add_argument("--key", required=True, help="idempotency key: a repeat does nothing")
+    refund = actions.add_parser(
+        "refund", help="retired: record a refund with `orders refund ID --record`", add_help=False
+    )
+    refund.add_argument("rest", nargs=argparse.REMAINDER)
     refund.set_defaults(func=cmd_refund)
 
     refer = with_site(actions.add_parser("refer", help="record who invited a user"))

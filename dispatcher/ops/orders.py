@@ -4,7 +4,9 @@
 Every listing takes ``--json`` for scripts. ``resolve`` is how a person settles an order in
 ``needs_review``: it records who, why and the evidence in ``order_events``, and a resolution to
 ``paid`` runs the billing hook like any other payment. ``refund`` requests a refund of a paid
-order as an operator (``--by`` recorded as who asked), the way a site's API request does.
+order as an operator (``--by`` recorded as who asked), the way a site's API request does;
+``refund --record`` records one made at the payment system outside paydispatch (the one way to
+record a refund by hand: counted and reversed like every refund, once per payment-system id).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def order_json(order: Order) -> dict[str, Any]:
         "paid_at": _iso(order.paid_at),
         "refunded_amount": order.refunded_amount,
         "refund_status": refund_status(order),
+        "psp_payment_id": order.psp_payment_id,
     }
 
 
@@ -304,7 +307,15 @@ def refund_json(refund: Transfer) -> dict[str, Any]:
 
 def _refund(repo: OrderRepository, args: argparse.Namespace) -> int:
     """Request a refund as an operator: written like a site's (``dispatcher.refunds``, with
-    billing's check), then sent by the worker. ``--by`` is recorded as who asked."""
+    billing's check), then sent by the worker. ``--by`` is recorded as who asked. With
+    ``--record``, a refund made at the payment system outside paydispatch is recorded instead."""
+    if args.record != (args.psp_refund_id is not None) or (args.record and args.key):
+        print(
+            "paydispatch: --record takes --psp-refund-id (the payment system's id of the refund,"
+            " which keys it: --key is for refunds paydispatch sends), and only --record does",
+            file=sys.stderr,
+        )
+        return 2
     settings = config.load()
     order = repo.get(args.order_id)
     money = None if args.amount is None else Money.parse(args.amount, order.money.currency)
@@ -312,6 +323,8 @@ def _refund(repo: OrderRepository, args: argparse.Namespace) -> int:
         print(f"paydispatch: the amount must be positive, got {args.amount}", file=sys.stderr)
         return 2
     root = Root(settings, name="ops")
+    if args.record:
+        return _record_refund(repo, root, order, money, args)
     # What each payment system can do (nothing is sent from here: their settings unchecked).
     runtimes = root.adapters(check=False)
     capabilities = {name: rt.adapter.capabilities for name, rt in runtimes.items()}
@@ -336,6 +349,34 @@ def _refund(repo: OrderRepository, args: argparse.Namespace) -> int:
     print(
         f"refund {refund.id} of {refund.money} for order {order.id} {said} by "
         f"{refund.requested_by}: {refund.status}; the worker sends it"
+    )
+    return 0
+
+
+def _record_refund(
+    repo: OrderRepository, root: Root, order: Order, money: Money | None, args: argparse.Namespace
+) -> int:
+    """Record a refund made at the payment system outside paydispatch (its dashboard, its
+    support): a succeeded refund of origin ``operator`` keyed by the payment system's id,
+    counted against what is left to refund and reversed in the wallet by billing's refund hook,
+    like every refund; recorded once, whoever records it first (orders.transfers)."""
+    transfers = Transfers(repo.orders.pool, hook=root.transfer_hook())
+    refund, created = repo.run(
+        transfers.record_refund(
+            order.id,
+            money,
+            psp_refund_id=args.psp_refund_id,
+            reason=args.reason,
+            requested_by=args.by,
+        )
+    )
+    if args.json:
+        print(json.dumps(refund_json(refund) | {"created": created}, indent=2))
+        return 0
+    said = "recorded" if created else "was recorded already"
+    print(
+        f"refund {refund.id} of {refund.money} for order {order.id} ({order.adapter} refund "
+        f"{refund.psp_transfer_id}) {said}: {refund.status}, origin {refund.origin}"
     )
     return 0
 
@@ -400,7 +441,10 @@ def register(sub: Any) -> None:
     resolve.add_argument("--by", required=True, help="who decides (recorded)")
     resolve.add_argument("--reason", required=True, help="why (recorded)")
     resolve.add_argument("--evidence", default="", help="what was checked (recorded)")
-    refund = actions.add_parser("refund", help="refund a paid order, in full or in part")
+    refund = actions.add_parser(
+        "refund",
+        help="refund a paid order, in full or in part (or --record one made at the payment system)",
+    )
     refund.add_argument("order_id", type=UUID)
     refund.add_argument(
         "--amount", help="major units of the order's currency, e.g. 12.50 (default: all left)"
@@ -408,6 +452,16 @@ def register(sub: Any) -> None:
     refund.add_argument("--by", required=True, help="who asks (recorded)")
     refund.add_argument("--reason", required=True, help="why (recorded)")
     refund.add_argument("--key", help="an idempotency key: the same one never refunds twice")
+    refund.add_argument(
+        "--record",
+        action="store_true",
+        help="record a refund made at the payment system outside paydispatch (nothing is sent); "
+        "the wallet is reversed once, whoever records the refund first",
+    )
+    refund.add_argument(
+        "--psp-refund-id",
+        help="with --record: the payment system's id of the refund (one record per id)",
+    )
     refunds = actions.add_parser("refunds", help="an order's refunds")
     refunds.add_argument("order_id", type=UUID)
     for parser in (listing, show, stuck, refund, refunds):

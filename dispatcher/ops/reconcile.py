@@ -2,7 +2,7 @@
 payment system says (issue #16).
 
 Per site and payment system: the orders paid that day (count, sum per currency), the refunds
-recorded that day (``paydispatch wallet refund``), what the payment system shows paid, and every
+recorded that day (the ledger's ``refund`` entries), what the payment system shows paid, and every
 difference (:class:`dispatcher.ops.reconciliation.Kind`). How a payment system is read:
 
 - one that lists payments (``Capabilities.list_payments``) is asked for every payment created that

@@ -176,6 +176,7 @@ def test_every_settable_column_is_written_by_a_release(repo: OrderRepository, si
         "expires_at": later + timedelta(hours=1),
         "last_error": "slow",
         "next_run_at": later,
+        "psp_payment_id": "pi_77",
     }
     assert set(values) == set(SETTABLE), "give this test a value for every settable column"
     # when one release sets them all,

@@ -208,6 +208,18 @@ def apply(repo: FakeOrders, order: Order, decision: Decision, **options: Any) ->
     return run(settle.apply(cast(Orders, repo), order, decision, **options))
 
 
+@pytest.mark.parametrize("status", [S.AWAITING_PAYMENT, *sorted(LATE_PAYMENT_FROM)])
+def test_a_payment_s_own_id_is_stored_when_the_order_becomes_paid(status: OrderStatus) -> None:
+    # Stripe reports refunds and chargebacks by the PaymentIntent alone: the paid move keeps it.
+    seen = replace(report(C.PAID), psp_payment_id="pi_123")
+
+    decision = decide(order_in(status), seen)
+
+    assert decision is not None
+    assert (decision.to, decision.changes) == (S.PAID, {"psp_payment_id": "pi_123"})
+    assert decide(order_in(status), report(C.PAID)) == Decision(S.PAID, decision.detail)
+
+
 def test_a_report_that_changes_nothing_is_no_decision_so_nothing_is_written() -> None:
     order = order_in(S.AWAITING_PAYMENT)
 

@@ -764,7 +764,7 @@ def test_refund_event_carries_the_refund_and_names_our_order() -> None:
     result = ADAPTER.parse_notification(_event_at("event_refund_updated"), settings())
     assert result.verified
     assert result.report is None
-    assert result.ref == OrderRef(order_id=str(ORDER.id))
+    assert result.ref == OrderRef(order_id=str(ORDER.id), psp_payment_id=INTENT_ID)
     assert result.refund is not None
     assert (result.refund.state, result.refund.psp_refund_id, result.refund.money) == (
         RefundState.SUCCEEDED,
@@ -777,7 +777,9 @@ def test_charge_refunded_event_reports_the_amount_refunded_and_the_payment_inten
     result = ADAPTER.parse_notification(_event_at("event_charge_refunded"), settings())
     assert result.verified
     assert result.refund is None
-    assert result.ref == OrderRef()  # the charge carries no metadata of ours
+    # No metadata of ours on the charge: it names the order by its PaymentIntent, the
+    # psp_payment_id stored when the order was paid.
+    assert result.ref == OrderRef(psp_payment_id=INTENT_ID)
     assert result.report is not None
     assert result.report.state is CanonicalState.PAID
     assert (result.report.refunded, result.report.psp_payment_id) == (
@@ -786,13 +788,36 @@ def test_charge_refunded_event_reports_the_amount_refunded_and_the_payment_inten
     )
 
 
-def test_dispute_event_reports_a_chargeback() -> None:
-    result = ADAPTER.parse_notification(_event_at("event_charge_dispute_created"), settings())
+@pytest.mark.parametrize(
+    "name", ["event_charge_dispute_created", "event_charge_dispute_funds_withdrawn"]
+)
+def test_dispute_event_reports_a_chargeback_and_names_the_payment(name: str) -> None:
+    result = ADAPTER.parse_notification(_event_at(name), settings())
     assert result.verified
+    assert result.ref == OrderRef(psp_payment_id=INTENT_ID)
     assert result.report is not None
     assert result.report.chargeback is True
     assert result.report.psp_payment_id == INTENT_ID
     assert "fraudulent" in result.report.reason
+
+
+def test_a_dispute_inquiry_names_the_payment_and_takes_nothing_back() -> None:
+    # An inquiry (warning_needs_response) withdraws no funds: no chargeback to record.
+    result = ADAPTER.parse_notification(_event_at("event_charge_dispute_inquiry"), settings())
+    assert result.verified
+    assert result.ref == OrderRef(psp_payment_id=INTENT_ID)
+    assert (result.report, result.refund) == (None, None)
+
+
+def test_other_dispute_events_name_the_payment_and_report_nothing() -> None:
+    body = (FIXTURES / "event_charge_dispute_created.json").read_bytes()
+    closed = body.replace(b'"charge.dispute.created"', b'"charge.dispute.closed"').replace(
+        b'"needs_response"', b'"lost"'
+    )
+    result = ADAPTER.parse_notification(signed(closed), settings())
+    assert result.verified
+    assert result.ref == OrderRef(psp_payment_id=INTENT_ID)
+    assert (result.report, result.refund) == (None, None)
 
 
 def test_refund_event_with_a_forged_signature_names_nothing() -> None:

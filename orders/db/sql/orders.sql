@@ -105,11 +105,14 @@ WITH moved AS (
 SELECT pg_notify('paydispatch_orders', adapter) FROM moved
 
 -- find_by_ref --
--- The order a payment system's notification names: our id first, then its id, then our number.
+-- The order a payment system's notification names: our id first, then its id, then its id of
+-- the money taken (a paid order's psp_payment_id), then our number.
 SELECT * FROM orders
 WHERE adapter = %(adapter)s
-  AND (id = %(id)s::uuid OR psp_id = %(psp_id)s::text OR number = %(number)s::bigint)
-ORDER BY (id = %(id)s::uuid) IS TRUE DESC, (psp_id = %(psp_id)s::text) IS TRUE DESC
+  AND (id = %(id)s::uuid OR psp_id = %(psp_id)s::text
+       OR psp_payment_id = %(psp_payment_id)s::text OR number = %(number)s::bigint)
+ORDER BY (id = %(id)s::uuid) IS TRUE DESC, (psp_id = %(psp_id)s::text) IS TRUE DESC,
+         (psp_payment_id = %(psp_payment_id)s::text) IS TRUE DESC
 LIMIT 1
 
 -- insert_api_key --
@@ -181,6 +184,8 @@ WITH v AS (
         lease_token = CASE WHEN w.keep_lease THEN o.lease_token END,
         psp_id = CASE WHEN w.c ? 'psp_id' THEN w.c->>'psp_id' ELSE o.psp_id END,
         pay_url = CASE WHEN w.c ? 'pay_url' THEN w.c->>'pay_url' ELSE o.pay_url END,
+        psp_payment_id = CASE WHEN w.c ? 'psp_payment_id'
+            THEN w.c->>'psp_payment_id' ELSE o.psp_payment_id END,
         attempts = CASE WHEN w.c ? 'attempts' THEN (w.c->>'attempts')::int ELSE o.attempts END,
         polls = CASE WHEN w.c ? 'polls' THEN (w.c->>'polls')::int ELSE o.polls END,
         errors = CASE WHEN w.c ? 'errors' THEN (w.c->>'errors')::int ELSE o.errors END,

@@ -60,6 +60,16 @@ WHERE order_id = %(order_id)s AND kind = 'refund'
   AND psp_transfer_id IS NULL
 ORDER BY created_at
 
+-- transfer_by_total --
+-- An order's refunds recorded from its payment's refunded total (a status read or a notification
+-- of the total, keyed `<payment id>:refunded:<total>` or `:chargeback:`): a refund reported by
+-- its own id, or recorded by hand, may be one of them.
+SELECT id FROM transfers
+WHERE order_id = %(order_id)s AND kind = 'refund' AND origin = 'psp'
+  AND (starts_with(psp_transfer_id, %(payment)s || ':refunded:')
+       OR starts_with(psp_transfer_id, %(payment)s || ':chargeback:'))
+LIMIT 1
+
 -- transfer_wake --
 -- Make transfers due now (a report that may be about them came); leases are left alone.
 UPDATE transfers SET next_run_at = now()

@@ -1,0 +1,457 @@
+"""Refunds made at the payment system outside paydispatch (issue #14), against a real database:
+recorded by hand through ``transfers`` (``paydispatch orders refund --record``), matched when the
+payment system reports them by its payment id (Stripe's charge and dispute events name only the
+PaymentIntent), and taken from the wallet once whoever records them first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from adapters import registry, stripe
+from adapters.base import PspRequest, PspResponse
+from adapters.fakes import stripe as fake_stripe
+from adapters.fakes.common import FakeControl, PaymentRef, running_fake
+from adapters.sandbox.runner import serve_in_thread
+from dispatcher.api.app import create_app
+from dispatcher.api.context import ApiContext
+from dispatcher.billing import hooks
+from dispatcher.billing.audit import audit
+from dispatcher.billing.face import Face
+from dispatcher.billing.wallet import EntryKind, SyncWallets
+from dispatcher.config import BillingSettings
+from dispatcher.runtime import AdapterRuntime
+from orders import Money, NewOrder, OrderStatus
+from orders.db import Pool
+from orders.model import Order, Transfer, TransferStatus
+from orders.repository import OrderRepository
+from tests.billing_support import pay
+from tests.conftest import cli
+from tests.dispatch_support import FAST, wait_until
+from tests.integration.test_api import api_runtimes
+from tests.integration.test_api_callbacks import signed
+from tests.integration.test_transfers_callbacks import refund_webhook
+
+S = OrderStatus
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "stripe"
+PAID = 1234  # 12.34 USD
+
+
+@dataclass
+class Api:
+    url: str
+    ctx: ApiContext
+    stripe_url: str
+    stripe: fake_stripe.StripeFake
+
+    @property
+    def repo(self) -> OrderRepository:
+        return self.ctx.repo
+
+
+@contextmanager
+def running_api(pool: Pool) -> Iterator[Api]:
+    """The real app with the wallet's paid and refund hooks, the sandbox and a fake Stripe whose
+    signed events go to the app's callback endpoint."""
+    app_of_fake = fake_stripe.create_app()
+    with running_fake(app_of_fake) as stripe_url:
+        settings = registry.resolve_settings(
+            stripe.adapter, fake_stripe.adapter_settings(stripe_url), environ={}
+        )
+        runtimes = api_runtimes() | {"stripe": AdapterRuntime(stripe.adapter, settings, FAST)}
+        expiry = {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
+        with OrderRepository(pool, expiry) as repo:
+            ctx = ApiContext(
+                repo=repo,
+                runtimes=runtimes,
+                paid_hook=hooks.build(BillingSettings()),
+                transfer_hook=hooks.build_transfer_hook(BillingSettings()),
+            )
+            with serve_in_thread(create_app(ctx)) as url:
+                ctx.public_url = url
+                fake: fake_stripe.StripeFake = app_of_fake.state.stripe
+                fake.notify_url = f"{url}/v1/callbacks/stripe"
+                yield Api(url, ctx, stripe_url, fake)
+
+
+@pytest.fixture(scope="module")
+def api(pool: Pool) -> Iterator[Api]:
+    with running_api(pool) as running:
+        yield running
+
+
+@pytest.fixture
+def http(api: Api) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        yield client
+
+
+def paid_sandbox_order(api: Api, site: str) -> Order:
+    """A sandbox order of 12.34 USD, paid with the wallet's hook: the user's wallet credited."""
+    new = NewOrder(site=site, user_id="buyer", money=Money(PAID, "USD"), adapter="sandbox")
+    order = api.repo.create(new).order
+    api.repo.transition(order.id, S.NEW, S.SUBMITTING, actor="test")
+    api.repo.transition(
+        order.id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="test", psp_id=f"inv_{order.id.hex}"
+    )
+    return pay(api.repo, order.id, S.AWAITING_PAYMENT, hooks.build(BillingSettings()))
+
+
+def balance(pool: Pool, order: Order) -> int:
+    with SyncWallets(pool) as wallets:
+        return wallets.balance(order.site, order.user_id, order.money.currency).amount
+
+
+def refund_entries(pool: Pool, order: Order) -> list[int]:
+    with SyncWallets(pool) as wallets:
+        items = wallets.history(order.site, order.user_id, limit=100).items
+    return [e.money.amount + e.held.amount for e in items if e.kind is EntryKind.REFUND]
+
+
+def refunds(api: Api, order: Order) -> list[Transfer]:
+    return api.repo.run(api.ctx.transfers.list(order_id=order.id)).items
+
+
+def record(
+    database_url: str, order: Order, psp_refund_id: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return cli(
+        database_url, "orders", "refund", str(order.id), "--record", "--psp-refund-id",
+        psp_refund_id, "--by", "carol", "--reason", "refunded by support", *extra,
+    )  # fmt: skip
+
+
+def audit_clean(pool: Pool, site: str) -> None:
+    with Face(pool) as database:
+        report = database.run(lambda async_pool: audit(async_pool, site=site))
+    assert report.ok, report.discrepancies
+
+
+# -- item 1: a refund recorded by hand is one of the order's refunds -------------------------------
+
+
+def test_a_refund_recorded_by_hand_then_notified_with_its_id_is_taken_once(
+    api: Api, http: httpx.Client, database_url: str, site: str
+) -> None:
+    # Given a paid order whose user's wallet holds its 12.34 USD,
+    order = paid_sandbox_order(api, site)
+    # when support's refund of 4.00 is recorded by hand with the payment system's id,
+    made = record(database_url, order, "re_support_1", "--amount", "4.00", "--json")
+    assert made.returncode == 0, made.stderr
+    recorded = json.loads(made.stdout)
+    assert (recorded["status"], recorded["origin"], recorded["amount"]) == (
+        "succeeded",
+        "operator",
+        400,
+    )
+    assert (recorded["psp_refund_id"], recorded["created"]) == ("re_support_1", True)
+    # and the payment system then reports that refund, signed, with the payment's total,
+    body = refund_webhook(order, refund_id="re_support_1", amount=400)
+    answer = http.post("/v1/callbacks/sandbox", content=body, headers=signed(body))
+    assert answer.status_code == 200
+    # and the same refund is recorded by hand again,
+    again = record(database_url, order, "re_support_1", "--amount", "4.00")
+    assert again.returncode == 0, again.stderr
+    assert "was recorded already" in again.stdout
+    # then it is one refund of the order, taken from the wallet once.
+    (refund,) = refunds(api, order)
+    assert (refund.origin, refund.psp_transfer_id, refund.money) == (
+        "operator",
+        "re_support_1",
+        Money(400, "USD"),
+    )
+    current = api.repo.get(order.id)
+    assert (current.refunded_amount, current.refund_reserved) == (400, 400)
+    assert refund_entries(api.ctx.pool, order) == [-400]
+    assert balance(api.ctx.pool, order) == PAID - 400
+    audit_clean(api.ctx.pool, site)
+
+
+def test_a_refund_the_payment_system_reported_first_is_not_recorded_again_by_hand(
+    api: Api, http: httpx.Client, database_url: str, site: str
+) -> None:
+    order = paid_sandbox_order(api, site)
+    body = refund_webhook(order, refund_id="re_psp_first", amount=500)
+    assert http.post("/v1/callbacks/sandbox", content=body, headers=signed(body)).is_success
+    result = record(database_url, order, "re_psp_first", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["created"], shown["origin"], shown["amount"]) == (False, "psp", 500)
+    assert refund_entries(api.ctx.pool, order) == [-500]
+    assert balance(api.ctx.pool, order) == PAID - 500
+
+
+def test_a_refunded_total_reported_after_a_refund_recorded_by_hand_takes_nothing_more(
+    api: Api, http: httpx.Client, database_url: str, site: str
+) -> None:
+    # The payment system (or our own status read: the refund check decides the same way)
+    # reports the payment's refunded total, which the refund recorded by hand accounts for.
+    order = paid_sandbox_order(api, site)
+    assert record(database_url, order, "re_support_2", "--amount", "3.00").returncode == 0
+    invoice = {
+        "id": order.psp_id,
+        "order_id": str(order.id),
+        "number": order.number,
+        "status": "paid",
+        "amount": order.money.amount,
+        "currency": order.money.currency,
+        "refunded": 300,
+    }
+    body = json.dumps({"event_id": "evt_t", "type": "invoice.updated", "invoice": invoice}).encode()
+    assert http.post("/v1/callbacks/sandbox", content=body, headers=signed(body)).is_success
+    assert [r.psp_transfer_id for r in refunds(api, order)] == ["re_support_2"]
+    assert refund_entries(api.ctx.pool, order) == [-300]
+    assert balance(api.ctx.pool, order) == PAID - 300
+
+
+def test_a_refund_recorded_from_a_total_makes_a_later_record_by_id_a_refund_check(
+    api: Api, http: httpx.Client, database_url: str, site: str
+) -> None:
+    # Given a refunded total the payment system reported (no refund id: it may be any refund),
+    order = paid_sandbox_order(api, site)
+    invoice = {
+        "id": order.psp_id,
+        "order_id": str(order.id),
+        "number": order.number,
+        "status": "paid",
+        "amount": order.money.amount,
+        "currency": order.money.currency,
+        "refunded": 300,
+    }
+    body = json.dumps({"event_id": "evt_u", "type": "invoice.updated", "invoice": invoice}).encode()
+    assert http.post("/v1/callbacks/sandbox", content=body, headers=signed(body)).is_success
+    # when the refund is then reported by its own id, and recorded by hand,
+    named = refund_webhook(order, refund_id="re_in_total", amount=300)
+    assert http.post("/v1/callbacks/sandbox", content=named, headers=signed(named)).is_success
+    by_hand = record(database_url, order, "re_in_total")
+    # then neither takes it again: only the payment's total can tell, so its check is due.
+    assert by_hand.returncode == 1
+    assert "refund check is due" in by_hand.stderr
+    assert [r.money.amount for r in refunds(api, order)] == [300]
+    assert refund_entries(api.ctx.pool, order) == [-300]
+    assert api.repo.get(order.id).refunded_amount == 300
+    with api.ctx.pool.connection() as conn:
+        row = conn.execute("SELECT refund_check_at FROM orders WHERE id = %s", (order.id,))
+        due = row.fetchone()
+    assert due is not None
+    assert due["refund_check_at"] is not None
+
+
+def test_a_refund_recorded_by_hand_beyond_what_is_left_is_refused_and_writes_nothing(
+    api: Api, database_url: str, site: str
+) -> None:
+    order = paid_sandbox_order(api, site)
+    assert record(database_url, order, "re_a", "--amount", "10.00").returncode == 0
+    refused = record(database_url, order, "re_b", "--amount", "2.35")
+    assert refused.returncode == 1
+    assert "more than is left to refund" in refused.stderr
+    assert "re_b" in refused.stderr
+    assert [r.psp_transfer_id for r in refunds(api, order)] == ["re_a"]
+    assert balance(api.ctx.pool, order) == PAID - 1000
+    # The same payment-system id cannot name a refund of another order either.
+    other = paid_sandbox_order(api, site)
+    conflict = record(database_url, other, "re_a")
+    assert conflict.returncode == 1
+    assert "recorded already" in conflict.stderr
+    assert refunds(api, other) == []
+
+
+def test_a_refund_of_ours_still_being_sent_blocks_a_record_by_hand(
+    api: Api, database_url: str, site: str
+) -> None:
+    order = paid_sandbox_order(api, site)
+    mine, _ = api.repo.run(
+        api.ctx.transfers.request_refund(
+            order.id, Money(200, "USD"), site=None, idempotency_key=None, reason="r",
+            requested_by="site",
+        )
+    )  # fmt: skip
+    api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+    refused = record(database_url, order, "re_maybe_ours", "--amount", "2.00")
+    assert refused.returncode == 1
+    assert str(mine.id) in refused.stderr
+    assert len(refunds(api, order)) == 1
+
+
+def test_wallet_refund_is_retired_and_writes_nothing(
+    api: Api, database_url: str, site: str
+) -> None:
+    order = paid_sandbox_order(api, site)
+    result = cli(
+        database_url, "wallet", "refund", str(order.id), "--amount", "1.00", "--reason", "r",
+        "--key", "k-1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "orders refund ORDER_ID --record --psp-refund-id" in result.stderr
+    assert refund_entries(api.ctx.pool, order) == []
+    assert balance(api.ctx.pool, order) == PAID
+
+
+def test_record_needs_the_payment_system_s_refund_id(
+    api: Api, database_url: str, site: str
+) -> None:
+    order = paid_sandbox_order(api, site)
+    for args in (
+        ("--record",),
+        ("--psp-refund-id", "re_1"),
+        ("--record", "--psp-refund-id", "re_1", "--key", "k"),
+    ):
+        result = cli(
+            database_url, "orders", "refund", str(order.id), *args, "--by", "c", "--reason", "r"
+        )
+        assert result.returncode == 2, args
+    assert refunds(api, order) == []
+
+
+# -- item 2: Stripe's charge and dispute events name the order by its PaymentIntent ---------------
+
+
+def _send(api: Api, request: PspRequest) -> PspResponse:
+    """What the transport does for Stripe: the form url-encoded, the query from pairs."""
+    headers = dict(request.headers)
+    content = None
+    if request.form is not None:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        content = urlencode(list(dict(request.form).items())).encode()
+    answer = httpx.request(
+        request.method, request.url, params=dict(request.params), content=content,
+        headers=headers, timeout=10,
+    )  # fmt: skip
+    return PspResponse(answer.status_code, answer.content, dict(answer.headers))
+
+
+def paid_stripe_order(api: Api, site: str) -> Order:
+    """An order paid at the fake Stripe, made paid by Stripe's signed checkout.session.completed
+    through the API (as a live installation would be)."""
+    runtime = api.ctx.runtimes["stripe"]
+    new = NewOrder(
+        site=site, user_id="buyer", money=Money(PAID, "USD"), adapter="stripe",
+        return_url="https://shop.example/back",
+    )  # fmt: skip
+    order = api.repo.create(new).order
+    invoice = stripe.adapter.parse_create(
+        order, _send(api, stripe.adapter.build_create(order, runtime.settings))
+    )
+    api.repo.transition(order.id, S.NEW, S.SUBMITTING, actor="test")
+    api.repo.transition(
+        order.id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="test", psp_id=invoice.psp_id,
+        pay_url=invoice.pay_url,
+    )  # fmt: skip
+    control = FakeControl(api.stripe_url)
+    try:
+        control.pay(PaymentRef(psp_id=invoice.psp_id))
+    finally:
+        control.close()
+    wait_until(lambda: api.repo.get(order.id).status is S.PAID, timeout=20, what="paid")
+    return api.repo.get(order.id)
+
+
+def delivered(api: Api) -> None:
+    """Every event the fake sent has been answered by the API."""
+    wait_until(lambda: not api.stripe.sending, timeout=20, what="the fake's events answered")
+
+
+def test_a_paid_stripe_order_keeps_its_payment_intent(api: Api, site: str) -> None:
+    order = paid_stripe_order(api, site)
+    session = api.stripe.sessions[order.psp_id or ""]
+    assert session.intent is not None
+    assert order.psp_payment_id == session.intent["id"]
+    assert str(order.psp_payment_id).startswith("pi_")
+    assert api.repo.find_by_ref("stripe", psp_payment_id=order.psp_payment_id) == order
+
+
+def test_a_refund_made_in_the_stripe_dashboard_is_recorded_once_from_its_events(
+    api: Api, site: str
+) -> None:
+    # Given a paid Stripe order whose credit is in the wallet,
+    order = paid_stripe_order(api, site)
+    assert balance(api.ctx.pool, order) == PAID
+    delivered(api)
+    # when 5.00 is refunded in Stripe's Dashboard (no metadata of ours: refund.created,
+    # refund.updated and charge.refunded name only the PaymentIntent),
+    runtime = api.ctx.runtimes["stripe"]
+    key = runtime.settings.get("SECRET_KEY")
+    made = httpx.post(
+        f"{api.stripe_url}/v1/refunds",
+        data={"payment_intent": order.psp_payment_id or "", "amount": "500"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ).json()
+    httpx.get(
+        f"{api.stripe_url}/v1/refunds/{made['id']}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ).raise_for_status()
+    # then the order's refunds account for it once, and the wallet gave it back once.
+    wait_until(lambda: api.repo.get(order.id).refunded_amount == 500, timeout=20, what="refund")
+    delivered(api)
+    (refund,) = refunds(api, order)
+    assert (refund.origin, refund.status, refund.money) == (
+        "psp",
+        TransferStatus.SUCCEEDED,
+        Money(500, "USD"),
+    )
+    assert refund_entries(api.ctx.pool, order) == [-500]
+    assert balance(api.ctx.pool, order) == PAID - 500
+    audit_clean(api.ctx.pool, site)
+
+
+def _dispute_event(order: Order, fixture: str) -> tuple[bytes, dict[str, str]]:
+    """A reconstructed dispute event (tests/fixtures/stripe) about ``order``'s PaymentIntent,
+    signed as the fake Stripe signs its events."""
+    text = (FIXTURES / fixture).read_text()
+    body = text.replace("pi_3QrQ8nLkdIwHu7ix0Wq1Ab2C", order.psp_payment_id or "").encode()
+    return body, fake_stripe.signed_headers(body, fake_stripe.WEBHOOK_SECRET)
+
+
+def chargebacks() -> float:
+    return REGISTRY.get_sample_value("paydispatch_chargebacks_total", {"adapter": "stripe"}) or 0.0
+
+
+def test_a_stripe_dispute_takes_the_payment_back_once_and_an_inquiry_nothing(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    before = chargebacks()
+    # An inquiry withdraws no funds: nothing is taken back.
+    body, headers = _dispute_event(order, "event_charge_dispute_inquiry.json")
+    assert http.post("/v1/callbacks/stripe", content=body, headers=headers).is_success
+    assert refunds(api, order) == []
+    # A dispute (and its funds withdrawn) is one chargeback of the payment.
+    for name in ("event_charge_dispute_created.json", "event_charge_dispute_funds_withdrawn.json"):
+        body, headers = _dispute_event(order, name)
+        assert http.post("/v1/callbacks/stripe", content=body, headers=headers).is_success
+    (refund,) = refunds(api, order)
+    assert (refund.origin, refund.money) == ("psp", Money(PAID, "USD"))
+    assert chargebacks() == before + 1
+    assert refund_entries(api.ctx.pool, order) == [-PAID]
+    assert balance(api.ctx.pool, order) == 0
+
+
+def test_a_charge_event_about_another_payment_than_the_order_s_records_nothing(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Signed, naming our order in its metadata, but about a PaymentIntent that did not pay it.
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    event = json.loads((FIXTURES / "event_charge_refunded.json").read_text())
+    event["data"]["object"]["metadata"] = {"order_id": str(order.id)}
+    event["data"]["object"]["payment_intent"] = f"pi_other{uuid.uuid4().hex}"
+    event["created"] = int((datetime.now(UTC) - timedelta(seconds=1)).timestamp())
+    body = json.dumps(event).encode()
+    headers = fake_stripe.signed_headers(body, fake_stripe.WEBHOOK_SECRET)
+    assert http.post("/v1/callbacks/stripe", content=body, headers=headers).is_success
+    assert refunds(api, order) == []
+    assert balance(api.ctx.pool, order) == PAID
