@@ -319,9 +319,12 @@ class AdapterInfo:
 @dataclass(frozen=True, slots=True)
 class WalletBalance:
     currency: str  # ISO 4217, or "points"
-    amount: int  # minor units (whole points)
+    amount: int  # minor units (whole points): the balance, below zero only when overdrawn
     formatted: str
     updated_at: datetime
+    available: int = 0  # what can be spent or withdrawn now: the balance, or 0 below zero
+    held: int = 0  # set aside by holds (withdrawals not yet paid out, refunds being sent)
+    overdrawn: bool = False  # a refund left the balance below zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +446,16 @@ def _adapters(data: Mapping[str, Any]) -> list[AdapterInfo]:
 
 def _balances(data: Mapping[str, Any]) -> list[WalletBalance]:
     return [
-        WalletBalance(b["currency"], b["amount"], b["formatted"], _time(b["updated_at"]))
+        WalletBalance(
+            b["currency"],
+            b["amount"],
+            b["formatted"],
+            _time(b["updated_at"]),
+            # A server before these fields: the balance is all there is, nothing held.
+            available=b.get("available", max(b["amount"], 0)),
+            held=b.get("held", 0),
+            overdrawn=b.get("overdrawn", False),
+        )
         for b in data["balances"]
     ]
 

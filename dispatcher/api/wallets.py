@@ -27,7 +27,15 @@ from dispatcher.api.schemas import (
     WholeNumber,
 )
 from dispatcher.api.strict import no_unknown_query
-from dispatcher.billing.wallet import CURSOR_PATTERN, MAX_PAGE, POINTS, Entry, Wallets, money
+from dispatcher.billing.wallet import (
+    CURSOR_PATTERN,
+    MAX_PAGE,
+    POINTS,
+    Balance,
+    Entry,
+    Wallets,
+    money,
+)
 from orders.model import LIMITS
 
 router = APIRouter(tags=["wallets"], dependencies=[Depends(no_unknown_query)])
@@ -47,9 +55,36 @@ def wallets(ctx: ApiContext) -> Wallets:
 
 class BalanceOut(BaseModel):
     currency: str = Field(description="ISO 4217 code, or 'points' for the loyalty balance")
-    amount: int = Field(description="In minor units (whole points)")
+    amount: int = Field(
+        description="The balance, in minor units (whole points): what holds do not keep; below "
+        "zero only when a refund overdrew the wallet (see overdrawn)"
+    )
     formatted: str
     updated_at: datetime
+    available: int = Field(
+        description="What can be spent or withdrawn now, in minor units: the balance, or 0 while "
+        "it is below zero"
+    )
+    held: int = Field(
+        description="Set aside by holds, in minor units: withdrawals not yet paid out (amount and "
+        "fee) and refunds being sent; not in the balance, and nothing can spend it"
+    )
+    overdrawn: bool = Field(
+        description="True while a refund has left the balance below zero: debits and withdrawals "
+        "are refused, and credits pay the debt back first"
+    )
+
+    @classmethod
+    def of(cls, balance: Balance) -> BalanceOut:
+        return cls(
+            currency=balance.currency,
+            amount=balance.money.amount,
+            formatted=str(balance.money),
+            updated_at=balance.updated_at,
+            available=max(balance.money.amount, 0),
+            held=balance.held.amount,
+            overdrawn=balance.overdrawn,
+        )
 
 
 class WalletOut(BaseModel):
@@ -104,18 +139,7 @@ class DebitIn(Strict):
 )
 async def get_wallet(user_id: UserId, site: Site, ctx: Context) -> WalletOut:
     balances = await wallets(ctx).balances(site, user_id)
-    return WalletOut(
-        user_id=user_id,
-        balances=[
-            BalanceOut(
-                currency=b.currency,
-                amount=b.money.amount,
-                formatted=str(b.money),
-                updated_at=b.updated_at,
-            )
-            for b in balances
-        ],
-    )
+    return WalletOut(user_id=user_id, balances=[BalanceOut.of(b) for b in balances])
 
 
 @router.get(

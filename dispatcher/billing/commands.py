@@ -18,7 +18,7 @@ from dispatcher.billing.audit import audit
 from dispatcher.billing.bonus import SyncReferrals
 from dispatcher.billing.face import Face
 from dispatcher.billing.sites import DEFAULT_OVERLAP, SiteWebhook, SyncSiteWebhooks
-from dispatcher.billing.wallet import Entry, EntryKind, SyncWallets, parse_amount
+from dispatcher.billing.wallet import Balance, Entry, EntryKind, SyncWallets, parse_amount
 from dispatcher.billing.webhook import SyncOutbox
 from dispatcher.compose import Root
 from orders.errors import DispatchError, InvalidInput
@@ -77,8 +77,20 @@ def cmd_balance(args: argparse.Namespace) -> int:
         print(f"user {args.user!r} of site {site!r} has no wallet")
         return 1
     for balance in balances:
-        print(f"{balance.money}")
+        print(_balance_line(balance))
     return 0
+
+
+def _balance_line(balance: Balance) -> str:
+    """The balance, what can be spent of it, what holds keep out of it, and any debt a refund
+    left: ``10.00 USD  (available 10.00 USD, held 6.06 USD)``."""
+    value = balance.money
+    available = value.__class__(max(value.amount, 0), value.currency)
+    parts = [f"available {available}", f"held {balance.held}"]
+    if balance.overdrawn:
+        debt = value.__class__(max(-value.amount, 0), value.currency)
+        parts.append(f"overdrawn by {debt}: a refund took more than the balance")
+    return f"{value}  ({', '.join(parts)})"
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -253,7 +265,9 @@ def register(sub: Any) -> None:
         )
         return parser
 
-    balance = with_site(actions.add_parser("balance", help="a user's balances"))
+    balance = with_site(
+        actions.add_parser("balance", help="a user's balances: available, held, overdrawn")
+    )
     balance.add_argument("user")
     balance.set_defaults(func=cmd_balance)
 

@@ -67,7 +67,7 @@ def test_cli_credit_debit_balance_history(database_url: str, site: str) -> None:
     assert debit.returncode == 0, debit.stdout
     assert "= 10.00 USD" in debit.stdout
     balance = cli(database_url, "wallet", "balance", "alice", site=site)
-    assert balance.stdout.strip() == "10.00 USD"
+    assert balance.stdout.strip() == "10.00 USD  (available 10.00 USD, held 0.00 USD)"
     history = cli(database_url, "wallet", "history", "alice", "--limit", "1", site=site)
     assert "debit" in history.stdout
     assert "more: --cursor" in history.stdout

@@ -18,6 +18,8 @@ $user = env('PD_USER');
 $balances = [];
 foreach ($pd->walletBalance($user) as $balance) {
     check($balance instanceof WalletBalance, 'a WalletBalance');
+    check($balance->held === 0 && !$balance->overdrawn, 'nothing held, not overdrawn');
+    same($balance->amount, $balance->available, 'all of it available');
     $balances[$balance->currency] = $balance->amount;
 }
 ksort($balances);
