@@ -100,7 +100,8 @@ def first_headers(scope: Scope, names: frozenset[bytes]) -> dict[bytes, str]:
 
 
 async def _body(receive: Receive) -> bytes:
-    """The request body (``BodyLimit`` has read it whole: one message, as a rule)."""
+    """The request body, read once. ``BodyLimit`` has checked its declared length (or read a
+    body of undeclared length whole and hands it on as one message)."""
     chunks = []
     while True:
         message = await receive()
@@ -127,6 +128,17 @@ def _is_json(content_type: str | None) -> bool:
         return False
     subtype = message.get_content_subtype()
     return subtype == "json" or subtype.endswith("+json")
+
+
+class RawResponse(Response):
+    """A response already rendered: ``body`` and every header given, so nothing is rendered
+    or looked at; sent as Starlette sends any response (two ASGI messages)."""
+
+    def __init__(self, body: bytes, status_code: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = headers
 
 
 class RequestRoute(APIRoute):

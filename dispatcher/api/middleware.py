@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,22 +35,41 @@ async def _too_large(send: Send, limit: int) -> None:
 class BodyLimit:
     """Answer 413 to a body over ``limit`` bytes, by Content-Length or as it streams in.
 
-    The body is read (at most ``limit`` bytes of it) before the app runs and handed on in one
-    piece, so no route ever sees part of an oversized request and nothing is written for it.
+    No route ever sees part of an oversized request, and nothing is written for one. A request
+    that declares its length once, within the limit, and no Transfer-Encoding goes on as it
+    came: the server frames its body by that length (HTTP/1.1; an HTTP/2 server refuses DATA
+    past it), so no more can arrive, and its route reads the body once, itself (the create,
+    ``dispatcher.api.body``). A body of undeclared length is read here first, at most
+    ``limit`` bytes of it, and handed on in one piece.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: a request it passes on runs as the app's own coroutine, with
+        # no frame of this layer to resume through at each of its suspensions.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        declared = 0  # Content-Length headers within the limit
+        framed = True  # no Transfer-Encoding, no unreadable Content-Length
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _too_large(send, self.limit)
-                return
+            if name == b"content-length":
+                if not value.isdigit():
+                    framed = False
+                elif int(value) > self.limit:
+                    return _too_large(send, self.limit)
+                else:
+                    declared += 1
+            elif name == b"transfer-encoding":
+                framed = False
+        if framed and declared == 1:
+            return self.app(scope, receive, send)
+        return self._read_first(scope, receive, send)
+
+    async def _read_first(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read a body of undeclared length (at most ``limit`` bytes), then run the app."""
         chunks: list[bytes] = []
         size = 0
         while True:

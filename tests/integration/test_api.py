@@ -347,6 +347,27 @@ def test_a_body_over_the_limit_is_413_before_it_is_read_whole(
     assert site_orders(api, site) == 0
 
 
+def test_a_create_body_of_undeclared_length_within_the_limit_makes_the_order(
+    api: Api, http: httpx.Client, auth: dict[str, str], site: str
+) -> None:
+    # Given a create whose body streams in without a Content-Length (read by the body limit
+    # first, then handed to the create), and one declaring its length (read by the create),
+    body = json.dumps(ORDER).encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    headers = auth | {"Content-Type": "application/json"}
+    streamed = http.post("/v1/orders", content=chunks(), headers=headers)
+    declared = http.post("/v1/orders", content=body, headers=headers)
+    # when they are sent, then each makes its order.
+    assert (streamed.status_code, declared.status_code) == (201, 201), streamed.text
+    assert streamed.json()["amount"] == declared.json()["amount"] == ORDER["amount"]
+    assert streamed.headers["location"] == f"/v1/orders/{streamed.json()['id']}"
+    assert site_orders(api, site) == 2
+
+
 def test_bad_idempotency_keys_are_422(
     http: httpx.Client, auth: dict[str, str], api: Api, site: str
 ) -> None:

@@ -152,3 +152,46 @@ def test_a_request_route_behind_a_route_for_the_same_request_is_refused() -> Non
     # when the stack is built, then it is refused: served first, it would shadow the other.
     with pytest.raises(TypeError, match="/things"):
         app.build_middleware_stack()
+
+
+def test_a_request_route_matches_as_the_router_would_with_parameters_and_a_root_path() -> None:
+    # Given RequestRoutes with and without a path parameter, in an app served under a root path,
+    app = App(telemetry=OFF)
+
+    async def echo(request: Request) -> Response:
+        scope = request.scope
+        return JSONResponse(
+            {
+                "route": scope["route"].path,
+                "params": scope["path_params"],
+                "app": scope["app"] is app,
+            }
+        )
+
+    for path in ("/things", "/things/{number:int}"):
+        app.router.add_api_route(path, echo, methods=["POST"], route_class_override=RequestRoute)
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [
+                await client.post("/api/things"),
+                await client.post("/api/things/7"),
+                await client.post("/api/things/x"),
+                await client.post("/api/things/"),
+                await client.get("/api/things"),
+            ]
+
+    plain, numbered, unconverted, slashed, other_method = asyncio.run(calls())
+    # when each is called, then the path without parameters is matched below the root path,
+    assert plain.json() == {"route": "/things", "params": {}, "app": True}
+    # the one with a parameter gets it converted,
+    assert numbered.json() == {
+        "route": "/things/{number:int}",
+        "params": {"number": 7},
+        "app": True,
+    }
+    # and what neither matches is the router's answer, as before.
+    assert unconverted.status_code == 404
+    assert slashed.status_code == 307  # the router's redirect to /api/things
+    assert other_method.status_code == 405

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import pytest
+
 from dispatcher.api.errors import from_domain
 from dispatcher.api.keys import split_key
 from dispatcher.api.middleware import BodyLimit
@@ -57,6 +59,33 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
 
 def test_a_body_within_the_limit_arrives_whole() -> None:
     assert run_limit([b"12345", b"67890"], []) == {"status": 200, "body": b"1234567890"}
+
+
+def test_a_declared_length_within_the_limit_goes_on_unread() -> None:
+    # Given a request that declares its length once, within the limit,
+    # when it passes the limit, then its route reads the server's own messages: nothing was
+    # read ahead (the server frames the body by that length).
+    declared = [(b"content-length", b"10")]
+    assert run_limit([b"12345", b"67890"], declared) == {"status": 200, "body": b"12345"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+        [(b"content-length", b"5"), (b"content-length", b"5")],
+        [(b"content-length", b"5x")],
+    ],
+    ids=["with-transfer-encoding", "declared-twice", "unreadable"],
+)
+def test_a_length_the_server_may_not_frame_by_is_counted_as_it_streams(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    # Given a declared length the server may not frame the body by,
+    # when more than the limit streams in, then the app never runs (413);
+    assert run_limit([b"12345", b"678901"], headers) == {"status": 413}
+    # and a body within it arrives whole.
+    assert run_limit([b"12", b"345"], headers) == {"status": 200, "body": b"12345"}
 
 
 def test_the_page_escapes_what_the_site_wrote_and_only_links_http_urls() -> None:
