@@ -167,6 +167,21 @@ def _by_total(order: Order, psp_refund_id: str) -> bool:
     return psp_refund_id.startswith((f"{order.psp_id}:refunded:", f"{order.psp_id}:chargeback:"))
 
 
+def _still_unaccounted(order: Order, psp_refund_id: str) -> RefundReport | None:
+    """The report :func:`unaccounted_refund` makes of the total in ``psp_refund_id`` (one of its
+    keys) for ``order`` as it is now; of nothing left (amount 0) when its refunds account for
+    it; None when the key holds no total."""
+    from adapters.base import RefundReport, RefundState  # adapters load with the daemon only
+
+    what, _, total = psp_refund_id.removeprefix(f"{order.psp_id}:").partition(":")
+    if not total.isdigit():
+        return None
+    refunded = Money(int(total), order.money.currency)
+    found = unaccounted_refund(order, refunded, chargeback=what == "chargeback")
+    nothing = RefundReport(RefundState.SUCCEEDED, psp_refund_id, Money(0, refunded.currency))
+    return found or nothing
+
+
 async def _covered_by_total(tx: AsyncConnection, order: Order) -> bool:
     """Whether the order has refunds recorded from its payment's refunded total: a refund named
     by its own id may be one of them, and only the payment's total can tell."""
@@ -448,9 +463,13 @@ class Transfers:
             if open_rows:
                 await tx.execute(query("transfer_wake"), {"ids": [r["id"] for r in open_rows]})
                 return None
-            if not _by_total(current, report.psp_refund_id) and await _covered_by_total(
-                tx, current
-            ):
+            if _by_total(current, report.psp_refund_id):
+                # What the total leaves unaccounted for, now that the order is locked: a refund
+                # recorded since the report was made (a notification of it, in parallel) counts.
+                report = _still_unaccounted(current, report.psp_refund_id) or report
+                if report.money is not None and report.money.amount <= 0:
+                    return None
+            elif await _covered_by_total(tx, current):
                 # The payment's refunded total was recorded already and may include this refund:
                 # the order's refund check reads the total and records what is not accounted for.
                 await tx.execute(query("refund_check_mark"), {"id": current.id, "quiet": _NOW})
@@ -475,20 +494,9 @@ class Transfers:
                 status=TransferStatus.SUCCEEDED,
                 detail={"reported": True, "raw_status": report.raw_status},
             )
-            try:
-                async with tx.transaction():
-                    inserted = await (await tx.execute(query("transfer_insert"), params)).fetchone()
-            except psycopg.errors.CheckViolation as exc:
-                refused = _refused(exc, f"the reported refund {report.psp_refund_id} of {money}")
-                if refused is None:
-                    raise
-                raise refused from None
-            if inserted is None:  # pragma: no cover - the order's lock serialises reports
-                return None
-            transfer = Transfer.from_row(inserted)
-            if self.hook is not None:
-                await self.hook(tx, TransferEvent(transfer, TransferStatus.SUCCEEDED, actor))
-            return transfer
+            return await self._insert_succeeded(
+                tx, params, f"the reported refund {report.psp_refund_id}"
+            )
 
     async def record_refund(
         self,

@@ -36,6 +36,7 @@ from orders import Money, NewOrder, OrderStatus
 from orders.db import Pool
 from orders.model import Order, Transfer, TransferStatus
 from orders.repository import OrderRepository
+from orders.transfers import unaccounted_refund
 from tests.billing_support import pay
 from tests.conftest import cli
 from tests.dispatch_support import FAST, wait_until
@@ -246,6 +247,27 @@ def test_a_refund_recorded_from_a_total_makes_a_later_record_by_id_a_refund_chec
         due = row.fetchone()
     assert due is not None
     assert due["refund_check_at"] is not None
+
+
+def test_a_refunded_total_read_before_a_refund_was_recorded_takes_nothing_more(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given the payment's total read (a notification, a status read) while the order's refunds
+    # accounted for nothing yet,
+    order = paid_sandbox_order(api, site)
+    stale = unaccounted_refund(order, Money(300, "USD"), chargeback=False)
+    assert stale is not None
+    assert stale.money == Money(300, "USD")
+    # when the refund it shows is recorded by its id meanwhile (a notification in parallel),
+    named = refund_webhook(order, refund_id="re_parallel", amount=300)
+    assert http.post("/v1/callbacks/sandbox", content=named, headers=signed(named)).is_success
+    # then the total, recorded afterwards, finds it accounted for under the order's lock.
+    recorded = api.repo.run(
+        api.ctx.transfers.record_reported_refund(order, stale, actor="test", reason="total")
+    )
+    assert recorded is None
+    assert [r.psp_transfer_id for r in refunds(api, order)] == ["re_parallel"]
+    assert refund_entries(api.ctx.pool, order) == [-300]
 
 
 def test_a_refund_recorded_by_hand_beyond_what_is_left_is_refused_and_writes_nothing(
