@@ -651,3 +651,37 @@ def test_the_audit_names_a_withdrawal_whose_hold_the_ledger_does_not_show(
     assert len(found) == 2
     assert any(f"withdrawal {ok.id}" in line and "paid out 0" in line for line in found)
     assert any("held 0" in line for line in found)
+
+
+def test_each_withdrawal_status_is_counted_once(
+    pool: Pool, wallets: SyncWallets, withdrawals: SyncWithdrawals, site: str
+) -> None:
+    # paydispatch_withdrawals_total{status}: what the dashboards and alerts read.
+    statuses = ("requested", "approved", "refused", "succeeded", "failed", "cancelled")
+
+    def counted() -> dict[str, float]:
+        return {s: sample("paydispatch_withdrawals_total", status=s) or 0.0 for s in statuses}
+
+    before = counted()
+    top_up(wallets, site, "u1", 10_000)
+    paid = request(withdrawals, site, "u1", 1000)
+    with pytest.raises(WithdrawalRefused):
+        request(withdrawals, site, "u1", 99)  # below the minimum
+    failed = request(withdrawals, site, "u1", 1000)
+    cancelled = request(withdrawals, site, "u1", 1000)
+    assert paid.transfer_id is not None
+    assert failed.transfer_id is not None
+    done = move(pool, paid.transfer_id, TransferStatus.SUBMITTING, TransferStatus.SUCCEEDED)
+    rerun(pool, done)  # a redelivered final write counts nothing more
+    move(pool, failed.transfer_id, TransferStatus.SUBMITTING, TransferStatus.FAILED)
+    withdrawals.cancel(cancelled.id, by="alice")
+    withdrawals.cancel(cancelled.id, by="alice")  # again: the same answer, not counted again
+    after = counted()
+    assert {s: after[s] - before[s] for s in statuses} == {
+        "requested": 3,
+        "approved": 3,
+        "refused": 1,
+        "succeeded": 1,
+        "failed": 1,
+        "cancelled": 1,
+    }
