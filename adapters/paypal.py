@@ -89,7 +89,9 @@ read of the completed order reports, with ``refunded`` (its completed ``payments
 ``PENDING`` is pending, ``COMPLETED`` succeeded, ``FAILED`` and ``CANCELLED`` failed; a 400 or
 422 refusal (``REFUND_AMOUNT_EXCEEDED``, ``CAPTURE_FULLY_REFUNDED``, ...) is final, any other
 error follows the rules above. ``PAYMENT.CAPTURE.REFUNDED``/``REVERSED`` webhooks, hints like the
-rest, carry the refund they are about.
+rest, carry the refund they are about and name the capture it refunds (the refund's ``up`` link),
+which the dispatcher stores as a paid order's ``psp_payment_id``: a refund made in PayPal's
+dashboard, without our ``custom_id``, still names its order.
 
 **Settings:** ``CLIENT_ID``, ``CLIENT_SECRET`` (the REST app's credentials) and ``API_URL``
 (default ``https://api-m.paypal.com``; the sandbox is ``https://api-m.sandbox.paypal.com``).
@@ -494,6 +496,21 @@ def _refund_answer(request: RefundRequest, response: PspResponse, *, create: boo
     return report
 
 
+_CAPTURE_LINK = re.compile(r"/v2/payments/captures/([A-Z0-9]{1,36})")
+
+
+def _capture_of(refund: Mapping[str, Any]) -> str | None:
+    """The capture id a refund's ``up`` link names (payments_payment_v2.json: a refund links
+    ``up`` to ``/v2/payments/captures/{capture_id}``); None when it names none."""
+    links = refund.get("links")
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, Mapping) and link.get("rel") == "up":
+            found = _CAPTURE_LINK.search(str(link.get("href") or ""))
+            if found is not None:
+                return found.group(1)
+    return None
+
+
 def _uuid_text(value: Any) -> str | None:
     """``value`` when it is one of our order ids (a UUID), else None (another system's)."""
     if not isinstance(value, str):
@@ -708,7 +725,10 @@ class PayPal(Adapter):
             psp_id = related.get("order_id") if isinstance(related, Mapping) else None
             custom_id = resource.get("custom_id")
         psp_id = psp_id if isinstance(psp_id, str) and ORDER_ID.fullmatch(psp_id) else None
-        ref = OrderRef(order_id=_uuid_text(custom_id), psp_id=psp_id)
+        # A refund names the capture it refunds by its "up" link: the order's psp_payment_id
+        # (stored when it was paid), so a refund made in PayPal's dashboard finds its order too.
+        capture = _capture_of(resource) if event in REFUND_EVENTS else None
+        ref = OrderRef(order_id=_uuid_text(custom_id), psp_id=psp_id, psp_payment_id=capture)
         # A refund or reversal event carries the refund: unverified too, so it only names the
         # refund (psp_refund_id) for the dispatcher to read with build_refund_status.
         refund: RefundReport | None = None

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from adapters import registry, stripe
+from adapters import paypal, registry, stripe
 from adapters.base import PspRequest, PspResponse
 from adapters.fakes import stripe as fake_stripe
 from adapters.fakes.common import FakeControl, PaymentRef, running_fake
@@ -70,7 +70,13 @@ def running_api(pool: Pool) -> Iterator[Api]:
         settings = registry.resolve_settings(
             stripe.adapter, fake_stripe.adapter_settings(stripe_url), environ={}
         )
-        runtimes = api_runtimes() | {"stripe": AdapterRuntime(stripe.adapter, settings, FAST)}
+        paypal_settings = registry.resolve_settings(
+            paypal.adapter, {"CLIENT_ID": "app", "CLIENT_SECRET": "secret"}, environ={}
+        )
+        runtimes = api_runtimes() | {
+            "stripe": AdapterRuntime(stripe.adapter, settings, FAST),
+            "paypal": AdapterRuntime(paypal.adapter, paypal_settings, FAST),
+        }
         expiry = {n: rt.adapter.capabilities.default_expiry for n, rt in runtimes.items()}
         with OrderRepository(pool, expiry) as repo:
             ctx = ApiContext(
@@ -477,3 +483,34 @@ def test_a_charge_event_about_another_payment_than_the_order_s_records_nothing(
     assert http.post("/v1/callbacks/stripe", content=body, headers=headers).is_success
     assert refunds(api, order) == []
     assert balance(api.ctx.pool, order) == PAID
+
+
+def test_a_paypal_refund_naming_only_its_capture_makes_the_order_s_refund_check_due(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given an order paid through PayPal, whose capture was stored when it was paid,
+    new = NewOrder(site=site, user_id="buyer", money=Money(4000, "USD"), adapter="paypal")
+    order = api.repo.create(new).order
+    api.repo.transition(order.id, S.NEW, S.SUBMITTING, actor="test")
+    api.repo.transition(
+        order.id, S.SUBMITTING, S.AWAITING_PAYMENT, actor="test", psp_id="5O190127TN364715T"
+    )
+    api.repo.transition(
+        order.id, S.AWAITING_PAYMENT, S.PAID, actor="test", psp_payment_id="3C679366HH908993F"
+    )
+    # when PayPal's webhook of a refund made in its dashboard comes (no custom_id of ours:
+    # only the refund's "up" link names the capture; PayPal's webhooks are hints),
+    event = json.loads(
+        (FIXTURES.parent / "paypal" / "notification_payment_capture_refunded.json").read_text()
+    )
+    del event["resource"]["custom_id"], event["resource"]["invoice_id"]
+    answer = http.post("/v1/callbacks/paypal", content=json.dumps(event).encode())
+    assert answer.status_code == 200
+    # then nothing is recorded on its word, and the order's refund check (our own read of the
+    # payment) is due.
+    assert refunds(api, order) == []
+    with api.ctx.pool.connection() as conn:
+        row = conn.execute("SELECT refund_check_at FROM orders WHERE id = %s", (order.id,))
+        due = row.fetchone()
+    assert due is not None
+    assert due["refund_check_at"] is not None

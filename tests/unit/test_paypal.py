@@ -634,12 +634,24 @@ def test_webhook_is_an_unverified_hint_naming_the_order(name: str) -> None:
     assert result.reply == Reply(200, b"")
 
 
-def test_refund_event_names_our_order_by_custom_id() -> None:
+def test_refund_event_names_our_order_by_custom_id_and_the_capture_it_refunds() -> None:
     result = ADAPTER.parse_notification(
         notification("notification_payment_capture_refunded"), settings()
     )
-    assert result.ref == OrderRef(order_id=str(ORDER.id))
+    assert result.ref == OrderRef(order_id=str(ORDER.id), psp_payment_id=CAPTURE_ID)
     assert result.verified is False
+
+
+def test_a_dashboard_refund_without_our_custom_id_names_the_capture_alone() -> None:
+    # A refund made in PayPal's dashboard carries no custom_id of ours: its "up" link to the
+    # capture (the order's psp_payment_id) is what names the order.
+    body = fixture_body("notification_payment_capture_refunded")
+    del body["resource"]["custom_id"], body["resource"]["invoice_id"]
+    result = ADAPTER.parse_notification(
+        Notification(headers={}, body=json.dumps(body).encode()), settings()
+    )
+    assert result.ref == OrderRef(psp_payment_id=CAPTURE_ID)
+    assert result.refund is not None
 
 
 def test_event_of_another_kind_is_acknowledged_naming_nothing() -> None:
@@ -850,7 +862,7 @@ def test_refund_notification_names_the_refund_but_is_only_a_hint() -> None:
         notification("notification_payment_capture_refunded"), settings()
     )
     assert (result.verified, result.report) == (False, None)
-    assert result.ref == OrderRef(order_id=str(ORDER.id))
+    assert result.ref == OrderRef(order_id=str(ORDER.id), psp_payment_id=CAPTURE_ID)
     assert result.refund is not None
     assert (result.refund.state, result.refund.psp_refund_id, result.refund.money) == (
         RefundState.SUCCEEDED,
@@ -867,6 +879,7 @@ def test_reversal_notification_names_the_reversal_as_a_chargeback_hint() -> None
     assert result.refund is not None
     assert result.refund.psp_refund_id == "4NK90415TJ7209425"
     assert "reversed" in result.refund.reason
+    assert result.ref.psp_payment_id == CAPTURE_ID
 
 
 def test_refund_notification_with_an_unreadable_refund_still_names_the_order() -> None:
@@ -876,4 +889,4 @@ def test_refund_notification_with_an_unreadable_refund_still_names_the_order() -
         Notification(headers={}, body=json.dumps(body).encode()), settings()
     )
     assert result.refund is None
-    assert result.ref == OrderRef(order_id=str(ORDER.id))
+    assert result.ref == OrderRef(order_id=str(ORDER.id), psp_payment_id=CAPTURE_ID)
