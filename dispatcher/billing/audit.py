@@ -15,8 +15,9 @@ Checks, each one SQL statement over the whole database (or one site):
 8. every withdrawal's hold is its amount + fee, settled as both once it succeeded, released
    whole once it failed or was cancelled, neither while it is open.
 
-Late payments (paid from expired, rejected or cancelled), refunds, and wallets that are
-overdrawn or hold money are listed in the report.
+Late payments (paid from expired, rejected or cancelled), refunds, wallets that are overdrawn
+or hold money, and refund entries no refund accounts for (written by the retired ``wallet
+refund``: a person checks each against the order's refunds) are listed in the report.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ CHECKS = (
     "audit_refunds",
     "audit_late_payments",
     "audit_refund_transfers",
+    "audit_unlinked_refunds",
     "audit_bonus_reversals",
     "audit_overdrawn",
     "audit_withdrawals",  # orders/db/sql/withdrawals.sql
@@ -54,6 +56,7 @@ class AuditReport:
     late_payments: list[str] = field(default_factory=list)
     refunds: list[str] = field(default_factory=list)
     wallets: list[str] = field(default_factory=list)  # overdrawn, or holding money
+    unlinked: list[str] = field(default_factory=list)  # refund entries no refund accounts for
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,12 @@ class AuditReport:
             f"overdrawn or holding: {len(self.wallets)}",
             *(f"  {line}" for line in self.wallets),
         ]
+        if self.unlinked:
+            out.append(
+                f"refund entries no refund records (the retired `wallet refund`; check each "
+                f"against `paydispatch orders refunds`): {len(self.unlinked)}"
+            )
+            out.extend(f"  {line}" for line in self.unlinked)
         if self.ok:
             out.append("OK: every balance matches its entries; every paid order is credited once")
         else:
@@ -170,6 +179,11 @@ def _money_going_out(found: Rows, result: AuditReport) -> None:
             )
         elif r["status"] in ("failed", "cancelled") and r["held"] and not r["closed"]:
             result.discrepancies.append(f"{what}: its hold was never released")
+    for r in found.get("audit_unlinked_refunds", []):
+        result.unlinked.append(
+            f"entry {r['id']}: {r['amount']} {r['currency']} from {r['site']}/{r['user_id']} "
+            f"for order {r['order_id']} (key {r['idempotency_key']})"
+        )
     for r in found.get("audit_bonus_reversals", []):
         result.discrepancies.append(
             f"order {r['order_id']} ({r['site']}): bonus reversals took back {r['reversed']} "

@@ -121,6 +121,9 @@ def test_audit_passes_then_catches_a_tampered_balance(
     assert len(clean.late_payments) == 1
     assert "paid after expired; credited" in clean.late_payments[0]
     assert clean.refunds == [f"order {late} ({site}): refunded 400 of 1000 USD credited"]
+    # A refund entry no refund records (as the retired `wallet refund` wrote) is listed.
+    (unlinked,) = clean.unlinked
+    assert f"400 USD from {site}/buyer for order {late} (key refund-1)" in unlinked
     ok = cli(database_url, "wallet", "audit", "--site", site)
     assert ok.returncode == 0, ok.stdout
     assert "OK" in ok.stdout

@@ -143,6 +143,7 @@ def audit_clean(pool: Pool, site: str) -> None:
     with Face(pool) as database:
         report = database.run(lambda async_pool: audit(async_pool, site=site))
     assert report.ok, report.discrepancies
+    assert report.unlinked == []  # every refund entry is one of the order's refunds
 
 
 # -- item 1: a refund recorded by hand is one of the order's refunds -------------------------------

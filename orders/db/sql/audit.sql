@@ -114,6 +114,22 @@ WHERE t.kind = 'refund' AND (%(site)s::text IS NULL OR t.site = %(site)s)
                   WHERE e.site = t.site AND e.idempotency_key LIKE 'refund%%:' || t.id))
 ORDER BY t.site, t.id
 
+-- audit_unlinked_refunds --
+-- Refund entries no refund transfer accounts for (their key is not `refund:<its id>`): written
+-- by the retired `wallet refund`, which neither the refund CHECK nor a later report of the same
+-- refund knew of. Listed, not discrepancies: each is checked by a person against the order's
+-- refunds (`paydispatch orders refunds`).
+SELECT e.id, e.site, e.user_id, e.order_id, -(e.amount + e.held_amount) AS amount, e.currency,
+       e.idempotency_key
+FROM wallet_entries e
+WHERE e.kind = 'refund' AND (%(site)s::text IS NULL OR e.site = %(site)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM transfers t
+      WHERE t.kind = 'refund' AND t.site = e.site
+        AND t.id = CASE WHEN e.idempotency_key ~ '^refund:[0-9a-f-]{36}$'
+                        THEN substr(e.idempotency_key, 8)::uuid END)
+ORDER BY e.site, e.id
+
 -- audit_bonus_reversals --
 -- Orders whose bonus reversals took back more than the bonus granted, per user and currency.
 SELECT e.order_id, e.site, e.user_id, e.currency,
