@@ -30,7 +30,7 @@ Exchanged = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 @contextmanager
-def _mapped(request: httpx.Request) -> Iterator[None]:
+def _mapped(request: httpx.Request | None) -> Iterator[None]:
     try:
         yield
     except aiohttp.ConnectionTimeoutError as exc:  # connect or pool wait: nothing was sent
@@ -93,17 +93,34 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def exchange(self, request: httpx.Request) -> Exchanged:
         """Send ``request`` as httpx built it and read the whole answer, without wrapping it
         in an ``httpx.Response`` (the PSP transport reads status, headers and body directly)."""
-        timeout = _timeout(request.extensions.get("timeout", {}))
         body = await request.aread()
+        headers = list(request.headers.multi_items())
+        timeout = request.extensions.get("timeout", {})
+        return await self.send(
+            request.method, str(request.url), headers, body, timeout, request=request
+        )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: dict[str, Any],
+        *,
+        request: httpx.Request | None = None,
+    ) -> Exchanged:
+        """Send a request given as its parts (headers as they go on the wire, ``timeout`` as
+        ``httpx.Timeout.as_dict()``); errors as httpx's, naming ``request`` if given."""
         session = self._get_session()
         with _mapped(request):
             async with session.request(
-                request.method,
-                str(request.url),
-                headers=list(request.headers.multi_items()),
+                method,
+                url,
+                headers=headers,
                 data=body or None,
                 allow_redirects=False,
-                timeout=timeout,
+                timeout=_timeout(timeout),
                 compress=None,
                 auto_decompress=False,
             ) as response:

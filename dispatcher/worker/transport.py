@@ -30,7 +30,9 @@ unavailable, then at most one per interval with a count of the rest
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -146,6 +148,22 @@ def _headers_and_content(request: PspRequest) -> tuple[dict[str, str], bytes | N
     return headers, urlencode(pairs(request.form)).encode("ascii")
 
 
+# A URL httpx sends as it is: http(s), a lower-case host, a path of characters that need no
+# quoting (no "%", no dot segment), no query or fragment. Others are built by httpx itself.
+_PLAIN_URL = re.compile(
+    r"https?://[a-z0-9][a-z0-9.-]*(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]*)*"
+)
+
+
+def _plain(request: PspRequest, headers: Mapping[str, str]) -> bool:
+    return (
+        not request.params
+        and _PLAIN_URL.fullmatch(request.url) is not None
+        and "/." not in request.url
+        and all(name.isascii() and value.isascii() for name, value in headers.items())
+    )
+
+
 def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """An answer's headers as ``dict(httpx.Headers(raw))`` gives them: names lower-cased, the
     values of a repeated name joined with ", ", decoded as httpx guesses (ASCII, else UTF-8,
@@ -202,6 +220,8 @@ class Transport:
         if http_transport is None:
             self._wire = http_transport = AiohttpTransport(max_connections=policy.concurrency)
         self.client = _client(policy, http_transport)
+        self._defaults = list(self.client.headers.items())  # httpx's: accept, user-agent...
+        self._timeouts = self.client.timeout.as_dict()
         self.clock = clock
         self._token: Token | None = None
         self._token_good_until = 0.0
@@ -311,17 +331,62 @@ class Transport:
                 return await self._send_once(request)
         raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
 
-    async def _exchange(self, request: httpx.Request) -> tuple[int, dict[str, str], bytes]:
-        """Status, headers (as ``dict(response.headers)``) and decoded body of the answer."""
-        if self._wire is None or request.url.userinfo:  # the client's wire, or its URL auth
-            response = await self.client.send(request)
-            self.client.cookies.clear()  # a payment API is stateless: no cookie is sent back
-            return response.status_code, dict(response.headers), response.content
-        status, raw, body = await self._wire.exchange(request)
-        headers = _header_dict(raw)
-        if "content-encoding" in headers:  # decoded by httpx, as through the client
-            return await _decoded(request, (status, raw, body))
-        return status, headers, body
+    async def _exchange(
+        self, request: PspRequest, headers: dict[str, str], content: bytes | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (as ``dict(response.headers)``) and decoded body of the answer.
+
+        On the aiohttp wire a plain request (no query, a URL httpx would not rewrite, ASCII
+        headers) is put together here as httpx would build it; any other is built by httpx."""
+        if self._wire is not None and _plain(request, headers):
+            wire_headers, body = self._prepared(request, headers, content)
+            exchanged = await self._wire.send(
+                request.method, request.url, wire_headers, body, self._timeouts
+            )
+        else:
+            built = self.client.build_request(
+                request.method,
+                request.url,
+                headers=headers,
+                params=tuple(pairs(request.params)) or None,
+                json=request.json,
+                content=content,
+            )
+            if self._wire is None or built.url.userinfo:  # the client's wire, or URL auth
+                response = await self.client.send(built)
+                self.client.cookies.clear()  # a payment API is stateless: no cookie goes back
+                return response.status_code, dict(response.headers), response.content
+            exchanged = await self._wire.exchange(built)
+        status, raw, body = exchanged
+        answer_headers = _header_dict(raw)
+        if "content-encoding" in answer_headers:  # decoded by httpx, as through the client
+            return await _decoded(exchanged)
+        return status, answer_headers, body
+
+    def _prepared(
+        self, request: PspRequest, headers: dict[str, str], content: bytes | None
+    ) -> tuple[list[tuple[str, str]], bytes]:
+        """The headers and body httpx's ``build_request`` makes of a plain request (its
+        default headers unless given, then the request's, then the body's length and type)."""
+        given = {name.lower() for name in headers}
+        wire = [(name, value) for name, value in self._defaults if name not in given]
+        wire += headers.items()
+        extra: dict[str, str] = {}
+        if content is not None:
+            body = content
+            if body:
+                extra["content-length"] = str(len(body))
+        elif request.json is not None:
+            body = json.dumps(
+                request.json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+            extra = {"content-length": str(len(body)), "content-type": "application/json"}
+        else:
+            body = b""
+        if not body and request.method in ("POST", "PUT", "PATCH"):
+            extra.setdefault("content-length", "0")
+        wire += [(name, value) for name, value in extra.items() if name not in given]
+        return wire, body
 
     async def _send_once(self, request: PspRequest) -> PspResponse:
         async with self.slots:
@@ -330,15 +395,7 @@ class Transport:
             outcome = "error"
             try:
                 headers, content = _headers_and_content(request)
-                built = self.client.build_request(
-                    request.method,
-                    request.url,
-                    headers=headers,
-                    params=tuple(pairs(request.params)) or None,
-                    json=request.json,
-                    content=content,
-                )
-                code, answer_headers, body = await self._exchange(built)
+                code, answer_headers, body = await self._exchange(request, headers, content)
             except httpx.TimeoutException as exc:
                 outcome = "timeout"
                 # A connect timeout means nothing reached the payment system.
@@ -370,11 +427,9 @@ class Transport:
             return PspResponse(status_code=code, content=body, headers=answer_headers)
 
 
-async def _decoded(
-    request: httpx.Request, exchanged: Exchanged
-) -> tuple[int, dict[str, str], bytes]:
+async def _decoded(exchanged: Exchanged) -> tuple[int, dict[str, str], bytes]:
     """An answer with a Content-Encoding, decoded by httpx's own decoders."""
     status, raw, body = exchanged
-    response = httpx.Response(status, headers=raw, stream=httpx.ByteStream(body), request=request)
+    response = httpx.Response(status, headers=raw, stream=httpx.ByteStream(body))
     await response.aread()
     return status, dict(response.headers), response.content

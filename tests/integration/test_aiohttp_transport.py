@@ -28,7 +28,7 @@ from adapters.base import PspRequest, PspResponse
 from adapters.sandbox.adapter import Sandbox
 from adapters.testing import sample_order
 from dispatcher.worker.aiohttp_transport import AiohttpTransport
-from dispatcher.worker.transport import PspUnavailable, Transport
+from dispatcher.worker.transport import PspUnavailable, Transport, _plain
 from orders import Money
 from tests.dispatch_support import FAST, sandbox_runtime
 
@@ -468,7 +468,18 @@ WIRE_REQUESTS = [
     ),
     PspRequest("GET", "/v1/gzip", "status"),
     PspRequest("GET", "/v1/busy", "status"),
+    PspRequest("GET", "/v1/invoices/inv_1", "status", headers={"Authorization": "Bearer k"}),
+    PspRequest("POST", "/v1/invoices/inv_1/cancel", "cancel"),
+    PspRequest(
+        "POST",
+        "/v1/payments",
+        "create",
+        headers={"Content-Type": "application/json; charset=utf-8", "Accept": "text/plain"},
+        json={"amount": {"value": "19.99"}},
+    ),
 ]
+# Put together by the transport itself (the others are built by httpx first, on the same wire).
+PLAIN = {0, 2, 3, 4, 5, 6, 7, 8}
 
 
 async def _echo(
@@ -516,6 +527,12 @@ def test_the_psp_transport_on_aiohttp_sends_and_reads_what_it_would_through_http
                 runtime.adapter, runtime.settings, policy, http_transport=AiohttpTransport()
             )
             assert given._wire is None
+            plain = {
+                n
+                for n, r in enumerate(WIRE_REQUESTS)
+                if _plain(replace(r, url=direct.url + r.url), dict(r.headers))
+            }
+            assert plain == PLAIN
             answers = await _send_all(mine, direct.url)
             expected = await _send_all(given, through.url)
             sent, wanted = direct.requests, through.requests
@@ -534,7 +551,8 @@ def test_the_psp_transport_on_aiohttp_sends_and_reads_what_it_would_through_http
         for answer, want_answer in zip(answers, expected, strict=True):
             if isinstance(answer, PspResponse):
                 assert isinstance(want_answer, PspResponse)
-                assert answer.status_code == want_answer.status_code == 200
+                assert answer.status_code == want_answer.status_code
+                assert answer.status_code == 200
                 assert answer.content == want_answer.content
                 assert json.loads(answer.content)["path"].startswith("/v1/")
                 drop = {"content-length"}  # of the gzip body: the same on both, but ports differ
