@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from psycopg import conninfo, sql
 
 from dispatcher import config, services
 from orders.db import schema
+from tests.cli_support import run_cli
 from tests.namespaces import NAMESPACES, flush_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,18 +104,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"paydispatch services: embedded under {ROOT / '.paydispatch'} (variables unset)"]
 
 
-def cli(database_url: str, *args: str, site: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``paydispatch ARGS`` in a subprocess over ``database_url`` (no broker needed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    env["PAYDISPATCH_DATABASE_URL"] = database_url
-    env["PAYDISPATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"  # not used by these commands
+def cli(
+    database_url: str, *args: str, site: str | None = None, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``paydispatch ARGS`` over ``database_url`` (no broker needed), run in this process as a
+    subprocess would run it (tests/cli_support.py); ``settings`` are more PAYDISPATCH_*
+    variables, named without the prefix (``ADAPTERS="sandbox"``)."""
+    environ = {
+        "PAYDISPATCH_DATABASE_URL": database_url,
+        "PAYDISPATCH_BROKER_URL": "redis://127.0.0.1:1/0",  # not used by these commands
+    }
     if site is not None:
-        env["PAYDISPATCH_SITE"] = site
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+        environ["PAYDISPATCH_SITE"] = site
+    environ |= {f"PAYDISPATCH_{name}": value for name, value in settings.items()}
+    return run_cli(args, environ)

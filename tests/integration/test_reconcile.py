@@ -6,9 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -32,6 +30,7 @@ from orders import Money, NewOrder, OrderStatus
 from orders.db import Pool
 from orders.model import Order
 from orders.repository import OrderRepository
+from tests.conftest import cli
 from tests.dispatch_support import SandboxControl
 
 S = OrderStatus
@@ -41,22 +40,14 @@ TEN_DOLLARS = Money(1000, "USD")
 def reconcile_cli(
     database_url: str, sandbox: SandboxHandle, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    """``paydispatch reconcile ARGS`` in a subprocess, the sandbox enabled at its URL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
-    env |= {
-        "PAYDISPATCH_DATABASE_URL": database_url,
-        "PAYDISPATCH_BROKER_URL": "redis://127.0.0.1:1/0",  # not used by this command
-        "PAYDISPATCH_ADAPTERS": "sandbox",
-        "PAYDISPATCH_SANDBOX_API_URL": sandbox.url,
-        "PAYDISPATCH_SANDBOX_RETRIES": "0",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "reconcile", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    """``paydispatch reconcile ARGS``, the sandbox enabled at its URL."""
+    return cli(
+        database_url,
+        "reconcile",
+        *args,
+        ADAPTERS="sandbox",
+        SANDBOX_API_URL=sandbox.url,
+        SANDBOX_RETRIES="0",
     )
 
 
