@@ -39,8 +39,10 @@ class ApiContext:
     console: bool = True  # serve the operators' console under /console/ (settings.console)
     # A webhook event replayed from the console gets this many seconds of retries again.
     webhook_max_age: float = 3 * 24 * 3600.0
-    # Buyers' status pages pull an order's next poll forward at most this often (seconds).
-    view_debounce: float = 2.0
+    # Buyers' status pages pull an order's next poll forward at most this often (seconds), and
+    # not within this long of the dispatcher's last look: under the page's 1.5 s, so a page
+    # that looks again 0.5 s after its pull and 1.5 s later pulls again (a poll every 2 s).
+    view_debounce: float = 1.0
     pool_size: int = 10  # connections of the async pool ``orders`` runs on
     # Where the key revocation listener connects (not through a pooler); None: the repository's.
     listen_url: str | None = None

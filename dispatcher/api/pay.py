@@ -48,6 +48,13 @@ _STATES: dict[OrderStatus, BuyerState] = {
     S.NEEDS_REVIEW: "review",
 }
 _UNPAID = frozenset({S.NEW, S.AWAITING_PAYMENT})
+# How soon the page asks again (its script's setTimeout): every 1.5 s while waiting, and 0.5 s
+# after a look that pulled the order's poll forward, by when that poll has usually been
+# answered and written, so a buyer who has just paid sees it on the next look rather than a
+# whole interval after the poll (docs/benchmarks.md, "Issue #15 item 3").
+WAITING_RETRY_MS = 1500
+PULLED_RETRY_MS = 500
+FINAL_RETRY_MS = 10_000
 FORM_FIELDS = 10
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -63,7 +70,8 @@ def _http_url(url: str | None) -> str | None:
     return url if url and url.startswith(("https://", "http://")) else None
 
 
-def buyer_status(ctx: ApiContext, order: Order) -> PayStatus:
+def buyer_status(ctx: ApiContext, order: Order, *, pulled: bool = False) -> PayStatus:
+    """What the page shows; ``pulled``: this look pulled the order's poll forward."""
     state = _STATES[order.status]
     pay_url = _http_url(order.pay_url) if order.status is S.AWAITING_PAYMENT else None
     if state == "ready" and pay_url is None:
@@ -79,25 +87,33 @@ def buyer_status(ctx: ApiContext, order: Order) -> PayStatus:
         pay_url=pay_url,
         return_url=return_url,
         final=final,
-        retry_after_ms=1500 if state in {"preparing", "ready"} else 10_000,
+        retry_after_ms=_retry_after_ms(state, pulled=pulled),
     )
 
 
-async def _hurry(ctx: ApiContext, order: Order) -> None:
-    """A buyer is looking: pull the order's next poll forward (debounced, DESIGN.md 5)."""
+def _retry_after_ms(state: BuyerState, *, pulled: bool) -> int:
+    if state not in {"preparing", "ready"}:
+        return FINAL_RETRY_MS
+    return PULLED_RETRY_MS if pulled else WAITING_RETRY_MS
+
+
+async def _hurry(ctx: ApiContext, order: Order) -> bool:
+    """A buyer is looking: pull the order's next poll forward (debounced, DESIGN.md 5).
+    True when it did."""
     if order.status is not S.AWAITING_PAYMENT:
-        return
+        return False
     now = time.monotonic()
     last = ctx.views.get(order.id)
     if last is not None and now - last < ctx.view_debounce:
-        return
+        return False
     if len(ctx.views) > 50_000:
         ctx.views.clear()
     ctx.views[order.id] = now
     try:
-        await ctx.orders.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
+        return await ctx.orders.poll_soon(order.id, quiet=timedelta(seconds=ctx.view_debounce))
     except DispatchError as exc:  # the page still shows what it knows
         log.warning("could not pull the poll forward", order_id=str(order.id), error=str(exc))
+        return False
 
 
 def _alternatives(ctx: ApiContext, order: Order) -> list[str]:
@@ -149,8 +165,7 @@ async def status_page(
         return _html(pages.unavailable_page(), 503)
     if order is None:
         return _html(pages.not_found_page(), 404)
-    await _hurry(ctx, order)
-    status = buyer_status(ctx, order)
+    status = buyer_status(ctx, order, pulled=await _hurry(ctx, order))
     html = pages.status_page(
         str(order.id),
         status,
@@ -172,9 +187,9 @@ async def status_json(order_id: UUID, ctx: Context, response: Response) -> PaySt
         order = await ctx.orders.get(order_id)
     except OrderNotFound:
         raise HttpError(404, "order_not_found", "no such order") from None
-    await _hurry(ctx, order)
+    pulled = await _hurry(ctx, order)
     response.headers.update(_HEADERS)
-    return buyer_status(ctx, order)
+    return buyer_status(ctx, order, pulled=pulled)
 
 
 async def _form(request: Request) -> dict[str, str]:
