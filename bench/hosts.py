@@ -311,6 +311,7 @@ def run_broker(
                         result[phase] = burst(hosts, db_url, args)
                         result[phase]["pgbouncer_stats"] = pgbouncer_support.admin_stats(via)
                         children.stop_all()
+                    print(f"{phase}: {json.dumps(result[phase], default=str)}", flush=True)
                     continue
                 hosts = [start_host(children, env, "A", args)]
                 if phase != "one":
