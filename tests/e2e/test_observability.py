@@ -19,6 +19,7 @@ from adapters.sandbox.config import SandboxConfig
 from adapters.sandbox.runner import SandboxHandle, running_sandbox
 from dispatcher.services import Services, free_port
 from orders.db import schema
+from tests.conftest import cli
 from tests.dispatch_support import SandboxControl, own_namespace, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,10 +82,9 @@ def test_metrics_flow_and_logs_keep_secrets(
     )
 
     def command(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "dispatcher.cli", *args],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+        done = cli(own_database_url, *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     key = command("keys", "create", "shop").split()[0]
     billing_secret = command("sites", "set-webhook", "shop", "http://127.0.0.1:9/hook").split()[0]
