@@ -2,7 +2,7 @@
 
 Debian's ``pgbouncer`` package (``.ci/run`` installs it); without the binary :func:`binary`
 returns None and the tests that need it are skipped. PgBouncer refuses to run as root, so as
-root it runs as ``postgres`` (the package's user; ``nobody`` without it), with its files in a
+root it runs as the user that can reach the server (:func:`_run_as`), with its files in a
 directory it owns.
 """
 
@@ -39,6 +39,16 @@ def _user_exists(name: str) -> bool:
     return True
 
 
+def _run_as(host: str) -> str:
+    """Who PgBouncer runs as under root: the owner of the server's socket directory (the
+    embedded PostgreSQL's is private to its user), else ``postgres``, else ``nobody``."""
+    if host.startswith("/"):
+        owner = pwd.getpwuid(Path(host).stat().st_uid).pw_name
+        if owner != "root":
+            return owner
+    return "postgres" if _user_exists("postgres") else "nobody"
+
+
 @contextmanager
 def running_pgbouncer(
     database_url: str, *, pool_size: int = 20, round_robin: bool = False
@@ -70,7 +80,7 @@ def running_pgbouncer(
     (folder / "pgbouncer.ini").chmod(0o644)
     argv = [found, str(folder / "pgbouncer.ini")]
     if os.geteuid() == 0:
-        user = "postgres" if _user_exists("postgres") else "nobody"
+        user = _run_as(str(params.get("host") or ""))
         argv[1:1] = ["-u", user]
         shutil.chown(folder, user=user)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
