@@ -297,9 +297,10 @@ CREATE TABLE wallet_entries (
         balance_after >= 0 OR kind IN ('refund', 'bonus_reversal') OR amount > 0),
     CONSTRAINT wallet_entries_kind_check CHECK (kind IN (
         'topup', 'adjustment', 'debit', 'cashback', 'referral', 'refund',
-        'hold', 'release', 'withdrawal', 'fee', 'bonus_reversal')),
+        'hold', 'release', 'withdrawal', 'fee', 'bonus_reversal', 'refund_reversal')),
     CONSTRAINT wallet_entries_sign_check CHECK (
-        (kind IN ('topup', 'cashback', 'referral') AND amount > 0 AND held_amount = 0)
+        (kind IN ('topup', 'cashback', 'referral', 'refund_reversal') AND amount > 0
+         AND held_amount = 0)
         OR (kind IN ('debit', 'bonus_reversal') AND amount < 0 AND held_amount = 0)
         OR (kind = 'refund' AND ((amount < 0 AND held_amount = 0)
                                  OR (amount = 0 AND held_amount < 0)))
@@ -308,7 +309,7 @@ CREATE TABLE wallet_entries (
         OR (kind IN ('withdrawal', 'fee') AND amount = 0 AND held_amount < 0)
         OR (kind = 'adjustment' AND held_amount = 0)),
     CONSTRAINT wallet_entries_order_check CHECK (
-        (kind IN ('topup', 'cashback', 'referral', 'refund', 'bonus_reversal'))
+        (kind IN ('topup', 'cashback', 'referral', 'refund', 'bonus_reversal', 'refund_reversal'))
         = (order_id IS NOT NULL))
 );
 -- Invariant 3: a second top-up credit for the same order cannot exist.
@@ -448,9 +449,7 @@ CREATE TABLE transfers (
     user_id         text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 128),
     amount          bigint NOT NULL CHECK (amount > 0),
     currency        text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
-    status          text NOT NULL DEFAULT 'requested' CHECK (status IN (
-                        'requested', 'submitting', 'pending', 'succeeded', 'failed',
-                        'cancelled', 'needs_review')),
+    status          text NOT NULL DEFAULT 'requested',
     order_id        uuid REFERENCES orders (id),
     -- The withdrawal a payout serves (its foreign key comes with the withdrawals table).
     withdrawal_id   uuid,
@@ -472,13 +471,21 @@ CREATE TABLE transfers (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     settled_at      timestamptz,
+    -- Migration 0014: a refund a dispute took (a chargeback); only such a refund is `reversed`
+    -- when the payment system gives the money back (a dispute won).
+    chargeback      boolean NOT NULL DEFAULT false,
     CONSTRAINT transfers_idempotency_key_key UNIQUE (site, kind, idempotency_key),
     CONSTRAINT transfers_psp_transfer_id_key UNIQUE (adapter, kind, psp_transfer_id),
     CONSTRAINT transfers_link_check CHECK (
         (kind = 'refund' AND order_id IS NOT NULL AND withdrawal_id IS NULL)
         OR (kind = 'payout' AND order_id IS NULL)),
+    CONSTRAINT transfers_status_check CHECK (status IN (
+        'requested', 'submitting', 'pending', 'succeeded', 'failed', 'cancelled', 'needs_review',
+        'reversed')),
     CONSTRAINT transfers_settled_check
-        CHECK ((status IN ('succeeded', 'failed', 'cancelled')) = (settled_at IS NOT NULL))
+        CHECK ((status IN ('succeeded', 'failed', 'cancelled', 'reversed')) = (settled_at IS NOT NULL)),
+    CONSTRAINT transfers_reversed_check
+        CHECK (status <> 'reversed' OR (kind = 'refund' AND chargeback))
 );
 -- Due work, as orders_due_idx: only rows with something left to do.
 CREATE INDEX transfers_due_idx ON transfers (next_run_at) WHERE next_run_at IS NOT NULL;
@@ -512,7 +519,9 @@ INSERT INTO transfer_transitions (from_status, to_status) VALUES
     ('submitting', 'pending'), ('submitting', 'succeeded'), ('submitting', 'failed'),
     ('submitting', 'needs_review'),
     ('pending', 'succeeded'), ('pending', 'failed'), ('pending', 'needs_review'),
-    ('needs_review', 'succeeded'), ('needs_review', 'failed');
+    ('needs_review', 'succeeded'), ('needs_review', 'failed'),
+    -- A chargeback given back (a dispute won; migration 0014).
+    ('succeeded', 'reversed');
 
 CREATE FUNCTION transfers_check_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -688,3 +697,4 @@ INSERT INTO schema_version (version, description) VALUES (10, 'wallet holds, ref
 INSERT INTO schema_version (version, description) VALUES (11, 'withdrawals');
 INSERT INTO schema_version (version, description) VALUES (12, 'refund checks');
 INSERT INTO schema_version (version, description) VALUES (13, 'payment ids');
+INSERT INTO schema_version (version, description) VALUES (14, 'chargeback reversals');

@@ -231,6 +231,9 @@ class RefundState(StrEnum):
     PENDING = "pending"  # accepted, not final: poll again
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # definite: refused or canceled by the payment system; money did not move
+    # Only in a notification: a chargeback (the refund a dispute took, ``psp_refund_id`` the
+    # dispute's id) the payment system gave back to the merchant: the dispute was won.
+    REVERSED = "reversed"
 
 
 @dataclass(frozen=True, slots=True)

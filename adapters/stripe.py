@@ -77,10 +77,15 @@ create's rules (``invalid_request_error`` final, ``idempotency_error`` unknown).
 reports ``refunded`` (the charge's ``amount_refunded``) and ``chargeback`` (``disputed``).
 Refunds cannot be looked up by our id (no ``refund_lookup``). Refund, Charge and Dispute events
 name their order by the PaymentIntent (``OrderRef.psp_payment_id``: the dispatcher stores it when
-the order is paid), so a refund or dispute made in Stripe's Dashboard finds its order too.
-``charge.refunded`` reports the refunded total; ``charge.dispute.created`` and
-``.funds_withdrawn`` a chargeback, except for an inquiry (a ``warning_*`` status: no funds are
-withdrawn); the other ``charge.dispute.*`` events change nothing.
+the order is paid), so a refund or dispute made in Stripe's Dashboard finds its order
+too. ``charge.refunded`` reports the refunded total;
+``charge.dispute.created`` and ``.funds_withdrawn`` a chargeback of the dispute's ``amount``
+(which may be part of the payment), keyed by the dispute's id (``du_...``), except for an inquiry
+(a ``warning_*`` status: no funds are withdrawn); ``charge.dispute.closed`` and
+``.funds_reinstated`` with status ``won`` that chargeback given back (a refund report of state
+``reversed``). A lost dispute's ``funds_reinstated`` (the part a refund had given back already,
+https://support.stripe.com/questions/dispute-for-full-charge-amount-after-a-partial-refund-was-issued)
+and the other ``charge.dispute.*`` events change nothing.
 
 Settings: ``SECRET_KEY``, ``WEBHOOK_SECRETS``, ``API_URL`` (default ``https://api.stripe.com``),
 ``API_VERSION`` (the ``Stripe-Version`` header; default the version the official SDK pins).
@@ -450,11 +455,15 @@ REFUND_STATES = {
 REFUND_EVENTS = frozenset({"refund.created", "refund.updated", "refund.failed"})
 # Events that report money taken back from a paid payment (https://docs.stripe.com/api/events/types):
 # the charge's refunded total, and a dispute's chargeback, reported when it is opened and when
-# its funds are withdrawn (one key for both: recorded once). The other charge.dispute.* events
-# (updated, closed, funds_reinstated) name the order and change nothing.
+# its funds are withdrawn (one dispute id for both: recorded once).
 CHARGE_EVENTS = frozenset(
     {"charge.refunded", "charge.dispute.created", "charge.dispute.funds_withdrawn"}
 )
+# Events that may end a dispute in the merchant's favour: "closed" (status lost, warning_closed
+# or won) and "funds_reinstated" (funds back after a dispute closed, also the refunded part of
+# a partly refunded payment when the dispute is lost). Only status ``won`` gives the chargeback
+# back; the other charge.dispute.* events (updated, closed lost) name the order, change nothing.
+DISPUTE_END_EVENTS = frozenset({"charge.dispute.closed", "charge.dispute.funds_reinstated"})
 # Stripe keeps 500 characters of a metadata value.
 METADATA_LIMIT = 500
 
@@ -526,22 +535,47 @@ def _inquiry(item: Mapping[str, Any]) -> bool:
     )
 
 
+def dispute_report(
+    kind: str, item: Mapping[str, Any], response: PspResponse
+) -> tuple[RefundReport, StatusReport] | None:
+    """What a ``charge.dispute.*`` event (a Dispute, https://docs.stripe.com/api/disputes/object)
+    says: a chargeback of the dispute's ``amount`` (created, funds_withdrawn), keyed by the
+    dispute's id, or that chargeback given back (closed or funds_reinstated with status
+    ``won``, :attr:`RefundState.REVERSED`); None for an inquiry and the other events."""
+    if item.get("object") != "dispute":
+        _malformed(response, f"{kind} without a dispute")
+    dispute_id, status = item.get("id"), item.get("status")
+    if not isinstance(dispute_id, str) or not dispute_id.startswith("du_"):
+        _malformed(response, f"{kind} without a dispute id")
+    if kind in CHARGE_EVENTS and not _inquiry(item):
+        state = RefundState.SUCCEEDED
+    elif kind in DISPUTE_END_EVENTS and status == "won":
+        state = RefundState.REVERSED
+    else:
+        return None
+    disputed = from_stripe_amount(item.get("amount"), item.get("currency"), response)
+    reason = f"dispute of {disputed}: {item.get('reason') or 'no reason given'}"
+    refund = RefundReport(
+        state=state,
+        psp_refund_id=dispute_id,
+        money=disputed,
+        raw_status=f"dispute {status}",
+        reason=reason,
+    )
+    report = StatusReport(
+        state=CanonicalState.PAID,
+        raw_status=f"dispute {status}",
+        reason=reason,
+        chargeback=True,
+        psp_payment_id=_intent_of(item),
+    )
+    return refund, report
+
+
 def _charge_report(kind: str, item: Mapping[str, Any], response: PspResponse) -> StatusReport:
-    """What a ``charge.refunded`` (a Charge) or ``charge.dispute.created``/``.funds_withdrawn``
-    (a Dispute) event says about the payment: paid or refunded, the amount refunded so far, a
-    chargeback."""
+    """What a ``charge.refunded`` event (a Charge) says about the payment: paid or refunded, the
+    amount refunded so far, whether it is disputed."""
     intent_id = _intent_of(item)
-    if kind.startswith("charge.dispute."):
-        if item.get("object") != "dispute":
-            _malformed(response, f"{kind} without a dispute")
-        disputed = from_stripe_amount(item.get("amount"), item.get("currency"), response)
-        return StatusReport(
-            state=CanonicalState.PAID,
-            raw_status=f"dispute {item.get('status')}",
-            reason=f"dispute of {disputed}: {item.get('reason') or 'no reason given'}",
-            chargeback=True,
-            psp_payment_id=intent_id,
-        )
     if item.get("object") != "charge":
         _malformed(response, f"{kind} without a charge")
     money = from_stripe_amount(item.get("amount"), item.get("currency"), response)
@@ -556,6 +590,19 @@ def _charge_report(kind: str, item: Mapping[str, Any], response: PspResponse) ->
         chargeback=item.get("disputed") is True,
         psp_payment_id=intent_id,
     )
+
+
+def _money_back(
+    kind: str, item: Mapping[str, Any], ref: OrderRef, response: PspResponse
+) -> NotificationResult:
+    """The verified result of a Refund, Charge or Dispute event about ``ref``'s payment."""
+    if kind in REFUND_EVENTS:
+        return NotificationResult(ref=ref, verified=True, refund=refund_report(item, response))
+    if kind.startswith("charge.dispute."):
+        dispute = dispute_report(kind, item, response)
+        refund, report = dispute if dispute is not None else (None, None)
+        return NotificationResult(ref=ref, verified=True, refund=refund, report=report)
+    return NotificationResult(ref=ref, verified=True, report=_charge_report(kind, item, response))
 
 
 def _check_ours(order: Order, session: Mapping[str, Any], response: PspResponse) -> None:
@@ -719,14 +766,7 @@ class Stripe(Adapter):
             # psp_payment_id, stored when it was paid), which every Refund, Charge and Dispute
             # object carries.
             ref = OrderRef(order_id=_metadata(item, "order_id"), psp_payment_id=_intent_of(item))
-            if kind in REFUND_EVENTS:
-                refund = refund_report(item, response)
-                return NotificationResult(ref=ref, verified=True, refund=refund)
-            if kind not in CHARGE_EVENTS or _inquiry(item):
-                return NotificationResult(ref=ref, verified=True)
-            return NotificationResult(
-                ref=ref, verified=True, report=_charge_report(kind, item, response)
-            )
+            return _money_back(kind, item, ref, response)
         if kind not in SESSION_EVENTS:
             return NotificationResult(ref=OrderRef(), verified=True)
         session = item

@@ -1191,7 +1191,9 @@ class AdapterConformance:
                 parse=adapter.parse_refund,
                 build_status=adapter.build_refund_status,
                 parse_status=adapter.parse_refund_status,
-                states=tuple(RefundState),
+                # A refund's status read never says REVERSED (only a notification of a dispute
+                # won does), so no fixture is asked for it.
+                states=tuple(s for s in RefundState if s is not RefundState.REVERSED),
                 report_type=RefundReport,
             )
         return _MoneyOut(

@@ -77,6 +77,11 @@ CHARGEBACKS = Counter(
     "Chargebacks the payment system reported (money taken back by the payer's bank)",
     ["adapter"],
 )
+CHARGEBACK_REVERSALS = Counter(
+    "paydispatch_chargeback_reversals",
+    "Chargebacks the payment system gave back (a dispute won), credited to the wallet again",
+    ["adapter"],
+)
 SWEEPER_LAST_TICK = Gauge(
     "paydispatch_sweeper_last_tick_timestamp_seconds", "Unix time of the sweeper's last sweep"
 )

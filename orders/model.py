@@ -315,6 +315,8 @@ class TransferStatus(StrEnum):
     FAILED = "failed"  # a definite no: nothing was given out
     CANCELLED = "cancelled"  # withdrawn before it was ever sent
     NEEDS_REVIEW = "needs_review"  # may have been sent, and nothing can tell: a person decides
+    # A chargeback (a refund a dispute took) the payment system gave back: a dispute won.
+    REVERSED = "reversed"
 
 
 _T = TransferStatus
@@ -329,15 +331,19 @@ TRANSFER_TRANSITIONS: Mapping[TransferStatus, frozenset[TransferStatus]] = Mappi
         _T.PENDING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.NEEDS_REVIEW}),
         # A person's decision, after reading the payment system's dashboard.
         _T.NEEDS_REVIEW: frozenset({_T.SUCCEEDED, _T.FAILED}),
-        _T.SUCCEEDED: frozenset(),
+        # Only a chargeback, when the payment system gives the money back (a dispute won).
+        _T.SUCCEEDED: frozenset({_T.REVERSED}),
         _T.FAILED: frozenset(),
         _T.CANCELLED: frozenset(),
+        _T.REVERSED: frozenset(),
     }
 )
 # Statuses the dispatcher still works on (claimed by the sweeper).
 TRANSFER_ACTIVE: frozenset[TransferStatus] = frozenset({_T.REQUESTED, _T.SUBMITTING, _T.PENDING})
 # The final statuses: the transfer hook runs in the transaction that reaches one of them.
-TRANSFER_FINAL: frozenset[TransferStatus] = frozenset({_T.SUCCEEDED, _T.FAILED, _T.CANCELLED})
+TRANSFER_FINAL: frozenset[TransferStatus] = frozenset(
+    {_T.SUCCEEDED, _T.FAILED, _T.CANCELLED, _T.REVERSED}
+)
 # The statuses whose amount counts against what is left to refund of an order.
 REFUND_RESERVING: frozenset[TransferStatus] = frozenset(
     {_T.REQUESTED, _T.SUBMITTING, _T.PENDING, _T.NEEDS_REVIEW, _T.SUCCEEDED}
@@ -373,6 +379,7 @@ class Transfer:
     created_at: datetime
     updated_at: datetime
     settled_at: datetime | None
+    chargeback: bool = False  # a refund a dispute took (migration 0014)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Transfer:
@@ -402,6 +409,7 @@ class Transfer:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             settled_at=row["settled_at"],
+            chargeback=bool(row.get("chargeback", False)),
         )
 
     @property
@@ -412,8 +420,9 @@ class Transfer:
 @dataclass(frozen=True, slots=True)
 class TransferEvent:
     """What the transfer hooks (billing, withdrawals) are handed, inside the transaction that
-    moves a transfer to ``succeeded``, ``failed`` or ``cancelled``, or inserts a refund the
-    payment system reported on its own (then ``previous`` is ``succeeded`` too)."""
+    moves a transfer to ``succeeded``, ``failed``, ``cancelled`` or ``reversed`` (a chargeback
+    given back), or inserts a refund the payment system reported on its own (then ``previous``
+    is ``succeeded`` too)."""
 
     transfer: Transfer  # as written
     previous: TransferStatus

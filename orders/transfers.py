@@ -189,6 +189,14 @@ async def _covered_by_total(tx: AsyncConnection, order: Order) -> bool:
     return await (await tx.execute(query("transfer_by_total"), params)).fetchone() is not None
 
 
+async def _chargebacks(tx: AsyncConnection, order: Order) -> builtins.list[Transfer]:
+    """The order's chargebacks (refunds a dispute took), whatever their status."""
+    rows = await (
+        await tx.execute(query("transfer_chargebacks"), {"order_id": order.id})
+    ).fetchall()
+    return [Transfer.from_row(row) for row in rows]
+
+
 class Transfers:
     """Transfers in PostgreSQL, on an async pool: THE repository of money going out.
 
@@ -350,6 +358,7 @@ class Transfers:
         destination: Mapping[str, Any] | None = None,
         status: TransferStatus = TransferStatus.REQUESTED,
         detail: Mapping[str, Any] | None = None,
+        chargeback: bool = False,
     ) -> dict[str, Any]:
         return {
             "id": uuid.uuid4(),
@@ -369,6 +378,7 @@ class Transfers:
             "request_hash": request_hash,
             "psp_transfer_id": psp_transfer_id,
             "destination": None if destination is None else Jsonb(dict(destination)),
+            "chargeback": chargeback,
             "actor": actor[:ACTOR_LIMIT],
             "detail": json.dumps(dict(detail or {})),
         }
@@ -420,11 +430,24 @@ class Transfers:
             return earlier
 
     async def record_reported_refund(
-        self, order: Order, report: RefundReport, *, actor: str, reason: str = ""
+        self,
+        order: Order,
+        report: RefundReport,
+        *,
+        actor: str,
+        reason: str = "",
+        chargeback: bool = False,
     ) -> Transfer | None:
         """Record a refund the payment system reports on its own (a notification, a status read
         showing more refunded, a chargeback), as ``succeeded`` with origin ``psp``, and run the
         hook in the same transaction. Once per ``report.psp_refund_id``: None when known.
+
+        ``chargeback``: a dispute took the money, ``report.psp_refund_id`` is the dispute's id and
+        ``report.money`` what it names; what is taken is that, bounded by what is left (a dispute
+        of a partly refunded payment may name the whole amount), and nothing once the order has
+        a chargeback (a payment is disputed once: the same dispute seen by a status read, which
+        knows no dispute id, is the same chargeback). A status read's chargeback (a key of
+        :func:`unaccounted_refund`) is one too.
 
         A report that may be about one of our own refunds whose id is not known yet (one still
         being sent or read) is not recorded: that refund is made due now, and its own reading
@@ -457,6 +480,11 @@ class Transfers:
                 if known["next_run_at"] is not None:
                     await tx.execute(query("transfer_wake"), {"ids": [known["id"]]})
                 return None
+            chargeback = chargeback or report.psp_refund_id.startswith(
+                f"{current.psp_id}:chargeback:"
+            )
+            if chargeback:
+                return await self._record_chargeback(tx, current, report, actor, reason)
             open_rows = await (
                 await tx.execute(query("transfer_open_refunds"), {"order_id": current.id})
             ).fetchall()
@@ -496,6 +524,78 @@ class Transfers:
             )
             return await self._insert_succeeded(
                 tx, params, f"the reported refund {report.psp_refund_id}"
+            )
+
+    async def _record_chargeback(
+        self,
+        tx: AsyncConnection,
+        order: Order,
+        report: RefundReport,
+        actor: str,
+        reason: str,
+    ) -> Transfer | None:
+        """The chargeback ``report`` names, bounded by what is left, in ``tx`` (the order locked);
+        None when the order has one already, or nothing is left to take."""
+        assert report.psp_refund_id is not None
+        if await _chargebacks(tx, order):
+            return None
+        left = order.money.amount - order.refund_reserved
+        named = report.money.amount if report.money is not None else left
+        amount = min(named, left)
+        if amount <= 0:  # refunds gave it all back already: the dispute takes nothing more
+            return None
+        params = self._params(
+            kind=TransferKind.REFUND,
+            site=order.site,
+            adapter=order.adapter,
+            user_id=order.user_id,
+            money=Money(amount, order.money.currency),
+            order_id=order.id,
+            origin="psp",
+            reason=reason or ("chargeback: " + report.reason if report.reason else "chargeback"),
+            requested_by=actor,
+            actor=actor,
+            psp_transfer_id=report.psp_refund_id,
+            status=TransferStatus.SUCCEEDED,
+            detail={"reported": True, "raw_status": report.raw_status, "named": named},
+            chargeback=True,
+        )
+        return await self._insert_succeeded(tx, params, f"the chargeback {report.psp_refund_id}")
+
+    async def reverse_chargeback(
+        self, order: Order, report: RefundReport, *, actor: str
+    ) -> Transfer | None:
+        """A chargeback the payment system gave back (a dispute won, ``report.psp_refund_id`` the
+        dispute's id): its refund moves from ``succeeded`` to ``reversed``, which releases its
+        amount from the order's refund accounting (the database's trigger), and the hook runs in
+        the same transaction (billing credits the wallet back). Once: None when it was reversed
+        already, or no chargeback of the order is known (a person looks). A chargeback recorded
+        from a status read (no dispute id) is the order's only one, and is the one reversed."""
+        if not report.psp_refund_id:
+            raise InvalidInput("psp_refund_id", "a reversal must name the payment system's id")
+        async with atransaction(self.pool) as tx:
+            row = await (
+                await tx.execute(query("transfer_lock_order"), {"id": order.id, "site": None})
+            ).fetchone()
+            if row is None:
+                raise OrderNotFound(f"order {order.id} not found")
+            current = Order.from_row(row)
+            found = await _chargebacks(tx, current)
+            named = [t for t in found if t.psp_transfer_id == report.psp_refund_id]
+            by_total = [
+                t for t in found if t.psp_transfer_id and _by_total(current, t.psp_transfer_id)
+            ]
+            candidates = named or (by_total if len(found) == 1 else [])
+            target = candidates[0] if candidates else None
+            if target is None or target.status is not TransferStatus.SUCCEEDED:
+                return None
+            return await self.write(
+                target,
+                TransferStatus.REVERSED,
+                actor=actor,
+                detail={"reversed": report.raw_status or "the payment system gave it back"},
+                use_lease=False,
+                conn=tx,
             )
 
     async def record_refund(

@@ -16,7 +16,9 @@ debounced per order: a flood makes at most one poll per order every ``HINT_QUIET
 Money going back (issue #14): a verified notification of a succeeded refund, of a payment whose
 refunded total is above what the order's refunds account for, or of a chargeback, is recorded
 once as a refund the payment system reported (:meth:`Transfers.record_reported_refund`, which
-runs the transfer hook: billing reverses the credit in the same transaction). One that may be
+runs the transfer hook: billing reverses the credit in the same transaction); a verified one of a
+chargeback given back (a dispute won) reverses that chargeback once
+(:meth:`Transfers.reverse_chargeback`: the wallet credited again). One that may be
 about our own refunds, and every unverified one, only makes the order's refunds still being sent
 or read due now: their own status read decides. An unverified one naming a paid order (a refund
 hint, or a payment hint: YooKassa's are never signed) also makes the order's "refund check" due
@@ -128,9 +130,40 @@ async def money_back(
         refund = unaccounted_refund(order, refunded, chargeback=chargeback)
         if refund is None:
             return "refunds accounted for"
+    return await _settle(ctx, rt, order, refund, reason=reason, chargeback=chargeback)
+
+
+async def _settle(
+    ctx: ApiContext,
+    rt: AdapterRuntime,
+    order: Order,
+    refund: RefundReport,
+    *,
+    reason: str,
+    chargeback: bool,
+) -> str:
+    """A verified report of one refund (or chargeback): recorded, reversed, or a hint."""
+    if refund.state is RefundState.REVERSED:  # a chargeback given back: a dispute won
+        return await _reverse(ctx, rt, order, refund)
     if refund.state is not RefundState.SUCCEEDED:  # ours, maybe: its own read settles it
         return await _hint(ctx, order, f"refund {refund.state}")
     return await _record(ctx, rt, order, refund, reason=reason, chargeback=chargeback)
+
+
+async def _reverse(ctx: ApiContext, rt: AdapterRuntime, order: Order, refund: RefundReport) -> str:
+    reversed_ = await ctx.transfers.reverse_chargeback(order, refund, actor=f"callback:{rt.name}")
+    if reversed_ is None:
+        # Given back already (a second event of the same dispute), or no chargeback of the order
+        # is known to give back: logged for a person, nothing written.
+        log.warning(
+            "chargeback given back: nothing to reverse",
+            order_id=str(order.id),
+            psp_refund_id=refund.psp_refund_id,
+        )
+        return "chargeback reversal known, or no chargeback recorded"
+    metrics.CHARGEBACK_REVERSALS.labels(rt.name).inc()
+    log.warning("chargeback reversed", order_id=str(order.id), amount=str(reversed_.money))
+    return f"chargeback reversed: {reversed_.money}"
 
 
 async def _hint(ctx: ApiContext, order: Order, what: str, *, check: bool = False) -> str:
@@ -153,7 +186,7 @@ async def _record(
 ) -> str:
     try:
         recorded = await ctx.transfers.record_reported_refund(
-            order, refund, actor=f"callback:{rt.name}", reason=reason
+            order, refund, actor=f"callback:{rt.name}", reason=reason, chargeback=chargeback
         )
     except RefundRefused as exc:  # the payment system and we disagree: a person looks
         log.error("reported refund not recorded", order_id=str(order.id), error=str(exc))

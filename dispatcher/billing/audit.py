@@ -10,7 +10,8 @@ Checks, each one SQL statement over the whole database (or one site):
 4. no credit names an order that is not paid;
 5. refunds never exceed the order's top-up;
 6. (wallet hook on) every succeeded refund transfer has exactly one ``refund`` entry of its
-   amount, no other refund transfer has one, and no final one left its request's hold open;
+   amount, no other refund transfer has one (but a reversed chargeback, which also has one
+   ``refund_reversal`` entry of its amount), and no final one left its request's hold open;
 7. no bonus reversal takes back more than the bonus granted;
 8. every withdrawal's hold is its amount + fee, settled as both once it succeeded, released
    whole once it failed or was cancelled, neither while it is open.
@@ -169,11 +170,16 @@ def _money_going_out(found: Rows, result: AuditReport) -> None:
     """The checks of refunds, bonus reversals and holds (issue #14)."""
     for r in found.get("audit_refund_transfers", []):
         what = f"refund {r['id']} ({r['site']}, order {r['order_id']}, {r['status']})"
-        if r["status"] == "succeeded" and r["billed"] != r["amount"]:
+        given_back = r.get("given_back", 0)
+        if r["status"] in ("succeeded", "reversed") and r["billed"] != r["amount"]:
             result.discrepancies.append(
                 f"{what}: {r['amount']} {r['currency']} refunded, {r['billed']} billed"
             )
-        elif r["status"] != "succeeded" and r["billed"]:
+        elif given_back != (r["amount"] if r["status"] == "reversed" else 0):
+            result.discrepancies.append(
+                f"{what}: {given_back} {r['currency']} given back for a chargeback reversal"
+            )
+        elif r["status"] not in ("succeeded", "reversed") and r["billed"]:
             result.discrepancies.append(
                 f"{what}: not succeeded, yet {r['billed']} {r['currency']} billed"
             )

@@ -9,7 +9,10 @@ the refund succeeded (or inserts one the payment system reported), keyed by the 
 * ``bonus_reversal`` entries taking back the order's bonuses in proportion to what was refunded
   so far: ``floor(bonus * refunded / paid)`` in all, less what earlier refunds took back (so a
   half refund takes back half the cashback rounded down, and the last refund the rest);
-* a replayed hook (the refund entry already there) writes nothing more.
+* a replayed hook (the refund entry already there) writes nothing more;
+* a chargeback the payment system gives back (a dispute won: the refund moves to ``reversed``)
+  is credited again with one ``refund_reversal`` entry (key ``refund-reversal:<transfer id>``);
+  the bonuses it took back stay taken back (a person may credit them by hand).
 
 What the balance cannot cover is the ``refund_overdraft`` setting (``[billing]``,
 ``PAYDISPATCH_BILLING_REFUND_OVERDRAFT``), never a silent overdraft:
@@ -38,7 +41,7 @@ import structlog
 
 from dispatcher import metrics
 from dispatcher.billing.wallet import Entry, EntryKind, Wallets, money
-from dispatcher.billing.webhook import Outbox
+from dispatcher.billing.webhook import EVENT_REFUND_REVERSED, Outbox
 from orders.db import AsyncConnection, query
 from orders.errors import InsufficientFunds, RefundRefused, WalletNotFound
 from orders.model import Transfer, TransferEvent, TransferKind, TransferStatus
@@ -63,6 +66,10 @@ def release_key(transfer_id: UUID) -> str:
 
 def refund_key(transfer_id: UUID) -> str:
     return f"refund:{transfer_id}"
+
+
+def reversal_key(transfer_id: UUID) -> str:
+    return f"refund-reversal:{transfer_id}"
 
 
 def bonus_key(transfer_id: UUID, user_id: str, currency: str) -> str:
@@ -138,6 +145,22 @@ class RefundWalletHook:
             await self._reverse(tx, transfer, transfer.order_id)
         elif transfer.status in (TransferStatus.FAILED, TransferStatus.CANCELLED):
             await self._release(tx, transfer)
+        elif transfer.status is TransferStatus.REVERSED:
+            await self._give_back(tx, transfer, transfer.order_id)
+
+    async def _give_back(self, tx: AsyncConnection, transfer: Transfer, order_id: UUID) -> None:
+        """A chargeback given back (a dispute won): what its refund entry took is credited again,
+        once (``refund-reversal:<transfer id>``). Bonuses it took back stay taken back."""
+        await self.wallets.credit(
+            transfer.site,
+            transfer.user_id,
+            transfer.money,
+            kind=EntryKind.REFUND_REVERSAL,
+            order_id=order_id,
+            key=reversal_key(transfer.id),
+            description=f"chargeback {transfer.id} of order {order_id} given back: dispute won",
+            conn=tx,
+        )
 
     async def _release(self, tx: AsyncConnection, transfer: Transfer) -> None:
         held = await self.wallets.entry(transfer.site, hold_key(transfer.id), conn=tx)
@@ -271,5 +294,9 @@ class RefundWebhookHook:
 
     async def __call__(self, tx: AsyncConnection, event: TransferEvent) -> None:
         transfer = event.transfer
-        if transfer.kind is TransferKind.REFUND and transfer.status is TransferStatus.SUCCEEDED:
+        if transfer.kind is not TransferKind.REFUND:
+            return
+        if transfer.status is TransferStatus.SUCCEEDED:
             await self.outbox.enqueue_refund(tx, transfer)
+        elif transfer.status is TransferStatus.REVERSED:
+            await self.outbox.enqueue_refund(tx, transfer, EVENT_REFUND_REVERSED)

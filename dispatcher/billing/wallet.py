@@ -101,10 +101,17 @@ class EntryKind(StrEnum):
     WITHDRAWAL = "withdrawal"  # a hold paid out to the user
     FEE = "fee"  # a hold kept as the withdrawal's fee
     BONUS_REVERSAL = "bonus_reversal"  # cashback or referral bonus of a refunded order taken back
+    REFUND_REVERSAL = "refund_reversal"  # a chargeback given back (a dispute won): credited again
 
 
 CREDIT_KINDS = frozenset(
-    {EntryKind.TOPUP, EntryKind.ADJUSTMENT, EntryKind.CASHBACK, EntryKind.REFERRAL}
+    {
+        EntryKind.TOPUP,
+        EntryKind.ADJUSTMENT,
+        EntryKind.CASHBACK,
+        EntryKind.REFERRAL,
+        EntryKind.REFUND_REVERSAL,
+    }
 )
 ORDER_KINDS = frozenset(
     {
@@ -113,6 +120,7 @@ ORDER_KINDS = frozenset(
         EntryKind.REFERRAL,
         EntryKind.REFUND,
         EntryKind.BONUS_REVERSAL,
+        EntryKind.REFUND_REVERSAL,
     }
 )
 # What settle_hold may call a hold that goes out for good.

@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 EVENT_PAID = "order.paid"
 EVENT_REFUND = "refund"  # a refund of an order succeeded (issue #14): one per refund transfer
+# A chargeback (a refund a dispute took) given back: the dispute was won. One per such refund.
+EVENT_REFUND_REVERSED = "refund.reversed"
 MAX_ERROR = 500
 
 
@@ -67,11 +69,12 @@ def event_body(event_id: UUID, order: Order, *, late: bool) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def refund_body(event_id: UUID, transfer: Transfer) -> str:
-    """The JSON a site receives for a succeeded refund; keys sorted, so the bytes are stable."""
+def refund_body(event_id: UUID, transfer: Transfer, event_type: str = EVENT_REFUND) -> str:
+    """The JSON a site receives for a succeeded refund (or, ``refund.reversed``, a chargeback
+    given back); keys sorted, so the bytes are stable."""
     body = {
         "id": str(event_id),
-        "type": EVENT_REFUND,
+        "type": event_type,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": {
             "refund_id": str(transfer.id),
@@ -142,16 +145,19 @@ class Outbox:
         if row is not None:
             await conn.execute(query("notify_outbox"))  # wakes the sweeper once this commits
 
-    async def enqueue_refund(self, conn: AsyncConnection, transfer: Transfer) -> bool:
-        """Write the ``refund`` event of a succeeded refund transfer; a second call for the same
-        transfer adds nothing (returns False)."""
+    async def enqueue_refund(
+        self, conn: AsyncConnection, transfer: Transfer, event_type: str = EVENT_REFUND
+    ) -> bool:
+        """Write the ``refund`` event of a succeeded refund transfer (``refund.reversed``: of a
+        chargeback given back); a second call for the same transfer and type adds nothing
+        (returns False)."""
         event_id = uuid.uuid4()
         params = {
             "id": event_id,
             "order_id": transfer.order_id,
             "transfer_id": transfer.id,
-            "event_type": EVENT_REFUND,
-            "body": refund_body(event_id, transfer),
+            "event_type": event_type,
+            "body": refund_body(event_id, transfer, event_type),
             "max_age": self.max_age,
         }
         row = await (await conn.execute(query("insert_transfer_outbox"), params)).fetchone()

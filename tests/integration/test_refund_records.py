@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -436,16 +437,42 @@ def test_a_refund_made_in_the_stripe_dashboard_is_recorded_once_from_its_events(
     audit_clean(api.ctx.pool, site)
 
 
-def _dispute_event(order: Order, fixture: str) -> tuple[bytes, dict[str, str]]:
-    """A reconstructed dispute event (tests/fixtures/stripe) about ``order``'s PaymentIntent,
-    signed as the fake Stripe signs its events."""
-    text = (FIXTURES / fixture).read_text()
-    body = text.replace("pi_3QrQ8nLkdIwHu7ix0Wq1Ab2C", order.psp_payment_id or "").encode()
+def _dispute_event(
+    order: Order, fixture: str, *, amount: int | None = None, intent: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A reconstructed dispute event (tests/fixtures/stripe) about ``order``'s PaymentIntent (or
+    ``intent``), of the order's own dispute (one id per order), of ``amount`` if given, signed as
+    the fake Stripe signs its events."""
+    event = json.loads((FIXTURES / fixture).read_text())
+    dispute = event["data"]["object"]
+    dispute["payment_intent"] = intent or order.psp_payment_id
+    dispute["id"] = f"du_{order.id.hex}"
+    if amount is not None:
+        dispute["amount"] = amount
+    body = json.dumps(event).encode()
     return body, fake_stripe.signed_headers(body, fake_stripe.WEBHOOK_SECRET)
+
+
+def _deliver(http: httpx.Client, order: Order, fixture: str, **changes: Any) -> None:
+    body, headers = _dispute_event(order, fixture, **changes)
+    assert http.post("/v1/callbacks/stripe", content=body, headers=headers).is_success
+
+
+def entries(pool: Pool, order: Order, kind: EntryKind) -> list[int]:
+    with SyncWallets(pool) as wallets:
+        items = wallets.history(order.site, order.user_id, limit=100).items
+    return [e.money.amount + e.held.amount for e in items if e.kind is kind]
 
 
 def chargebacks() -> float:
     return REGISTRY.get_sample_value("paydispatch_chargebacks_total", {"adapter": "stripe"}) or 0.0
+
+
+def reversals() -> float:
+    sample = REGISTRY.get_sample_value(
+        "paydispatch_chargeback_reversals_total", {"adapter": "stripe"}
+    )
+    return sample or 0.0
 
 
 def test_a_stripe_dispute_takes_the_payment_back_once_and_an_inquiry_nothing(
@@ -467,6 +494,99 @@ def test_a_stripe_dispute_takes_the_payment_back_once_and_an_inquiry_nothing(
     assert chargebacks() == before + 1
     assert refund_entries(api.ctx.pool, order) == [-PAID]
     assert balance(api.ctx.pool, order) == 0
+
+
+def test_a_partial_dispute_takes_back_only_the_amount_it_names(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given a paid order of 12.34 USD, credited,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    # when a dispute of 5.00 of it is opened and its funds withdrawn,
+    for name in ("event_charge_dispute_created.json", "event_charge_dispute_funds_withdrawn.json"):
+        _deliver(http, order, name, amount=500)
+    # then 5.00 is taken back, once, as the order's chargeback, and the rest may still be
+    # refunded.
+    (refund,) = refunds(api, order)
+    assert (refund.origin, refund.money, refund.chargeback) == ("psp", Money(500, "USD"), True)
+    assert refund.psp_transfer_id == f"du_{order.id.hex}"
+    current = api.repo.get(order.id)
+    assert (current.refunded_amount, current.refund_reserved) == (500, 500)
+    assert refund_entries(api.ctx.pool, order) == [-500]
+    assert balance(api.ctx.pool, order) == PAID - 500
+    audit_clean(api.ctx.pool, site)
+
+
+def test_a_dispute_of_more_than_is_left_takes_what_is_left(
+    api: Api, http: httpx.Client, site: str, database_url: str
+) -> None:
+    # Given a paid order of 12.34 USD of which support refunded 10.00 at Stripe,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    assert record(database_url, order, f"re_{order.id.hex}", "--amount", "10.00").returncode == 0
+    # when the buyer's bank disputes the whole payment (Stripe's amount: 20.00 in the fixture),
+    _deliver(http, order, "event_charge_dispute_created.json")
+    # then the chargeback takes what the refund left, 2.34, never more than was paid.
+    chargeback = next(t for t in refunds(api, order) if t.chargeback)
+    assert chargeback.money == Money(PAID - 1000, "USD")
+    assert api.repo.get(order.id).refunded_amount == PAID
+    assert balance(api.ctx.pool, order) == 0
+    audit_clean(api.ctx.pool, site)
+
+
+def test_a_dispute_lost_then_won_leaves_the_wallet_as_before_once(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given a paid order, credited,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    assert balance(api.ctx.pool, order) == PAID
+    taken, given = chargebacks(), reversals()
+    # when its dispute takes the money (each event delivered twice),
+    for name in ("event_charge_dispute_created.json", "event_charge_dispute_funds_withdrawn.json"):
+        _deliver(http, order, name)
+        _deliver(http, order, name)
+    assert balance(api.ctx.pool, order) == 0
+    assert api.repo.get(order.id).refund_reserved == PAID
+    # and is then won (closed as won, its funds reinstated: each delivered twice),
+    for name in (
+        "event_charge_dispute_closed_won.json",
+        "event_charge_dispute_funds_reinstated.json",
+    ):
+        _deliver(http, order, name)
+        _deliver(http, order, name)
+    # then the wallet is as before the dispute, given back once, and the order's refund
+    # accounting released: all of it may be refunded again.
+    assert balance(api.ctx.pool, order) == PAID
+    (chargeback,) = refunds(api, order)
+    assert (chargeback.status, chargeback.money) == (TransferStatus.REVERSED, Money(PAID, "USD"))
+    assert refund_entries(api.ctx.pool, order) == [-PAID]
+    assert entries(api.ctx.pool, order, EntryKind.REFUND_REVERSAL) == [PAID]
+    current = api.repo.get(order.id)
+    assert (current.refunded_amount, current.refund_reserved) == (0, 0)
+    assert (chargebacks(), reversals()) == (taken + 1, given + 1)
+    # A status read still shows the charge disputed: that is the same chargeback, not another.
+    disputed = unaccounted_refund(current, None, chargeback=True)
+    assert disputed is not None
+    recorded = api.repo.run(
+        api.ctx.transfers.record_reported_refund(current, disputed, actor="refund_check:stripe")
+    )
+    assert recorded is None
+    assert balance(api.ctx.pool, order) == PAID
+    audit_clean(api.ctx.pool, site)
+
+
+def test_a_dispute_won_that_took_nothing_gives_nothing_back(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # An inquiry (no funds withdrawn) later closed as won: nothing was taken, nothing is given.
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    _deliver(http, order, "event_charge_dispute_inquiry.json")
+    _deliver(http, order, "event_charge_dispute_closed_won.json")
+    assert refunds(api, order) == []
+    assert entries(api.ctx.pool, order, EntryKind.REFUND_REVERSAL) == []
+    assert balance(api.ctx.pool, order) == PAID
 
 
 def test_a_charge_event_about_another_payment_than_the_order_s_records_nothing(

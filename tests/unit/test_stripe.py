@@ -54,6 +54,7 @@ ORDER = sample_order(adapter="stripe", money=Money(2000, "USD"))
 INVOICED = replace(ORDER, psp_id=SESSION_ID)
 INTENT_ID = "pi_3QrQ8nLkdIwHu7ix0Wq1Ab2C"
 REFUND_ID = "re_3QrQ8nLkdIwHu7ix0Rf4Gh5J"
+DISPUTE_ID = "du_3QrQ8nLkdIwHu7ix0Dp4Ut5E"
 
 
 def fixture(name: str, status_code: int = 200, **headers: str) -> PspResponse:
@@ -799,6 +800,52 @@ def test_dispute_event_reports_a_chargeback_and_names_the_payment(name: str) -> 
     assert result.report.chargeback is True
     assert result.report.psp_payment_id == INTENT_ID
     assert "fraudulent" in result.report.reason
+    # The chargeback is the dispute's: its id (created and funds_withdrawn share it) and amount.
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.psp_refund_id, result.refund.money) == (
+        RefundState.SUCCEEDED,
+        DISPUTE_ID,
+        Money(2000, "USD"),
+    )
+
+
+def test_a_partial_dispute_names_only_its_amount() -> None:
+    # "Usually the amount of the charge, but can differ (... only part of the order is
+    # disputed)" (the Dispute object's amount).
+    body = (FIXTURES / "event_charge_dispute_created.json").read_bytes()
+    partial = body.replace(b'"amount": 2000', b'"amount": 750')
+    result = ADAPTER.parse_notification(signed(partial), settings())
+    assert result.refund is not None
+    assert (result.refund.psp_refund_id, result.refund.money) == (DISPUTE_ID, Money(750, "USD"))
+
+
+@pytest.mark.parametrize(
+    "name", ["event_charge_dispute_closed_won", "event_charge_dispute_funds_reinstated"]
+)
+def test_a_dispute_won_gives_its_chargeback_back(name: str) -> None:
+    result = ADAPTER.parse_notification(_event_at(name), settings())
+    assert result.verified
+    assert result.ref == OrderRef(psp_payment_id=INTENT_ID)
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.psp_refund_id, result.refund.money) == (
+        RefundState.REVERSED,
+        DISPUTE_ID,
+        Money(2000, "USD"),
+    )
+    assert result.report is not None
+    assert result.report.raw_status == "dispute won"
+
+
+def test_funds_reinstated_after_a_lost_dispute_give_nothing_back() -> None:
+    # A dispute of a partly refunded payment that is lost reinstates only what the refund gave
+    # back already: the chargeback stands.
+    body = (FIXTURES / "event_charge_dispute_funds_reinstated.json").read_bytes()
+    lost = body.replace(b'"status": "won"', b'"status": "lost"')
+    assert lost != body
+    result = ADAPTER.parse_notification(signed(lost), settings())
+    assert result.verified
+    assert result.ref == OrderRef(psp_payment_id=INTENT_ID)
+    assert (result.report, result.refund) == (None, None)
 
 
 def test_a_dispute_inquiry_names_the_payment_and_takes_nothing_back() -> None:

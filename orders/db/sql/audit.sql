@@ -75,12 +75,13 @@ WHERE e.amount > 0 AND o.status <> 'paid' AND (%(site)s::text IS NULL OR e.site 
 ORDER BY e.id
 
 -- audit_refunds --
--- Refunds per order (from the balance or from a hold), with what the order's top-up credited.
+-- Refunds per order (from the balance or from a hold, less chargebacks given back), with what
+-- the order's top-up credited.
 SELECT r.order_id, r.site, r.currency, -sum(r.amount + r.held_amount) AS refunded,
        coalesce((SELECT sum(t.amount) FROM wallet_entries t
                  WHERE t.order_id = r.order_id AND t.kind = 'topup'), 0) AS credited
 FROM wallet_entries r
-WHERE r.kind = 'refund' AND (%(site)s::text IS NULL OR r.site = %(site)s)
+WHERE r.kind IN ('refund', 'refund_reversal') AND (%(site)s::text IS NULL OR r.site = %(site)s)
 GROUP BY r.order_id, r.site, r.currency
 ORDER BY r.site, r.order_id
 
@@ -96,12 +97,16 @@ WHERE o.status = 'paid' AND (%(site)s::text IS NULL OR o.site = %(site)s)
 ORDER BY o.site, o.paid_at
 
 -- audit_refund_transfers --
--- Refund transfers the ledger disagrees with: a succeeded one without exactly one refund entry
--- of its amount (keyed by its id), one not succeeded with such an entry, and one final whose
--- request-time hold is still open (neither settled by its refund entry nor released).
+-- Refund transfers the ledger disagrees with: a succeeded (or reversed) one without exactly one
+-- refund entry of its amount (keyed by its id), one neither with such an entry, a reversed one
+-- (a chargeback given back) without one refund_reversal entry of its amount, one not reversed
+-- with such an entry, and one final whose request-time hold is still open (neither settled by
+-- its refund entry nor released).
 SELECT t.id, t.site, t.user_id, t.order_id, t.status, t.amount, t.currency,
        (SELECT coalesce(-sum(e.amount + e.held_amount), 0) FROM wallet_entries e
         WHERE e.site = t.site AND e.idempotency_key = 'refund:' || t.id) AS billed,
+       (SELECT coalesce(sum(e.amount), 0) FROM wallet_entries e
+        WHERE e.site = t.site AND e.idempotency_key = 'refund-reversal:' || t.id) AS given_back,
        EXISTS (SELECT 1 FROM wallet_entries h
                WHERE h.site = t.site AND h.idempotency_key = 'refund-hold:' || t.id) AS held,
        EXISTS (SELECT 1 FROM wallet_entries e
@@ -109,7 +114,7 @@ SELECT t.id, t.site, t.user_id, t.order_id, t.status, t.amount, t.currency,
                    'refund:' || t.id, 'refund-release:' || t.id)) AS closed
 FROM transfers t
 WHERE t.kind = 'refund' AND (%(site)s::text IS NULL OR t.site = %(site)s)
-  AND (t.status = 'succeeded'
+  AND (t.status IN ('succeeded', 'reversed')
        OR EXISTS (SELECT 1 FROM wallet_entries e
                   WHERE e.site = t.site AND e.idempotency_key LIKE 'refund%%:' || t.id))
 ORDER BY t.site, t.id

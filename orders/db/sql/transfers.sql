@@ -18,11 +18,12 @@ WITH t AS (
     INSERT INTO transfers (
         id, kind, site, adapter, user_id, amount, currency, status, order_id, withdrawal_id,
         origin, reason, requested_by, idempotency_key, request_hash, psp_transfer_id,
-        destination, next_run_at, settled_at
+        destination, chargeback, next_run_at, settled_at
     ) VALUES (
         %(id)s, %(kind)s, %(site)s, %(adapter)s, %(user_id)s, %(amount)s, %(currency)s,
         %(status)s, %(order_id)s, %(withdrawal_id)s, %(origin)s, %(reason)s, %(requested_by)s,
         %(idempotency_key)s, %(request_hash)s, %(psp_transfer_id)s, %(destination)s,
+        %(chargeback)s,
         CASE WHEN %(status)s = 'requested' THEN now() END,
         CASE WHEN %(status)s IN ('succeeded', 'failed', 'cancelled') THEN now() END
     )
@@ -69,6 +70,13 @@ WHERE order_id = %(order_id)s AND kind = 'refund' AND origin = 'psp'
   AND (starts_with(psp_transfer_id, %(payment)s || ':refunded:')
        OR starts_with(psp_transfer_id, %(payment)s || ':chargeback:'))
 LIMIT 1
+
+-- transfer_chargebacks --
+-- An order's chargebacks (refunds a dispute took, migration 0014), whatever their status: the
+-- one a dispute's outcome reverses, and the one a status read's "disputed" must not take again.
+SELECT * FROM transfers
+WHERE order_id = %(order_id)s AND kind = 'refund' AND chargeback
+ORDER BY created_at
 
 -- transfer_wake --
 -- Make transfers due now (a report that may be about them came); leases are left alone.
