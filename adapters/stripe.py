@@ -77,8 +77,8 @@ create's rules (``invalid_request_error`` final, ``idempotency_error`` unknown).
 reports ``refunded`` (the charge's ``amount_refunded``) and ``chargeback`` (``disputed``).
 Refunds cannot be looked up by our id (no ``refund_lookup``). Refund, Charge and Dispute events
 name their order by the PaymentIntent (``OrderRef.psp_payment_id``: the dispatcher stores it when
-the order is paid), so a refund or dispute made in Stripe's Dashboard finds its order
-too. ``charge.refunded`` reports the refunded total;
+the order is paid, or when it reads the payment), so a refund or dispute made in Stripe's
+Dashboard finds its order too. ``charge.refunded`` reports the refunded total;
 ``charge.dispute.created`` and ``.funds_withdrawn`` a chargeback of the dispute's ``amount``
 (which may be part of the payment), keyed by the dispute's id (``du_...``), except for an inquiry
 (a ``warning_*`` status: no funds are withdrawn); ``charge.dispute.closed`` and

@@ -763,6 +763,26 @@ class Transfers:
             async with self.pool.connection() as conn:
                 await conn.execute(query("refund_check_done"), {"id": order_id})
 
+    async def remember_payment(self, order: Order, psp_payment_id: str | None) -> bool:
+        """Store the payment id a read of a paid order's payment showed, when the order has none
+        (paid before migration 0013, or by a person's resolution): the payment system's reports
+        by that id (Stripe's charge and dispute events) name the order from then on. True when
+        stored; a stored id is never changed, nor one another order holds given to this one."""
+        if not psp_payment_id or order.psp_payment_id is not None:
+            return False
+        try:
+            check_text("psp_payment_id", psp_payment_id, limit=LIMITS["idempotency_key"])
+        except InvalidInput:  # not an id an order can hold: reports by it name nothing
+            return False
+        params = {"id": order.id, "psp_payment_id": psp_payment_id}
+        with database_errors():
+            async with self.pool.connection() as conn:
+                try:
+                    cursor = await conn.execute(query("order_remember_payment"), params)
+                except psycopg.errors.UniqueViolation:  # another order took it meanwhile
+                    return False
+                return cursor.rowcount > 0
+
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, transfer_id: UUID, *, site: str | None = None) -> Transfer:

@@ -195,6 +195,7 @@ class TransferSteps:
             log.error("refund check read another payment", psp_id=report.psp_id)
             await self.transfers.refund_checked(order.id)
             return
+        await self._remember_payment(order, report.psp_payment_id)
         # What our refunds account for now (one may have settled during the read).
         current = await self.engine.orders.get(order.id)
         refund = unaccounted_refund(current, report.refunded, chargeback=report.chargeback)
@@ -214,6 +215,15 @@ class TransferSteps:
                         log.error("chargeback", amount=str(recorded.money))
                     log.info("refund at the payment system recorded", amount=str(recorded.money))
         await self.transfers.refund_checked(order.id)
+
+    async def _remember_payment(self, order: Order, psp_payment_id: str | None) -> None:
+        """An order paid before its payment id was stored (before migration 0013, or by a
+        person's resolution) gets the one this read showed: the payment system's reports by it
+        (Stripe's charge and dispute events) name the order from now on."""
+        if order.psp_payment_id is None and await self.transfers.remember_payment(
+            order, psp_payment_id
+        ):
+            log.info("payment id stored", psp_payment_id=psp_payment_id)
 
     # -- submit ----------------------------------------------------------------------------
 
@@ -300,6 +310,7 @@ class TransferSteps:
             psp_payment_id = rt.adapter.parse_status(
                 order, response, rt.settings, "status"
             ).psp_payment_id
+            await self._remember_payment(order, psp_payment_id)
         return RefundRequest(
             id=transfer.id,
             order=order,

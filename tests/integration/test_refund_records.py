@@ -5,6 +5,7 @@ PaymentIntent), and taken from the wallet once whoever records them first."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -33,11 +34,13 @@ from dispatcher.billing.face import Face
 from dispatcher.billing.wallet import EntryKind, SyncWallets
 from dispatcher.config import BillingSettings
 from dispatcher.runtime import AdapterRuntime
+from dispatcher.steps import Action
+from dispatcher.worker.engine import Engine
 from orders import Money, NewOrder, OrderStatus
-from orders.db import Pool
+from orders.db import Pool, open_async_pool
 from orders.model import Order, Transfer, TransferStatus
-from orders.repository import OrderRepository
-from orders.transfers import unaccounted_refund
+from orders.repository import OrderRepository, Orders
+from orders.transfers import SyncTransfers, unaccounted_refund
 from tests.billing_support import pay
 from tests.conftest import cli
 from tests.dispatch_support import FAST, wait_until
@@ -587,6 +590,55 @@ def test_a_dispute_won_that_took_nothing_gives_nothing_back(
     assert refunds(api, order) == []
     assert entries(api.ctx.pool, order, EntryKind.REFUND_REVERSAL) == []
     assert balance(api.ctx.pool, order) == PAID
+
+
+def test_an_order_without_its_payment_id_gets_it_from_a_refund_check(
+    api: Api, http: httpx.Client, site: str, pool: Pool
+) -> None:
+    # Given a paid order whose payment id was never stored (paid before migration 0013, or by a
+    # person's resolution), which a dispute event therefore does not name,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    intent = order.psp_payment_id
+    assert intent is not None
+    with pool.connection() as conn:
+        conn.execute("UPDATE orders SET psp_payment_id = NULL WHERE id = %s", (order.id,))
+    order = api.repo.get(order.id)
+    _deliver(http, order, "event_charge_dispute_created.json", intent=intent)
+    assert refunds(api, order) == []
+    # when its refund check reads the payment (the worker's own step),
+    transfers = SyncTransfers(api.repo)
+    assert transfers.mark_refund_check(order.id, quiet=timedelta(0))
+    claimed = transfers.claim_refund_checks(1000, timedelta(seconds=30))
+    assert (order.id, "stripe") in claimed
+    run_step(api, order.id, Action.REFUND_CHECK)
+    # then the order holds its PaymentIntent again, and the dispute's events name it.
+    assert api.repo.get(order.id).psp_payment_id == intent
+    order = api.repo.get(order.id)
+    _deliver(http, order, "event_charge_dispute_funds_withdrawn.json")
+    (refund,) = refunds(api, order)
+    assert (refund.chargeback, refund.money) == (True, Money(PAID, "USD"))
+    assert balance(api.ctx.pool, order) == 0
+
+
+def run_step(api: Api, order_id: uuid.UUID, action: Action) -> None:
+    """One worker step of ``order_id`` on an engine with the API's runtimes and billing hooks."""
+
+    async def run() -> None:
+        engine_pool = await open_async_pool(api.repo.conninfo, max_size=2, name="tests-records")
+        engine = Engine(
+            Orders(engine_pool, api.repo.adapters),
+            {"stripe": api.ctx.runtimes["stripe"]},
+            paid_hook=hooks.build(BillingSettings()),
+            transfer_hook=hooks.build_transfer_hook(BillingSettings()),
+        )
+        try:
+            await engine.run(order_id, uuid.uuid4(), action)
+        finally:
+            await engine.aclose()
+            await engine_pool.close()
+
+    asyncio.run(run())
 
 
 def test_a_charge_event_about_another_payment_than_the_order_s_records_nothing(

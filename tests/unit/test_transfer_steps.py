@@ -82,6 +82,14 @@ class FakeTransfers:
     def __init__(self, transfer: Transfer) -> None:
         self.rows = {transfer.id: transfer}
         self.moves: list[tuple[TransferStatus, TransferStatus]] = []
+        self.payment_ids: list[str] = []  # what remember_payment stored
+
+    async def remember_payment(self, order: Any, psp_payment_id: str | None) -> bool:
+        """``Transfers.remember_payment``: a payment id stored where the order has none."""
+        if not psp_payment_id or order.psp_payment_id is not None:
+            return False
+        self.payment_ids.append(psp_payment_id)
+        return True
 
     async def get(self, transfer_id: uuid.UUID, *, site: str | None = None) -> Transfer:
         if transfer_id not in self.rows:
@@ -228,6 +236,8 @@ def test_a_refund_is_sent_then_read_until_it_succeeds() -> None:
         (TS.PENDING, TS.SUCCEEDED),
     ]
     assert wire.sent.count("refund") == 1
+    # The read of the payment before the send stored the payment id the order lacked.
+    assert repo.payment_ids == ["pay-1"]
 
 
 @pytest.mark.parametrize("reported", [Money(3999, "RUB"), Money(4000, "EUR")])

@@ -195,3 +195,14 @@ RETURNING o.id, o.adapter
 -- until another hint, and that one not before the quiet interval.
 UPDATE orders SET refund_check_at = NULL, refund_checked_at = now()
 WHERE id = %(id)s
+
+-- order_remember_payment --
+-- A paid order's payment id, read from the payment system (a refund's or a refund check's read
+-- of the payment), stored where it is missing (an order paid before migration 0013, or by a
+-- person's resolution), so the payment system's reports by that id name the order from now on.
+-- Never changed once stored, nor given to a second order of the payment system.
+UPDATE orders SET psp_payment_id = %(psp_payment_id)s
+WHERE id = %(id)s AND status = 'paid' AND psp_payment_id IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM orders o
+      WHERE o.adapter = orders.adapter AND o.psp_payment_id = %(psp_payment_id)s)
