@@ -3,8 +3,11 @@ port) and no configured secret appears anywhere in the logs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,9 +60,7 @@ def total(
 def test_metrics_flow_and_logs_keep_secrets(
     found_services: Services, own_database_url: str, sandbox: SandboxHandle, tmp_path: Path
 ) -> None:
-    api_port, metrics_base = free_port(), free_port()
-    while metrics_base + 2 >= 65535 or api_port in range(metrics_base, metrics_base + 3):
-        metrics_base = free_port()
+    api_port, metrics_base = free_port(), free_ports_in_a_row(3)
     public = f"http://127.0.0.1:{api_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
     env.update(
@@ -180,6 +181,23 @@ def test_metrics_flow_and_logs_keep_secrets(
         CARD.replace(" ", ""),
     ):
         assert secret not in logs, f"a secret reached the logs: {secret[:6]}..."
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` ports in a row on 127.0.0.1 that nothing uses now, below the
+    ephemeral range (32768 and up), where no client's connection or free_port() takes them
+    meanwhile: the sweeper listens on the first, worker n on the first + n."""
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20_000, 32_768 - count)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
 
 
 def _up(port: int) -> bool:
