@@ -17,6 +17,7 @@ import pytest
 
 from dispatcher.services import Services, free_port
 from tests.dispatch_support import own_namespace, wait_until
+from tests.ports_support import free_ports_in_a_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,11 +66,8 @@ def _event(log: Path, name: str) -> dict[str, Any] | None:
 
 
 def _ports() -> tuple[int, int]:
-    """A free API port and a base with two free ports after it for the sweeper and a worker."""
-    api_port, metrics_base = free_port(), free_port()
-    while metrics_base + 1 >= 65535 or api_port in (metrics_base, metrics_base + 1):
-        metrics_base = free_port()
-    return api_port, metrics_base
+    """A free API port, and two free ports in a row for the sweeper and a worker."""
+    return free_port(), free_ports_in_a_row(2)
 
 
 @pytest.fixture

@@ -3,11 +3,8 @@ port) and no configured secret appears anywhere in the logs."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +21,7 @@ from dispatcher.services import Services, free_port
 from orders.db import schema
 from tests.conftest import cli
 from tests.dispatch_support import SandboxControl, own_namespace, wait_until
+from tests.ports_support import free_ports_in_a_row
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_KEY = "sbx-live-key-9f8e7d6c5b4a"
@@ -181,23 +179,6 @@ def test_metrics_flow_and_logs_keep_secrets(
         CARD.replace(" ", ""),
     ):
         assert secret not in logs, f"a secret reached the logs: {secret[:6]}..."
-
-
-def free_ports_in_a_row(count: int) -> int:
-    """The first of ``count`` ports in a row on 127.0.0.1 that nothing uses now, below the
-    ephemeral range (32768 and up), where no client's connection or free_port() takes them
-    meanwhile: the sweeper listens on the first, worker n on the first + n."""
-    rng = random.Random()
-    while True:
-        base = rng.randrange(20_000, 32_768 - count)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return base
 
 
 def _up(port: int) -> bool:
