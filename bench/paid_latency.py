@@ -182,11 +182,15 @@ class Load:
 
         # "open": the buyer pays in another tab, so this page never leaves (its script behaves
         # as once it has sent the buyer to the pay page); "return": it leaves for the pay page.
-        left = await self.page(b, sent=open_page, on_ready=on_ready)
-        if paying is not None:
-            await paying
-        if left:  # the sandbox sends the buyer back to the status page after paying
-            await self.page(b, sent=True, on_ready=on_ready)
+        try:
+            left = await self.page(b, sent=open_page, on_ready=on_ready)
+            if paying is not None:
+                await paying
+            if left:  # the sandbox sends the buyer back to the status page after paying
+                await self.page(b, sent=True, on_ready=on_ready)
+        finally:
+            if paying is not None:
+                paying.cancel()
 
     async def page(self, b: Buyer, *, sent: bool, on_ready: Any) -> bool:
         """One status page and its script until it shows a final state (False) or leaves for
@@ -274,7 +278,7 @@ def run_once(
     children = common.Children()
     with common.fresh_database(found, "paid") as db_url:
         common.flush_redis(broker_url)
-        httpx.post(f"{sandbox_url}/_control/reset", timeout=10).raise_for_status()
+        httpx.post(f"{sandbox_url}/_control/reset", timeout=60).raise_for_status()
         port = common.free_port()
         api_url = f"http://127.0.0.1:{port}"
         env = common.daemon_env(db_url, broker_url, sandbox_url, rate=str(args.psp_rate))
@@ -306,7 +310,10 @@ def run_once(
             behind = asyncio.run(load.drive(total))
             meter.stop()
             after = loadavg()
-            stats = httpx.get(f"{sandbox_url}/_control/stats", timeout=10).json()
+            try:  # a sandbox still sending a backlog of webhooks may answer late
+                stats = httpx.get(f"{sandbox_url}/_control/stats", timeout=60).json()
+            except httpx.HTTPError as exc:
+                stats = {"error": repr(exc)}
             errors = [line for line in api.log_text().splitlines() if '"level": "error"' in line]
         finally:
             children.stop_all(grace=20)
@@ -348,6 +355,9 @@ def summarise(
     to_db = [b.db_paid - b.paid for b in done if b.db_paid is not None]  # type: ignore[operator]
     db_to_page = [b.shown - b.db_paid for b in done if b.db_paid is not None]  # type: ignore[operator]
     n = max(len(load.buyers), 1)
+    # What the daemon took to paid, whatever the pages saw: orders paid over the run's span.
+    paid_times = [b.db_paid for b in load.buyers if b.db_paid is not None]
+    paid_rate = len(paid_times) / (max(paid_times) - first) if paid_times else 0.0
     return {
         "push": push,
         "page": args.page,
@@ -358,6 +368,7 @@ def summarise(
         "first_errors": sorted({b.error for b in load.buyers if b.error})[:3],
         "created_per_second": round((len(made) - 1) / span, 1) if len(made) > 1 else None,
         "creation_behind_s": round(behind, 2),
+        "paid_per_second": round(paid_rate, 1),
         "first_create": first,
         "p50": pct(latency, 0.50),
         "p95": pct(latency, 0.95),
@@ -390,7 +401,8 @@ def report(res: dict[str, Any]) -> None:
     print(
         f"  {res['orders']} orders, {res['measured']} measured, {res['shown_paid']} shown paid, "
         f"{res['failed_pages']} pages failed {res['first_errors']}; created "
-        f"{res['created_per_second']}/s (creation ended {res['creation_behind_s']} s behind)"
+        f"{res['created_per_second']}/s (creation ended {res['creation_behind_s']} s behind); "
+        f"the daemon paid {res['paid_per_second']}/s from the first create to its last paid_at"
     )
     print(
         f"  paid -> page shows paid: p50 {res['p50']:.2f} s (goal < {GOAL_P50:g} s: {verdict}), "
