@@ -80,8 +80,8 @@ name their order by the PaymentIntent (``OrderRef.psp_payment_id``: the dispatch
 the order is paid, or when it reads the payment), so a refund or dispute made in Stripe's
 Dashboard finds its order too. ``charge.refunded`` reports the refunded total;
 ``charge.dispute.created`` and ``.funds_withdrawn`` a chargeback of the dispute's ``amount``
-(which may be part of the payment), keyed by the dispute's id (``du_...``), except for an inquiry
-(a ``warning_*`` status: no funds are withdrawn); ``charge.dispute.closed`` and
+(which may be part of the payment), keyed by the dispute's id (``dp_...``, ``du_...``), except
+for an inquiry (a ``warning_*`` status: no funds are withdrawn); ``charge.dispute.closed`` and
 ``.funds_reinstated`` with status ``won`` that chargeback given back (a refund report of state
 ``reversed``). A lost dispute's ``funds_reinstated`` (the part a refund had given back already,
 https://support.stripe.com/questions/dispute-for-full-charge-amount-after-a-partial-refund-was-issued)
@@ -545,7 +545,8 @@ def dispute_report(
     if item.get("object") != "dispute":
         _malformed(response, f"{kind} without a dispute")
     dispute_id, status = item.get("id"), item.get("status")
-    if not isinstance(dispute_id, str) or not dispute_id.startswith("du_"):
+    # Stripe's dispute ids start with dp_, du_ or pdp_: any non-empty id is the dispute's.
+    if not isinstance(dispute_id, str) or not dispute_id.strip():
         _malformed(response, f"{kind} without a dispute id")
     if kind in CHARGE_EVENTS and not _inquiry(item):
         state = RefundState.SUCCEEDED

@@ -819,6 +819,21 @@ def test_a_partial_dispute_names_only_its_amount() -> None:
     assert (result.refund.psp_refund_id, result.refund.money) == (DISPUTE_ID, Money(750, "USD"))
 
 
+@pytest.mark.parametrize("prefix", [b"dp_", b"pdp_"])
+def test_a_dispute_id_of_another_prefix_names_the_chargeback(prefix: bytes) -> None:
+    # Stripe's dispute ids start with dp_ as well as du_ (the API reference's example), and
+    # pdp_ for some payment methods: a dispute's id is its id, whatever its prefix.
+    body = (FIXTURES / "event_charge_dispute_created.json").read_bytes()
+    other = body.replace(DISPUTE_ID.encode(), prefix + DISPUTE_ID.encode()[3:])
+    assert other != body
+    result = ADAPTER.parse_notification(signed(other), settings())
+    assert result.refund is not None
+    assert (result.refund.state, result.refund.psp_refund_id) == (
+        RefundState.SUCCEEDED,
+        prefix.decode() + DISPUTE_ID[3:],
+    )
+
+
 @pytest.mark.parametrize(
     "name", ["event_charge_dispute_closed_won", "event_charge_dispute_funds_reinstated"]
 )
