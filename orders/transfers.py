@@ -142,7 +142,9 @@ def unaccounted_refund(
     that may still give money back), as a report of one refund; None when they account for it.
 
     Its id is the payment's id, the kind and the total: the same state seen twice (two
-    notifications, two status reads) is recorded once.
+    notifications, two status reads) is recorded once. A refunded total is a refund even when
+    the payment is disputed too (Stripe's ``amount_refunded`` counts no dispute): only a
+    chargeback without a total is recorded as one (a ``chargeback`` key).
     """
     from adapters.base import RefundReport, RefundState  # adapters load with the daemon only
 
@@ -152,7 +154,7 @@ def unaccounted_refund(
     unaccounted = total - order.refund_reserved
     if unaccounted <= 0:
         return None
-    what = "chargeback" if chargeback else "refunded"
+    what = "chargeback" if chargeback and refunded is None else "refunded"
     return RefundReport(
         RefundState.SUCCEEDED,
         psp_refund_id=f"{order.psp_id}:{what}:{total}",

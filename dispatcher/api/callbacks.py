@@ -126,10 +126,12 @@ async def money_back(
         return None
     reason = ""
     if refund is None:
-        reason = "chargeback" if chargeback else "refunded at the payment system"
         refund = unaccounted_refund(order, refunded, chargeback=chargeback)
         if refund is None:
             return "refunds accounted for"
+        # A refunded total is a refund, disputed or not: only a chargeback without one is taken.
+        chargeback = refund.raw_status == "chargeback"
+        reason = "chargeback" if chargeback else "refunded at the payment system"
     return await _settle(ctx, rt, order, refund, reason=reason, chargeback=chargeback)
 
 

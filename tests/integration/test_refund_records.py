@@ -687,3 +687,29 @@ def test_a_paypal_refund_naming_only_its_capture_makes_the_order_s_refund_check_
         due = row.fetchone()
     assert due is not None
     assert due["refund_check_at"] is not None
+
+
+def test_a_refunded_total_of_a_disputed_charge_is_a_refund_not_the_chargeback(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given a paid order whose charge Stripe reports refunded by 3.00 and disputed (charge.refunded
+    # names a refunded total; "disputed" says nothing of how much the dispute takes),
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    event = json.loads((FIXTURES / "event_charge_refunded.json").read_text())
+    charge = event["data"]["object"]
+    charge.update(payment_intent=order.psp_payment_id, amount=PAID, amount_refunded=300)
+    charge.update(disputed=True)
+    event["created"] = int((datetime.now(UTC) - timedelta(seconds=1)).timestamp())
+    body = json.dumps(event).encode()
+    headers = fake_stripe.signed_headers(body, fake_stripe.WEBHOOK_SECRET)
+    assert http.post("/v1/callbacks/stripe", content=body, headers=headers).is_success
+    # then the 3.00 is a refund, not a chargeback (a dispute won would give it back again),
+    (refund,) = refunds(api, order)
+    assert (refund.money, refund.chargeback) == (Money(300, "USD"), False)
+    # and the dispute of 5.00 is taken when its own event comes.
+    _deliver(http, order, "event_charge_dispute_created.json", amount=500)
+    chargeback = next(t for t in refunds(api, order) if t.chargeback)
+    assert chargeback.money == Money(500, "USD")
+    assert balance(api.ctx.pool, order) == PAID - 800
+    audit_clean(api.ctx.pool, site)
