@@ -587,6 +587,11 @@ class Transfers:
             by_total = [
                 t for t in found if t.psp_transfer_id and _by_total(current, t.psp_transfer_id)
             ]
+            if not found and current.status is OrderStatus.PAID:
+                # Won before its chargeback was seen (Stripe does not promise event order): the
+                # win is remembered, so the dispute's own events later take nothing.
+                await self._remember_won(tx, current, report, actor)
+                return None
             candidates = named or (by_total if len(found) == 1 else [])
             target = candidates[0] if candidates else None
             if target is None or target.status is not TransferStatus.SUCCEEDED:
@@ -599,6 +604,37 @@ class Transfers:
                 use_lease=False,
                 conn=tx,
             )
+
+    async def _remember_won(
+        self, tx: AsyncConnection, order: Order, report: RefundReport, actor: str
+    ) -> None:
+        """A dispute won that took nothing yet, as the order's chargeback recorded ``cancelled``
+        under the dispute's id: nothing taken, nothing given back, no hook; the dispute's
+        ``created`` or ``funds_withdrawn`` then finds it and takes nothing."""
+        assert report.psp_refund_id is not None
+        named = report.money
+        amount = (
+            named.amount
+            if named is not None and named.currency == order.money.currency and named.amount > 0
+            else order.money.amount
+        )
+        params = self._params(
+            kind=TransferKind.REFUND,
+            site=order.site,
+            adapter=order.adapter,
+            user_id=order.user_id,
+            money=Money(amount, order.money.currency),
+            order_id=order.id,
+            origin="psp",
+            reason="dispute won before its chargeback was seen: nothing taken",
+            requested_by=actor,
+            actor=actor,
+            psp_transfer_id=report.psp_refund_id,
+            status=TransferStatus.CANCELLED,
+            detail={"reported": True, "raw_status": report.raw_status, "won_first": True},
+            chargeback=True,
+        )
+        await tx.execute(query("transfer_insert"), params)
 
     async def record_refund(
         self,

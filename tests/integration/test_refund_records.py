@@ -587,9 +587,48 @@ def test_a_dispute_won_that_took_nothing_gives_nothing_back(
     delivered(api)
     _deliver(http, order, "event_charge_dispute_inquiry.json")
     _deliver(http, order, "event_charge_dispute_closed_won.json")
-    assert refunds(api, order) == []
+    assert [t.status for t in refunds(api, order)] == [TransferStatus.CANCELLED]
     assert entries(api.ctx.pool, order, EntryKind.REFUND_REVERSAL) == []
     assert balance(api.ctx.pool, order) == PAID
+
+
+def test_a_dispute_won_before_it_was_created_takes_nothing(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given a paid order, credited,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    taken, given = chargebacks(), reversals()
+    # when its dispute's win arrives before the dispute itself (Stripe does not promise the
+    # order of events; each delivered twice),
+    for name in (
+        "event_charge_dispute_closed_won.json",
+        "event_charge_dispute_funds_reinstated.json",
+        "event_charge_dispute_created.json",
+        "event_charge_dispute_funds_withdrawn.json",
+    ):
+        _deliver(http, order, name)
+        _deliver(http, order, name)
+    # then nothing was taken and nothing given back: the win is remembered as the order's
+    # chargeback, cancelled.
+    (chargeback,) = refunds(api, order)
+    assert (chargeback.status, chargeback.chargeback) == (TransferStatus.CANCELLED, True)
+    assert chargeback.psp_transfer_id == f"du_{order.id.hex}"
+    assert balance(api.ctx.pool, order) == PAID
+    assert refund_entries(api.ctx.pool, order) == []
+    assert entries(api.ctx.pool, order, EntryKind.REFUND_REVERSAL) == []
+    current = api.repo.get(order.id)
+    assert (current.refunded_amount, current.refund_reserved) == (0, 0)
+    assert (chargebacks(), reversals()) == (taken, given)
+    # A status read showing the charge disputed takes nothing either.
+    disputed = unaccounted_refund(current, None, chargeback=True)
+    assert disputed is not None
+    recorded = api.repo.run(
+        api.ctx.transfers.record_reported_refund(current, disputed, actor="refund_check:stripe")
+    )
+    assert recorded is None
+    assert balance(api.ctx.pool, order) == PAID
+    audit_clean(api.ctx.pool, site)
 
 
 def test_an_order_without_its_payment_id_gets_it_from_a_refund_check(
