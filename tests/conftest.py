@@ -95,6 +95,19 @@ database_url = pytest.fixture(_fresh_database, scope="module", name="database_ur
 own_database_url = pytest.fixture(_fresh_database, name="own_database_url")
 
 
+# Each takes a minute or more of one test process, mostly waiting on pip: started first, so that
+# neither of the two processes is left running one of them alone at the end of the run.
+FIRST = ("tests/e2e/test_wheel.py", "tests/e2e/test_client_install.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files in FIRST before the rest; the order within each file and of the rest is kept."""
+    first = [str(ROOT / path) for path in FIRST]
+    items.sort(
+        key=lambda item: first.index(str(item.path)) if str(item.path) in first else len(first)
+    )
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     configured = [
         v for v in ("PAYDISPATCH_DATABASE_URL", "PAYDISPATCH_BROKER_URL") if v in os.environ
