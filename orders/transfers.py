@@ -714,7 +714,13 @@ class Transfers:
                     status=TransferStatus.SUCCEEDED,
                     detail={"recorded": True},
                 )
-                return await self._insert_succeeded(tx, params, what), True
+                inserted = await self._insert_succeeded(tx, params, what)
+                if inserted is not None:
+                    return inserted, True
+                earlier = await self._recorded_already(tx, order, psp_refund_id, money)
+                if earlier is None:  # pragma: no cover - the row holding the id was rolled back
+                    raise IdempotencyConflict(f"{what} is being recorded")
+                return earlier, False
             await tx.execute(query("refund_check_mark"), {"id": order.id, "quiet": _NOW})
             deferred = RefundRefused(
                 f"{what}: the order has refunds recorded from the payment's refunded total, "
@@ -743,19 +749,24 @@ class Transfers:
 
     async def _insert_succeeded(
         self, tx: AsyncConnection, params: dict[str, Any], what: str
-    ) -> Transfer:
-        """Insert a refund that already gave the money back and run the hook, in ``tx``;
+    ) -> Transfer | None:
+        """Insert a refund that already gave the money back and run the hook, in ``tx``; None
+        when its payment system id is taken already (our own refund's worker stored that id
+        meanwhile: the order's lock does not serialise that write), nothing written;
         :class:`RefundRefused` when the database's CHECK refuses it."""
         try:
             async with tx.transaction():
                 inserted = await (await tx.execute(query("transfer_insert"), params)).fetchone()
+        except psycopg.errors.UniqueViolation:
+            return None
         except psycopg.errors.CheckViolation as exc:
             amount = Money(params["amount"], params["currency"])
             refused = _refused(exc, f"{what} ({amount})")
             if refused is None:
                 raise
             raise refused from None
-        assert inserted is not None  # the order's lock serialises records of its refunds
+        if inserted is None:  # ON CONFLICT DO NOTHING: the id is taken
+            return None
         transfer = Transfer.from_row(inserted)
         if self.hook is not None:
             event = TransferEvent(transfer, TransferStatus.SUCCEEDED, params["actor"])

@@ -21,8 +21,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+import orders.transfers
 from adapters import paypal, registry, stripe
-from adapters.base import PspRequest, PspResponse
+from adapters.base import PspRequest, PspResponse, RefundReport, RefundState
 from adapters.fakes import stripe as fake_stripe
 from adapters.fakes.common import FakeControl, PaymentRef, running_fake
 from adapters.sandbox.runner import serve_in_thread
@@ -315,6 +316,46 @@ def test_a_refund_of_ours_still_being_sent_blocks_a_record_by_hand(
     assert refused.returncode == 1
     assert str(mine.id) in refused.stderr
     assert len(refunds(api, order)) == 1
+
+
+def test_a_notification_of_our_refund_s_id_stored_meanwhile_is_a_refund_known(
+    api: Api, pool: Pool, site: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a refund of ours being sent, its payment system id not known yet,
+    order = paid_sandbox_order(api, site)
+    mine, _ = api.repo.run(
+        api.ctx.transfers.request_refund(
+            order.id, Money(200, "USD"), site=None, idempotency_key=None, reason="r",
+            requested_by="site",
+        )
+    )  # fmt: skip
+    api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+    psp_refund_id = f"re_{order.id.hex}"
+    named = orders.transfers.query
+
+    def worker_stores_the_id_meanwhile(name: str) -> Any:
+        # The worker stores our refund's id (a write that takes no lock of the order) after the
+        # notification looked the id up and before it looks for refunds still being sent.
+        if name == "transfer_open_refunds":
+            with pool.connection() as conn:
+                conn.execute(
+                    "UPDATE transfers SET psp_transfer_id = %s WHERE id = %s",
+                    (psp_refund_id, mine.id),
+                )
+        return named(name)
+
+    monkeypatch.setattr(orders.transfers, "query", worker_stores_the_id_meanwhile)
+    # when the notification of that id is recorded,
+    report = RefundReport(RefundState.SUCCEEDED, psp_refund_id, Money(200, "USD"))
+    recorded = api.repo.run(
+        api.ctx.transfers.record_reported_refund(order, report, actor="callback:sandbox")
+    )
+    # then it is a refund known (not an error): ours, once, and nothing taken by it.
+    assert recorded is None
+    (only,) = refunds(api, order)
+    assert (only.id, only.psp_transfer_id) == (mine.id, psp_refund_id)
+    assert refund_entries(api.ctx.pool, order) == []
+    assert api.repo.get(order.id).refunded_amount == 0
 
 
 def test_wallet_refund_is_retired_and_writes_nothing(
