@@ -537,12 +537,24 @@ class Transfers:
         reason: str,
     ) -> Transfer | None:
         """The chargeback ``report`` names, bounded by what is left, in ``tx`` (the order locked);
-        None when the order has one already, or nothing is left to take."""
+        None when the order has one already, or nothing is left to take. :class:`RefundRefused`
+        (a person decides) when it names more than is left while refunds of ours are still being
+        sent or read."""
         assert report.psp_refund_id is not None
         if await _chargebacks(tx, order):
             return None
+        what = f"the chargeback {report.psp_refund_id} of order {order.id}"
         left = order.money.amount - order.refund_reserved
         named = report.money.amount if report.money is not None else left
+        if named > left and order.refund_reserved > order.refunded_amount:
+            # Refunds of ours are still being sent: if the payment system refuses them (the
+            # charge is disputed) their holds are released, and taking only what they leave
+            # would lose the difference; taking more would take it twice if they succeed.
+            raise RefundRefused(
+                f"{what} names {Money(named, order.money.currency)}, more than the "
+                f"{Money(left, order.money.currency)} left while refunds of ours are not final: "
+                "a person decides"
+            )
         amount = min(named, left)
         if amount <= 0:  # refunds gave it all back already: the dispute takes nothing more
             return None

@@ -482,7 +482,12 @@ def test_a_refund_made_in_the_stripe_dashboard_is_recorded_once_from_its_events(
 
 
 def _dispute_event(
-    order: Order, fixture: str, *, amount: int | None = None, intent: str | None = None
+    order: Order,
+    fixture: str,
+    *,
+    amount: int | None = None,
+    intent: str | None = None,
+    currency: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """A reconstructed dispute event (tests/fixtures/stripe) about ``order``'s PaymentIntent (or
     ``intent``), of the order's own dispute (one id per order), of ``amount`` if given, signed as
@@ -493,6 +498,8 @@ def _dispute_event(
     dispute["id"] = f"du_{order.id.hex}"
     if amount is not None:
         dispute["amount"] = amount
+    if currency is not None:
+        dispute["currency"] = currency
     body = json.dumps(event).encode()
     return body, fake_stripe.signed_headers(body, fake_stripe.WEBHOOK_SECRET)
 
@@ -576,6 +583,45 @@ def test_a_dispute_of_more_than_is_left_takes_what_is_left(
     assert api.repo.get(order.id).refunded_amount == PAID
     assert balance(api.ctx.pool, order) == 0
     audit_clean(api.ctx.pool, site)
+
+
+def test_a_dispute_of_more_than_is_left_while_our_refund_is_sent_goes_to_a_person(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given a paid order of 12.34 USD with a refund of ours of 10.00 still being sent,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    mine, _ = api.repo.run(
+        api.ctx.transfers.request_refund(
+            order.id, Money(1000, "USD"), site=None, idempotency_key=None, reason="r",
+            requested_by="site",
+        )
+    )  # fmt: skip
+    api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+    taken = chargebacks()
+    # when the buyer's bank disputes the whole payment (more than the 2.34 our refund leaves:
+    # Stripe may yet refuse our refund of a disputed charge, and its hold be released),
+    for name in ("event_charge_dispute_created.json", "event_charge_dispute_funds_withdrawn.json"):
+        _deliver(http, order, name)
+    # then nothing is guessed: no chargeback is taken, the refusal is left to a person.
+    (only,) = refunds(api, order)
+    assert only.id == mine.id
+    assert chargebacks() == taken
+    assert refund_entries(api.ctx.pool, order) == []
+    assert api.repo.get(order.id).refunded_amount == 0
+    # A dispute within what is left is taken as usual, our refund in flight or not.
+    other = paid_stripe_order(api, site)
+    delivered(api)
+    theirs, _ = api.repo.run(
+        api.ctx.transfers.request_refund(
+            other.id, Money(1000, "USD"), site=None, idempotency_key=None, reason="r",
+            requested_by="site",
+        )
+    )  # fmt: skip
+    api.repo.run(api.ctx.transfers.write(theirs, TransferStatus.SUBMITTING, use_lease=False))
+    _deliver(http, other, "event_charge_dispute_created.json", amount=200)
+    chargeback = next(t for t in refunds(api, other) if t.chargeback)
+    assert chargeback.money == Money(200, "USD")
 
 
 def test_a_dispute_lost_then_won_leaves_the_wallet_as_before_once(
