@@ -538,12 +538,17 @@ class Transfers:
     ) -> Transfer | None:
         """The chargeback ``report`` names, bounded by what is left, in ``tx`` (the order locked);
         None when the order has one already, or nothing is left to take. :class:`RefundRefused`
-        (a person decides) when it names more than is left while refunds of ours are still being
-        sent or read."""
+        (a person decides) when it names another currency than the order's, or more than is left
+        while refunds of ours are still being sent or read."""
         assert report.psp_refund_id is not None
         if await _chargebacks(tx, order):
             return None
         what = f"the chargeback {report.psp_refund_id} of order {order.id}"
+        if report.money is not None and report.money.currency != order.money.currency:
+            raise RefundRefused(
+                f"{what} names {report.money}, not the currency the order was paid in "
+                f"({order.money.currency}): a person decides"
+            )
         left = order.money.amount - order.refund_reserved
         named = report.money.amount if report.money is not None else left
         if named > left and order.refund_reserved > order.refunded_amount:

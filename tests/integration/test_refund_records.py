@@ -624,6 +624,23 @@ def test_a_dispute_of_more_than_is_left_while_our_refund_is_sent_goes_to_a_perso
     assert chargeback.money == Money(200, "USD")
 
 
+def test_a_dispute_in_another_currency_goes_to_a_person(
+    api: Api, http: httpx.Client, site: str
+) -> None:
+    # Given a paid order of 12.34 USD, credited,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    taken = chargebacks()
+    # when a dispute names an amount in euros (never to be read as cents of a dollar),
+    for name in ("event_charge_dispute_created.json", "event_charge_dispute_funds_withdrawn.json"):
+        _deliver(http, order, name, amount=500, currency="eur")
+    # then nothing is taken: a person decides.
+    assert refunds(api, order) == []
+    assert chargebacks() == taken
+    assert balance(api.ctx.pool, order) == PAID
+    assert api.repo.get(order.id).refunded_amount == 0
+
+
 def test_a_dispute_lost_then_won_leaves_the_wallet_as_before_once(
     api: Api, http: httpx.Client, site: str
 ) -> None:
