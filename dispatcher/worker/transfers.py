@@ -200,7 +200,12 @@ class TransferSteps:
         current = await self.engine.orders.get(order.id)
         refund = unaccounted_refund(current, report.refunded, chargeback=report.chargeback)
         if refund is not None:
-            reason = "chargeback" if report.chargeback else "refunded at the payment system"
+            # A refunded total is a refund, disputed or not: only a chargeback without one is.
+            reason = (
+                "chargeback"
+                if refund.raw_status == "chargeback"
+                else "refunded at the payment system"
+            )
             try:
                 recorded = await self.transfers.record_reported_refund(
                     current, refund, actor=f"refund_check:{rt.name}", reason=reason
@@ -210,7 +215,7 @@ class TransferSteps:
             else:
                 if recorded is not None:
                     metrics.REFUNDS.labels(rt.name, "psp", "succeeded").inc()
-                    if report.chargeback:
+                    if recorded.chargeback:
                         metrics.CHARGEBACKS.labels(rt.name).inc()
                         log.error("chargeback", amount=str(recorded.money))
                     log.info("refund at the payment system recorded", amount=str(recorded.money))

@@ -856,3 +856,25 @@ def test_a_refunded_total_of_a_disputed_charge_is_a_refund_not_the_chargeback(
     assert chargeback.money == Money(500, "USD")
     assert balance(api.ctx.pool, order) == PAID - 800
     audit_clean(api.ctx.pool, site)
+
+
+def test_a_refund_check_of_a_disputed_charge_s_refunded_total_counts_a_refund_not_a_chargeback(
+    api: Api, site: str
+) -> None:
+    # Given a paid Stripe order whose charge Stripe shows refunded by 3.00 and disputed,
+    order = paid_stripe_order(api, site)
+    delivered(api)
+    with api.stripe.lock:
+        charge = api.stripe.sessions[order.psp_id or ""].intent["latest_charge"]  # type: ignore[index]
+        charge.update(amount_refunded=300, disputed=True, refunded=False)
+    taken = chargebacks()
+    # when its refund check reads the payment (the worker's own step),
+    transfers = SyncTransfers(api.repo)
+    assert transfers.mark_refund_check(order.id, quiet=timedelta(0))
+    assert (order.id, "stripe") in transfers.claim_refund_checks(1000, timedelta(seconds=30))
+    run_step(api, order.id, Action.REFUND_CHECK)
+    # then the 3.00 is recorded as a refund, and neither counted nor labelled a chargeback.
+    (refund,) = refunds(api, order)
+    assert (refund.money, refund.chargeback) == (Money(300, "USD"), False)
+    assert refund.reason == "refunded at the payment system"
+    assert chargebacks() == taken
