@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 import orders.transfers
 from adapters import paypal, registry, stripe
-from adapters.base import PspRequest, PspResponse, RefundReport, RefundState
+from adapters.base import PspRequest, PspResponse, RefundReport, RefundState, StatusReport
 from adapters.fakes import stripe as fake_stripe
 from adapters.fakes.common import FakeControl, PaymentRef, running_fake
 from adapters.sandbox.runner import serve_in_thread
@@ -672,7 +672,14 @@ def test_a_dispute_lost_then_won_leaves_the_wallet_as_before_once(
     current = api.repo.get(order.id)
     assert (current.refunded_amount, current.refund_reserved) == (0, 0)
     assert (chargebacks(), reversals()) == (taken + 1, given + 1)
-    # A status read still shows the charge disputed: that is the same chargeback, not another.
+    # A status read still shows the charge disputed (Stripe's session, parsed by the adapter, as
+    # the refund check does): that is the same chargeback, not another.
+    read = disputed_status_read(api, current)
+    assert (read.chargeback, read.refunded) == (True, Money(0, "USD"))
+    disputed = unaccounted_refund(current, read.refunded, chargeback=read.chargeback)
+    assert disputed is None
+    # A payment system whose read says "disputed" with no refunded total: the order's chargeback
+    # is found, and nothing more taken.
     disputed = unaccounted_refund(current, None, chargeback=True)
     assert disputed is not None
     recorded = api.repo.run(
@@ -681,6 +688,25 @@ def test_a_dispute_lost_then_won_leaves_the_wallet_as_before_once(
     assert recorded is None
     assert balance(api.ctx.pool, order) == PAID
     audit_clean(api.ctx.pool, site)
+
+
+def disputed_status_read(api: Api, order: Order) -> StatusReport:
+    """What the Stripe adapter reports of ``order``'s paid session whose charge is disputed (the
+    reconstructed fixture ``status_complete_paid_disputed.json``, made about this order)."""
+    session = json.loads((FIXTURES / "status_complete_paid_disputed.json").read_text())
+    session.update(id=order.psp_id, amount_total=order.money.amount)
+    session["amount_subtotal"] = order.money.amount
+    session["client_reference_id"] = str(order.id)
+    session["metadata"]["order_id"] = str(order.id)
+    intent = session["payment_intent"]
+    intent.update(id=order.psp_payment_id, amount=order.money.amount)
+    intent["amount_received"] = order.money.amount
+    intent["latest_charge"].update(
+        amount=order.money.amount, amount_captured=order.money.amount, payment_intent=intent["id"]
+    )
+    response = PspResponse(200, json.dumps(session).encode())
+    runtime = api.ctx.runtimes["stripe"]
+    return stripe.adapter.parse_status(order, response, runtime.settings, "status")
 
 
 def test_a_dispute_won_that_took_nothing_gives_nothing_back(
