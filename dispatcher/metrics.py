@@ -82,6 +82,13 @@ CHARGEBACK_REVERSALS = Counter(
     "Chargebacks the payment system gave back (a dispute won), credited to the wallet again",
     ["adapter"],
 )
+REPORTED_REFUNDS_REFUSED = Counter(
+    "paydispatch_reported_refunds_refused",
+    "Refunds or chargebacks the payment system reported that were not recorded because they "
+    "disagree with ours (more than is left while our refund is sent, another currency): a "
+    "person records them (`paydispatch orders refund ID --record`)",
+    ["adapter"],
+)
 SWEEPER_LAST_TICK = Gauge(
     "paydispatch_sweeper_last_tick_timestamp_seconds", "Unix time of the sweeper's last sweep"
 )

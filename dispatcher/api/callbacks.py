@@ -192,6 +192,7 @@ async def _record(
         )
     except RefundRefused as exc:  # the payment system and we disagree: a person looks
         log.error("reported refund not recorded", order_id=str(order.id), error=str(exc))
+        metrics.REPORTED_REFUNDS_REFUSED.labels(rt.name).inc()
         return f"reported refund refused: {exc}"
     if recorded is None:
         return "refund known"

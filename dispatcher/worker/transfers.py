@@ -212,6 +212,7 @@ class TransferSteps:
                 )
             except RefundRefused as exc:  # the payment system and we disagree: a person looks
                 log.error("reported refund not recorded", error=str(exc))
+                metrics.REPORTED_REFUNDS_REFUSED.labels(rt.name).inc()
             else:
                 if recorded is not None:
                     metrics.REFUNDS.labels(rt.name, "psp", "succeeded").inc()

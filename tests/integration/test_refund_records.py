@@ -519,6 +519,13 @@ def chargebacks() -> float:
     return REGISTRY.get_sample_value("paydispatch_chargebacks_total", {"adapter": "stripe"}) or 0.0
 
 
+def refused() -> float:
+    sample = REGISTRY.get_sample_value(
+        "paydispatch_reported_refunds_refused_total", {"adapter": "stripe"}
+    )
+    return sample or 0.0
+
+
 def reversals() -> float:
     sample = REGISTRY.get_sample_value(
         "paydispatch_chargeback_reversals_total", {"adapter": "stripe"}
@@ -630,13 +637,14 @@ def test_a_dispute_in_another_currency_goes_to_a_person(
     # Given a paid order of 12.34 USD, credited,
     order = paid_stripe_order(api, site)
     delivered(api)
-    taken = chargebacks()
+    taken, counted = chargebacks(), refused()
     # when a dispute names an amount in euros (never to be read as cents of a dollar),
     for name in ("event_charge_dispute_created.json", "event_charge_dispute_funds_withdrawn.json"):
         _deliver(http, order, name, amount=500, currency="eur")
-    # then nothing is taken: a person decides.
+    # then nothing is taken: a person decides, told by the counter the alert watches.
     assert refunds(api, order) == []
     assert chargebacks() == taken
+    assert refused() == counted + 2
     assert balance(api.ctx.pool, order) == PAID
     assert api.repo.get(order.id).refunded_amount == 0
 
