@@ -45,6 +45,9 @@ RETURN_URL_PATTERN = (
     r"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~%!$&'()*+,;=:@-]+([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
 )
 _RETURN_URL = re.compile(RETURN_URL_PATTERN)
+# json.dumps with these arguments builds an encoder per call; every create encodes twice.
+_METADATA_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def storable_problem(value: str) -> str | None:
@@ -136,7 +139,7 @@ class NewOrder:
         if not isinstance(self.metadata, Mapping):
             raise InvalidInput("metadata", "must be a JSON object")
         try:
-            encoded = json.dumps(self.metadata, ensure_ascii=False, allow_nan=False)
+            encoded = _METADATA_JSON.encode(self.metadata)
         except (TypeError, ValueError) as exc:
             raise InvalidInput("metadata", f"must be JSON-serialisable: {exc}") from None
         if len(encoded.encode()) > MAX_METADATA_BYTES:
@@ -160,7 +163,7 @@ class NewOrder:
             "metadata": self.metadata,
             "expires_in": None if self.expires_in is None else self.expires_in.total_seconds(),
         }
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = _CANONICAL_JSON.encode(body)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
