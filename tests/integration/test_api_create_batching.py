@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import httpx
 import psycopg
-from psycopg.types.json import Jsonb
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orders import IdempotencyConflict, Money, NewOrder
@@ -188,28 +187,3 @@ def test_middleware_added_to_the_app_runs_for_every_create(pool: Pool, site: str
 
 def api_key(api: Api, site: str) -> dict[str, str]:
     return api.site_key(site)
-
-
-def test_a_batch_stores_the_metadata_json_s_own_encoding_would(
-    repo: OrderRepository, site: str
-) -> None:
-    # Given metadata whose floats pydantic_core writes otherwise than json (1e16, not 1e+16),
-    # a big integer, and a Python caller's keys that are not strings (None is "null" to json)
-    floats = {"big": 1e16, "huge": 1e300, "small": 1e-7, "round": 1e20, "half": 0.5}
-    metadata: list[dict[Any, Any]] = [
-        {"f": floats, "list": [1e22, 12345678901234567890123, {"x": -0.0}], "text": "é\x7f\u2028"},
-        {None: [1e16]},
-        {2: "two", 1.5: 1e16},
-    ]
-    # When they are created together (one create_orders statement)
-    results, batches = run_batch(repo, [new(site, metadata=m) for m in metadata])
-    assert batches == 1
-    # Then each order's stored metadata is the jsonb psycopg's Jsonb (json.dumps) gives
-    with repo.pool.connection() as conn:
-        for created, m in zip(results, metadata, strict=True):
-            assert isinstance(created, Created)
-            same = conn.execute(
-                "SELECT metadata::text = %s::jsonb::text AS same FROM orders WHERE id = %s",
-                (Jsonb(m), created.order.id),
-            ).fetchone()
-            assert same == {"same": True}
