@@ -23,6 +23,8 @@ class SandboxConfig:
     webhook_attempts: int = 4
     webhook_timeout: float = 5.0
     webhook_backoff: float = 0.5  # seconds before the first retry, doubled after each
+    # Webhook requests on the wire at once (kept-alive connections); the rest wait their turn.
+    webhook_concurrency: int = 64
     # How long a ``reorder`` webhook fault waits for a second webhook to swap with.
     reorder_window: float = 1.0
     seed: int | None = None  # for the fault dice, so runs with rates are reproducible

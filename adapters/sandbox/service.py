@@ -51,6 +51,7 @@ class SandboxService:
             timeout=config.webhook_timeout,
             backoff=config.webhook_backoff,
             reorder_window=config.reorder_window,
+            concurrency=config.webhook_concurrency,
         )
         self._released = asyncio.Event()
 
@@ -218,7 +219,7 @@ class SandboxService:
         self.faults = FaultInjector(self.config.faults, self.config.seed)
         self.calls.clear()
         self.timeline.clear()
-        self.webhooks.counts.clear()
+        self.webhooks.clear()
 
     def stats(self) -> dict[str, Any]:
         served = self.faults.served_counts()
@@ -235,6 +236,6 @@ class SandboxService:
             "payout_calls": self.calls[Operation.PAYOUT],
             "faults_served": served,
             "faults_served_total": sum(sum(kinds.values()) for kinds in served.values()),
-            "webhooks": dict(self.webhooks.counts),
+            "webhooks": self.webhooks.stats(),
             "scheduled": len(self.timeline),
         }

@@ -2,11 +2,20 @@
 
 ``send`` only enqueues; one task drains the queue (holding webhooks back to reorder them when that
 fault is on) and each delivery runs in its own task, so a slow receiver never blocks a request.
+At most ``concurrency`` requests are on the wire at once, each on a kept-alive connection; the
+rest wait their turn here, as in a payment system's outbox, and that wait is not part of the
+request's timeout. The requests go out through aiohttp, whose connector and C parser cost a
+fraction of httpx's per request: the sandbox shares the machine with the daemon it stands in
+front of. With httpx and no bound, a burst became thousands of requests queued in httpcore's
+pool, whose bookkeeping walks every queued request on each release (87 % of the sandbox's CPU
+at 200 orders/s), and whose waits timed out as failed attempts (``PoolTimeout``), then retried
+(docs/benchmarks.md, "Issue #15 item 3"). Every failed attempt is counted by its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import time
@@ -16,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from adapters.sandbox.faults import WebhookFaults
 from adapters.sandbox.protocol import SIGNATURE_HEADER, WEBHOOK_EVENT_TYPE, signature_header
@@ -56,6 +65,7 @@ class WebhookSender:
         timeout: float,
         backoff: float,
         reorder_window: float,
+        concurrency: int,
     ) -> None:
         self._secret = secret
         self._faults = faults
@@ -63,10 +73,30 @@ class WebhookSender:
         self._timeout = timeout
         self._backoff = backoff
         self._reorder_window = reorder_window
+        self._concurrency = max(1, concurrency)
+        self._slots = asyncio.Semaphore(self._concurrency)
         self._queue: asyncio.Queue[Webhook] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.counts: Counter[str] = Counter()
+        # Why attempts failed ("timeout", "connection refused", "HTTP 503": ``failure_reason``).
+        self.failures: Counter[str] = Counter()
+        self.in_flight = 0
+
+    def stats(self) -> dict[str, Any]:
+        """The counts, the failed attempts by reason, and the deliveries not yet done (a pair
+        held back by the ``reorder`` fault is one)."""
+        return {
+            **self.counts,
+            "attempt_failures": dict(self.failures),
+            "pending": self._queue.qsize() + len(self._tasks),
+            "in_flight": self.in_flight,
+        }
+
+    def clear(self) -> None:
+        """Forget the counts (webhooks still being delivered go on)."""
+        self.counts.clear()
+        self.failures.clear()
 
     def send(self, webhook: Webhook) -> None:
         """Queue a webhook; never blocks."""
@@ -75,8 +105,10 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Drain the queue until cancelled."""
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-            self._client = client
+        connector = aiohttp.TCPConnector(limit=self._concurrency, keepalive_timeout=30)
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            self._session = session
             try:
                 while True:
                     first = await self._queue.get()
@@ -94,7 +126,7 @@ class WebhookSender:
                 for task in list(self._tasks):
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-                self._client = None
+                self._session = None
 
     def _spawn(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
@@ -108,26 +140,14 @@ class WebhookSender:
                 await self._deliver(webhook)
 
     async def _deliver(self, webhook: Webhook) -> None:
-        assert self._client is not None
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
-            self.counts["attempts"] += 1
-            # Signed at each attempt, as a real payment system does: the timestamp is the send time.
-            headers = {
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: signature_header(self._secret, int(time.time()), webhook.body),
-            }
-            try:
-                response = await self._client.post(
-                    webhook.url, content=webhook.body, headers=headers
-                )
-            except httpx.HTTPError as exc:
-                failure = f"{type(exc).__name__}"
-            else:
-                if response.is_success:
-                    self.counts["delivered"] += 1
-                    return
-                failure = f"HTTP {response.status_code}"
+            async with self._slots:
+                failure = await self._attempt(webhook)
+            if failure is None:
+                self.counts["delivered"] += 1
+                return
+            self.failures[failure] += 1
             logger.info(
                 "sandbox webhook %s attempt %d failed: %s", webhook.event_id, attempt, failure
             )
@@ -135,3 +155,36 @@ class WebhookSender:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.counts["failed"] += 1
+
+    async def _attempt(self, webhook: Webhook) -> str | None:
+        """One POST on a slot; None when delivered, else why not."""
+        assert self._session is not None
+        self.counts["attempts"] += 1
+        self.in_flight += 1
+        # Signed at each attempt, as a real payment system does: the timestamp is the send time.
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature_header(self._secret, int(time.time()), webhook.body),
+        }
+        try:
+            async with self._session.post(webhook.url, data=webhook.body, headers=headers) as r:
+                await r.read()  # the connection goes back to the pool only once read
+                return None if 200 <= r.status < 300 else f"HTTP {r.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return failure_reason(exc)
+        finally:
+            self.in_flight -= 1
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed attempt's reason, as a receiver's operator would name it."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect timeout"
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = exc.os_error.errno == errno.ECONNREFUSED
+        return "connection refused" if refused else f"connect error: {exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    return type(exc).__name__
