@@ -9,6 +9,13 @@ is a verified notification of a payment system whose signatures can be replayed
 reply is exactly the one the adapter says its payment system expects, whether the notification
 was verified or not.
 
+A payment system may send many notifications at once, and each one handled holds a connection of
+the API's async pool (its read, the paid transaction with the billing hook): at most half the
+pool's connections are given to notifications in each process (``notification_slots``), the rest
+wait their turn holding none, so the buyers' pages and the creates always find a connection.
+Unbounded, 64 notifications in flight took every connection and the pages' reads waited behind
+them (docs/benchmarks.md, "Issue #15 item 3").
+
 Hints cost a payment-system call each, so an unsigned one names its order only by the payment
 system's own id (never by our guessable order number, nor by our id alone), and hints are
 debounced per order: a flood makes at most one poll per order every ``HINT_QUIET``.
@@ -29,6 +36,7 @@ one status read per order every ``REFUND_CHECK_QUIET``, and reserves nothing.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -244,6 +252,15 @@ async def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult
     return "poll scheduled" if pulled else "poll already due or running"
 
 
+def notification_slots(request: Request, ctx: ApiContext) -> asyncio.Semaphore:
+    """The app's bound on notifications handled at once: half its pool (one app, one loop)."""
+    slots: asyncio.Semaphore | None = getattr(request.app.state, "notification_slots", None)
+    if slots is None:
+        slots = asyncio.Semaphore(max(1, ctx.pool_size // 2))
+        request.app.state.notification_slots = slots
+    return slots
+
+
 @router.post(
     "/v1/callbacks/{adapter}",
     responses=errors(
@@ -279,7 +296,8 @@ async def callback(adapter: str, request: Request, ctx: Context) -> Response:
     except InvalidInput as exc:
         log.warning("notification names no possible order", adapter=adapter, error=str(exc))
         raise HttpError(400, "malformed_notification", str(exc)) from None
-    outcome = await handle(ctx, rt, result)
+    async with notification_slots(request, ctx):
+        outcome = await handle(ctx, rt, result)
     log.info(
         "notification",
         adapter=adapter,
