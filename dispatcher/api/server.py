@@ -15,7 +15,6 @@ from dispatcher import config
 from dispatcher.api import base_url
 from dispatcher.api.app import create_app
 from dispatcher.api.context import ApiContext
-from dispatcher.api.wire import OneWriteHttp
 from dispatcher.compose import Root
 from dispatcher.config import Settings
 
@@ -97,7 +96,6 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
         "log_config": None,
         "timeout_graceful_shutdown": 10,
         "server_header": False,
-        "http": OneWriteHttp,
     }
     if workers > 1:
         # uvicorn's supervisor binds the socket and forks the workers; each worker builds
