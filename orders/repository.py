@@ -270,12 +270,17 @@ def _replayed(
     return Created(Order.from_row(existing), created=False)
 
 
-def _poll_soon_params(
-    order_id: UUID, statuses: Collection[OrderStatus], quiet: timedelta
-) -> dict[str, Any]:
-    """The parameters of query ``poll_soon``."""
-    values = [OrderStatus(s).value for s in statuses]
-    return {"id": order_id, "statuses": values, "quiet": quiet}
+# A pull forward: the order, its watched statuses (comma-joined values), the quiet in seconds.
+_Pull = tuple[UUID, str, float]
+
+
+def _poll_soon_params(pulls: Sequence[_Pull]) -> dict[str, Any]:
+    """The parameters of query ``poll_soon``: one array per column, a row per pull."""
+    return {
+        "ids": [order_id for order_id, _, _ in pulls],
+        "statuses": [statuses for _, statuses, _ in pulls],
+        "quiet": [quiet for _, _, quiet in pulls],
+    }
 
 
 def _write_params(writes: Sequence[Write]) -> dict[str, Any]:
@@ -326,8 +331,9 @@ class Orders:
 
     Concurrent calls on the loop are coalesced: the creates that arrive together are one
     ``create_orders`` statement, the reads of :meth:`get` (without ``site``) one ``get_orders``,
-    the writes of :meth:`write` (without a transaction of their own) one ``write_many``. Each
-    caller still gets its own outcome. An ``Orders`` belongs to the loop its pool was opened on.
+    the writes of :meth:`write` (without a transaction of their own) one ``write_many``, the
+    pulls of :meth:`poll_soon` one ``poll_soon``. Each caller still gets its own outcome. An
+    ``Orders`` belongs to the loop its pool was opened on.
     """
 
     def __init__(self, pool: AsyncPool, adapters: Mapping[str, timedelta]) -> None:
@@ -336,6 +342,7 @@ class Orders:
         self._creates: Coalescer[_Item, Created] | None = None
         self._reads: Coalescer[UUID, Order] | None = None
         self._writes: Coalescer[Write, Order] | None = None
+        self._pulls: Coalescer[_Pull, bool] | None = None
 
     # The coalescers are made on first use, on the loop that uses them.
 
@@ -360,6 +367,14 @@ class Orders:
         if self._writes is None:
             self._writes = Coalescer(self.write_many)
         return self._writes
+
+    @property
+    def pulls(self) -> Coalescer[_Pull, bool]:
+        if self._pulls is None:
+            # Every open status page pulls its order's poll about once a second: one statement
+            # (and one commit) for the pulls of a turn, not one each.
+            self._pulls = Coalescer(self._poll_soon_many, max_batch=500, parallel=1)
+        return self._pulls
 
     # -- create ----------------------------------------------------------------------------
 
@@ -662,14 +677,21 @@ class Orders:
     ) -> bool:
         """Make the order due now (and wake the sweeper) if it is watched in one of ``statuses``.
 
-        Nothing happens while a worker holds its lease, when it is due already, or when the
-        dispatcher touched it less than ``quiet`` ago. True when the order was pulled forward.
+        Nothing happens while a worker holds its lease, when it is due already, when the
+        dispatcher touched it less than ``quiet`` ago, or while another transaction holds its
+        row (a worker writing it: not waited for). True when the order was pulled forward.
+        The pulls that arrive together are one ``poll_soon`` statement.
         """
-        params = _poll_soon_params(order_id, statuses, quiet)
+        watched = ",".join(OrderStatus(s).value for s in statuses)
+        return await self.pulls((order_id, watched, quiet.total_seconds()))
+
+    async def _poll_soon_many(self, pulls: list[_Pull]) -> list[bool]:
+        """:meth:`poll_soon` for the pulls that arrived together, in one statement."""
         with database_errors():
             async with self.pool.connection() as conn:
-                cursor = await conn.execute(query("poll_soon"), params)
-                return await cursor.fetchone() is not None
+                cursor = await conn.execute(query("poll_soon"), _poll_soon_params(pulls))
+                moved = {row["id"] for row in await cursor.fetchall()}
+        return [order_id in moved for order_id, _, _ in pulls]
 
     async def find_by_ref(
         self,

@@ -82,7 +82,7 @@ def test_a_raising_within_rolls_back_the_transition_and_its_event(pool: Pool, si
 
 def test_a_within_that_succeeds_commits_with_the_move(pool: Pool, site: str) -> None:
     async def hook(tx: AsyncConnection, paid: Order) -> None:
-        await tx.execute(query("poll_soon"), {"id": paid.id, "statuses": [], "quiet": timedelta(0)})
+        await tx.execute(query("poll_soon"), {"ids": [paid.id], "statuses": [""], "quiet": [0.0]})
 
     async def work(orders: Orders) -> Order:
         order = await awaiting(orders, site)
@@ -162,6 +162,67 @@ def test_concurrent_reads_and_creates_on_the_loop_are_coalesced(pool: Pool, site
     creates, reads, read = on_orders(conninfo(pool), work)
     assert (creates, reads) == (1, 1)
     assert sorted(o.site_ref or "" for o in read) == [f"r{i}" for i in range(5)]
+
+
+def watched_later(pool: Pool, *orders: Order) -> None:
+    """As the dispatcher leaves an order awaiting payment: its next poll ahead, looked at a
+    while ago."""
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE orders SET next_run_at = now() + interval '1 hour',"
+            " updated_at = now() - interval '1 hour' WHERE id = ANY(%s)",
+            [[o.id for o in orders]],
+        )
+
+
+def test_concurrent_pulls_are_one_statement_each_with_its_own_result(pool: Pool, site: str) -> None:
+    # Given two orders awaiting payment with their next poll an hour away, and a new one,
+    async def made(orders: Orders) -> list[Order]:
+        fresh = (await orders.create(new_order(site))).order
+        return [await awaiting(orders, site), await awaiting(orders, site), fresh]
+
+    a, b, fresh = on_orders(conninfo(pool), made)
+    watched_later(pool, a, b)
+
+    # when four pages pull at once (one of them twice),
+    async def pull(orders: Orders) -> tuple[list[bool], int]:
+        pulled: list[bool] = await asyncio.gather(
+            orders.poll_soon(a.id),
+            orders.poll_soon(b.id),
+            orders.poll_soon(fresh.id),
+            orders.poll_soon(a.id, quiet=timedelta(hours=2)),
+        )
+        return pulled, orders.pulls.batches
+
+    pulled, batches = on_orders(conninfo(pool), pull)
+    # then one statement pulled the two awaiting orders forward and each caller has its answer:
+    # the new order is not watched, and the pull with a longer quiet did not move its order
+    # though another pull of the same batch did.
+    assert batches == 1
+    assert pulled == [True, True, False, True]
+    with pool.connection() as conn:
+        due = conn.execute(
+            "SELECT count(*) AS n FROM orders WHERE id = ANY(%s) AND next_run_at <= now()",
+            [[a.id, b.id]],
+        ).fetchone()
+    assert due is not None
+    assert due["n"] == 2
+
+
+def test_a_pull_skips_an_order_another_transaction_holds(pool: Pool, site: str) -> None:
+    # Given an order awaiting payment whose row a worker's transaction holds,
+    order = on_orders(conninfo(pool), lambda orders: awaiting(orders, site))
+    watched_later(pool, order)
+    with pool.connection() as holder, holder.transaction():
+        holder.execute("SELECT 1 FROM orders WHERE id = %s FOR UPDATE", [order.id])
+
+        # when a page pulls its poll, then the pull does not wait for the row: nothing moves.
+        async def pull(orders: Orders) -> bool:
+            return await asyncio.wait_for(orders.poll_soon(order.id), timeout=60)
+
+        assert on_orders(conninfo(pool), pull) is False
+    # Once the row is free, the next pull moves it.
+    assert on_orders(conninfo(pool), lambda orders: orders.poll_soon(order.id)) is True
 
 
 def test_the_face_serves_plain_threads(pool: Pool, site: str) -> None:

@@ -91,18 +91,33 @@ WHERE status IN ('new', 'submitting', 'awaiting_payment')
 GROUP BY adapter
 
 -- poll_soon --
--- Make a watched order due now and wake the sweeper, unless a worker holds it or the dispatcher
--- looked at it within %(quiet)s (a buyer's status page asks again and again: debounce).
-WITH moved AS (
-    UPDATE orders SET next_run_at = now()
-    WHERE id = %(id)s
-      AND status = ANY(%(statuses)s::text[])
-      AND next_run_at > now()
-      AND (lease_until IS NULL OR lease_until < now())
-      AND updated_at < now() - %(quiet)s
-    RETURNING adapter
+-- Make watched orders due now and wake the sweeper, unless a worker holds one or the dispatcher
+-- looked at it within its `quiet` seconds (a buyer's status page asks again and again:
+-- debounce). One row per element of the arrays: the order, its watched statuses (comma-joined),
+-- its quiet. Rows another transaction holds are skipped, not waited for (that is a worker
+-- writing the order, or another pull), and the rest are locked in id order, so the batches of
+-- two API processes cannot deadlock. Returns the orders pulled forward; one NOTIFY per adapter.
+WITH v AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(quiet)s::float8[])
+        AS v(id, statuses, quiet)
+), due AS (
+    SELECT o.id FROM orders o JOIN v ON v.id = o.id
+    WHERE o.status = ANY(string_to_array(v.statuses, ','))
+      AND o.next_run_at > now()
+      AND (o.lease_until IS NULL OR o.lease_until < now())
+      AND o.updated_at < now() - make_interval(secs => v.quiet)
+    ORDER BY o.id
+    FOR UPDATE OF o SKIP LOCKED
+), moved AS (
+    UPDATE orders o SET next_run_at = now()
+    FROM (SELECT DISTINCT id FROM due) AS d
+    WHERE o.id = d.id
+    RETURNING o.id, o.adapter
+), woken AS (
+    SELECT count(pg_notify('paydispatch_orders', adapter)) AS n
+    FROM (SELECT DISTINCT adapter FROM moved) AS a
 )
-SELECT pg_notify('paydispatch_orders', adapter) FROM moved
+SELECT id, (SELECT n FROM woken) AS notified FROM moved
 
 -- find_by_ref --
 -- The order a payment system's notification names: our id first, then its id, then its id of
