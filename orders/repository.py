@@ -679,7 +679,8 @@ class Orders:
 
         Nothing happens while a worker holds its lease, when it is due already, when the
         dispatcher touched it less than ``quiet`` ago, or while another transaction holds its
-        row (a worker writing it: not waited for). True when the order was pulled forward.
+        row (a worker writing it, a refund or a switch deciding on it: not waited for). True
+        when this call's conditions held and the order was pulled forward.
         The pulls that arrive together are one ``poll_soon`` statement.
         """
         watched = ",".join(OrderStatus(s).value for s in statuses)
@@ -690,8 +691,8 @@ class Orders:
         with database_errors():
             async with self.pool.connection() as conn:
                 cursor = await conn.execute(query("poll_soon"), _poll_soon_params(pulls))
-                moved = {row["id"] for row in await cursor.fetchall()}
-        return [order_id in moved for order_id, _, _ in pulls]
+                pulled = {row["n"] for row in await cursor.fetchall()}
+        return [n in pulled for n in range(1, len(pulls) + 1)]
 
     async def find_by_ref(
         self,

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 
 from orders import Money, NewOrder, Order, OrderStatus, StaleOrder
@@ -194,12 +195,16 @@ def test_concurrent_pulls_are_one_statement_each_with_its_own_result(pool: Pool,
         )
         return pulled, orders.pulls.batches
 
-    pulled, batches = on_orders(conninfo(pool), pull)
-    # then one statement pulled the two awaiting orders forward and each caller has its answer:
-    # the new order is not watched, and the pull with a longer quiet did not move its order
-    # though another pull of the same batch did.
+    with psycopg.connect(conninfo(pool), autocommit=True) as sweeper:
+        sweeper.execute("LISTEN paydispatch_orders")
+        pulled, batches = on_orders(conninfo(pool), pull)
+        # then one statement pulled the two awaiting orders forward and woke the sweeper,
+        woken = list(sweeper.notifies(timeout=10, stop_after=1))
     assert batches == 1
-    assert pulled == [True, True, False, True]
+    assert [n.payload for n in woken] == ["sandbox"]
+    # and each caller has its own answer: the new order is not watched, and the pull with a
+    # longer quiet did not move its order though another pull of the same batch did.
+    assert pulled == [True, True, False, False]
     with pool.connection() as conn:
         due = conn.execute(
             "SELECT count(*) AS n FROM orders WHERE id = ANY(%s) AND next_run_at <= now()",
@@ -218,7 +223,7 @@ def test_a_pull_skips_an_order_another_transaction_holds(pool: Pool, site: str) 
 
         # when a page pulls its poll, then the pull does not wait for the row: nothing moves.
         async def pull(orders: Orders) -> bool:
-            return await asyncio.wait_for(orders.poll_soon(order.id), timeout=60)
+            return await asyncio.wait_for(orders.poll_soon(order.id), timeout=10)
 
         assert on_orders(conninfo(pool), pull) is False
     # Once the row is free, the next pull moves it.

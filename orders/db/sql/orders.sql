@@ -94,20 +94,21 @@ GROUP BY adapter
 -- Make watched orders due now and wake the sweeper, unless a worker holds one or the dispatcher
 -- looked at it within its `quiet` seconds (a buyer's status page asks again and again:
 -- debounce). One row per element of the arrays: the order, its watched statuses (comma-joined),
--- its quiet. Rows another transaction holds are skipped, not waited for (that is a worker
--- writing the order, or another pull), and the rest are locked in id order, so the batches of
--- two API processes cannot deadlock. Returns the orders pulled forward; one NOTIFY per adapter.
+-- its quiet. A row another transaction holds is skipped, not waited for (a worker writing the
+-- order, a refund or a switch deciding on it), and the rest are locked in id order, so the
+-- batches of two API processes cannot deadlock. Returns the pulls (their position in the arrays,
+-- from 1) whose own conditions held and whose order was pulled forward; one NOTIFY per adapter.
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(quiet)s::float8[])
-        AS v(id, statuses, quiet)
+        WITH ORDINALITY AS v(id, statuses, quiet, n)
 ), due AS (
-    SELECT o.id FROM orders o JOIN v ON v.id = o.id
+    SELECT o.id, v.n FROM orders o JOIN v ON v.id = o.id
     WHERE o.status = ANY(string_to_array(v.statuses, ','))
       AND o.next_run_at > now()
       AND (o.lease_until IS NULL OR o.lease_until < now())
       AND o.updated_at < now() - make_interval(secs => v.quiet)
     ORDER BY o.id
-    FOR UPDATE OF o SKIP LOCKED
+    FOR NO KEY UPDATE OF o SKIP LOCKED
 ), moved AS (
     UPDATE orders o SET next_run_at = now()
     FROM (SELECT DISTINCT id FROM due) AS d
@@ -117,7 +118,7 @@ WITH v AS (
     SELECT count(pg_notify('paydispatch_orders', adapter)) AS n
     FROM (SELECT DISTINCT adapter FROM moved) AS a
 )
-SELECT id, (SELECT n FROM woken) AS notified FROM moved
+SELECT due.n, (SELECT n FROM woken) AS notified FROM due JOIN moved ON moved.id = due.id
 
 -- find_by_ref --
 -- The order a payment system's notification names: our id first, then its id, then its id of
