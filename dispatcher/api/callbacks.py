@@ -12,7 +12,10 @@ was verified or not.
 A payment system may send many notifications at once, and each one handled holds a connection of
 the API's async pool (its read, the paid transaction with the billing hook): at most half the
 pool's connections are given to notifications in each process (``notification_slots``), the rest
-wait their turn holding none, so the buyers' pages and the creates always find a connection.
+wait their turn holding none, so the buyers' pages and the creates always find a connection. A
+notification waits at most ``SLOT_WAIT`` for its turn, then is answered 503 with Retry-After:
+the payment system's own request timeout runs while it waits, and one it gave up on would be
+sent again anyway, so a turn not given soon is better handed back.
 Unbounded, 64 notifications in flight took every connection and the pages' reads waited behind
 them (docs/benchmarks.md, "Issue #15 item 3").
 
@@ -252,6 +255,10 @@ async def handle(ctx: ApiContext, rt: AdapterRuntime, result: NotificationResult
     return "poll scheduled" if pulled else "poll already due or running"
 
 
+# How long a notification waits for a slot before it is answered 503 (to be sent again).
+SLOT_WAIT = 2.0
+
+
 def notification_slots(request: Request, ctx: ApiContext) -> asyncio.Semaphore:
     """The app's bound on notifications handled at once: half its pool (one app, one loop)."""
     slots: asyncio.Semaphore | None = getattr(request.app.state, "notification_slots", None)
@@ -296,8 +303,20 @@ async def callback(adapter: str, request: Request, ctx: Context) -> Response:
     except InvalidInput as exc:
         log.warning("notification names no possible order", adapter=adapter, error=str(exc))
         raise HttpError(400, "malformed_notification", str(exc)) from None
-    async with notification_slots(request, ctx):
+    slots = notification_slots(request, ctx)
+    try:
+        async with asyncio.timeout(SLOT_WAIT):
+            await slots.acquire()
+    except TimeoutError:
+        log.warning("notification not handled: too many at once", adapter=adapter)
+        raise HttpError(
+            503, "busy", "too many notifications at once; send it again",
+            headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
+    try:
         outcome = await handle(ctx, rt, result)
+    finally:
+        slots.release()
     log.info(
         "notification",
         adapter=adapter,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dispatcher.api import callbacks
 from orders import OrderStatus
 from orders.db import Pool
 from tests.integration.test_api import Api, running_api
@@ -78,9 +79,13 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def test_notifications_at_once_leave_the_pages_a_connection(api: Api, site: str) -> None:
-    # Given an API whose paid transactions are held open, and as many orders awaiting payment
-    # as its async pool has connections
+def test_notifications_at_once_leave_the_pages_a_connection(
+    api: Api, site: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an API whose paid transactions are held open (and notifications that wait for
+    # their turn as long as the test may take), and as many orders awaiting payment as its
+    # async pool has connections
+    monkeypatch.setattr(callbacks, "SLOT_WAIT", 3 * WAIT)
     size = api.ctx.pool_size
     hook = HeldHook()
     api.ctx.paid_hook = hook
@@ -115,3 +120,38 @@ def test_notifications_at_once_leave_the_pages_a_connection(api: Api, site: str)
         assert [answer.result() for answer in answers] == [200] * size
     assert hook.peak == size // 2
     assert {api.repo.get(order.id).status for order in orders} == {S.PAID}
+
+
+def test_a_notification_not_given_a_turn_soon_is_answered_503_to_be_sent_again(
+    api: Api, site: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an API whose notification slots are all taken by held paid transactions,
+    monkeypatch.setattr(callbacks, "SLOT_WAIT", 0.05)
+    slots = api.ctx.pool_size // 2
+    hook = HeldHook()
+    api.ctx.paid_hook = hook
+    held = [awaiting(api, site) for _ in range(slots)]
+    late = awaiting(api, site)
+
+    def notify(order: Any) -> httpx.Response:
+        body = webhook(order, "paid")
+        with httpx.Client(base_url=api.url, timeout=3 * WAIT) as client:
+            return client.post("/v1/callbacks/sandbox", content=body, headers=signed(body))
+
+    with ThreadPoolExecutor(slots) as senders:
+        try:
+            answers = [senders.submit(notify, order) for order in held]
+            wait_until(lambda: hook.inside == slots, "every slot held")
+            # when one more notification arrives, then it is answered 503 with Retry-After
+            # once its wait is over, and its order is left as it was
+            refused = notify(late)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "busy"
+            assert refused.headers["Retry-After"] == "1"
+            assert api.repo.get(late.id).status is S.AWAITING_PAYMENT
+        finally:
+            hook.release()
+        assert [answer.result().status_code for answer in answers] == [200] * slots
+    # and sent again once a slot is free, it is applied.
+    assert notify(late).status_code == 200
+    assert api.repo.get(late.id).status is S.PAID
