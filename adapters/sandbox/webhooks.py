@@ -105,7 +105,9 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Drain the queue until cancelled."""
-        connector = aiohttp.TCPConnector(limit=self._concurrency, keepalive_timeout=30)
+        # An idle connection is dropped before the receiver drops it (uvicorn: after 5 s), so a
+        # POST never goes out on one the other end is closing (aiohttp does not resend a POST).
+        connector = aiohttp.TCPConnector(limit=self._concurrency, keepalive_timeout=4)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             self._session = session
