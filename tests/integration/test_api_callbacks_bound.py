@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dispatcher.api import callbacks
 from orders import OrderStatus
 from orders.db import Pool
+from tests import dispatch_support
 from tests.integration.test_api import Api, running_api
 from tests.integration.test_api_callbacks import awaiting, signed, webhook
 
@@ -73,10 +73,7 @@ def api(pool: Pool) -> Iterator[Api]:
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
-        time.sleep(0.01)
+    dispatch_support.wait_until(condition, WAIT, what)
 
 
 def test_notifications_at_once_leave_the_pages_a_connection(

@@ -11,11 +11,8 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import pytest
@@ -26,6 +23,8 @@ from starlette.routing import Route
 
 from adapters.sandbox import SandboxConfig
 from adapters.sandbox.runner import running_sandbox, serve_in_thread
+from tests import dispatch_support
+from tests.integration.test_sandbox_server import invoice_body
 
 pytestmark = pytest.mark.integration
 
@@ -85,27 +84,16 @@ def sandbox(**config: Any) -> Iterator[httpx.Client]:
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
-        time.sleep(0.01)
+    dispatch_support.wait_until(condition, WAIT, what)
 
 
 def pay_invoices(client: httpx.Client, notify_url: str, count: int) -> None:
     """``count`` invoices made and paid: one webhook each to ``notify_url``."""
     for _ in range(count):
-        key = str(uuid4())
-        body = {
-            "order_id": key,
-            "number": 7,
-            "amount": 1999,
-            "currency": "EUR",
-            "description": "Gift card",
-            "return_url": None,
-            "expires_at": (datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
-            "notify_url": notify_url,
-        }
-        made = client.post("/api/v1/invoices", json=body, headers={"Idempotency-Key": key})
+        body = invoice_body(notify_url=notify_url)
+        made = client.post(
+            "/api/v1/invoices", json=body, headers={"Idempotency-Key": body["order_id"]}
+        )
         assert made.status_code == 201, made.text
         client.post(f"/pay/{made.json()['id']}/pay").raise_for_status()
 
