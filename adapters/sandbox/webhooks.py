@@ -82,6 +82,7 @@ class WebhookSender:
         # Why attempts failed ("timeout", "connection refused", "HTTP 503": ``failure_reason``).
         self.failures: Counter[str] = Counter()
         self.in_flight = 0
+        self._held = 0  # a webhook held back by the reorder fault, waiting for a second one
 
     def stats(self) -> dict[str, Any]:
         """The counts, the failed attempts by reason, and the deliveries not yet done (a pair
@@ -89,7 +90,7 @@ class WebhookSender:
         return {
             **self.counts,
             "attempt_failures": dict(self.failures),
-            "pending": self._queue.qsize() + len(self._tasks),
+            "pending": self._queue.qsize() + self._held + len(self._tasks),
             "in_flight": self.in_flight,
         }
 
@@ -116,6 +117,7 @@ class WebhookSender:
                     first = await self._queue.get()
                     batch = [first]
                     if self._faults().reorder:
+                        self._held = 1
                         try:
                             second = await asyncio.wait_for(self._queue.get(), self._reorder_window)
                         except TimeoutError:
@@ -123,6 +125,8 @@ class WebhookSender:
                         else:
                             batch = [second, first]
                             self.counts["reordered"] += 2
+                        finally:
+                            self._held = 0
                     self._spawn(self._deliver_in_order(batch))
             finally:
                 for task in list(self._tasks):

@@ -151,3 +151,30 @@ def test_each_failed_attempt_is_counted_by_its_reason() -> None:
     assert stats["attempts"] == 4
     assert stats["attempt_failures"] == {"HTTP 503": 2, "connection refused": 2}
     assert "delivered" not in stats
+
+
+def test_a_webhook_held_back_for_reordering_counts_as_pending() -> None:
+    # Given a sandbox reordering webhooks with a window longer than the test
+    receiver = HoldingReceiver()
+    with (
+        receiving(receiver.endpoint) as url,
+        sandbox(reorder_window=3 * WAIT) as client,
+    ):
+        client.post("/_control/webhooks", json={"reorder": True}).raise_for_status()
+        try:
+            # When one invoice is paid, its webhook is held back for a second one to swap with,
+            pay_invoices(client, url, 1)
+            # then it is pending, though neither queued for sending nor on the wire
+            assert webhooks(client) | {"attempt_failures": {}} == {
+                "queued": 1,
+                "attempt_failures": {},
+                "pending": 1,
+                "in_flight": 0,
+            }
+            # and a second one sends both, the second first.
+            pay_invoices(client, url, 1)
+            wait_until(lambda: receiver.received == 2, "both webhooks sent")
+        finally:
+            receiver.release()
+        wait_until(lambda: webhooks(client).get("delivered") == 2, "both delivered")
+        assert webhooks(client)["pending"] == 0
