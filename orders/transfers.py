@@ -340,6 +340,40 @@ class Transfers:
         row = await (await tx.execute(query("transfer_find_key"), params)).fetchone()
         return None if row is None else Transfer.from_row(row)
 
+    @classmethod
+    def _order_refund_params(
+        cls,
+        order: Order,
+        money: Money,
+        *,
+        origin: str,
+        reason: str,
+        requested_by: str,
+        actor: str,
+        psp_transfer_id: str | None,
+        detail: Mapping[str, Any],
+        status: TransferStatus = TransferStatus.SUCCEEDED,
+        chargeback: bool = False,
+    ) -> dict[str, Any]:
+        """:meth:`_params` of a refund of ``order`` already made at the payment system (reported,
+        a chargeback, recorded by hand): its site, adapter, user and order are the order's."""
+        return cls._params(
+            kind=TransferKind.REFUND,
+            site=order.site,
+            adapter=order.adapter,
+            user_id=order.user_id,
+            money=money,
+            order_id=order.id,
+            origin=origin,
+            reason=reason,
+            requested_by=requested_by,
+            actor=actor,
+            psp_transfer_id=psp_transfer_id,
+            status=status,
+            detail=detail,
+            chargeback=chargeback,
+        )
+
     @staticmethod
     def _params(
         *,
@@ -509,13 +543,9 @@ class Transfers:
             )
             if money.amount <= 0:
                 raise RefundRefused(f"nothing is left to refund of order {current.id}")
-            params = self._params(
-                kind=TransferKind.REFUND,
-                site=current.site,
-                adapter=current.adapter,
-                user_id=current.user_id,
-                money=money,
-                order_id=current.id,
+            params = self._order_refund_params(
+                current,
+                money,
                 origin="psp",
                 reason=reason or report.reason or "reported by the payment system",
                 requested_by=actor,
@@ -563,13 +593,9 @@ class Transfers:
         amount = min(named, left)
         if amount <= 0:  # refunds gave it all back already: the dispute takes nothing more
             return None
-        params = self._params(
-            kind=TransferKind.REFUND,
-            site=order.site,
-            adapter=order.adapter,
-            user_id=order.user_id,
-            money=Money(amount, order.money.currency),
-            order_id=order.id,
+        params = self._order_refund_params(
+            order,
+            Money(amount, order.money.currency),
             origin="psp",
             reason=reason or ("chargeback: " + report.reason if report.reason else "chargeback"),
             requested_by=actor,
@@ -635,13 +661,9 @@ class Transfers:
             if named is not None and named.currency == order.money.currency and named.amount > 0
             else order.money.amount
         )
-        params = self._params(
-            kind=TransferKind.REFUND,
-            site=order.site,
-            adapter=order.adapter,
-            user_id=order.user_id,
-            money=Money(amount, order.money.currency),
-            order_id=order.id,
+        params = self._order_refund_params(
+            order,
+            Money(amount, order.money.currency),
             origin="psp",
             reason="dispute won before its chargeback was seen: nothing taken",
             requested_by=actor,
@@ -716,13 +738,9 @@ class Transfers:
                 amount = left if money is None else money.amount
                 if amount <= 0:
                     raise RefundRefused(f"{what}: nothing is left to refund")
-                params = self._params(
-                    kind=TransferKind.REFUND,
-                    site=order.site,
-                    adapter=order.adapter,
-                    user_id=order.user_id,
-                    money=Money(amount, order.money.currency),
-                    order_id=order.id,
+                params = self._order_refund_params(
+                    order,
+                    Money(amount, order.money.currency),
                     origin="operator",
                     reason=reason,
                     requested_by=requested_by,

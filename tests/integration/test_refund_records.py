@@ -135,6 +135,17 @@ def refunds(api: Api, order: Order) -> list[Transfer]:
     return api.repo.run(api.ctx.transfers.list(order_id=order.id)).items
 
 
+def refund_being_sent(api: Api, order: Order, cents: int) -> Transfer:
+    """A refund of ours of ``cents`` USD, sent to the payment system, its outcome and id unknown."""
+    mine, _ = api.repo.run(
+        api.ctx.transfers.request_refund(
+            order.id, Money(cents, "USD"), site=None, idempotency_key=None, reason="r",
+            requested_by="site",
+        )
+    )  # fmt: skip
+    return api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+
+
 def record(
     database_url: str, order: Order, psp_refund_id: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
@@ -305,13 +316,7 @@ def test_a_refund_of_ours_still_being_sent_blocks_a_record_by_hand(
     api: Api, database_url: str, site: str
 ) -> None:
     order = paid_sandbox_order(api, site)
-    mine, _ = api.repo.run(
-        api.ctx.transfers.request_refund(
-            order.id, Money(200, "USD"), site=None, idempotency_key=None, reason="r",
-            requested_by="site",
-        )
-    )  # fmt: skip
-    api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+    mine = refund_being_sent(api, order, 200)
     refused = record(database_url, order, "re_maybe_ours", "--amount", "2.00")
     assert refused.returncode == 1
     assert str(mine.id) in refused.stderr
@@ -323,13 +328,7 @@ def test_a_notification_of_our_refund_s_id_stored_meanwhile_is_a_refund_known(
 ) -> None:
     # Given a refund of ours being sent, its payment system id not known yet,
     order = paid_sandbox_order(api, site)
-    mine, _ = api.repo.run(
-        api.ctx.transfers.request_refund(
-            order.id, Money(200, "USD"), site=None, idempotency_key=None, reason="r",
-            requested_by="site",
-        )
-    )  # fmt: skip
-    api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+    mine = refund_being_sent(api, order, 200)
     psp_refund_id = f"re_{order.id.hex}"
     named = orders.transfers.query
 
@@ -598,13 +597,7 @@ def test_a_dispute_of_more_than_is_left_while_our_refund_is_sent_goes_to_a_perso
     # Given a paid order of 12.34 USD with a refund of ours of 10.00 still being sent,
     order = paid_stripe_order(api, site)
     delivered(api)
-    mine, _ = api.repo.run(
-        api.ctx.transfers.request_refund(
-            order.id, Money(1000, "USD"), site=None, idempotency_key=None, reason="r",
-            requested_by="site",
-        )
-    )  # fmt: skip
-    api.repo.run(api.ctx.transfers.write(mine, TransferStatus.SUBMITTING, use_lease=False))
+    mine = refund_being_sent(api, order, 1000)
     taken = chargebacks()
     # when the buyer's bank disputes the whole payment (more than the 2.34 our refund leaves:
     # Stripe may yet refuse our refund of a disputed charge, and its hold be released),
@@ -619,13 +612,7 @@ def test_a_dispute_of_more_than_is_left_while_our_refund_is_sent_goes_to_a_perso
     # A dispute within what is left is taken as usual, our refund in flight or not.
     other = paid_stripe_order(api, site)
     delivered(api)
-    theirs, _ = api.repo.run(
-        api.ctx.transfers.request_refund(
-            other.id, Money(1000, "USD"), site=None, idempotency_key=None, reason="r",
-            requested_by="site",
-        )
-    )  # fmt: skip
-    api.repo.run(api.ctx.transfers.write(theirs, TransferStatus.SUBMITTING, use_lease=False))
+    refund_being_sent(api, other, 1000)
     _deliver(http, other, "event_charge_dispute_created.json", amount=200)
     chargeback = next(t for t in refunds(api, other) if t.chargeback)
     assert chargeback.money == Money(200, "USD")
