@@ -1,0 +1,50 @@
+"""The pools hand out the connection returned last (orders.db._NewestFirst), on PostgreSQL.
+
+psycopg_pool's own order is the oldest idle connection first; these fail if a psycopg_pool
+release changes what the override relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from orders.db import open_async_pool, open_pool
+
+
+def test_the_sync_pool_hands_out_the_connection_returned_last(database_url: str) -> None:
+    pool = open_pool(database_url, min_size=3, max_size=3, name="test-newest-first")
+    try:
+        taken = [pool.getconn() for _ in range(3)]
+        pids = [conn.info.backend_pid for conn in taken]
+        for conn in taken:  # returned oldest first: the last one back is pids[2]
+            pool.putconn(conn)
+        for _ in range(5):  # a steady load stays on one server process
+            with pool.connection() as conn:
+                assert conn.info.backend_pid == pids[2]
+        first, second = pool.getconn(), pool.getconn()
+        assert [first.info.backend_pid, second.info.backend_pid] == [pids[2], pids[1]]
+        pool.putconn(first)
+        pool.putconn(second)
+    finally:
+        pool.close()
+
+
+def test_the_async_pool_hands_out_the_connection_returned_last(database_url: str) -> None:
+    async def go() -> None:
+        pool = await open_async_pool(database_url, min_size=3, max_size=3, name="test-newest")
+        try:
+            taken = [await pool.getconn() for _ in range(3)]
+            pids = [conn.info.backend_pid for conn in taken]
+            for conn in taken:
+                await pool.putconn(conn)
+            for _ in range(5):
+                async with pool.connection() as conn:
+                    assert conn.info.backend_pid == pids[2]
+            first, second = await pool.getconn(), await pool.getconn()
+            assert [first.info.backend_pid, second.info.backend_pid] == [pids[2], pids[1]]
+            await pool.putconn(first)
+            await pool.putconn(second)
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
