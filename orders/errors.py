@@ -50,6 +50,7 @@ DispatchError
 ├── StaleOrder                  the row moved under us; reload and decide again
 ├── NotSupported                adapters.base: no such operation here; ask its Capabilities
 ├── OutcomeUnknown              a call may or may not have taken effect: never guess
+├── HttpError                   dispatcher.api.errors: an answer a route decided on (status, code)
 └── ApiError                    orders.client: an error answer of the HTTP API, with its code
     ├── InvalidRequest          orders.client: 422 (also InvalidInput)
     ├── Unauthorized            orders.client: 401 (also PermanentError)
@@ -61,10 +62,6 @@ DispatchError
 
 Outside the tree, on purpose (none of them reaches a caller of paydispatch):
 
-- ``HttpError`` (dispatcher.api.errors): an HTTP answer the API has decided to give (status,
-  stable code, message), raised to leave a route and rendered by the API's handlers. It is a
-  response, not a domain error: domain errors are turned into one at that boundary
-  (``from_domain``).
 - ``SandboxApiError`` (adapters.sandbox.store): the sandbox payment system's own error answer.
   It lives in the sandbox's process; paydispatch sees only the HTTP response it becomes.
 - ``StripeError`` (adapters.fakes.stripe), ``Refused`` (adapters.fakes.tbank), ``PayUrlError``

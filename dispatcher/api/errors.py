@@ -24,11 +24,13 @@ from orders import errors as domain
 log = structlog.get_logger(__name__)
 
 
-class HttpError(Exception):
+class HttpError(domain.DispatchError):
     """An HTTP error with a stable code; raise it from any route or dependency.
 
-    An answer already decided, not a domain error, so it stands outside the error tree of
-    :mod:`orders.errors` on purpose: domain errors become one here (:func:`from_domain`).
+    An answer already decided: on the error tree of :mod:`orders.errors` directly under
+    ``DispatchError``, beside the domain errors that become one here (:func:`from_domain`). Its
+    own handler renders it as it is (the app's handlers are looked up by the exception's class
+    first, so the domain errors' handler never sees it).
     """
 
     def __init__(
@@ -88,7 +90,9 @@ _INPUT_CODES: Mapping[type[domain.InvalidInput], str] = {
 
 
 def from_domain(exc: domain.DispatchError) -> HttpError:  # noqa: PLR0911 - one per family
-    """The HTTP face of a domain error."""
+    """The HTTP face of a domain error (an :class:`HttpError` is its own)."""
+    if isinstance(exc, HttpError):
+        return exc
     if isinstance(exc, domain.InvalidInput):
         code = next((c for t, c in _INPUT_CODES.items() if isinstance(exc, t)), "invalid_field")
         if exc.field == "cursor":

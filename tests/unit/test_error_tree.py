@@ -139,13 +139,14 @@ def test_every_exception_class_is_drawn_under_its_parent_or_outside_on_purpose(
 
 def test_the_client_keeps_the_public_name_api_error_and_the_servers_is_http_error() -> None:
     # The client's ApiError is public (and the PHP client's name too); the API's own HTTP
-    # answer is another thing with another name.
+    # answer is another thing with another name, on the same tree but not under ApiError.
     from dispatcher.api.errors import HttpError
     from orders.client import ApiError, Unavailable
 
     assert issubclass(Unavailable, ApiError)
     assert issubclass(ApiError, errors.DispatchError)
-    assert not issubclass(HttpError, errors.DispatchError)
+    assert issubclass(HttpError, errors.DispatchError)
+    assert not issubclass(HttpError, ApiError)
 
 
 def test_configuration_errors_are_one_branch_that_the_command_line_catches() -> None:
