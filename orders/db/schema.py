@@ -3,6 +3,8 @@
 ``schema.sql`` is the truth. A new database gets it whole; an existing one gets the numbered
 files of ``orders/migrations/`` after its recorded version. ``check`` compares the live catalog
 with the catalog ``schema.sql`` produces, built inside a transaction that is rolled back.
+This module's own statements (the lock, the version, the catalog queries) are named queries of
+``orders/db/sql/schema.sql``, like every other statement.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
+
+from orders.db import query
 
 # Serialises concurrent `db init` runs (any constant works; this one spells "paydisp").
 _INIT_LOCK = 0x7061796469737030
@@ -66,18 +70,18 @@ def schema_sql() -> str:
 
 
 def _rows(
-    conn: psycopg.Connection[Any], query: str | sql.Composed, params: Any = None
+    conn: psycopg.Connection[Any], statement: str | sql.Composed, params: Any = None
 ) -> list[tuple[Any, ...]]:
     with conn.cursor(row_factory=tuple_row) as cur:
-        cur.execute(query, params)
+        cur.execute(statement, params)
         return cur.fetchall()
 
 
 def current_version(conn: psycopg.Connection[Any]) -> int | None:
     """The recorded schema version, or None for a database paydispatch never touched."""
-    if not _rows(conn, "SELECT to_regclass('schema_version') IS NOT NULL")[0][0]:
+    if not _rows(conn, query("schema_version_exists"))[0][0]:
         return None
-    version: int | None = _rows(conn, "SELECT max(version) FROM schema_version")[0][0]
+    version: int | None = _rows(conn, query("schema_version"))[0][0]
     return version
 
 
@@ -88,7 +92,7 @@ def init(conn: psycopg.Connection[Any]) -> list[str]:
     """
     done: list[str] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        conn.execute(query("schema_init_lock"), {"key": _INIT_LOCK})
         version = current_version(conn)
         if version is None:
             conn.execute(schema_sql().encode())
@@ -101,60 +105,29 @@ def init(conn: psycopg.Connection[Any]) -> list[str]:
     return done
 
 
+# Each kind of catalog object, with the named query (orders/db/sql/schema.sql) that lists it.
+_CATALOG = {
+    "column": "schema_catalog_columns",
+    "constraint": "schema_catalog_constraints",
+    "index": "schema_catalog_indexes",
+    "trigger": "schema_catalog_triggers",
+    "options": "schema_catalog_options",
+    "function": "schema_catalog_functions",
+}
+
+
 def fingerprint(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     """The catalog of one schema as sorted lines: columns, constraints, indexes, triggers,
     tables' storage options (autovacuum), functions, and the allowed transitions. Two schemas
     match when their lines are equal."""
     lines: list[str] = []
-    queries = {
-        "column": """
-            SELECT c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-                   || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
-                   || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
-                   || CASE WHEN a.attidentity <> ''
-                           THEN ' identity ' || a.attidentity::text ELSE '' END
-            FROM pg_attribute a
-            JOIN pg_class c ON c.oid = a.attrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-            WHERE n.nspname = %(schema)s AND c.relkind = 'r' AND a.attnum > 0
-              AND NOT a.attisdropped""",
-        "constraint": """
-            SELECT c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
-            FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s""",
-        "index": """
-            SELECT replace(pg_get_indexdef(i.indexrelid), %(schema)s::text || '.', '')
-            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s""",
-        "trigger": """
-            SELECT replace(pg_get_triggerdef(t.oid), %(schema)s::text || '.', '')
-            FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %(schema)s AND NOT t.tgisinternal""",
-        "options": """
-            SELECT c.relname || ' ' || array_to_string(c.reloptions, ',')
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %(schema)s AND c.reloptions IS NOT NULL""",
-        "function": """
-            SELECT p.proname || ' ' || md5(p.prosrc)
-            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = %(schema)s""",
-    }
-    for kind, query in queries.items():
-        lines.extend(f"{kind} {line}" for (line,) in _rows(conn, query, {"schema": schema}))
-    has_transitions = _rows(
-        conn,
-        "SELECT to_regclass(format('%%I.order_transitions', %(schema)s::text)) IS NOT NULL",
-        {"schema": schema},
-    )[0][0]
+    for kind, name in _CATALOG.items():
+        lines.extend(f"{kind} {line}" for (line,) in _rows(conn, query(name), {"schema": schema}))
+    has_transitions = _rows(conn, query("schema_has_transitions"), {"schema": schema})[0][0]
     if has_transitions:
-        rows = _rows(
-            conn,
-            sql.SQL("SELECT from_status, to_status FROM {}.order_transitions").format(
-                sql.Identifier(schema)
-            ),
-        )
+        # A template: the schema's name is an identifier, which psycopg.sql quotes.
+        transitions = sql.SQL(query("schema_transitions")).format(sql.Identifier(schema))
+        rows = _rows(conn, transitions)
         lines.extend(f"transition {a} -> {b}" for a, b in rows)
     return sorted(lines)
 
@@ -162,9 +135,11 @@ def fingerprint(conn: psycopg.Connection[Any], schema: str) -> list[str]:
 def expected_fingerprint(conn: psycopg.Connection[Any]) -> list[str]:
     """The fingerprint schema.sql produces, built in a scratch schema and rolled back."""
     scratch = f"paydispatch_check_{secrets.token_hex(4)}"
+    name = sql.Identifier(scratch)
     with conn.transaction(force_rollback=True):
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
-        conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(scratch)))
+        # Templates: DDL and SET take no parameters, so psycopg.sql quotes the scratch name.
+        conn.execute(sql.SQL(query("schema_scratch_create")).format(name))
+        conn.execute(sql.SQL(query("schema_scratch_search_path")).format(name))
         conn.execute(schema_sql().encode())
         return fingerprint(conn, scratch)
 
