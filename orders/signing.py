@@ -1,8 +1,9 @@
 """The ``t=<unix seconds>,v1=<hex HMAC-SHA256>`` webhook signature, written and read in one place.
 
 paydispatch signs its billing webhooks this way (``Paydispatch-Signature``, read by
-:mod:`dispatcher.billing.receiver`), and the sandbox payment system signs its own webhooks the
-same way (``Sandbox-Signature``, :mod:`adapters.sandbox.protocol`). The digest covers
+:mod:`dispatcher.billing.receiver`), the sandbox payment system signs its own webhooks the
+same way (``Sandbox-Signature``, :mod:`adapters.sandbox.protocol`), and so does Stripe
+(``Stripe-Signature``, read by :mod:`adapters.stripe`). The digest covers
 ``"<t>.<body>"``, so a captured body cannot be replayed under a fresh timestamp; more than one
 ``v1`` may be present, one per secret, so a receiver holding either the new or the previous
 secret accepts during a rotation.
@@ -47,23 +48,28 @@ class SignatureHeader:
 
     @classmethod
     def parse(cls, value: str) -> SignatureHeader | None:
-        """None unless the header is of the form ``t=<digits>,v1=<hex>[,v1=<hex>...]``
-        (unknown keys, such as a future ``v2``, are skipped)."""
-        timestamp: int | None = None
+        """None unless the header is of the form ``t=<digits>,v1=<hex>[,v1=<hex>...]`` with
+        one ``t`` (two would leave it open which one was signed; unknown keys, such as a
+        future ``v2``, are skipped)."""
+        timestamps: list[int] = []
         digests: list[str] = []
         for part in value.split(","):
             key, _, item = part.strip().partition("=")
-            if key == "t" and _TIMESTAMP.fullmatch(item):
-                timestamp = int(item)
+            if key == "t":
+                if not _TIMESTAMP.fullmatch(item):
+                    return None
+                timestamps.append(int(item))
             elif key == "v1" and _DIGEST.fullmatch(item):
                 digests.append(item)
-        if timestamp is None or not digests:
+        if len(timestamps) != 1 or not digests:
             return None
-        return cls(timestamp, tuple(digests))
+        return cls(timestamps[0], tuple(digests))
 
-    def matches(self, secret: str, body: bytes) -> bool:
-        """Whether any digest is the body's HMAC under ``secret`` (constant-time comparison)."""
-        expected = signature(secret, self.timestamp, body)
-        # Compare against every digest so timing does not reveal which one matched.
-        results = [hmac.compare_digest(expected, digest) for digest in self.digests]
+    def matches(self, secret: str | Sequence[str], body: bytes) -> bool:
+        """Whether any digest is the body's HMAC under ``secret`` (or under any of several
+        secrets, during a rotation), every pair compared in constant time."""
+        keys = [secret] if isinstance(secret, str) else list(secret)
+        expected = [signature(key, self.timestamp, body) for key in keys]
+        # Compare every pair so timing does not reveal which one matched.
+        results = [hmac.compare_digest(e, digest) for e in expected for digest in self.digests]
         return any(results)

@@ -40,6 +40,10 @@ def test_parsed_header_matches_either_secret_of_a_rotation() -> None:
     assert parsed.matches("old", BODY)
     assert not parsed.matches("other", BODY)
     assert not parsed.matches("new", BODY + b" ")
+    # A receiver holding both secrets of a rotation (Stripe's endpoint secrets, for one)
+    assert parsed.matches(["other", "old"], BODY)
+    assert not parsed.matches(["other", "another"], BODY)
+    assert not parsed.matches([], BODY)
 
 
 def test_parse_skips_unknown_keys_and_spaces() -> None:
@@ -61,6 +65,8 @@ def test_parse_skips_unknown_keys_and_spaces() -> None:
         f"t={T},v1=" + "A" * 64,  # upper-case hex is not what hexdigest writes
         f"t={T},v1=" + "é" * 64,  # would make compare_digest raise TypeError
         "t=١٢٣,v1=" + "0" * 64,  # digits, but not ASCII ones
+        f"t={T},t={T + 1},v1=" + "0" * 64,  # which one was signed?
+        f"t={T},t=abc,v1=" + "0" * 64,
     ],
 )
 def test_parse_refuses_headers_without_a_timestamp_and_a_sha256_digest(header: str) -> None:
