@@ -75,13 +75,34 @@ def text_problem(value: str) -> str | None:
     return f"must not contain control characters (found U+{ord(char):04X})"
 
 
+def label_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a label people type and compare (a site's name), past what
+    :func:`text_problem` refuses; None when it can. Invisible characters (format characters such
+    as U+200B, separators other than the space, unassigned code points: what
+    :meth:`str.isprintable` refuses) and surrounding whitespace would make two labels that look
+    the same and are not, so a site's webhook could be set for a name its orders never carry."""
+    if value.strip() != value:
+        return "must not begin or end with whitespace"
+    for char in value:
+        if not char.isprintable():
+            return f"must be printable characters only (found U+{ord(char):04X})"
+    return None
+
+
 def check_text(
-    name: str, value: object, *, limit: int, required: bool = True, controls: bool = False
+    name: str,
+    value: object,
+    *,
+    limit: int,
+    required: bool = True,
+    controls: bool = False,
+    label: bool = False,
 ) -> None:
     """Raise :class:`InvalidInput` (``FieldTooLong`` past ``limit``) naming ``name`` unless
     ``value`` is text paydispatch can keep: a string, not blank if ``required`` (None is
     allowed when not), storable, and without control characters unless ``controls`` (text
-    that is only stored and rendered as JSON, never put in a header, a log line or a mail)."""
+    that is only stored and rendered as JSON, never put in a header, a log line or a mail).
+    With ``label`` it must also be a label (:func:`label_problem`)."""
     if value is None:
         if required:
             raise InvalidInput(name, "is required")
@@ -93,6 +114,8 @@ def check_text(
     if len(value) > limit:
         raise FieldTooLong(name, f"is {len(value)} characters long; the limit is {limit}")
     problem = storable_problem(value) if controls else text_problem(value)
+    if problem is None and label:
+        problem = label_problem(value)
     if problem is not None:
         raise InvalidInput(name, problem)
 

@@ -22,12 +22,13 @@ from orders.db import AsyncConnection, Connection, database_errors, query
 from orders.db import query as billing_query
 from orders.db import query as orders_query
 from orders.errors import InvalidInput, OrderNotFound
-from orders.model import Order, PaidHook
+from orders.model import LIMITS, Order, PaidHook, check_text
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
 REASON_MAX = 1000
 EVIDENCE_MAX = 2000
+SEARCH_MAX = 255  # longer search text finds nothing: ids, numbers and site refs are shorter
 _RESOLUTIONS = {"paid": OrderStatus.PAID, "rejected": OrderStatus.REJECTED}
 
 
@@ -71,11 +72,10 @@ class Overview:
 
 
 def _text(field: str, value: str, limit: int) -> str:
+    """An operator's reason or evidence, stripped. Typed in a text area, so line breaks stay
+    (``controls``); what the database cannot hold is refused as input, not a server error."""
     value = value.strip()
-    if not value:
-        raise InvalidInput(field, "is required")
-    if len(value) > limit or "\x00" in value:
-        raise InvalidInput(field, f"must be at most {limit} characters")
+    check_text(field, value, limit=limit, controls=True)
     return value
 
 
@@ -112,7 +112,12 @@ class ConsoleStore:
         """Orders named by ``text``: with ``site``, the site's own reference (``site_ref``);
         else our id, our number, or a payment system's id at any of ``adapters``."""
         text = text.strip()
-        if not text or len(text) > 255 or "\x00" in text or "\x00" in (site or ""):
+        try:  # text no order can hold finds nothing, as a reference the database cannot hold
+            check_text("q", text, limit=SEARCH_MAX, controls=True)
+            check_text(
+                "site", site and site.strip(), limit=LIMITS["site"], required=False, controls=True
+            )
+        except InvalidInput:
             return []
         if site:
             params = {"site": site.strip(), "site_ref": text, "idempotency_key": None}

@@ -29,7 +29,7 @@ import structlog
 
 from dispatcher.billing.sites import check_site
 from orders.db import AsyncPool, Pool, database_errors, query
-from orders.errors import InvalidInput
+from orders.model import check_text
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,7 @@ SECRET_BYTES = 32
 TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one key
 CHANNEL = "paydispatch_api_keys"  # the trigger api_keys_announce_revoked notifies it
 CACHE_MAX = 10_000
+DESCRIPTION_MAX = 200  # the schema's CHECK on api_keys.description
 
 
 def _hash(key: str) -> str:
@@ -98,8 +99,9 @@ class ApiKeys:
         # The rule of `paydispatch sites`: a site its webhook cannot be set for would have
         # events that are never delivered.
         check_site(site)
-        if len(description) > 200:
-            raise InvalidInput("description", "is longer than 200 characters")
+        # Only stored and listed, so control characters pass as before; a NUL or a lone
+        # surrogate, which the database cannot hold, is refused here instead of failing there.
+        check_text("description", description, limit=DESCRIPTION_MAX, required=False, controls=True)
         prefix = secrets.token_hex(PREFIX_BYTES)
         key = f"pd_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
         params = {

@@ -33,6 +33,7 @@ from orders.model import (
     OrderEvent,
     Transfer,
     TransferStatus,
+    storable_problem,
     text_problem,
 )
 from orders.money import CURRENCY_EXPONENTS
@@ -52,12 +53,9 @@ def _clean(value: str) -> str:
 def _storable(value: str) -> str:
     """Text PostgreSQL can store inside JSON: no NUL, valid UTF-8. Metadata is only ever sent
     on as JSON, which escapes control characters, so those are allowed there."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
+    problem = storable_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

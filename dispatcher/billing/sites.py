@@ -21,7 +21,7 @@ from typing import Any
 from dispatcher.billing.face import Face
 from orders.db import AsyncPool, database_errors, query
 from orders.errors import InvalidInput
-from orders.model import LIMITS
+from orders.model import LIMITS, check_text
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  # a label, not a secret
 SECRET_BYTES = 32
@@ -36,8 +36,9 @@ def new_secret() -> str:
 
 
 def check_site(site: str) -> str:
-    if not 1 <= len(site) <= LIMITS["site"] or not site.isprintable() or site.strip() != site:
-        raise InvalidInput("site", f"must be 1-{LIMITS['site']} printable characters")
+    """``site`` if a webhook may be set for it: an order's site (:func:`check_text`) that is
+    also a label, so no two sites look alike (:func:`orders.model.label_problem`)."""
+    check_text("site", site, limit=LIMITS["site"], label=True)
     return site
 
 

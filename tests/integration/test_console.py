@@ -404,6 +404,47 @@ def test_a_nul_in_a_filter_or_site_reference_is_an_html_answer_not_the_apis_json
     assert "id=message" in page.text  # no order matches
 
 
+@pytest.mark.parametrize("text", ["ref\ud800", "\udfff"])
+def test_a_lone_surrogate_in_a_search_finds_nothing_instead_of_failing_the_query(
+    repo: OrderRepository, site: str, text: str
+) -> None:
+    """Not UTF-8, so PostgreSQL cannot be sent it: the search answers as for a NUL."""
+    store = ConsoleStore(repo)
+    assert store.search(text, site=site, adapters=["sandbox"]) == []
+    assert store.search("ref-1", site=f"a{text}", adapters=["sandbox"]) == []
+
+
+@pytest.mark.parametrize("field", ["reason", "evidence"])
+def test_a_resolve_whose_reason_or_evidence_the_database_cannot_hold_is_invalid_input(
+    repo: OrderRepository, site: str, pool: Pool, field: str
+) -> None:
+    order_id = make(repo, site)
+    to_review(repo, order_id)
+    text = {"reason": "checked", "evidence": "line 1\nline 2"}  # line breaks are kept
+    with pytest.raises(InvalidInput, match=f"^{field}: must be valid Unicode text"):
+        ConsoleStore(repo).resolve(
+            None, order_id, "paid", by="carol", **(text | {field: "stmt \ud800"})
+        )
+    assert repo.get(order_id).status is S.NEEDS_REVIEW
+    assert actions_of(pool, order_id) == []
+
+
+def test_a_resolve_keeps_the_line_breaks_of_its_evidence(
+    repo: OrderRepository, site: str, pool: Pool
+) -> None:
+    """Reason and evidence are typed in text areas: a line break is text, not an injection."""
+    order_id = make(repo, site)
+    to_review(repo, order_id)
+    ConsoleStore(repo).resolve(
+        None, order_id, "rejected", by="carol", reason="no money\r\narrived",
+        evidence=" stmt line 1\nstmt line 2 ",
+    )  # fmt: skip
+    assert repo.get(order_id).status is S.REJECTED
+    [action] = actions_of(pool, order_id)
+    assert action["reason"] == "no money\r\narrived"
+    assert action["detail"]["evidence"] == "stmt line 1\nstmt line 2"  # stripped, as before
+
+
 def test_a_database_outage_is_a_503_page_even_while_finding_the_session(
     browser: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,8 +6,10 @@ import re
 
 import pytest
 
+from dispatcher.api.keys import ApiKeys
+from dispatcher.billing.sites import check_site
 from orders.errors import FieldTooLong, InvalidInput
-from orders.model import check_text, storable_problem, text_problem
+from orders.model import check_text, label_problem, storable_problem, text_problem
 from orders.repository import check_ref
 
 
@@ -74,3 +76,59 @@ def test_reference_no_order_can_hold_is_invalid_input(psp_id: str | None, text: 
 
 def test_reference_with_control_characters_is_still_looked_up() -> None:
     check_ref(psp_id="inv\t1", text="order\n")
+
+
+def test_a_label_has_no_surrounding_whitespace_and_no_invisible_characters() -> None:
+    check_text("site", "Café shop 2", limit=64, label=True)
+    for value, message in [
+        (" shop", "must not begin or end with whitespace"),
+        ("shop\u00a0", "must not begin or end with whitespace"),
+        ("sh\u200bop", "must be printable characters only (found U+200B)"),
+        ("a\u2028b", "must be printable characters only (found U+2028)"),
+        ("a\nb", "must not contain control characters (found U+000A)"),
+    ]:
+        assert label_problem(value) is not None or text_problem(value) is not None
+        with pytest.raises(InvalidInput, match=f"^site: {re.escape(message)}$"):
+            check_text("site", value, limit=64, label=True)
+    check_text("description", "a\u2028b", limit=64)  # only a label refuses it
+
+
+@pytest.mark.parametrize(
+    "site", ["", "   ", " shop", "shop\t", "sh\u200bop", "a\x00", "a\ud800", "s" * 65]
+)
+def test_a_site_a_webhook_or_key_is_refused_for_is_invalid_input(site: str) -> None:
+    with pytest.raises(InvalidInput, match=r"^site: "):
+        check_site(site)
+
+
+def test_a_site_name_may_hold_inner_spaces_and_any_script() -> None:
+    assert check_site("My shop") == "My shop"
+    assert check_site("магазин-1") == "магазин-1"
+    assert check_site("s" * 64) == "s" * 64
+
+
+class _NoDatabase:
+    """A pool that must not be reached: the key is refused before anything is written."""
+
+    def connection(self) -> None:
+        raise AssertionError("the database was reached")
+
+
+@pytest.mark.parametrize(
+    ("description", "message"),
+    [
+        ("d" * 201, "is 201 characters long; the limit is 200"),
+        ("ops \x00", "must not contain NUL characters"),
+        ("ops \udc80", "must be valid Unicode text (it holds a lone surrogate)"),
+    ],
+)
+def test_a_key_description_the_database_cannot_hold_is_refused_before_the_insert(
+    description: str, message: str
+) -> None:
+    # A NUL or a lone surrogate used to reach the INSERT and fail there (a traceback from
+    # `paydispatch keys create`, not its "description: ..." message).
+    keys = ApiKeys(_NoDatabase())  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=f"^description: {re.escape(message)}$"):
+        keys.create("shop", description)
+    with pytest.raises(InvalidInput, match=r"^site: must not begin or end with whitespace$"):
+        keys.create("shop ", "")
