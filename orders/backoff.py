@@ -2,7 +2,8 @@
 
 Every wait between tries in paydispatch is ``first * factor**attempt`` capped at ``cap``: the
 poll schedule, a failed step's retry, the transport's and the client's retries of one call (never
-shorter than the server's ``Retry-After``), the billing webhook's redelivery and the late watch.
+shorter than the server's ``Retry-After``), the billing webhook's redelivery, the late watch, the
+API key listener's reconnect and the sandbox's webhook retries.
 Full jitter (a uniformly random wait up to that ceiling, as in AWS's "Exponential Backoff and
 Jitter") spreads out the callers that failed together instead of sending them back in lockstep.
 

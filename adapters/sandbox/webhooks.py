@@ -18,6 +18,7 @@ import asyncio
 import errno
 import json
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -29,6 +30,7 @@ import aiohttp
 
 from adapters.sandbox.faults import WebhookFaults
 from adapters.sandbox.protocol import SIGNATURE_HEADER, WEBHOOK_EVENT_TYPE, signature_header
+from orders.backoff import ceiling
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,8 @@ class WebhookSender:
                 await self._deliver(webhook)
 
     async def _deliver(self, webhook: Webhook) -> None:
-        delay = self._backoff
+        """Up to ``attempts`` tries, ``backoff`` seconds apart and doubling (docs/sandbox.md):
+        no jitter and no cap, so a test knows when each retry comes (``attempts`` bounds it)."""
         for attempt in range(1, self._attempts + 1):
             async with self._slots:
                 failure = await self._attempt(webhook)
@@ -158,8 +161,7 @@ class WebhookSender:
                 "sandbox webhook %s attempt %d failed: %s", webhook.event_id, attempt, failure
             )
             if attempt < self._attempts:
-                await asyncio.sleep(delay)
-                delay *= 2
+                await asyncio.sleep(ceiling(self._backoff, attempt - 1, cap=math.inf))
         self.counts["failed"] += 1
 
     async def _attempt(self, webhook: Webhook) -> str | None:

@@ -28,6 +28,7 @@ import psycopg
 import structlog
 
 from dispatcher.billing.sites import check_site
+from orders.backoff import ceiling
 from orders.db import AsyncPool, Pool, database_errors, query
 from orders.model import check_text
 
@@ -38,6 +39,9 @@ SECRET_BYTES = 32
 TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one key
 CHANNEL = "paydispatch_api_keys"  # the trigger api_keys_announce_revoked notifies it
 CACHE_MAX = 10_000
+# The listener's reconnect waits, in seconds: doubling from the first to the cap.
+RECONNECT_FIRST = 0.1
+RECONNECT_CAP = 5.0
 DESCRIPTION_MAX = 200  # the schema's CHECK on api_keys.description
 
 
@@ -169,7 +173,7 @@ class ApiKeys:
         return self._listener is not None and self._listening
 
     def _listen(self, conninfo: str) -> None:
-        delay = 0.1
+        failures = 0  # tries since the listener was last connected
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
@@ -177,7 +181,7 @@ class ApiKeys:
                     # Notices sent before LISTEN are lost: start from an empty cache.
                     self._forget(None)
                     self._listening = True
-                    delay = 0.1
+                    failures = 0
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
                             self._forget(notice.payload)
@@ -188,8 +192,9 @@ class ApiKeys:
             finally:
                 self._listening = False
                 self._forget(None)
-            self._stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+            # No jitter: one listener per process, and the cache is off until it is back.
+            self._stop.wait(ceiling(RECONNECT_FIRST, failures, cap=RECONNECT_CAP))
+            failures += 1
 
     def cached_site(self, key: str) -> str | None:
         """The site of a key verified less than ``ttl`` ago, without touching the database."""
