@@ -26,8 +26,6 @@ from orders.model import LIMITS, Order, PaidHook, check_text
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
-REASON_MAX = 1000
-EVIDENCE_MAX = 2000
 SEARCH_MAX = 255  # longer search text finds nothing: ids, numbers and site refs are shorter
 _RESOLUTIONS = {"paid": OrderStatus.PAID, "rejected": OrderStatus.REJECTED}
 
@@ -157,8 +155,8 @@ class ConsoleStore:
         target = _RESOLUTIONS.get(to)
         if target is None:
             raise InvalidInput("to", "choose paid or rejected")
-        reason = _text("reason", reason, REASON_MAX)
-        evidence = _text("evidence", evidence, EVIDENCE_MAX)
+        reason = _text("reason", reason, ops.REASON_MAX)
+        evidence = _text("evidence", evidence, ops.EVIDENCE_MAX)
         order = self.repo.get(order_id)
 
         async def record(tx: AsyncConnection, moved: Order) -> None:  # in the resolve's own
@@ -175,7 +173,7 @@ class ConsoleStore:
     def replay(self, event_id: UUID, *, by: str, reason: str, max_age: Any) -> UUID | None:
         """Queue a parked webhook event for delivery again, recording who and why in the same
         transaction; returns its order's id, or None when the event is not parked."""
-        reason = _text("reason", reason, REASON_MAX)
+        reason = _text("reason", reason, ops.REASON_MAX)
         with database_errors(), self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 billing_query("outbox_replay"), {"ids": [event_id], "max_age": max_age}

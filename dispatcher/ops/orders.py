@@ -29,7 +29,7 @@ from dispatcher.compose import Root
 from dispatcher.refunds import order_refunds, refund_status, request_refund
 from orders.db import database_errors, query
 from orders.errors import DispatchError, InvalidTransition
-from orders.model import Order, OrderEvent, PaidHook, Transfer
+from orders.model import Order, OrderEvent, PaidHook, Transfer, check_text
 from orders.money import Money
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
@@ -233,6 +233,13 @@ def _poll(repo: OrderRepository, args: argparse.Namespace) -> int:
     return 0
 
 
+# What a resolve records: who (``ops:<by>`` must fit an event's 200-character actor), why and
+# the evidence; the console's text areas take as much.
+RESOLVED_BY_MAX = 196
+REASON_MAX = 1000
+EVIDENCE_MAX = 2000
+
+
 def resolve(
     repo: OrderRepository,
     order: Order,
@@ -255,6 +262,11 @@ def resolve(
     """
     if order.status is not S.NEEDS_REVIEW or to not in (S.PAID, S.REJECTED):
         raise InvalidTransition(order.status, to, "only needs_review orders are resolved")
+    # Checked here, for the command line and the console alike: what the database cannot hold
+    # (a NUL, a lone surrogate from bytes that were not UTF-8) is bad input, not a crash.
+    check_text("by", by, limit=RESOLVED_BY_MAX)
+    check_text("reason", reason, limit=REASON_MAX, controls=True)
+    check_text("evidence", evidence, limit=EVIDENCE_MAX, required=False, controls=True)
     detail = {
         "resolved_by": by,
         "reason": reason,

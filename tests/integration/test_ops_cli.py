@@ -127,6 +127,29 @@ def test_resolve_refuses_orders_not_in_review(
     assert repo.get(order_id).status is S.NEW
 
 
+def test_resolve_refuses_what_the_database_cannot_hold_and_leaves_the_order_in_review(
+    database_url: str, repo: OrderRepository, site: str
+) -> None:
+    order_id = make(repo, site)
+    to_review(repo, order_id)
+    # A byte that is not UTF-8 on the command line reaches Python as a lone surrogate.
+    result = cli(
+        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "alice",
+        "--reason", "statement line \udcff",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "reason" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = cli(
+        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "a" * 197,
+        "--reason", "bank statement",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "paydispatch: by" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert repo.get(order_id).status is S.NEEDS_REVIEW
+
+
 def test_show_of_an_unknown_order_says_so(database_url: str) -> None:
     result = cli(database_url, "orders", "show", "00000000-0000-0000-0000-000000000000")
     assert result.returncode == 1
