@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -143,6 +144,15 @@ async def check_async_connection(pool: AsyncConnectionPool[Any], conn: Any) -> N
 _CONNECTION: dict[str, Any] = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": 5}
 
 
+def _connection_kwargs(url: str, name: str) -> dict[str, Any]:
+    """What a pool's connections are opened with: :data:`_CONNECTION`, and the pool's name as
+    ``application_name`` (unless the URL names one), so ``pg_stat_activity`` says which process
+    and which of its pools holds each session."""
+    if "application_name" in conninfo_to_dict(url):
+        return dict(_CONNECTION)
+    return {**_CONNECTION, "application_name": name[:63]}
+
+
 def use_prepared_statements(on: bool) -> None:
     """Whether the pools opened from now on let psycopg prepare the statements it runs often.
 
@@ -190,7 +200,7 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "o
         connection_class=psycopg.Connection[DictRow],
         min_size=min_size,
         max_size=max_size,
-        kwargs=dict(_CONNECTION),
+        kwargs=_connection_kwargs(url, name),
         name=name,
         open=False,
         check=lambda conn: check_connection(pool, conn),
@@ -211,7 +221,7 @@ async def open_async_pool(
         connection_class=psycopg.AsyncConnection[DictRow],
         min_size=min_size,
         max_size=max_size,
-        kwargs=dict(_CONNECTION),
+        kwargs=_connection_kwargs(url, name),
         name=name,
         open=False,
         check=lambda conn: check_async_connection(pool, conn),

@@ -105,31 +105,31 @@ def _paid(repo: OrderRepository, order_id: UUID) -> bool:
     return repo.get(order_id).status is OrderStatus.PAID
 
 
-def _end_every_session(found_services: Services, database_url: str) -> int:
-    """What a PostgreSQL restart does to the daemon's sessions: every one of them ends.
+def _end_every_session(found_services: Services, database_url: str) -> list[str]:
+    """What a PostgreSQL restart does to the daemon's sessions: every one of them ends, at once.
 
-    Returns once they have: ``pg_terminate_backend`` only signals, and a statement sent in the
-    moment before a server process exits fails (as one in flight during a real restart does),
-    which is not what this test is about."""
+    Returns the ended sessions' ``application_name`` s once they have all ended:
+    ``pg_terminate_backend`` only signals, and a statement sent in the moment before a server
+    process exits fails (as one in flight during a real restart does), which is not what this
+    test is about."""
     name = conninfo.conninfo_to_dict(database_url)["dbname"]
     with psycopg.connect(found_services.database_url, autocommit=True) as admin:
-        pids = [
-            pid
-            for (pid,) in admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
-            ).fetchall()
-        ]
-        for pid in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        ended = admin.execute(
+            "SELECT pid, application_name, pg_terminate_backend(pid) FROM"
+            " (SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s"
+            " OFFSET 0) AS sessions",
+            (name,),
+        ).fetchall()
+        pids = [pid for pid, _, _ in ended]
 
-        def ended() -> bool:
+        def gone() -> bool:
             row = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
             ).fetchone()
             return row is not None and row[0] == 0
 
-        wait_until(ended, timeout=30, what="every session of the database ended")
-    return len(pids)
+        wait_until(gone, timeout=30, what="every session of the database ended")
+    return [application for _, application, _ in ended]
 
 
 def test_the_daemon_moves_orders_again_after_every_database_session_ended(
@@ -142,7 +142,10 @@ def test_the_daemon_moves_orders_again_after_every_database_session_ended(
     first = _order(repo, 1)
     wait_until(lambda: _paid(repo, first), timeout=60, what="the first order paid")
     # when every session of the database ends, as in a restart of PostgreSQL,
-    assert _end_every_session(found_services, own_database_url) > 0
+    ended = _end_every_session(found_services, own_database_url)
+    # (the daemon's own among them: its pools name their sessions after the process)
+    assert any(name.startswith("sweeper") for name in ended), ended
+    assert any(name.startswith("worker") for name in ended), ended
     # then an order created afterwards is paid by the same processes, none restarted.
     second = _order(repo, 2)
     wait_until(lambda: _paid(repo, second), timeout=60, what="the order after the restart paid")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+from psycopg.conninfo import make_conninfo
+
 from orders.db import open_async_pool, open_pool
 
 
@@ -48,3 +50,25 @@ def test_the_async_pool_hands_out_the_connection_returned_last(database_url: str
             await pool.close()
 
     asyncio.run(go())
+
+
+def test_a_pool_names_its_sessions_after_itself_unless_the_url_names_them(
+    database_url: str,
+) -> None:
+    pool = open_pool(database_url, max_size=1, name="test-named-sessions")
+    try:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT current_setting('application_name') AS name").fetchone()
+            assert row is not None
+            assert row["name"] == "test-named-sessions"
+    finally:
+        pool.close()
+    named = make_conninfo(database_url, application_name="the-site-s-own")
+    pool = open_pool(named, max_size=1, name="test-named-sessions")
+    try:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT current_setting('application_name') AS name").fetchone()
+            assert row is not None
+            assert row["name"] == "the-site-s-own"
+    finally:
+        pool.close()
