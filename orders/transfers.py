@@ -267,13 +267,9 @@ class Transfers:
                 if earlier is not None:
                     return self._replayed(earlier, order_id, request_hash), False
             amount = self._refund_amount(order, money)
-            params = self._params(
-                kind=TransferKind.REFUND,
-                site=order.site,
-                adapter=order.adapter,
-                user_id=order.user_id,
-                money=Money(amount, order.money.currency),
-                order_id=order.id,
+            params = self._order_refund_params(
+                order,
+                Money(amount, order.money.currency),
                 origin=origin,
                 reason=reason,
                 requested_by=requested_by,
@@ -341,22 +337,9 @@ class Transfers:
         return None if row is None else Transfer.from_row(row)
 
     @classmethod
-    def _order_refund_params(
-        cls,
-        order: Order,
-        money: Money,
-        *,
-        origin: str,
-        reason: str,
-        requested_by: str,
-        actor: str,
-        psp_transfer_id: str | None,
-        detail: Mapping[str, Any],
-        status: TransferStatus = TransferStatus.SUCCEEDED,
-        chargeback: bool = False,
-    ) -> dict[str, Any]:
-        """:meth:`_params` of a refund of ``order`` already made at the payment system (reported,
-        a chargeback, recorded by hand): its site, adapter, user and order are the order's."""
+    def _order_refund_params(cls, order: Order, money: Money, **rest: Any) -> dict[str, Any]:
+        """:meth:`_params` of a refund of ``order``, asked for or already made at the payment
+        system: its site, adapter, user and order are the order's; ``rest`` is the refund's own."""
         return cls._params(
             kind=TransferKind.REFUND,
             site=order.site,
@@ -364,14 +347,7 @@ class Transfers:
             user_id=order.user_id,
             money=money,
             order_id=order.id,
-            origin=origin,
-            reason=reason,
-            requested_by=requested_by,
-            actor=actor,
-            psp_transfer_id=psp_transfer_id,
-            status=status,
-            detail=detail,
-            chargeback=chargeback,
+            **rest,
         )
 
     @staticmethod

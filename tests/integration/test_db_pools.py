@@ -52,23 +52,20 @@ def test_the_async_pool_hands_out_the_connection_returned_last(database_url: str
     asyncio.run(go())
 
 
+def _session_name(url: str, pool_name: str) -> str:
+    pool = open_pool(url, max_size=1, name=pool_name)
+    try:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT current_setting('application_name') AS name").fetchone()
+            assert row is not None
+            return str(row["name"])
+    finally:
+        pool.close()
+
+
 def test_a_pool_names_its_sessions_after_itself_unless_the_url_names_them(
     database_url: str,
 ) -> None:
-    pool = open_pool(database_url, max_size=1, name="test-named-sessions")
-    try:
-        with pool.connection() as conn:
-            row = conn.execute("SELECT current_setting('application_name') AS name").fetchone()
-            assert row is not None
-            assert row["name"] == "test-named-sessions"
-    finally:
-        pool.close()
+    assert _session_name(database_url, "test-named-sessions") == "test-named-sessions"
     named = make_conninfo(database_url, application_name="the-site-s-own")
-    pool = open_pool(named, max_size=1, name="test-named-sessions")
-    try:
-        with pool.connection() as conn:
-            row = conn.execute("SELECT current_setting('application_name') AS name").fetchone()
-            assert row is not None
-            assert row["name"] == "the-site-s-own"
-    finally:
-        pool.close()
+    assert _session_name(named, "test-named-sessions") == "the-site-s-own"
