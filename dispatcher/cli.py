@@ -59,6 +59,8 @@ def cmd_db(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         result = schema.check(conn)
+        for warning in schema.server_warnings(conn):
+            print(f"warning: {warning}")
     if result.ok:
         print(f"database matches schema.sql (version {result.version})")
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import psycopg
 import structlog
 
 from dispatcher.compose import Root
@@ -18,8 +19,22 @@ from dispatcher.steps import queue_name
 from dispatcher.supervisor import stop_event
 from dispatcher.sweeper.dbstats import DbStats
 from dispatcher.sweeper.loop import Sweeper
+from orders.db import schema
 
 log = structlog.get_logger(__name__)
+
+
+def warn_about_upkeep(root: Root) -> None:
+    """Log what in the server's settings will slow the queue down (:func:`schema.server_warnings`).
+
+    A database not reachable yet is the sweeper loop's to wait for, not this check's."""
+    try:
+        with root.pool().connection(timeout=5) as conn:
+            warnings = schema.server_warnings(conn)
+    except psycopg.Error:
+        return
+    for warning in warnings:
+        log.warning("database upkeep", problem=warning)
 
 
 def run_sweeper(
@@ -55,6 +70,7 @@ def run_sweeper(
         interval=interval,
         pid=os.getpid(),
     )
+    warn_about_upkeep(root)
     sweeper.run(stop, root.listen_url)
     log.info("sweeper stopped")
     root.close()

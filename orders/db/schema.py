@@ -176,3 +176,31 @@ def check(conn: psycopg.Connection[Any], schema: str = "public") -> CheckResult:
         unexpected=sorted(actual - expected),
         matching=len(expected & actual),
     )
+
+
+# The orders table is also the queue: every claim and every step's end rewrites a row, leaving
+# a dead version in the heap and in each index. Only autovacuum takes them away and refreshes the
+# planner's statistics; with it off, the claim and the steps' reads slow down poll after poll.
+_UPKEEP = {
+    "autovacuum": (
+        "autovacuum is off on this server: the dead row versions every claim and step leaves in "
+        "orders and its indexes are never taken away, and the planner keeps the statistics of "
+        "the table's first minutes, so each claim and write costs more as the day goes on; set "
+        "autovacuum = on (the schema tunes it per table)"
+    ),
+    "track_counts": (
+        "track_counts is off on this server: autovacuum cannot tell which tables need it, so it "
+        "never vacuums or analyzes orders; set track_counts = on"
+    ),
+}
+
+
+def upkeep_warnings(settings: dict[str, str]) -> list[str]:
+    """The warnings :func:`server_warnings` gives for these server settings (name: value)."""
+    return [warning for name, warning in _UPKEEP.items() if settings.get(name) == "off"]
+
+
+def server_warnings(conn: psycopg.Connection[Any]) -> list[str]:
+    """What in the server's settings defeats the tables' upkeep (``paydispatch db check`` and
+    the sweeper at start say it); empty when nothing does."""
+    return upkeep_warnings(dict(_rows(conn, query("server_upkeep"))))

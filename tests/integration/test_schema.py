@@ -7,8 +7,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
+from dispatcher import config
+from dispatcher.compose import Root
 from dispatcher.services import Services
+from dispatcher.sweeper.main import warn_about_upkeep
 from orders.db import schema
 from orders.status import TRANSITIONS
 from tests.conftest import cli, drop_database, make_database
@@ -48,6 +52,50 @@ def test_db_check_on_an_empty_database_says_it_does_not_match(empty_url: str) ->
     result = cli(empty_url, "db", "check")
     assert result.returncode == 1
     assert "no schema yet: run `paydispatch db init`" in result.stdout
+
+
+def test_db_check_warns_when_the_server_would_never_vacuum_orders(empty_url: str) -> None:
+    # track_counts can be switched for one database (autovacuum only for the whole server): with
+    # it off, autovacuum cannot see that orders needs vacuuming.
+    name = psycopg.conninfo.conninfo_to_dict(empty_url)["dbname"]
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        schema.init(conn)
+        conn.execute(f'ALTER DATABASE "{name}" SET track_counts = off')
+    result = cli(empty_url, "db", "check")
+    assert result.returncode == 0, result.stdout
+    assert "warning: track_counts is off on this server" in result.stdout
+    assert "matches schema.sql" in result.stdout
+
+
+def test_the_sweeper_says_at_start_what_keeps_orders_from_being_vacuumed(
+    found_services: Services, empty_url: str
+) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(empty_url)["dbname"]
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        schema.init(conn)
+        conn.execute(f'ALTER DATABASE "{name}" SET track_counts = off')
+    environ = {
+        "PAYDISPATCH_DATABASE_URL": empty_url,
+        "PAYDISPATCH_BROKER_URL": found_services.broker_url,
+    }
+    with Root(config.load(environ), name="sweeper") as root, capture_logs() as logs:
+        warn_about_upkeep(root)
+    said = [e for e in logs if e["event"] == "database upkeep"]
+    assert [e["log_level"] for e in said] == ["warning"]
+    assert said[0]["problem"].startswith("track_counts is off")
+
+
+def test_server_warnings_follow_the_servers_autovacuum(empty_url: str) -> None:
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()
+        warnings = schema.server_warnings(conn)
+    assert autovacuum is not None
+    assert any(w.startswith("autovacuum is off") for w in warnings) == (autovacuum[0] == "off")
+    assert schema.upkeep_warnings({"autovacuum": "on", "track_counts": "on"}) == []
+    assert [
+        w.split(" is off")[0]
+        for w in schema.upkeep_warnings({"autovacuum": "off", "track_counts": "off"})
+    ] == ["autovacuum", "track_counts"]
 
 
 def test_migrations_in_order_reach_exactly_schema_sql(empty_url: str) -> None:

@@ -71,3 +71,7 @@ SELECT to_regclass(format('%%I.order_transitions', %(schema)s::text)) IS NOT NUL
 -- schema_transitions --
 -- {} is the schema's name: the allowed transitions are rows, so the check compares them too.
 SELECT from_status, to_status FROM {}.order_transitions
+
+-- server_upkeep --
+-- The server's settings that vacuum and analyze the tables (orders/db/schema.py: server_warnings).
+SELECT name, setting FROM pg_settings WHERE name IN ('autovacuum', 'track_counts')
