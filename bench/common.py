@@ -280,6 +280,14 @@ def _reaped_children_cpu(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
 
 
+def _is_postmaster(pid: int, comm: str, parents: dict[int, int]) -> bool:
+    """A ``postgres`` process whose parent is not one: the server's first process."""
+    if not comm.startswith("postgres"):
+        return False
+    parent = _proc_stat(parents.get(pid, 0)) if parents.get(pid) else None
+    return parent is None or not parent[0].startswith("postgres")
+
+
 def rss_mib(pid: int) -> tuple[float, float] | None:
     """A process's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
     try:
@@ -305,9 +313,10 @@ class CpuMeter:
     """CPU seconds per group of processes between ``start`` and ``stop``.
 
     Groups: the named children (with their own children, e.g. uvicorn's worker processes),
-    this process ("bench"), every ``postgres`` process, every ``redis-server``. A postgres
-    backend that ends within the window loses its share (the
-    daemon's and the bench's connections are pooled, so they live through it).
+    this process ("bench"), every ``postgres`` process, every ``redis-server``. PostgreSQL's
+    processes that end within the window (autovacuum's workers, mostly) count through the
+    postmaster's reaped-children time; a named pid (the bench's own sampling connection's
+    backend, say) counts in its named group instead.
     """
 
     def __init__(self, named: dict[int, str]) -> None:
@@ -331,17 +340,21 @@ class CpuMeter:
 
     def _snapshot(self) -> dict[int, tuple[str, float]]:
         snap = {}
+        parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 found = _proc_stat(int(entry))
                 if found is not None:
                     comm, ppid, cpu = found
+                    parents[int(entry)] = ppid
                     if ppid in self.named and int(entry) not in self.named:
                         self.named[int(entry)] = self.named[ppid]
                     snap[int(entry)] = (comm, cpu)
-        me = os.getpid()
-        if me in snap:  # load generators this process ran and waited for (wrk) count as its own
-            snap[me] = (snap[me][0], snap[me][1] + _reaped_children_cpu(me))
+        for pid, (comm, cpu) in snap.items():
+            if pid == os.getpid() or _is_postmaster(pid, comm, parents):
+                # load generators this process ran and waited for (wrk) count as its own; the
+                # postmaster's ended children (autovacuum workers, closed backends) as its own
+                snap[pid] = (comm, cpu + _reaped_children_cpu(pid))
         return snap
 
     def start(self) -> None:
@@ -398,7 +411,14 @@ def machine(found: services.Services) -> dict[str, Any]:
         pg_version = str(row[0]) if row else "?"
         settings = {
             name: str(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0])  # type: ignore[index]
-            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
+            for name in (
+                "fsync",
+                "synchronous_commit",
+                "shared_buffers",
+                "max_connections",
+                "autovacuum",
+                "autovacuum_naptime",
+            )
         }
     client = redis.Redis.from_url(found.broker_url)
     try:
@@ -443,6 +463,12 @@ def print_machine(info: dict[str, Any]) -> None:
         f"Redis {info['redis']}"
     )
     print(f"services: {info['services']}")
+    if info["postgresql_settings"].get("autovacuum") == "off":
+        print(
+            "WARNING: autovacuum is off on this PostgreSQL: nothing vacuums or analyzes the tables,"
+            " so every update's dead version stays in the heap and the indexes and the plans keep"
+            " the statistics of an empty table; the figures measure that, not a deployment"
+        )
     print(f"code: {info['code']}")
     print(f"date: {info['date']}")
 

@@ -473,6 +473,11 @@ class _Routes:
         calls per operation, faults served, webhooks sent."""
         return JSONResponse(self.service.stats())
 
+    async def calls(self, request: Request) -> Response:
+        """Calls per operation only: a counter a load test can read every second, where
+        ``stats`` lists every invoice by key and by order."""
+        return JSONResponse({op.value: self.service.calls[op] for op in Operation})
+
     async def reset(self, request: Request) -> Response:
         """Forget every invoice, refund, payout, counter and fault: back to the configured
         fault plan."""
@@ -536,6 +541,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             Route("/_control/faults/{operation}", routes.add_faults, methods=["POST"]),
             Route("/_control/webhooks", routes.set_webhook_faults, methods=["POST"]),
             Route("/_control/stats", routes.stats, methods=["GET"]),
+            Route("/_control/calls", routes.calls, methods=["GET"]),
             Route("/_control/reset", routes.reset, methods=["POST"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
         ],

@@ -301,6 +301,20 @@ def test_lookup_by_our_order_number(client: httpx.Client) -> None:
     assert client.get("/api/v1/invoices", params={"number": "x"}).status_code == 400
 
 
+def test_calls_counts_each_operation_as_stats_does_without_the_records(
+    client: httpx.Client,
+) -> None:
+    invoice = create(client)
+    client.get(f"/api/v1/invoices/{invoice['id']}")
+    client.get(f"/api/v1/invoices/{invoice['id']}")
+    client.get("/api/v1/invoices/inv_missing")
+
+    calls = client.get("/_control/calls").json()
+
+    assert calls == stats(client)["calls"]
+    assert (calls["create"], calls["status"], calls["cancel"]) == (1, 3, 0)
+
+
 def test_adapter_round_trip_against_the_real_server(sandbox: SandboxHandle) -> None:
     # Given an order submitted through the adapter's own requests
     settings = settings_for(sandbox)
