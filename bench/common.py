@@ -170,11 +170,8 @@ def start_sandbox(children: Children) -> tuple[Child, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYDISPATCH_")}
     env["PAYDISPATCH_LOG_FORMAT"] = "json"
-    child = children.spawn(
-        "sandbox",
-        ["-m", "dispatcher.cli", "sandbox", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-    )
+    argv = ["-m", "dispatcher.cli", "sandbox", "--host", "127.0.0.1", "--port", str(port)]
+    child = children.spawn("sandbox", [*argv, "--no-access-log"], env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from adapters.sandbox.runner import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, access_log=args.access_log)
     return 0
 
 
@@ -230,6 +230,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="serve the sandbox payment system")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a line per request (default); --no-access-log under a load test",
+    )
     sandbox.set_defaults(func=cmd_sandbox)
     family = next((m for m, names in FAMILIES.items() if command in names), None)
     for module in FAMILIES:

@@ -185,3 +185,21 @@ def test_sandbox_says_where_its_pages_and_control_api_are_in_the_console_format(
         assert httpx.get(f"{url}/_control/", timeout=10).status_code == 200
     finally:
         _stop(process)
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_sandbox_logs_a_line_per_request_unless_told_not_to(
+    run_log: Path, access_log: bool
+) -> None:
+    port = free_port()
+    flag = "--access-log" if access_log else "--no-access-log"
+    process = _start(_env(), run_log, "sandbox", "--port", str(port), flag)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: "sandbox listening" in run_log.read_text(errors="replace"))
+        assert httpx.get(f"{url}/_control/calls", timeout=10).status_code == 200
+    finally:
+        _stop(process)
+    logged = run_log.read_text(errors="replace")
+    assert "Application shutdown complete" in logged  # the log is whole
+    assert ('"GET /_control/calls HTTP/1.1" 200' in logged) is access_log
