@@ -60,7 +60,7 @@ def cmd_db(args: argparse.Namespace) -> int:
             return 0
         result = schema.check(conn)
         for warning in schema.server_warnings(conn):
-            print(f"warning: {warning}")
+            print(f"warning: {warning}", file=sys.stderr)
     if result.ok:
         print(f"database matches schema.sql (version {result.version})")
         return 0

@@ -63,7 +63,7 @@ def test_db_check_warns_when_the_server_would_never_vacuum_orders(empty_url: str
         conn.execute(f'ALTER DATABASE "{name}" SET track_counts = off')
     result = cli(empty_url, "db", "check")
     assert result.returncode == 0, result.stdout
-    assert "warning: track_counts is off on this server" in result.stdout
+    assert "warning: track_counts is off on this server" in result.stderr
     assert "matches schema.sql" in result.stdout
 
 
@@ -81,8 +81,9 @@ def test_the_sweeper_says_at_start_what_keeps_orders_from_being_vacuumed(
     with Root(config.load(environ), name="sweeper") as root, capture_logs() as logs:
         warn_about_upkeep(root)
     said = [e for e in logs if e["event"] == "database upkeep"]
-    assert [e["log_level"] for e in said] == ["warning"]
-    assert said[0]["problem"].startswith("track_counts is off")
+    assert {e["log_level"] for e in said} == {"warning"}
+    # (autovacuum's own warning too, on a server that runs without it)
+    assert [e["problem"].split(" is off")[0] for e in said][-1] == "track_counts"
 
 
 def test_server_warnings_follow_the_servers_autovacuum(empty_url: str) -> None:
