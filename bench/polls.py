@@ -15,9 +15,10 @@ Once every order is awaiting payment and the first polls are under way, it sampl
 overdue orders nobody has claimed yet and how late they are (``now() - next_run_at``), the
 orders claimed but not finished, and the broker queue's length. It reports whether the load is
 kept on schedule — p95 lateness under a second in every minute, and not growing — with the
-lateness minute by minute, which process used the CPU (and how much per poll), and each
-process's resident memory. Any lateness lengthens each cycle, so the polls/s achieved is below
-the demand by about the mean lateness over the cycle length.
+lateness minute by minute, which process used the CPU (and how much per poll), the ceiling
+that CPU sets on this machine (the daemon's own share and the sandbox's, and the cores the
+demand needs), and each process's resident memory. Any lateness lengthens each cycle, so the
+polls/s achieved is below the demand by about the mean lateness over the cycle length.
 """
 
 from __future__ import annotations
@@ -263,6 +264,25 @@ def _per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _ceiling(cpu_ms_per_poll: dict[str, float], demand: float, cores: int) -> dict[str, float]:
+    """What the demand needs and what this machine can give, from each process's CPU a poll:
+    the daemon's own (workers, sweeper, PostgreSQL, Redis) and the payment system's (the
+    sandbox, on the same cores here); the bench's own process and sampling query left out."""
+    sandbox = cpu_ms_per_poll.get("sandbox", 0.0)
+    daemon = sum(
+        ms
+        for name, ms in cpu_ms_per_poll.items()
+        if name != "sandbox" and not name.startswith("bench")
+    )
+    return {
+        "daemon_ms": round(daemon, 3),
+        "sandbox_ms": round(sandbox, 3),
+        "cores_for_demand_daemon": round(demand * daemon / 1000, 2),
+        "cores_for_demand_with_sandbox": round(demand * (daemon + sandbox) / 1000, 2),
+        "ceiling_polls_per_second": round(1000 * cores / (daemon + sandbox)) if daemon else 0,
+    }
+
+
 def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     samples = result["samples"]
     span = samples[-1]["t"] if samples else 0
@@ -292,6 +312,8 @@ def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     summary["cpu_ms_per_poll"] = {
         k: round(1000 * v / polls, 3) for k, v in result["cpu_seconds"].items() if polls
     }
+    cores = result["machine"]["nproc"] or 1
+    summary["ceiling"] = ceiling = _ceiling(summary["cpu_ms_per_poll"], demand, cores)
     summary["lag_growing"] = growing
     summary["on_schedule"] = on_schedule
     result["summary"] = summary
@@ -319,6 +341,13 @@ def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     print(
         "CPU ms per poll: "
         + ", ".join(f"{k} {v:.3f}" for k, v in summary["cpu_ms_per_poll"].items())
+    )
+    print(
+        f"ceiling on these {cores} cores: {ceiling['ceiling_polls_per_second']} polls/s at "
+        f"{ceiling['daemon_ms']:.3f} ms a poll for the daemon (workers, sweeper, PostgreSQL, "
+        f"Redis) + {ceiling['sandbox_ms']:.3f} ms for the sandbox's answer; the demand of "
+        f"{demand:.0f} polls/s needs {ceiling['cores_for_demand_daemon']} cores for the daemon, "
+        f"{ceiling['cores_for_demand_with_sandbox']} with the sandbox beside it"
     )
     print(
         "resident memory (now, peak) MiB: "
