@@ -394,7 +394,7 @@ def main() -> int:
     try:
         with common.fresh_database(found, "api") as db_url:
             url, key, server = start_api(children, found, db_url, args)
-            meter = common.CpuMeter({server.pid: "api"})
+            meter = common.CpuMeter({server.pid: "api"}, postmaster=common.postmaster_pid(db_url))
             print("\n| what | requests/s | p50 ms | p99 ms | requests | errors |")
             print("|---|---:|---:|---:|---:|---:|")
             rows = http_scenarios(url, key, db_url, args, meter)

@@ -258,31 +258,33 @@ def daemon_env(database_url: str, broker_url: str, sandbox_url: str, **policy: s
 # -- CPU accounting from /proc ----------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[str, int, float] | None:
-    """A process's command name, parent pid and CPU seconds so far."""
+def _proc_stat(pid: int) -> tuple[str, int, float, float] | None:
+    """A process's command name, parent pid, CPU seconds so far, and the CPU seconds of its
+    children that have ended and been waited for (cutime + cstime), from one read."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     comm = raw[raw.index("(") + 1 : raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[1] is the ppid; [11], [12] are utime, stime (fields 4, 14 and 15 of proc(5)).
-    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    # fields[1] is the ppid; [11]-[14] are utime, stime, cutime, cstime (fields 4, 14-17 of
+    # proc(5)).
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    return comm, int(fields[1]), cpu, reaped
 
 
-def _reaped_children_cpu(pid: int) -> float:
-    """CPU seconds of ``pid``'s children that have ended (cutime + cstime): e.g. a wrk run."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
-
-
-def _is_postmaster(pid: int, comm: str, parents: dict[int, int]) -> bool:
-    """A ``postgres`` process whose parent is not one: the server's first process."""
-    if not comm.startswith("postgres"):
-        return False
-    parent = _proc_stat(parents.get(pid, 0)) if parents.get(pid) else None
-    return parent is None or not parent[0].startswith("postgres")
+def postmaster_pid(database_url: str) -> int | None:
+    """The first process of the PostgreSQL server at ``database_url`` when it runs on this
+    machine (the parent of a connection's backend), else None."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        backend = _proc_stat(conn.info.backend_pid)
+        parent = _proc_stat(backend[1]) if backend is not None else None
+        if backend is None or parent is None:
+            return None
+        if backend[0].startswith("postgres") and parent[0].startswith("postgres"):
+            return backend[1]
+    return None
 
 
 def rss_mib(pid: int) -> tuple[float, float] | None:
@@ -301,57 +303,53 @@ def rss_mib(pid: int) -> tuple[float, float] | None:
     return found["VmRSS"], found["VmHWM"]
 
 
-def _proc_cpu(pid: int) -> tuple[str, float] | None:
-    found = _proc_stat(pid)
-    return None if found is None else (found[0], found[2])
-
-
 class CpuMeter:
     """CPU seconds per group of processes between ``start`` and ``stop``.
 
     Groups: the named children (with their own children, e.g. uvicorn's worker processes),
-    this process ("bench"), every ``postgres`` process, every ``redis-server``. PostgreSQL's
-    processes that end within the window (autovacuum's workers, mostly) count through the
-    postmaster's reaped-children time; a named pid (the bench's own sampling connection's
-    backend, say) counts in its named group instead.
+    this process ("bench", with the load generators it ran and waited for), every
+    ``redis-server``, and PostgreSQL: with ``postmaster`` (:func:`postmaster_pid`), that
+    server's processes only, those that ended within the window (autovacuum's workers,
+    mostly) included, each for its whole life, through the postmaster's reaped-children time;
+    without it, every ``postgres`` process on the machine still running at ``stop``. A named
+    pid (the bench's own sampling connection's backend, say) counts in its named group.
     """
 
-    def __init__(self, named: dict[int, str]) -> None:
+    def __init__(self, named: dict[int, str], *, postmaster: int | None = None) -> None:
         self.named = dict(named)
         self.named[os.getpid()] = "bench (this process and its load generator)"
-        self.before: dict[int, tuple[str, float]] = {}
+        self.postmaster = postmaster
+        self.before: dict[int, tuple[str, int, float]] = {}
         self.started = 0.0
         self.result: dict[str, float] = {}
         self.per_process: dict[str, list[float]] = {}  # each process's CPU-s, by group
         self.rss: dict[str, tuple[float, float]] = {}  # named children: (now, peak) MiB at stop
         self.wall = 0.0
 
-    def _group(self, pid: int, comm: str) -> str | None:
+    def _group(self, pid: int, comm: str, ppid: int) -> str | None:
         if pid in self.named:
             return self.named[pid]
-        if comm == "postgres" or comm.startswith("postgres"):
+        if comm.startswith("postgres") and (
+            self.postmaster is None or self.postmaster in (pid, ppid)
+        ):
             return "postgresql (all processes)"
         if comm.startswith("redis-server"):
             return "redis"
         return None
 
-    def _snapshot(self) -> dict[int, tuple[str, float]]:
+    def _snapshot(self) -> dict[int, tuple[str, int, float]]:
         snap = {}
-        parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
-                found = _proc_stat(int(entry))
+                pid = int(entry)
+                found = _proc_stat(pid)
                 if found is not None:
-                    comm, ppid, cpu = found
-                    parents[int(entry)] = ppid
-                    if ppid in self.named and int(entry) not in self.named:
-                        self.named[int(entry)] = self.named[ppid]
-                    snap[int(entry)] = (comm, cpu)
-        for pid, (comm, cpu) in snap.items():
-            if pid == os.getpid() or _is_postmaster(pid, comm, parents):
-                # load generators this process ran and waited for (wrk) count as its own; the
-                # postmaster's ended children (autovacuum workers, closed backends) as its own
-                snap[pid] = (comm, cpu + _reaped_children_cpu(pid))
+                    comm, ppid, cpu, reaped = found
+                    if ppid in self.named and pid not in self.named:
+                        self.named[pid] = self.named[ppid]
+                    if pid in (os.getpid(), self.postmaster):
+                        cpu += reaped  # its children that ended, as its own
+                    snap[pid] = (comm, ppid, cpu)
         return snap
 
     def start(self) -> None:
@@ -363,11 +361,11 @@ class CpuMeter:
         self.wall = time.monotonic() - self.started
         totals: dict[str, float] = {}
         self.per_process = {}
-        for pid, (comm, cpu) in after.items():
-            group = self._group(pid, comm)
+        for pid, (comm, ppid, cpu) in after.items():
+            group = self._group(pid, comm, ppid)
             if group is None:
                 continue
-            used = cpu - self.before.get(pid, (comm, 0.0))[1]
+            used = cpu - self.before.get(pid, (comm, ppid, 0.0))[2]
             totals[group] = totals.get(group, 0.0) + used
             self.per_process.setdefault(group, []).append(used)
         self.result = dict(sorted(totals.items(), key=lambda kv: -kv[1]))

@@ -169,7 +169,7 @@ def throughput(db_url: str) -> dict[str, Any]:
 def burst(hosts: list[Host], db_url: str, args: argparse.Namespace) -> dict[str, Any]:
     creator = Creator(site_key(db_url, "bench"), [h.api_url for h in hosts])
     named = {c.pid: c.name for h in hosts for c in (h.api, h.sweeper, h.worker)}
-    meter = common.CpuMeter(named)
+    meter = common.CpuMeter(named, postmaster=common.postmaster_pid(db_url))
     meter.start()
     try:
         with ThreadPoolExecutor(args.clients) as pool:

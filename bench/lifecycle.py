@@ -173,7 +173,7 @@ def run_e2e(
             time.sleep(0.5)  # let dramatiq's consumers connect
             new_orders = _orders(n, f"e2e{int(time.time())}")
             named = {c.pid: c.name for c in children.items} | {sandbox.pid: "sandbox"}
-            meter = common.CpuMeter(named)
+            meter = common.CpuMeter(named, postmaster=common.postmaster_pid(db_url))
             spy = common.start_profile(children, workers[0]) if profile else None
             meter.start()
             started = time.monotonic()

@@ -302,7 +302,7 @@ def run_once(
             pool.close()
             time.sleep(0.5)  # dramatiq's consumers connect
             named = {c.pid: c.name for c in children.items} | {sandbox.pid: "sandbox"}
-            meter = common.CpuMeter(named)
+            meter = common.CpuMeter(named, postmaster=common.postmaster_pid(db_url))
             load = Load(api_url, sandbox_url, key, args)
             total = int(args.rate * (args.warmup + args.seconds))
             before = loadavg()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -172,10 +173,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one flat
                 result["submit_seconds"] = round(submitted, 1)
                 time.sleep(args.warmup)
                 named = {c.pid: c.name for c in children.items} | {sandbox.pid: "sandbox"}
-                # The sampling query reads every awaiting row each second: the bench's own cost.
-                named[conn.info.backend_pid] = "bench's sampling query (its PostgreSQL backend)"
+                postmaster = common.postmaster_pid(db_url)
+                if postmaster is not None:  # the backend is a process of this machine
+                    # The sampling query reads every awaiting row each second: the bench's own.
+                    named[conn.info.backend_pid] = "bench's sampling query (its PostgreSQL backend)"
                 spy = common.start_profile(children, workers[0]) if args.profile else None
-                meter = common.CpuMeter(named)
+                meter = common.CpuMeter(named, postmaster=postmaster)
                 meter.start()
                 samples = _sample(conn, control, rconn, args.duration)
                 meter.stop()
@@ -312,7 +315,7 @@ def _summarise(result: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     summary["cpu_ms_per_poll"] = {
         k: round(1000 * v / polls, 3) for k, v in result["cpu_seconds"].items() if polls
     }
-    cores = result["machine"]["nproc"] or 1
+    cores = len(os.sched_getaffinity(0))
     summary["ceiling"] = ceiling = _ceiling(summary["cpu_ms_per_poll"], demand, cores)
     summary["lag_growing"] = growing
     summary["on_schedule"] = on_schedule

@@ -107,6 +107,7 @@ def load_policy(
 # One generator for every poll's jitter: a new random.Random() seeds itself from the operating
 # system, which cost a poll about 2 % of a worker's CPU.
 _JITTER = random.Random()  # noqa: S311 - jitter, not cryptography
+os.register_at_fork(after_in_child=_JITTER.seed)  # a forked process gets its own sequence
 
 
 def next_poll(

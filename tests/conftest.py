@@ -83,6 +83,18 @@ def drop_database(found_services: services.Services, url: str) -> None:
         )
 
 
+def switch_off_track_counts(url: str) -> None:
+    """``track_counts = off`` for the database at ``url`` alone (autovacuum can only be switched
+    for a whole server): autovacuum then never looks at its tables. Skips the test without a
+    superuser, which the setting needs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('is_superuser')").fetchone()
+        if row is None or row[0] != "on":
+            pytest.skip("switching track_counts for a database needs a superuser")
+        name = sql.Identifier(conn.info.dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET track_counts = off").format(name))
+
+
 def _fresh_database(found_services: services.Services, template_database: str) -> Iterator[str]:
     url = make_database(found_services, template_database)
     yield url

@@ -476,7 +476,7 @@ class _Routes:
     async def calls(self, request: Request) -> Response:
         """Calls per operation only: a counter a load test can read every second, where
         ``stats`` lists every invoice by key and by order."""
-        return JSONResponse({op.value: self.service.calls[op] for op in Operation})
+        return JSONResponse(self.service.call_counts())
 
     async def reset(self, request: Request) -> Response:
         """Forget every invoice, refund, payout, counter and fault: back to the configured

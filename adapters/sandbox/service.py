@@ -221,13 +221,17 @@ class SandboxService:
         self.timeline.clear()
         self.webhooks.clear()
 
+    def call_counts(self) -> dict[str, int]:
+        """Calls per operation, by the operation's name."""
+        return {op.value: self.calls[op] for op in Operation}
+
     def stats(self) -> dict[str, Any]:
         served = self.faults.served_counts()
         return {
             **self.store.stats(),
             **self.refunds.stats(),
             **self.payouts.stats(),
-            "calls": {op.value: self.calls[op] for op in Operation},
+            "calls": self.call_counts(),
             "create_calls": self.calls[Operation.CREATE],
             "status_calls": self.calls[Operation.STATUS],
             "cancel_calls": self.calls[Operation.CANCEL],

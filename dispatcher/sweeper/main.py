@@ -27,7 +27,8 @@ log = structlog.get_logger(__name__)
 def warn_about_upkeep(root: Root) -> None:
     """Log what in the server's settings will slow the queue down (:func:`schema.server_warnings`).
 
-    A database not reachable yet is the sweeper loop's to wait for, not this check's."""
+    Run once at start, after the pool opened; should the settings not be readable (the database
+    gone meanwhile), nothing is said and the sweeper goes on."""
     try:
         with root.pool().connection(timeout=5) as conn:
             warnings = schema.server_warnings(conn)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from dispatcher.services import Services, free_port
+from tests.conftest import switch_off_track_counts
 from tests.dispatch_support import own_namespace, wait_until
 from tests.ports_support import free_ports_in_a_row
 
@@ -203,3 +204,25 @@ def test_sandbox_logs_a_line_per_request_unless_told_not_to(
     logged = run_log.read_text(errors="replace")
     assert "Application shutdown complete" in logged  # the log is whole
     assert ('"GET /_control/calls HTTP/1.1" 200' in logged) is access_log
+
+
+def test_sweeper_says_at_start_when_the_server_will_never_vacuum_orders(
+    found_services: Services, own_database_url: str, run_log: Path
+) -> None:
+    switch_off_track_counts(own_database_url)
+    env = _env(
+        PAYDISPATCH_DATABASE_URL=own_database_url,
+        PAYDISPATCH_BROKER_URL=found_services.broker_url,
+        PAYDISPATCH_BROKER_NAMESPACE=own_namespace(),
+        PAYDISPATCH_DEV="1",
+        PAYDISPATCH_ADAPTERS="sandbox",
+        PAYDISPATCH_LOG_FORMAT="json",
+    )
+    process = _start(env, run_log, "sweeper")
+    try:
+        wait_until(lambda: _event(run_log, "database upkeep") is not None, timeout=60)
+    finally:
+        _stop(process)
+    said = [line for line in _json_lines(run_log) if line.get("event") == "database upkeep"]
+    assert any(line["problem"].startswith("track_counts is off") for line in said)
+    assert {line["level"] for line in said} == {"warning"}

@@ -15,7 +15,7 @@ from dispatcher.services import Services
 from dispatcher.sweeper.main import warn_about_upkeep
 from orders.db import schema
 from orders.status import TRANSITIONS
-from tests.conftest import cli, drop_database, make_database
+from tests.conftest import cli, drop_database, make_database, switch_off_track_counts
 
 
 @pytest.fixture
@@ -55,12 +55,9 @@ def test_db_check_on_an_empty_database_says_it_does_not_match(empty_url: str) ->
 
 
 def test_db_check_warns_when_the_server_would_never_vacuum_orders(empty_url: str) -> None:
-    # track_counts can be switched for one database (autovacuum only for the whole server): with
-    # it off, autovacuum cannot see that orders needs vacuuming.
-    name = psycopg.conninfo.conninfo_to_dict(empty_url)["dbname"]
+    switch_off_track_counts(empty_url)
     with psycopg.connect(empty_url, autocommit=True) as conn:
         schema.init(conn)
-        conn.execute(f'ALTER DATABASE "{name}" SET track_counts = off')
     result = cli(empty_url, "db", "check")
     assert result.returncode == 0, result.stdout
     assert "warning: track_counts is off on this server" in result.stderr
@@ -70,10 +67,9 @@ def test_db_check_warns_when_the_server_would_never_vacuum_orders(empty_url: str
 def test_the_sweeper_says_at_start_what_keeps_orders_from_being_vacuumed(
     found_services: Services, empty_url: str
 ) -> None:
-    name = psycopg.conninfo.conninfo_to_dict(empty_url)["dbname"]
+    switch_off_track_counts(empty_url)
     with psycopg.connect(empty_url, autocommit=True) as conn:
         schema.init(conn)
-        conn.execute(f'ALTER DATABASE "{name}" SET track_counts = off')
     environ = {
         "PAYDISPATCH_DATABASE_URL": empty_url,
         "PAYDISPATCH_BROKER_URL": found_services.broker_url,
