@@ -57,6 +57,15 @@ OVERDUE_ORDERS = Gauge(
     "Active orders more than 5 minutes past their deadline (should be zero)",
     ["adapter"],
 )
+# Every claim and step leaves a dead version of its order's row; only vacuum takes them away
+# (README, "Database"). Never vacuumed: +Inf.
+ORDERS_DEAD_ROWS = Gauge(
+    "paydispatch_db_orders_dead_rows", "Dead row versions in the orders table (its statistics)"
+)
+ORDERS_VACUUM_AGE = Gauge(
+    "paydispatch_db_orders_vacuum_age_seconds",
+    "Seconds since the orders table was last vacuumed (+Inf: never)",
+)
 NEEDS_REVIEW = Gauge("paydispatch_needs_review_orders", "Orders waiting for a person", ["adapter"])
 
 # Money going out (issue #14). Counted where a transfer reaches the status: the worker (its

@@ -1,4 +1,5 @@
-"""Gauges read from the database: orders per status, the oldest due order, overdue orders.
+"""Gauges read from the database: orders per status, the oldest due order, overdue orders, and
+the orders table's dead rows and last vacuum (from the server's statistics).
 
 One process refreshes them (the sweeper, every ``interval`` seconds), so a scrape never costs a
 query per worker; the other processes do not export them at all.
@@ -16,6 +17,7 @@ Orders past their deadline are counted through a partial index that holds only a
 
 from __future__ import annotations
 
+import math
 import time
 
 from psycopg.rows import DictRow
@@ -72,8 +74,13 @@ class DbStats:
         with database_errors(), self.repo.pool.connection() as conn:
             row: DictRow | None = conn.execute(query("due_stats")).fetchone()
             overdue = conn.execute(query("overdue_counts")).fetchall()
+            vacuum: DictRow | None = conn.execute(query("vacuum_stats")).fetchone()
             withdrawals = conn.execute(query("withdrawal_stats")).fetchall()
         metrics.OLDEST_DUE_AGE.set(float(row["oldest_due"]) if row else 0.0)
+        if vacuum is not None:
+            metrics.ORDERS_DEAD_ROWS.set(vacuum["dead_rows"])
+            age = vacuum["vacuum_age"]
+            metrics.ORDERS_VACUUM_AGE.set(math.inf if age is None else float(age))
         self._withdrawals(withdrawals)
         late = {r["adapter"]: r["n"] for r in overdue}
         for adapter in adapters | set(late):

@@ -4,6 +4,7 @@ orders through a partial index, and neither reading the finished orders."""
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -15,8 +16,9 @@ from psycopg.rows import dict_row
 from dispatcher.sweeper import dbstats
 from dispatcher.sweeper.dbstats import DbStats
 from orders import Money, NewOrder, OrderStatus
-from orders.db import Pool, query, schema
+from orders.db import Pool, open_pool, query, schema
 from orders.repository import OrderRepository, Write
+from tests.dispatch_support import wait_until
 
 S = OrderStatus
 
@@ -235,3 +237,46 @@ def test_orders_are_vacuumed_by_dead_rows_and_db_check_sees_it(database_url: str
             result = schema.check(conn)
     assert "orders autovacuum_vacuum_threshold=10000" in " ".join(result.unexpected)
     assert any("autovacuum_vacuum_scale_factor=0" in line for line in result.missing)
+
+
+def test_the_sweepers_gauges_say_how_many_dead_rows_orders_holds_and_when_it_was_vacuumed(
+    own_database_url: str,
+) -> None:
+    def vacuum_stats() -> dict[str, Any]:
+        with psycopg.connect(own_database_url, autocommit=True, row_factory=dict_row) as conn:
+            row = conn.execute(query("vacuum_stats")).fetchone()
+        assert row is not None
+        return row
+
+    def sample(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name)
+
+    # Given orders rewritten twice (two dead versions each) in a table never vacuumed,
+    with psycopg.connect(own_database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders (site, user_id, amount, currency, adapter, expires_at,"
+            " request_hash) SELECT 's', 'u', 1, 'EUR', 'sandbox', now(), 'h'"
+            " FROM generate_series(1, 50)"
+        )
+        conn.execute("UPDATE orders SET updated_at = now()")
+        conn.execute("UPDATE orders SET updated_at = now()")
+        conn.execute("SELECT pg_stat_force_next_flush()")
+    wait_until(lambda: vacuum_stats()["dead_rows"] >= 100, what="the dead rows in the statistics")
+    pool = open_pool(own_database_url, max_size=2, name="tests-vacuum")
+    try:
+        with OrderRepository(pool, {"sandbox": timedelta(hours=1)}) as repo:
+            # when the sweeper refreshes its gauges, they say so, and that it was never vacuumed;
+            DbStats(repo, interval=0).refresh()
+            assert sample("paydispatch_db_orders_dead_rows") == vacuum_stats()["dead_rows"]
+            assert sample("paydispatch_db_orders_vacuum_age_seconds") == math.inf
+            # after a vacuum, the dead rows are gone and the vacuum is seconds old.
+            with psycopg.connect(own_database_url, autocommit=True) as conn:
+                conn.execute("VACUUM orders")
+            wait_until(lambda: vacuum_stats()["vacuum_age"] is not None, what="the vacuum")
+            DbStats(repo, interval=0).refresh()
+            assert sample("paydispatch_db_orders_dead_rows") == vacuum_stats()["dead_rows"] == 0
+            age = sample("paydispatch_db_orders_vacuum_age_seconds")
+            assert age is not None
+            assert 0 <= age < 300
+    finally:
+        pool.close()

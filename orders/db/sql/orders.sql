@@ -83,6 +83,13 @@ SELECT coalesce(extract(epoch FROM now() - (
     LIMIT 1
 )), 0)::float8 AS oldest_due
 
+-- vacuum_stats --
+-- The dead row versions in orders and the seconds since it was last vacuumed (by autovacuum or
+-- by hand; NULL when never), from the statistics the server keeps: nothing is scanned.
+SELECT n_dead_tup AS dead_rows,
+       extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum)) AS vacuum_age
+FROM pg_stat_user_tables WHERE relid = 'orders'::regclass
+
 -- overdue_counts --
 -- Through orders_active_expires_idx: only active orders are in it, so finished ones cost nothing.
 SELECT adapter, count(*) AS n FROM orders
