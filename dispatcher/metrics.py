@@ -62,6 +62,10 @@ OVERDUE_ORDERS = Gauge(
 ORDERS_DEAD_ROWS = Gauge(
     "paydispatch_db_orders_dead_rows", "Dead row versions in the orders table (its statistics)"
 )
+UPKEEP_PROBLEMS = Gauge(
+    "paydispatch_db_upkeep_problems",
+    "Server settings that keep orders from being vacuumed (autovacuum, track_counts off)",
+)
 ORDERS_VACUUM_AGE = Gauge(
     "paydispatch_db_orders_vacuum_age_seconds",
     "Seconds since the orders table was last vacuumed (+Inf: never)",

@@ -1,5 +1,6 @@
-"""Gauges read from the database: orders per status, the oldest due order, overdue orders, and
-the orders table's dead rows and last vacuum (from the server's statistics).
+"""Gauges read from the database: orders per status, the oldest due order, overdue orders, the
+orders table's dead rows and last vacuum (from the server's statistics), and the server settings
+that would keep it from being vacuumed.
 
 One process refreshes them (the sweeper, every ``interval`` seconds), so a scrape never costs a
 query per worker; the other processes do not export them at all.
@@ -23,7 +24,7 @@ import time
 from psycopg.rows import DictRow
 
 from dispatcher import metrics
-from orders.db import Connection, database_errors, query, transaction
+from orders.db import Connection, database_errors, query, schema, transaction
 from orders.repository import OrderRepository
 from orders.status import OrderStatus
 
@@ -75,8 +76,10 @@ class DbStats:
             row: DictRow | None = conn.execute(query("due_stats")).fetchone()
             overdue = conn.execute(query("overdue_counts")).fetchall()
             vacuum: DictRow | None = conn.execute(query("vacuum_stats")).fetchone()
+            upkeep = schema.server_warnings(conn)
             withdrawals = conn.execute(query("withdrawal_stats")).fetchall()
         metrics.OLDEST_DUE_AGE.set(float(row["oldest_due"]) if row else 0.0)
+        metrics.UPKEEP_PROBLEMS.set(len(upkeep))
         if vacuum is not None:
             metrics.ORDERS_DEAD_ROWS.set(vacuum["dead_rows"])
             age = vacuum["vacuum_age"]

@@ -261,20 +261,25 @@ def test_the_sweepers_gauges_say_how_many_dead_rows_orders_holds_and_when_it_was
         conn.execute("UPDATE orders SET updated_at = now()")
         conn.execute("UPDATE orders SET updated_at = now()")
         conn.execute("SELECT pg_stat_force_next_flush()")
-    wait_until(lambda: vacuum_stats()["dead_rows"] >= 100, what="the dead rows in the statistics")
+    wait_until(lambda: vacuum_stats()["dead_rows"] > 0, what="the dead rows in the statistics")
     pool = open_pool(own_database_url, max_size=2, name="tests-vacuum")
     try:
         with OrderRepository(pool, {"sandbox": timedelta(hours=1)}) as repo:
             # when the sweeper refreshes its gauges, they say so, and that it was never vacuumed;
             DbStats(repo, interval=0).refresh()
-            assert sample("paydispatch_db_orders_dead_rows") == vacuum_stats()["dead_rows"]
+            dead = sample("paydispatch_db_orders_dead_rows")
+            assert dead is not None
+            assert dead > 0
             assert sample("paydispatch_db_orders_vacuum_age_seconds") == math.inf
+            with psycopg.connect(own_database_url, autocommit=True) as conn:
+                problems = len(schema.server_warnings(conn))  # autovacuum off on some servers
+            assert sample("paydispatch_db_upkeep_problems") == problems
             # after a vacuum, the dead rows are gone and the vacuum is seconds old.
             with psycopg.connect(own_database_url, autocommit=True) as conn:
                 conn.execute("VACUUM orders")
             wait_until(lambda: vacuum_stats()["vacuum_age"] is not None, what="the vacuum")
             DbStats(repo, interval=0).refresh()
-            assert sample("paydispatch_db_orders_dead_rows") == vacuum_stats()["dead_rows"] == 0
+            assert sample("paydispatch_db_orders_dead_rows") == 0
             age = sample("paydispatch_db_orders_vacuum_age_seconds")
             assert age is not None
             assert 0 <= age < 300
