@@ -413,6 +413,7 @@ def machine(found: services.Services) -> dict[str, Any]:
                 "max_connections",
                 "autovacuum",
                 "autovacuum_naptime",
+                "track_counts",
             )
         }
     client = redis.Redis.from_url(found.broker_url)
@@ -458,12 +459,8 @@ def print_machine(info: dict[str, Any]) -> None:
         f"Redis {info['redis']}"
     )
     print(f"services: {info['services']}")
-    if info["postgresql_settings"].get("autovacuum") == "off":
-        print(
-            "WARNING: autovacuum is off on this PostgreSQL: nothing vacuums or analyzes the tables,"
-            " so every update's dead version stays in the heap and the indexes and the plans keep"
-            " the statistics of an empty table; the figures measure that, not a deployment"
-        )
+    for warning in schema.upkeep_warnings(info["postgresql_settings"]):
+        print(f"WARNING: {warning}; the figures measure that, not a deployment")
     print(f"code: {info['code']}")
     print(f"date: {info['date']}")
 

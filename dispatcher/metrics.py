@@ -58,13 +58,13 @@ OVERDUE_ORDERS = Gauge(
     ["adapter"],
 )
 # Every claim and step leaves a dead version of its order's row; only vacuum takes them away
-# (README, "Database"). Never vacuumed: +Inf.
-ORDERS_DEAD_ROWS = Gauge(
-    "paydispatch_db_orders_dead_rows", "Dead row versions in the orders table (its statistics)"
-)
+# (README, "Database").
 UPKEEP_PROBLEMS = Gauge(
     "paydispatch_db_upkeep_problems",
     "Server settings that keep orders from being vacuumed (autovacuum, track_counts off)",
+)
+ORDERS_DEAD_ROWS = Gauge(
+    "paydispatch_db_orders_dead_rows", "Dead row versions in the orders table (its statistics)"
 )
 ORDERS_VACUUM_AGE = Gauge(
     "paydispatch_db_orders_vacuum_age_seconds",

@@ -29,6 +29,20 @@ def _env(**values: str) -> dict[str, str]:
     return env
 
 
+def _daemon_env(services: Services, database_url: str, **values: str) -> dict[str, str]:
+    """The daemon's processes on their own database and broker namespace, the sandbox adapter
+    in development mode, logging JSON; ``values`` add to it."""
+    return _env(
+        PAYDISPATCH_DATABASE_URL=database_url,
+        PAYDISPATCH_BROKER_URL=services.broker_url,
+        PAYDISPATCH_BROKER_NAMESPACE=own_namespace(),
+        PAYDISPATCH_DEV="1",
+        PAYDISPATCH_ADAPTERS="sandbox",
+        PAYDISPATCH_LOG_FORMAT="json",
+        **values,
+    )
+
+
 def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the children inherit the descriptor
         return subprocess.Popen(
@@ -81,13 +95,9 @@ def daemon(
     found_services: Services, own_database_url: str, run_log: Path
 ) -> Iterator[tuple[int, int]]:
     api_port, metrics_base = _ports()
-    env = _env(
-        PAYDISPATCH_DATABASE_URL=own_database_url,
-        PAYDISPATCH_BROKER_URL=found_services.broker_url,
-        PAYDISPATCH_BROKER_NAMESPACE=own_namespace(),
-        PAYDISPATCH_DEV="1",
-        PAYDISPATCH_ADAPTERS="sandbox",
-        PAYDISPATCH_LOG_FORMAT="json",
+    env = _daemon_env(
+        found_services,
+        own_database_url,
         # The flag wins over the variable: nothing may listen here.
         PAYDISPATCH_API_PORT=str(free_port()),
     )
@@ -146,15 +156,8 @@ def test_api_says_which_pages_are_off(
     found_services: Services, own_database_url: str, run_log: Path
 ) -> None:
     port = free_port()
-    env = _env(
-        PAYDISPATCH_DATABASE_URL=own_database_url,
-        PAYDISPATCH_BROKER_URL=found_services.broker_url,
-        PAYDISPATCH_BROKER_NAMESPACE=own_namespace(),
-        PAYDISPATCH_DEV="1",
-        PAYDISPATCH_ADAPTERS="sandbox",
-        PAYDISPATCH_LOG_FORMAT="json",
-        PAYDISPATCH_API_DOCS="0",
-        PAYDISPATCH_CONSOLE="off",
+    env = _daemon_env(
+        found_services, own_database_url, PAYDISPATCH_API_DOCS="0", PAYDISPATCH_CONSOLE="off"
     )
     process = _start(env, run_log, "api", "--port", str(port))
     try:
@@ -210,14 +213,7 @@ def test_sweeper_says_at_start_when_the_server_will_never_vacuum_orders(
     found_services: Services, own_database_url: str, run_log: Path
 ) -> None:
     switch_off_track_counts(own_database_url)
-    env = _env(
-        PAYDISPATCH_DATABASE_URL=own_database_url,
-        PAYDISPATCH_BROKER_URL=found_services.broker_url,
-        PAYDISPATCH_BROKER_NAMESPACE=own_namespace(),
-        PAYDISPATCH_DEV="1",
-        PAYDISPATCH_ADAPTERS="sandbox",
-        PAYDISPATCH_LOG_FORMAT="json",
-    )
+    env = _daemon_env(found_services, own_database_url)
     process = _start(env, run_log, "sweeper")
     try:
         wait_until(lambda: _event(run_log, "database upkeep") is not None, timeout=60)

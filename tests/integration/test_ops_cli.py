@@ -97,13 +97,22 @@ def test_poll_schedules_an_immediate_poll(
     assert polled.next_run_at < later.next_run_at
 
 
+def resolve_to_paid(
+    database_url: str, order_id: UUID, by: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``paydispatch orders resolve ORDER --to paid --by BY`` with more ``options``."""
+    return cli(
+        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", by, *options
+    )
+
+
 def test_resolve_records_who_why_and_evidence(
     database_url: str, repo: OrderRepository, site: str
 ) -> None:
     order_id = make(repo, site)
     to_review(repo, order_id)
-    result = cli(
-        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "alice",
+    result = resolve_to_paid(
+        database_url, order_id, "alice",
         "--reason", "bank statement shows the full amount", "--evidence", "stmt-2026-11-21 line 4",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -119,10 +128,7 @@ def test_resolve_refuses_orders_not_in_review(
     database_url: str, repo: OrderRepository, site: str
 ) -> None:
     order_id = make(repo, site)
-    result = cli(
-        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "bob",
-        "--reason", "x",
-    )  # fmt: skip
+    result = resolve_to_paid(database_url, order_id, "bob", "--reason", "x")
     assert result.returncode == 1
     assert repo.get(order_id).status is S.NEW
 
@@ -133,17 +139,11 @@ def test_resolve_refuses_what_the_database_cannot_hold_and_leaves_the_order_in_r
     order_id = make(repo, site)
     to_review(repo, order_id)
     # A byte that is not UTF-8 on the command line reaches Python as a lone surrogate.
-    result = cli(
-        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "alice",
-        "--reason", "statement line \udcff",
-    )  # fmt: skip
+    result = resolve_to_paid(database_url, order_id, "alice", "--reason", "statement line \udcff")
     assert result.returncode == 1
     assert "reason" in result.stderr
     assert "Traceback" not in result.stderr
-    result = cli(
-        database_url, "orders", "resolve", str(order_id), "--to", "paid", "--by", "a" * 197,
-        "--reason", "bank statement",
-    )  # fmt: skip
+    result = resolve_to_paid(database_url, order_id, "a" * 197, "--reason", "bank statement")
     assert result.returncode == 1
     assert "paydispatch: by" in result.stderr
     assert "Traceback" not in result.stderr
